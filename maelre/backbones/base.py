@@ -1,0 +1,183 @@
+"""The interface every backbone implements.
+
+A backbone maps ``tokens [B, N, D]`` plus a boolean ``mask [B, N]`` (True = real token)
+to a pooled representation ``[B, D]``. On request it also returns its final token
+states, their sizes (how many input tokens each final token stands for) and a per-block
+trace of what it did (token count in and out, attention kind, attention FLOPs).
+"""
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from maelre.layers.validation import validate_tokens
+
+
+@dataclass
+class BackboneConfig:
+    """Hyper-parameters shared by every backbone (timm-style config dataclass).
+
+    Attributes:
+        dim: token width D; the adapter must emit tokens of this width.
+        depth: number of blocks.
+        heads: attention heads; ``dim`` must be divisible by it.
+        mlp_ratio: hidden width of each block's MLP as a multiple of ``dim``.
+        dropout: dropout on attention output projection and MLP.
+        attn_dropout: dropout on attention weights (exact paths only).
+        drop_path: stochastic-depth rate at the last block (linearly scaled).
+        pool: ``"mean"`` (size-weighted mean over real tokens) or ``"cls"``.
+        max_len: longest accepted N (``None`` = unbounded); longer input is an error.
+        norm_eps: LayerNorm epsilon.
+    """
+
+    dim: int = 256
+    depth: int = 8
+    heads: int = 8
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_path: float = 0.0
+    pool: str = "mean"
+    max_len: int | None = None
+    norm_eps: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.dim <= 0 or self.depth <= 0 or self.heads <= 0:
+            raise ValueError(f"dim, depth and heads must be positive, got dim={self.dim}, depth={self.depth}, heads={self.heads}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}; choose heads that divide dim (e.g. {_divisor_hint(self.dim, self.heads)})")
+        if self.pool not in ("mean", "cls"):
+            raise ValueError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _divisor_hint(dim: int, heads: int) -> int:
+    divisors = [h for h in range(1, dim + 1) if dim % h == 0]
+    return min(divisors, key=lambda h: abs(h - heads))
+
+
+@dataclass
+class BlockInfo:
+    """What one block does (or would do) to a sequence.
+
+    ``attention`` names the kernel: ``exact``, ``linear``, ``nystrom``, ``local``,
+    ``cross``, ``segment`` ... ``attn_flops`` counts the multiply-adds x2 of the
+    score and value products for one sequence (batch 1), excluding projections.
+    """
+
+    index: int
+    n_in: int
+    n_out: int
+    attention: str
+    attn_flops: float
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class BackboneOutput:
+    """Full result of a backbone call.
+
+    Attributes:
+        pooled: ``[B, D]`` representation for the classification head.
+        states: ``[B, N', D]`` final token states (N' <= N after merging/latents).
+        sizes: ``[B, N']`` how many input tokens each final token represents (0 = padding).
+        mask: ``[B, N']`` True where the final token is real.
+        trace: per-block ``BlockInfo`` with the token counts actually seen.
+    """
+
+    pooled: Tensor
+    states: Tensor
+    sizes: Tensor
+    mask: Tensor
+    trace: list[BlockInfo] = field(default_factory=list)
+
+
+class Backbone(nn.Module):
+    """Base class: validates input, then calls ``_forward``.
+
+    Subclasses set ``config_class`` and implement ``_forward`` and ``plan``.
+    ``length_multiple`` (default 1) is the divisor N must satisfy.
+    """
+
+    config_class: ClassVar[type[BackboneConfig]] = BackboneConfig
+    name: ClassVar[str] = "base"
+
+    def __init__(self, config: BackboneConfig) -> None:
+        super().__init__()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = config
+        self.validate_inputs = True
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    def length_multiple(self) -> int:
+        return 1
+
+    def forward(
+        self,
+        tokens: Tensor,
+        mask: Tensor | None = None,
+        *,
+        return_states: bool = False,
+        return_trace: bool = False,
+    ) -> Tensor | BackboneOutput:
+        """Encode a batch.
+
+        Args:
+            tokens: ``[B, N, D]`` float tokens from a modality adapter.
+            mask: ``[B, N]`` bool, True = real token; ``None`` means all real.
+            return_states: return a ``BackboneOutput`` instead of the pooled tensor.
+            return_trace: fill ``BackboneOutput.trace`` (implies ``return_states``).
+
+        Returns:
+            ``pooled [B, D]``, or a ``BackboneOutput`` when asked for states/trace.
+        """
+        if self.validate_inputs:
+            validate_tokens(
+                tokens,
+                mask,
+                dim=self.config.dim,
+                max_len=self.config.max_len,
+                multiple_of=self.length_multiple(),
+                owner=self.name,
+            )
+        out = self._forward(tokens, mask, trace=return_trace)
+        if return_states or return_trace:
+            return out
+        return out.pooled
+
+    @abstractmethod
+    def _forward(self, tokens: Tensor, mask: Tensor | None, trace: bool) -> BackboneOutput:
+        """Backbone computation on validated input."""
+
+    @abstractmethod
+    def plan(self, seq_len: int) -> list[BlockInfo]:
+        """Static per-block plan (token counts, attention kind, FLOPs) for one sequence of ``seq_len``."""
+
+    def attention_flops(self, seq_len: int) -> float:
+        """Total attention FLOPs for one sequence of ``seq_len`` tokens (from ``plan``)."""
+        return float(sum(b.attn_flops for b in self.plan(seq_len)))
+
+    def num_parameters(self, trainable_only: bool = True) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def dense_attention_flops(n_q: int, n_k: int, dim: int) -> float:
+    """FLOPs of ``softmax(QK^T)V`` over all heads: two [n_q x n_k x dim] products."""
+    return 4.0 * n_q * n_k * dim
+
+
+def full_mask(tokens: Tensor, mask: Tensor | None) -> Tensor:
+    """The mask to use inside a backbone: all-True when ``mask`` is None."""
+    if mask is None:
+        return torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+    return mask

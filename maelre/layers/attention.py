@@ -1,0 +1,105 @@
+"""Multi-head attention projections and the exact attention kernel.
+
+Kernels share one calling convention so backbones can swap them:
+``kernel(q, k, v, *, key_bias=None, key_mask=None, **kw) -> out`` with
+``q [B, H, Nq, dh]``, ``k, v [B, H, Nk, dh]``, ``key_bias [B, Nk]`` an additive
+logit bias per key (``log(size)`` for proportional attention) and ``key_mask [B, Nk]``
+bool (True = real key). Output is ``[B, H, Nq, dh]``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def key_logit_bias(key_bias: Tensor | None, key_mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """Per-key additive bias ``[B, 1, 1, Nk]`` with ``-inf`` at padded keys, or None."""
+    if key_bias is None and key_mask is None:
+        return None
+    if key_bias is None:
+        bias = torch.zeros(key_mask.shape, dtype=dtype, device=key_mask.device)
+    else:
+        bias = key_bias.to(dtype)
+    if key_mask is not None:
+        bias = bias.masked_fill(~key_mask, float("-inf"))
+    return bias[:, None, None, :]
+
+
+def exact_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    *,
+    key_bias: Tensor | None = None,
+    key_mask: Tensor | None = None,
+    attn_mask: Tensor | None = None,
+    causal: bool = False,
+    dropout_p: float = 0.0,
+) -> Tensor:
+    """Exact softmax attention through ``F.scaled_dot_product_attention``.
+
+    ``attn_mask`` is an extra bool (True = may attend) or float mask broadcastable to
+    ``[B, H, Nq, Nk]``. With no bias or mask at all, SDPA may pick FlashAttention.
+    """
+    bias = key_logit_bias(key_bias, key_mask, q.dtype)
+    if attn_mask is not None:
+        extra = attn_mask
+        if extra.dtype == torch.bool:
+            extra = torch.zeros(extra.shape, dtype=q.dtype, device=q.device).masked_fill(~attn_mask, float("-inf"))
+        bias = extra if bias is None else bias + extra
+    if causal and bias is not None:
+        nq, nk = q.shape[-2], k.shape[-2]
+        tri = torch.ones(nq, nk, dtype=torch.bool, device=q.device).tril(nk - nq)
+        bias = bias.masked_fill(~tri, float("-inf"))
+        causal = False
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=causal)
+
+
+def reference_attention(q: Tensor, k: Tensor, v: Tensor, logit_bias: Tensor | None = None) -> Tensor:
+    """Naive float64 ``softmax(QK^T / sqrt(dh) + bias) V`` for tests; ``logit_bias`` broadcasts to [B, H, Nq, Nk]."""
+    q, k, v = q.double(), k.double(), v.double()
+    logits = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if logit_bias is not None:
+        logits = logits + logit_bias.double()
+    return torch.softmax(logits, dim=-1) @ v
+
+
+class Attention(nn.Module):
+    """Q, K/V and output projections of multi-head attention; the kernel is the caller's.
+
+    ``q_proj`` and ``kv_proj`` are separate so the same module serves self- and
+    cross-attention (queries from one sequence, keys/values from another).
+    """
+
+    def __init__(self, dim: int, heads: int, qkv_bias: bool = True, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim={dim} must be divisible by heads={heads}")
+        self.heads = heads
+        self.head_dim = dim // heads
+        self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv_proj = nn.Linear(dim, 2 * dim, bias=qkv_bias)
+        self.out_proj = nn.Linear(dim, dim)
+        self.out_drop = nn.Dropout(proj_drop)
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        """``[B, N, D] -> [B, H, N, dh]``."""
+        b, n, _ = x.shape
+        return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)
+
+    def qkv(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """Project queries from ``x`` and keys/values from ``context`` (default ``x``); each ``[B, H, *, dh]``."""
+        k, v = self.kv_proj(x if context is None else context).chunk(2, dim=-1)
+        return self.split_heads(self.q_proj(x)), self.split_heads(k), self.split_heads(v)
+
+    def output(self, o: Tensor) -> Tensor:
+        """``[B, H, N, dh] -> [B, N, D]`` through the output projection."""
+        b, h, n, dh = o.shape
+        return self.out_drop(self.out_proj(o.transpose(1, 2).reshape(b, n, h * dh)))
+
+    def forward(self, x: Tensor, context: Tensor | None = None, kernel=exact_attention, **kernel_kwargs) -> Tensor:
+        q, k, v = self.qkv(x, context)
+        return self.output(kernel(q, k, v, **kernel_kwargs))

@@ -1,0 +1,21 @@
+"""Rotary position embedding (RoPE, Su et al. 2021) with arbitrary (also fractional) positions."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def rope_angles(positions: Tensor, head_dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """``cos, sin`` of shape ``[*positions.shape, head_dim // 2]`` for ``positions`` of any shape."""
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head dimension, got {head_dim}; choose dim/heads even")
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float().unsqueeze(-1) * inv_freq
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate ``x [..., N, dh]`` by angles ``cos/sin [..., N, dh/2]`` (broadcast over heads)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+    return out.to(x.dtype)

@@ -1,0 +1,64 @@
+"""The classifier: modality adapter -> backbone -> head. A plain ``nn.Module`` (no training code)."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from maelre.backbones.base import Backbone
+
+
+class ClassifierHead(nn.Module):
+    """``LayerNorm -> Dropout -> Linear``: ``[B, D] -> logits [B, C]``.
+
+    With ``two_tower=True`` it takes two pooled vectors ``u, v`` and classifies
+    ``[u, v, u * v, u - v]`` through a one-hidden-layer MLP (LRA Retrieval style).
+    """
+
+    def __init__(self, dim: int, num_classes: int, dropout: float = 0.0, two_tower: bool = False) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        self.two_tower = two_tower
+        in_dim = 4 * dim if two_tower else dim
+        self.norm = nn.LayerNorm(in_dim)
+        self.drop = nn.Dropout(dropout)
+        if two_tower:
+            self.fc = nn.Sequential(nn.Linear(in_dim, dim), nn.GELU(), nn.Linear(dim, num_classes))
+        else:
+            self.fc = nn.Linear(in_dim, num_classes)
+
+    def forward(self, pooled: Tensor, other: Tensor | None = None) -> Tensor:
+        if self.two_tower:
+            if other is None:
+                raise ValueError("two-tower head needs both pooled vectors (pooled, other)")
+            pooled = torch.cat([pooled, other, pooled * other, pooled - other], dim=-1)
+        return self.fc(self.drop(self.norm(pooled)))
+
+
+class SequenceClassifier(nn.Module):
+    """adapter (raw batch -> tokens, mask) + backbone (-> pooled) + head (-> logits).
+
+    ``forward(batch)`` takes the dict an adapter's ``collate`` made. For two-tower
+    tasks (``two_tower=True``) the batch is ``{"left": {...}, "right": {...}}`` and both
+    sides go through the same adapter and backbone.
+    """
+
+    def __init__(self, adapter: nn.Module, backbone: Backbone, num_classes: int, head_dropout: float = 0.0, two_tower: bool = False) -> None:
+        super().__init__()
+        if getattr(adapter, "dim", backbone.dim) != backbone.dim:
+            raise ValueError(f"adapter emits width {adapter.dim} but the backbone has dim={backbone.dim}; give both the same dim")
+        self.adapter = adapter
+        self.backbone = backbone
+        self.two_tower = two_tower
+        self.head = ClassifierHead(backbone.dim, num_classes, head_dropout, two_tower)
+
+    def encode(self, batch: dict) -> Tensor:
+        """Pooled ``[B, D]`` for one adapter batch."""
+        tokens, mask = self.adapter(batch)
+        return self.backbone(tokens, mask)
+
+    def forward(self, batch: dict) -> Tensor:
+        """Logits ``[B, num_classes]``."""
+        if self.two_tower:
+            return self.head(self.encode(batch["left"]), self.encode(batch["right"]))
+        return self.head(self.encode(batch))

@@ -1,0 +1,26 @@
+"""Shared test fixtures. Tests run on CPU with tiny models and tiny data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout (real datasets for tests); fails loudly if absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"expected the shared data folder at {SHARED_DATA}; CI and dev machines have it beside the checkout")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
