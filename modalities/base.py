@@ -138,3 +138,12 @@ def adapter_config_class(name: str) -> type[AdapterConfig]:
     if name not in _ADAPTERS:
         raise ValueError(f"unknown adapter {name!r}{_suggest(name, _ADAPTERS)}")
     return _ADAPTERS[name].config_class
+
+
+def registered_name(adapter: ModalityAdapter) -> str:
+    """The registry name of ``adapter``'s class: what ``create_adapter`` rebuilds it from (checkpoints store it)."""
+    list_adapters()
+    for name, cls in sorted(_ADAPTERS.items()):
+        if cls is type(adapter):
+            return name
+    raise ValueError(f"{type(adapter).__qualname__} is not a registered adapter; decorate it with @register_adapter(name) so checkpoints can rebuild it")

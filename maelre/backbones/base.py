@@ -150,6 +150,10 @@ class Backbone(nn.Module):
                 multiple_of=self.length_multiple(),
                 owner=self.name,
             )
+        if mask is not None:
+            # Padding may hold anything (validation allows NaN there); a masked NaN key still
+            # poisons attention (0 * NaN), so padded tokens enter the backbone as zeros.
+            tokens = tokens.masked_fill(~mask.unsqueeze(-1), 0.0)
         out = self._forward(tokens, mask, trace=return_trace)
         if return_states or return_trace:
             return out

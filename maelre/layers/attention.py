@@ -43,6 +43,8 @@ def exact_attention(
 
     ``attn_mask`` is an extra bool (True = may attend) or float mask broadcastable to
     ``[B, H, Nq, Nk]``. With no bias or mask at all, SDPA may pick FlashAttention.
+    ``causal`` aligns the triangle bottom-right: the queries are the last ``Nq`` of the
+    ``Nk`` positions, so query ``i`` sees keys ``j <= Nk - Nq + i``.
     """
     bias = key_logit_bias(key_bias, key_mask, q.dtype)
     if attn_mask is not None:
@@ -50,9 +52,11 @@ def exact_attention(
         if extra.dtype == torch.bool:
             extra = torch.zeros(extra.shape, dtype=q.dtype, device=q.device).masked_fill(~attn_mask, float("-inf"))
         bias = extra if bias is None else bias + extra
-    if causal and bias is not None:
-        nq, nk = q.shape[-2], k.shape[-2]
+    nq, nk = q.shape[-2], k.shape[-2]
+    if causal and (bias is not None or nq != nk):
+        # SDPA's is_causal aligns the triangle top-left; here queries are the last nq positions.
         tri = torch.ones(nq, nk, dtype=torch.bool, device=q.device).tril(nk - nq)
+        bias = torch.zeros(nq, nk, dtype=q.dtype, device=q.device) if bias is None else bias
         bias = bias.masked_fill(~tri, float("-inf"))
         causal = False
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=causal)

@@ -1,0 +1,10 @@
+"""Efficiency benchmark of every registered backbone; see docs/benchmarks/efficiency.md.
+
+    python benchmarks/efficiency.py                      # the full default run (H100, ~8 min)
+    python benchmarks/efficiency.py --resume             # continue a run that was cut off
+    python benchmarks/efficiency.py --report-only        # re-render table and plot from the JSON
+"""
+from maelre.bench.efficiency import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

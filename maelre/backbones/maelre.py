@@ -1,0 +1,352 @@
+"""MAELRE: Modality Agnostic Efficient Long Range Encoder (Parag & Elgammal 2025, arXiv 2507.19409).
+
+Pre-norm transformer blocks that (1) progressively merge tokens inside the blocks by
+ToMe bipartite soft matching (after the attention and/or the MLP sub-layer) and (2)
+use an approximate attention (linear or Nystrom) while the token count N exceeds
+``switch_threshold`` and exact SDPA once merging has brought N down to it.
+
+Variable-length batches run without host syncs: every row merges ``r(n_i)`` of its own
+``n_i`` real tokens, and the padded tensor shrinks by ``r(N)`` computed from its static
+length (see ``maelre.layers.merge``). Tokens carry sizes (padding = 0); attention adds
+``log(size)`` to the logits (proportional attention) and pooling is size-weighted, so a
+sequence encodes the same alone as in a padded batch whenever the attention kinds agree.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor, nn
+
+from maelre.backbones.base import Backbone, BackboneConfig, BackboneOutput, BlockInfo, dense_attention_flops
+from maelre.layers import Block, drop_path_rates, exact_attention, weighted_mean
+from maelre.layers.linear_attention import FEATURE_MAPS, FavorFeatureMap, LinearAttention
+from maelre.layers.merge import bipartite_soft_matching, compaction_order
+from maelre.layers.nystrom import NystromAttention
+from maelre.registry import register_backbone
+
+APPROXIMATIONS = ("linear", "nystrom")
+MERGE_SITES = {"attn": ("attn",), "mlp": ("mlp",), "both": ("attn", "mlp")}
+MERGE_SCHEDULES = ("fraction", "target")
+MERGE_METRICS = ("keys", "states")
+
+
+@dataclass
+class MAELREConfig(BackboneConfig):
+    """MAELRE hyper-parameters (beyond ``BackboneConfig``).
+
+    Attributes:
+        switch_threshold: a block uses the approximate attention while its token count
+            N > threshold, exact attention once N <= threshold. ``None`` = ``dim`` (the
+            paper's rule: approximate while N exceeds the token dimension D).
+        approx: approximate attention, ``"linear"`` or ``"nystrom"``.
+        feature_map: linear attention's map, ``"elu"`` (elu+1) or ``"favor"`` (FAVOR+).
+        num_features: FAVOR+ random features per head (``None`` = dh*log(dh)).
+        feature_seed: seed of the FAVOR+ projections (block ``i`` uses ``seed + i``).
+        num_landmarks: Nystrom landmarks m.
+        pinv_iterations: Nystrom pseudo-inverse iterations.
+        nystrom_conv_kernel: odd kernel of Nystrom's depthwise-conv skip on V (None = off).
+        merge_site: merge after the attention sub-layer (``"attn"``), after the MLP
+            (``"mlp"``) or after both (``"both"``: two merges per block).
+        merge_schedule: ``"fraction"`` (remove ``floor(f * n)`` of n tokens at every
+            merge site) or ``"target"`` (reach ``stage_targets[s]`` tokens by the end of
+            stage s, spread evenly over the stage's merge sites).
+        merge_fraction: f in [0, 0.5]; one value, one per block, or one per stage.
+        stage_depths: blocks per stage (sums to ``depth``); ``None`` = one stage.
+        stage_targets: token count to reach at the end of each stage (``"target"`` only).
+        merge_metric: match by the block's attention keys (ToMe) or by the states.
+        match_window: match each token only against tokens within this many positions
+            (``O(N w)``); ``None`` = global ToMe matching (``O(N^2)`` score matrix).
+        proportional_attention: add ``log(size)`` to the attention logits.
+        min_tokens: never merge a sequence below this many tokens.
+    """
+
+    switch_threshold: int | None = None
+    approx: str = "linear"
+    feature_map: str = "elu"
+    num_features: int | None = None
+    feature_seed: int = 0
+    num_landmarks: int = 64
+    pinv_iterations: int = 6
+    nystrom_conv_kernel: int | None = None
+    merge_site: str = "attn"
+    merge_schedule: str = "fraction"
+    merge_fraction: float | list[float] = 0.25
+    stage_depths: list[int] | None = None
+    stage_targets: list[int] | None = None
+    merge_metric: str = "keys"
+    match_window: int | None = 32
+    proportional_attention: bool = True
+    min_tokens: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_choice("approx", self.approx, APPROXIMATIONS)
+        _check_choice("feature_map", self.feature_map, FEATURE_MAPS)
+        _check_choice("merge_site", self.merge_site, tuple(MERGE_SITES))
+        _check_choice("merge_schedule", self.merge_schedule, MERGE_SCHEDULES)
+        _check_choice("merge_metric", self.merge_metric, MERGE_METRICS)
+        if self.switch_threshold is not None and self.switch_threshold < 0:
+            raise ValueError(f"switch_threshold must be >= 0 (0 = approximate attention everywhere) or None for dim, got {self.switch_threshold}")
+        for name in ("num_landmarks", "pinv_iterations", "min_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_features is not None and self.num_features < 1:
+            raise ValueError(f"num_features must be >= 1 or None (dh*log(dh)), got {self.num_features}")
+        if self.match_window is not None and self.match_window < 1:
+            raise ValueError(f"match_window must be >= 1 or None (global matching), got {self.match_window}")
+        if self.nystrom_conv_kernel is not None and (self.nystrom_conv_kernel < 1 or self.nystrom_conv_kernel % 2 == 0):
+            raise ValueError(f"nystrom_conv_kernel must be a positive odd int (the paper uses 33) or None, got {self.nystrom_conv_kernel}")
+        depths = self.stages()
+        if any(d < 1 for d in depths) or sum(depths) != self.depth:
+            raise ValueError(f"stage_depths {self.stage_depths} must be positive and sum to depth={self.depth}")
+        if self.merge_schedule == "target":
+            if self.stage_targets is None or len(self.stage_targets) != len(depths):
+                raise ValueError(
+                    f"merge_schedule='target' needs one stage_targets entry per stage ({len(depths)} stages from stage_depths={self.stage_depths}), "
+                    f"got {self.stage_targets}"
+                )
+            if any(t < 1 for t in self.stage_targets):
+                raise ValueError(f"stage_targets must be positive token counts, got {self.stage_targets}")
+        else:
+            if self.stage_targets is not None:
+                raise ValueError("stage_targets is only used with merge_schedule='target'; set merge_schedule='target' or drop stage_targets")
+            fractions = self.block_fractions()
+            if any(not 0.0 <= f <= 0.5 for f in fractions):
+                raise ValueError(f"merge_fraction values must lie in [0, 0.5] (bipartite matching removes at most half), got {self.merge_fraction}")
+
+    @property
+    def threshold(self) -> int:
+        """The resolved switch threshold (``dim`` when unset)."""
+        return self.dim if self.switch_threshold is None else self.switch_threshold
+
+    def stages(self) -> list[int]:
+        return [self.depth] if self.stage_depths is None else list(self.stage_depths)
+
+    def block_fractions(self) -> list[float]:
+        """``merge_fraction`` expanded to one value per block."""
+        f = self.merge_fraction
+        if isinstance(f, (int, float)):
+            return [float(f)] * self.depth
+        f = list(f)
+        if len(f) == self.depth:
+            return [float(x) for x in f]
+        depths = self.stages()
+        if len(f) == len(depths):
+            return [float(x) for x, d in zip(f, depths) for _ in range(d)]
+        raise ValueError(f"merge_fraction has {len(f)} values; give one, one per block (depth={self.depth}) or one per stage ({len(depths)})")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(repr, choices))}")
+
+
+@dataclass(frozen=True)
+class MergeStep:
+    """How many tokens one merge site removes from a sequence of ``n`` real tokens: ``r(n)``.
+
+    ``"fraction"``: ``floor(value * n)``; ``"target"``: ``ceil((n - value) / remaining)``
+    (``remaining`` merge sites left in the stage, this one included), 0 below the target.
+    Both are capped at ``floor((n - protected) / 2)`` (what bipartite matching can remove)
+    and ``n - min_tokens``. ``r`` is non-decreasing and 1-Lipschitz, hence
+    ``n - r(n)`` is non-decreasing: a padded batch of length N can keep ``N - r(N)``
+    columns and every row still fits.
+    """
+
+    schedule: str
+    value: float
+    remaining: int = 1
+    protected: int = 0
+    min_tokens: int = 1
+
+    def count(self, n: Tensor) -> Tensor:
+        """``r(n)`` for a long tensor ``n`` (any shape, any device; exact integer arithmetic but for the fraction product)."""
+        if self.schedule == "fraction":
+            r = torch.floor(n.double() * self.value).long()
+        else:
+            r = torch.div((n - int(self.value)).clamp_min(0) + self.remaining - 1, self.remaining, rounding_mode="floor")
+        cap = torch.minimum(torch.div(n - self.protected, 2, rounding_mode="floor"), n - self.min_tokens).clamp_min(0)
+        return torch.minimum(r, cap)
+
+    def static_count(self, n: int) -> int:
+        """``r(n)`` for a Python int (on the host, no device sync)."""
+        return int(self.count(torch.tensor(n)))
+
+
+def merge_steps(config: MAELREConfig) -> list[list[MergeStep]]:
+    """The merge steps of every block, in the order of its merge sites."""
+    sites = len(MERGE_SITES[config.merge_site])
+    common = {"protected": int(config.pool == "cls"), "min_tokens": config.min_tokens}
+    if config.merge_schedule == "fraction":
+        return [[MergeStep("fraction", f, **common)] * sites for f in config.block_fractions()]
+    steps = []
+    for depth, target in zip(config.stages(), config.stage_targets):
+        total = depth * sites
+        events = [MergeStep("target", target, remaining=total - e, **common) for e in range(total)]
+        steps += [events[i * sites : (i + 1) * sites] for i in range(depth)]
+    return steps
+
+
+@dataclass
+class TokenState:
+    """Tokens between blocks: ``x [B, N, D]``, ``sizes [B, N]`` (0 = padding) and static flags.
+
+    ``padded`` is False when every column is a real token (no key mask needed) and
+    ``merged`` is False while all sizes are still 1 (no size bias needed); both are known
+    without looking at the data, so the exact path can stay on FlashAttention.
+    """
+
+    x: Tensor
+    sizes: Tensor
+    padded: bool
+    merged: bool = False
+
+    def kernel_kwargs(self, proportional: bool) -> dict[str, Tensor | None]:
+        return {
+            "key_bias": self.sizes.clamp_min(1.0).log() if proportional and self.merged else None,
+            "key_mask": self.sizes > 0 if self.padded else None,
+        }
+
+
+class MAELREBlock(Block):
+    """A ``Block`` whose attention switches kernel by token count and which merges tokens after its sub-layers."""
+
+    def __init__(self, config: MAELREConfig, index: int, drop_path: float, steps: list[MergeStep]) -> None:
+        c = config
+        super().__init__(c.dim, c.heads, c.mlp_ratio, c.dropout, drop_path, c.norm_eps)
+        self.config = c
+        self.sites = dict(zip(MERGE_SITES[c.merge_site], steps))
+        head_dim = c.dim // c.heads
+        if c.approx == "linear":
+            self.approx = LinearAttention(head_dim, c.feature_map, c.num_features, seed=c.feature_seed + index)
+        else:
+            self.approx = NystromAttention(c.heads, head_dim, c.num_landmarks, c.pinv_iterations, c.nystrom_conv_kernel)
+
+    def attention_kind(self, n: int) -> str:
+        return "exact" if n <= self.config.threshold else self.config.approx
+
+    def attention_flops(self, n: int) -> float:
+        if self.attention_kind(n) == "exact":
+            return dense_attention_flops(n, n, self.config.dim)
+        return self.approx.flops(n, self.config.dim)
+
+    def planned_sizes(self, n: int) -> list[int]:
+        """Token counts after each merge site of this block for a sequence of ``n`` tokens."""
+        counts = []
+        for step in self.sites.values():
+            n -= step.static_count(n)
+            counts.append(n)
+        return counts
+
+    def forward(self, t: TokenState) -> TokenState:
+        if self.attention_kind(t.x.shape[1]) == "exact":
+            kernel = partial(exact_attention, dropout_p=self.config.attn_dropout if self.training else 0.0)
+        else:
+            kernel = self.approx
+        q, k, v = self.attn.qkv(self.norm1(t.x))
+        out = kernel(q, k, v, **t.kernel_kwargs(self.config.proportional_attention))
+        t = TokenState(t.x + self.drop_path1(self.attn.output(out)), t.sizes, t.padded, t.merged)
+        keys = k.mean(dim=1) if self.config.merge_metric == "keys" else None
+        t, keys = self._merge(t, "attn", keys)
+        t = TokenState(self.mlp_residual(t.x), t.sizes, t.padded, t.merged)
+        t, _ = self._merge(t, "mlp", keys)
+        return t
+
+    def _merge(self, t: TokenState, site: str, keys: Tensor | None) -> tuple[TokenState, Tensor | None]:
+        """Merge at ``site`` if this block has a step there; keys (if used) are merged along to stay aligned."""
+        step = self.sites.get(site)
+        n = t.x.shape[1]
+        removed = 0 if step is None or n < 2 else step.static_count(n)
+        if removed == 0:
+            return t, keys
+        r = step.count((t.sizes > 0).sum(dim=1))
+        metric = t.x if keys is None else keys
+        merge, _ = bipartite_soft_matching(
+            metric, t.sizes, r, n - removed, protect_first=self.config.pool == "cls", window=self.config.match_window
+        )
+        merged = TokenState(merge(t.x), merge(t.sizes, mode="sum"), t.padded, merged=True)
+        return merged, None if keys is None else merge(keys)
+
+
+@register_backbone("maelre")
+class MAELRE(Backbone):
+    """MAELRE encoder: ``tokens [B, N, D], mask [B, N] -> pooled [B, D]``.
+
+    Positions are part of the adapter's tokens and are merged with them. The output
+    ``states``/``sizes`` are the merged tokens (``N' <= N``); ``trace`` records per block
+    the padded token count in and out, the attention kind, its FLOPs and, in ``extra``,
+    the real-token counts and size totals of every row.
+    """
+
+    config_class = MAELREConfig
+
+    def __init__(self, config: MAELREConfig) -> None:
+        super().__init__(config)
+        c = config
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim)) if c.pool == "cls" else None
+        steps = merge_steps(c)
+        self.blocks = nn.ModuleList(
+            MAELREBlock(c, i, dp, steps[i]) for i, dp in enumerate(drop_path_rates(c.drop_path, c.depth))
+        )
+        self.norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
+        if self.cls_token is not None:
+            nn.init.trunc_normal_(self.cls_token, std=0.02)
+
+    def _forward(self, tokens: Tensor, mask: Tensor | None, trace: bool) -> BackboneOutput:
+        x, sizes = tokens, torch.ones(tokens.shape[:2], device=tokens.device)
+        if mask is not None:
+            # real tokens first (A/B alternation and windows then see each row as it is alone);
+            # padding may hold anything, even NaN, so zero it
+            order, _ = compaction_order(mask)
+            mask = mask.gather(1, order)
+            x = torch.where(mask[..., None], tokens.gather(1, order[..., None].expand_as(tokens)), 0.0)
+            sizes = mask.float()
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
+            sizes = torch.cat([sizes.new_ones(x.shape[0], 1), sizes], dim=1)
+        state = TokenState(x, sizes, padded=mask is not None)
+        infos = []
+        for i, block in enumerate(self.blocks):
+            before = state
+            state = block(state)
+            if trace:  # host syncs only here
+                n_in = before.x.shape[1]
+                extra = {
+                    "real_in": (before.sizes > 0).sum(1).tolist(),
+                    "real_out": (state.sizes > 0).sum(1).tolist(),
+                    "size_sum": state.sizes.sum(1).tolist(),
+                }
+                infos.append(BlockInfo(i, n_in, state.x.shape[1], block.attention_kind(n_in), block.attention_flops(n_in), extra))
+        x = self.norm(state.x)
+        pooled = x[:, 0] if self.cls_token is not None else weighted_mean(x, state.sizes)
+        return BackboneOutput(pooled, x, state.sizes, state.sizes > 0, infos)
+
+    def plan(self, seq_len: int) -> list[BlockInfo]:
+        n = seq_len + (1 if self.cls_token is not None else 0)
+        infos = []
+        for i, block in enumerate(self.blocks):
+            counts = block.planned_sizes(n)
+            n_out = counts[-1] if counts else n
+            infos.append(BlockInfo(i, n, n_out, block.attention_kind(n), block.attention_flops(n), {"after_merges": counts}))
+            n = n_out
+        return infos
+
+    def flops_report(self, seq_len: int) -> dict:
+        """Attention FLOPs of this model vs a full-attention model of the same width and depth, for one sequence.
+
+        Returns ``{"maelre", "full_attention", "ratio", "blocks"}`` (``blocks`` is ``plan(seq_len)``).
+        """
+        blocks = self.plan(seq_len)
+        n = blocks[0].n_in
+        full = self.config.depth * dense_attention_flops(n, n, self.config.dim)
+        total = float(sum(b.attn_flops for b in blocks))
+        return {"maelre": total, "full_attention": full, "ratio": total / full, "blocks": blocks}
+
+    @torch.no_grad()
+    def redraw_features(self, generator: torch.Generator | None = None) -> None:
+        """Redraw every FAVOR+ projection (no-op for elu+1 or Nystrom)."""
+        for module in self.modules():
+            if isinstance(module, FavorFeatureMap):
+                module.redraw(generator)

@@ -1,0 +1,319 @@
+"""The ``maelre`` command line: ``fit | validate | test | predict | check | info | bench``.
+
+Exit status: 0 on success, 2 for user errors (bad recipe, missing file, ...), printed as
+one line without a traceback; ``--debug`` shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+TEXT_SUFFIXES = (".txt",)
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]):
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(str(v) for v in row))
+    return table
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4f}"
+
+
+# ---------------------------------------------------------------- commands
+def cmd_fit(args: argparse.Namespace) -> int:
+    from maelre.engine.runner import run_recipe
+    from maelre.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    results = run_recipe(recipe, run_dir=args.run_dir, resume=args.resume, progress=not args.no_progress)
+    m = results["metrics"]
+    rows = [
+        ("test accuracy", _fmt(m["test/acc"])),
+        ("test macro-F1", _fmt(m["test/f1"])),
+        ("best val accuracy", _fmt(m["val/best_acc"]) if m["val/best_acc"] is not None else "-"),
+        ("parameters", f"{results['parameters']:,}"),
+        ("train samples/s", f"{results['throughput']['samples_per_second']:.1f}"),
+        ("wall time", f"{results['total_seconds']:.1f} s"),
+        ("run directory", results["run_dir"]),
+    ]
+    _console().print(_table(f"{recipe.name}: {results['backbone']} on {results['dataset']}", ("", "value"), rows))
+    return 0
+
+
+def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
+    rows = [("accuracy", _fmt(metrics["acc"])), ("macro-F1", _fmt(metrics["f1"])), ("loss", _fmt(metrics["loss"])), ("samples", metrics["n"])]
+    _console().print(_table(title, ("metric", "value"), rows))
+
+
+def _cmd_eval(args: argparse.Namespace, split: str) -> int:
+    from maelre.engine.runner import evaluate_saved
+
+    loaded, metrics = evaluate_saved(args.target, split, args.set, args.batch_size)
+    _print_metrics(f"{split} metrics of {loaded.path}", metrics)
+    if args.json:
+        print(json.dumps({k: v for k, v in metrics.items() if k != "confusion"}))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    return _cmd_eval(args, "val")
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    return _cmd_eval(args, "test")
+
+
+def read_inputs(paths: Sequence[str], npy: str | None, modality: str, sample_rate: int | None) -> tuple[list[str], list[Any]]:
+    """Raw model inputs and their display names from files (audio/text/image) or one ``.npy`` array.
+
+    ``.npy``: one sample per entry of the first axis (``allow_pickle=False``); for audio
+    each entry is a waveform at ``sample_rate``.
+    """
+    names: list[str] = []
+    inputs: list[Any] = []
+    if npy is not None:
+        if not Path(npy).is_file():
+            raise FileNotFoundError(f"--npy file {npy} not found")
+        array = np.load(npy, allow_pickle=False)
+        if array.ndim < 2:
+            raise ValueError(f"--npy array must have a sample axis first ([n, ...]), got shape {array.shape}")
+        for i, row in enumerate(array):
+            names.append(f"{Path(npy).name}[{i}]")
+            inputs.append((row.astype(np.float32), sample_rate) if modality == "audio" else row)
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise FileNotFoundError(f"input file {path} not found")
+        suffix = path.suffix.lower()
+        if modality == "audio" and suffix in AUDIO_SUFFIXES:
+            import soundfile as sf
+
+            wave, rate = sf.read(path, dtype="float32", always_2d=True)
+            inputs.append((wave.T[0] if wave.shape[1] == 1 else wave.T, int(rate)))
+        elif modality == "text" and suffix in TEXT_SUFFIXES:
+            inputs.append(path.read_text(encoding="utf-8"))
+        elif modality == "image" and suffix in IMAGE_SUFFIXES:
+            from PIL import Image
+
+            inputs.append(np.asarray(Image.open(path)))
+        elif suffix == ".npy":
+            inputs.append(np.load(path, allow_pickle=False))
+        else:
+            accepted = {"audio": AUDIO_SUFFIXES, "text": TEXT_SUFFIXES, "image": IMAGE_SUFFIXES}.get(modality, ())
+            raise ValueError(f"cannot read {path} for a {modality} model; accepted: {', '.join((*accepted, '.npy'))} files or --npy ARRAY")
+        names.append(str(path))
+    if not inputs:
+        raise ValueError("nothing to predict: give input files or --npy ARRAY")
+    return names, inputs
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from maelre.engine.checkpoint import write_text_atomic
+    from maelre.engine.checkpoint import load_model
+    from maelre.engine.fit import predict_proba
+
+    loaded = load_model(args.checkpoint)
+    adapter = loaded.model.adapter
+    rate = args.sample_rate or getattr(adapter.config, "sample_rate", None)
+    names, inputs = read_inputs(args.files, args.npy, adapter.modality, rate)
+    if loaded.spec.two_tower:
+        if len(inputs) % 2:
+            raise ValueError(f"a two-tower model classifies pairs: give an even number of inputs (got {len(inputs)}), paired in order")
+        names = [f"{a} | {b}" for a, b in zip(names[::2], names[1::2])]
+        inputs = list(zip(inputs[::2], inputs[1::2]))
+    proba = predict_proba(loaded.model, inputs, batch_size=args.batch_size)
+    classes = loaded.classes
+    top = np.argsort(-proba, axis=1)[:, : args.top_k]
+    rows = [(name, classes[t[0]], _fmt(p[t[0]]), ", ".join(f"{classes[j]}:{p[j]:.3f}" for j in t)) for name, p, t in zip(names, proba, top)]
+    _console().print(_table(f"predictions of {loaded.path}", ("input", "class", "probability", f"top-{args.top_k}"), rows))
+    if args.out:
+        out = Path(args.out)
+        if out.suffix == ".csv":
+            lines = [",".join(["input", "class", *classes])]
+            lines += [",".join([json.dumps(n), classes[int(p.argmax())], *(f"{v:.6f}" for v in p)]) for n, p in zip(names, proba)]
+            write_text_atomic(out, "\n".join(lines) + "\n")
+        else:
+            payload = [{"input": n, "class": classes[int(p.argmax())], "probabilities": dict(zip(classes, map(float, p)))} for n, p in zip(names, proba)]
+            write_text_atomic(out, json.dumps(payload, indent=2) + "\n")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    import yaml
+    from rich.syntax import Syntax
+
+    from maelre.backbones.base import dense_attention_flops
+    from maelre.engine.fit import build_model
+    from maelre.recipe import load_recipe
+    from modalities import create_adapter
+
+    recipe = load_recipe(args.recipe, args.set)
+    console = _console()
+    console.print(Syntax(yaml.safe_dump(recipe.to_dict(), sort_keys=False), "yaml", theme="ansi_dark", background_color="default"))
+    adapter = create_adapter(recipe.adapter_name(), **recipe.adapter_kwargs())
+    model = build_model(adapter, recipe.model.backbone, recipe.backbone_kwargs(), num_classes=args.num_classes, head_dropout=recipe.model.head_dropout, two_tower=recipe.model.two_tower)
+    backbone = model.backbone
+    n = args.length or -(-adapter.config.max_len // adapter.config.pad_to_multiple) * adapter.config.pad_to_multiple
+    plan = backbone.plan(n)
+    rows = [(b.index, b.n_in, b.n_out, b.attention, f"{b.attn_flops / 1e6:.2f}") for b in plan]
+    console.print(_table(f"{recipe.model.backbone} plan at N={n} (adapter max_len, padded)", ("block", "N in", "N out", "attention", "attn MFLOPs"), rows))
+    total = sum(b.attn_flops for b in plan)
+    full = dense_attention_flops(n, n, backbone.config.dim) * backbone.config.depth
+    summary = [
+        ("parameters", f"{sum(p.numel() for p in model.parameters()):,}"),
+        ("backbone parameters", f"{backbone.num_parameters():,}"),
+        ("adapter parameters", f"{sum(p.numel() for p in model.adapter.parameters()):,}"),
+        ("attention MFLOPs / sequence", f"{total / 1e6:.2f} ({100 * total / full:.1f}% of full attention)"),
+        ("backbone config", json.dumps(backbone.config.to_dict())),
+    ]
+    console.print(_table("model", ("", "value"), summary))
+    console.print(f"[green]recipe {args.recipe} is valid[/green] (parameter counts use {args.num_classes} classes; the dataset is not loaded)")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    import dataclasses
+    import inspect
+
+    from maelre.backbones.base import BackboneConfig
+    from maelre.registry import config_fields, list_backbones
+    from modalities import list_adapters
+    from modalities.base import adapter_config_class
+    from modalities.datasets import get_dataset_loader, list_datasets
+
+    console = _console()
+    shared = {f.name for f in dataclasses.fields(BackboneConfig)}
+    rows = [(name, ", ".join(k for k in config_fields(name) if k not in shared) or "-") for name in list_backbones()]
+    console.print(_table("backbones (model.backbone; own keys go under model.backbone_config.<name>)", ("name", "own config keys"), rows))
+    rows = []
+    for name in list_adapters():
+        fields = [f.name for f in dataclasses.fields(adapter_config_class(name)) if f.name != "dim"]
+        rows.append((name, ", ".join(fields)))
+    console.print(_table("adapters (data.adapter.name)", ("name", "settings"), rows))
+    rows = []
+    for name in list_datasets():
+        doc = inspect.getdoc(get_dataset_loader(name)) or ""
+        rows.append((name, doc.splitlines()[0] if doc else ""))
+    console.print(_table("datasets (data.dataset.name)", ("name", "description"), rows))
+    recipes_dir = Path(args.recipes_dir)
+    if recipes_dir.is_dir():
+        import yaml
+
+        rows = []
+        for path in sorted(recipes_dir.glob("*.yaml")):
+            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            rows.append((str(path), raw.get("description", "")))
+        console.print(_table("recipes", ("file", "description"), rows))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.suite != "efficiency":
+        raise ValueError(f"unknown benchmark {args.suite!r}; available: efficiency")
+    try:
+        from maelre.bench import efficiency
+    except ModuleNotFoundError as err:
+        raise ValueError(f"the efficiency benchmark is not available ({err})") from err
+    result = efficiency.main(list(args.bench_args))
+    return int(result or 0)
+
+
+# ---------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="maelre", description="Train, evaluate and use long-sequence classifiers.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_set(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key (YAML value), e.g. --set trainer.max_epochs=3; repeatable")
+
+    p = sub.add_parser("fit", help="train (and test) from a recipe")
+    p.add_argument("recipe", help="recipe YAML file")
+    add_set(p)
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run from its newest checkpoint")
+    p.add_argument("--run-dir", help="exact run directory (default: output.run_dir/version_N)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or model summary")
+    p.set_defaults(func=cmd_fit)
+
+    for name, func, what in (("validate", cmd_validate, "validation"), ("test", cmd_test, "test")):
+        p = sub.add_parser(name, help=f"evaluate a saved model on its recipe's {what} split")
+        p.add_argument("target", help="checkpoint or run directory, or the recipe file of a finished run")
+        add_set(p)
+        p.add_argument("--batch-size", type=int, default=None)
+        p.add_argument("--json", action="store_true", help="also print the metrics as one JSON line")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("predict", help="classify audio/text/image files or a .npy array with a saved model")
+    p.add_argument("checkpoint", help="checkpoint or run directory")
+    p.add_argument("files", nargs="*", help="input files (.wav/.flac, .txt, .png/.jpg, .npy)")
+    p.add_argument("--npy", help="array file with one sample per row")
+    p.add_argument("--sample-rate", type=int, default=None, help="sample rate of --npy waveforms (default: the adapter's)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--out", help="write predictions to this .json or .csv file")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("check", help="validate a recipe and show the resolved config, parameter count and per-block plan")
+    p.add_argument("recipe")
+    add_set(p)
+    p.add_argument("--length", type=int, default=None, help="sequence length N for the plan (default: adapter max_len, padded)")
+    p.add_argument("--num-classes", type=int, default=10, help="classes assumed for the parameter count (default 10)")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("info", help="list backbones, adapters, datasets and recipes")
+    p.add_argument("--recipes-dir", default="recipes")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("bench", help="benchmarks: 'maelre bench efficiency --help'")
+    p.add_argument("suite", help="benchmark name (efficiency)")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of the benchmark")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console entry point; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        with warnings.catch_warnings():
+            from maelre.recipe import RecipeWarning
+
+            warnings.simplefilter("always", RecipeWarning)
+            warnings.showwarning = _show_warning
+            return args.func(args)
+    except USER_ERRORS as err:
+        if args.debug:
+            raise
+        print(f"maelre {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    print(f"warning: {message}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Training engine: data loading, the Lightning task, pickle-free checkpoints and the programmatic API.
+
+The models in ``maelre`` never import Lightning; this package is the only place that does.
+"""
+from maelre.engine.checkpoint import LoadedModel, ModelSpec, SafeCheckpointIO, latest_checkpoint, load_model, resolve_checkpoint, save_model
+from maelre.engine.data import make_dataloader, split_validation
+from maelre.engine.fit import FitResult, TrainerConfig, build_model, evaluate, fit_classifier, predict_proba, prepare_adapter
+from maelre.engine.seed import seed_everything
+from maelre.engine.task import ClassificationTask, OptimConfig
+
+__all__ = [
+    "ClassificationTask",
+    "FitResult",
+    "LoadedModel",
+    "ModelSpec",
+    "OptimConfig",
+    "SafeCheckpointIO",
+    "TrainerConfig",
+    "build_model",
+    "evaluate",
+    "fit_classifier",
+    "latest_checkpoint",
+    "load_model",
+    "make_dataloader",
+    "predict_proba",
+    "prepare_adapter",
+    "resolve_checkpoint",
+    "save_model",
+    "seed_everything",
+    "split_validation",
+]

@@ -1,0 +1,302 @@
+"""Lightning callbacks of a training run, and the run artifacts (plots, ``results.json``).
+
+- ``CheckpointExtras``: adds the model spec, class names, adapter preprocessing state,
+  recipe and current metrics to every checkpoint (see ``maelre.engine.checkpoint``).
+- ``StepCheckpoint``: a resumable checkpoint every ``every_n_steps`` optimizer steps and
+  at every epoch end, under unique ``step-XXXXXXX`` names; keeps the newest ``keep``.
+- ``BestCheckpoint``: the checkpoint with the best validation metric, as ``best``.
+- ``ThroughputMonitor``: samples/s and tokens/s over training time (validation excluded).
+- ``HistoryRecorder``: per-epoch train loss and validation metrics (the learning curve).
+"""
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from maelre.engine.checkpoint import EXTRAS_KEY, ModelSpec, find_checkpoints, write_json_atomic
+from maelre.engine.data import batch_size_of, token_count
+
+
+def _scalar_metrics(trainer: L.Trainer, prefixes: tuple[str, ...] = ("train/", "val/", "test/")) -> dict[str, float]:
+    out = {}
+    for key, value in trainer.callback_metrics.items():
+        if key.startswith(prefixes):
+            out[key] = float(value)
+    return out
+
+
+class CheckpointExtras(Callback):
+    """Puts what ``load_model`` needs (and the recipe) into every checkpoint Lightning writes."""
+
+    def __init__(self, spec: ModelSpec, classes: list[str], recipe: dict | None = None) -> None:
+        self.spec = spec
+        self.classes = list(classes)
+        self.recipe = recipe
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[EXTRAS_KEY] = {
+            "spec": self.spec.to_dict(),
+            "classes": self.classes,
+            "preprocessing": pl_module.model.adapter.preprocessing_state(),
+            "recipe": self.recipe,
+            "meta": {"metrics": _scalar_metrics(trainer)},
+        }
+
+
+class StepCheckpoint(Callback):
+    """Resumable checkpoints ``dirpath/step-XXXXXXX`` every ``every_n_steps`` steps and at epoch ends.
+
+    Saved from ``on_train_batch_end`` (after the optimizer and scheduler step), which is
+    where Lightning's loops support an exact mid-epoch restart. Only the newest ``keep``
+    step checkpoints are kept; a new one is complete before an old one is deleted.
+    """
+
+    def __init__(self, dirpath: str | Path, every_n_steps: int | None = None, keep: int = 2) -> None:
+        if every_n_steps is not None and every_n_steps < 1:
+            raise ValueError(f"checkpoint_every_n_steps must be >= 1, got {every_n_steps}")
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self.dirpath = Path(dirpath)
+        self.every_n_steps = every_n_steps
+        self.keep = keep
+        self._last_step = -1
+
+    def _save(self, trainer: L.Trainer) -> None:
+        step = trainer.global_step
+        if step == self._last_step or step == 0:
+            return
+        self._last_step = step
+        trainer.save_checkpoint(self.dirpath / f"step-{step:07d}")
+        if trainer.is_global_zero:
+            steps = [p for p in find_checkpoints(self.dirpath) if p.name.startswith("step-")]
+            for old in steps[: -self.keep]:
+                trainer.strategy.remove_checkpoint(old)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._save(trainer)
+
+
+class BestCheckpoint(Callback):
+    """Keeps ``dirpath/best``: the checkpoint with the best ``monitor`` value seen at validation."""
+
+    def __init__(self, dirpath: str | Path, monitor: str = "val/acc", mode: str = "max") -> None:
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
+        self.dirpath = Path(dirpath)
+        self.monitor = monitor
+        self.mode = mode
+        self.best: float | None = None
+
+    @property
+    def path(self) -> Path:
+        return self.dirpath / "best"
+
+    def _improved(self, value: float) -> bool:
+        if math.isnan(value):
+            return False
+        return self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics[self.monitor])
+        if self._improved(value):
+            self.best = value
+            trainer.save_checkpoint(self.path)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.best = state_dict.get("best")
+
+
+class ThroughputMonitor(Callback):
+    """Training samples/s and tokens/s (real tokens, from the batch masks), validation time excluded."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.tokens = 0
+        self.seconds = 0.0
+        self._t0: float | None = None
+        self._val_t0: float | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._val_t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._val_t0 is not None and self._t0 is not None:
+            self._t0 += time.perf_counter() - self._val_t0  # shift the start: validation does not count
+        self._val_t0 = None
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        inputs, _ = batch
+        self.samples += batch_size_of(inputs) * trainer.world_size
+        self.tokens += token_count(inputs) * trainer.world_size
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._t0 is not None:
+            self.seconds = time.perf_counter() - self._t0
+
+    def summary(self) -> dict[str, float]:
+        seconds = max(self.seconds, 1e-9)
+        return {
+            "train_seconds": self.seconds,
+            "samples_per_second": self.samples / seconds,
+            "tokens_per_second": self.tokens / seconds,
+            "samples_seen": self.samples,
+            "tokens_seen": self.tokens,
+        }
+
+
+class HistoryRecorder(Callback):
+    """One row per training epoch: ``epoch``, ``step``, mean ``train/loss`` and the latest ``val/*`` metrics."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+        self._loss_sum = 0.0
+        self._loss_n = 0
+        self._val: dict[str, float] = {}
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None:
+            self._loss_sum += float(loss.detach())
+            self._loss_n += 1
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._val = _scalar_metrics(trainer, ("val/",))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
+        if self._loss_n:
+            row["train/loss"] = self._loss_sum / self._loss_n
+        row.update(self._val)
+        self.rows.append(row)
+        self._loss_sum, self._loss_n, self._val = 0.0, 0, {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "loss_sum": self._loss_sum, "loss_n": self._loss_n}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = list(state_dict.get("rows", []))
+        self._loss_sum = float(state_dict.get("loss_sum", 0.0))
+        self._loss_n = int(state_dict.get("loss_n", 0))
+
+
+# ---------------------------------------------------------------- run artifacts
+def peak_memory_bytes(device: torch.device | str) -> dict[str, Any]:
+    """Peak memory: CUDA max allocated on a GPU run, else this process's peak RSS."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return {"kind": "cuda_max_allocated", "bytes": int(torch.cuda.max_memory_allocated(device))}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"kind": "cpu_peak_rss", "bytes": int(rss if sys.platform == "darwin" else rss * 1024)}
+
+
+def environment() -> dict[str, Any]:
+    """Versions and hardware the run used."""
+    import platform
+
+    import lightning
+
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "platform": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+    }
+    if torch.cuda.is_available():
+        env["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return env
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig: Any, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    tmp.replace(path)
+
+
+def plot_confusion_matrix(confusion: np.ndarray | torch.Tensor, classes: list[str], path: str | Path, title: str = "test confusion matrix") -> Path:
+    """Row-normalised confusion matrix (rows = true class) with counts, as a PNG."""
+    plt = _pyplot()
+    cm = np.asarray(confusion, dtype=np.int64)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = max(4.0, 0.45 * len(classes) + 2)
+    fig, ax = plt.subplots(figsize=(size, size))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes, rotation=90 if len(classes) > 10 else 0)
+    ax.set_yticks(ticks, classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    if len(classes) <= 20:
+        for i in ticks:
+            for j in ticks:
+                ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
+    path = Path(path)
+    _save_figure(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plot_learning_curve(history: list[dict[str, float]], path: str | Path) -> Path:
+    """Train/val loss and val accuracy per epoch, as a PNG."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [row["epoch"] for row in history]
+    for key, style in (("train/loss", "-o"), ("val/loss", "-s")):
+        points = [(e, row[key]) for e, row in zip(epochs, history) if key in row]
+        if points:
+            ax_loss.plot(*zip(*points), style, label=key)
+    for key in ("val/acc", "val/f1"):
+        points = [(e, row[key]) for e, row in zip(epochs, history) if key in row]
+        if points:
+            ax_acc.plot(*zip(*points), "-o", label=key)
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("loss")
+    ax_acc.set_xlabel("epoch")
+    ax_acc.set_ylabel("score")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend()
+    path = Path(path)
+    _save_figure(fig, path)
+    plt.close(fig)
+    return path
+
+
+def write_results(path: str | Path, results: dict[str, Any]) -> Path:
+    """``results.json`` (atomic)."""
+    write_json_atomic(path, results)
+    return Path(path)

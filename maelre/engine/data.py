@@ -1,0 +1,354 @@
+"""Data loading over ``DatasetSplits`` with a modality adapter.
+
+Raw ``(x, label)`` samples are encoded lazily by ``adapter.encode`` inside the loader
+(so preprocessing runs in worker processes) and padded by ``adapter.collate``. A
+loader yields ``(batch, labels)`` where ``batch`` is the adapter's dict, or
+``{"left": ..., "right": ...}`` for two-tower tasks whose inputs are ``(x1, x2)`` pairs.
+
+Training loaders are *resumable*: the sample order is a pure function of
+``(seed, epoch)`` and ``ResumableDataLoader.state_dict()`` records how many batches of
+the epoch were handed out plus the random-generator state at that point, so a resumed
+run replays exactly the remaining batches (Lightning calls ``state_dict`` /
+``load_state_dict`` on stateful loaders when it checkpoints and resumes).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from maelre.engine.seed import rng_state, set_rng_state
+
+Sample = tuple[Any, int]
+
+
+class IndexedSamples(Sequence):
+    """A read-only view ``samples[indices[i]]`` that keeps lazy datasets lazy."""
+
+    def __init__(self, samples: Sequence[Sample], indices: Sequence[int]) -> None:
+        self.samples = samples
+        self.indices = [int(i) for i in indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> Sample:  # type: ignore[override]
+        return self.samples[self.indices[i]]
+
+
+class Unlabeled(Sequence):
+    """Wraps raw inputs as ``(x, -1)`` samples so unlabeled data goes through the same loaders."""
+
+    def __init__(self, inputs: Sequence[Any]) -> None:
+        self.inputs = inputs
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, i: int) -> Sample:  # type: ignore[override]
+        return self.inputs[i], -1
+
+
+def labels_of(samples: Sequence[Sample]) -> np.ndarray:
+    """The integer labels of ``samples`` (reads every sample of a lazy dataset once)."""
+    labels = getattr(samples, "labels", None)
+    if labels is not None and len(labels) == len(samples):
+        return np.asarray(labels, dtype=np.int64)
+    return np.fromiter((int(samples[i][1]) for i in range(len(samples))), dtype=np.int64, count=len(samples))
+
+
+def split_validation(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[IndexedSamples, IndexedSamples]:
+    """Hold out a stratified ``fraction`` of ``samples`` (scikit-learn's ``train_test_split``).
+
+    Falls back to a plain random split when some class has a single sample.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {fraction}")
+    labels = labels_of(samples)
+    counts = np.bincount(labels)
+    counts = counts[counts > 0]
+    n_val = math.ceil(fraction * len(samples))
+    stratifiable = counts.min() >= 2 and min(n_val, len(samples) - n_val) >= len(counts)
+    stratify = labels if stratifiable else None
+    train_idx, val_idx = train_test_split(np.arange(len(samples)), test_size=fraction, random_state=seed, stratify=stratify)
+    return IndexedSamples(samples, np.sort(train_idx)), IndexedSamples(samples, np.sort(val_idx))
+
+
+class EncodedDataset(Dataset):
+    """``samples[i] = (x, y)`` -> ``(adapter.encode(x), y)``; ``x`` is a pair for two-tower tasks.
+
+    With ``cache=True`` encoded items are memoised (per worker process); use it only for
+    adapters whose ``encode`` is deterministic (no random augmentation).
+    """
+
+    def __init__(self, samples: Sequence[Sample], adapter: Any, two_tower: bool = False, cache: bool = False) -> None:
+        self.samples = samples
+        self.adapter = adapter
+        self.two_tower = two_tower
+        self._cache: dict[int, tuple[Any, int]] | None = {} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _encode(self, x: Any) -> Any:
+        if self.two_tower:
+            if not (isinstance(x, (tuple, list)) and len(x) == 2):
+                raise ValueError(f"two-tower data needs (left, right) input pairs, got {type(x).__name__}; set model.two_tower=false for single inputs")
+            return self.adapter.encode(x[0]), self.adapter.encode(x[1])
+        return self.adapter.encode(x)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        x, y = self.samples[i]
+        item = (self._encode(x), int(y))
+        if self._cache is not None:
+            self._cache[i] = item
+        return item
+
+
+class BatchCollator:
+    """``[(encoded, y), ...] -> (batch, labels [B])`` through ``adapter.collate`` (picklable for workers)."""
+
+    def __init__(self, adapter: Any, two_tower: bool = False) -> None:
+        self.adapter = adapter
+        self.two_tower = two_tower
+
+    def __call__(self, items: list[tuple[Any, int]]) -> tuple[dict, Tensor]:
+        labels = torch.tensor([y for _, y in items], dtype=torch.long)
+        if self.two_tower:
+            left = self.adapter.collate([enc[0] for enc, _ in items])
+            right = self.adapter.collate([enc[1] for enc, _ in items])
+            return {"left": left, "right": right}, labels
+        return self.adapter.collate([enc for enc, _ in items]), labels
+
+
+def batch_size_of(batch: dict) -> int:
+    """Number of samples in an adapter (or two-tower) batch."""
+    side = batch["left"] if "left" in batch and "right" in batch else batch
+    return int(side["mask"].shape[0])
+
+
+def token_count(batch: dict) -> int:
+    """Real tokens in a batch (both sides for two-tower); ``mask`` marks real positions."""
+    if "left" in batch and "right" in batch:
+        return token_count(batch["left"]) + token_count(batch["right"])
+    return int(batch["mask"].sum())
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Batches whose order depends only on ``(seed, epoch)``; can start mid-epoch.
+
+    Args:
+        num_samples: dataset size.
+        batch_size: samples per batch.
+        shuffle: permute each epoch (with a generator seeded by ``seed`` and ``epoch``).
+        seed: base seed of the permutation.
+        drop_last: drop a final short batch.
+        lengths: per-sample token counts; when given (and ``shuffle``), batches are
+            length-bucketed: each chunk of ``bucket_batches`` batches of a random
+            permutation is sorted by length before cutting it into batches, and the
+            batch order is shuffled, so padding shrinks while batches stay random.
+        bucket_batches: batches per sorting chunk.
+
+    Under ``torch.distributed`` every rank takes every ``world_size``-th batch of the
+    same global order (the batch count is cut to a multiple of the world size).
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        drop_last: bool = False,
+        lengths: Sequence[int] | None = None,
+        bucket_batches: int = 50,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_samples < 1:
+            raise ValueError("cannot batch an empty dataset; check the dataset split and val_fraction")
+        if lengths is not None and len(lengths) != num_samples:
+            raise ValueError(f"lengths has {len(lengths)} entries for {num_samples} samples")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.lengths = None if lengths is None else np.asarray(lengths)
+        self.bucket_batches = bucket_batches
+        self.epoch = 0
+        self._skip = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's permutation (Lightning calls this at every epoch start)."""
+        if epoch != self.epoch:
+            self._skip = 0
+        self.epoch = epoch
+
+    def start_at(self, epoch: int, batches_done: int) -> None:
+        """Make the next iteration resume ``epoch`` after its first ``batches_done`` batches."""
+        self.epoch = epoch
+        self._skip = batches_done
+
+    @property
+    def pending_skip(self) -> int:
+        return self._skip
+
+    def _global_batches(self) -> list[list[int]]:
+        if not self.shuffle:
+            order = np.arange(self.num_samples)
+        else:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.num_samples, generator=gen).numpy()
+        if self.shuffle and self.lengths is not None:
+            chunk = self.batch_size * self.bucket_batches
+            order = np.concatenate([c[np.argsort(self.lengths[c], kind="stable")] for c in np.split(order, range(chunk, len(order), chunk))])
+        batches = [order[i : i + self.batch_size].tolist() for i in range(0, self.num_samples, self.batch_size)]
+        if self.drop_last and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        if self.shuffle and self.lengths is not None:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7_919)
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+        return batches
+
+    def _rank_batches(self) -> list[list[int]]:
+        batches = self._global_batches()
+        rank, world = _world()
+        if world == 1:
+            return batches
+        usable = len(batches) - len(batches) % world
+        if usable == 0:
+            raise ValueError(f"{len(batches)} batches cannot be shared by {world} processes; use a smaller batch_size or fewer devices")
+        return batches[rank:usable:world]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._rank_batches()
+        start, self._skip = self._skip, 0
+        yield from batches[start:]
+
+    def __len__(self) -> int:
+        n = self.num_samples // self.batch_size if self.drop_last else math.ceil(self.num_samples / self.batch_size)
+        _, world = _world()
+        return n // world if world > 1 else n
+
+
+class ResumableDataLoader(DataLoader):
+    """A ``DataLoader`` over a ``ResumableBatchSampler`` implementing Lightning's stateful-loader protocol.
+
+    ``state_dict()`` -> ``{"epoch", "batches", "rng"}``: the epoch, how many of its
+    batches this loader has handed out, and the global RNG states at that moment.
+    After ``load_state_dict`` the next iteration skips the handed-out batches (without
+    loading them) and restores the RNG states just before fetching the first batch,
+    so augmentation and dropout randomness replay as in an uninterrupted run.
+    Worker seeds are re-derived from ``(seed, epoch)`` at every iteration.
+    """
+
+    def __init__(self, dataset: Dataset, batch_sampler: ResumableBatchSampler, **kwargs: Any) -> None:
+        super().__init__(dataset, batch_sampler=batch_sampler, generator=torch.Generator(), **kwargs)
+        self._yielded = 0
+        self._pending_rng: dict | None = None
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        sampler: ResumableBatchSampler = self.batch_sampler  # type: ignore[assignment]
+        self._yielded = sampler.pending_skip
+        return self._iterate(sampler)
+
+    def _iterate(self, sampler: ResumableBatchSampler) -> Iterator[Any]:
+        if self._pending_rng is not None:
+            set_rng_state(self._pending_rng)
+            self._pending_rng = None
+        self.generator.manual_seed(sampler.seed * 1_000_003 + sampler.epoch + 104_729)
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict:
+        sampler: ResumableBatchSampler = self.batch_sampler  # type: ignore[assignment]
+        return {"epoch": sampler.epoch, "batches": self._yielded, "rng": rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        sampler: ResumableBatchSampler = self.batch_sampler  # type: ignore[assignment]
+        sampler.start_at(int(state["epoch"]), int(state["batches"]))
+        self._pending_rng = state.get("rng")
+
+
+def sample_lengths(samples: Sequence[Sample], adapter: Any, two_tower: bool = False) -> list[int]:
+    """Token count of every sample (``adapter.num_tokens``; the longer side for pairs)."""
+    if two_tower:
+        return [max(adapter.num_tokens(x[0]), adapter.num_tokens(x[1])) for x, _ in (samples[i] for i in range(len(samples)))]
+    return [adapter.num_tokens(samples[i][0]) for i in range(len(samples))]
+
+
+def make_dataloader(
+    samples: Sequence[Sample],
+    adapter: Any,
+    batch_size: int,
+    shuffle: bool,
+    seed: int = 0,
+    num_workers: int = 0,
+    two_tower: bool = False,
+    bucket_by_length: bool = False,
+    drop_last: bool = False,
+    cache: bool = False,
+    lengths: Sequence[int] | None = None,
+) -> ResumableDataLoader:
+    """A loader of ``(batch, labels)`` over raw ``(x, y)`` samples.
+
+    Args:
+        samples: sequence of ``(x, label)``; ``x`` is an ``(x1, x2)`` pair when ``two_tower``.
+        adapter: a fitted modality adapter (``encode``/``collate``).
+        batch_size: samples per batch.
+        shuffle: new ``(seed, epoch)``-determined order every epoch (training).
+        seed: base seed of the order.
+        num_workers: worker processes running ``adapter.encode``.
+        two_tower: yield ``{"left": batch, "right": batch}``.
+        bucket_by_length: group similar lengths into batches (training only: needs
+            ``shuffle``; evaluation keeps the input order so outputs line up).
+        drop_last: drop the last short batch.
+        cache: memoise encoded samples (deterministic ``encode`` only).
+        lengths: precomputed token counts for bucketing (default: ``adapter.num_tokens``).
+
+    Returns:
+        a ``ResumableDataLoader``; batches are ``(batch_dict, labels [B] long)``.
+    """
+    if bucket_by_length and not shuffle:
+        raise ValueError("bucket_by_length reorders samples and is only for shuffled training loaders; set shuffle=True or bucket_by_length=False")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+    if bucket_by_length and lengths is None:
+        lengths = sample_lengths(samples, adapter, two_tower)
+    sampler = ResumableBatchSampler(len(samples), batch_size, shuffle, seed, drop_last, lengths if bucket_by_length else None)
+    return ResumableDataLoader(
+        EncodedDataset(samples, adapter, two_tower, cache),
+        sampler,
+        collate_fn=BatchCollator(adapter, two_tower),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+    )
+
+
+def move_to(batch: Any, device: torch.device) -> Any:
+    """Move every tensor of a nested dict/list/tuple batch to ``device``."""
+    if isinstance(batch, Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: move_to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to(v, device) for v in batch)
+    return batch

@@ -1,0 +1,513 @@
+"""The programmatic training API (no recipe needed): build, fit, evaluate, predict.
+
+Typical use (this is what the scikit-learn estimator and the recipe runner do)::
+
+    adapter = prepare_adapter("audio", {"dim": 64, "sample_rate": 8000}, splits.train)
+    model = build_model(adapter, "maelre", {"depth": 4, "heads": 4}, num_classes=10)
+    result = fit_classifier(model, splits.train, splits.val, TrainerConfig(max_epochs=5), OptimConfig(lr=1e-3))
+    proba = predict_proba(result.model, [x for x, _ in splits.test])
+
+``fit_classifier`` runs a Lightning ``Trainer``. With ``run_dir=None`` it keeps
+everything in memory (no logs, no checkpoints; the best validation weights are kept in
+RAM); with a ``run_dir`` it writes CSV/TensorBoard logs and pickle-free checkpoints
+(``maelre.engine.checkpoint``) and can ``resume`` an interrupted run exactly.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import math
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback, EarlyStopping, RichProgressBar
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix, multiclass_f1_score
+
+from maelre.engine.callbacks import (
+    BestCheckpoint,
+    CheckpointExtras,
+    HistoryRecorder,
+    StepCheckpoint,
+    ThroughputMonitor,
+    peak_memory_bytes,
+)
+from maelre.engine.checkpoint import ModelSpec, SafeCheckpointIO, latest_checkpoint, load_weights
+from maelre.engine.data import Unlabeled, make_dataloader, move_to
+from maelre.engine.seed import seed_everything
+from maelre.engine.task import ClassificationTask, OptimConfig
+from maelre.model import SequenceClassifier
+from maelre.registry import create_backbone
+
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+
+
+@dataclass
+class TrainerConfig:
+    """How long and where to train (maps onto ``lightning.Trainer``).
+
+    Attributes:
+        max_epochs: epoch budget (``None`` = unbounded; then ``max_steps`` or ``max_time`` must bound training).
+        max_steps: optimizer-step budget (``None`` = unbounded).
+        max_time: wall-clock budget in minutes (``None`` = unbounded).
+        precision: ``"32"``, ``"bf16-mixed"`` (GPU; works but is slow on CPU) or ``"16-mixed"`` (GPU).
+        accelerator: ``"auto"``, ``"cpu"``, ``"gpu"``/``"cuda"``.
+        devices: device count or ``"auto"``.
+        strategy: ``"auto"`` or ``"ddp"`` (multi-GPU data parallel; launched by re-running the command per device).
+        accumulate_grad_batches: batches per optimizer step.
+        gradient_clip: max gradient norm (``None`` = no clipping).
+        checkpoint_every_n_steps: resumable checkpoint period in optimizer steps
+            (``None`` = only at epoch ends); a killed run loses at most this many steps.
+        seed: seeds model init, data order, dropout and augmentation.
+        deterministic: use deterministic kernels where they exist.
+        early_stopping_patience: stop after this many validations without improvement of
+            ``early_stopping_monitor`` (``None`` = off; needs validation data).
+        early_stopping_monitor: ``"val/acc"``, ``"val/f1"`` (maximised) or ``"val/loss"`` (minimised).
+        val_every_n_epochs: validation period.
+        log_every_n_steps: logging period.
+        enable_progress_bar: show Lightning's rich progress bar.
+    """
+
+    max_epochs: int | None = 10
+    max_steps: int | None = None
+    max_time: float | None = None
+    precision: str = "32"
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    accumulate_grad_batches: int = 1
+    gradient_clip: float | None = 1.0
+    checkpoint_every_n_steps: int | None = None
+    seed: int = 0
+    deterministic: bool = False
+    early_stopping_patience: int | None = None
+    early_stopping_monitor: str = "val/acc"
+    val_every_n_epochs: int = 1
+    log_every_n_steps: int = 50
+    enable_progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_epochs is None and self.max_steps is None and self.max_time is None:
+            raise ValueError("training is unbounded: set max_epochs, max_steps or max_time")
+        for name in ("max_epochs", "max_steps", "checkpoint_every_n_steps", "early_stopping_patience"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or null, got {value}")
+        if self.max_time is not None and self.max_time <= 0:
+            raise ValueError(f"max_time must be a positive number of minutes, got {self.max_time}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.accumulate_grad_batches < 1 or self.val_every_n_epochs < 1 or self.log_every_n_steps < 1:
+            raise ValueError("accumulate_grad_batches, val_every_n_epochs and log_every_n_steps must be >= 1")
+        if self.gradient_clip is not None and self.gradient_clip <= 0:
+            raise ValueError(f"gradient_clip must be positive or null, got {self.gradient_clip}")
+        if self.early_stopping_monitor not in ("val/acc", "val/f1", "val/loss"):
+            raise ValueError(f"early_stopping_monitor must be 'val/acc', 'val/f1' or 'val/loss', got {self.early_stopping_monitor!r}")
+
+
+@dataclass
+class FitResult:
+    """What ``fit_classifier`` returns.
+
+    Attributes:
+        model: the trained classifier (best validation weights when ``restore_best`` and
+            validation data were given), on CPU, in eval mode.
+        history: per epoch ``{"epoch", "step", "train/loss", "val/loss", "val/acc", "val/f1"}``.
+        best_score: best ``val/acc`` seen (``None`` without validation).
+        best_checkpoint: ``run_dir/checkpoints/best`` when written.
+        last_checkpoint: newest resumable checkpoint when a ``run_dir`` was given.
+        global_step: optimizer steps done (including those before a resume).
+        epochs: epochs started.
+        throughput: ``samples_per_second``, ``tokens_per_second``, ``train_seconds`` ...
+        fit_seconds: wall time of ``trainer.fit``.
+        peak_memory: ``{"kind", "bytes"}`` (CUDA max allocated, or CPU peak RSS).
+    """
+
+    model: SequenceClassifier
+    history: list[dict[str, float]]
+    best_score: float | None
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    global_step: int
+    epochs: int
+    throughput: dict[str, float]
+    fit_seconds: float
+    peak_memory: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- building
+def prepare_adapter(name: str, config: dict[str, Any], train_samples: Sequence[tuple[Any, int]], two_tower: bool = False) -> Any:
+    """Create adapter ``name`` with ``config`` and ``fit`` its preprocessing on the training inputs.
+
+    For two-tower data (``x = (left, right)``) both sides are fitted on.
+    """
+    from modalities import create_adapter
+
+    adapter = create_adapter(name, **config)
+    inputs = _TrainInputs(train_samples, two_tower)
+    try:
+        adapter.fit(inputs)  # lazy: adapters that subsample (audio statistics) read only what they need
+    except (TypeError, ValueError):
+        adapter.fit(list(inputs))  # adapters that accept only in-memory panels (lists/arrays)
+    return adapter
+
+
+class _TrainInputs(Sequence):
+    """The raw inputs of ``(x, y)`` samples (both sides of pairs, concatenated, for two-tower data)."""
+
+    def __init__(self, samples: Sequence[tuple[Any, int]], two_tower: bool) -> None:
+        self.samples = samples
+        self.two_tower = two_tower
+
+    def __len__(self) -> int:
+        return len(self.samples) * (2 if self.two_tower else 1)
+
+    def __getitem__(self, i: int) -> Any:  # type: ignore[override]
+        if not self.two_tower:
+            return self.samples[i][0]
+        x, _ = self.samples[i % len(self.samples)]
+        return x[i // len(self.samples)]
+
+
+def build_model(
+    adapter: Any,
+    backbone_name: str,
+    backbone_cfg: dict[str, Any],
+    num_classes: int,
+    head_dropout: float = 0.0,
+    two_tower: bool = False,
+) -> SequenceClassifier:
+    """adapter + registered backbone + head -> ``SequenceClassifier`` (``forward(batch) -> logits [B, C]``).
+
+    The adapter (already ``fit``) fixes the width: ``backbone_cfg`` may omit ``dim``,
+    and a different ``dim`` is an error. The returned model carries ``model.spec``
+    (a ``ModelSpec``), which checkpoints store to rebuild it.
+    """
+    from modalities.base import registered_name
+
+    cfg = dict(backbone_cfg)
+    if cfg.setdefault("dim", adapter.dim) != adapter.dim:
+        raise ValueError(f"backbone dim={cfg['dim']} differs from the adapter's dim={adapter.dim}; model.dim sets both, so leave the adapter's dim unset")
+    backbone = create_backbone(backbone_name, **cfg)
+    model = SequenceClassifier(adapter, backbone, num_classes, head_dropout, two_tower)
+    model.spec = ModelSpec(
+        backbone=backbone_name,
+        backbone_config=backbone.config.to_dict(),
+        adapter=registered_name(adapter),
+        adapter_config=_jsonable(dataclasses.asdict(adapter.config)),
+        num_classes=num_classes,
+        head_dropout=head_dropout,
+        two_tower=two_tower,
+    )
+    return model
+
+
+def num_classes_of(model: SequenceClassifier) -> int:
+    """Output width of the classifier head."""
+    fc = model.head.fc
+    return (fc[-1] if isinstance(fc, torch.nn.Sequential) else fc).out_features
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+# ---------------------------------------------------------------- training
+class _BestWeightsInMemory(Callback):
+    """Keeps a CPU copy of the weights with the best ``val/acc`` (in-memory runs)."""
+
+    def __init__(self, monitor: str = "val/acc") -> None:
+        self.monitor = monitor
+        self.best: float | None = None
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+            return
+        value = float(trainer.callback_metrics[self.monitor])
+        if not math.isnan(value) and (self.best is None or value > self.best):
+            self.best = value
+            self.state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.model.state_dict().items()}
+
+
+def _max_time(minutes: float | None) -> datetime.timedelta | None:
+    return None if minutes is None else datetime.timedelta(minutes=minutes)
+
+
+def fit_classifier(
+    model: SequenceClassifier,
+    train_samples: Sequence[tuple[Any, int]],
+    val_samples: Sequence[tuple[Any, int]] | None = None,
+    trainer_cfg: TrainerConfig | None = None,
+    optim_cfg: OptimConfig | None = None,
+    run_dir: str | Path | None = None,
+    *,
+    batch_size: int = 32,
+    eval_batch_size: int | None = None,
+    num_workers: int = 0,
+    bucket_by_length: bool = False,
+    cache: bool = False,
+    class_weights: Sequence[float] | None = None,
+    label_smoothing: float = 0.0,
+    classes: Sequence[str] | None = None,
+    recipe: dict | None = None,
+    resume: bool | str | Path = False,
+    callbacks: Sequence[Callback] = (),
+    restore_best: bool = True,
+) -> FitResult:
+    """Train ``model`` on raw ``(x, label)`` samples with Lightning.
+
+    Args:
+        model: from ``build_model`` (adapter already fitted).
+        train_samples: ``(x, label)`` pairs (``x = (left, right)`` for two-tower models).
+        val_samples: validation pairs, or ``None`` (no validation, no early stopping, final weights kept).
+        trainer_cfg: budget, precision, devices, checkpointing (default ``TrainerConfig()``).
+        optim_cfg: optimizer and schedule (default ``OptimConfig()``).
+        run_dir: where logs and checkpoints go; ``None`` keeps the run in memory.
+        batch_size: training batch size (per device).
+        eval_batch_size: validation batch size (default ``2 * batch_size``).
+        num_workers: data-loader workers running ``adapter.encode``.
+        bucket_by_length: length-bucketed training batches (less padding).
+        cache: memoise encoded samples (deterministic adapters only).
+        class_weights: ``[C]`` cross-entropy weights.
+        label_smoothing: cross-entropy label smoothing.
+        classes: class names stored in checkpoints (default ``"0".."C-1"``).
+        recipe: resolved recipe stored in checkpoints.
+        resume: ``True`` continues from the newest checkpoint in ``run_dir``; a path
+            continues from that checkpoint directory.
+        callbacks: extra Lightning callbacks.
+        restore_best: load the best validation weights into ``model`` after training.
+
+    Returns:
+        a ``FitResult``; ``result.model`` is ``model`` itself, trained.
+    """
+    trainer_cfg = trainer_cfg or TrainerConfig()
+    optim_cfg = optim_cfg or OptimConfig()
+    num_classes = num_classes_of(model)
+    classes = [str(c) for c in classes] if classes is not None else [str(i) for i in range(num_classes)]
+    if len(classes) != num_classes:
+        raise ValueError(f"got {len(classes)} class names for a model with {num_classes} outputs")
+    if trainer_cfg.early_stopping_patience is not None and not val_samples:
+        raise ValueError("early stopping needs validation data; pass val_samples or set early_stopping_patience=None")
+    ckpt_path = _resume_path(resume, run_dir)
+    run_dir = None if run_dir is None else Path(run_dir)
+
+    seed_everything(trainer_cfg.seed, trainer_cfg.deterministic)
+    two_tower = bool(model.two_tower)
+    train_loader = make_dataloader(
+        train_samples, model.adapter, batch_size, shuffle=True, seed=trainer_cfg.seed, num_workers=num_workers,
+        two_tower=two_tower, bucket_by_length=bucket_by_length, cache=cache,
+    )
+    val_loader = None
+    if val_samples:
+        val_loader = make_dataloader(
+            val_samples, model.adapter, eval_batch_size or 2 * batch_size, shuffle=False, seed=trainer_cfg.seed,
+            num_workers=num_workers, two_tower=two_tower, cache=cache,
+        )
+
+    task = ClassificationTask(model, optim_cfg, num_classes, class_weights, label_smoothing)
+    throughput, history = ThroughputMonitor(), HistoryRecorder()
+    cbs: list[Callback] = [throughput, history, *callbacks]
+    best_cb: BestCheckpoint | None = None
+    memory_best: _BestWeightsInMemory | None = None
+    spec = getattr(model, "spec", None)
+    if run_dir is not None:
+        if spec is None:
+            raise ValueError("model has no .spec; build it with maelre.engine.build_model so checkpoints can rebuild it")
+        ckpt_dir = run_dir / "checkpoints"
+        cbs += [CheckpointExtras(spec, classes, recipe), StepCheckpoint(ckpt_dir, trainer_cfg.checkpoint_every_n_steps)]
+        if val_loader is not None:
+            best_cb = BestCheckpoint(ckpt_dir)
+            cbs.append(best_cb)
+    elif val_loader is not None and restore_best:
+        memory_best = _BestWeightsInMemory()
+        cbs.append(memory_best)
+    if trainer_cfg.early_stopping_patience is not None:
+        mode = "min" if trainer_cfg.early_stopping_monitor == "val/loss" else "max"
+        cbs.append(EarlyStopping(trainer_cfg.early_stopping_monitor, patience=trainer_cfg.early_stopping_patience, mode=mode))
+    if trainer_cfg.enable_progress_bar:
+        cbs.append(RichProgressBar(leave=True))
+
+    with _quiet_lightning(trainer_cfg.enable_progress_bar):
+        trainer = L.Trainer(
+            max_epochs=trainer_cfg.max_epochs if trainer_cfg.max_epochs is not None else -1,
+            max_steps=trainer_cfg.max_steps if trainer_cfg.max_steps is not None else -1,
+            max_time=_max_time(trainer_cfg.max_time),
+            precision=trainer_cfg.precision,
+            accelerator=trainer_cfg.accelerator,
+            devices=trainer_cfg.devices,
+            strategy=trainer_cfg.strategy,
+            accumulate_grad_batches=trainer_cfg.accumulate_grad_batches,
+            gradient_clip_val=trainer_cfg.gradient_clip,
+            deterministic="warn" if trainer_cfg.deterministic else None,
+            callbacks=cbs,
+            logger=_loggers(run_dir),
+            enable_checkpointing=False,  # checkpoints come from StepCheckpoint/BestCheckpoint
+            enable_progress_bar=trainer_cfg.enable_progress_bar,
+            enable_model_summary=trainer_cfg.enable_progress_bar,
+            log_every_n_steps=max(1, min(trainer_cfg.log_every_n_steps, len(train_loader))),
+            check_val_every_n_epoch=trainer_cfg.val_every_n_epochs,
+            limit_val_batches=None if val_loader is not None else 0,
+            num_sanity_val_steps=0,
+            use_distributed_sampler=False,  # ResumableBatchSampler shards by rank itself
+            plugins=[SafeCheckpointIO()],
+            default_root_dir=str(run_dir) if run_dir is not None else None,
+        )
+        start = time.perf_counter()
+        trainer.fit(task, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    fit_seconds = time.perf_counter() - start
+
+    best_score, best_path = None, None
+    if best_cb is not None and best_cb.path.is_dir():
+        best_score, best_path = best_cb.best, best_cb.path
+        if restore_best:
+            model.load_state_dict(load_weights(best_path / "model.safetensors"))
+    elif memory_best is not None and memory_best.state is not None:
+        best_score = memory_best.best
+        model.load_state_dict(memory_best.state)
+    model.cpu().eval()
+    return FitResult(
+        model=model,
+        history=history.rows,
+        best_score=best_score,
+        best_checkpoint=best_path,
+        last_checkpoint=latest_checkpoint(run_dir) if run_dir is not None else None,
+        global_step=trainer.global_step,
+        epochs=trainer.current_epoch,
+        throughput=throughput.summary(),
+        fit_seconds=fit_seconds,
+        peak_memory=peak_memory_bytes(trainer.strategy.root_device),
+        extra={"interrupted": trainer.interrupted, "device": str(trainer.strategy.root_device), "world_size": trainer.world_size},
+    )
+
+
+def _resume_path(resume: bool | str | Path, run_dir: str | Path | None) -> Path | None:
+    if resume is False or resume is None:
+        return None
+    if resume is True:
+        if run_dir is None:
+            raise ValueError("resume=True needs the run_dir of the interrupted run")
+        path = latest_checkpoint(run_dir)
+        if path is None:
+            raise FileNotFoundError(f"nothing to resume: no checkpoint with training state in {Path(run_dir) / 'checkpoints'}")
+        return path
+    path = Path(resume)
+    if not (path / "training_state.pt").is_file():
+        raise FileNotFoundError(f"cannot resume from {path}: it holds no training_state.pt")
+    return path
+
+
+def _loggers(run_dir: Path | None) -> list | bool:
+    if run_dir is None:
+        return False
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers: list = [CSVLogger(run_dir, name="logs")]
+    try:
+        loggers.append(TensorBoardLogger(run_dir, name="logs", version=loggers[0].version, sub_dir="tensorboard", default_hp_metric=False))
+    except ModuleNotFoundError:  # tensorboard is a declared dependency; keep CSV logs if it is absent
+        warnings.warn("tensorboard is not installed; writing CSV logs only", stacklevel=3)
+    return loggers
+
+
+@contextlib.contextmanager
+def _quiet_lightning(verbose: bool):
+    """Silence Lightning's info banners (GPU available, ...) when progress output is off.
+
+    A deprecation warning Lightning itself triggers inside torch's pytree is always hidden.
+    """
+    import logging
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=Warning)
+        if verbose:
+            yield
+            return
+        names = ("lightning.pytorch", "lightning.fabric", "lightning.pytorch.utilities.rank_zero")
+        levels = {n: logging.getLogger(n).level for n in names}
+        for n in names:
+            logging.getLogger(n).setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for n, level in levels.items():
+                logging.getLogger(n).setLevel(level)
+
+
+# ---------------------------------------------------------------- inference
+def _default_device(device: str | torch.device | None) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def _logits(
+    model: SequenceClassifier,
+    samples: Sequence[tuple[Any, int]],
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    precision: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    loader = make_dataloader(samples, model.adapter, batch_size, shuffle=False, num_workers=num_workers, two_tower=bool(model.two_tower))
+    model = model.to(device).eval()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext()
+    outputs, labels = [], []
+    with torch.inference_mode(), autocast:
+        for batch, y in loader:
+            outputs.append(model(move_to(batch, device)).float().cpu())
+            labels.append(y)
+    return torch.cat(outputs), torch.cat(labels)
+
+
+def predict_proba(
+    model: SequenceClassifier,
+    inputs: Sequence[Any],
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    precision: str = "32",
+) -> np.ndarray:
+    """Class probabilities ``[n, C]`` (float32) for raw inputs, in input order.
+
+    Runs a plain inference loop (no Lightning) on ``device`` (default: CUDA if available).
+    """
+    if len(inputs) == 0:
+        raise ValueError("predict_proba got no inputs")
+    logits, _ = _logits(model, Unlabeled(inputs), batch_size, num_workers, _default_device(device), precision)
+    return logits.softmax(dim=-1).numpy()
+
+
+def evaluate(
+    model: SequenceClassifier,
+    samples: Sequence[tuple[Any, int]],
+    batch_size: int = 64,
+    num_workers: int = 0,
+    device: str | torch.device | None = None,
+    precision: str = "32",
+) -> dict[str, Any]:
+    """Accuracy, macro-F1, mean cross-entropy and the confusion matrix (rows = true class) on labelled samples."""
+    if len(samples) == 0:
+        raise ValueError("evaluate got no samples")
+    logits, labels = _logits(model, samples, batch_size, num_workers, _default_device(device), precision)
+    c = logits.shape[1]
+    return {
+        "acc": float(multiclass_accuracy(logits, labels, c, average="micro")),
+        "f1": float(multiclass_f1_score(logits, labels, c, average="macro")),
+        "loss": float(F.cross_entropy(logits, labels)),
+        "n": int(labels.numel()),
+        "confusion": multiclass_confusion_matrix(logits, labels, c).numpy(),
+    }

@@ -1,0 +1,265 @@
+"""Run a validated ``Recipe``: load data, fit the adapter, train, test, write the run's artifacts.
+
+A run directory holds::
+
+    recipe.yaml              the resolved recipe
+    checkpoints/             step-XXXXXXX (resumable), best (by val/acc)
+    logs/version_N/          CSV metrics and TensorBoard events
+    results.json             test metrics, parameter count, throughput, time, memory, environment
+    confusion_matrix.png     test confusion matrix
+    learning_curve.png       train/val loss and val accuracy per epoch
+"""
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from maelre.engine.callbacks import environment, plot_confusion_matrix, plot_learning_curve, write_results
+from maelre.engine.checkpoint import PREPROCESSING, LoadedModel, latest_checkpoint, load_model, read_json, write_text_atomic
+from maelre.engine.data import IndexedSamples, labels_of, split_validation
+from maelre.engine.fit import build_model, evaluate, fit_classifier
+from maelre.recipe import Recipe, RecipeError, recipe_from_dict
+
+
+@dataclass
+class RunData:
+    """The splits a run trains and tests on (after validation carving and subsetting)."""
+
+    train: Sequence[tuple[Any, int]]
+    val: Sequence[tuple[Any, int]] | None
+    test: Sequence[tuple[Any, int]]
+    classes: list[str]
+    modality: str
+    meta: dict
+
+
+def subsample(samples: Sequence[tuple[Any, int]], n: int | None, seed: int) -> Sequence[tuple[Any, int]]:
+    """A stratified (when possible), seeded subset of ``n`` samples; all of them if ``n`` is ``None`` or larger."""
+    if n is None or n >= len(samples):
+        return samples
+    from sklearn.model_selection import train_test_split
+
+    labels = labels_of(samples)
+    counts = np.bincount(labels)
+    counts = counts[counts > 0]
+    stratify = labels if counts.min() >= 2 and n >= len(counts) and len(samples) - n >= len(counts) else None
+    keep, _ = train_test_split(np.arange(len(samples)), train_size=n, random_state=seed, stratify=stratify)
+    return IndexedSamples(samples, np.sort(keep))
+
+
+def load_run_data(recipe: Recipe) -> RunData:
+    """Load ``recipe``'s dataset; carve validation if the loader gave none; apply the sample caps."""
+    from modalities.datasets import get_dataset_loader, load_dataset
+
+    data, seed = recipe.data, recipe.trainer.seed
+    kwargs = recipe.dataset_kwargs()
+    takes_val = "val_fraction" in inspect.signature(get_dataset_loader(recipe.dataset_name())).parameters
+    if takes_val and data.val_fraction > 0:
+        kwargs["val_fraction"] = data.val_fraction
+    splits = load_dataset(recipe.dataset_name(), **kwargs)
+    train, val = splits.train, splits.val
+    if not val and data.val_fraction > 0:
+        train, val = split_validation(train, data.val_fraction, seed)
+    _check_two_tower(recipe, splits.meta.get("two_tower"), train)
+    return RunData(
+        train=subsample(train, data.max_train_samples, seed),
+        val=subsample(val, data.max_eval_samples, seed) if val else None,
+        test=subsample(splits.test, data.max_eval_samples, seed),
+        classes=list(splits.classes),
+        modality=splits.modality,
+        meta=dict(splits.meta),
+    )
+
+
+def _check_two_tower(recipe: Recipe, flag: bool | None, train: Sequence[tuple[Any, int]]) -> None:
+    """Pair data needs the two-tower head and vice versa (``meta["two_tower"]``, else the first sample's shape)."""
+    if flag is None:
+        x = train[0][0] if len(train) else None
+        flag = recipe.model.two_tower and isinstance(x, (tuple, list)) and len(x) == 2
+        if recipe.model.two_tower and not flag:
+            raise RecipeError("model.two_tower", f"true, but dataset {recipe.dataset_name()!r} gives single inputs, not (x1, x2) pairs; set model.two_tower=false")
+    if bool(flag) != recipe.model.two_tower:
+        hint = "true: its inputs are (x1, x2) pairs" if flag else "false: its inputs are single sequences"
+        raise RecipeError("model.two_tower", f"dataset {recipe.dataset_name()!r} needs model.two_tower={hint}")
+
+
+def _check_same_run(path: Path, resolved: dict) -> None:
+    """Resuming needs the recipe the run started with (data and model must match; budgets may change)."""
+    saved_file = path / "recipe.yaml"
+    if not saved_file.is_file():
+        return
+    saved = yaml.safe_load(saved_file.read_text(encoding="utf-8"))
+    for section in ("data", "model"):
+        if saved.get(section) != resolved.get(section):
+            keys = sorted(k for k in {*saved.get(section, {}), *resolved.get(section, {})} if saved.get(section, {}).get(k) != resolved.get(section, {}).get(k))
+            raise RecipeError(section, f"differs from the run being resumed ({path / 'recipe.yaml'}) at {', '.join(f'{section}.{k}' for k in keys)}; resume with the same recipe and --set options")
+
+
+def resolve_run_dir(recipe: Recipe, run_dir: str | Path | None, resume: bool) -> Path:
+    """The directory of this run.
+
+    An explicit ``run_dir`` is used as is. Otherwise ``output.run_dir`` (default
+    ``runs/<name>``) gets a fresh ``version_N`` subfolder when ``output.versioned``;
+    ``resume`` picks the newest existing version instead. Starting a new run in a
+    directory that already holds checkpoints is an error (resume it or pick another).
+    """
+    if run_dir is not None:
+        path = Path(run_dir)
+    elif recipe.output.versioned:
+        base = recipe.run_dir()
+        versions = sorted((int(p.name.split("_", 1)[1]), p) for p in base.glob("version_*") if p.name.split("_", 1)[1].isdigit()) if base.is_dir() else []
+        if resume:
+            if not versions:
+                raise FileNotFoundError(f"nothing to resume under {base}: no version_N run folders")
+            path = versions[-1][1]
+        else:
+            path = base / f"version_{versions[-1][0] + 1 if versions else 0}"
+    else:
+        path = recipe.run_dir()
+    if resume and latest_checkpoint(path) is None:
+        raise FileNotFoundError(f"nothing to resume in {path}: no checkpoint with training state under {path / 'checkpoints'}")
+    if not resume and (path / "checkpoints").is_dir() and any((path / "checkpoints").iterdir()):
+        raise FileExistsError(f"{path} already holds a run; pass --resume to continue it, or choose another --run-dir")
+    return path
+
+
+def _class_weights(recipe: Recipe, train: Sequence[tuple[Any, int]], num_classes: int) -> list[float] | None:
+    weights = recipe.loss.class_weights
+    if weights is None:
+        return None
+    if weights == "balanced":
+        from sklearn.utils.class_weight import compute_class_weight
+
+        labels = labels_of(train)
+        present = np.unique(labels)
+        balanced = compute_class_weight("balanced", classes=present, y=labels)
+        full = np.ones(num_classes)
+        full[present] = balanced
+        return full.tolist()
+    if len(weights) != num_classes:
+        raise RecipeError("loss.class_weights", f"needs {num_classes} weights (one per class), got {len(weights)}")
+    return list(weights)
+
+
+def _fitted_adapter(recipe: Recipe, train: Sequence[tuple[Any, int]], modality: str, resume_from: Path | None) -> Any:
+    """Create the adapter; fit it on train, or on resume restore the state saved with the checkpoint."""
+    from maelre.engine.fit import prepare_adapter
+    from modalities import create_adapter
+
+    try:
+        adapter = create_adapter(recipe.adapter_name(), **recipe.adapter_kwargs())
+    except ValueError as err:
+        raise RecipeError("data.adapter", str(err)) from err
+    if adapter.modality != modality:
+        raise RecipeError("data.adapter.name", f"adapter {recipe.adapter_name()!r} is for {adapter.modality} data but dataset {recipe.dataset_name()!r} is {modality}")
+    if resume_from is not None:
+        adapter.load_preprocessing_state(read_json(resume_from / PREPROCESSING))
+        return adapter
+    return prepare_adapter(recipe.adapter_name(), recipe.adapter_kwargs(), train, recipe.model.two_tower)
+
+
+def run_recipe(
+    recipe: Recipe,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    callbacks: Sequence[Any] = (),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train and test ``recipe``; returns (and writes) ``results.json``'s content.
+
+    Args:
+        recipe: a validated recipe.
+        run_dir: exact run directory (default: see ``resolve_run_dir``).
+        resume: continue the interrupted run in ``run_dir`` from its newest checkpoint.
+        callbacks: extra Lightning callbacks.
+        progress: show progress bars and model summary.
+    """
+    t0 = time.perf_counter()
+    path = resolve_run_dir(recipe, run_dir, resume)
+    resume_from = latest_checkpoint(path) if resume else None
+    data = load_run_data(recipe)
+    adapter = _fitted_adapter(recipe, data.train, data.modality, resume_from)
+    num_classes = len(data.classes)
+    model = build_model(adapter, recipe.model.backbone, recipe.backbone_kwargs(), num_classes, recipe.model.head_dropout, recipe.model.two_tower)
+    resolved = recipe.to_dict()
+    if resume:
+        _check_same_run(path, resolved)
+    write_text_atomic(path / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    trainer_cfg = recipe.trainer
+    trainer_cfg.enable_progress_bar = trainer_cfg.enable_progress_bar and progress
+    result = fit_classifier(
+        model, data.train, data.val, trainer_cfg, recipe.optim_config(), path,
+        batch_size=recipe.data.batch_size, eval_batch_size=recipe.data.eval_batch_size, num_workers=recipe.data.num_workers,
+        bucket_by_length=recipe.data.bucket_by_length, cache=recipe.data.cache,
+        class_weights=_class_weights(recipe, data.train, num_classes), label_smoothing=recipe.loss.label_smoothing,
+        classes=data.classes, recipe=resolved, resume=resume_from or False, callbacks=callbacks,
+    )
+    eval_batch = recipe.data.eval_batch_size or 2 * recipe.data.batch_size
+    test = evaluate(result.model, data.test, eval_batch, recipe.data.num_workers, precision=trainer_cfg.precision)
+    plot_confusion_matrix(test["confusion"], data.classes, path / "confusion_matrix.png")
+    if result.history:
+        plot_learning_curve(result.history, path / "learning_curve.png")
+    best_val = max((row["val/acc"] for row in result.history if "val/acc" in row), default=None)
+    results = {
+        "recipe": recipe.name,
+        "run_dir": str(path),
+        "dataset": recipe.dataset_name(),
+        "backbone": recipe.model.backbone,
+        "adapter": recipe.adapter_name(),
+        "classes": data.classes,
+        "samples": {"train": len(data.train), "val": len(data.val) if data.val else 0, "test": len(data.test)},
+        "metrics": {"test/acc": test["acc"], "test/f1": test["f1"], "test/loss": test["loss"], "val/best_acc": best_val},
+        "parameters": sum(p.numel() for p in result.model.parameters()),
+        "throughput": result.throughput,
+        "fit_seconds": result.fit_seconds,
+        "total_seconds": time.perf_counter() - t0,
+        "peak_memory": result.peak_memory,
+        "global_step": result.global_step,
+        "epochs": result.epochs,
+        "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+        "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
+        "resumed_from": str(resume_from) if resume_from else None,
+        "history": result.history,
+        "environment": {**environment(), "device": result.extra["device"], "world_size": result.extra["world_size"], "precision": trainer_cfg.precision},
+        "confusion_matrix": test["confusion"].tolist(),
+    }
+    write_results(path / "results.json", results)
+    return results
+
+
+# ---------------------------------------------------------------- evaluation of saved runs
+def checkpoint_for(target: str | Path, overrides: Sequence[str] = ()) -> Path:
+    """A run/checkpoint directory from a path, or from a recipe file (its newest run)."""
+    from maelre.recipe import load_recipe
+
+    target = Path(target)
+    if target.suffix in (".yaml", ".yml") and target.is_file():
+        recipe = load_recipe(target, overrides)
+        base = recipe.run_dir()
+        versions = sorted(base.glob("version_*"), key=lambda p: int(p.name.split("_", 1)[1]) if p.name.split("_", 1)[1].isdigit() else -1)
+        return versions[-1] if recipe.output.versioned and versions else base
+    return target
+
+
+def evaluate_saved(target: str | Path, split: str = "test", overrides: Sequence[str] = (), batch_size: int | None = None) -> tuple[LoadedModel, dict[str, Any]]:
+    """Load a saved model and evaluate it on ``split`` (``"val"`` or ``"test"``) of its recipe's data.
+
+    ``overrides`` adjust the stored recipe's ``data`` settings (e.g. a different ``root``).
+    """
+    loaded = load_model(checkpoint_for(target, overrides))
+    if loaded.recipe is None:
+        raise ValueError(f"{loaded.path} was not trained from a recipe, so its data is unknown; use maelre.engine.evaluate in Python")
+    recipe = recipe_from_dict(loaded.recipe, overrides, name=loaded.recipe.get("name", "recipe"))
+    data = load_run_data(recipe)
+    samples = data.val if split == "val" else data.test
+    if not samples:
+        raise ValueError(f"the recipe's data has no {split} split (data.val_fraction=0?)")
+    metrics = evaluate(loaded.model, samples, batch_size or recipe.data.eval_batch_size or 2 * recipe.data.batch_size, recipe.data.num_workers)
+    return loaded, metrics

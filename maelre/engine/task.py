@@ -1,0 +1,215 @@
+"""``ClassificationTask``: the Lightning wrapper that trains a ``SequenceClassifier``.
+
+The model stays a plain ``nn.Module`` (``maelre.model``); everything about training
+(loss, optimizer, learning-rate schedule, metrics) lives here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from timm.optim import param_groups_weight_decay
+from torch import Tensor, nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
+
+from maelre.engine.data import batch_size_of
+
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def check_optimizer(name: str, lr: float, weight_decay: float) -> None:
+    """``ValueError`` unless the optimizer settings are usable."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"optimizer name must be one of {OPTIMIZERS}, got {name!r}")
+    if lr <= 0:
+        raise ValueError(f"lr must be positive, got {lr}")
+    if weight_decay < 0:
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+
+
+def check_schedule(kind: str, warmup_steps: int, warmup_fraction: float, min_lr_ratio: float) -> None:
+    """``ValueError`` unless the schedule settings are usable."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {SCHEDULES}, got {kind!r}")
+    if warmup_steps < 0 or not 0.0 <= warmup_fraction < 1.0:
+        raise ValueError(f"need warmup_steps >= 0 and 0 <= warmup_fraction < 1, got {warmup_steps}, {warmup_fraction}")
+    if warmup_steps and warmup_fraction:
+        raise ValueError("set either warmup_steps or warmup_fraction, not both")
+    if not 0.0 <= min_lr_ratio <= 1.0:
+        raise ValueError(f"min_lr_ratio must be in [0, 1], got {min_lr_ratio}")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and learning-rate schedule.
+
+    Attributes:
+        name: ``"adamw"`` or ``"sgd"`` (with ``momentum``, Nesterov).
+        lr: peak learning rate.
+        weight_decay: decoupled weight decay; biases and norm weights (1-D parameters) get none.
+        betas: AdamW betas.
+        momentum: SGD momentum.
+        schedule: after warmup, ``"cosine"`` or ``"linear"`` decay to ``min_lr_ratio * lr``
+            at the last step, or ``"constant"``.
+        warmup_steps: linear warmup length in optimizer steps.
+        warmup_fraction: warmup as a fraction of all steps (used when ``warmup_steps`` is 0).
+        min_lr_ratio: final learning rate as a fraction of ``lr`` (cosine/linear).
+    """
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.999)
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_steps: int = 0
+    warmup_fraction: float = 0.0
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_optimizer(self.name, self.lr, self.weight_decay)
+        check_schedule(self.schedule, self.warmup_steps, self.warmup_fraction, self.min_lr_ratio)
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+
+    def warmup_for(self, total_steps: float) -> int:
+        if self.warmup_steps:
+            return self.warmup_steps
+        if self.warmup_fraction and math.isfinite(total_steps):
+            return int(self.warmup_fraction * total_steps)
+        return 0
+
+
+@dataclass
+class LRSchedule:
+    """Learning-rate multiplier for ``LambdaLR``: linear warmup, then cosine/linear/constant.
+
+    A dataclass of primitives (not a lambda) so ``LambdaLR.state_dict()`` saves it
+    without pickle.
+    """
+
+    kind: str
+    warmup: int
+    total: int
+    min_ratio: float = 0.0
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if self.kind == "cosine" else 1.0 - progress
+        return self.min_ratio + (1.0 - self.min_ratio) * decay
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW or SGD over timm's weight-decay parameter groups (no decay on 1-D parameters)."""
+    groups = param_groups_weight_decay(model, cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+
+
+def _metrics(num_classes: int) -> MetricCollection:
+    return MetricCollection(
+        {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "f1": MulticlassF1Score(num_classes, average="macro"),
+        }
+    )
+
+
+class ClassificationTask(L.LightningModule):
+    """Trains ``model`` (batch dict -> logits) with cross-entropy.
+
+    Batches are ``(batch, labels [B])`` from ``maelre.engine.data``. Logged metrics:
+    ``train/loss``; ``val/loss``, ``val/acc``, ``val/f1`` (macro); ``test/...`` likewise;
+    after ``trainer.test`` the confusion matrix is in ``self.confusion`` (``[C, C]``,
+    rows = true class). ``predict_step`` returns class probabilities ``[B, C]`` (float32).
+
+    Args:
+        model: a ``SequenceClassifier`` (or any module with ``head.fc`` and ``forward(batch)``).
+        optim: optimizer and schedule settings.
+        num_classes: number of classes C.
+        class_weights: optional ``[C]`` cross-entropy weights.
+        label_smoothing: cross-entropy label smoothing in ``[0, 1)``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optim: OptimConfig,
+        num_classes: int,
+        class_weights: Tensor | list[float] | None = None,
+        label_smoothing: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
+        self.model = model
+        self.optim = optim
+        self.num_classes = num_classes
+        self.label_smoothing = label_smoothing
+        weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+        if weights is not None and weights.shape != (num_classes,):
+            raise ValueError(f"class_weights needs {num_classes} entries (one per class), got shape {tuple(weights.shape)}")
+        self.register_buffer("class_weights", weights, persistent=False)
+        self.val_metrics = _metrics(num_classes).clone(prefix="val/")
+        self.test_metrics = _metrics(num_classes).clone(prefix="test/")
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.confusion: Tensor | None = None
+
+    def forward(self, batch: dict) -> Tensor:
+        return self.model(batch)
+
+    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        return F.cross_entropy(logits.float(), labels, weight=self.class_weights, label_smoothing=self.label_smoothing)
+
+    def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
+        inputs, labels = batch
+        loss = self._loss(self.model(inputs), labels)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
+        return loss
+
+    def _eval_step(self, batch: tuple[dict, Tensor], stage: str) -> None:
+        inputs, labels = batch
+        logits = self.model(inputs)
+        metrics = self.val_metrics if stage == "val" else self.test_metrics
+        metrics.update(logits, labels)
+        if stage == "test":
+            self.test_confusion.update(logits, labels)
+        n = batch_size_of(inputs)
+        self.log(f"{stage}/loss", self._loss(logits, labels), on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=True)
+        self.log_dict(metrics, on_epoch=True, prog_bar=stage == "val", batch_size=n)
+
+    def validation_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.confusion = self.test_confusion.compute().cpu()
+        self.test_confusion.reset()
+
+    def predict_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
+        inputs, _ = batch
+        return self.model(inputs).float().softmax(dim=-1)
+
+    def configure_optimizers(self) -> dict:
+        optimizer = build_optimizer(self.model, self.optim)
+        total = self.trainer.estimated_stepping_batches
+        if self.optim.schedule != "constant" and not math.isfinite(total):
+            raise ValueError(
+                f"the {self.optim.schedule!r} schedule needs a known number of steps; set trainer.max_steps or trainer.max_epochs, "
+                "or use schedule.kind=constant with a max_time-only budget"
+            )
+        total_steps = int(total) if math.isfinite(total) else 0
+        schedule = LRSchedule(self.optim.schedule, self.optim.warmup_for(total), total_steps, self.optim.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,238 @@
+"""Shared pieces of the dataset loaders: lazy splits, wav I/O, folder checks, validation carving."""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import soundfile as sf
+from sklearn.model_selection import train_test_split
+
+SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+"""``../shared/data`` beside the checkout (present on dev and CI machines)."""
+
+
+def default_data_root(name: str) -> Path | None:
+    """Where dataset ``name`` lives when the caller gives no ``root``.
+
+    ``../shared/data/<name>`` beside the checkout if that folder exists, else
+    ``$MAELRE_DATA/<name>`` when the environment variable is set, else ``None``.
+    """
+    shared = SHARED_DATA / name
+    if shared.is_dir():
+        return shared
+    env = os.environ.get("MAELRE_DATA")
+    return Path(env).expanduser() / name if env else None
+
+
+def resolve_root(root: str | os.PathLike | None, name: str, hint: str) -> Path:
+    """``root`` as a ``Path``, or the default of ``default_data_root(name)``.
+
+    Raises ``FileNotFoundError`` (with ``hint``) when no root is given and there is no default.
+    """
+    if root is not None:
+        return Path(root).expanduser()
+    default = default_data_root(name)
+    if default is None:
+        raise FileNotFoundError(
+            f"no root given for dataset {name!r} and no default found ({SHARED_DATA / name} is missing and "
+            f"MAELRE_DATA is not set). Pass root=... or set MAELRE_DATA to a folder holding {name}/. {hint}"
+        )
+    return default
+
+
+def require_dir(path: Path, what: str, hint: str) -> Path:
+    """``path`` if it is a folder, else ``FileNotFoundError`` naming ``what`` it should hold and ``hint``."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} folder not found at {path}. {hint}")
+    return path
+
+
+def list_files(folder: Path, suffix: str, what: str, hint: str) -> list[Path]:
+    """Sorted files in ``folder`` ending in ``suffix``; ``FileNotFoundError`` if the folder is missing or has none."""
+    require_dir(folder, what, hint)
+    files = sorted(p for p in folder.iterdir() if p.name.endswith(suffix) and not p.name.startswith(".") and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"{what} folder {folder} contains no *{suffix} files. {hint}")
+    return files
+
+
+class AudioClip(NamedTuple):
+    """A reference to ``frames`` samples of a wav file from sample ``start`` (``frames=-1``: to the end)."""
+
+    path: str
+    start: int = 0
+    frames: int = -1
+
+
+def read_wav(path: str | os.PathLike, start: int = 0, frames: int = -1) -> tuple[np.ndarray, int]:
+    """Read a wav file (or a part of it) with ``soundfile``.
+
+    Returns:
+        ``(waveform, sample_rate)``: ``waveform`` is ``np.float32 [T]`` in ``[-1, 1]``;
+        multi-channel files are averaged to mono.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file cannot be decoded or holds no samples (names the file).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"audio file {path} does not exist")
+    try:
+        data, sample_rate = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
+    except sf.SoundFileError as err:
+        raise _undecodable(path, err) from err
+    if data.shape[0] == 0:
+        where = f" from sample {start}" if start else ""
+        raise ValueError(f"audio file {path} has no samples{where}; the file is empty or truncated: re-download or delete it")
+    wave = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)
+    return np.ascontiguousarray(wave, dtype=np.float32), int(sample_rate)
+
+
+def wav_info(path: str | os.PathLike) -> tuple[int, int]:
+    """``(frames, sample_rate)`` of a wav file from its header; same errors as ``read_wav``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"audio file {path} does not exist")
+    try:
+        info = sf.info(path)
+    except sf.SoundFileError as err:
+        raise _undecodable(path, err) from err
+    return int(info.frames), int(info.samplerate)
+
+
+def _undecodable(path: Path, err: Exception) -> ValueError:
+    return ValueError(f"cannot decode audio file {path} ({err}); the file is corrupt or not audio: re-download or delete it")
+
+
+def read_clip(clip: AudioClip) -> tuple[np.ndarray, int]:
+    """``read_wav`` for an ``AudioClip`` (a module-level function, so lazy splits pickle)."""
+    return read_wav(clip.path, clip.start, clip.frames)
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+
+def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int) -> None:
+    """Write ``wave`` (float ``[T]`` in ``[-1, 1]``) as 16-bit PCM wav, atomically (temp file + ``os.replace``)."""
+    path = Path(path)
+    pcm = np.clip(np.asarray(wave, dtype=np.float32), -1.0, 32767 / 32768)  # PCM_16 cannot hold +1.0
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            sf.write(f, pcm, sample_rate, subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (temp file + ``os.replace``)."""
+    path = Path(path)
+    fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class LazySplit(Sequence):
+    """A split of ``(x, label_index)`` pairs whose inputs are produced on access.
+
+    ``split[i]`` returns ``(load(items[j]), labels[j])`` for the ``i``-th selected index
+    ``j``: ``items`` are per-example references (file paths, ``AudioClip``s, rows of an
+    array) and ``load`` turns one into the raw input (``None``: the item itself). Subsets
+    share ``items``, so carving a validation split copies no data. Keep ``load`` a
+    module-level function so the split pickles into data-loader workers.
+
+    Args:
+        items: one reference per example (list or array, indexed by position).
+        labels: class index per example, ``[len(items)]``.
+        load: reference -> raw input, or ``None``.
+        indices: positions of ``items`` in this split (default: all, in order).
+    """
+
+    def __init__(
+        self,
+        items: Sequence[Any] | np.ndarray,
+        labels: Sequence[int] | np.ndarray,
+        load: Callable[[Any], Any] | None = None,
+        indices: np.ndarray | None = None,
+    ) -> None:
+        labels = np.asarray(labels, dtype=np.int64)
+        if labels.shape != (len(items),):
+            raise ValueError(f"need one label per item: got {len(items)} items and labels of shape {labels.shape}")
+        self._items = items
+        self._labels = labels
+        self._load = load
+        self._indices = np.arange(len(items)) if indices is None else np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._indices)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError(f"split indices must be integers, got {type(index).__name__}; use .subset(indices) for several")
+        n = len(self._indices)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for a split of {n} examples")
+        j = self._indices[index]
+        item = self._items[j]
+        return (item if self._load is None else self._load(item)), int(self._labels[j])
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Class index of every example, ``[len(self)]`` (no input is loaded)."""
+        return self._labels[self._indices]
+
+    @property
+    def items(self) -> list[Any]:
+        """The reference of every example (paths, clips, ...) without loading it."""
+        return [self._items[j] for j in self._indices]
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> "LazySplit":
+        """The examples at positions ``indices`` of this split, as a new split sharing the items."""
+        return LazySplit(self._items, self._labels, self._load, self._indices[np.asarray(indices, dtype=np.int64)])
+
+
+def check_fraction(value: float, name: str = "val_fraction") -> float:
+    """``value`` if it lies in ``[0, 1)``, else ``ValueError``."""
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}; use 0 for no validation split")
+    return float(value)
+
+
+def carve_validation(
+    split: LazySplit, val_fraction: float, seed: int, stratify: Sequence[Any] | np.ndarray | None = None
+) -> tuple[LazySplit, LazySplit | None]:
+    """Split ``split`` into ``(train, val)`` with sklearn's seeded, stratified ``train_test_split``.
+
+    Args:
+        split: the full training split.
+        val_fraction: share of ``split`` moved to validation, in ``[0, 1)``; 0 returns ``(split, None)``.
+        seed: ``random_state`` of the shuffle; the same seed gives the same split.
+        stratify: one key per example to stratify on (default: the labels).
+
+    Both parts keep the original example order.
+    """
+    if check_fraction(val_fraction) == 0.0:
+        return split, None
+    keys = split.labels if stratify is None else np.asarray(stratify)
+    try:
+        train_idx, val_idx = train_test_split(np.arange(len(split)), test_size=val_fraction, random_state=seed, stratify=keys)
+    except ValueError as err:
+        raise ValueError(
+            f"val_fraction={val_fraction} cannot carve a stratified validation split from {len(split)} training examples "
+            f"with {len(np.unique(keys))} strata ({err}); use a larger val_fraction or 0"
+        ) from err
+    return split.subset(np.sort(train_idx)), split.subset(np.sort(val_idx))

@@ -1,0 +1,514 @@
+"""Pathfinder (Linsley et al. 2018) and Path-X, the LRA image tasks of contour integration.
+
+A grayscale image shows several smooth curves ("contours") and two round markers. The
+label is 1 ("connected") when both markers sit on the two ends of one contour, 0 when
+they sit on ends of two different contours. LRA uses 32x32 images (Pathfinder, 1,024
+pixels) and 128x128 (Path-X, 16,384 pixels).
+
+The generator follows the published procedure (github.com/drewlinsley/pathfinder,
+``snakes2.py``), simplified where the original's rendering details do not change the task:
+
+* two target contours start ``seed_distance`` pixels apart and grow as random walks of
+  ``contour_length`` straight segments, each turning by at most ``max_turn_deg``;
+  ``num_distractors`` shorter contours (``distractor_length`` segments) fill the rest;
+* one marker goes on the start of a target contour, the other on the far end of the
+  same contour (positive) or of the other one (negative), so both classes show the same
+  two contours and differ only in where the markers are;
+* contours are 1-pixel, 8-connected pixel paths (the original draws anti-aliased dashed
+  "paddles"), and no contour comes within one pixel of another, so connectivity can be
+  checked exactly: every sample is verified by flood fill on the binary image (pixels
+  ``> threshold``) and redrawn if the two markers are connected in a negative, not
+  connected in a positive, or do not show up as two separate blobs.
+
+Files use LRA's release layout, ``<root>/<difficulty>/imgs/<k>/sample_<i>.png`` plus
+``<root>/<difficulty>/metadata/<k>.npy`` -- despite the suffix, text with one
+space-separated row per image (``imgs/<k> sample_<i>.png <i> <label> ...``); LRA's
+builder reads columns 0, 1 and 3 (folder, file, label). The original ``np.save`` form of
+the metadata is read too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from scipy import ndimage
+
+from modalities.base import _suggest
+from modalities.datasets.io import LazySplit, require_dir
+
+PATHFINDER_CLASSES: list[str] = ["disconnected", "connected"]
+DIFFICULTIES: tuple[str, ...] = ("curv_baseline", "curv_contour_length_9", "curv_contour_length_14")
+"""Folder names of LRA's three difficulty levels (contour lengths 6, 9 and 14 paddles)."""
+_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+@dataclass(frozen=True)
+class PathfinderConfig:
+    """How Pathfinder images are drawn. :meth:`for_size` gives the defaults per image size.
+
+    Attributes:
+        size: image height and width in pixels (LRA: 32 Pathfinder, 128 Path-X).
+        contour_length: segments per target contour (difficulty: LRA uses 6, 9, 14 paddles).
+        segment_length: length of one segment in pixels.
+        max_turn_deg: largest change of direction between consecutive segments.
+        num_distractors: distractor contours besides the two targets.
+        distractor_length: segments per distractor (LRA: ``contour_length // 3``).
+        seed_distance: distance in pixels between the starts of the two target contours.
+        marker_radius: radius of the two disc markers (pixels with ``dy^2 + dx^2 <= r^2``);
+            at least 1 so that markers survive the opening that finds them.
+        padding: pixels along the border kept free of contours.
+        line_value, marker_value: gray levels of contours and markers (background is 0).
+        threshold: binarisation level for the flood-fill checks (``pixel > threshold``).
+        max_attempts: redraws allowed per image before the settings are declared too dense.
+    """
+
+    size: int = 32
+    contour_length: int = 14
+    segment_length: float = 2.0
+    max_turn_deg: float = 30.0
+    num_distractors: int = 5
+    distractor_length: int = 4
+    seed_distance: float = 7.0
+    marker_radius: float = 1.5
+    padding: int = 2
+    line_value: int = 255
+    marker_value: int = 255
+    threshold: int = 127
+    max_attempts: int = 500
+
+    @classmethod
+    def for_size(cls, size: int, /, **overrides: Any) -> "PathfinderConfig":
+        """Defaults for ``size`` (LRA's 32 and 128 settings, scaled linearly in between), then ``overrides``."""
+        if size == 32:
+            base = cls()
+        elif size == 128:
+            # LRA's Path-X: marker radius 3, seed distance 20, ~35/distractor_length distractors.
+            base = cls(size=128, segment_length=5.0, num_distractors=10, seed_distance=20.0, marker_radius=3.0, padding=4)
+        else:
+            scale = size / 32
+            base = cls(size=size, segment_length=2.0 * scale, seed_distance=7.0 * scale,
+                       marker_radius=max(1.5, 1.5 * scale), padding=max(2, math.ceil(1.5 * scale) + 1))
+        fields = sorted(f.name for f in dataclasses.fields(cls) if f.name != "size")
+        for key in overrides:
+            if key not in fields:
+                where = " (the image size is its own argument, or pick the pathx data set)" if key == "size" else _suggest(key, fields)
+                raise ValueError(f"unknown Pathfinder setting {key!r}{where} Valid: {', '.join(fields)}")
+        config = dataclasses.replace(base, **overrides)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first setting that cannot work."""
+        if self.size < 16:
+            raise ValueError(f"size must be >= 16 pixels, got {self.size}")
+        if self.contour_length < 1 or self.distractor_length < 1:
+            raise ValueError("contour_length and distractor_length must be >= 1 segment")
+        if self.num_distractors < 0:
+            raise ValueError(f"num_distractors must be >= 0, got {self.num_distractors}")
+        if self.segment_length < 1:
+            raise ValueError(f"segment_length must be >= 1 pixel, got {self.segment_length}")
+        if not 0 <= self.max_turn_deg <= 90:
+            raise ValueError(f"max_turn_deg must be in [0, 90], got {self.max_turn_deg}")
+        if self.marker_radius < 1:
+            raise ValueError(f"marker_radius must be >= 1 (smaller markers cannot be told from lines), got {self.marker_radius}")
+        if self.padding < math.ceil(self.marker_radius):
+            raise ValueError(f"padding ({self.padding}) must be >= ceil(marker_radius) ({math.ceil(self.marker_radius)}) so markers stay inside")
+        if self.seed_distance < 2 * self.marker_radius + 2:
+            raise ValueError(f"seed_distance must be >= 2 * marker_radius + 2 so the markers stay apart, got {self.seed_distance}")
+        if not 0 <= self.threshold < min(self.line_value, self.marker_value) <= 255:
+            raise ValueError("need 0 <= threshold < line_value, marker_value <= 255")
+
+
+@dataclass
+class PathfinderSample:
+    """One rendered image: ``image`` uint8 ``[H, W]``, ``label`` (1 connected, 0 not), ``markers`` ``[(row, col), (row, col)]``."""
+
+    image: np.ndarray
+    label: int
+    markers: list[tuple[int, int]]
+
+
+def disc_offsets(radius: float) -> np.ndarray:
+    """``[K, 2]`` integer offsets ``(dy, dx)`` with ``dy^2 + dx^2 <= radius^2``."""
+    r = int(math.floor(radius))
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    keep = dy**2 + dx**2 <= radius**2
+    return np.stack([dy[keep], dx[keep]], axis=1)
+
+
+Pixel = tuple[int, int]
+
+
+def raster_segment(start: Pixel, end: Pixel) -> list[Pixel]:
+    """Pixels of the straight line from ``start`` to ``end`` (``(row, col)``, both included).
+
+    One pixel per step along the longer axis, so consecutive pixels are 8-neighbours.
+    Plain Python: segments are a few pixels long, far below where numpy pays off.
+    """
+    (r0, c0), (r1, c1) = start, end
+    steps = max(abs(r1 - r0), abs(c1 - c0))
+    if steps == 0:
+        return [start]
+    return [(r0 + round(k * (r1 - r0) / steps), c0 + round(k * (c1 - c0) / steps)) for k in range(steps + 1)]
+
+
+class _Uniforms:
+    """Uniform draws from a ``Generator``, fetched in blocks (a scalar ``Generator`` call costs ~10x more)."""
+
+    def __init__(self, rng: np.random.Generator, block: int = 4096) -> None:
+        self.rng, self.block = rng, block
+        self._buffer: list[float] = []
+
+    def __call__(self, low: float = 0.0, high: float = 1.0) -> float:
+        if not self._buffer:
+            self._buffer = self.rng.random(self.block).tolist()
+        return low + (high - low) * self._buffer.pop()
+
+
+class _Canvas:
+    """Drawing state of one image: the contours so far and where new contour pixels may not go.
+
+    Contour pixels stay ``padding`` pixels inside the border and out of ``blocked``, the
+    3x3 neighbourhoods of the pixels of finished contours, which keeps contours apart.
+    """
+
+    def __init__(self, config: PathfinderConfig, uniform: _Uniforms) -> None:
+        self.config, self.uniform = config, uniform
+        self.lo, self.hi = config.padding, config.size - config.padding  # allowed rows/cols: [lo, hi)
+        self.blocked: set[Pixel] = set()
+        self.contours: list[list[Pixel]] = []
+
+    def _free(self, pixel: Pixel, own: set[Pixel]) -> bool:
+        return self.lo <= pixel[0] < self.hi and self.lo <= pixel[1] < self.hi and pixel not in self.blocked and pixel not in own
+
+    def walk(self, start: tuple[float, float], n_segments: int, tries_per_segment: int = 12) -> list[Pixel] | None:
+        """Grow a contour of ``n_segments`` from ``start`` (``(row, col)``); its pixels, or None if it got stuck.
+
+        Besides ``blocked``, the contour keeps one pixel away from its own earlier
+        segments (all but the one it continues from), so it never touches itself.
+        """
+        cfg = self.config
+        first = (round(start[0]), round(start[1]))
+        if not self._free(first, set()):
+            return None
+        max_turn = math.radians(cfg.max_turn_deg)
+        heading = self.uniform(-math.pi, math.pi)
+        own: set[Pixel] = set()  # neighbourhoods of this contour's older segments
+        row, col = start
+        pixels, previous = [first], [first]
+        for segment in range(n_segments):
+            for _ in range(tries_per_segment):
+                new_heading = heading + (self.uniform(-max_turn, max_turn) if segment else 0.0)
+                new_row = row + cfg.segment_length * math.sin(new_heading)
+                new_col = col + cfg.segment_length * math.cos(new_heading)
+                line = raster_segment((round(row), round(col)), (round(new_row), round(new_col)))[1:]
+                if line and all(self._free(p, own) for p in line):
+                    break
+                if segment == 0:  # the first segment may point anywhere
+                    heading = self.uniform(-math.pi, math.pi)
+            else:
+                return None
+            own.update(_neighbourhood(previous))
+            heading, row, col, previous = new_heading, new_row, new_col, line
+            pixels.extend(line)
+        return pixels
+
+    def add_walk(self, pick_start, n_segments: int, tries: int = 20) -> list[Pixel] | None:
+        """Draw a contour from a start ``pick_start()`` proposes; None when none of ``tries`` starts works."""
+        for _ in range(tries):
+            contour = self.walk(pick_start(), n_segments)
+            if contour is not None:
+                self.blocked.update(_neighbourhood(contour))
+                self.contours.append(contour)
+                return contour
+        return None
+
+    def random_point(self) -> tuple[float, float]:
+        return self.uniform(0, self.config.size), self.uniform(0, self.config.size)
+
+
+def _neighbourhood(pixels: Iterable[Pixel]) -> set[Pixel]:
+    return {(r + dr, c + dc) for r, c in pixels for dr in (-1, 0, 1) for dc in (-1, 0, 1)}
+
+
+def render_pathfinder(label: int, config: PathfinderConfig, rng: np.random.Generator) -> PathfinderSample:
+    """Draw one verified image of class ``label`` (1 connected, 0 disconnected).
+
+    Raises:
+        ValueError: ``label`` not 0/1, or no valid image in ``config.max_attempts`` tries
+            (the settings ask for more contour than fits).
+    """
+    if label not in (0, 1):
+        raise ValueError(f"Pathfinder labels are 0 (disconnected) or 1 (connected), got {label!r}")
+    uniform = _Uniforms(rng)
+    for _ in range(config.max_attempts):
+        sample = _try_render(label, config, uniform)
+        if sample is not None:
+            return sample
+    raise ValueError(
+        f"could not draw a valid {config.size}x{config.size} Pathfinder image in {config.max_attempts} attempts; "
+        f"lower contour_length ({config.contour_length}), num_distractors ({config.num_distractors}) "
+        f"or segment_length ({config.segment_length}), or raise size"
+    )
+
+
+def _try_render(label: int, config: PathfinderConfig, uniform: _Uniforms) -> PathfinderSample | None:
+    canvas = _Canvas(config, uniform)
+    first = canvas.add_walk(canvas.random_point, config.contour_length)
+    if first is None:
+        return None
+
+    def near_first_start() -> tuple[float, float]:
+        angle = canvas.uniform(-math.pi, math.pi)
+        return first[0][0] + config.seed_distance * math.sin(angle), first[0][1] + config.seed_distance * math.cos(angle)
+
+    second = canvas.add_walk(near_first_start, config.contour_length)
+    if second is None:
+        return None
+    for _ in range(config.num_distractors):
+        if canvas.add_walk(canvas.random_point, config.distractor_length) is None:
+            return None
+    targets = (first, second)
+    origin = int(canvas.uniform() < 0.5)
+    terminal = origin if label == 1 else 1 - origin
+    markers = [targets[origin][0], targets[terminal][-1]]
+    if math.dist(*markers) < 2 * config.marker_radius + 2:
+        return None  # the two discs would touch and read as one blob
+
+    image = np.zeros((config.size, config.size), dtype=np.uint8)
+    drawn = np.array([p for contour in canvas.contours for p in contour])
+    image[drawn[:, 0], drawn[:, 1]] = config.line_value
+    disc = disc_offsets(config.marker_radius)
+    for marker in markers:
+        spots = np.asarray(marker) + disc
+        image[spots[:, 0], spots[:, 1]] = config.marker_value
+
+    found = find_markers(image, threshold=config.threshold)
+    if len(found) != 2 or any(min(math.dist(m, f) for f in found) > 1.0 for m in markers):
+        return None
+    if markers_connected(image, markers, threshold=config.threshold) != bool(label):
+        return None
+    return PathfinderSample(image=image, label=label, markers=markers)
+
+
+def find_markers(image: np.ndarray, threshold: int = 127) -> list[tuple[int, int]]:
+    """Centres ``(row, col)`` of the disc markers in a 1-pixel-line Pathfinder image.
+
+    A morphological opening with a plus-shaped element removes 1-pixel-wide lines and
+    keeps blobs at least 3 pixels across (the markers); each remaining blob's centroid,
+    rounded, is returned (sorted). Meant for this module's images; for images with thick
+    or anti-aliased lines pass marker positions to :func:`markers_connected` instead.
+    """
+    binary = _binary(image, threshold)
+    blobs = ndimage.binary_opening(binary, structure=ndimage.generate_binary_structure(2, 1))
+    labels, count = ndimage.label(blobs, structure=_EIGHT_CONNECTED)
+    if count == 0:
+        return []
+    centres = ndimage.center_of_mass(blobs, labels, range(1, count + 1))
+    return sorted((int(round(r)), int(round(c))) for r, c in centres)
+
+
+def markers_connected(
+    image: np.ndarray, markers: Sequence[tuple[int, int]] | None = None, threshold: int = 127
+) -> bool:
+    """Whether the two markers lie on one 8-connected component of ``image > threshold``.
+
+    Args:
+        image: ``[H, W]`` grayscale image.
+        markers: the two marker centres ``(row, col)``; found with :func:`find_markers` when None.
+        threshold: pixels brighter than this are foreground.
+
+    Raises:
+        ValueError: not exactly two markers, a marker outside the image or on background.
+    """
+    binary = _binary(image, threshold)
+    if markers is None:
+        markers = find_markers(image, threshold)
+    if len(markers) != 2:
+        raise ValueError(f"expected exactly 2 markers, got {len(markers)}; pass their (row, col) positions explicitly")
+    labels, _ = ndimage.label(binary, structure=_EIGHT_CONNECTED)
+    found = []
+    for row, col in markers:
+        if not (0 <= row < binary.shape[0] and 0 <= col < binary.shape[1]):
+            raise ValueError(f"marker {(row, col)} lies outside the {binary.shape[0]}x{binary.shape[1]} image")
+        if not binary[row, col]:
+            raise ValueError(f"marker {(row, col)} is on a background pixel (<= threshold {threshold})")
+        found.append(labels[row, col])
+    return found[0] == found[1]
+
+
+def _binary(image: np.ndarray, threshold: int) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise ValueError(f"expected a grayscale [H, W] image, got shape {image.shape}")
+    return image > threshold
+
+
+def generate_pathfinder(
+    n: int, size: int = 32, seed: int | Sequence[int] = 0, config: PathfinderConfig | None = None, **settings: Any
+) -> list[tuple[np.ndarray, int]]:
+    """Generate ``n`` verified Pathfinder images, ``n // 2`` of each class (the odd one out is negative).
+
+    Args:
+        n: number of images.
+        size: image side (32 for Pathfinder, 128 for Path-X); ignored when ``config`` is given.
+        seed: an int or a sequence of ints (``np.random.SeedSequence`` entropy); the
+            output is a function of ``(n, seed, settings)``. Image ``i`` depends only on
+            ``seed``, ``i`` and its label, so images can be drawn in parallel.
+        config: full settings; default ``PathfinderConfig.for_size(size, **settings)``.
+        **settings: overrides of :class:`PathfinderConfig` fields (e.g. ``contour_length``).
+
+    Returns:
+        ``[(image uint8 [size, size], label), ...]`` in random label order.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if config is None:
+        config = PathfinderConfig.for_size(size, **settings)
+    elif settings:
+        raise ValueError("pass either config or individual settings, not both")
+    else:
+        config.validate()
+    sequence = np.random.SeedSequence(seed)
+    labels = np.random.default_rng(sequence).permutation(np.arange(n) < n // 2).astype(int)
+    samples = []
+    for label, child in zip(labels.tolist(), sequence.spawn(n)):
+        sample = render_pathfinder(label, config, np.random.default_rng(child))
+        samples.append((sample.image, sample.label))
+    return samples
+
+
+def read_pathfinder_png(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
+    """Decode one image to uint8 ``[H, W]`` (colour is converted to gray); ``ValueError`` if corrupt or of the wrong size."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            array = np.asarray(img if img.mode == "L" else img.convert("L"), dtype=np.uint8)
+    except FileNotFoundError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise ValueError(f"{path} is not a readable PNG ({err}); re-extract or regenerate the data set") from err
+    if size is not None and array.shape != (size, size):
+        raise ValueError(f"{path} is {array.shape[0]}x{array.shape[1]} but this data set has {size}x{size} images")
+    return array
+
+
+def write_pathfinder_folder(
+    root: str | os.PathLike,
+    samples: Iterable[tuple[np.ndarray, int]],
+    difficulty: str = "curv_baseline",
+    images_per_folder: int = 1000,
+    overwrite: bool = False,
+) -> Path:
+    """Write images in LRA's layout under ``root/difficulty``; returns that folder.
+
+    The folder is built beside its destination and moved into place with ``os.replace``,
+    so readers never see a half-written data set.
+    """
+    root = Path(root)
+    target = root / difficulty
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
+    if images_per_folder < 1:
+        raise ValueError(f"images_per_folder must be >= 1, got {images_per_folder}")
+    root.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{difficulty}."))
+    try:
+        rows: dict[int, list[str]] = {}
+        for i, (image, label) in enumerate(samples):
+            image = np.asarray(image)
+            if image.ndim != 2 or image.dtype != np.uint8:
+                raise ValueError(f"sample {i}: expected a uint8 [H, W] image, got {image.dtype} {image.shape}")
+            if label not in (0, 1):
+                raise ValueError(f"sample {i}: label must be 0 or 1, got {label!r}")
+            folder, index = divmod(i, images_per_folder)
+            subdir = f"imgs/{folder}"
+            (staging / subdir).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(staging / subdir / f"sample_{index}.png", format="PNG")
+            rows.setdefault(folder, []).append(f"{subdir} sample_{index}.png {index} {int(label)}")
+        (staging / "metadata").mkdir()
+        for folder, lines in rows.items():
+            (staging / "metadata" / f"{folder}.npy").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        if target.exists():
+            old = Path(tempfile.mkdtemp(dir=root, prefix=f".{difficulty}.old."))
+            os.replace(target, old / "data")
+            os.replace(staging, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _numeric_stem_order(path: Path) -> tuple[float, str]:
+    """Sort ``2.npy`` before ``10.npy`` (batch folders are numbered)."""
+    return (int(path.stem) if path.stem.isdigit() else math.inf, path.stem)
+
+
+def _metadata_rows(path: Path) -> list[list[str]]:
+    raw = path.read_bytes()
+    if raw.startswith(_NPY_MAGIC):  # the original generator's np.save of a string array
+        with open(path, "rb") as f:
+            array = np.load(f, allow_pickle=False)
+        return [[str(v) for v in row] for row in np.atleast_2d(array)]
+    return [line.split() for line in raw.decode("utf-8").splitlines() if line.strip()]
+
+
+def read_pathfinder_folder(
+    root: str | os.PathLike, size: int | None = None, difficulty: str = "curv_baseline"
+) -> LazySplit:
+    """Index a Pathfinder folder in LRA's layout; images are decoded when accessed.
+
+    Args:
+        root: folder holding ``<difficulty>/`` (e.g. ``lra_release/pathfinder32``), or
+            the difficulty folder itself (the one with ``imgs/`` and ``metadata/``).
+        size: expected image side; accessing an image of another size raises ``ValueError``.
+        difficulty: which difficulty folder to read (see :data:`DIFFICULTIES`).
+
+    Returns:
+        A ``LazySplit`` of ``(uint8 [H, W], label)`` in metadata order (files ``0.npy``,
+        ``1.npy``, ... then rows). Zero-byte images are left out, as LRA's input
+        pipeline does (the official release has one).
+
+    Raises:
+        FileNotFoundError: no such folder, no metadata files, or a listed image missing.
+        ValueError: a metadata row with fewer than 4 columns or a label other than 0/1.
+            Corrupt or wrongly sized images raise ``ValueError`` when accessed.
+    """
+    root = Path(root)
+    folder = root if (root / "metadata").is_dir() else root / difficulty
+    hint = f"Expected LRA's layout {root}/{difficulty}/imgs/<k>/sample_<i>.png with {root}/{difficulty}/metadata/<k>.npy."
+    require_dir(folder, "Pathfinder", hint)
+    metadata_files = sorted((folder / "metadata").glob("*.npy"), key=_numeric_stem_order)
+    if not metadata_files:
+        raise FileNotFoundError(f"no metadata/*.npy files under {folder}. {hint}")
+    paths: list[str] = []
+    labels: list[int] = []
+    for meta in metadata_files:
+        for line_no, row in enumerate(_metadata_rows(meta), start=1):
+            if len(row) < 4:
+                raise ValueError(f"{meta}:{line_no}: expected at least 4 columns (folder, file, index, label), got {row!r}")
+            if row[3] not in ("0", "1"):
+                raise ValueError(f"{meta}:{line_no}: label {row[3]!r} is not 0 or 1")
+            path = folder / row[0] / row[1]
+            try:
+                if path.stat().st_size == 0:
+                    continue
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{path} is listed in {meta}:{line_no} but missing. {hint}") from None
+            paths.append(str(path))
+            labels.append(int(row[3]))
+    return LazySplit(paths, labels, functools.partial(read_pathfinder_png, size=size))

@@ -1,0 +1,176 @@
+"""Text adapter: ``str`` -> byte-level (LRA style) or byte-level BPE token ids -> embeddings.
+
+Special ids are the same for both tokenizers: ``PAD=0, CLS=1, EOS=2, UNK=3``. Byte
+``b`` of the UTF-8 encoding is id ``b + 4``; BPE ids come from a HuggingFace
+``tokenizers`` ByteLevel BPE trained in ``fit`` (so it never needs UNK either).
+
+Length rule: ``max_len`` counts every emitted token, CLS/EOS included. With
+``truncation=True`` the head of the text is kept; with False, longer text is an error.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from modalities.base import register_adapter
+from modalities.common import SequenceAdapter, SequenceAdapterConfig, check_choice, check_positive, kept_length
+
+SPECIAL_TOKENS = ("<pad>", "<cls>", "<eos>", "<unk>")
+PAD_ID, CLS_ID, EOS_ID, UNK_ID = range(len(SPECIAL_TOKENS))
+BYTE_OFFSET = len(SPECIAL_TOKENS)
+BYTE_VOCAB_SIZE = 256 + BYTE_OFFSET
+TOKENIZERS = ("byte", "bpe")
+
+
+@dataclass
+class TextAdapterConfig(SequenceAdapterConfig):
+    """Text adapter settings (plus ``dim, max_len, truncation, pad_to_multiple, pos_embed``).
+
+    Attributes:
+        tokenizer: ``"byte"`` (UTF-8 bytes, vocabulary 260) or ``"bpe"`` (trained by ``fit``).
+        vocab_size: BPE vocabulary size including the 4 special tokens (>= 260, so
+            every byte has a token); also the embedding size in BPE mode.
+        min_frequency: BPE merges need a pair seen at least this often.
+        add_cls: prepend ``CLS`` (for backbones pooling on the first token).
+        add_eos: append ``EOS``.
+    """
+
+    tokenizer: str = "byte"
+    vocab_size: int = 8192
+    min_frequency: int = 2
+    add_cls: bool = False
+    add_eos: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("text", "tokenizer", self.tokenizer, TOKENIZERS)
+        check_positive("text", vocab_size=self.vocab_size, min_frequency=self.min_frequency)
+        if self.tokenizer == "bpe" and self.vocab_size < BYTE_VOCAB_SIZE:
+            raise ValueError(f"text: vocab_size={self.vocab_size} is too small for byte-level BPE; use at least {BYTE_VOCAB_SIZE} (256 bytes + 4 specials)")
+        if self.max_len <= self.add_cls + self.add_eos:
+            raise ValueError(f"text: max_len={self.max_len} leaves no room for text after CLS/EOS; raise max_len")
+
+
+def _new_bpe(vocab_size: int, min_frequency: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS[UNK_ID]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    return tokenizer, trainer
+
+
+def _check_text(x: object) -> str:
+    if not isinstance(x, str):
+        raise ValueError(f"text: expected a str, got {type(x).__name__}; decode bytes first (x.decode('utf-8'))")
+    return x
+
+
+@register_adapter("text")
+class TextAdapter(SequenceAdapter):
+    """``str`` -> ids -> ``nn.Embedding(vocab, dim, padding_idx=PAD)`` + positions.
+
+    ``encode`` -> ``{"ids": LongTensor[L], "mask": BoolTensor[L]}``; ``collate`` pads ids
+    with ``PAD``; ``forward`` -> ``tokens [B, L, dim]``, ``mask [B, L]``.
+    """
+
+    modality = "text"
+    config_class = TextAdapterConfig
+    pad_values = {"ids": PAD_ID}
+
+    def __init__(self, config: TextAdapterConfig) -> None:
+        super().__init__(config)
+        self.bpe = None  # tokenizers.Tokenizer once fitted / loaded
+        vocab = BYTE_VOCAB_SIZE if config.tokenizer == "byte" else config.vocab_size
+        self.embedding = nn.Embedding(vocab, config.dim, padding_idx=PAD_ID)
+        self.build_positions()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.embedding.num_embeddings
+
+    def fit(self, inputs: Sequence[str]) -> "TextAdapter":
+        """Train the BPE vocabulary on ``inputs`` (training texts); nothing to learn for bytes."""
+        texts = [_check_text(t) for t in inputs]
+        if self.config.tokenizer == "bpe":
+            if not texts:
+                raise ValueError("text: fit() needs at least one training text to learn a BPE vocabulary")
+            tokenizer, trainer = _new_bpe(self.config.vocab_size, self.config.min_frequency)
+            tokenizer.train_from_iterator(texts, trainer, length=len(texts))
+            self._set_bpe(tokenizer)
+        return self
+
+    def _set_bpe(self, tokenizer) -> None:
+        for i, token in enumerate(SPECIAL_TOKENS):
+            if tokenizer.token_to_id(token) != i:
+                raise ValueError(f"text: BPE tokenizer maps {token!r} to {tokenizer.token_to_id(token)}, expected id {i}")
+        if tokenizer.get_vocab_size() > self.vocab_size:
+            raise ValueError(f"text: BPE vocabulary has {tokenizer.get_vocab_size()} tokens but the embedding holds {self.vocab_size}; set vocab_size accordingly")
+        self.bpe = tokenizer
+
+    def tokenize(self, text: str) -> np.ndarray:
+        """Ids of ``text`` without specials or truncation (int64 array)."""
+        text = _check_text(text)
+        if self.config.tokenizer == "byte":
+            return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64) + BYTE_OFFSET
+        if self.bpe is None:
+            raise ValueError("text: the BPE tokenizer is not trained; call fit(train_texts) or load_preprocessing_state(state) first")
+        return np.asarray(self.bpe.encode(text, add_special_tokens=False).ids, dtype=np.int64)
+
+    def decode(self, ids: Sequence[int] | Tensor) -> str:
+        """Text of ``ids`` with special tokens dropped (inverse of ``encode`` up to truncation)."""
+        ids = [int(i) for i in ids if int(i) >= BYTE_OFFSET]
+        if self.config.tokenizer == "byte":
+            return bytes(i - BYTE_OFFSET for i in ids).decode("utf-8", errors="replace")
+        if self.bpe is None:
+            raise ValueError("text: the BPE tokenizer is not trained; call fit(train_texts) or load_preprocessing_state(state) first")
+        return self.bpe.decode(ids)
+
+    def encode(self, x: str) -> dict[str, Tensor]:
+        body = self.tokenize(x)
+        n_special = int(self.config.add_cls) + int(self.config.add_eos)
+        keep = kept_length(len(body) + n_special, self.config.max_len, self.config.truncation, owner="text")
+        parts = [[CLS_ID]] if self.config.add_cls else []
+        parts.append(body[: keep - n_special])
+        if self.config.add_eos:
+            parts.append([EOS_ID])
+        ids = torch.from_numpy(np.concatenate(parts).astype(np.int64))
+        if ids.numel() == 0:
+            raise ValueError("text: empty text gives no tokens; drop empty documents or set add_cls=True")
+        return {"ids": ids, "mask": torch.ones(ids.numel(), dtype=torch.bool)}
+
+    def embed(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        return self.embedding(batch["ids"]), batch["mask"]
+
+    def preprocessing_state(self) -> dict:
+        state: dict = {"tokenizer": self.config.tokenizer}
+        if self.config.tokenizer == "bpe":
+            if self.bpe is None:
+                raise ValueError("text: nothing to save, the BPE tokenizer is not trained; call fit(train_texts) first")
+            state["bpe"] = self.bpe.to_str()
+        return state
+
+    def load_preprocessing_state(self, state: dict) -> None:
+        if state.get("tokenizer") != self.config.tokenizer:
+            raise ValueError(f"text: state is for tokenizer={state.get('tokenizer')!r} but this adapter uses {self.config.tokenizer!r}")
+        if self.config.tokenizer == "bpe":
+            from tokenizers import Tokenizer
+
+            if "bpe" not in state:
+                raise ValueError("text: BPE state has no 'bpe' entry (the tokenizer JSON); save it with preprocessing_state()")
+            self._set_bpe(Tokenizer.from_str(state["bpe"]))
+
+    def num_tokens(self, x: str) -> int:
+        n = len(self.tokenize(x)) + int(self.config.add_cls) + int(self.config.add_eos)
+        return kept_length(n, self.config.max_len, self.config.truncation, owner="text")

@@ -1,0 +1,296 @@
+"""Time-series adapter: ``[C, T]`` (or ``[T]``) float arrays, equal or variable length, with NaN.
+
+Pipeline of ``encode``: validate -> normalize (per channel) -> apply ``nan_policy`` ->
+point tokens (one per time step, ``[C] -> Linear``) or patch tokens (``patch_len``
+steps every ``patch_stride``, ``[C * patch_len] -> Linear``) -> truncate to ``max_len``
+tokens (head kept) or raise.
+
+``nan_policy``:
+  * ``"raise"``: any NaN is a ``ValueError``.
+  * ``"zero"``: NaN becomes 0 after normalization (the channel mean under ``"global"``).
+  * ``"interpolate"``: linear interpolation along time per channel, edges take the
+    nearest observed value; a channel with no observation in the series becomes 0.
+  * ``"mask"``: a time step is real only if at least one channel is observed there;
+    steps where every channel is NaN become padding (mask False), trailing ones are
+    dropped (the NaN padding of unequal-length panels); remaining NaN become 0. A patch is
+    real if any of its steps is.
+A series that is entirely NaN is an error under every policy.
+
+``to_series_list`` turns sktime/numpy/pandas panels into the list of ``[C, T]`` arrays
+``fit`` and ``encode`` take.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from modalities.base import register_adapter
+from modalities.common import SequenceAdapter, SequenceAdapterConfig, check_choice, check_positive, kept_length
+
+NAN_POLICIES = ("raise", "zero", "interpolate", "mask")
+TS_NORMALIZATIONS = ("global", "instance", "none")
+TS_TOKENS = ("point", "patch")
+_STD_FLOOR = 1e-8
+
+
+@dataclass
+class TimeSeriesAdapterConfig(SequenceAdapterConfig):
+    """Time-series adapter settings (plus ``dim, max_len, truncation, pad_to_multiple, pos_embed``).
+
+    Attributes:
+        channels: number of channels C; ``None`` = learned by ``fit`` (the projection is
+            built then, so call ``fit`` or ``load_preprocessing_state`` before training).
+        normalize: ``"global"`` (per-channel mean/std fitted on training series, NaN
+            ignored), ``"instance"`` (per series and channel) or ``"none"``.
+        nan_policy: ``"raise" | "zero" | "interpolate" | "mask"`` (see module docstring).
+        token: ``"point"`` (one token per time step) or ``"patch"``.
+        patch_len: steps per patch.
+        patch_stride: steps between patch starts (``None`` = ``patch_len``, non-overlapping).
+    """
+
+    channels: int | None = None
+    normalize: str = "global"
+    nan_policy: str = "raise"
+    token: str = "point"
+    patch_len: int = 16
+    patch_stride: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("timeseries", "normalize", self.normalize, TS_NORMALIZATIONS)
+        check_choice("timeseries", "nan_policy", self.nan_policy, NAN_POLICIES)
+        check_choice("timeseries", "token", self.token, TS_TOKENS)
+        if self.patch_stride is None:
+            self.patch_stride = self.patch_len
+        check_positive("timeseries", patch_len=self.patch_len, patch_stride=self.patch_stride)
+        if self.channels is not None:
+            check_positive("timeseries", channels=self.channels)
+
+
+def _as_channels_first(x: Any, owner: str = "timeseries") -> np.ndarray:
+    """``[T]`` or ``[C, T]`` real numbers -> float64 ``[C, T]``."""
+    if isinstance(x, Tensor):
+        x = x.numpy(force=True)
+    arr = np.asarray(x)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"{owner}: a series must be a real-valued array, got dtype {arr.dtype}")
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2:
+        raise ValueError(f"{owner}: a series must have shape [T] or [C, T], got {arr.shape}; convert panels with to_series_list()")
+    if arr.shape[1] == 0:
+        raise ValueError(f"{owner}: series has no time steps (shape {arr.shape})")
+    if np.isinf(arr).any():
+        raise ValueError(f"{owner}: series contains inf values; replace them (e.g. with NaN and a nan_policy)")
+    return arr.astype(np.float64, copy=False)
+
+
+def to_series_list(X: Any) -> list[np.ndarray]:
+    """Convert a panel of series to a list of float ``[C, T]`` arrays.
+
+    Accepts: numpy ``[n, C, T]`` (numpy3D) or ``[n, T]`` (univariate), a list/tuple of
+    ``[T]`` / ``[C, T]`` arrays or tensors, and any sktime Panel mtype (``nested_univ``
+    or ``pd-multiindex`` DataFrame, ``df-list``, ...), equal or unequal length.
+    """
+    if isinstance(X, np.ndarray) and X.dtype != object:
+        if X.ndim == 3:
+            return [np.asarray(s, dtype=np.float64) for s in X]
+        if X.ndim == 2:
+            return [np.asarray(s, dtype=np.float64)[None] for s in X]
+        raise ValueError(f"to_series_list: a numpy panel must be [n, C, T] or [n, T], got shape {X.shape}")
+    if isinstance(X, (list, tuple)) and not any(_is_pandas(s) for s in X):
+        return [_as_channels_first(s, "to_series_list") for s in X]
+    from sktime.datatypes import check_is_scitype, convert_to
+
+    valid, _, _ = check_is_scitype(X, scitype="Panel", return_metadata=[])
+    if not valid:
+        raise ValueError(
+            f"to_series_list: {type(X).__name__} is not a recognised panel; pass numpy [n, C, T], "
+            "a list of [C, T] arrays, or an sktime Panel (nested_univ / pd-multiindex DataFrame)"
+        )
+    return [frame.to_numpy(dtype=np.float64).T for frame in convert_to(X, to_type="df-list")]
+
+
+def _is_pandas(x: Any) -> bool:
+    return type(x).__module__.startswith("pandas")
+
+
+def _interpolate(x: np.ndarray) -> np.ndarray:
+    """Fill NaN per channel by linear interpolation over time (edges: nearest value; empty channel: 0)."""
+    out = x.copy()
+    steps = np.arange(x.shape[1])
+    for row in out:
+        seen = ~np.isnan(row)
+        if not seen.any():
+            row[:] = 0.0
+        elif not seen.all():
+            row[~seen] = np.interp(steps[~seen], steps[seen], row[seen])
+    return out
+
+
+@register_adapter("timeseries")
+class TimeSeriesAdapter(SequenceAdapter):
+    """``[C, T]`` series -> point or patch tokens ``[B, N, dim]``.
+
+    ``encode`` -> ``{"values": FloatTensor[N, F], "mask": BoolTensor[N]}`` with ``F = C``
+    (points) or ``C * patch_len`` (patches, channel-major); ``forward`` -> ``Linear(F, dim)``
+    + positions.
+    """
+
+    modality = "timeseries"
+    config_class = TimeSeriesAdapterConfig
+
+    def __init__(self, config: TimeSeriesAdapterConfig) -> None:
+        super().__init__(config)
+        self.mean: np.ndarray | None = None  # [C] float64, set by fit (normalize="global")
+        self.std: np.ndarray | None = None
+        self.proj: nn.Linear | None = None
+        if config.channels is not None:
+            self._build_projection(config.channels)
+        self.build_positions()
+
+    @property
+    def channels(self) -> int | None:
+        return self.config.channels
+
+    @property
+    def steps_per_token(self) -> int:
+        return 1 if self.config.token == "point" else self.config.patch_len
+
+    def _build_projection(self, channels: int) -> None:
+        if self.proj is not None and self.config.channels == channels:
+            return
+        if self.config.channels is not None and self.config.channels != channels:
+            raise ValueError(f"timeseries: the adapter is set up for {self.config.channels} channels, got {channels}")
+        self.config = dataclasses.replace(self.config, channels=channels)
+        device = next(self.parameters(), torch.empty(0)).device
+        self.proj = nn.Linear(channels * self.steps_per_token, self.config.dim, device=device)
+
+    # -- preprocessing (CPU) ------------------------------------------------------------
+    def fit(self, inputs: Sequence[Any]) -> "TimeSeriesAdapter":
+        """Learn the channel count and (``normalize="global"``) per-channel mean/std, ignoring NaN."""
+        series = to_series_list(inputs)
+        if not series:
+            raise ValueError("timeseries: fit() needs at least one training series")
+        counts = {s.shape[0] for s in series}
+        if len(counts) != 1:
+            raise ValueError(f"timeseries: training series have different channel counts {sorted(counts)}; every series needs the same C")
+        channels = counts.pop()
+        self._build_projection(channels)
+        if self.config.normalize == "global":
+            values = np.concatenate(series, axis=1)
+            seen = (~np.isnan(values)).sum(axis=1)
+            if (seen == 0).any():
+                raise ValueError(f"timeseries: channels {np.flatnonzero(seen == 0).tolist()} are NaN in every training series; drop them")
+            self.mean = np.nanmean(values, axis=1)
+            std = np.nanstd(values, axis=1)
+            self.std = np.where(std > _STD_FLOOR, std, 1.0)  # constant channels are only centred
+        return self
+
+    def _normalized(self, x: np.ndarray) -> np.ndarray:
+        mode = self.config.normalize
+        if mode == "global":
+            if self.mean is None:
+                raise ValueError("timeseries: normalize='global' needs statistics; call fit(train_series) or load_preprocessing_state(state) first")
+            return (x - self.mean[:, None]) / self.std[:, None]
+        if mode == "instance":
+            with warnings.catch_warnings():  # all-NaN channels stay NaN; nan_policy handles them
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean = np.nanmean(x, axis=1, keepdims=True)
+                std = np.nanstd(x, axis=1, keepdims=True)
+            return (x - mean) / np.where(std > _STD_FLOOR, std, 1.0)
+        return x
+
+    def _clean(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Apply ``nan_policy``: -> (values without NaN ``[C, T']``, step mask ``[T']``)."""
+        nan = np.isnan(x)
+        if nan.all():
+            raise ValueError("timeseries: series is entirely NaN; drop it from the data")
+        policy = self.config.nan_policy
+        steps = np.ones(x.shape[1], dtype=bool)
+        if nan.any():
+            if policy == "raise":
+                raise ValueError(
+                    f"timeseries: series has {int(nan.sum())} NaN values of {nan.size}; "
+                    "set nan_policy to 'zero', 'interpolate' or 'mask'"
+                )
+            if policy == "interpolate":
+                x = _interpolate(x)
+            else:
+                if policy == "mask":
+                    steps = ~nan.all(axis=0)
+                    last = int(np.flatnonzero(steps)[-1]) + 1
+                    x, steps = x[:, :last], steps[:last]
+                x = np.where(np.isnan(x), 0.0, x)
+        return x, steps
+
+    def _tokens(self, x: np.ndarray, steps: np.ndarray) -> tuple[Tensor, Tensor]:
+        """Values ``[C, T]`` + step mask ``[T]`` -> tokens ``[N, F]`` + token mask ``[N]`` (truncated)."""
+        c = self.config
+        t = x.shape[1]
+        if c.token == "point":
+            keep = kept_length(t, c.max_len, c.truncation, owner="timeseries")
+            return torch.from_numpy(np.ascontiguousarray(x[:, :keep].T, dtype=np.float32)), torch.from_numpy(steps[:keep].copy())
+        n = -(-max(t - c.patch_len, 0) // c.patch_stride) + 1
+        keep = kept_length(n, c.max_len, c.truncation, owner="timeseries", unit="patches")
+        span = (keep - 1) * c.patch_stride + c.patch_len
+        values = torch.zeros(x.shape[0], span, dtype=torch.float32)
+        mask = torch.zeros(span, dtype=torch.bool)
+        used = min(t, span)
+        values[:, :used] = torch.from_numpy(x[:, :used])
+        mask[:used] = torch.from_numpy(steps[:used])
+        patches = values.unfold(1, c.patch_len, c.patch_stride)  # [C, N, patch_len]
+        return patches.transpose(0, 1).flatten(1), mask.unfold(0, c.patch_len, c.patch_stride).any(-1)
+
+    def encode(self, x: Any) -> dict[str, Tensor]:
+        arr = _as_channels_first(x)
+        if self.channels is None:
+            raise ValueError("timeseries: channel count unknown; call fit(train_series) or set channels")
+        if arr.shape[0] != self.channels:
+            hint = " (a [T, C] array? pass it transposed)" if arr.shape[1] == self.channels else ""
+            raise ValueError(f"timeseries: series has {arr.shape[0]} channels but the adapter was fitted on {self.channels}{hint}")
+        values, steps = self._clean(self._normalized(arr))
+        tokens, mask = self._tokens(values, steps)
+        if not bool(mask.any()):
+            raise ValueError(f"timeseries: no observed values within the first {self.config.max_len} tokens; raise max_len or use another nan_policy")
+        return {"values": tokens, "mask": mask}
+
+    def num_tokens(self, x: Any) -> int:
+        """Sequence length of ``x`` in tokens, including steps masked by ``nan_policy="mask"``."""
+        return len(self.encode(x)["mask"])
+
+    # -- trainable embedding ------------------------------------------------------------
+    def embed(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        if self.proj is None:
+            raise ValueError("timeseries: the projection is not built; call fit(train_series), load_preprocessing_state(state) or set channels")
+        return self.proj(batch["values"]), batch["mask"]
+
+    # -- state ----------------------------------------------------------------------------
+    def preprocessing_state(self) -> dict:
+        if self.channels is None:
+            raise ValueError("timeseries: nothing to save, the adapter is not fitted; call fit(train_series) first")
+        state: dict = {"channels": self.channels}
+        if self.config.normalize == "global":
+            if self.mean is None:
+                raise ValueError("timeseries: nothing to save, global statistics are not fitted; call fit(train_series) first")
+            state.update(mean=self.mean.tolist(), std=self.std.tolist())
+        return state
+
+    def load_preprocessing_state(self, state: dict) -> None:
+        channels = state.get("channels")
+        if isinstance(channels, bool) or not isinstance(channels, int) or channels <= 0:
+            raise ValueError(f"timeseries: state needs a positive 'channels', got {channels!r}")
+        if self.config.normalize == "global":
+            for key in ("mean", "std"):
+                if len(state.get(key) or []) != channels:
+                    raise ValueError(f"timeseries: state {key!r} must list {channels} values (one per channel), got {state.get(key)!r}")
+        self._build_projection(channels)
+        if self.config.normalize == "global":
+            self.mean, self.std = np.asarray(state["mean"], dtype=np.float64), np.asarray(state["std"], dtype=np.float64)

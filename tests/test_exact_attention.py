@@ -1,0 +1,71 @@
+"""``exact_attention`` (SDPA) against the float64 naive ``reference_attention``."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from maelre.layers import exact_attention, reference_attention
+
+
+def _relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.double() - ref).abs().max() / ref.abs().max())
+
+
+def _inputs(b=2, h=3, nq=7, nk=7, dh=8):
+    return torch.randn(b, h, nq, dh), torch.randn(b, h, nk, dh), torch.randn(b, h, nk, dh)
+
+
+def _naive_bias(b, nq, nk, key_bias=None, key_mask=None, causal=False, attn_mask=None) -> torch.Tensor:
+    """Additive logits ``[B, 1, Nq, Nk]`` built entry by entry from the definitions."""
+    bias = torch.zeros(b, 1, nq, nk, dtype=torch.float64)
+    for i in range(nq):
+        for j in range(nk):
+            for r in range(b):
+                allowed = True
+                if key_mask is not None and not key_mask[r, j]:
+                    allowed = False
+                if causal and j > nk - nq + i:  # queries are the last nq positions
+                    allowed = False
+                if attn_mask is not None and not attn_mask[r, 0, i, j]:
+                    allowed = False
+                if not allowed:
+                    bias[r, 0, i, j] = float("-inf")
+                elif key_bias is not None:
+                    bias[r, 0, i, j] = float(key_bias[r, j])
+    return bias
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("use_bias", [False, True])
+@pytest.mark.parametrize("use_mask", [False, True])
+@pytest.mark.parametrize("nq", [7, 4])
+def test_exact_attention_matches_reference(causal, use_bias, use_mask, nq):
+    b, nk = 2, 7
+    q, k, v = _inputs(b=b, nq=nq, nk=nk)
+    key_bias = torch.randn(b, nk).abs().log1p() if use_bias else None
+    key_mask = torch.tensor([[True] * nk, [True] * 5 + [False] * 2]) if use_mask else None
+    out = exact_attention(q, k, v, key_bias=key_bias, key_mask=key_mask, causal=causal)
+    ref = reference_attention(q, k, v, _naive_bias(b, nq, nk, key_bias, key_mask, causal))
+    assert out.dtype == torch.float32
+    assert _relative_error(out, ref) < 1e-5
+
+
+def test_exact_attention_bool_attn_mask_combines_with_key_mask():
+    q, k, v = _inputs()
+    key_mask = torch.tensor([[True] * 6 + [False], [True] * 7])
+    attn_mask = torch.rand(2, 1, 7, 7) > 0.4
+    attn_mask[..., 0] = True  # key 0 is real in both rows: no query is left without keys
+    out = exact_attention(q, k, v, key_mask=key_mask, attn_mask=attn_mask)
+    ref = reference_attention(q, k, v, _naive_bias(2, 7, 7, key_mask=key_mask, attn_mask=attn_mask))
+    assert _relative_error(out, ref) < 1e-5
+
+
+def test_masked_keys_have_no_influence():
+    q, k, v = _inputs()
+    key_mask = torch.tensor([[True] * 4 + [False] * 3] * 2)
+    out = exact_attention(q, k, v, key_mask=key_mask)
+    k2, v2 = k.clone(), v.clone()
+    k2[..., 4:, :] = 1e3
+    v2[..., 4:, :] = -1e3
+    torch.testing.assert_close(exact_attention(q, k2, v2, key_mask=key_mask), out)
+    torch.testing.assert_close(out, exact_attention(q, k[..., :4, :], v[..., :4, :]))
