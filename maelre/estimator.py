@@ -333,7 +333,8 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: Any) -> np.ndarray:
         """Most probable class of each sample, shape ``(n_samples,)``, from ``classes_``."""
-        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
 
     # ------------------------------------------------------------------ persistence
     def _fitted_state(self) -> dict:
@@ -444,8 +445,9 @@ def _data_defaults(adapter: str, items: list) -> dict:
     if adapter == "timeseries":
         longest = max(x.shape[-1] for x in items)
         if longest <= TARGET_TOKENS:
-            return {"token": "point"}
-        return {"token": "patch", "patch_len": math.ceil(longest / TARGET_TOKENS)}
+            return {"token": "point", "max_len": longest}
+        patch = math.ceil(longest / TARGET_TOKENS)
+        return {"token": "patch", "patch_len": patch, "max_len": math.ceil(longest / patch)}
     if adapter == "audio":
         rates = {int(rate) for _, rate in items}
         return {"sample_rate": rates.pop()} if len(rates) == 1 else {}

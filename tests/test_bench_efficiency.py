@@ -253,6 +253,22 @@ def test_other_errors_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     assert statuses[(64, "train")][0] == "ok"  # an error is not an OOM: larger N still run
 
 
+def test_a_case_past_its_timeout_is_an_error_row_and_the_run_goes_on(tmp_path, monkeypatch):
+    def make_step(name, seq_len, batch, mode, cfg):
+        if seq_len == 32:
+            return lambda: time.sleep(0.2)  # 3 steps: 0.6 s > 0.3 s timeout
+        return noop_make_step(name, seq_len, batch, mode, cfg)
+
+    monkeypatch.setattr(eff, "make_step", make_step)
+    config = tiny_config(backbones=["transformer"], modes=["infer"], case_timeout_s=0.3)
+    t0 = time.perf_counter()
+    doc = eff.run_benchmark(config, tmp_path / "t.json", log=lambda s: None)
+    assert time.perf_counter() - t0 < 0.55  # abandoned, not waited out
+    slow, fast = doc["results"]
+    assert slow["status"] == "error" and "longer than 0.3 s" in slow["message"]
+    assert fast["status"] == "ok"
+
+
 def test_length_a_backbone_cannot_take_is_an_error_row(tmp_path, monkeypatch):
     from maelre.backbones.transformer import Transformer
 
@@ -414,6 +430,7 @@ def test_backbone_config_validation():
         ({"repeats": 0}, "repeats"),
         ({"batch": 0}, "batch"),
         ({"time_budget_s": -1.0}, "time_budget_s"),
+        ({"case_timeout_s": 0.0}, "case_timeout_s"),
     ],
 )
 def test_bad_settings_raise(overrides, message):

@@ -125,7 +125,8 @@ def test_image_content_matches_settings() -> None:
     for label in (0, 1, 1, 0):
         sample = render_pathfinder(label, config, rng)
         assert set(np.unique(sample.image)) == {0, 255}
-        assert sorted(sample.markers) == find_markers(sample.image)
+        found = find_markers(sample.image)  # centroids: a line leaving a disc may pull one by a pixel
+        assert len(found) == 2 and all(min(np.abs(np.subtract(m, f)).max() for f in found) <= 1 for m in sample.markers)
         # Two targets of 14 segments of ~2 px and 2 distractors of 4: far more ink than markers alone.
         assert (sample.image > 0).sum() > 2 * 14 * 2
         pad = config.padding - int(config.marker_radius)
@@ -137,6 +138,24 @@ def test_generator_is_deterministic_per_seed(samples32) -> None:
     assert all(np.array_equal(a, b) and ya == yb for (a, ya), (b, yb) in zip(samples32, again))
     other = generate_pathfinder(4, size=32, seed=1)
     assert not all(np.array_equal(a, b) for (a, _), (b, _) in zip(samples32[:4], other))
+
+
+def test_parallel_generation_gives_the_same_images() -> None:
+    serial = generate_pathfinder(6, size=32, seed=4)
+    parallel = generate_pathfinder(6, size=32, seed=4, n_jobs=2)
+    assert all(np.array_equal(a, b) and ya == yb for (a, ya), (b, yb) in zip(serial, parallel))
+    with pytest.raises(ValueError, match="n_jobs"):
+        generate_pathfinder(2, n_jobs=0)
+
+
+def test_lra_defaults_per_size_and_difficulty() -> None:
+    assert PathfinderConfig.for_size(32) == PathfinderConfig()
+    # LRA: distractors are a third of the target length; their count a segment budget / that length.
+    for size, length, expected in [(32, 14, (4, 5)), (32, 9, (3, 6)), (32, 6, (2, 10)), (128, 14, (4, 8))]:
+        config = PathfinderConfig.for_size(size, contour_length=length)
+        assert (config.distractor_length, config.num_distractors) == expected
+    assert PathfinderConfig.for_size(128).marker_radius == 3.0
+    assert PathfinderConfig.for_size(32, num_distractors=1).distractor_length == 4
 
 
 def test_config_errors() -> None:
@@ -157,7 +176,7 @@ def test_config_errors() -> None:
 
 def test_lra_layout_round_trip(tmp_path, samples32) -> None:
     folder = write_pathfinder_folder(tmp_path, samples32[:10], images_per_folder=4)
-    assert folder == tmp_path / "curv_baseline"
+    assert folder == tmp_path / "curv_contour_length_14"  # LRA's leaderboard level, the default
     assert sorted(p.name for p in (folder / "imgs").iterdir()) == ["0", "1", "2"]
     assert (folder / "imgs" / "2" / "sample_1.png").is_file()
     first_row = (folder / "metadata" / "0.npy").read_text().splitlines()[0].split()
@@ -169,6 +188,12 @@ def test_lra_layout_round_trip(tmp_path, samples32) -> None:
     for (img, label), (ref, ref_label) in zip(images, samples32[:10]):
         assert np.array_equal(img, ref) and label == ref_label
     assert len(read_pathfinder_folder(folder)) == 10  # the difficulty folder itself works too
+
+    mixed = [samples32[0], (np.zeros((16, 16), dtype=np.uint8), 0)]
+    with pytest.raises(ValueError, match="one image size"):
+        write_pathfinder_folder(tmp_path / "mixed", mixed)
+    assert not (tmp_path / "mixed" / "curv_contour_length_14").exists()
+    assert not list((tmp_path / "mixed").iterdir())  # the staging folder is cleaned up
 
     with pytest.raises(FileExistsError, match="overwrite"):
         write_pathfinder_folder(tmp_path, samples32[:2])
@@ -184,9 +209,9 @@ def test_reader_accepts_numpy_saved_metadata(tmp_path, samples32) -> None:
 
 
 def test_reader_errors(tmp_path, samples32) -> None:
-    with pytest.raises(FileNotFoundError, match="curv_baseline/imgs/<k>/sample_<i>.png"):
+    with pytest.raises(FileNotFoundError, match="curv_contour_length_14/imgs/<k>/sample_<i>.png"):
         read_pathfinder_folder(tmp_path / "missing")
-    (tmp_path / "empty" / "curv_baseline" / "metadata").mkdir(parents=True)
+    (tmp_path / "empty" / "curv_contour_length_14" / "metadata").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="no metadata"):
         read_pathfinder_folder(tmp_path / "empty")
 
@@ -226,14 +251,22 @@ def test_loaders_generate_balanced_splits() -> None:
     assert data.meta["config"]["num_distractors"] == 3
     assert not np.array_equal(data.train[0][0], data.val[0][0])
 
+    easy = load_dataset("pathfinder", n_train=2, n_val=2, n_test=2, difficulty="curv_baseline")
+    assert (easy.meta["config"]["contour_length"], easy.meta["config"]["num_distractors"]) == (6, 10)
+
     pathx = load_dataset("pathx", n_train=2, n_val=2, n_test=2, seed=0)
     assert pathx.train[0][0].shape == (128, 128) and pathx.meta["task"] == "pathx"
+    assert pathx.meta["config"]["contour_length"] == 14
     with pytest.raises(ValueError, match="n_val must be >= 2"):
         load_dataset("pathfinder", n_train=4, n_val=1, n_test=2)
+    with pytest.raises(ValueError, match="did you mean 'curv_baseline'"):
+        load_dataset("pathfinder", difficulty="curv_basline")
 
 
 def test_loader_reads_and_splits_lra_folder(tmp_path, samples32) -> None:
     write_pathfinder_folder(tmp_path, samples32[:20])
+    write_pathfinder_folder(tmp_path, samples32[:10], difficulty="curv_baseline")
+    assert len(load_dataset("pathfinder", root=tmp_path, difficulty="curv_baseline").train) == 8
     data = load_dataset("pathfinder", root=tmp_path, seed=1)
     assert (len(data.train), len(data.val), len(data.test)) == (16, 2, 2)  # LRA's 80/10/10
     seen = [img.tobytes() for split in (data.train, data.val, data.test) for img, _ in split]

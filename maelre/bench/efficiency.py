@@ -29,10 +29,13 @@ import math
 import os
 import platform
 import shlex
+import signal
 import statistics
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +92,8 @@ class BenchConfig:
         warmup, repeats: untimed steps, then timed steps (median/min/max reported).
         compile: wrap the backbone in ``torch.compile``; the first call is timed apart.
         time_budget_s: start no new case after this many seconds (``None``: no limit).
+        case_timeout_s: abandon a case (status ``"error"``) that runs longer than this,
+            e.g. a stuck compilation (``None``: no limit; needs SIGALRM, i.e. Unix main thread).
         num_classes: width of the linear head in train mode.
         seed: seeds weights and random inputs of every case.
     """
@@ -109,6 +114,7 @@ class BenchConfig:
     repeats: int = 10
     compile: bool = False
     time_budget_s: float | None = 420.0
+    case_timeout_s: float | None = 180.0
     num_classes: int = 10
     seed: int = 0
 
@@ -135,8 +141,10 @@ class BenchConfig:
             raise ValueError(f"need warmup >= 0 and repeats >= 1, got warmup={self.warmup}, repeats={self.repeats}")
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {self.num_classes}")
-        if self.time_budget_s is not None and self.time_budget_s <= 0:
-            raise ValueError(f"time_budget_s must be positive (or None for no limit), got {self.time_budget_s}")
+        for key in ("time_budget_s", "case_timeout_s"):
+            value = getattr(self, key)
+            if value is not None and value <= 0:
+                raise ValueError(f"{key} must be positive (or None for no limit), got {value}")
         device = torch.device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} asked for but CUDA is not available; pass --device cpu")
@@ -292,6 +300,34 @@ def is_oom(err: BaseException) -> bool:
     return isinstance(err, torch.OutOfMemoryError) or (isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
 
 
+class CaseTimeout(Exception):
+    """A case ran past ``case_timeout_s``."""
+
+
+@contextmanager
+def deadline(seconds: float | None) -> Iterator[None]:
+    """Raise ``CaseTimeout`` inside the block once ``seconds`` have passed.
+
+    Uses SIGALRM, which interrupts Python code (a compiler, a host-side loop) but not
+    a single long C call until it returns; without SIGALRM or off the main thread it
+    does nothing.
+    """
+    if seconds is None or not hasattr(signal, "SIGALRM") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise CaseTimeout(f"case ran longer than {seconds:g} s (--case-timeout-s)")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def release_memory(device: torch.device) -> None:
     """Return the cached blocks of a finished (or failed) case to the GPU before the next one."""
     if device.type == "cuda":
@@ -360,6 +396,7 @@ def collect_meta(config: BenchConfig, command: str) -> dict[str, Any]:
         "repeats": config.repeats,
         "compile": config.compile,
         "time_budget_s": config.time_budget_s,
+        "case_timeout_s": config.case_timeout_s,
         "timer": "cuda events" if cuda else "time.perf_counter",
         "backbone_overrides": config.backbone_configs,
         "backbone_configs": {name: make_config(name, **config.backbone_kwargs(name)).to_dict() for name in config.backbones},
@@ -448,7 +485,8 @@ def run_case(name: str, seq_len: int, batch: int, mode: str, config: BenchConfig
     row = empty_row(name, seq_len, batch, mode, "ok")
     t0 = time.perf_counter()
     try:
-        row.update(measure_case(name, seq_len, batch, mode, config))
+        with deadline(config.case_timeout_s):
+            row.update(measure_case(name, seq_len, batch, mode, config))
     except Exception as err:  # noqa: BLE001  (a failing case must not end the run)
         row["status"] = "oom" if is_oom(err) else "error"
         row["message"] = f"{type(err).__name__}: {err}"[:800]
@@ -498,6 +536,47 @@ def _oom_text(row: Mapping[str, Any]) -> str:
     return "OOM" if row["status"] == "oom" else f"OOM ({row['message']})"
 
 
+def _speedup_check(
+    name: str, goal: str, fast: Mapping[str, Any] | None, slow: Mapping[str, Any] | None, min_ratio: float, *, slow_oom_passes: bool
+) -> TargetCheck:
+    """``fast`` tokens/s over ``slow`` tokens/s >= ``min_ratio``; an OOM of ``fast`` misses."""
+    outcome = (_outcome(fast), _outcome(slow))
+    if outcome[0] == "oom":
+        return TargetCheck(name, goal, "MISS", f"{fast['backbone']} {_oom_text(fast)} at N={fast['seq_len']}")
+    if outcome == ("ok", "ok"):
+        ratio = fast["tokens_per_s"] / slow["tokens_per_s"]
+        detail = f"{ratio:.2f}x ({fast['tokens_per_s']:.3g} vs {slow['tokens_per_s']:.3g} tok/s)"
+        return TargetCheck(name, goal, "PASS" if ratio >= min_ratio else "MISS", detail)
+    if outcome == ("ok", "oom") and slow_oom_passes:
+        detail = f"{slow['backbone']} {_oom_text(slow)}; {fast['backbone']} ran at {fast['tokens_per_s']:.3g} tok/s"
+        return TargetCheck(name, goal, "PASS", detail)
+    return TargetCheck(name, goal, "not measured", "needs a measured run of both cases")
+
+
+def _memory_check(
+    name: str, goal: str, main: Mapping[str, Any] | None, base: Mapping[str, Any] | None, max_ratio: float, gpu_memory_gib: float | None
+) -> TargetCheck:
+    """``main`` peak memory over ``base`` peak memory <= ``max_ratio``.
+
+    If ``base`` ran out of memory its peak exceeded the GPU's memory, so
+    ``main / gpu_memory_gib`` bounds the ratio from above: below ``max_ratio`` it passes,
+    otherwise the ratio is unknown.
+    """
+    outcome = (_outcome(main), _outcome(base))
+    mem_main = main.get("peak_mem_gib") if main else None
+    mem_base = base.get("peak_mem_gib") if base else None
+    if outcome[0] == "oom":
+        return TargetCheck(name, goal, "MISS", f"{main['backbone']} {_oom_text(main)}")
+    if outcome == ("ok", "ok") and mem_main is not None and mem_base:
+        ratio = mem_main / mem_base
+        return TargetCheck(name, goal, "PASS" if ratio <= max_ratio else "MISS", f"{ratio:.2f}x ({mem_main:.2f} vs {mem_base:.2f} GiB)")
+    if outcome == ("ok", "oom") and mem_main is not None and gpu_memory_gib:
+        bound = mem_main / gpu_memory_gib
+        detail = f"{base['backbone']} {_oom_text(base)} on {gpu_memory_gib:.0f} GiB, {main['backbone']} used {mem_main:.2f} GiB: ratio < {bound:.2f}x"
+        return TargetCheck(name, goal, "PASS" if bound <= max_ratio else "not measured", detail)
+    return TargetCheck(name, goal, "not measured", "needs the peak memory of both cases")
+
+
 def evaluate_targets(
     rows: Sequence[Mapping[str, Any]],
     *,
@@ -506,80 +585,29 @@ def evaluate_targets(
     gpu_memory_gib: float | None = None,
     mode: str = "train",
 ) -> list[TargetCheck]:
-    """Check the efficiency targets against result rows.
+    """Check the efficiency targets against result rows (of ``mode``).
 
-    1. ``main`` vs ``baseline`` tokens/s at N=16K >= 3x;
-    2. their peak-memory ratio at 16K <= 0.35x (if the baseline ran out of memory, its
-       peak exceeded ``gpu_memory_gib``, which bounds the ratio from above);
+    1. ``main`` / ``baseline`` tokens/s at N=16K >= 3x (a baseline OOM passes);
+    2. their peak-memory ratio at 16K <= 0.35x;
     3. ``main`` tokens/s at 64K over its own at 4K >= 0.6;
     4. at 64K the baseline runs out of memory or is >= 8x slower than ``main``.
 
-    A target lacking the data it needs is ``"not measured"``, never a pass. A
-    ``skipped_after_oom`` row counts as out of memory (it failed at a smaller N).
+    A target lacking the data it needs is ``"not measured"``, never a pass; an OOM of
+    ``main`` is a miss. A ``skipped_after_oom`` row counts as out of memory (that
+    backbone already ran out of memory at a smaller N with no more tokens per step).
     """
-    checks = []
-    m16, b16 = _lookup(rows, main, 16384, mode), _lookup(rows, baseline, 16384, mode)
-    m4, m64, b64 = _lookup(rows, main, 4096, mode), _lookup(rows, main, 65536, mode), _lookup(rows, baseline, 65536, mode)
 
-    name = f"{mode} tokens/s at N=16K, {main} / {baseline}"
-    outcome = (_outcome(m16), _outcome(b16))
-    if outcome == ("ok", "ok"):
-        ratio = m16["tokens_per_s"] / b16["tokens_per_s"]
-        verdict = "PASS" if ratio >= 3.0 else "MISS"
-        detail = f"{ratio:.2f}x ({m16['tokens_per_s']:.3g} vs {b16['tokens_per_s']:.3g} tok/s)"
-    elif outcome == ("ok", "oom"):
-        verdict, detail = "PASS", f"{baseline} {_oom_text(b16)}; {main} ran at {m16['tokens_per_s']:.3g} tok/s"
-    elif outcome[0] == "oom":
-        verdict, detail = "MISS", f"{main} {_oom_text(m16)}"
-    else:
-        verdict, detail = "not measured", "needs both backbones at N=16384"
-    checks.append(TargetCheck(name, ">= 3x", verdict, detail))
+    def find(name: str, seq_len: int) -> Mapping[str, Any] | None:
+        return _lookup(rows, name, seq_len, mode)
 
-    name = f"{mode} peak memory at N=16K, {main} / {baseline}"
-    mem_main = m16.get("peak_mem_gib") if m16 else None
-    mem_base = b16.get("peak_mem_gib") if b16 else None
-    if outcome[0] == "oom":
-        verdict, detail = "MISS", f"{main} {_oom_text(m16)}"
-    elif outcome == ("ok", "ok") and mem_main is not None and mem_base:
-        ratio = mem_main / mem_base
-        verdict = "PASS" if ratio <= 0.35 else "MISS"
-        detail = f"{ratio:.2f}x ({mem_main:.2f} vs {mem_base:.2f} GiB)"
-    elif outcome == ("ok", "oom") and mem_main is not None and gpu_memory_gib:
-        bound = mem_main / gpu_memory_gib
-        if bound <= 0.35:
-            verdict, detail = "PASS", f"< {bound:.2f}x ({baseline} {_oom_text(b16)} on {gpu_memory_gib:.0f} GiB; {main} {mem_main:.2f} GiB)"
-        else:
-            verdict, detail = "not measured", f"{baseline} OOM, bound {bound:.2f}x is not below 0.35x"
-    else:
-        verdict, detail = "not measured", "needs peak memory of both backbones at N=16384"
-    checks.append(TargetCheck(name, "<= 0.35x", verdict, detail))
-
-    name = f"{mode} tokens/s of {main}, N=64K / N=4K"
-    outcome = (_outcome(m64), _outcome(m4))
-    if outcome == ("ok", "ok"):
-        ratio = m64["tokens_per_s"] / m4["tokens_per_s"]
-        verdict = "PASS" if ratio >= 0.6 else "MISS"
-        detail = f"{ratio:.2f} ({m64['tokens_per_s']:.3g} vs {m4['tokens_per_s']:.3g} tok/s)"
-    elif outcome[0] == "oom":
-        verdict, detail = "MISS", f"{main} {_oom_text(m64)} at N=65536"
-    else:
-        verdict, detail = "not measured", f"needs {main} at N=4096 and N=65536"
-    checks.append(TargetCheck(name, ">= 0.6", verdict, detail))
-
-    name = f"{mode} at N=64K: {baseline} OOM or >= 8x slower than {main}"
-    outcome = (_outcome(m64), _outcome(b64))
-    if outcome[0] == "oom":
-        verdict, detail = "MISS", f"{main} {_oom_text(m64)}"
-    elif outcome == ("ok", "oom"):
-        verdict, detail = "PASS", f"{baseline} {_oom_text(b64)}; {main} ran at {m64['tokens_per_s']:.3g} tok/s"
-    elif outcome == ("ok", "ok"):
-        ratio = m64["tokens_per_s"] / b64["tokens_per_s"]
-        verdict = "PASS" if ratio >= 8.0 else "MISS"
-        detail = f"{baseline} ran, {main} is {ratio:.2f}x faster ({m64['tokens_per_s']:.3g} vs {b64['tokens_per_s']:.3g} tok/s)"
-    else:
-        verdict, detail = "not measured", "needs both backbones at N=65536"
-    checks.append(TargetCheck(name, "OOM or >= 8x", verdict, detail))
-    return checks
+    return [
+        _speedup_check(f"{mode} tokens/s at N=16K, {main} / {baseline}", ">= 3x", find(main, 16384), find(baseline, 16384), 3.0, slow_oom_passes=True),
+        _memory_check(f"{mode} peak memory at N=16K, {main} / {baseline}", "<= 0.35x", find(main, 16384), find(baseline, 16384), 0.35, gpu_memory_gib),
+        _speedup_check(f"{mode} tokens/s of {main}, N=64K / N=4K", ">= 0.6", find(main, 65536), find(main, 4096), 0.6, slow_oom_passes=False),
+        _speedup_check(
+            f"{mode} at N=64K: {baseline} OOM or >= 8x slower than {main}", "OOM or >= 8x", find(main, 65536), find(baseline, 65536), 8.0, slow_oom_passes=True
+        ),
+    ]
 
 
 # --------------------------------------------------------------------------- reports
@@ -732,6 +760,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--repeats", type=int, default=10, help="timed steps per case (default: %(default)s)")
     how.add_argument("--compile", action="store_true", help="torch.compile the backbone (compile time reported apart)")
     how.add_argument("--time-budget-s", type=float, default=420.0, help="start no case after this many seconds, 0 = no limit (default: %(default)s)")
+    how.add_argument("--case-timeout-s", type=float, default=180.0, help="abandon a case after this many seconds, 0 = no limit (default: %(default)s)")
     how.add_argument("--num-classes", type=int, default=10, help="classes of the random-label head (default: %(default)s)")
     how.add_argument("--seed", type=int, default=0)
     files = parser.add_argument_group("output")
@@ -764,6 +793,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         repeats=args.repeats,
         compile=args.compile,
         time_budget_s=args.time_budget_s if args.time_budget_s > 0 else None,
+        case_timeout_s=args.case_timeout_s if args.case_timeout_s > 0 else None,
         num_classes=args.num_classes,
         seed=args.seed,
         **kwargs,

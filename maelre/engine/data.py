@@ -153,6 +153,9 @@ def _world() -> tuple[int, int]:
 class ResumableBatchSampler(Sampler[list[int]]):
     """Batches whose order depends only on ``(seed, epoch)``; can start mid-epoch.
 
+    ``ResumableDataLoader`` advances the epoch itself after handing out an epoch's last
+    batch (Lightning calls ``set_epoch`` only on ``loader.sampler``, not on batch samplers).
+
     Args:
         num_samples: dataset size.
         batch_size: samples per batch.
@@ -265,17 +268,25 @@ class ResumableDataLoader(DataLoader):
         self._pending_rng: dict | None = None
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        sampler: ResumableBatchSampler = self.batch_sampler  # type: ignore[assignment]
-        self._yielded = sampler.pending_skip
-        return self._iterate(sampler)
+        return self._iterate(self.batch_sampler)  # type: ignore[arg-type]
 
     def _iterate(self, sampler: ResumableBatchSampler) -> Iterator[Any]:
+        # A generator: nothing below runs until the first batch is requested, so a
+        # position loaded after the iterator was created still applies.
+        self._yielded = sampler.pending_skip
         if self._pending_rng is not None:
             set_rng_state(self._pending_rng)
             self._pending_rng = None
         self.generator.manual_seed(sampler.seed * 1_000_003 + sampler.epoch + 104_729)
+        total = len(self)
         for batch in super().__iter__():
             self._yielded += 1
+            if self._yielded == total:
+                # Move to the next epoch when handing out the last batch: Lightning stops
+                # iterating a sized loader without exhausting it, and a checkpoint taken
+                # after this batch must resume at the start of the next epoch.
+                sampler.start_at(sampler.epoch + 1, 0)
+                self._yielded = 0
             yield batch
 
     def state_dict(self) -> dict:

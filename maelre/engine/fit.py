@@ -15,6 +15,7 @@ RAM); with a ``run_dir`` it writes CSV/TensorBoard logs and pickle-free checkpoi
 from __future__ import annotations
 
 import contextlib
+import functools
 import dataclasses
 import datetime
 import math
@@ -318,7 +319,7 @@ def fit_classifier(
             num_workers=num_workers, two_tower=two_tower, cache=cache,
         )
 
-    task = ClassificationTask(model, optim_cfg, num_classes, class_weights, label_smoothing)
+    task = ClassificationTask(model, optim_cfg, num_classes, class_weights, label_smoothing, functools.partial(len, train_loader))
     throughput, history = ThroughputMonitor(), HistoryRecorder()
     cbs: list[Callback] = [throughput, history, *callbacks]
     best_cb: BestCheckpoint | None = None

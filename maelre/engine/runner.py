@@ -25,6 +25,7 @@ from maelre.engine.callbacks import environment, plot_confusion_matrix, plot_lea
 from maelre.engine.checkpoint import PREPROCESSING, LoadedModel, latest_checkpoint, load_model, read_json, write_text_atomic
 from maelre.engine.data import IndexedSamples, labels_of, split_validation
 from maelre.engine.fit import build_model, evaluate, fit_classifier
+from maelre.engine.seed import seed_everything
 from maelre.recipe import Recipe, RecipeError, recipe_from_dict
 
 
@@ -183,14 +184,15 @@ def run_recipe(
     """
     t0 = time.perf_counter()
     path = resolve_run_dir(recipe, run_dir, resume)
+    resolved = recipe.to_dict()
+    if resume:
+        _check_same_run(path, resolved)
     resume_from = latest_checkpoint(path) if resume else None
+    seed_everything(recipe.trainer.seed, recipe.trainer.deterministic)  # before the adapter and model are initialised
     data = load_run_data(recipe)
     adapter = _fitted_adapter(recipe, data.train, data.modality, resume_from)
     num_classes = len(data.classes)
     model = build_model(adapter, recipe.model.backbone, recipe.backbone_kwargs(), num_classes, recipe.model.head_dropout, recipe.model.two_tower)
-    resolved = recipe.to_dict()
-    if resume:
-        _check_same_run(path, resolved)
     write_text_atomic(path / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False))
     trainer_cfg = recipe.trainer
     trainer_cfg.enable_progress_bar = trainer_cfg.enable_progress_bar and progress

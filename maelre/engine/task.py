@@ -6,6 +6,7 @@ The model stays a plain ``nn.Module`` (``maelre.model``); everything about train
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import lightning as L
@@ -138,6 +139,9 @@ class ClassificationTask(L.LightningModule):
         num_classes: number of classes C.
         class_weights: optional ``[C]`` cross-entropy weights.
         label_smoothing: cross-entropy label smoothing in ``[0, 1)``.
+        batches_per_epoch: returns the training loader's length (per process); used to
+            size the LR schedule instead of Lightning's ``estimated_stepping_batches``,
+            which sets the train loader up before a resumed run restores its position.
     """
 
     def __init__(
@@ -147,6 +151,7 @@ class ClassificationTask(L.LightningModule):
         num_classes: int,
         class_weights: Tensor | list[float] | None = None,
         label_smoothing: float = 0.0,
+        batches_per_epoch: Callable[[], int] | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
@@ -155,6 +160,7 @@ class ClassificationTask(L.LightningModule):
         self.optim = optim
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
+        self.batches_per_epoch = batches_per_epoch
         weights = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
         if weights is not None and weights.shape != (num_classes,):
             raise ValueError(f"class_weights needs {num_classes} entries (one per class), got shape {tuple(weights.shape)}")
@@ -201,9 +207,18 @@ class ClassificationTask(L.LightningModule):
         inputs, _ = batch
         return self.model(inputs).float().softmax(dim=-1)
 
+    def total_training_steps(self) -> float:
+        """Optimizer steps this run will take (``inf`` when only ``max_time`` bounds it)."""
+        trainer = self.trainer
+        if self.batches_per_epoch is None:
+            return trainer.estimated_stepping_batches
+        per_epoch = math.ceil(self.batches_per_epoch() / trainer.accumulate_grad_batches)
+        total = per_epoch * trainer.max_epochs if trainer.max_epochs not in (None, -1) else math.inf
+        return min(total, trainer.max_steps) if trainer.max_steps != -1 else total
+
     def configure_optimizers(self) -> dict:
         optimizer = build_optimizer(self.model, self.optim)
-        total = self.trainer.estimated_stepping_batches
+        total = self.total_training_steps()
         if self.optim.schedule != "constant" and not math.isfinite(total):
             raise ValueError(
                 f"the {self.optim.schedule!r} schedule needs a known number of steps; set trainer.max_steps or trainer.max_epochs, "

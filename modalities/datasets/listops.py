@@ -19,7 +19,7 @@ the label is its value (10 classes). The procedure follows LRA's
 
 Tokens vs bytes: LRA's lengths (500-2,000) count whitespace tokens over the 15-symbol
 vocabulary :data:`LISTOPS_VOCAB` (16 with padding). Fed to the text adapter with
-``tokenizer="byte"``, the same example is about 4x longer (spaces, parentheses and the
+``tokenizer="byte"``, the same example is about 6x longer (spaces, parentheses and the
 multi-character operators all become bytes); use :func:`listops_token_ids` for
 LRA-comparable sequence lengths.
 
@@ -50,6 +50,7 @@ TSV_HEADER: tuple[str, str] = ("Source", "Target")
 
 OPERATOR_PROBABILITY = 0.25  # LRA's VALUE_P: a non-leaf node is an operator with this probability
 _TOKEN_ID = {token: i for i, token in enumerate(LISTOPS_VOCAB)}
+
 
 def apply_operator(operator: str, args: Sequence[int]) -> int:
     """Value of ``operator`` (an entry of :data:`OPERATORS`) applied to digits ``args``.
@@ -84,23 +85,21 @@ class _ExpressionSampler:
     _BLOCK = 8192
 
     def __init__(self, rng: np.random.Generator, max_depth: int, max_args: int, max_len: int) -> None:
-        self.rng, self.max_depth, self.max_args, self.max_len = rng, max_depth, max_args, max_len
+        self.max_depth, self.max_len = max_depth, max_len
         self.length = 0
         self.tokens: list[str] = []
-        self._streams: dict[str, list] = {}
+        self._refill = {  # stream name -> a block of fresh draws
+            "is_operator": lambda: (rng.random(self._BLOCK) <= OPERATOR_PROBABILITY).tolist(),
+            "n_args": lambda: rng.integers(2, max_args + 1, size=self._BLOCK).tolist(),
+            "operator": lambda: rng.integers(len(OPERATORS), size=self._BLOCK).tolist(),
+            "digit": lambda: rng.integers(10, size=self._BLOCK).tolist(),
+        }
+        self._streams: dict[str, list] = {name: [] for name in self._refill}
 
-    def _next(self, stream: str) -> float | int:
-        block = self._streams.get(stream)
+    def _next(self, stream: str):
+        block = self._streams[stream]
         if not block:
-            if stream == "is_operator":
-                block = (self.rng.random(self._BLOCK) <= OPERATOR_PROBABILITY).tolist()
-            elif stream == "n_args":
-                block = self.rng.integers(2, self.max_args + 1, self._BLOCK).tolist()
-            elif stream == "operator":
-                block = self.rng.integers(len(OPERATORS), size=self._BLOCK).tolist()
-            else:
-                block = self.rng.integers(10, size=self._BLOCK).tolist()
-            self._streams[stream] = block
+            block = self._streams[stream] = self._refill[stream]()
         return block.pop()
 
     def draw(self) -> int | None:
@@ -174,7 +173,8 @@ def generate_listops(
     if max_args < 2:
         raise ValueError(f"max_args must be >= 2, got {max_args}")
     if not 0 <= min_len < max_len - 1:
-        raise ValueError(f"need 0 <= min_len < max_len - 1 (lengths are kept strictly between them), got {min_len}, {max_len}")
+        raise ValueError(f"need 0 <= min_len < max_len - 1 (lengths are kept strictly between them), "
+                         f"got {min_len}, {max_len}")
     max_draws = 2000 * n + 100_000 if max_draws is None else max_draws
     sampler = _ExpressionSampler(np.random.default_rng(seed), max_depth, max_args, max_len)
     seen: set[str] = set()
@@ -192,7 +192,8 @@ def generate_listops(
     if len(samples) < n:
         raise ValueError(
             f"found only {len(samples)} of {n} ListOps trees with {min_len} < length < {max_len} in {max_draws} draws "
-            f"(max_depth={max_depth}, max_args={max_args}); raise max_args/max_depth, widen the length range or raise max_draws"
+            f"(max_depth={max_depth}, max_args={max_args}); raise max_args/max_depth, widen the length range "
+            "or raise max_draws"
         )
     return samples
 
@@ -243,7 +244,8 @@ def evaluate_listops(expr: str) -> int:
         elif token in DIGITS:
             value = int(token)
         else:
-            raise ValueError(f"unknown token {token!r} at position {position}; ListOps uses {', '.join(LISTOPS_VOCAB[1:])}, '(' and ')'")
+            raise ValueError(f"unknown token {token!r} at position {position}; "
+                             f"ListOps uses {', '.join(LISTOPS_VOCAB[1:])}, '(' and ')'")
         (frames[-1][1] if frames else results).append(value)
     if frames:
         raise ValueError(f"{len(frames)} operator(s) never closed with ']' in {expr[:80]!r}")

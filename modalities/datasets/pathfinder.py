@@ -34,7 +34,8 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,10 @@ from modalities.base import _suggest
 from modalities.datasets.io import LazySplit, require_dir
 
 PATHFINDER_CLASSES: list[str] = ["disconnected", "connected"]
-DIFFICULTIES: tuple[str, ...] = ("curv_baseline", "curv_contour_length_9", "curv_contour_length_14")
-"""Folder names of LRA's three difficulty levels (contour lengths 6, 9 and 14 paddles)."""
+DIFFICULTIES: dict[str, int] = {"curv_baseline": 6, "curv_contour_length_9": 9, "curv_contour_length_14": 14}
+"""LRA's difficulty folders and their target contour lengths. LRA's leaderboard task is
+the hardest (``pathfinder32_hard`` / ``pathfinder128_hard``: ``curv_contour_length_14``)."""
+DEFAULT_DIFFICULTY = "curv_contour_length_14"
 _EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 _NPY_MAGIC = b"\x93NUMPY"
 
@@ -89,22 +92,30 @@ class PathfinderConfig:
 
     @classmethod
     def for_size(cls, size: int, /, **overrides: Any) -> "PathfinderConfig":
-        """Defaults for ``size`` (LRA's 32 and 128 settings, scaled linearly in between), then ``overrides``."""
-        if size == 32:
-            base = cls()
-        elif size == 128:
-            # LRA's Path-X: marker radius 3, seed distance 20, ~35/distractor_length distractors.
-            base = cls(size=128, segment_length=5.0, num_distractors=10, seed_distance=20.0, marker_radius=3.0, padding=4)
-        else:
-            scale = size / 32
-            base = cls(size=size, segment_length=2.0 * scale, seed_distance=7.0 * scale,
-                       marker_radius=max(1.5, 1.5 * scale), padding=max(2, math.ceil(1.5 * scale) + 1))
+        """LRA's settings for ``size`` (32 and 128; other sizes scale the 32 ones), then ``overrides``.
+
+        As in LRA, distractors default to a third of the target length, and their number
+        to a fixed budget of distractor segments (20 at 32x32, 35 at 128x128) divided by
+        that length, so harder levels (longer targets) get fewer, longer distractors.
+        """
         fields = sorted(f.name for f in dataclasses.fields(cls) if f.name != "size")
         for key in overrides:
             if key not in fields:
-                where = " (the image size is its own argument, or pick the pathx data set)" if key == "size" else _suggest(key, fields)
+                where = _suggest(key, fields) if key != "size" else " (the size is its own argument, or use the pathx data set)"
                 raise ValueError(f"unknown Pathfinder setting {key!r}{where} Valid: {', '.join(fields)}")
-        config = dataclasses.replace(base, **overrides)
+        if size == 128:
+            geometry = dict(segment_length=5.0, seed_distance=20.0, marker_radius=3.0, padding=4)
+            distractor_budget = 35
+        else:
+            scale = size / 32
+            geometry = dict(segment_length=2.0 * scale, seed_distance=7.0 * scale,
+                            marker_radius=1.5 * max(1.0, scale), padding=math.ceil(1.5 * max(1.0, scale)))
+            distractor_budget = 20
+        contour_length = overrides.get("contour_length", cls.contour_length)
+        distractor_length = overrides.get("distractor_length", max(1, contour_length // 3))
+        config = cls(size=size, distractor_length=distractor_length,
+                     num_distractors=max(1, distractor_budget // distractor_length), **geometry)
+        config = dataclasses.replace(config, **overrides)
         config.validate()
         return config
 
@@ -121,18 +132,20 @@ class PathfinderConfig:
         if not 0 <= self.max_turn_deg <= 90:
             raise ValueError(f"max_turn_deg must be in [0, 90], got {self.max_turn_deg}")
         if self.marker_radius < 1:
-            raise ValueError(f"marker_radius must be >= 1 (smaller markers cannot be told from lines), got {self.marker_radius}")
+            raise ValueError(f"marker_radius must be >= 1 (smaller markers look like lines), got {self.marker_radius}")
         if self.padding < math.ceil(self.marker_radius):
-            raise ValueError(f"padding ({self.padding}) must be >= ceil(marker_radius) ({math.ceil(self.marker_radius)}) so markers stay inside")
+            raise ValueError(f"padding ({self.padding}) must be >= ceil(marker_radius) ({math.ceil(self.marker_radius)}) "
+                             "so that markers stay inside the image")
         if self.seed_distance < 2 * self.marker_radius + 2:
-            raise ValueError(f"seed_distance must be >= 2 * marker_radius + 2 so the markers stay apart, got {self.seed_distance}")
+            raise ValueError(f"seed_distance must be >= 2 * marker_radius + 2 so that markers stay apart, "
+                             f"got {self.seed_distance}")
         if not 0 <= self.threshold < min(self.line_value, self.marker_value) <= 255:
             raise ValueError("need 0 <= threshold < line_value, marker_value <= 255")
 
 
 @dataclass
 class PathfinderSample:
-    """One rendered image: ``image`` uint8 ``[H, W]``, ``label`` (1 connected, 0 not), ``markers`` ``[(row, col), (row, col)]``."""
+    """One rendered image: ``image`` uint8 ``[H, W]``, ``label`` (1 connected, 0 not) and the two marker centres."""
 
     image: np.ndarray
     label: int
@@ -190,7 +203,8 @@ class _Canvas:
         self.contours: list[list[Pixel]] = []
 
     def _free(self, pixel: Pixel, own: set[Pixel]) -> bool:
-        return self.lo <= pixel[0] < self.hi and self.lo <= pixel[1] < self.hi and pixel not in self.blocked and pixel not in own
+        inside = self.lo <= pixel[0] < self.hi and self.lo <= pixel[1] < self.hi
+        return inside and pixel not in self.blocked and pixel not in own
 
     def walk(self, start: tuple[float, float], n_segments: int, tries_per_segment: int = 12) -> list[Pixel] | None:
         """Grow a contour of ``n_segments`` from ``start`` (``(row, col)``); its pixels, or None if it got stuck.
@@ -224,7 +238,9 @@ class _Canvas:
             pixels.extend(line)
         return pixels
 
-    def add_walk(self, pick_start, n_segments: int, tries: int = 20) -> list[Pixel] | None:
+    def add_walk(
+        self, pick_start: Callable[[], tuple[float, float]], n_segments: int, tries: int = 20
+    ) -> list[Pixel] | None:
         """Draw a contour from a start ``pick_start()`` proposes; None when none of ``tries`` starts works."""
         for _ in range(tries):
             contour = self.walk(pick_start(), n_segments)
@@ -307,7 +323,8 @@ def find_markers(image: np.ndarray, threshold: int = 127) -> list[tuple[int, int
 
     A morphological opening with a plus-shaped element removes 1-pixel-wide lines and
     keeps blobs at least 3 pixels across (the markers); each remaining blob's centroid,
-    rounded, is returned (sorted). Meant for this module's images; for images with thick
+    rounded, is returned (sorted). A line leaving a disc can pull its centroid by up to
+    a pixel. Meant for this module's images; for images with thick
     or anti-aliased lines pass marker positions to :func:`markers_connected` instead.
     """
     binary = _binary(image, threshold)
@@ -345,7 +362,7 @@ def markers_connected(
         if not binary[row, col]:
             raise ValueError(f"marker {(row, col)} is on a background pixel (<= threshold {threshold})")
         found.append(labels[row, col])
-    return found[0] == found[1]
+    return bool(found[0] == found[1])
 
 
 def _binary(image: np.ndarray, threshold: int) -> np.ndarray:
@@ -356,7 +373,12 @@ def _binary(image: np.ndarray, threshold: int) -> np.ndarray:
 
 
 def generate_pathfinder(
-    n: int, size: int = 32, seed: int | Sequence[int] = 0, config: PathfinderConfig | None = None, **settings: Any
+    n: int,
+    size: int = 32,
+    seed: int | Sequence[int] = 0,
+    config: PathfinderConfig | None = None,
+    n_jobs: int = 1,
+    **settings: Any,
 ) -> list[tuple[np.ndarray, int]]:
     """Generate ``n`` verified Pathfinder images, ``n // 2`` of each class (the odd one out is negative).
 
@@ -365,8 +387,9 @@ def generate_pathfinder(
         size: image side (32 for Pathfinder, 128 for Path-X); ignored when ``config`` is given.
         seed: an int or a sequence of ints (``np.random.SeedSequence`` entropy); the
             output is a function of ``(n, seed, settings)``. Image ``i`` depends only on
-            ``seed``, ``i`` and its label, so images can be drawn in parallel.
+            ``seed``, ``i`` and its label, so the result does not depend on ``n_jobs``.
         config: full settings; default ``PathfinderConfig.for_size(size, **settings)``.
+        n_jobs: worker processes (1: draw in this process). About 100-200 images/s each.
         **settings: overrides of :class:`PathfinderConfig` fields (e.g. ``contour_length``).
 
     Returns:
@@ -374,6 +397,8 @@ def generate_pathfinder(
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if n_jobs < 1:
+        raise ValueError(f"n_jobs must be >= 1, got {n_jobs}")
     if config is None:
         config = PathfinderConfig.for_size(size, **settings)
     elif settings:
@@ -381,10 +406,20 @@ def generate_pathfinder(
     else:
         config.validate()
     sequence = np.random.SeedSequence(seed)
-    labels = np.random.default_rng(sequence).permutation(np.arange(n) < n // 2).astype(int)
+    labels = np.random.default_rng(sequence).permutation(np.arange(n) < n // 2).astype(int).tolist()
+    jobs = list(zip(labels, sequence.spawn(n)))
+    if n_jobs == 1 or n < 2 * n_jobs:
+        return _render_many(config, jobs)
+    chunks = [jobs[i : i + 256] for i in range(0, n, 256)]
+    with ProcessPoolExecutor(n_jobs) as pool:
+        return [sample for chunk in pool.map(_render_many, [config] * len(chunks), chunks) for sample in chunk]
+
+
+def _render_many(config: PathfinderConfig, jobs: list[tuple[int, np.random.SeedSequence]]) -> list[tuple[np.ndarray, int]]:
+    """``(image, label)`` for each ``(label, seed)`` of ``jobs`` (module level, so worker processes can run it)."""
     samples = []
-    for label, child in zip(labels.tolist(), sequence.spawn(n)):
-        sample = render_pathfinder(label, config, np.random.default_rng(child))
+    for label, seed in jobs:
+        sample = render_pathfinder(label, config, np.random.default_rng(seed))
         samples.append((sample.image, sample.label))
     return samples
 
@@ -407,7 +442,7 @@ def read_pathfinder_png(path: str | os.PathLike, size: int | None = None) -> np.
 def write_pathfinder_folder(
     root: str | os.PathLike,
     samples: Iterable[tuple[np.ndarray, int]],
-    difficulty: str = "curv_baseline",
+    difficulty: str = DEFAULT_DIFFICULTY,
     images_per_folder: int = 1000,
     overwrite: bool = False,
 ) -> Path:
@@ -426,10 +461,14 @@ def write_pathfinder_folder(
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{difficulty}."))
     try:
         rows: dict[int, list[str]] = {}
+        shape = None
         for i, (image, label) in enumerate(samples):
             image = np.asarray(image)
             if image.ndim != 2 or image.dtype != np.uint8:
                 raise ValueError(f"sample {i}: expected a uint8 [H, W] image, got {image.dtype} {image.shape}")
+            shape = shape or image.shape
+            if image.shape != shape:
+                raise ValueError(f"sample {i} is {image.shape}, the first sample {shape}; a data set has one image size")
             if label not in (0, 1):
                 raise ValueError(f"sample {i}: label must be 0 or 1, got {label!r}")
             folder, index = divmod(i, images_per_folder)
@@ -468,7 +507,7 @@ def _metadata_rows(path: Path) -> list[list[str]]:
 
 
 def read_pathfinder_folder(
-    root: str | os.PathLike, size: int | None = None, difficulty: str = "curv_baseline"
+    root: str | os.PathLike, size: int | None = None, difficulty: str = DEFAULT_DIFFICULTY
 ) -> LazySplit:
     """Index a Pathfinder folder in LRA's layout; images are decoded when accessed.
 
