@@ -269,7 +269,7 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
             self
         """
         from maelre.engine import OptimConfig, TrainerConfig, build_model, fit_classifier, prepare_adapter, split_validation
-        from maelre.engine.seed import rng_state, set_rng_state
+        from maelre.engine.seed import rng_state, seed_everything, set_rng_state
         from maelre.registry import get_backbone_class
 
         self._validate_params()
@@ -295,6 +295,7 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
 
         caller_rng = rng_state()  # the engine seeds the global generators; give the caller's back afterwards
         try:
+            seed_everything(seed)  # weight init happens here, before fit_classifier seeds the training run
             adapter = prepare_adapter(adapter_name, self._adapter_config(adapter_name, [x for x, _ in train]), train)
             model = build_model(adapter, self.backbone, self._backbone_config(), num_classes=len(classes))
             trainer_cfg = TrainerConfig(

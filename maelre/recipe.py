@@ -264,7 +264,16 @@ _SECTION_CLASSES: dict[str, type] = {
 
 
 # ---------------------------------------------------------------- type checking
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "a string", dict: "a mapping", type(None): "null"}
+
+
 def _type_name(hint: Any) -> str:
+    if hint in _TYPE_WORDS:
+        return _TYPE_WORDS[hint]
+    if typing.get_origin(hint) in (list, tuple):
+        return "a list"
+    if typing.get_origin(hint) is dict:
+        return "a mapping"
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
@@ -287,7 +296,7 @@ def check_value(value: Any, hint: Any, path: str) -> Any:
                 return check_value(value, option, path)
             except RecipeError:
                 continue
-        raise RecipeError(path, f"expected {' or '.join(_type_name(o) if o is not type(None) else 'null' for o in options)}, got {value!r}")
+        raise RecipeError(path, f"expected {' or '.join(map(_type_name, options))}, got {value!r}")
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise RecipeError(path, f"expected a list, got {value!r}")
@@ -597,8 +606,8 @@ def recipe_from_dict(raw: dict, overrides: typing.Sequence[str] = (), name: str 
 
 def describe_keys() -> dict[str, dict[str, str]]:
     """Every fixed recipe key and its type, per section (used by docs and ``maelre info``)."""
-    out = {key: {k: _type_name(v) for k, v in _hints(cls).items()} for key, cls in _SECTION_CLASSES.items()}
-    out["model"] |= {k: _type_name(v) for k, v in _shared_hints().items()}
+    out = {key: {k: str(v).replace("typing.", "") for k, v in _hints(cls).items()} for key, cls in _SECTION_CLASSES.items()}
+    out["model"] |= {k: str(v).replace("typing.", "") for k, v in _shared_hints().items()}
     return out
 
 

@@ -142,8 +142,8 @@ def test_padding_does_not_change_real_outputs(kernel):
     module = {
         "elu": LinearAttention(DH),
         "favor": LinearAttention(DH, "favor", num_features=16),
-        "nystrom": NystromAttention(H, DH, num_landmarks=6),
-        "nystrom_conv": NystromAttention(H, DH, num_landmarks=6, conv_kernel=5),
+        "nystrom": NystromAttention(H, num_landmarks=6),
+        "nystrom_conv": NystromAttention(H, num_landmarks=6, conv_kernel=5),
     }[kernel]
     batch = module(q, k, v, key_bias=bias, key_mask=mask)
     alone = module(q[1:, :, :25], k[1:, :, :25], v[1:, :, :25], key_bias=bias[1:, :25])
@@ -182,13 +182,26 @@ def test_modules_validate_their_settings():
     with pytest.raises(ValueError, match="num_features"):
         FavorFeatureMap(DH, 0)
     with pytest.raises(ValueError, match="odd"):
-        NystromAttention(H, DH, conv_kernel=4)
+        NystromAttention(H, conv_kernel=4)
     with pytest.raises(ValueError, match="num_landmarks"):
-        NystromAttention(H, DH, num_landmarks=0)
+        NystromAttention(H, num_landmarks=0)
 
 
 def test_flops_models_scale_linearly():
-    elu, favor, nys = LinearAttention(DH), LinearAttention(DH, "favor", num_features=16), NystromAttention(H, DH, num_landmarks=8)
+    elu, favor, nys = LinearAttention(DH), LinearAttention(DH, "favor", num_features=16), NystromAttention(H, num_landmarks=8)
     for module in (elu, favor, nys):
         assert module.flops(8192, 64) < 0.6 * module.flops(16384, 64) < module.flops(16384, 64)
     assert elu.flops(1000, 64) == 4 * 1000 * 64 * DH
+
+
+@pytest.mark.parametrize("module", [LinearAttention(DH, "favor", num_features=16), NystromAttention(H, num_landmarks=8, conv_kernel=3)], ids=["linear", "nystrom"])
+def test_recomputed_backward_matches_stored_backward(module):
+    mask, bias = padding()
+    grads = []
+    for recompute in (True, False):
+        module.recompute = recompute
+        q, k, v = (t.requires_grad_(True) for t in qkv())
+        module(q, k, v, key_bias=bias, key_mask=mask).pow(2).sum().backward()
+        grads.append([t.grad for t in (q, k, v)])
+    for recomputed, stored in zip(*grads):
+        torch.testing.assert_close(recomputed, stored)

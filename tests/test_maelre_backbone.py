@@ -142,7 +142,7 @@ def test_merge_step_schedule_properties():
         r = step.count(n)
         assert (r.diff() >= 0).all() and (r.diff() <= 1).all()  # non-decreasing, 1-Lipschitz
         assert (r <= (n - step.protected) // 2).all() and (n - r >= torch.clamp(n, max=step.min_tokens)).all()
-        assert [step.static_count(int(k)) for k in (1, 57, 399)] == r[[0, 56, 398]].tolist()
+        assert [step.static_count(k) for k in range(1, 400)] == r.tolist()  # host and device formulas agree
 
 
 def test_target_schedule_reaches_stage_targets():

@@ -13,6 +13,7 @@ sequence encodes the same alone as in a padded batch whenever the attention kind
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 from maelre.backbones.base import Backbone, BackboneConfig, BackboneOutput, BlockInfo, dense_attention_flops
 from maelre.layers import Block, drop_path_rates, exact_attention, weighted_mean
 from maelre.layers.linear_attention import FEATURE_MAPS, FavorFeatureMap, LinearAttention
-from maelre.layers.merge import bipartite_soft_matching, compaction_order
+from maelre.layers.merge import bipartite_soft_matching, compaction_order, take_tokens
 from maelre.layers.nystrom import NystromAttention
 from maelre.registry import register_backbone
 
@@ -171,8 +172,12 @@ class MergeStep:
         return torch.minimum(r, cap)
 
     def static_count(self, n: int) -> int:
-        """``r(n)`` for a Python int (on the host, no device sync)."""
-        return int(self.count(torch.tensor(n)))
+        """``r(n)`` for a Python int, in plain Python (no tensors, so no device sync nor graph break)."""
+        if self.schedule == "fraction":
+            r = math.floor(n * self.value)  # the same float64 product as ``count``
+        else:
+            r = -(-max(n - int(self.value), 0) // self.remaining)
+        return min(r, max(0, min((n - self.protected) // 2, n - self.min_tokens)))
 
 
 def merge_steps(config: MAELREConfig) -> list[list[MergeStep]]:
@@ -222,7 +227,7 @@ class MAELREBlock(Block):
         if c.approx == "linear":
             self.approx = LinearAttention(head_dim, c.feature_map, c.num_features, seed=c.feature_seed + index)
         else:
-            self.approx = NystromAttention(c.heads, head_dim, c.num_landmarks, c.pinv_iterations, c.nystrom_conv_kernel)
+            self.approx = NystromAttention(c.heads, c.num_landmarks, c.pinv_iterations, c.nystrom_conv_kernel)
 
     def attention_kind(self, n: int) -> str:
         return "exact" if n <= self.config.threshold else self.config.approx
@@ -301,7 +306,7 @@ class MAELRE(Backbone):
             # padding may hold anything, even NaN, so zero it
             order, _ = compaction_order(mask)
             mask = mask.gather(1, order)
-            x = torch.where(mask[..., None], tokens.gather(1, order[..., None].expand_as(tokens)), 0.0)
+            x = torch.where(mask[..., None], take_tokens(tokens, order), 0.0)
             sizes = mask.float()
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)

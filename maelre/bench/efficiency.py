@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import gc
-import math
 import os
 import platform
 import shlex

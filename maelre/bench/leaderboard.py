@@ -50,7 +50,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 """Named override sets (``--preset NAME``); applied before ``--set``."""
 
-STANDIN_IMAGES = "{name: pathfinder, n_train: 8000, n_val: 500, n_test: 2000, seed: 0}"
+STANDIN_IMAGES = "{name: pathfinder, n_train: 6000, n_val: 500, n_test: 1500, seed: 0}"
 """Data of the ``scifar_standin`` task: generated 32x32 Pathfinder images in place of CIFAR-10,
 which cannot be downloaded on an offline machine (sizes are overridable with ``--set``)."""
 
@@ -397,6 +397,7 @@ def run_sweep(
     resume: bool = False,
     on_update: Callable[[dict[str, Any]], None] | None = None,
     log: Log = print,
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """Run every (task, backbone) pair, rewriting ``out`` atomically after each row.
 
@@ -404,7 +405,8 @@ def run_sweep(
     leaderboard across sweeps). A pair being run replaces its old row, except with
     ``resume=True``, which skips pairs whose row is done (``DONE_STATUSES``). Once
     ``sweep_minutes`` is used up, pairs not yet run get a ``"not_run"`` row (or keep
-    their older row). ``on_update(document)`` is called after each row is saved.
+    their older row). ``on_update(document)`` is called after each row is saved;
+    ``clock`` (seconds) times the sweep budget.
 
     Returns the document ``{"meta": {...}, "results": [...]}`` as written.
     """
@@ -419,7 +421,7 @@ def run_sweep(
     document = {"meta": meta, "results": list(rows.values())}
     total = len(config.tasks) * len(config.backbones)
     index = 0
-    start = time.monotonic()
+    start = clock()
     for task in config.tasks:
         with reuse_dataset_loads():  # one data load per task, shared by its backbones
             for backbone in config.backbones:
@@ -428,7 +430,7 @@ def run_sweep(
                 if resume and old is not None and old["status"] in DONE_STATUSES:
                     log(f"[{index}/{total}] {task} / {backbone}: done before, kept")
                     continue
-                elapsed_minutes = (time.monotonic() - start) / 60
+                elapsed_minutes = (clock() - start) / 60
                 if config.sweep_minutes is not None and elapsed_minutes + (config.max_minutes or 0) > config.sweep_minutes:
                     if old is not None:  # an older result beats a "not run" placeholder
                         log(f"[{index}/{total}] {task} / {backbone}: no time left, older row kept")
@@ -513,7 +515,9 @@ def _setup_text(row: Mapping[str, Any]) -> str:
         parts.append(", ".join(f"{k}={v}" for k, v in row["backbone_config"].items()))
     budget = row.get("budget") or {}
     limits = [f"{k.replace('_', ' ')} {v:g}" for k, v in budget.items() if v is not None]
-    parts.append(", ".join([*limits, row.get("precision") or ""]).strip(", "))
+    if row.get("precision"):
+        limits.append(f"precision {row['precision']}")
+    parts.append(", ".join(limits))
     return "; ".join(parts)
 
 

@@ -11,6 +11,7 @@ A run directory holds::
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import time
 from collections.abc import Sequence
@@ -68,7 +69,7 @@ def load_run_data(recipe: Recipe) -> RunData:
     train, val = splits.train, splits.val
     if not val and data.val_fraction > 0:
         train, val = split_validation(train, data.val_fraction, seed)
-    _check_two_tower(recipe, splits.meta.get("two_tower"), train)
+    _check_two_tower(recipe, splits.modality)
     return RunData(
         train=subsample(train, data.max_train_samples, seed),
         val=subsample(val, data.max_eval_samples, seed) if val else None,
@@ -79,16 +80,16 @@ def load_run_data(recipe: Recipe) -> RunData:
     )
 
 
-def _check_two_tower(recipe: Recipe, flag: bool | None, train: Sequence[tuple[Any, int]]) -> None:
-    """Pair data needs the two-tower head and vice versa (``meta["two_tower"]``, else the first sample's shape)."""
-    if flag is None:
-        x = train[0][0] if len(train) else None
-        flag = recipe.model.two_tower and isinstance(x, (tuple, list)) and len(x) == 2
-        if recipe.model.two_tower and not flag:
-            raise RecipeError("model.two_tower", f"true, but dataset {recipe.dataset_name()!r} gives single inputs, not (x1, x2) pairs; set model.two_tower=false")
-    if bool(flag) != recipe.model.two_tower:
-        hint = "true: its inputs are (x1, x2) pairs" if flag else "false: its inputs are single sequences"
-        raise RecipeError("model.two_tower", f"dataset {recipe.dataset_name()!r} needs model.two_tower={hint}")
+PAIR_SUFFIX = "_pair"
+"""Datasets of ``(x1, x2)`` pairs name their modality ``<adapter modality>_pair`` (e.g. ``text_pair``)."""
+
+
+def _check_two_tower(recipe: Recipe, modality: str) -> None:
+    """Pair data needs the two-tower head and single inputs the plain one."""
+    pairs = modality.endswith(PAIR_SUFFIX)
+    if pairs != recipe.model.two_tower:
+        hint = "true: its inputs are (x1, x2) pairs" if pairs else "false: its inputs are single sequences"
+        raise RecipeError("model.two_tower", f"dataset {recipe.dataset_name()!r} ({modality}) needs model.two_tower={hint}")
 
 
 def _check_same_run(path: Path, resolved: dict) -> None:
@@ -158,7 +159,7 @@ def _fitted_adapter(recipe: Recipe, train: Sequence[tuple[Any, int]], modality: 
         adapter = create_adapter(recipe.adapter_name(), **recipe.adapter_kwargs())
     except ValueError as err:
         raise RecipeError("data.adapter", str(err)) from err
-    if adapter.modality != modality:
+    if adapter.modality != modality.removesuffix(PAIR_SUFFIX):
         raise RecipeError("data.adapter.name", f"adapter {recipe.adapter_name()!r} is for {adapter.modality} data but dataset {recipe.dataset_name()!r} is {modality}")
     if resume_from is not None:
         adapter.load_preprocessing_state(read_json(resume_from / PREPROCESSING))
@@ -194,8 +195,7 @@ def run_recipe(
     num_classes = len(data.classes)
     model = build_model(adapter, recipe.model.backbone, recipe.backbone_kwargs(), num_classes, recipe.model.head_dropout, recipe.model.two_tower)
     write_text_atomic(path / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False))
-    trainer_cfg = recipe.trainer
-    trainer_cfg.enable_progress_bar = trainer_cfg.enable_progress_bar and progress
+    trainer_cfg = dataclasses.replace(recipe.trainer, enable_progress_bar=recipe.trainer.enable_progress_bar and progress)
     result = fit_classifier(
         model, data.train, data.val, trainer_cfg, recipe.optim_config(), path,
         batch_size=recipe.data.batch_size, eval_batch_size=recipe.data.eval_batch_size, num_workers=recipe.data.num_workers,

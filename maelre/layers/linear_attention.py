@@ -10,11 +10,13 @@ they add up to N terms.
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 FEATURE_MAPS = ("elu", "favor")
 
@@ -148,23 +150,46 @@ def linear_attention_flops(n: int, dim: int, head_dim: int, num_features: int | 
     return 8.0 * n * dim * num_features
 
 
+def recomputed(kernel, q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
+    """``kernel(q, k, v, **kwargs)`` keeping only its inputs for backward and recomputing the rest.
+
+    Like FlashAttention for exact attention: the float32 intermediates (features, landmark
+    kernels) are several times the size of q, k, v and cheap to recompute.
+    """
+    if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
+        return kernel(q, k, v, **kwargs)
+    return checkpoint(partial(kernel, **kwargs), q, k, v, use_reentrant=False, preserve_rng_state=False)
+
+
 class LinearAttention(nn.Module):
     """``linear_attention`` with its feature map as a module (so FAVOR's projection is a buffer).
 
-    Call as a kernel: ``module(q, k, v, key_bias=..., key_mask=...) -> [B, H, N, dh]``.
+    Call as a kernel: ``module(q, k, v, key_bias=..., key_mask=...) -> [B, H, N, dh]``. With
+    ``recompute`` (default) backward recomputes the kernel's intermediates (see ``recomputed``).
     """
 
-    def __init__(self, head_dim: int, feature_map: str = "elu", num_features: int | None = None, seed: int = 0, eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        head_dim: int,
+        feature_map: str = "elu",
+        num_features: int | None = None,
+        seed: int = 0,
+        eps: float = 1e-6,
+        recompute: bool = True,
+    ) -> None:
         super().__init__()
         if feature_map not in FEATURE_MAPS:
             raise ValueError(f"unknown feature map {feature_map!r}; choose one of {FEATURE_MAPS}")
         self.head_dim = head_dim
         self.eps = eps
+        self.recompute = recompute
         self.favor = FavorFeatureMap(head_dim, num_features, seed) if feature_map == "favor" else None
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, key_bias: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
-        feature_map = self.favor if self.favor is not None else elu_feature_map
-        return linear_attention(q, k, v, key_bias=key_bias, key_mask=key_mask, feature_map=feature_map, eps=self.eps)
+        kwargs = {"key_bias": key_bias, "key_mask": key_mask, "feature_map": elu_feature_map if self.favor is None else self.favor, "eps": self.eps}
+        if self.recompute:
+            return recomputed(linear_attention, q, k, v, **kwargs)
+        return linear_attention(q, k, v, **kwargs)
 
     def flops(self, n: int, dim: int) -> float:
         return linear_attention_flops(n, dim, self.head_dim, None if self.favor is None else self.favor.num_features)

@@ -69,23 +69,32 @@ def match_window(a: Tensor, b: Tensor, b_real: Tensor, window: int) -> tuple[Ten
     """Like ``match_global``, but A token ``j`` (position ``2j``) only sees B tokens within ``window`` positions.
 
     B token ``j + o`` sits at position ``2j + 2o + 1``, so ``|2o + 1| <= window`` gives the
-    offsets ``o`` in ``[-ceil(window / 2), floor((window - 1) / 2)]``; one pass per offset,
-    ``O(Na * C)`` memory each, never an ``Na x Nb`` matrix.
+    offsets ``o`` in ``[-ceil(window / 2), floor((window - 1) / 2)]``: a band of ``W ~ window``
+    candidates per A token, scored by one batched product over ``[B, Na, C, W]`` windows
+    (``O(N window)`` memory), never an ``Na x Nb`` matrix.
     """
     if window < 1:
         raise ValueError(f"match window must be >= 1 position, got {window}; use None for global matching")
     na, nb = a.shape[1], b.shape[1]
     before = min((window + 1) // 2, na)  # offsets beyond the sequence cannot match anything
     after = min((window - 1) // 2, nb - 1)
+    width = before + after + 1
     pad = (before, na + after - nb)
-    b_padded = F.pad(b, (0, 0, *pad))
-    real_padded = F.pad(b_real, pad, value=False)
-    starts = range(0, before + after + 1)  # offset o = start - before
-    scores = torch.stack([(a * b_padded[:, s : s + na]).sum(-1) for s in starts], dim=-1)
-    valid = torch.stack([real_padded[:, s : s + na] for s in starts], dim=-1)
+    windows = F.pad(b, (0, 0, *pad)).unfold(1, width, 1)  # [B, Na, C, W]; slot s = offset s - before
+    valid = F.pad(b_real, pad, value=False).unfold(1, width, 1)  # [B, Na, W]
+    scores = (a.unsqueeze(-2) @ windows).squeeze(-2)
     score, which = scores.masked_fill(~valid, float("-inf")).max(dim=-1)
     index = torch.arange(na, device=a.device) + which - before
     return score, index.clamp(0, nb - 1)  # out-of-range only where score is -inf
+
+
+def take_tokens(x: Tensor, index: Tensor) -> Tensor:
+    """``x[b, index[b, j]]`` for ``x [B, N, ...]`` and ``index [B, M]`` -> ``[B, M, ...]``.
+
+    Advanced indexing rather than ``gather``: its backward keeps only the index, while
+    ``gather`` keeps all of ``x`` alive for backward.
+    """
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], index]
 
 
 def _interleave(even: Tensor, odd: Tensor) -> Tensor:
@@ -175,14 +184,14 @@ def bipartite_soft_matching(
         else:
             new_a = torch.where(src, 0, x_a)
             new_b = x_b.scatter_add(1, expand(dst, x_a), torch.where(src, x_a, 0))
-        return torch.cat([new_a, new_b], dim=1).gather(1, expand(gather_index, x))
+        return take_tokens(torch.cat([new_a, new_b], dim=1), gather_index)
 
     def unmerge(y: Tensor) -> Tensor:
         if y.shape[:2] != (b, n_out):
             raise ValueError(f"unmerge expects a merged tensor [B, n_out, ...]=[{b}, {n_out}, ...], got {tuple(y.shape)}")
         slot_a, slot_b = slot[:, ::2], slot[:, 1::2]
         source_slot = _interleave(torch.where(merged, slot_b.gather(1, dst), slot_a), slot_b)
-        out = y.gather(1, expand(source_slot.clamp_max(n_out - 1), y))
+        out = take_tokens(y, source_slot.clamp_max(n_out - 1))
         return torch.where(expand(real, out), out, 0)
 
     return merge, unmerge

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from maelre.layers.attention import key_logit_bias
-from maelre.layers.linear_attention import key_weights
+from maelre.layers.linear_attention import key_weights, recomputed
 
 
 def segment_means(x: Tensor, weights: Tensor, num_segments: int) -> tuple[Tensor, Tensor]:
@@ -156,10 +156,18 @@ class NystromAttention(nn.Module):
     """``nystrom_attention`` as a kernel module, with the paper's optional depthwise-conv skip on V.
 
     ``conv_kernel`` (odd, e.g. 33): adds ``DepthwiseConv_seq(V)`` per head (padding zeroed
-    first) to the output. ``None`` (default) = no parameters.
+    first) to the output. ``None`` (default) = no parameters. With ``recompute`` (default)
+    backward recomputes the ``[B, H, N, m]`` kernels instead of storing them.
     """
 
-    def __init__(self, heads: int, head_dim: int, num_landmarks: int = 64, pinv_iterations: int = 6, conv_kernel: int | None = None) -> None:
+    def __init__(
+        self,
+        heads: int,
+        num_landmarks: int = 64,
+        pinv_iterations: int = 6,
+        conv_kernel: int | None = None,
+        recompute: bool = True,
+    ) -> None:
         super().__init__()
         if num_landmarks < 1 or pinv_iterations < 1:
             raise ValueError(f"need num_landmarks >= 1 and pinv_iterations >= 1, got {num_landmarks} and {pinv_iterations}")
@@ -168,12 +176,14 @@ class NystromAttention(nn.Module):
         self.heads = heads
         self.num_landmarks = num_landmarks
         self.pinv_iterations = pinv_iterations
+        self.recompute = recompute
         self.conv = None
         if conv_kernel is not None:
             self.conv = nn.Conv2d(heads, heads, (conv_kernel, 1), padding=(conv_kernel // 2, 0), groups=heads, bias=False)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, key_bias: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
-        out = nystrom_attention(q, k, v, key_bias=key_bias, key_mask=key_mask, num_landmarks=self.num_landmarks, pinv_iterations=self.pinv_iterations)
+        kwargs = {"key_bias": key_bias, "key_mask": key_mask, "num_landmarks": self.num_landmarks, "pinv_iterations": self.pinv_iterations}
+        out = recomputed(nystrom_attention, q, k, v, **kwargs) if self.recompute else nystrom_attention(q, k, v, **kwargs)
         if self.conv is not None:
             real_v = v if key_mask is None else torch.where(key_mask[:, None, :, None], v, 0.0)
             out = out + self.conv(real_v)

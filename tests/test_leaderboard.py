@@ -1,0 +1,297 @@
+"""The accuracy leaderboard sweep (``maelre lra``) on CPU: tiny generated tasks, 2-step budgets."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import maelre.bench.leaderboard as lb
+from maelre.bench.report import read_json, write_json_atomic
+from maelre.recipe import load_recipe
+
+REPO = Path(__file__).resolve().parents[1]
+
+SHARED_MODEL = {"dim": 16, "depth": 1, "heads": 2, "mlp_ratio": 2.0}
+TINY_TRAINER = {"max_steps": 3, "max_epochs": None, "accelerator": "cpu", "enable_progress_bar": False}
+TINY_RECIPES = {
+    "lra_listops.yaml": {
+        "data": {
+            "dataset": {"name": "listops", "n_train": 24, "n_val": 8, "n_test": 12, "min_len": 10, "max_len": 60, "max_depth": 4, "max_args": 4},
+            "adapter": {"name": "text", "tokenizer": "byte", "max_len": 128},
+            "batch_size": 8,
+        },
+        "model": {"backbone": "maelre", **SHARED_MODEL, "backbone_config": {"ecp": {"segment_size": 16}, "maelre": {"merge_fraction": 0.25}}},
+        "optimizer": {"lr": 0.001},
+        "trainer": TINY_TRAINER,
+    },
+    "lra_pathfinder.yaml": {
+        "data": {
+            "dataset": {"name": "pathfinder", "n_train": 8, "n_val": 4, "n_test": 6},
+            "adapter": {"name": "pixels", "channels": "gray", "max_len": 1024},
+            "batch_size": 4,
+        },
+        "model": {"backbone": "maelre", **SHARED_MODEL, "backbone_config": {"ecp": {"segment_size": 64}}},
+        "optimizer": {"lr": 0.001},
+        "trainer": TINY_TRAINER,
+    },
+}
+
+
+@pytest.fixture
+def recipes(tmp_path: Path) -> Path:
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    for name, raw in TINY_RECIPES.items():
+        (folder / name).write_text(yaml.safe_dump(raw), encoding="utf-8")
+    return folder
+
+
+def sweep_args(tmp_path: Path, recipes: Path, *extra: str) -> list[str]:
+    return [
+        "--recipes-dir", str(recipes), "--out", str(tmp_path / "lb.json"), "--table", str(tmp_path / "lb.md"),
+        "--run-root", str(tmp_path / "runs"), *extra,
+    ]  # fmt: skip
+
+
+def make_row(task: str, backbone: str, accuracy: float | None, *, status: str = "ok", data: str = "generated", **extra) -> dict:
+    row = lb.empty_row(task, backbone, recipe=f"recipes/{lb.TASKS[task].recipe}", command=f"maelre fit recipes/{task}.yaml --set model.backbone={backbone}", status=status)
+    row.update(accuracy=accuracy, data=data, steps=100, train_seconds=60.0, gpu="NVIDIA H100 80GB HBM3", params=1000,
+               samples={"train": 10, "val": 2, "test": 300}, full_test_split=True, date="2026-11-20T10:00:00+00:00",
+               dataset=task, model=dict(SHARED_MODEL), precision="bf16-mixed", budget={"max_steps": 100, "max_epochs": None, "max_time_minutes": 1.5})  # fmt: skip
+    row.update(extra)
+    return row
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def test_sweep_writes_rows_then_resume_skips_them(tmp_path, recipes, monkeypatch):
+    import modalities.datasets.lra as lra
+
+    draws = []
+    real_generate = lra.generate_listops
+    monkeypatch.setattr(lra, "generate_listops", lambda *a, **k: draws.append(a) or real_generate(*a, **k))
+    args = sweep_args(tmp_path, recipes, "--tasks", "listops,pathfinder", "--backbones", "maelre,transformer", "--budget-steps", "2")
+    assert lb.main(args) == 0
+
+    document = read_json(tmp_path / "lb.json")
+    rows = document["results"]
+    assert [(r["task"], r["backbone"]) for r in rows] == [
+        ("listops", "maelre"), ("listops", "transformer"), ("pathfinder", "maelre"), ("pathfinder", "transformer"),
+    ]  # fmt: skip
+    assert len(draws) == 1, "the generated ListOps data must be drawn once for all backbones of the task"
+    for row in rows:
+        assert set(row) == set(lb.ROW_KEYS)
+        assert row["status"] == "ok", row["message"]
+        assert row["split"] == "test" and row["data"] == "generated" and row["gpu"] == "cpu"
+        assert row["steps"] == 2 and row["budget"]["max_steps"] == 2 and row["budget"]["max_epochs"] is None
+        assert row["params"] > 0 and row["train_seconds"] > 0
+        assert row["model"] == SHARED_MODEL  # the same shape for every backbone
+        # the row agrees with the run's own results.json
+        results = json.loads((Path(row["run_dir"]) / "results.json").read_text())
+        assert row["accuracy"] == pytest.approx(100 * results["metrics"]["test/acc"])
+        assert results["backbone"] == row["backbone"] and row["samples"] == results["samples"]
+        assert Path(row["run_dir"]).parent == tmp_path / "runs" / row["task"] / row["backbone"]
+        assert f"model.backbone={row['backbone']}" in row["command"] and "trainer.max_steps=2" in row["command"]
+    by_task = {(r["task"], r["backbone"]): r for r in rows}
+    assert by_task["listops", "maelre"]["backbone_config"] == {"merge_fraction": 0.25}
+    assert by_task["listops", "transformer"]["backbone_config"] == {}
+    assert by_task["listops", "maelre"]["dataset"] == "listops (generated, seed 0)"
+
+    page = (tmp_path / "lb.md").read_text()
+    assert lb.BEGIN_MARKER in page and lb.END_MARKER in page and rows[0]["command"] in page
+
+    def no_training(*_args, **_kwargs):
+        raise AssertionError("--resume must not re-run a finished pair")
+
+    monkeypatch.setattr(lb, "run_recipe", no_training)
+    assert lb.main([*args, "--resume"]) == 0
+    assert read_json(tmp_path / "lb.json") == document  # nothing ran, nothing rewritten
+
+
+def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, recipes, monkeypatch):
+    real_run = lb.run_recipe
+    calls = []
+
+    def flaky(recipe, **kwargs):
+        calls.append(recipe.model.backbone)
+        if recipe.model.backbone == "transformer":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_run(recipe, **kwargs)
+
+    monkeypatch.setattr(lb, "run_recipe", flaky)
+    args = sweep_args(tmp_path, recipes, "--tasks", "listops,pathx", "--backbones", "transformer,maelre", "--budget-steps", "2")
+    assert lb.main(args) == 0
+    rows = {(r["task"], r["backbone"]): r for r in read_json(tmp_path / "lb.json")["results"]}
+    assert rows["listops", "transformer"]["status"] == "error"
+    assert rows["listops", "transformer"]["message"] == "RuntimeError: CUDA out of memory (simulated)"
+    assert rows["listops", "transformer"]["accuracy"] is None
+    assert rows["listops", "maelre"]["status"] == "ok"  # ran after the failure
+    # a task whose recipe is missing is an error row too, not a crash
+    assert rows["pathx", "maelre"]["status"] == "error" and "FileNotFoundError" in rows["pathx", "maelre"]["message"]
+    assert calls == ["transformer", "maelre"]  # pathx never reached training
+
+    # --resume re-runs only what failed
+    calls.clear()
+    monkeypatch.setattr(lb, "run_recipe", lambda recipe, **kw: calls.append(recipe.model.backbone) or real_run(recipe, **kw))
+    assert lb.main([*args, "--tasks", "listops", "--resume"]) == 0
+    assert calls == ["transformer"]
+    rows = {(r["task"], r["backbone"]): r for r in read_json(tmp_path / "lb.json")["results"]}
+    assert rows["listops", "transformer"]["status"] == "ok" and rows["pathx", "maelre"]["status"] == "error"
+
+
+def test_time_limit_and_sweep_budget(tmp_path, recipes, monkeypatch):
+    def slow_fake(recipe, **kwargs):  # a run that used its whole max_time
+        return {
+            "metrics": {"test/acc": 0.5, "val/best_acc": 0.25}, "global_step": 1, "epochs": 1,
+            "throughput": {"train_seconds": 61.0}, "environment": {"device": "cpu"}, "parameters": 10,
+            "samples": {"train": 24, "val": 8, "test": 12}, "run_dir": "x", "fit_seconds": 61.0,
+        }  # fmt: skip
+
+    monkeypatch.setattr(lb, "run_recipe", slow_fake)
+    config = lb.SweepConfig(tasks=["listops"], backbones=["maelre", "transformer"], max_minutes=1, sweep_minutes=1.5, recipes_dir=str(recipes))
+    clock = iter([0.0, 0.0, 70.0])  # the sweep's start, then before each run
+    rows = lb.run_sweep(config, tmp_path / "lb.json", clock=lambda: next(clock), log=lambda _: None)["results"]
+    assert read_json(tmp_path / "lb.json")["results"] == rows
+    assert rows[0]["status"] == "time_limit" and rows[0]["accuracy"] == 50.0 and rows[0]["val_accuracy"] == 25.0
+    assert "1-minute limit after 1 steps" in rows[0]["message"]
+    assert "trainer.max_time=1" in rows[0]["command"]
+    # 70 s in, a 1-minute run would end after the 1.5-minute sweep budget
+    assert rows[1]["status"] == "not_run" and "1.5 min" in rows[1]["message"]
+
+
+def test_overrides_are_the_same_for_every_backbone():
+    config = lb.SweepConfig(tasks=["scifar_standin"], backbones=["maelre", "ecp"], overrides=["optimizer.lr=0.002"], budget_steps=10, max_minutes=1.5)
+    runs = {b: config.run_overrides("scifar_standin", b) for b in config.backbones}
+    assert [i for i in runs["maelre"] if not i.startswith(("model.backbone=", "output.run_dir="))] == [
+        i for i in runs["ecp"] if not i.startswith(("model.backbone=", "output.run_dir="))
+    ]
+    items = runs["ecp"]
+    assert items.index("model.depth=3") < items.index("optimizer.lr=0.002") < items.index("trainer.max_steps=10")
+    assert {"trainer.max_epochs=null", "trainer.max_time=1.5", "model.backbone=ecp"} <= set(items)
+    assert any(i.startswith("data.dataset={name: pathfinder") for i in items)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"tasks": ["listop"]}, "did you mean 'listops'"),
+        ({"backbones": ["transfomer"]}, "transformer"),
+        ({"tasks": ["fsdd", "fsdd"]}, "listed twice"),
+        ({"budget_steps": 0}, "--budget-steps must be >= 1"),
+        ({"max_minutes": -1.0}, "--max-minutes must be positive"),
+        ({"overrides": ["model.backbone=ecp"]}, "use --backbones"),
+        ({"overrides": ["trainer.max_steps=5"], "budget_steps": 3}, "conflicts with --budget-steps"),
+        ({"preset": "nope"}, "unknown preset"),
+    ],
+)
+def test_bad_settings_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        lb.SweepConfig(**kwargs)
+
+
+def test_cli_reports_bad_arguments(tmp_path, recipes, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        lb.main(sweep_args(tmp_path, recipes, "--tasks", "lisstops"))
+    assert exit_info.value.code == 2
+    assert "unknown task 'lisstops'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        lb.main(sweep_args(tmp_path, recipes, "--report-only"))  # no results file yet
+    assert "no results file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("task", list(lb.TASKS))
+def test_every_task_recipe_validates_for_every_backbone(task):
+    config = lb.SweepConfig(tasks=[task], backbones=list(lb.DEFAULT_BACKBONES), budget_steps=100, max_minutes=1.5)
+    for backbone in config.backbones:
+        recipe = load_recipe(REPO / config.recipe_path(task), config.run_overrides(task, backbone))
+        assert recipe.model.backbone == backbone and recipe.trainer.max_steps == 100
+        if task in ("scifar10", "scifar_standin"):  # the ECP paper's sCIFAR setting
+            assert {k: recipe.shared[k] for k in ("dim", "depth", "heads", "mlp_ratio")} == {"dim": 64, "depth": 3, "heads": 4, "mlp_ratio": 2.0}
+            assert recipe.data.adapter["max_len"] == 1024
+        expected = "synthetic-standin" if task == "scifar_standin" else ("generated" if task in ("listops", "pathfinder", "pathx") else "real")
+        assert lb.data_provenance(lb.TASKS[task], recipe) == expected
+
+
+# --------------------------------------------------------------------------- targets and report
+
+
+def test_targets_pass_miss_and_not_run():
+    rows = [make_row("listops", "maelre", 41.5), make_row("pathfinder", "maelre", 74.9), make_row("fsdd", "maelre", 98.0, data="real")]
+    verdicts = {t.name.split(",")[0]: (t.verdict, t.detail) for t in lb.evaluate_targets(rows)}
+    assert verdicts["ListOps (generated)"][0] == "PASS" and "41.50%" in verdicts["ListOps (generated)"][1]
+    assert verdicts["Pathfinder-32 (generated)"][0] == "MISS" and "74.90%" in verdicts["Pathfinder-32 (generated)"][1]
+    assert verdicts["FSDD"][0] == "PASS"
+
+    capped = make_row("fsdd", "maelre", 99.0, data="real", full_test_split=False)
+    failed = make_row("listops", "maelre", None, status="error", message="RuntimeError: boom")
+    standin = make_row("pathfinder", "maelre", 90.0, data="synthetic-standin")
+    checks = lb.evaluate_targets([capped, failed, standin])
+    assert [c.verdict for c in checks] == ["not run", "not run", "not run"]
+    assert "boom" in checks[0].detail and "stand-in" in checks[1].detail and "official test split" in checks[2].detail
+    assert all(c.verdict == "not run" for c in lb.evaluate_targets([]))
+    assert lb.evaluate_targets([make_row("listops", "maelre", 40.0)])[0].verdict == "PASS"  # the bound is inclusive
+
+
+def test_report_puts_published_numbers_beside_ours_with_provenance(tmp_path):
+    rows = [
+        make_row("listops", "maelre", 41.234),
+        make_row("listops", "transformer", 37.5, status="time_limit", message="stopped by the 1.5-minute limit after 90 steps"),
+        make_row("fsdd", "maelre", 97.5, data="real"),
+        make_row("scifar_standin", "ecp", 66.0, data="synthetic-standin"),
+        make_row("pathfinder", "ecp", None, status="error", message="RuntimeError: boom"),
+    ]
+    document = {"meta": {"commands": ["maelre lra --tasks listops"], "updated": "2026-11-20T10:00:00+00:00"}, "results": rows}
+    write_json_atomic(tmp_path / "lb.json", document)
+    page = tmp_path / "lb.md"
+    page.write_text("# Leaderboard\n\nHand-written method.\n\n" + lb.BEGIN_MARKER + "\nstale\n" + lb.END_MARKER + "\n\n## Notes\n\nkept\n")
+    assert lb.main(["--report-only", "--out", str(tmp_path / "lb.json"), "--table", str(page)]) == 0
+    text = page.read_text()
+    assert text.startswith("# Leaderboard\n\nHand-written method.") and text.rstrip().endswith("## Notes\n\nkept")
+    assert "stale" not in text and text.count(lb.BEGIN_MARKER) == 1
+
+    board = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in text.splitlines() if line.startswith("| ")}
+    header = board["model"]
+    col = {name: header.index(name) for name in header}
+    lra = board["Transformer"]
+    assert [lra[col[t]] for t in ("ListOps", "Text", "Retrieval", "Image", "Pathfinder", "Path-X")] == ["36.37", "64.27", "57.46", "42.44", "71.40", "FAIL"]
+    assert board["Transformer + RoPE"][col["Image"]] == "51.32"
+    assert board["ECP, 3 layers (dim 64, 4 heads, MLP 128)"][col["Image"]] == "59.32"
+    assert board["ECP, 12 layers"][col["Image"]] == "64.42"
+    maelre = board["**maelre** (ours)"]
+    assert maelre[col["ListOps"]] == "41.23†" and maelre[col["FSDD (audio)"]] == "97.50" and maelre[col["Text"]] == "—"
+    assert board["**transformer** (ours)"][col["ListOps"]] == "37.50† §"
+    ecp = board["**ecp** (ours)"]
+    assert ecp[col["sCIFAR stand-in (ECP setting)"]] == "66.00‡" and ecp[col["Pathfinder"]] == "error"
+    # no published CIFAR number is put beside the stand-in
+    assert lra[col["sCIFAR stand-in (ECP setting)"]] == "—"
+    assert "**not** the benchmark's data set" in text
+    assert "NVIDIA H100 80GB HBM3, 2026-11-20" in text
+    for row in rows:
+        assert f"`{row['command']}`" in text
+    assert "| ListOps (generated), maelre test accuracy | >= 40% | PASS |" in text
+    assert "| Pathfinder-32 (generated), maelre test accuracy | >= 75% | not run |" in text
+
+
+def test_report_appends_to_a_page_without_markers_and_rejects_half_markers(tmp_path):
+    document = {"meta": {}, "results": [make_row("listops", "maelre", 50.0)]}
+    page = tmp_path / "page.md"
+    page.write_text("# Method only\n")
+    lb.write_report(document, page)
+    text = page.read_text()
+    assert text.startswith("# Method only\n\n" + lb.BEGIN_MARKER)
+    lb.write_report(copy.deepcopy(document), page)
+    assert page.read_text() == text  # re-rendering is stable
+    page.write_text("# Broken\n" + lb.BEGIN_MARKER + "\n")
+    with pytest.raises(ValueError, match="only one of the markers"):
+        lb.write_report(document, page)
+
+
+def test_committed_page_is_rendered_from_the_committed_results():
+    results = REPO / lb.DEFAULT_OUT
+    document = read_json(results) if results.exists() else {"meta": {}, "results": []}
+    page = (REPO / lb.DEFAULT_TABLE).read_text(encoding="utf-8")
+    assert lb.render_markdown(document, lb.evaluate_targets(document["results"])) in page
