@@ -1,14 +1,18 @@
-"""Text adapter: ``str`` -> byte-level (LRA style) or byte-level BPE token ids -> embeddings.
+"""Text adapter: ``str`` -> byte-level (LRA style), byte-level BPE or whitespace-word ids -> embeddings.
 
-Special ids are the same for both tokenizers: ``PAD=0, CLS=1, EOS=2, UNK=3``. Byte
+Special ids are the same for every tokenizer: ``PAD=0, CLS=1, EOS=2, UNK=3``. Byte
 ``b`` of the UTF-8 encoding is id ``b + 4``; BPE ids come from a HuggingFace
-``tokenizers`` ByteLevel BPE trained in ``fit`` (so it never needs UNK either).
+``tokenizers`` ByteLevel BPE trained in ``fit`` (so it never needs UNK either); word ids
+come from a whitespace vocabulary learned in ``fit`` (unseen words map to UNK) -- the
+right choice for symbol sequences such as LRA ListOps, whose 16-symbol vocabulary would
+be ~6x longer as bytes.
 
 Length rule: ``max_len`` counts every emitted token, CLS/EOS included. With
 ``truncation=True`` the head of the text is kept; with False, longer text is an error.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,7 +27,7 @@ SPECIAL_TOKENS = ("<pad>", "<cls>", "<eos>", "<unk>")
 PAD_ID, CLS_ID, EOS_ID, UNK_ID = range(len(SPECIAL_TOKENS))
 BYTE_OFFSET = len(SPECIAL_TOKENS)
 BYTE_VOCAB_SIZE = 256 + BYTE_OFFSET
-TOKENIZERS = ("byte", "bpe")
+TOKENIZERS = ("byte", "bpe", "word")
 
 
 @dataclass
@@ -31,12 +35,16 @@ class TextAdapterConfig(SequenceAdapterConfig):
     """Text adapter settings (plus ``dim, max_len, truncation, pad_to_multiple, pos_embed``).
 
     Attributes:
-        tokenizer: ``"byte"`` (UTF-8 bytes, vocabulary 260) or ``"bpe"`` (trained by ``fit``).
-        vocab_size: BPE vocabulary size including the 4 special tokens (>= 260, so
-            every byte has a token); also the embedding size in BPE mode.
-        min_frequency: BPE merges need a pair seen at least this often.
+        tokenizer: ``"byte"`` (UTF-8 bytes, vocabulary 260), ``"bpe"`` (trained by ``fit``)
+            or ``"word"`` (whitespace tokens, vocabulary learned by ``fit``).
+        vocab_size: BPE/word vocabulary size including the 4 special tokens (BPE needs
+            >= 260, so every byte has a token); also the embedding size in those modes.
+        min_frequency: BPE merges need a pair seen at least this often; a word needs to
+            be seen this often to get its own id.
         add_cls: prepend ``CLS`` (for backbones pooling on the first token).
         add_eos: append ``EOS``.
+        ignore_words: words the ``"word"`` tokenizer drops (LRA ListOps drops the
+            parentheses ``["(", ")"]``, which carry no information beyond the brackets).
     """
 
     tokenizer: str = "byte"
@@ -44,6 +52,7 @@ class TextAdapterConfig(SequenceAdapterConfig):
     min_frequency: int = 2
     add_cls: bool = False
     add_eos: bool = False
+    ignore_words: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -92,6 +101,7 @@ class TextAdapter(SequenceAdapter):
     def __init__(self, config: TextAdapterConfig) -> None:
         super().__init__(config)
         self.bpe = None  # tokenizers.Tokenizer once fitted / loaded
+        self.words: dict[str, int] | None = None  # word -> id once fitted / loaded
         vocab = BYTE_VOCAB_SIZE if config.tokenizer == "byte" else config.vocab_size
         self.embedding = nn.Embedding(vocab, config.dim, padding_idx=PAD_ID)
         self.build_positions()
@@ -101,8 +111,14 @@ class TextAdapter(SequenceAdapter):
         return self.embedding.num_embeddings
 
     def fit(self, inputs: Sequence[str]) -> "TextAdapter":
-        """Train the BPE vocabulary on ``inputs`` (training texts); nothing to learn for bytes."""
+        """Learn the BPE or word vocabulary from ``inputs`` (training texts); nothing to learn for bytes."""
         texts = [_check_text(t) for t in inputs]
+        if self.config.tokenizer == "word":
+            if not texts:
+                raise ValueError("text: fit() needs at least one training text to learn a word vocabulary")
+            counts = Counter(word for t in texts for word in self._words_of(t))
+            frequent = sorted((w for w, c in counts.items() if c >= self.config.min_frequency), key=lambda w: (-counts[w], w))
+            self._set_words(frequent[: self.vocab_size - BYTE_OFFSET])
         if self.config.tokenizer == "bpe":
             if not texts:
                 raise ValueError("text: fit() needs at least one training text to learn a BPE vocabulary")
@@ -119,13 +135,29 @@ class TextAdapter(SequenceAdapter):
             raise ValueError(f"text: BPE vocabulary has {tokenizer.get_vocab_size()} tokens but the embedding holds {self.vocab_size}; set vocab_size accordingly")
         self.bpe = tokenizer
 
+    def _set_words(self, words: Sequence[str]) -> None:
+        if len(words) > self.vocab_size - BYTE_OFFSET:
+            raise ValueError(f"text: word vocabulary has {len(words)} words but the embedding holds {self.vocab_size - BYTE_OFFSET}; raise vocab_size")
+        self.words = {w: i + BYTE_OFFSET for i, w in enumerate(words)}
+
+    def _words_of(self, text: str) -> list[str]:
+        ignore = set(self.config.ignore_words)
+        return [w for w in text.split() if w not in ignore]
+
+    def _untrained(self) -> ValueError:
+        return ValueError(f"text: the {self.config.tokenizer} tokenizer is not trained; call fit(train_texts) or load_preprocessing_state(state) first")
+
     def tokenize(self, text: str) -> np.ndarray:
         """Ids of ``text`` without specials or truncation (int64 array)."""
         text = _check_text(text)
         if self.config.tokenizer == "byte":
             return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64) + BYTE_OFFSET
+        if self.config.tokenizer == "word":
+            if self.words is None:
+                raise self._untrained()
+            return np.asarray([self.words.get(w, UNK_ID) for w in self._words_of(text)], dtype=np.int64)
         if self.bpe is None:
-            raise ValueError("text: the BPE tokenizer is not trained; call fit(train_texts) or load_preprocessing_state(state) first")
+            raise self._untrained()
         return np.asarray(self.bpe.encode(text, add_special_tokens=False).ids, dtype=np.int64)
 
     def decode(self, ids: Sequence[int] | Tensor) -> str:
@@ -133,8 +165,13 @@ class TextAdapter(SequenceAdapter):
         ids = [int(i) for i in ids if int(i) >= BYTE_OFFSET]
         if self.config.tokenizer == "byte":
             return bytes(i - BYTE_OFFSET for i in ids).decode("utf-8", errors="replace")
+        if self.config.tokenizer == "word":
+            if self.words is None:
+                raise self._untrained()
+            inverse = {i: w for w, i in self.words.items()}
+            return " ".join(inverse[i] for i in ids if i in inverse)
         if self.bpe is None:
-            raise ValueError("text: the BPE tokenizer is not trained; call fit(train_texts) or load_preprocessing_state(state) first")
+            raise self._untrained()
         return self.bpe.decode(ids)
 
     def encode(self, x: str) -> dict[str, Tensor]:
@@ -159,11 +196,19 @@ class TextAdapter(SequenceAdapter):
             if self.bpe is None:
                 raise ValueError("text: nothing to save, the BPE tokenizer is not trained; call fit(train_texts) first")
             state["bpe"] = self.bpe.to_str()
+        if self.config.tokenizer == "word":
+            if self.words is None:
+                raise ValueError("text: nothing to save, the word vocabulary is not learned; call fit(train_texts) first")
+            state["words"] = sorted(self.words, key=self.words.__getitem__)
         return state
 
     def load_preprocessing_state(self, state: dict) -> None:
         if state.get("tokenizer") != self.config.tokenizer:
             raise ValueError(f"text: state is for tokenizer={state.get('tokenizer')!r} but this adapter uses {self.config.tokenizer!r}")
+        if self.config.tokenizer == "word":
+            if "words" not in state:
+                raise ValueError("text: word state has no 'words' entry; save it with preprocessing_state()")
+            self._set_words(state["words"])
         if self.config.tokenizer == "bpe":
             from tokenizers import Tokenizer
 

@@ -257,3 +257,26 @@ def test_pad_batch_generic_and_errors():
         pad_batch([{"v": torch.ones(2), "mask": torch.ones(3, dtype=torch.bool)}])
     with pytest.raises(ValueError, match="'mask' entry"):
         pad_batch([{"v": torch.ones(2)}])
+
+
+def test_word_tokenizer_learns_listops_vocabulary_and_round_trips():
+    import json
+
+    from modalities.datasets.listops import generate_listops, listops_tokens
+    from modalities.text import UNK_ID
+
+    samples = generate_listops(8, seed=3, min_len=20, max_len=120, max_depth=4, max_args=4)
+    adapter = create_adapter("text", dim=16, tokenizer="word", vocab_size=32, min_frequency=1, max_len=256, ignore_words=["(", ")"])
+    adapter.fit([x for x, _ in samples])
+    expr = samples[0][0]
+    ids = adapter.encode(expr)["ids"]
+    assert len(ids) == len(listops_tokens(expr)) < len(expr.split())
+    assert adapter.decode(ids) == " ".join(listops_tokens(expr))
+    assert int(adapter.encode("[MAX 1 never_seen ]")["ids"][2]) == UNK_ID
+    restored = create_adapter("text", dim=16, tokenizer="word", vocab_size=32, min_frequency=1, max_len=256, ignore_words=["(", ")"])
+    restored.load_preprocessing_state(json.loads(json.dumps(adapter.preprocessing_state())))
+    assert torch.equal(restored.encode(expr)["ids"], ids)
+    with pytest.raises(ValueError, match="not trained"):
+        create_adapter("text", dim=16, tokenizer="word").encode("a b")
+    with pytest.raises(ValueError, match="raise vocab_size"):
+        restored.load_preprocessing_state({"tokenizer": "word", "words": [str(i) for i in range(40)]})
