@@ -32,7 +32,7 @@ def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]):
 
     table = Table(title=title, title_justify="left")
     for column in columns:
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(str(v) for v in row))
     return table
@@ -72,7 +72,8 @@ def _cmd_eval(args: argparse.Namespace, split: str) -> int:
     from maelre.engine.runner import evaluate_saved
 
     loaded, metrics = evaluate_saved(args.target, split, args.set, args.batch_size)
-    _print_metrics(f"{split} metrics of {loaded.path}", metrics)
+    _console().print(f"checkpoint: {loaded.path}")
+    _print_metrics(f"{split} metrics", metrics)
     if args.json:
         print(json.dumps({k: v for k, v in metrics.items() if k != "confusion"}))
     return 0
@@ -147,7 +148,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     classes = loaded.classes
     top = np.argsort(-proba, axis=1)[:, : args.top_k]
     rows = [(name, classes[t[0]], _fmt(p[t[0]]), ", ".join(f"{classes[j]}:{p[j]:.3f}" for j in t)) for name, p, t in zip(names, proba, top)]
-    _console().print(_table(f"predictions of {loaded.path}", ("input", "class", "probability", f"top-{args.top_k}"), rows))
+    console = _console()
+    console.print(f"checkpoint: {loaded.path}")
+    console.print(_table("predictions", ("input", "class", "probability", f"top-{args.top_k}"), rows))
     if args.out:
         out = Path(args.out)
         if out.suffix == ".csv":
@@ -189,7 +192,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         ("backbone config", json.dumps(backbone.config.to_dict())),
     ]
     console.print(_table("model", ("", "value"), summary))
-    console.print(f"[green]recipe {args.recipe} is valid[/green] (parameter counts use {args.num_classes} classes; the dataset is not loaded)")
+    console.print(
+        f"[green]recipe {args.recipe} is valid[/green]. The dataset is not loaded: parameter counts assume {args.num_classes} classes "
+        "and leave out adapter weights sized by the data during fit (e.g. a time-series projection with channels: null)."
+    )
     return 0
 
 

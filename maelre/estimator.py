@@ -15,6 +15,8 @@ import json
 import logging
 import math
 import os
+import tempfile
+import warnings
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,7 @@ ADAPTER_INPUTS = {"timeseries": "timeseries", "text": "text", "audio": "audio", 
 #: data-derived defaults aim at about this many tokens per sample (patches of series and images)
 TARGET_TOKENS = 128
 _FORMAT = "maelre.MAELREClassifier/1"
+_METADATA_KEY = "maelre_estimator"
 # learned state besides the network itself, as JSON-able values (``save``/``load`` and pickling)
 _FITTED_ATTRS = ("modality_", "n_iter_", "history_", "n_features_in_", "feature_names_in_")
 
@@ -64,9 +67,10 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
         ``dim``/``depth``/``heads``.
     adapter_params : dict, default=None
         Adapter config fields overriding the data-derived defaults (time series: point
-        tokens up to 128 steps, else patches of ``ceil(T / 128)`` steps; audio:
-        ``sample_rate`` of the data; images: ``img_size``, ``in_chans`` and a
-        ``patch_size`` giving at most 128 patches). Not ``dim``.
+        tokens up to 128 steps, else patches of ``ceil(T / 128)`` steps, ``max_len`` the
+        longest training series; audio: ``sample_rate`` of the data; images:
+        ``img_size``, ``in_chans`` and the smallest patch of at least 2x2 pixels giving
+        at most 128 patches). Not ``dim``.
     max_epochs : int, default=20
         Training epochs (fewer with ``early_stopping``).
     batch_size : int, default=32
@@ -211,7 +215,7 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
             if y is None:
                 X = validate_data(self, X, reset=reset, dtype=[np.float64, np.float32], ensure_all_finite=nan)
             else:
-                X, y = validate_data(self, X, y, reset=reset, dtype=[np.float64, np.float32], ensure_all_finite=nan, ensure_2d=True)
+                X, y = validate_data(self, X, y, reset=reset, dtype=[np.float64, np.float32], ensure_all_finite=nan)
         elif reset:
             # fixed-length feature semantics do not apply: forget what an earlier fit saw
             for attr in ("n_features_in_", "feature_names_in_"):
@@ -245,7 +249,7 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
         params = dict(self.adapter_params or {})
         if "dim" in params:
             raise ValueError("set the token width with the estimator's dim parameter, not adapter_params['dim']")
-        config = {**_data_defaults(adapter, items), **params, "dim": self.dim}
+        config = {**_data_defaults(adapter, items, params), **params, "dim": self.dim}
         config.setdefault("pad_to_multiple", _length_multiple(self.backbone, self._backbone_config()))
         return config
 
@@ -279,8 +283,8 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
         items, detected, y = self._items(X, reset=True, y=y)
         y = column_or_1d(y, warn=True)
         check_consistent_length(items, y)
+        encoder = LabelEncoder().fit(y)  # first: its error for mixed label types is the clearest
         check_classification_targets(y)
-        encoder = LabelEncoder().fit(y)
         classes = encoder.classes_
         if len(classes) < 2:
             raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes to train, but y has 1 class: {classes.tolist()}")
@@ -306,10 +310,13 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
                 **self._trainer_device(),
             )
             optim_cfg = OptimConfig(lr=float(self.lr), weight_decay=float(self.weight_decay))
-            result = fit_classifier(
-                model, train, val, trainer_cfg, optim_cfg,
-                batch_size=self.batch_size, class_weights=weights, classes=[str(c) for c in classes],
-            )
+            with warnings.catch_warnings():
+                # without early stopping there is deliberately no validation loader
+                warnings.filterwarnings("ignore", message=".*validation_step.*val_dataloader")
+                result = fit_classifier(
+                    model, train, val, trainer_cfg, optim_cfg,
+                    batch_size=self.batch_size, class_weights=weights, classes=[str(c) for c in classes],
+                )
         finally:
             set_rng_state(caller_rng)
 
@@ -342,8 +349,7 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
         """JSON-able description of everything learned, besides the weights."""
         state = {
             "format": _FORMAT,
-            "params": self.get_params(deep=False),
-            "classes": {"dtype": self.classes_.dtype.str if self.classes_.dtype != object else "object", "values": self.classes_.tolist()},
+            "classes": {"dtype": "object" if self.classes_.dtype == object else self.classes_.dtype.str, "values": self.classes_.tolist()},
             "spec": self.model_.spec.to_dict(),
             "preprocessing": self.adapter_.preprocessing_state(),
         }
@@ -354,11 +360,10 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
         return state
 
     def _restore(self, state: dict, weights: dict[str, torch.Tensor]) -> None:
+        """Set the fitted attributes from ``_fitted_state`` output and the weights."""
         from maelre.engine import ModelSpec, build_model
         from modalities import create_adapter
 
-        if state.get("format") != _FORMAT:
-            raise ValueError(f"not a saved MAELREClassifier (format {state.get('format')!r}, expected {_FORMAT!r})")
         spec = ModelSpec.from_dict(state["spec"])
         adapter = create_adapter(spec.adapter, **spec.adapter_config)
         adapter.load_preprocessing_state(state["preprocessing"])
@@ -373,46 +378,42 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
                 value = state[attr]
                 setattr(self, attr, np.asarray(value, dtype=object) if attr == "feature_names_in_" else value)
 
-    def _weights(self) -> dict[str, torch.Tensor]:
+    def _to_safetensors(self, extra: dict | None = None) -> bytes:
+        """Weights as safetensors bytes; ``_fitted_state()`` (plus ``extra``) as JSON in the metadata."""
         # clones: safetensors refuses tensors that share storage
-        return {k: v.detach().cpu().clone().contiguous() for k, v in self.model_.state_dict().items()}
-
-    def _serialize(self) -> bytes:
-        """Weights and fitted state as one safetensors blob (the state as JSON in its metadata)."""
+        weights = {k: v.detach().cpu().clone().contiguous() for k, v in self.model_.state_dict().items()}
         try:
-            meta = json.dumps(self._fitted_state())
+            meta = json.dumps({**self._fitted_state(), **(extra or {})})
         except TypeError as err:
-            raise ValueError(f"cannot save: labels, parameters and state must be JSON-serialisable ({err})") from None
-        return save_safetensors(self._weights(), metadata={"maelre_estimator": meta})
-
-    @classmethod
-    def _deserialize(cls, blob: bytes) -> "MAELREClassifier":
-        state = json.loads(_safetensors_metadata(blob).get("maelre_estimator", "null"))
-        if state is None:
-            raise ValueError("this safetensors file holds no MAELREClassifier state; was it written by MAELREClassifier.save?")
-        est = cls(**state["params"])
-        est._restore(state, load_safetensors(blob))
-        return est
+            raise ValueError(f"cannot save: labels, parameters and fitted state must be JSON-serialisable ({err})") from None
+        return save_safetensors(weights, metadata={_METADATA_KEY: meta})
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write the fitted estimator to one ``.safetensors`` file, atomically.
 
-        Weights are safetensors tensors; parameters, classes, adapter preprocessing
-        state and training history are JSON in the file's metadata. Nothing is pickled.
+        Weights are safetensors tensors; parameters, classes, the model spec, the
+        adapter's preprocessing state and the training history are JSON in the file's
+        metadata (key ``maelre_estimator``). Nothing is pickled.
 
         Returns:
             the path written.
+
+        Raises:
+            ValueError: a parameter or label is not JSON-serialisable (e.g. ``random_state``
+                given as a ``RandomState``: pass an int).
         """
         check_is_fitted(self)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        blob = self._serialize()
-        tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+        blob = self._to_safetensors({"params": self.get_params(deep=False)})
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            tmp.write_bytes(blob)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(blob)
             os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return path
 
     @classmethod
@@ -421,34 +422,47 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"no saved MAELREClassifier at {path}")
-        return cls._deserialize(path.read_bytes())
+        blob = path.read_bytes()
+        state = _read_state(blob)
+        if "params" not in state:
+            raise ValueError(f"{path} holds fitted state without parameters; was it written by MAELREClassifier.save?")
+        est = cls(**state["params"])
+        est._restore(state, load_safetensors(blob))
+        return est
 
     def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
+        # the network travels as safetensors bytes, not as pickled nn.Module objects
+        state = super().__getstate__()
         if "model_" in state:
-            state["_fitted_blob"] = self._serialize()
-            for attr in ("model_", "adapter_", *_FITTED_ATTRS, "classes_"):
-                state.pop(attr, None)
+            state = {k: v for k, v in state.items() if k not in ("model_", "adapter_", "classes_", *_FITTED_ATTRS)}
+            state["_fitted_safetensors"] = self._to_safetensors()
         return state
 
     def __setstate__(self, state: dict) -> None:
-        blob = state.pop("_fitted_blob", None)
-        self.__dict__.update(state)
+        blob = state.pop("_fitted_safetensors", None)
+        super().__setstate__(state)
         if blob is not None:
-            fitted = self._deserialize(blob)
-            for attr in ("model_", "adapter_", "classes_", *_FITTED_ATTRS):
-                if hasattr(fitted, attr):
-                    setattr(self, attr, getattr(fitted, attr))
+            self._restore(_read_state(blob), load_safetensors(blob))
 
 
-def _data_defaults(adapter: str, items: list) -> dict:
-    """Adapter settings read off the training items (see ``adapter_params`` in the class docstring)."""
+def _data_defaults(adapter: str, items: list, params: dict) -> dict:
+    """Adapter settings read off the training items, given the user's ``adapter_params``.
+
+    Time series: one token per step up to ``TARGET_TOKENS`` steps, else patches of
+    ``ceil(T / TARGET_TOKENS)`` steps; ``max_len`` = the longest training series in tokens
+    (for the user's ``token``/``patch_len`` when given). Audio: the data's sample rate.
+    Images: ``img_size``, ``in_chans`` and the smallest patch of at least 2x2 pixels that
+    gives at most ``TARGET_TOKENS`` patches.
+    """
     if adapter == "timeseries":
         longest = max(x.shape[-1] for x in items)
-        if longest <= TARGET_TOKENS:
+        default_token = "point" if longest <= TARGET_TOKENS else "patch"
+        token = params.get("token", default_token)
+        if token == "point":
             return {"token": "point", "max_len": longest}
-        patch = math.ceil(longest / TARGET_TOKENS)
-        return {"token": "patch", "patch_len": patch, "max_len": math.ceil(longest / patch)}
+        patch = params.get("patch_len", math.ceil(longest / TARGET_TOKENS))
+        stride = params.get("patch_stride") or patch
+        return {"token": "patch", "patch_len": patch, "max_len": max(1, math.ceil(max(longest - patch, 0) / stride) + 1)}
     if adapter == "audio":
         rates = {int(rate) for _, rate in items}
         return {"sample_rate": rates.pop()} if len(rates) == 1 else {}
@@ -457,14 +471,14 @@ def _data_defaults(adapter: str, items: list) -> dict:
         h, w = first.shape[:2]
         channels = 1 if first.ndim == 2 or first.shape[-1] == 1 else 3
         common = math.gcd(h, w)
-        divisors = [p for p in range(1, common + 1) if common % p == 0]
-        patch = next((p for p in divisors if (h // p) * (w // p) <= TARGET_TOKENS), common)
+        sizes = [p for p in range(2, common + 1) if common % p == 0] or [1]
+        patch = next((p for p in sizes if (h // p) * (w // p) <= TARGET_TOKENS), sizes[-1])
         return {"img_size": (h, w), "in_chans": channels, "patch_size": patch}
     return {}
 
 
-def _safetensors_metadata(blob: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors blob (8-byte little-endian header size, then the JSON header)."""
+def _read_state(blob: bytes) -> dict:
+    """The fitted state stored in a safetensors blob's metadata (8-byte little-endian header size, then JSON)."""
     if len(blob) < 8:
         raise ValueError("not a safetensors file: too short")
     size = int.from_bytes(blob[:8], "little")
@@ -472,4 +486,10 @@ def _safetensors_metadata(blob: bytes) -> dict[str, str]:
         header = json.loads(blob[8 : 8 + size])
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ValueError("not a safetensors file: unreadable header") from None
-    return header.get("__metadata__") or {}
+    meta = (header.get("__metadata__") or {}).get(_METADATA_KEY)
+    if meta is None:
+        raise ValueError("this safetensors file holds no MAELREClassifier state; was it written by MAELREClassifier.save?")
+    state = json.loads(meta)
+    if state.get("format") != _FORMAT:
+        raise ValueError(f"unsupported MAELREClassifier file format {state.get('format')!r} (this version reads {_FORMAT!r})")
+    return state

@@ -34,7 +34,6 @@ import numpy as np
 import pandas as pd
 
 MODALITIES = ("timeseries", "text", "audio", "image")
-LAYOUTS = ("table", "array", "sequence", "panel", "text", "audio_pairs")
 
 
 @dataclass(frozen=True)
@@ -136,6 +135,8 @@ def _detect_auto(X: Any, sample_rate: int | None) -> DetectedInput:
         if _is_rectangular(X) and sample_rate is None:
             return DetectedInput("timeseries", "table", f"X is a list of {len(X)} equal-length numeric rows: one univariate series per row")
         ranks = _element_ranks(X)
+        if 0 in ranks:
+            raise ValueError("X is a flat list of numbers; pass one sample per row, e.g. a 2D (n, T) array, or [series] for a single series")
         if sample_rate is not None and ranks <= {1, 2}:
             return DetectedInput("audio", "sequence", f"sample_rate={sample_rate} was given, so the list elements are waveforms")
         if ranks <= {1, 2}:

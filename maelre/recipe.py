@@ -18,7 +18,8 @@ Sections (every key is documented in ``docs/recipes.md``)::
 Switching backbone (``--set model.backbone=ecp``) never breaks a recipe: the shared keys
 at ``model.*`` are fields of every backbone's config, and backbone-specific keys live in
 ``model.backbone_config.<name>``, of which only the active backbone's entry is used
-(all entries are still checked against their backbone). ``model.dim`` is the single
+(the keys and types of all entries are checked against their backbone; values only
+when that backbone is active). ``model.dim`` is the single
 width: the adapter's ``dim`` follows it, and the adapter's ``pad_to_multiple`` follows
 the backbone's length requirement unless set explicitly.
 
@@ -391,6 +392,17 @@ def _length_multiple(backbone: str, kwargs: dict) -> int:
         return int(create_backbone(backbone, **kwargs).length_multiple())
 
 
+def _unknown_model_key(key: str, prefix: str = "") -> RecipeError:
+    """The error for ``model.<key>``: points backbone-specific keys to ``model.backbone_config``."""
+    from maelre.registry import list_backbones
+
+    specific = [name for name in list_backbones() if key in _backbone_hints(name)]
+    if specific:
+        return RecipeError(f"model.{key}", f"{prefix}{key!r} belongs to backbone {specific[0]!r} only; put it under model.backbone_config.{specific[0]}.{key}")
+    valid = [*_hints(ModelSection), *_shared_hints()]
+    return RecipeError(f"model.{key}", f"{prefix}unknown key{_hint(key, valid)} Valid: {', '.join(valid)}")
+
+
 def _validate_model(raw: dict) -> tuple[ModelSection, dict]:
     from maelre.registry import config_fields, list_backbones, make_config
 
@@ -399,11 +411,7 @@ def _validate_model(raw: dict) -> tuple[ModelSection, dict]:
     own_hints = _hints(ModelSection)
     unknown = [k for k in raw if k not in own_hints and k not in shared_hints]
     if unknown:
-        key = str(unknown[0])
-        specific = [name for name in list_backbones() if key in _backbone_hints(name)]
-        if specific:
-            raise RecipeError(f"model.{key}", f"{key!r} belongs to backbone {specific[0]!r} only; put it under model.backbone_config.{specific[0]}.{key}")
-        raise RecipeError(f"model.{key}", f"unknown key{_hint(key, [*own_hints, *shared_hints])} Valid: {', '.join([*own_hints, *shared_hints])}")
+        raise _unknown_model_key(str(unknown[0]))
     section = _construct(ModelSection, check_keys({k: v for k, v in raw.items() if k in own_hints}, own_hints, "model"), "model")
     shared = check_keys({k: v for k, v in raw.items() if k in shared_hints}, shared_hints, "model")
     backbones = list_backbones()
@@ -422,12 +430,13 @@ def _validate_model(raw: dict) -> tuple[ModelSection, dict]:
         specific_cfg[name] = check_keys(entry, hints, where)
     section.backbone_config = specific_cfg
     shared.setdefault("dim", config_fields(section.backbone)["dim"].default)
-    for name in dict.fromkeys([section.backbone, *specific_cfg]):  # every entry must build, not just the active one
-        entry = specific_cfg.get(name, {})
-        try:
-            make_config(name, **shared, **entry)
-        except (ValueError, TypeError) as err:
-            raise RecipeError(f"model.backbone_config.{name}" if entry else "model", f"backbone {name!r}: {err}") from err
+    # Keys and types of every entry are checked above; values only for the active backbone, since
+    # an inactive entry may legitimately not fit the shared keys (full_layers beyond a reduced depth).
+    entry = specific_cfg.get(section.backbone, {})
+    try:
+        make_config(section.backbone, **shared, **entry)
+    except (ValueError, TypeError) as err:
+        raise RecipeError(f"model.backbone_config.{section.backbone}" if entry else "model", f"backbone {section.backbone!r}: {err}") from err
     return section, shared
 
 
@@ -578,6 +587,8 @@ def _check_override_path(keys: list[str], shared: set[str], item: str) -> None:
     if top == "model":
         valid |= shared
     if key not in valid:
+        if top == "model":
+            raise _unknown_model_key(key, prefix=f"--set {item!r}: ")
         raise RecipeError(f"{top}.{key}", f"--set {item!r}: unknown key{_hint(key, valid)}")
     open_maps = {("data", "dataset"), ("data", "adapter"), ("model", "backbone_config")}
     if len(keys) > 2 and (top, key) not in open_maps:
@@ -606,8 +617,11 @@ def recipe_from_dict(raw: dict, overrides: typing.Sequence[str] = (), name: str 
 
 def describe_keys() -> dict[str, dict[str, str]]:
     """Every fixed recipe key and its type, per section (used by docs and ``maelre info``)."""
-    out = {key: {k: str(v).replace("typing.", "") for k, v in _hints(cls).items()} for key, cls in _SECTION_CLASSES.items()}
-    out["model"] |= {k: str(v).replace("typing.", "") for k, v in _shared_hints().items()}
+    def spell(hint: Any) -> str:
+        return hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
+
+    out = {key: {k: spell(v) for k, v in _hints(cls).items()} for key, cls in _SECTION_CLASSES.items()}
+    out["model"] |= {k: spell(v) for k, v in _shared_hints().items()}
     return out
 
 

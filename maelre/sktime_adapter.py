@@ -118,7 +118,7 @@ class MAELRESktimeClassifier(BaseClassifier):
     @classmethod
     def get_test_params(cls, parameter_set: str = "default") -> list[dict]:
         """Tiny configurations for sktime's estimator checks (seconds on a CPU)."""
-        tiny = {"dim": 8, "depth": 1, "heads": 2, "max_epochs": 2, "batch_size": 16, "random_state": 0, "device": "cpu"}
+        tiny = {"dim": 8, "depth": 1, "heads": 2, "max_epochs": 1, "batch_size": 16, "random_state": 0, "device": "cpu"}
         return [
             tiny,
             {**tiny, "backbone": "transformer", "class_weight": "balanced", "early_stopping": True, "validation_fraction": 0.25},

@@ -24,3 +24,13 @@ def shared_data() -> Path:
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def torch_single_thread():
+    """Run a test with one intra-op thread (restored after): training tests on a 2-core
+    machine shared by two pytest workers slow down many times over with 2 threads each."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -194,7 +194,11 @@ def test_flops_models_scale_linearly():
     assert elu.flops(1000, 64) == 4 * 1000 * 64 * DH
 
 
-@pytest.mark.parametrize("module", [LinearAttention(DH, "favor", num_features=16), NystromAttention(H, num_landmarks=8, conv_kernel=3)], ids=["linear", "nystrom"])
+@pytest.mark.parametrize(
+    "module",
+    [LinearAttention(DH), LinearAttention(DH, "favor", num_features=16), NystromAttention(H, num_landmarks=8, conv_kernel=3)],
+    ids=["elu", "favor", "nystrom"],
+)
 def test_recomputed_backward_matches_stored_backward(module):
     mask, bias = padding()
     grads = []

@@ -48,7 +48,8 @@ def gunpoint():
 @pytest.fixture(scope="module")
 def fitted(gunpoint):
     X, y, _, _ = gunpoint
-    return MAELREClassifier(**{**TINY, "max_epochs": 10, "dim": 32, "depth": 2}).fit(X, y)
+    # 200 steps: small UCR sets need steps more than width (10-step patches: 15 tokens)
+    return MAELREClassifier(**{**TINY, "max_epochs": 40, "batch_size": 10, "lr": 3e-3, "adapter_params": {"patch_len": 10}}).fit(X, y)
 
 
 # ----------------------------------------------------------------- input detection
@@ -116,6 +117,7 @@ def test_variable_length_series_keep_their_lengths():
         ([], {}, "empty"),
         (["text", 3.0], {}, "mixes strings"),
         ([np.zeros((2, 2, 2, 2))], {}, "cannot tell what X is"),
+        ([1.0, 2.0, 3.0], {}, "flat list of numbers"),
         (np.zeros((3, 5)), {"modality": "text"}, "does not take this input"),
         (np.zeros((3, 5)), {"modality": "image"}, "3D"),
         (np.zeros((3, 5)), {"modality": "timeseries", "sample_rate": 8000}, "sample_rate only applies to audio"),
@@ -139,7 +141,7 @@ def test_nan_in_series_is_rejected_unless_a_nan_policy_is_set():
 def test_fits_gunpoint_well_above_chance(fitted, gunpoint):
     _, _, X_test, y_test = gunpoint
     assert fitted.modality_ == "timeseries" and fitted.n_features_in_ == 150
-    assert fitted.n_iter_ == 10 and len(fitted.history_) == 10
+    assert fitted.n_iter_ == 40 and len(fitted.history_) == 40
     assert fitted.history_[-1]["train/loss"] < fitted.history_[0]["train/loss"]
     assert fitted.score(X_test, y_test) > 0.7  # 2 balanced classes: chance is 0.5
     proba = fitted.predict_proba(X_test)
@@ -168,9 +170,10 @@ def test_digit_images_uint8(caplog):
     digits = load_digits()
     images = (digits.images * 15).astype(np.uint8)  # 0..16 -> 0..240
     with caplog.at_level(logging.INFO, logger="maelre.estimator"):
-        clf = MAELREClassifier(**{**TINY, "max_epochs": 4}).fit(images[:600], digits.target[:600])
+        clf = MAELREClassifier(**{**TINY, "max_epochs": 6}).fit(images[:600], digits.target[:600])
     assert clf.modality_ == "image" and "uint8" in caplog.text
-    assert clf.adapter_.config.img_size == (8, 8) and clf.adapter_.config.in_chans == 1
+    config = clf.adapter_.config
+    assert config.img_size == (8, 8) and config.in_chans == 1 and config.patch_size == (2, 2)
     assert clf.score(images[1200:], digits.target[1200:]) > 0.4  # 10 classes: chance is 0.1
 
 
@@ -235,7 +238,7 @@ def test_class_weight_reaches_the_loss(monkeypatch, gunpoint):
     monkeypatch.setattr(maelre.engine, "fit_classifier", spy)
     MAELREClassifier(**{**TINY, "max_epochs": 1}, class_weight="balanced").fit(X, y)
     np.testing.assert_allclose(seen["weights"], compute_class_weight("balanced", classes=np.unique(y), y=y))
-    heavy = MAELREClassifier(**{**TINY, "max_epochs": 3}, class_weight={"1": 1000.0, "2": 1e-4}).fit(X, y)
+    heavy = MAELREClassifier(**{**TINY, "max_epochs": 3}, class_weight={1: 1000.0, 2: 1e-4}).fit(X, y)
     assert seen["weights"] == [1000.0, 1e-4]
     assert (heavy.predict(gunpoint[2]) == "1").mean() > 0.9
 
@@ -266,7 +269,8 @@ def test_other_backbone():
     X, y = load_UCR_UEA_dataset("ArrowHead", split="train", return_X_y=True)
     clf = MAELREClassifier(**TINY, backbone="transformer").fit(X, y)
     assert clf.model_.spec.backbone == "transformer"
-    assert clf.adapter_.config.token == "patch" and clf.adapter_.config.patch_len == 2  # ceil(251 / 128)
+    config = clf.adapter_.config
+    assert (config.token, config.patch_len, config.max_len) == ("patch", 2, 126)  # ceil(251 / 128) steps per patch
 
 
 @pytest.mark.parametrize(
@@ -332,6 +336,15 @@ def test_pickle_stores_weights_not_modules(fitted, gunpoint):
     np.testing.assert_allclose(restored.predict_proba(gunpoint[2]), fitted.predict_proba(gunpoint[2]), atol=1e-6)
     unfitted = pickle.loads(pickle.dumps(clone(fitted)))
     assert not hasattr(unfitted, "model_") and unfitted.get_params() == fitted.get_params()
+
+
+def test_random_state_object_pickles_but_is_refused_by_save(tmp_path, gunpoint):
+    clf = MAELREClassifier(**{**TINY, "max_epochs": 1, "random_state": np.random.RandomState(0)}).fit(gunpoint[0][:20], gunpoint[1][:20])
+    restored = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_allclose(restored.predict_proba(gunpoint[2][:5]), clf.predict_proba(gunpoint[2][:5]), atol=1e-6)
+    with pytest.raises(ValueError, match="JSON-serialisable"):
+        clf.save(tmp_path / "clf.safetensors")
+    assert list(tmp_path.iterdir()) == []
 
 
 # ----------------------------------------------------------------- scikit-learn composition

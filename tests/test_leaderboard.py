@@ -143,24 +143,30 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, recipes, monkey
     assert rows["listops", "transformer"]["status"] == "ok" and rows["pathx", "maelre"]["status"] == "error"
 
 
-def test_time_limit_and_sweep_budget(tmp_path, recipes, monkeypatch):
-    def slow_fake(recipe, **kwargs):  # a run that used its whole max_time
+def test_short_runs_are_flagged_and_the_sweep_budget_is_kept(tmp_path, recipes, monkeypatch):
+    def fake_run(recipe, **kwargs):  # maelre used its whole max_time; transformer stopped early, quickly
+        seconds = 61.0 if recipe.model.backbone == "maelre" else 5.0
         return {
             "metrics": {"test/acc": 0.5, "val/best_acc": 0.25}, "global_step": 1, "epochs": 1,
-            "throughput": {"train_seconds": 61.0}, "environment": {"device": "cpu"}, "parameters": 10,
-            "samples": {"train": 24, "val": 8, "test": 12}, "run_dir": "x", "fit_seconds": 61.0,
+            "throughput": {"train_seconds": seconds}, "environment": {"device": "cpu"}, "parameters": 10,
+            "samples": {"train": 24, "val": 8, "test": 12}, "run_dir": "x", "fit_seconds": seconds,
         }  # fmt: skip
 
-    monkeypatch.setattr(lb, "run_recipe", slow_fake)
-    config = lb.SweepConfig(tasks=["listops"], backbones=["maelre", "transformer"], max_minutes=1, sweep_minutes=1.5, recipes_dir=str(recipes))
-    clock = iter([0.0, 0.0, 70.0])  # the sweep's start, then before each run
+    monkeypatch.setattr(lb, "run_recipe", fake_run)
+    config = lb.SweepConfig(
+        tasks=["listops"], backbones=["maelre", "transformer", "ecp"], max_minutes=1, sweep_minutes=1.5, recipes_dir=str(recipes)
+    )
+    clock = iter([0.0, 0.0, 0.0, 70.0])  # the sweep's start, then before each run
     rows = lb.run_sweep(config, tmp_path / "lb.json", clock=lambda: next(clock), log=lambda _: None)["results"]
     assert read_json(tmp_path / "lb.json")["results"] == rows
-    assert rows[0]["status"] == "time_limit" and rows[0]["accuracy"] == 50.0 and rows[0]["val_accuracy"] == 25.0
-    assert "1-minute limit after 1 steps" in rows[0]["message"]
-    assert "trainer.max_time=1" in rows[0]["command"]
+    maelre, transformer, ecp = rows
+    assert maelre["status"] == "time_limit" and maelre["accuracy"] == 50.0 and maelre["val_accuracy"] == 25.0
+    assert maelre["message"] == "stopped by the 1-minute limit after 1 of 3 steps"  # the recipe's max_steps: 3
+    assert maelre["budget"] == {"max_steps": 3, "max_epochs": None, "max_time_minutes": 1.0, "planned_steps": 3}
+    assert "trainer.max_time=1" in maelre["command"]
+    assert transformer["status"] == "ok" and transformer["message"] == "stopped early after 1 of 3 steps"
     # 70 s in, a 1-minute run would end after the 1.5-minute sweep budget
-    assert rows[1]["status"] == "not_run" and "1.5 min" in rows[1]["message"]
+    assert ecp["status"] == "not_run" and "1.5 min" in ecp["message"] and ecp["accuracy"] is None
 
 
 def test_overrides_are_the_same_for_every_backbone():

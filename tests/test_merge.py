@@ -45,9 +45,7 @@ def naive_merge(x, metric, sizes, r, protect_first=False, window=None):
 
 def test_compaction_order_puts_kept_first_in_original_order():
     keep = torch.tensor([[False, True, False, True, True], [True, False, False, False, True]])
-    order, slot = compaction_order(keep)
-    assert order.tolist() == [[1, 3, 4, 0, 2], [0, 4, 1, 2, 3]]
-    assert torch.equal(order.gather(1, slot), torch.arange(5).expand(2, 5))  # slot is the inverse
+    assert compaction_order(keep).tolist() == [[1, 3, 4, 0, 2], [0, 4, 1, 2, 3]]
 
 
 @pytest.mark.parametrize("window", [None, 3])
@@ -57,8 +55,9 @@ def test_merge_matches_naive_tome(window, protect_first):
     x, metric, sizes = padded_batch(lengths, n)
     r = torch.tensor([6, 4, 2, 1]) - int(protect_first) * torch.tensor([0, 0, 0, 1])
     n_out = 14
-    merge, _ = bipartite_soft_matching(metric, sizes, r, n_out, protect_first=protect_first, window=window)
-    states, new_sizes = merge(x), merge(sizes, mode="sum")
+    merge, _, new_sizes = bipartite_soft_matching(metric, sizes, r, n_out, protect_first=protect_first, window=window)
+    states = merge(x)
+    assert torch.equal(merge(sizes, mode="sum"), new_sizes)
     assert states.shape == (4, n_out, 8) and new_sizes.shape == (4, n_out)
     for row, length in enumerate(lengths):
         ref_states, ref_sizes = naive_merge(x[row], metric[row], sizes[row], int(r[row]), protect_first, window)
@@ -72,7 +71,7 @@ def test_merge_matches_naive_tome(window, protect_first):
 def test_sizes_add_up_and_weighted_mean_is_preserved():
     x, metric, sizes = padded_batch([32, 25, 10], 32, c=16)
     r = torch.tensor([16, 12, 5])
-    merge, _ = bipartite_soft_matching(metric, sizes, r, 16)
+    merge, _, _ = bipartite_soft_matching(metric, sizes, r, 16)
     new_sizes = merge(sizes, mode="sum")
     torch.testing.assert_close(new_sizes.sum(1), sizes.sum(1))
     assert (new_sizes > 0).sum(1).tolist() == [16, 13, 5]
@@ -89,7 +88,7 @@ def test_padding_never_mixes_with_real_tokens():
     marker[..., 1] = (sizes == 0).float()  # padding marker
     # make padding the most attractive match: identical metric to every real token's direction
     metric = torch.where((sizes > 0)[..., None], metric, metric[:, :1].expand_as(metric))
-    merge, _ = bipartite_soft_matching(metric, sizes, torch.tensor([12, 4, 2]), 12)
+    merge, _, _ = bipartite_soft_matching(metric, sizes, torch.tensor([12, 4, 2]), 12)
     out, new_sizes = merge(marker), merge(sizes, mode="sum")
     real = new_sizes > 0
     assert torch.equal(out[..., 0][real], torch.ones(int(real.sum())))
@@ -101,8 +100,8 @@ def test_padding_never_mixes_with_real_tokens():
 def test_padded_row_merges_like_the_row_alone():
     x, metric, sizes = padded_batch([30, 17], 30)
     r = torch.tensor([15, 8])
-    merge, _ = bipartite_soft_matching(metric, sizes, r, 15, window=4)
-    alone, _ = bipartite_soft_matching(metric[1:, :17], sizes[1:, :17], r[1:], 9, window=4)
+    merge, _, _ = bipartite_soft_matching(metric, sizes, r, 15, window=4)
+    alone, _, _ = bipartite_soft_matching(metric[1:, :17], sizes[1:, :17], r[1:], 9, window=4)
     torch.testing.assert_close(merge(x)[1, :9], alone(x[1:, :17])[0])
     torch.testing.assert_close(merge(sizes, mode="sum")[1, :9], alone(sizes[1:, :17], mode="sum")[0])
 
@@ -119,8 +118,8 @@ def test_window_wider_than_sequence_equals_global_matching():
         assert torch.equal(index_w, index_g)
     x, metric, sizes = padded_batch([33, 20], 33)
     r = torch.tensor([16, 10])
-    merged_g, _ = bipartite_soft_matching(metric, sizes, r, 17)
-    merged_w, _ = bipartite_soft_matching(metric, sizes, r, 17, window=66)
+    merged_g, _, _ = bipartite_soft_matching(metric, sizes, r, 17)
+    merged_w, _, _ = bipartite_soft_matching(metric, sizes, r, 17, window=66)
     torch.testing.assert_close(merged_w(x), merged_g(x))
 
 
@@ -144,16 +143,16 @@ def test_protected_first_token_is_never_merged():
     x, metric, sizes = padded_batch([16, 16], 16)
     metric[:, 0] = metric[:, 1]  # token 0 would be everyone's best pick
     x[:, 0] = 100.0
-    merge, _ = bipartite_soft_matching(metric, sizes, torch.tensor([7, 7]), 9, protect_first=True)
+    merge, _, _ = bipartite_soft_matching(metric, sizes, torch.tensor([7, 7]), 9, protect_first=True)
     out, new_sizes = merge(x), merge(sizes, mode="sum")
     assert (out[:, 0] == 100.0).all() and torch.equal(new_sizes[:, 0], sizes[:, 0])
-    unprotected, _ = bipartite_soft_matching(metric, sizes, torch.tensor([8, 8]), 8)
+    unprotected, _, _ = bipartite_soft_matching(metric, sizes, torch.tensor([8, 8]), 8)
     assert not (unprotected(x)[:, 0] == 100.0).all()  # without protection token 0 does merge
 
 
 def test_unmerge_scatters_back_to_sources():
     x, metric, sizes = padded_batch([18, 11], 18)
-    merge, unmerge = bipartite_soft_matching(metric, sizes, torch.tensor([9, 5]), 9)
+    merge, unmerge, _ = bipartite_soft_matching(metric, sizes, torch.tensor([9, 5]), 9)
     merged = merge(x)
     back = unmerge(merged)
     assert back.shape == x.shape
@@ -170,7 +169,7 @@ def test_unmerge_scatters_back_to_sources():
 def test_gradients_flow_through_merge():
     x, metric, sizes = padded_batch([12, 8], 12)
     x.requires_grad_(True)
-    merge, _ = bipartite_soft_matching(metric, sizes, torch.tensor([6, 4]), 6)
+    merge, _, _ = bipartite_soft_matching(metric, sizes, torch.tensor([6, 4]), 6)
     (merge(x) * merge(sizes, mode="sum")[..., None]).sum().backward()
     # d/dx of sum(size * mean) = size for every real token, 0 for padding
     torch.testing.assert_close(x.grad, sizes[..., None].expand_as(x))
@@ -178,7 +177,7 @@ def test_gradients_flow_through_merge():
 
 def test_bf16_metric_and_state():
     x, metric, sizes = padded_batch([16, 9], 16)
-    merge, _ = bipartite_soft_matching(metric.bfloat16(), sizes, torch.tensor([8, 4]), 8, window=4)
+    merge, _, _ = bipartite_soft_matching(metric.bfloat16(), sizes, torch.tensor([8, 4]), 8, window=4)
     out = merge(x.bfloat16())
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
@@ -191,7 +190,7 @@ def test_bad_arguments_raise_clear_errors():
         bipartite_soft_matching(metric, sizes[:, :5], torch.tensor([2]), 6)
     with pytest.raises(ValueError, match="window"):
         bipartite_soft_matching(metric, sizes, torch.tensor([2]), 6, window=0)
-    merge, unmerge = bipartite_soft_matching(metric, sizes, torch.tensor([2]), 6)
+    merge, unmerge, _ = bipartite_soft_matching(metric, sizes, torch.tensor([2]), 6)
     with pytest.raises(ValueError, match="mode"):
         merge(x, mode="max")
     with pytest.raises(ValueError, match=r"per-token tensor"):

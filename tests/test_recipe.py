@@ -131,6 +131,11 @@ def test_only_the_active_backbone_entry_is_used_but_all_are_checked():
     assert err.path == "model.backbone_config.maelre.merge_fractoin" and "merge_fraction" in str(err)
     err = error_of(raw, "model.backbone_config.ecpp.segment_size=8")
     assert "did you mean 'ecp'" in str(err)
+    assert "true or false" in str(error_of(raw, "model.backbone_config.ecp.causal=maybe"))  # types: every entry
+    inactive = parse(raw, "model.backbone_config.masformer.full_layers=[5]")  # values: the active one only
+    assert inactive.model.backbone == "transformer"
+    err = error_of(raw, "model.backbone=masformer", "model.backbone_config.masformer.full_layers=[5]")
+    assert err.path == "model.backbone_config.masformer" and "full_layers" in str(err)
 
 
 def test_overrides_are_yaml_typed_and_can_add_open_keys():
@@ -154,3 +159,14 @@ def test_bad_overrides():
 def test_dataset_val_fraction_goes_through_data_val_fraction():
     err = error_of(BASE, "data.dataset.val_fraction=0.2")
     assert "data.val_fraction" in str(err)
+
+
+def test_every_recipe_key_is_documented():
+    from maelre.recipe import describe_keys
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "recipes.md").read_text()
+    sections = describe_keys()
+    for section, keys in sections.items():
+        assert f"### `{section}`" in doc, section
+        for key in keys:
+            assert f"| `{key}` |" in doc, f"{section}.{key} is not documented in docs/recipes.md"

@@ -210,7 +210,7 @@ class TokenState:
 
     def kernel_kwargs(self, proportional: bool) -> dict[str, Tensor | None]:
         return {
-            "key_bias": self.sizes.clamp_min(1.0).log() if proportional and self.merged else None,
+            "key_bias": self.sizes.clamp_min(1.0).log() if proportional and self.merged else None,  # 0 at padding (masked)
             "key_mask": self.sizes > 0 if self.padded else None,
         }
 
@@ -253,7 +253,7 @@ class MAELREBlock(Block):
         q, k, v = self.attn.qkv(self.norm1(t.x))
         out = kernel(q, k, v, **t.kernel_kwargs(self.config.proportional_attention))
         t = TokenState(t.x + self.drop_path1(self.attn.output(out)), t.sizes, t.padded, t.merged)
-        keys = k.mean(dim=1) if self.config.merge_metric == "keys" else None
+        keys = k.detach().mean(dim=1) if self.config.merge_metric == "keys" else None  # matching needs no gradient
         t, keys = self._merge(t, "attn", keys)
         t = TokenState(self.mlp_residual(t.x), t.sizes, t.padded, t.merged)
         t, _ = self._merge(t, "mlp", keys)
@@ -266,13 +266,13 @@ class MAELREBlock(Block):
         removed = 0 if step is None or n < 2 else step.static_count(n)
         if removed == 0:
             return t, keys
-        r = step.count((t.sizes > 0).sum(dim=1))
+        r = step.count((t.sizes > 0).sum(dim=1)) if t.padded else removed  # unpadded rows all remove r(N)
         metric = t.x if keys is None else keys
-        merge, _ = bipartite_soft_matching(
+        plan = bipartite_soft_matching(
             metric, t.sizes, r, n - removed, protect_first=self.config.pool == "cls", window=self.config.match_window
         )
-        merged = TokenState(merge(t.x), merge(t.sizes, mode="sum"), t.padded, merged=True)
-        return merged, None if keys is None else merge(keys)
+        merged = TokenState(plan.merge(t.x), plan.sizes, t.padded, merged=True)
+        return merged, None if keys is None else plan.merge(keys)
 
 
 @register_backbone("maelre")
@@ -304,7 +304,7 @@ class MAELRE(Backbone):
         if mask is not None:
             # real tokens first (A/B alternation and windows then see each row as it is alone);
             # padding may hold anything, even NaN, so zero it
-            order, _ = compaction_order(mask)
+            order = compaction_order(mask)
             mask = mask.gather(1, order)
             x = torch.where(mask[..., None], take_tokens(tokens, order), 0.0)
             sizes = mask.float()

@@ -22,6 +22,7 @@ import argparse
 import datetime as dt
 import difflib
 import json
+import math
 import shlex
 import sys
 import time
@@ -50,7 +51,7 @@ PRESETS: dict[str, tuple[str, ...]] = {
 }
 """Named override sets (``--preset NAME``); applied before ``--set``."""
 
-STANDIN_IMAGES = "{name: pathfinder, n_train: 6000, n_val: 500, n_test: 1500, seed: 0}"
+STANDIN_IMAGES = "{name: pathfinder, n_train: 10000, n_val: 500, n_test: 1500, seed: 0}"
 """Data of the ``scifar_standin`` task: generated 32x32 Pathfinder images in place of CIFAR-10,
 which cannot be downloaded on an offline machine (sizes are overridable with ``--set``)."""
 
@@ -214,10 +215,25 @@ def _percent(fraction: float | None) -> float | None:
     return None if fraction is None else 100.0 * float(fraction)
 
 
+def planned_steps(recipe: Recipe, n_train: int) -> int | None:
+    """Optimizer steps the recipe's step/epoch budget allows on one device (``None``: only time bounds it)."""
+    trainer = recipe.trainer
+    limits = [] if trainer.max_steps is None else [trainer.max_steps]
+    if trainer.max_epochs is not None:
+        per_epoch = math.ceil(math.ceil(n_train / recipe.data.batch_size) / trainer.accumulate_grad_batches)
+        limits.append(trainer.max_epochs * per_epoch)
+    return min(limits) if limits else None
+
+
 def fill_from_results(row: dict[str, Any], recipe: Recipe, results: Mapping[str, Any]) -> dict[str, Any]:
-    """Copy the leaderboard fields of a finished run (``run_recipe``'s ``results.json``) into ``row``."""
+    """Copy the leaderboard fields of a finished run (``run_recipe``'s ``results.json``) into ``row``.
+
+    A run that took fewer steps than planned is ``"time_limit"`` when its training used
+    up ``trainer.max_time``, else (early stopping) ``"ok"`` with a note.
+    """
     metrics, trainer = results["metrics"], recipe.trainer
     cap = recipe.data.max_eval_samples
+    planned, steps = planned_steps(recipe, results["samples"]["train"]), results["global_step"]
     row.update(
         accuracy=_percent(metrics["test/acc"]),
         val_accuracy=_percent(metrics.get("val/best_acc")),
@@ -231,9 +247,13 @@ def fill_from_results(row: dict[str, Any], recipe: Recipe, results: Mapping[str,
         full_test_split=cap is None or results["samples"]["test"] < cap,
         run_dir=results["run_dir"],
     )
-    if trainer.max_time is not None and results["fit_seconds"] >= 60 * trainer.max_time:
-        row["status"] = "time_limit"
-        row["message"] = f"stopped by the {trainer.max_time:g}-minute limit after {results['global_step']} steps"
+    row["budget"] = {**(row["budget"] or {}), "planned_steps": planned}
+    if planned is not None and steps < planned:
+        if trainer.max_time is not None and results["fit_seconds"] >= 60 * trainer.max_time:
+            row["status"] = "time_limit"
+            row["message"] = f"stopped by the {trainer.max_time:g}-minute limit after {steps} of {planned} steps"
+        else:
+            row["message"] = f"stopped early after {steps} of {planned} steps"
     return row
 
 
@@ -507,6 +527,7 @@ def _published_cell(result: PublishedResult, task: TaskSpec) -> str:
 
 
 def _setup_text(row: Mapping[str, Any]) -> str:
+    """Shared shape; the backbone's own keys; budget and precision."""
     if not row.get("model"):
         return "—"
     m = row["model"]
@@ -514,25 +535,25 @@ def _setup_text(row: Mapping[str, Any]) -> str:
     if row.get("backbone_config"):
         parts.append(", ".join(f"{k}={v}" for k, v in row["backbone_config"].items()))
     budget = row.get("budget") or {}
-    limits = [f"{k.replace('_', ' ')} {v:g}" for k, v in budget.items() if v is not None]
+    limits = [text.format(budget[key]) for key, text in BUDGET_TEXT.items() if budget.get(key) is not None]
     if row.get("precision"):
         limits.append(f"precision {row['precision']}")
     parts.append(", ".join(limits))
-    return "; ".join(parts)
+    return "; ".join(p for p in parts if p)
 
 
-def _task_order(row: Mapping[str, Any]) -> tuple[int, str]:
-    order = list(TASKS)
-    return (order.index(row["task"]) if row["task"] in order else len(order), row["backbone"])
+BUDGET_TEXT = {"max_steps": "max {} steps", "max_epochs": "max {} epochs", "max_time_minutes": "max {:g} min"}
 
 
 def render_markdown(document: Mapping[str, Any], targets: Sequence[TargetCheck]) -> str:
     """The generated part of the leaderboard page: table with published numbers, targets, runs, commands."""
-    rows = sorted(document["results"], key=_task_order)
-    meta = document.get("meta", {})
+    meta, results = document.get("meta", {}), document["results"]
+    # default backbones first, then others as they appear; rows in task, then backbone order
+    backbones = list(dict.fromkeys([*(b for b in DEFAULT_BACKBONES if any(r["backbone"] == b for r in results)), *(r["backbone"] for r in results)]))
+    tasks = list(TASKS)
+    rows = sorted(results, key=lambda r: (tasks.index(r["task"]) if r["task"] in tasks else len(tasks), backbones.index(r["backbone"])))
     columns = _columns(rows)
     by_key = {row_key(r): r for r in rows}
-    backbones = list(dict.fromkeys([*(b for b in DEFAULT_BACKBONES if any(r["backbone"] == b for r in rows)), *(r["backbone"] for r in rows)]))
     board = [{"model": p.model, "source": p.source, **{t.name: _published_cell(p, t) for t in columns}} for p in PUBLISHED]
     board += [
         {"model": f"**{b}** (ours)", "source": "this repository (runs below)", **{t.name: _our_cell(by_key.get((t.name, b))) for t in columns}}
@@ -664,7 +685,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
-    command = shlex.join(["python", *sys.argv] if argv is None else ["maelre", "lra", *argv])
+    # Recorded in the results; `python -m` is equivalent to benchmarks/leaderboard.py and `maelre lra`.
+    command = shlex.join(["python", "-m", "maelre.bench.leaderboard", *sys.argv[1:]] if argv is None else ["maelre", "lra", *argv])
     try:
         if args.report_only:
             document = read_json(args.out)

@@ -75,7 +75,7 @@ class StepCheckpoint(Callback):
         if step == self._last_step or step == 0:
             return
         self._last_step = step
-        trainer.save_checkpoint(self.dirpath / f"step-{step:07d}")
+        trainer.save_checkpoint(self.dirpath / f"step-{step:07d}", weights_only=False)  # full training state
         if trainer.is_global_zero:
             steps = [p for p in find_checkpoints(self.dirpath) if p.name.startswith("step-")]
             for old in steps[: -self.keep]:
@@ -115,7 +115,7 @@ class BestCheckpoint(Callback):
         value = float(trainer.callback_metrics[self.monitor])
         if self._improved(value):
             self.best = value
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)
 
     def state_dict(self) -> dict[str, Any]:
         return {"best": self.best}

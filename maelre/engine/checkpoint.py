@@ -270,9 +270,11 @@ def find_checkpoints(directory: str | os.PathLike) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and is_checkpoint(p) and (p / META).is_file()]
 
-    def order(p: Path) -> tuple[int, float]:
+    def order(p: Path) -> tuple[int, bool, float]:
+        # At equal steps the epoch-end step-* checkpoint comes after "best", which is
+        # written earlier in the same step (at validation end).
         meta = read_json(p / META)
-        return int(meta.get("global_step", -1)), (p / META).stat().st_mtime
+        return int(meta.get("global_step", -1)), p.name.startswith("step-"), (p / META).stat().st_mtime
 
     return sorted(found, key=order)
 

@@ -41,6 +41,11 @@ class IndexedSamples(Sequence):
     def __getitem__(self, i: int) -> Sample:  # type: ignore[override]
         return self.samples[self.indices[i]]
 
+    @property
+    def labels(self) -> np.ndarray:
+        """Labels of the view (without loading inputs when the base exposes ``labels``)."""
+        return labels_of(self.samples)[self.indices]
+
 
 class Unlabeled(Sequence):
     """Wraps raw inputs as ``(x, -1)`` samples so unlabeled data goes through the same loaders."""
@@ -63,23 +68,36 @@ def labels_of(samples: Sequence[Sample]) -> np.ndarray:
     return np.fromiter((int(samples[i][1]) for i in range(len(samples))), dtype=np.int64, count=len(samples))
 
 
-def split_validation(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[IndexedSamples, IndexedSamples]:
-    """Hold out a stratified ``fraction`` of ``samples`` (scikit-learn's ``train_test_split``).
+def stratified_split(samples: Sequence[Sample], n_second: int, seed: int) -> tuple[IndexedSamples, IndexedSamples]:
+    """Split ``samples`` into views of ``len - n_second`` and ``n_second`` samples (scikit-learn's ``train_test_split``).
 
-    Falls back to a plain random split when some class has a single sample.
+    Stratified by label when every class can appear on both sides, else a plain seeded
+    shuffle split. Both views keep the original sample order.
     """
     from sklearn.model_selection import train_test_split
 
-    if not 0.0 < fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {fraction}")
+    if not 0 < n_second < len(samples):
+        raise ValueError(f"cannot split {len(samples)} samples into parts of {len(samples) - n_second} and {n_second}")
     labels = labels_of(samples)
     counts = np.bincount(labels)
     counts = counts[counts > 0]
-    n_val = math.ceil(fraction * len(samples))
-    stratifiable = counts.min() >= 2 and min(n_val, len(samples) - n_val) >= len(counts)
-    stratify = labels if stratifiable else None
-    train_idx, val_idx = train_test_split(np.arange(len(samples)), test_size=fraction, random_state=seed, stratify=stratify)
-    return IndexedSamples(samples, np.sort(train_idx)), IndexedSamples(samples, np.sort(val_idx))
+    stratifiable = counts.min() >= 2 and min(n_second, len(samples) - n_second) >= len(counts)
+    first, second = train_test_split(np.arange(len(samples)), test_size=n_second, random_state=seed, stratify=labels if stratifiable else None)
+    return IndexedSamples(samples, np.sort(first)), IndexedSamples(samples, np.sort(second))
+
+
+def split_validation(samples: Sequence[Sample], fraction: float, seed: int) -> tuple[IndexedSamples, IndexedSamples]:
+    """``(train, val)``: hold out ``ceil(fraction * n)`` samples, stratified when possible."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {fraction}")
+    return stratified_split(samples, math.ceil(fraction * len(samples)), seed)
+
+
+def subsample(samples: Sequence[Sample], n: int | None, seed: int) -> Sequence[Sample]:
+    """A seeded subset of ``n`` samples, stratified when possible; all of them if ``n`` is ``None`` or not smaller."""
+    if n is None or n >= len(samples):
+        return samples
+    return stratified_split(samples, n, seed)[1]
 
 
 class EncodedDataset(Dataset):

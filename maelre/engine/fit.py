@@ -15,9 +15,9 @@ RAM); with a ``run_dir`` it writes CSV/TensorBoard logs and pickle-free checkpoi
 from __future__ import annotations
 
 import contextlib
-import functools
 import dataclasses
 import datetime
+import functools
 import math
 import time
 import warnings
@@ -173,6 +173,8 @@ class _TrainInputs(Sequence):
         return len(self.samples) * (2 if self.two_tower else 1)
 
     def __getitem__(self, i: int) -> Any:  # type: ignore[override]
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} training inputs")
         if not self.two_tower:
             return self.samples[i][0]
         x, _ = self.samples[i % len(self.samples)]

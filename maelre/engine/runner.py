@@ -24,7 +24,7 @@ import yaml
 
 from maelre.engine.callbacks import environment, plot_confusion_matrix, plot_learning_curve, write_results
 from maelre.engine.checkpoint import PREPROCESSING, LoadedModel, latest_checkpoint, load_model, read_json, write_text_atomic
-from maelre.engine.data import IndexedSamples, labels_of, split_validation
+from maelre.engine.data import labels_of, split_validation, subsample
 from maelre.engine.fit import build_model, evaluate, fit_classifier
 from maelre.engine.seed import seed_everything
 from maelre.recipe import Recipe, RecipeError, recipe_from_dict
@@ -40,20 +40,6 @@ class RunData:
     classes: list[str]
     modality: str
     meta: dict
-
-
-def subsample(samples: Sequence[tuple[Any, int]], n: int | None, seed: int) -> Sequence[tuple[Any, int]]:
-    """A stratified (when possible), seeded subset of ``n`` samples; all of them if ``n`` is ``None`` or larger."""
-    if n is None or n >= len(samples):
-        return samples
-    from sklearn.model_selection import train_test_split
-
-    labels = labels_of(samples)
-    counts = np.bincount(labels)
-    counts = counts[counts > 0]
-    stratify = labels if counts.min() >= 2 and n >= len(counts) and len(samples) - n >= len(counts) else None
-    keep, _ = train_test_split(np.arange(len(samples)), train_size=n, random_state=seed, stratify=stratify)
-    return IndexedSamples(samples, np.sort(keep))
 
 
 def load_run_data(recipe: Recipe) -> RunData:
@@ -104,6 +90,14 @@ def _check_same_run(path: Path, resolved: dict) -> None:
             raise RecipeError(section, f"differs from the run being resumed ({path / 'recipe.yaml'}) at {', '.join(f'{section}.{k}' for k in keys)}; resume with the same recipe and --set options")
 
 
+def run_versions(base: Path) -> list[Path]:
+    """The ``base/version_N`` run folders, by increasing N."""
+    if not base.is_dir():
+        return []
+    found = [(int(p.name.removeprefix("version_")), p) for p in base.glob("version_*") if p.name.removeprefix("version_").isdigit()]
+    return [p for _, p in sorted(found)]
+
+
 def resolve_run_dir(recipe: Recipe, run_dir: str | Path | None, resume: bool) -> Path:
     """The directory of this run.
 
@@ -115,14 +109,13 @@ def resolve_run_dir(recipe: Recipe, run_dir: str | Path | None, resume: bool) ->
     if run_dir is not None:
         path = Path(run_dir)
     elif recipe.output.versioned:
-        base = recipe.run_dir()
-        versions = sorted((int(p.name.split("_", 1)[1]), p) for p in base.glob("version_*") if p.name.split("_", 1)[1].isdigit()) if base.is_dir() else []
+        base, versions = recipe.run_dir(), run_versions(recipe.run_dir())
         if resume:
             if not versions:
                 raise FileNotFoundError(f"nothing to resume under {base}: no version_N run folders")
-            path = versions[-1][1]
+            path = versions[-1]
         else:
-            path = base / f"version_{versions[-1][0] + 1 if versions else 0}"
+            path = base / f"version_{int(versions[-1].name.removeprefix('version_')) + 1 if versions else 0}"
     else:
         path = recipe.run_dir()
     if resume and latest_checkpoint(path) is None:
@@ -244,9 +237,8 @@ def checkpoint_for(target: str | Path, overrides: Sequence[str] = ()) -> Path:
     target = Path(target)
     if target.suffix in (".yaml", ".yml") and target.is_file():
         recipe = load_recipe(target, overrides)
-        base = recipe.run_dir()
-        versions = sorted(base.glob("version_*"), key=lambda p: int(p.name.split("_", 1)[1]) if p.name.split("_", 1)[1].isdigit() else -1)
-        return versions[-1] if recipe.output.versioned and versions else base
+        versions = run_versions(recipe.run_dir()) if recipe.output.versioned else []
+        return versions[-1] if versions else recipe.run_dir()
     return target
 
 

@@ -179,7 +179,8 @@ class ClassificationTask(L.LightningModule):
     def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
         inputs, labels = batch
         loss = self._loss(self.model(inputs), labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=labels.shape[0])
+        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=labels.shape[0])
+        self.log("loss", loss, prog_bar=True, logger=False, batch_size=labels.shape[0])  # progress bar only
         return loss
 
     def _eval_step(self, batch: tuple[dict, Tensor], stage: str) -> None:
@@ -190,8 +191,10 @@ class ClassificationTask(L.LightningModule):
         if stage == "test":
             self.test_confusion.update(logits, labels)
         n = batch_size_of(inputs)
-        self.log(f"{stage}/loss", self._loss(logits, labels), on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=True)
-        self.log_dict(metrics, on_epoch=True, prog_bar=stage == "val", batch_size=n)
+        self.log(f"{stage}/loss", self._loss(logits, labels), on_epoch=True, batch_size=n, sync_dist=True)
+        self.log_dict(metrics, on_epoch=True, batch_size=n)
+        if stage == "val":
+            self.log("val_acc", metrics["val/acc"], on_epoch=True, prog_bar=True, logger=False, batch_size=n)
 
     def validation_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> None:
         self._eval_step(batch, "val")

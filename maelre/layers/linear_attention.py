@@ -10,13 +10,11 @@ they add up to N terms.
 from __future__ import annotations
 
 import math
-from functools import partial
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 FEATURE_MAPS = ("elu", "favor")
 
@@ -108,19 +106,85 @@ def linear_attention(
         feature_map: ``elu_feature_map`` or a ``FavorFeatureMap``.
         eps: added to the normalizer.
     """
-    out_dtype = q.dtype
+    b, h, n, dh = q.shape
     with torch.autocast(q.device.type, enabled=False):
-        q, k, v = q.float(), k.float(), v.float()
-        phi_q = feature_map(q, is_query=True, key_mask=key_mask)
-        phi_k = feature_map(k, is_query=False, key_mask=key_mask)
+        phi_q, phi_kw, v1 = _linear_inputs(q, k, v, key_bias, key_mask, feature_map)
+        out = torch.bmm(phi_q, torch.bmm(phi_kw.transpose(1, 2), v1))  # [B*H, Nq, dh + 1]
+        out = out[..., :-1] / (out[..., -1:] + eps)
+    return out.view(b, h, n, dh).to(q.dtype)
+
+
+def _float32(x: Tensor) -> Tensor:
+    """Contiguous float32 copy (a no-op for contiguous float32), so heads flatten into one bmm batch."""
+    return x.to(torch.float32, memory_format=torch.contiguous_format)
+
+
+def _weigh(x: Tensor, weights: Tensor | None, key_mask: Tensor | None) -> Tensor:
+    """Per-key ``weights [B, Nk]`` times ``x [B, H, Nk, F]``, exactly 0 at padded keys."""
+    if weights is None:
+        return x
+    w = weights[:, None, :, None]
+    return x * w if key_mask is None else torch.where(w > 0, x * w, 0.0)  # a padded key may hold anything, even NaN
+
+
+def _linear_inputs(
+    q: Tensor, k: Tensor, v: Tensor, key_bias: Tensor | None, key_mask: Tensor | None, feature_map: FeatureMap
+) -> tuple[Tensor, Tensor, Tensor]:
+    """float32 ``phi(q)``, weighted ``w * phi(k)`` and ``[v, 1]``, heads flattened: ``[B*H, N, *]``.
+
+    The ones column on V makes the normalizer ``sum_j w_j phi(q).phi(k_j)`` come out of
+    the same two products as the numerator.
+    """
+    phi_q = feature_map(_float32(q), is_query=True, key_mask=key_mask)
+    phi_k = _weigh(feature_map(_float32(k), is_query=False, key_mask=key_mask), key_weights(key_bias, key_mask), key_mask)
+    v1 = F.pad(_float32(v), (0, 1), value=1.0)
+    return phi_q.flatten(0, 1), phi_k.flatten(0, 1), v1.flatten(0, 1)
+
+
+class _RecomputedLinearAttention(torch.autograd.Function):
+    """``linear_attention`` that keeps only q, k, v and the ``[F, dh + 1]`` state for backward.
+
+    Like FlashAttention for exact attention: the float32 features are several times the
+    size of q, k, v and cheap to recompute. Backward applies the closed-form gradient of
+    ``out = num / den`` with ``[num, den] = phi(Q) (w phi(K))^T [V, 1]``; only the feature
+    map is differentiated by autograd. ``key_bias`` gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, key_bias, key_mask, feature_map, eps):
+        b, h, n, dh = q.shape
+        with torch.autocast(q.device.type, enabled=False):
+            phi_q, phi_kw, v1 = _linear_inputs(q, k, v, key_bias, key_mask, feature_map)
+            kv = torch.bmm(phi_kw.transpose(1, 2), v1)
+            out = torch.bmm(phi_q, kv)
+            out = out[..., :-1] / (out[..., -1:] + eps)
+        ctx.save_for_backward(q, k, v, key_bias, key_mask, kv)
+        ctx.feature_map, ctx.eps = feature_map, eps
+        return out.view(b, h, n, dh).to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, key_bias, key_mask, kv = ctx.saved_tensors
+        b, h, n, dh = q.shape
         weights = key_weights(key_bias, key_mask)
-        if weights is not None:
-            # where, not a product: a padded key may hold anything, even NaN
-            phi_k = torch.where(weights[:, None, :, None] > 0, phi_k * weights[:, None, :, None], 0.0)
-        kv = phi_k.transpose(-1, -2) @ v  # [B, H, F, dh]
-        normalizer = phi_q @ phi_k.sum(dim=-2).unsqueeze(-1)  # [B, H, Nq, 1]
-        out = (phi_q @ kv) / (normalizer + eps)
-    return out.to(out_dtype)
+        with torch.autocast(q.device.type, enabled=False):
+            with torch.enable_grad():
+                qf, kf = _float32(q.detach()).requires_grad_(), _float32(k.detach()).requires_grad_()
+                phi_q4 = ctx.feature_map(qf, is_query=True, key_mask=key_mask)
+                phi_k4 = ctx.feature_map(kf, is_query=False, key_mask=key_mask)
+            phi_q = phi_q4.detach().flatten(0, 1)
+            phi_kw = _weigh(phi_k4.detach(), weights, key_mask).flatten(0, 1)
+            summed = torch.bmm(phi_q, kv)  # [num, den - eps]
+            den = summed[..., -1:] + ctx.eps
+            grad = grad_out.float().reshape(b * h, n, dh)
+            grad_summed = torch.cat([grad / den, -(grad * summed[..., :-1]).sum(-1, keepdim=True) / den**2], dim=-1)
+            grad_kv = torch.bmm(phi_q.transpose(1, 2), grad_summed)
+            grad_v = torch.bmm(phi_kw, grad_kv)[..., :-1]
+            v1 = F.pad(_float32(v), (0, 1), value=1.0).flatten(0, 1)
+            grad_phi_k = _weigh(torch.bmm(v1, grad_kv.transpose(1, 2)).view(phi_k4.shape), weights, key_mask)
+            grad_phi_q = torch.bmm(grad_summed, kv.transpose(1, 2)).view(phi_q4.shape)
+            grad_q, grad_k = torch.autograd.grad((phi_q4, phi_k4), (qf, kf), (grad_phi_q, grad_phi_k))
+        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.view(b, h, n, dh).to(v.dtype), None, None, None, None
 
 
 def linear_attention_reference(
@@ -150,22 +214,12 @@ def linear_attention_flops(n: int, dim: int, head_dim: int, num_features: int | 
     return 8.0 * n * dim * num_features
 
 
-def recomputed(kernel, q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
-    """``kernel(q, k, v, **kwargs)`` keeping only its inputs for backward and recomputing the rest.
-
-    Like FlashAttention for exact attention: the float32 intermediates (features, landmark
-    kernels) are several times the size of q, k, v and cheap to recompute.
-    """
-    if not (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)):
-        return kernel(q, k, v, **kwargs)
-    return checkpoint(partial(kernel, **kwargs), q, k, v, use_reentrant=False, preserve_rng_state=False)
-
-
 class LinearAttention(nn.Module):
     """``linear_attention`` with its feature map as a module (so FAVOR's projection is a buffer).
 
     Call as a kernel: ``module(q, k, v, key_bias=..., key_mask=...) -> [B, H, N, dh]``. With
-    ``recompute`` (default) backward recomputes the kernel's intermediates (see ``recomputed``).
+    ``recompute`` (default) backward recomputes the float32 features from q and k instead of
+    storing them (FlashAttention-style; ``key_bias`` then gets no gradient).
     """
 
     def __init__(
@@ -186,10 +240,10 @@ class LinearAttention(nn.Module):
         self.favor = FavorFeatureMap(head_dim, num_features, seed) if feature_map == "favor" else None
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, key_bias: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
-        kwargs = {"key_bias": key_bias, "key_mask": key_mask, "feature_map": elu_feature_map if self.favor is None else self.favor, "eps": self.eps}
-        if self.recompute:
-            return recomputed(linear_attention, q, k, v, **kwargs)
-        return linear_attention(q, k, v, **kwargs)
+        feature_map = elu_feature_map if self.favor is None else self.favor
+        if self.recompute and torch.is_grad_enabled():
+            return _RecomputedLinearAttention.apply(q, k, v, key_bias, key_mask, feature_map, self.eps)
+        return linear_attention(q, k, v, key_bias=key_bias, key_mask=key_mask, feature_map=feature_map, eps=self.eps)
 
     def flops(self, n: int, dim: int) -> float:
         return linear_attention_flops(n, dim, self.head_dim, None if self.favor is None else self.favor.num_features)

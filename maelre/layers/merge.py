@@ -22,7 +22,7 @@ only against B tokens at most ``w`` positions away: ``O(N w)`` time and memory.
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -32,20 +32,12 @@ MergeFn = Callable[..., Tensor]
 UnmergeFn = Callable[[Tensor], Tensor]
 
 
-def compaction_order(keep: Tensor) -> tuple[Tensor, Tensor]:
-    """Stable "kept first" permutation of each row of ``keep [B, N]`` (bool).
+def compaction_order(keep: Tensor) -> Tensor:
+    """Permutation ``[B, N]`` putting each row's kept tokens (``keep`` True) first, both groups in their original order.
 
-    Returns ``(order, slot)``, both ``[B, N]`` long: ``x.gather(1, order)`` puts the kept
-    tokens first and the rest after, each group in its original order, and ``slot`` is the
-    inverse (the new column of every old column). Linear time (cumsum + scatter), no sort.
+    ``take_tokens(x, compaction_order(keep))`` compacts the rows of ``x``.
     """
-    kept = keep.long()
-    kept_before = kept.cumsum(1) - kept
-    dropped_before = (1 - kept).cumsum(1) - (1 - kept)
-    slot = torch.where(keep, kept_before, kept.sum(1, keepdim=True) + dropped_before)
-    columns = torch.arange(keep.shape[1], device=keep.device).expand_as(slot)
-    order = torch.empty_like(slot).scatter_(1, slot, columns)
-    return order, slot
+    return torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices
 
 
 def match_global(a: Tensor, b: Tensor, b_real: Tensor) -> tuple[Tensor, Tensor]:
@@ -91,8 +83,8 @@ def match_window(a: Tensor, b: Tensor, b_real: Tensor, window: int) -> tuple[Ten
 def take_tokens(x: Tensor, index: Tensor) -> Tensor:
     """``x[b, index[b, j]]`` for ``x [B, N, ...]`` and ``index [B, M]`` -> ``[B, M, ...]``.
 
-    Advanced indexing rather than ``gather``: its backward keeps only the index, while
-    ``gather`` keeps all of ``x`` alive for backward.
+    Advanced indexing rather than ``gather`` (here and in the merge): its backward keeps
+    only the index, while ``gather`` keeps all of ``x`` alive for backward.
     """
     return x[torch.arange(x.shape[0], device=x.device)[:, None], index]
 
@@ -105,50 +97,64 @@ def _interleave(even: Tensor, odd: Tensor) -> Tensor:
     return out
 
 
-def _descending_rank(score: Tensor) -> Tensor:
-    """Rank of every entry within its row, 0 = highest (ties keep index order)."""
-    order = torch.sort(score, dim=1, descending=True, stable=True).indices
-    ranks = torch.arange(score.shape[1], device=score.device).expand_as(order)
-    return torch.empty_like(order).scatter_(1, order, ranks)
+class TokenMerge(NamedTuple):
+    """One planned merge (see ``bipartite_soft_matching``).
+
+    Attributes:
+        merge: ``merge(x, mode="mean") -> [B, n_out, ...]`` for any per-token tensor
+            ``x [B, N, ...]``: ``"mean"`` gives the size-weighted average of the merged
+            tokens (states, positions), ``"sum"`` their plain sum.
+        unmerge: ``unmerge(y) -> [B, N, ...]`` copies every merged token back to the
+            positions it came from (padding gets 0).
+        sizes: ``[B, n_out]`` the merged token sizes (``merge(sizes, mode="sum")``).
+    """
+
+    merge: MergeFn
+    unmerge: UnmergeFn
+    sizes: Tensor
 
 
 def bipartite_soft_matching(
     metric: Tensor,
     sizes: Tensor,
-    r: Tensor,
+    r: Tensor | int,
     n_out: int,
     *,
     protect_first: bool = False,
     window: int | None = None,
-) -> tuple[MergeFn, UnmergeFn]:
-    """Plan one ToMe merge of a padded batch; return ``(merge, unmerge)`` closures.
+) -> TokenMerge:
+    """Plan one ToMe merge of a padded batch.
 
     Args:
         metric: ``[B, N, C]`` similarity features (keys averaged over heads, or states).
-        sizes: ``[B, N]`` float token sizes, 0 = padding.
-        r: ``[B]`` long, tokens to remove per row; must be at most the row's number of
-            real A tokens that have a real B match (``floor(n_i / 2)``, less one with
-            ``protect_first``), else tokens are lost.
+        sizes: ``[B, N]`` float token sizes, 0 = padding. Padded entries of any tensor
+            passed to ``merge`` may hold any finite value.
+        r: tokens to remove per row, ``[B]`` long or one int for every row. Row ``i``
+            needs ``r_i <= N - n_out`` and at most its number of real A tokens that have
+            a real B match (``floor(n_i / 2)``, less one with ``protect_first``), else
+            fewer tokens merge.
         n_out: static output length; at least every row's ``n_i - r_i``.
         protect_first: never merge token 0 (a CLS token) away.
         window: match within this many positions (``O(N window)``); ``None`` = global
             ToMe matching, whose ``(N/2)^2`` score matrix is kept in ``metric``'s dtype.
 
     Returns:
-        ``merge(x, mode="mean") -> [B, n_out, ...]`` for any per-token tensor ``x [B, N, ...]``:
-        ``"mean"`` gives the size-weighted average of the merged tokens (states,
-        positions), ``"sum"`` their sum (``merge(sizes, mode="sum")`` gives the new sizes).
-        ``unmerge(y) -> [B, N, ...]`` copies every merged token back to the positions it
-        came from (padding gets 0).
+        ``TokenMerge(merge, unmerge, sizes)``: closures applying the merge to any
+        per-token tensor, and the merged sizes.
     """
     b, n, _ = metric.shape
-    if sizes.shape != (b, n) or r.shape != (b,):
-        raise ValueError(f"sizes must be [B, N]={b, n} and r [B]={b,}, got {tuple(sizes.shape)} and {tuple(r.shape)}")
+    if sizes.shape != (b, n) or (isinstance(r, Tensor) and r.shape != (b,)):
+        shape_r = tuple(r.shape) if isinstance(r, Tensor) else "an int"
+        raise ValueError(f"sizes must be [B, N]={b, n} and r [B]={b,} or an int, got {tuple(sizes.shape)} and {shape_r}")
     if n < 2 or not 1 <= n_out <= n:
         raise ValueError(f"need N >= 2 tokens and 1 <= n_out <= N to merge, got N={n}, n_out={n_out}")
+    device = sizes.device
     real = sizes > 0
     real_a, real_b = real[:, ::2], real[:, 1::2]
+    size_a, size_b = sizes[:, ::2], sizes[:, 1::2]
     na = real_a.shape[1]
+    candidates = min(n - n_out, na)  # static bound on every r_i
+    rows = torch.arange(b, device=device)[:, None]
     with torch.no_grad():
         unit = F.normalize(metric, dim=-1)
         a, bb = unit[:, ::2], unit[:, 1::2]
@@ -156,17 +162,26 @@ def bipartite_soft_matching(
         score = score.masked_fill(~real_a, float("-inf"))
         if protect_first:
             score[:, 0] = float("-inf")
-        merged = (_descending_rank(score) < r[:, None]) & (score > float("-inf"))
-        size_a, size_b = sizes[:, ::2], sizes[:, 1::2]
-        src_size = torch.where(merged, size_a, 0)
+        best, src = score.topk(candidates, dim=1)  # [B, k] A tokens, most similar first
+        chosen = best > float("-inf")
+        if isinstance(r, Tensor):
+            chosen &= torch.arange(candidates, device=device) < r[:, None]
+        else:
+            chosen[:, r:] = False
+        dst = dst[rows, src]  # [B, k] B token of each candidate
+        src_size = torch.where(chosen, size_a[rows, src], 0)  # 0 for candidates that do not merge
         new_size_b = size_b.scatter_add(1, dst, src_size)
-        order, slot = compaction_order(_interleave(real_a & ~merged, real_b))
-        kept = order[:, :n_out]
-        # column of each kept token in cat([A, B], dim=1)
-        gather_index = torch.where(kept % 2 == 0, kept // 2, na + kept // 2)
+        merged_a = torch.zeros_like(real_a).scatter_(1, src, chosen)
+        # kept tokens first, in sequence order: sort the columns of cat([A, B]) by position, dropped ones last
+        dropped = torch.cat([~real_a | merged_a, ~real_b], dim=1)
+        position = torch.cat([torch.arange(0, n, 2, device=device), torch.arange(1, n, 2, device=device)])
+        keep = torch.sort(position + n * dropped, dim=1).indices[:, :n_out]
+        denom = torch.where(real_b, new_size_b, 1)
+        merged_sizes = torch.cat([torch.where(merged_a, 0, size_a), new_size_b], dim=1)[rows, keep]
 
-    def expand(index: Tensor, like: Tensor) -> Tensor:
-        return index.view(*index.shape, *[1] * (like.dim() - 2)).expand(*index.shape, *like.shape[2:])
+    def per_token(t: Tensor, like: Tensor) -> Tensor:
+        """``[B, k]`` viewed to broadcast against ``like [B, k, ...]``."""
+        return t.view(*t.shape, *[1] * (like.dim() - 2))
 
     def merge(x: Tensor, mode: str = "mean") -> Tensor:
         if x.shape[:2] != (b, n):
@@ -174,24 +189,24 @@ def bipartite_soft_matching(
         if mode not in ("mean", "sum"):
             raise ValueError(f"merge mode must be 'mean' (size-weighted) or 'sum', got {mode!r}")
         x_a, x_b = x[:, ::2], x[:, 1::2]
-        src = expand(merged, x_a)
-        if mode == "mean":
-            dtype = torch.promote_types(x.dtype, sizes.dtype)
-            w_a, w_b = expand(src_size, x_a).to(dtype), expand(size_b, x_b).to(dtype)
-            total = (x_b * w_b).scatter_add(1, expand(dst, x_a), torch.where(src, x_a * w_a, 0))
-            denom = expand(torch.where(real_b, new_size_b, 1), x_b)
-            new_a, new_b = x_a, torch.where(expand(real_b, x_b), total / denom, x_b).to(x.dtype)
+        if mode == "mean":  # sum(size * x) / sum(size); padded B columns become 0
+            src_x = x_a[rows, src] * per_token(src_size, x)
+            total = (x_b * per_token(size_b, x)).scatter_add(1, per_token(dst, x).expand_as(src_x), src_x)
+            new_a, new_b = x_a, (total / per_token(denom, x)).to(x.dtype)
         else:
-            new_a = torch.where(src, 0, x_a)
-            new_b = x_b.scatter_add(1, expand(dst, x_a), torch.where(src, x_a, 0))
-        return take_tokens(torch.cat([new_a, new_b], dim=1), gather_index)
+            src_x = torch.where(per_token(chosen, x), x_a[rows, src], 0)
+            new_a = torch.where(per_token(merged_a, x), 0, x_a)
+            new_b = x_b.scatter_add(1, per_token(dst, x).expand_as(src_x), src_x)
+        return torch.cat([new_a, new_b], dim=1)[rows, keep]
 
     def unmerge(y: Tensor) -> Tensor:
         if y.shape[:2] != (b, n_out):
             raise ValueError(f"unmerge expects a merged tensor [B, n_out, ...]=[{b}, {n_out}, ...], got {tuple(y.shape)}")
-        slot_a, slot_b = slot[:, ::2], slot[:, 1::2]
-        source_slot = _interleave(torch.where(merged, slot_b.gather(1, dst), slot_a), slot_b)
-        out = take_tokens(y, source_slot.clamp_max(n_out - 1))
-        return torch.where(expand(real, out), out, 0)
+        # merged column of every column of cat([A, B]); dropped padding points at the last column
+        slot = torch.full((b, n), n_out - 1, device=device).scatter_(1, keep, torch.arange(n_out, device=device).expand(b, -1))
+        slot_a, slot_b = slot[:, :na], slot[:, na:]
+        slot_a = slot_a.scatter(1, src, torch.where(chosen, slot_b[rows, dst], slot_a[rows, src]))
+        out = y[rows, _interleave(slot_a, slot_b)]
+        return torch.where(per_token(real, out), out, 0)
 
-    return merge, unmerge
+    return TokenMerge(merge, unmerge, merged_sizes)

@@ -14,11 +14,14 @@ pseudo-inverse of the remaining block unchanged.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from maelre.layers.attention import key_logit_bias
-from maelre.layers.linear_attention import key_weights, recomputed
+from maelre.layers.linear_attention import key_weights
 
 
 def segment_means(x: Tensor, weights: Tensor, num_segments: int) -> tuple[Tensor, Tensor]:
@@ -183,7 +186,11 @@ class NystromAttention(nn.Module):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, key_bias: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
         kwargs = {"key_bias": key_bias, "key_mask": key_mask, "num_landmarks": self.num_landmarks, "pinv_iterations": self.pinv_iterations}
-        out = recomputed(nystrom_attention, q, k, v, **kwargs) if self.recompute else nystrom_attention(q, k, v, **kwargs)
+        if self.recompute and torch.is_grad_enabled():
+            # keep only q, k, v for backward; the [B, H, N, m] kernels are recomputed (FlashAttention-style)
+            out = checkpoint(partial(nystrom_attention, **kwargs), q, k, v, use_reentrant=False, preserve_rng_state=False)
+        else:
+            out = nystrom_attention(q, k, v, **kwargs)
         if self.conv is not None:
             real_v = v if key_mask is None else torch.where(key_mask[:, None, :, None], v, 0.0)
             out = out + self.conv(real_v)

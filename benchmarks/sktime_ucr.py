@@ -1,0 +1,408 @@
+"""MAELREClassifier against MiniRocket and 1-NN DTW on real UCR/UEA sets, on CPU.
+
+    python benchmarks/sktime_ucr.py                         # the full run (about 20 min on 2 cores)
+    python benchmarks/sktime_ucr.py --datasets GunPoint --models MAELRE MiniRocket
+    python benchmarks/sktime_ucr.py --resume                # continue a run that was cut off
+    python benchmarks/sktime_ucr.py --report-only           # re-render the markdown from the JSON
+
+Data: the sets bundled with sktime's wheel (no download), official train/test splits.
+Each (dataset, model) runs in a child process with a wall-clock budget (``--budget``): a
+warm-up fit/predict on 4 training series (so numba's JIT compilation is not timed), then
+the timed ``fit`` on the training split and ``predict`` on the test split. A model that
+runs past the budget is recorded with ``"status": "timeout"``, never dropped. Results go
+to ``benchmarks/results/sktime_ucr.json`` after every run (atomically) and the table to
+``docs/benchmarks/sktime_ucr.md``.
+
+The MiniRocket and DTW baselines are numba-compiled in sktime: install ``numba``.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import multiprocessing as mp
+import os
+import platform
+import shlex
+import sys
+import time
+import traceback
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script from a checkout
+
+from maelre.bench.report import format_number, markdown_table, read_json, write_json_atomic, write_text_atomic  # noqa: E402
+
+DATASETS = ("ACSF1", "PLAID", "OSULeaf", "ArrowHead", "GunPoint", "JapaneseVowels", "BasicMotions")
+MODELS = ("MAELRE", "MiniRocket", "1NN-DTW")
+RESULTS = REPO / "benchmarks" / "results" / "sktime_ucr.json"
+DOC = REPO / "docs" / "benchmarks" / "sktime_ucr.md"
+#: MAELREClassifier settings of the reported run (tokenization: the estimator's data-derived defaults)
+MAELRE_SETTINGS: dict[str, Any] = dict(
+    backbone="maelre", dim=32, depth=2, heads=2, max_epochs=100, batch_size=8, lr=2e-3, weight_decay=0.05, random_state=0, device="cpu"
+)
+WARMUP_SERIES = 4
+
+
+# ----------------------------------------------------------------- data
+@dataclass
+class Dataset:
+    """One UCR/UEA problem, official split, as sktime ``nested_univ`` DataFrames."""
+
+    name: str
+    X_train: pd.DataFrame
+    y_train: np.ndarray
+    X_test: pd.DataFrame
+    y_test: np.ndarray
+
+    def lengths(self, X: pd.DataFrame) -> np.ndarray:
+        return X.iloc[:, 0].map(len).to_numpy()
+
+    @property
+    def equal_length(self) -> bool:
+        lengths = np.concatenate([self.lengths(self.X_train), self.lengths(self.X_test)])
+        return bool((lengths == lengths[0]).all())
+
+    @property
+    def longest(self) -> int:
+        """Longest series in either split (only lengths are read from the test split, never labels)."""
+        return int(max(self.lengths(self.X_train).max(), self.lengths(self.X_test).max()))
+
+    def describe(self) -> dict[str, Any]:
+        lengths = self.lengths(self.X_train)
+        return {
+            "n_train": len(self.y_train),
+            "n_test": len(self.y_test),
+            "channels": int(self.X_train.shape[1]),
+            "length": int(lengths[0]) if self.equal_length else f"{int(lengths.min())}-{self.longest}",
+            "n_classes": int(len(np.unique(self.y_train))),
+        }
+
+
+def load_dataset(name: str) -> Dataset:
+    from sktime.datasets import load_UCR_UEA_dataset
+
+    parts = [load_UCR_UEA_dataset(name, split=split, return_X_y=True) for split in ("train", "test")]
+    return Dataset(name, parts[0][0], np.asarray(parts[0][1]), parts[1][0], np.asarray(parts[1][1]))
+
+
+# ----------------------------------------------------------------- models
+def make_maelre(data: Dataset, settings: Mapping[str, Any]) -> Any:
+    from maelre import MAELREClassifier
+
+    return MAELREClassifier(**settings)
+
+
+def make_minirocket(data: Dataset, settings: Mapping[str, Any]) -> Any:
+    """sktime's MiniRocket classifier; the authors' variable-length MiniRocket for unequal-length sets."""
+    if data.equal_length:
+        from sktime.classification.kernel_based import RocketClassifier
+
+        return RocketClassifier(rocket_transform="minirocket", random_state=0)
+    from sklearn.linear_model import RidgeClassifierCV
+    from sklearn.preprocessing import StandardScaler
+    from sktime.pipeline import make_pipeline
+    from sktime.transformations.rocket import MiniRocketMultivariateVariable
+
+    # the same head as RocketClassifier: scaler without centring + ridge with CV'd alpha
+    return make_pipeline(
+        MiniRocketMultivariateVariable(pad_value_short_series=0.0, random_state=0),
+        StandardScaler(with_mean=False),
+        RidgeClassifierCV(alphas=np.logspace(-3, 3, 10)),
+    )
+
+
+def make_dtw(data: Dataset, settings: Mapping[str, Any]) -> Any:
+    """1-NN, full-window DTW; unequal-length sets are zero-padded to the longest series first."""
+    from sktime.classification.distance_based import KNeighborsTimeSeriesClassifier
+
+    knn = KNeighborsTimeSeriesClassifier(n_neighbors=1, distance="dtw")
+    if data.equal_length:
+        return knn
+    from sktime.transformations.panel.padder import PaddingTransformer
+
+    return PaddingTransformer(pad_length=data.longest) * knn
+
+
+#: model name -> factory(data, maelre_settings) of an unfitted estimator
+FACTORIES: dict[str, Callable[[Dataset, Mapping[str, Any]], Any]] = {"MAELRE": make_maelre, "MiniRocket": make_minirocket, "1NN-DTW": make_dtw}
+BASELINE_NOTES = {
+    "MiniRocket": "RocketClassifier(rocket_transform='minirocket', random_state=0); unequal length: "
+    "MiniRocketMultivariateVariable(pad_value_short_series=0) + StandardScaler(with_mean=False) + RidgeClassifierCV(logspace(-3, 3, 10))",
+    "1NN-DTW": "KNeighborsTimeSeriesClassifier(n_neighbors=1, distance='dtw'), full warping window; "
+    "unequal length: PaddingTransformer(pad_length=longest series of either split, fill 0) first",
+}
+
+
+def warmup_indices(y: np.ndarray, per_class: int = WARMUP_SERIES // 2) -> np.ndarray:
+    """The first ``per_class`` series of the first two classes (two classes: classifiers need them)."""
+    classes = pd.unique(y)[:2]
+    return np.concatenate([np.flatnonzero(y == c)[:per_class] for c in classes])
+
+
+def model_note(model: str, settings: Mapping[str, Any]) -> str:
+    if model == "MAELRE":
+        return "MAELREClassifier(" + ", ".join(f"{k}={v!r}" for k, v in settings.items()) + ")"
+    return BASELINE_NOTES[model]
+
+
+def evaluate(model: str, data: Dataset, settings: Mapping[str, Any], threads: int) -> dict[str, Any]:
+    """Warm up, then time ``fit`` and ``predict`` of ``model`` on ``data``; runs in the child process."""
+    import torch
+
+    torch.set_num_threads(threads)
+    warm = warmup_indices(data.y_train)
+    factory = FACTORIES[model]
+    factory(data, settings).fit(data.X_train.iloc[warm], data.y_train[warm]).predict(data.X_train.iloc[warm])
+    estimator = factory(data, settings)
+    start = time.perf_counter()
+    estimator.fit(data.X_train, data.y_train)
+    fit_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    predictions = np.asarray(estimator.predict(data.X_test))
+    predict_seconds = time.perf_counter() - start
+    accuracy = float((predictions == data.y_test).mean())
+    return {"status": "ok", "accuracy": accuracy, "fit_seconds": fit_seconds, "predict_seconds": predict_seconds}
+
+
+def _child(conn: Any, model: str, data: Dataset, settings: Mapping[str, Any], threads: int) -> None:
+    try:
+        conn.send(evaluate(model, data, settings, threads))
+    except BaseException as err:  # report every failure to the parent instead of dying silently
+        conn.send({"status": "error", "error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=8)})
+    finally:
+        conn.close()
+
+
+def run_with_budget(model: str, data: Dataset, settings: Mapping[str, Any], budget_s: float, threads: int) -> dict[str, Any]:
+    """``evaluate`` in a forked child, killed after ``budget_s`` seconds (-> ``status: timeout``)."""
+    ctx = mp.get_context("fork")  # the child inherits the loaded data; the parent has run no torch/numba code
+    receive, send = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child, args=(send, model, data, settings, threads), daemon=True)
+    start = time.perf_counter()
+    process.start()
+    send.close()
+    result = receive.recv() if receive.poll(budget_s) else None
+    process.join(timeout=5 if result is not None else 0)
+    if process.is_alive():
+        process.kill()
+        process.join()
+    if result is None:
+        if time.perf_counter() - start >= budget_s:
+            return {"status": "timeout", "error": f"did not finish warm-up + fit + predict within {budget_s:.0f} s"}
+        return {"status": "error", "error": f"child process died (exit code {process.exitcode})"}
+    return result
+
+
+# ----------------------------------------------------------------- records
+def package_version(name: str) -> str | None:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def collect_meta(args: argparse.Namespace, settings: Mapping[str, Any], command: str) -> dict[str, Any]:
+    return {
+        "command": command,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {
+            "cpu_count": os.cpu_count(),
+            "processor": platform.processor() or platform.machine(),
+            "platform": platform.platform(),
+            "threads_per_model": args.threads,
+        },
+        "versions": {
+            "python": platform.python_version(),
+            **{name: package_version(name) for name in ("maelre", "torch", "sktime", "scikit-learn", "numpy", "numba", "lightning")},
+        },
+        "budget_s": args.budget,
+        "warmup": f"fit + predict on {WARMUP_SERIES} training series before the timed run (not timed)",
+        "maelre_settings": dict(settings),
+        "models": {m: model_note(m, settings) for m in args.models},
+        "datasets": list(args.datasets),
+    }
+
+
+def row_key(row: Mapping[str, Any]) -> tuple[str, str]:
+    return row["dataset"], row["model"]
+
+
+def preload_modules() -> None:
+    """Import the heavy libraries once, so each forked child starts without re-importing them.
+
+    Only imports: no torch op or numba compilation runs in the parent (forking after those
+    could leave a child with a broken thread pool).
+    """
+    import lightning  # noqa: F401
+    import sktime.classification.distance_based  # noqa: F401
+    import sktime.classification.kernel_based  # noqa: F401
+    import torch  # noqa: F401
+
+    import maelre.engine  # noqa: F401
+    import maelre.estimator  # noqa: F401
+
+
+def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
+    if any(m != "MAELRE" for m in args.models) and package_version("numba") is None:
+        raise SystemExit("the MiniRocket and 1NN-DTW baselines need numba (sktime compiles them with it): pip install numba")
+    settings = {**MAELRE_SETTINGS, **({"max_epochs": args.max_epochs} if args.max_epochs else {})}
+    document = {"meta": collect_meta(args, settings, command), "results": []}
+    if args.resume and Path(args.out).is_file():
+        document["results"] = read_json(args.out)["results"]
+    done = {row_key(r) for r in document["results"]}
+    preload_modules()
+    for name in args.datasets:
+        data = load_dataset(name)
+        for model in args.models:
+            if (name, model) in done:
+                continue
+            print(f"[{name}] {model} ...", flush=True)
+            row = {"dataset": name, "model": model, **data.describe(), **run_with_budget(model, data, settings, args.budget, args.threads)}
+            row.setdefault("accuracy", None)
+            row.setdefault("fit_seconds", None)
+            row.setdefault("predict_seconds", None)
+            print(f"[{name}] {model}: {row['status']} accuracy={format_number(row['accuracy'])} fit={format_number(row['fit_seconds'])} s", flush=True)
+            document["results"].append(row)
+            write_json_atomic(args.out, document)
+            write_text_atomic(args.doc, render_markdown(document))
+    return document
+
+
+# ----------------------------------------------------------------- report
+def _cell(row: Mapping[str, Any] | None) -> str:
+    if row is None:
+        return "not run"
+    if row["status"] != "ok":
+        return row["status"]
+    return f"{row['accuracy']:.3f}"
+
+
+def _seconds(row: Mapping[str, Any] | None) -> str:
+    if row is None or row["status"] != "ok":
+        return "—"
+    return f"{row['fit_seconds']:.1f} / {row['predict_seconds']:.1f}"
+
+
+def comparison_rows(results: Sequence[Mapping[str, Any]], models: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per dataset: accuracy and fit/predict seconds per model, and MAELRE's gap to the best baseline."""
+    by_key = {row_key(r): r for r in results}
+    rows = []
+    for name in dict.fromkeys(r["dataset"] for r in results):
+        first = next(r for r in results if r["dataset"] == name)
+        row: dict[str, Any] = {"dataset": name, "shape": f"{first['n_train']}/{first['n_test']} x {first['channels']} x {first['length']}", "classes": first["n_classes"]}
+        for model in models:
+            row[f"acc:{model}"] = _cell(by_key.get((name, model)))
+            row[f"time:{model}"] = _seconds(by_key.get((name, model)))
+        ours = by_key.get((name, "MAELRE"))
+        baselines = [by_key[(name, m)]["accuracy"] for m in models if m != "MAELRE" and (name, m) in by_key and by_key[(name, m)]["status"] == "ok"]
+        row["gap"] = ours["accuracy"] - max(baselines) if ours and ours["status"] == "ok" and baselines else None
+        rows.append(row)
+    return rows
+
+
+def render_markdown(document: Mapping[str, Any]) -> str:
+    meta, results = document["meta"], document["results"]
+    models = [m for m in MODELS if any(r["model"] == m for r in results)]
+    rows = comparison_rows(results, models)
+    columns = [("dataset", "dataset"), ("shape", "train/test x channels x length"), ("classes", "classes")]
+    columns += [(f"acc:{m}", f"{m} acc") for m in models]
+    columns += [("gap", "MAELRE - best baseline")]
+    columns += [(f"time:{m}", f"{m} fit / predict s") for m in models]
+    table = markdown_table(rows, columns, {"gap": lambda v: "—" if v is None else f"{v:+.3f}"})
+    gaps = [r for r in rows if r["gap"] is not None]
+    losses = [r for r in gaps if r["gap"] < 0]
+    summary = []
+    if gaps:
+        summary.append(
+            f"MAELRE is below the best baseline on {len(losses)} of {len(gaps)} datasets"
+            + (": " + ", ".join(f"{r['dataset']} ({100 * r['gap']:+.1f} points)" for r in losses) if losses else "")
+            + f". Mean gap to the best baseline: {100 * float(np.mean([r['gap'] for r in gaps])):+.1f} points."
+        )
+    statuses = [r for r in results if r["status"] != "ok"]
+    for r in statuses:
+        summary.append(f"{r['model']} on {r['dataset']}: **{r['status']}** ({r.get('error', '')}).")
+    fit = {m: [r["fit_seconds"] for r in results if r["model"] == m and r["status"] == "ok"] for m in models}
+    totals = ", ".join(f"{m} {sum(v):.0f} s over {len(v)} sets" for m, v in fit.items() if v)
+    machine, versions = meta["machine"], meta["versions"]
+    lines = [
+        "# MAELRE vs MiniRocket vs 1-NN DTW on UCR/UEA data (CPU)",
+        "",
+        "Generated by `benchmarks/sktime_ucr.py` from `benchmarks/results/sktime_ucr.json`; do not edit by hand.",
+        "",
+        f"Command: `{meta['command']}` — {meta['date']}, {machine['cpu_count']} CPU cores ({machine['processor']}), "
+        f"{machine['threads_per_model']} thread(s) per model, budget {meta['budget_s']:.0f} s per model. "
+        + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
+        "",
+        "Accuracy on the official test split (higher is better); `timeout` = did not finish warm-up + fit + predict "
+        "within the budget; times are wall-clock seconds of `fit` on the train split and `predict` on the test split, "
+        f"after an untimed warm-up on {WARMUP_SERIES} training series (numba JIT).",
+        "",
+        table,
+        "## Summary",
+        "",
+        *(f"- {s}" for s in summary),
+        f"- Total fit time: {totals}." if totals else "",
+        "",
+        "## Setup",
+        "",
+        *(f"- **{m}**: `{meta['models'][m]}`" for m in models),
+        "- MAELRE tokenization is the estimator's data-derived default: one token per step up to 128 steps, "
+        "otherwise patches of `ceil(T / 128)` steps; global per-channel standardization fitted on the training split.",
+        "- Data: sktime's bundled copies of the UCR/UEA archive, official train/test splits; labels never leave the training split.",
+        "",
+    ]
+    return "\n".join(line for line in lines if line is not None) + "\n"
+
+
+# ----------------------------------------------------------------- CLI
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), help="UCR/UEA set names sktime bundles")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--budget", type=float, default=300.0, help="seconds per (dataset, model) before it counts as a timeout")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per model (sktime's baselines run single-threaded)")
+    parser.add_argument("--max-epochs", type=int, default=None, help=f"override MAELRE's max_epochs ({MAELRE_SETTINGS['max_epochs']}), e.g. for a smoke run")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--doc", type=Path, default=DOC)
+    parser.add_argument("--resume", action="store_true", help="keep the finished (dataset, model) rows of --out")
+    parser.add_argument("--report-only", action="store_true", help="only re-render --doc from --out")
+    args = parser.parse_args(argv)
+    if args.budget <= 0 or args.threads < 1 or (args.max_epochs is not None and args.max_epochs < 1):
+        parser.error("--budget must be positive, --threads and --max-epochs at least 1")
+    unknown = sorted(set(args.datasets) - set(_bundled_datasets()))
+    if unknown:
+        parser.error(f"sktime bundles no data set named {', '.join(unknown)}; available: {', '.join(_bundled_datasets())}")
+    return args
+
+
+def _bundled_datasets() -> list[str]:
+    import sktime.datasets
+
+    folder = Path(sktime.datasets.__file__).parent / "data"
+    return sorted(p.name for p in folder.iterdir() if (p / f"{p.name}_TRAIN.ts").is_file())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.report_only:
+        write_text_atomic(args.doc, render_markdown(read_json(args.out)))
+        return 0
+    script = os.path.relpath(Path(__file__).resolve(), Path.cwd())
+    command = shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
+    document = run(args, command)
+    bad = [r for r in document["results"] if r["status"] == "error"]
+    for r in bad:
+        print(f"error: {r['model']} on {r['dataset']}: {r['error']}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

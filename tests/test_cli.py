@@ -1,0 +1,158 @@
+"""The ``maelre`` CLI: fit / resume / test / predict / check / info / bench, and its error handling."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from lightning.pytorch.callbacks import Callback
+
+from maelre import list_backbones
+from maelre.cli import main
+from maelre.engine import latest_checkpoint, load_model, predict_proba
+from maelre.engine.checkpoint import load_weights
+from maelre.engine.runner import run_recipe
+from maelre.recipe import RecipeError, load_recipe
+from modalities import list_adapters
+from modalities.datasets import list_datasets
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+RECIPE = {
+    "name": "tiny_ts",
+    "description": "ItalyPowerDemand, a tiny transformer (CLI tests)",
+    "data": {"dataset": {"name": "italypowerdemand"}, "adapter": {"name": "timeseries", "max_len": 32}, "batch_size": 16,
+             "val_fraction": 0.2, "max_eval_samples": 60},
+    "model": {"backbone": "transformer", "dim": 16, "depth": 1, "heads": 2, "dropout": 0.1},
+    "optimizer": {"lr": 0.005},
+    "schedule": {"warmup_steps": 2},
+    "trainer": {"max_epochs": 3, "checkpoint_every_n_steps": 3, "enable_progress_bar": False},
+}
+
+
+@pytest.fixture(scope="module")
+def recipe_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("recipes") / "tiny_ts.yaml"
+    path.write_text(yaml.safe_dump(RECIPE))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(recipe_file, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "full"
+    assert main(["fit", str(recipe_file), "--run-dir", str(run_dir), "--no-progress"]) == 0
+    return run_dir
+
+
+def test_fit_writes_the_run_artifacts(finished_run):
+    results = json.loads((finished_run / "results.json").read_text())
+    assert results["samples"] == {"train": 53, "val": 14, "test": 60}
+    assert 0.0 <= results["metrics"]["test/acc"] <= 1.0 and results["global_step"] == 12  # ceil(53 / 16) * 3
+    assert results["parameters"] > 0 and results["throughput"]["tokens_per_second"] > 0
+    assert results["environment"]["torch"] == torch.__version__ and results["peak_memory"]["bytes"] > 0
+    for name in ("recipe.yaml", "confusion_matrix.png", "learning_curve.png"):
+        assert (finished_run / name).stat().st_size > 0
+    assert (finished_run / "checkpoints" / "best" / "model.safetensors").is_file()
+    assert list((finished_run / "logs").rglob("metrics.csv")) and list((finished_run / "logs").rglob("events.out.tfevents*"))
+    assert yaml.safe_load((finished_run / "recipe.yaml").read_text())["trainer"]["max_epochs"] == 3
+
+
+def test_test_command_reproduces_the_run_metrics(finished_run, capsys):
+    assert main(["test", str(finished_run), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    results = json.loads((finished_run / "results.json").read_text())
+    assert metrics["acc"] == pytest.approx(results["metrics"]["test/acc"]) and metrics["n"] == 60
+    assert main(["validate", str(finished_run), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 14
+
+
+def test_predict_on_npy_matches_the_python_api(finished_run, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    arrays = rng.standard_normal((5, 24)).astype(np.float32)
+    np.save(tmp_path / "x.npy", arrays)
+    out = tmp_path / "pred.json"
+    assert main(["predict", str(finished_run), "--npy", str(tmp_path / "x.npy"), "--out", str(out)]) == 0
+    assert "x.npy[4]" in capsys.readouterr().out
+    rows = json.loads(out.read_text())
+    loaded = load_model(finished_run)
+    expected = predict_proba(loaded.model, list(arrays), device="cpu")
+    for row, proba in zip(rows, expected):
+        assert row["class"] == loaded.classes[int(proba.argmax())]
+        assert list(row["probabilities"].values()) == pytest.approx(proba.tolist(), abs=1e-6)
+    np.save(tmp_path / "one.npy", arrays[2])  # a .npy file argument is one sample
+    assert main(["predict", str(finished_run), str(tmp_path / "one.npy"), "--out", str(tmp_path / "p.csv")]) == 0
+    header, line = (tmp_path / "p.csv").read_text().splitlines()
+    assert header == "input,class," + ",".join(loaded.classes)
+    assert [float(v) for v in line.split(",")[2:]] == pytest.approx(expected[2].tolist(), abs=1e-5)
+
+
+class KillAt(Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            raise RuntimeError("simulated crash")
+
+
+def test_killed_fit_resumes_to_the_same_weights(recipe_file, tmp_path):
+    reference_dir, run_dir = tmp_path / "reference", tmp_path / "killed"
+    assert main(["fit", str(recipe_file), "--run-dir", str(reference_dir), "--no-progress"]) == 0  # same threads as below
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_recipe(load_recipe(recipe_file), run_dir=run_dir, callbacks=[KillAt(8)], progress=False)
+    assert latest_checkpoint(run_dir).name == "step-0000006"  # checkpoints every 3 steps: mid-epoch 2 of 3
+    assert main(["fit", str(recipe_file), "--run-dir", str(run_dir), "--resume", "--no-progress"]) == 0
+    final, reference = latest_checkpoint(run_dir), latest_checkpoint(reference_dir)
+    assert final.name == reference.name == "step-0000012"
+    ours, theirs = load_weights(final / "model.safetensors"), load_weights(reference / "model.safetensors")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["resumed_from"].endswith("step-0000006")
+
+
+def test_resume_and_rerun_guards(recipe_file, finished_run, tmp_path, capsys):
+    assert main(["fit", str(recipe_file), "--run-dir", str(finished_run), "--no-progress"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["fit", str(recipe_file), "--run-dir", str(tmp_path / "empty"), "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+
+
+def test_check_prints_config_parameters_and_plan(recipe_file, capsys):
+    assert main(["check", str(recipe_file), "--set", "model.backbone=maelre", "--length", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "backbone: maelre" in out and "is valid" in out
+    assert "plan at N=24" in out and "attention" in out
+    rows = [line for line in out.splitlines() if line.startswith("│ 0 ")]
+    assert rows and "24" in rows[0]
+
+
+def test_info_lists_the_registries(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name in [*list_backbones(), *list_adapters(), *list_datasets()[:3], "audio_fsdd.yaml"]:
+        assert name in out
+
+
+def test_user_errors_exit_2_with_one_line(recipe_file, capsys):
+    assert main(["check", str(recipe_file), "--set", "trainer.max_epoch=3"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean 'max_epochs'" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["check", "no/such/recipe.yaml"]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["predict", "no/such/run", "x.wav"]) == 2
+    with pytest.raises(RecipeError):
+        main(["--debug", "check", str(recipe_file), "--set", "trainer.max_epoch=3"])
+    assert main(["bench", "speed"]) == 2
+    with pytest.raises(SystemExit) as exit_info:  # argparse usage errors also exit with 2
+        main(["fit"])
+    assert exit_info.value.code == 2
+
+
+def test_bench_delegates_to_the_efficiency_benchmark(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "efficiency", "--help"])
+    assert exit_info.value.code == 0
+    assert "--seq-lens" in capsys.readouterr().out

@@ -1,0 +1,270 @@
+"""Training engine: data order and resumable loading, LR schedule, checkpoints, fit/evaluate/predict, exact resume."""
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+import maelre.engine.data as data_mod
+from maelre.engine import (
+    OptimConfig,
+    TrainerConfig,
+    build_model,
+    evaluate,
+    fit_classifier,
+    latest_checkpoint,
+    load_model,
+    make_dataloader,
+    predict_proba,
+    prepare_adapter,
+    save_model,
+    seed_everything,
+    split_validation,
+)
+from maelre.engine.checkpoint import SafeCheckpointIO, atomic_directory, check_weights_only_safe, load_weights
+from maelre.engine.data import BatchCollator, ResumableBatchSampler
+from maelre.engine.seed import rng_state, set_rng_state
+from maelre.engine.task import ClassificationTask, LRSchedule
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+QUIET = dict(enable_progress_bar=False)
+
+
+def sine_samples(n: int, length: int = 40, seed: int = 0, classes: int = 3) -> list[tuple[np.ndarray, int]]:
+    """Class k: a noisy sine of frequency 0.2 + 0.35 k with random phase, shifted by k - 1 (learnable in a few steps)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)
+    out = []
+    for i in range(n):
+        y = i % classes
+        x = np.sin(t * (0.2 + 0.35 * y) + rng.uniform(0, 2 * np.pi)) + (y - 1) + 0.5 * rng.standard_normal(length)
+        out.append((x.astype(np.float32)[None], y))
+    return out
+
+
+def tiny_model(train, dropout: float = 0.0, backbone: str = "transformer"):
+    adapter = prepare_adapter("timeseries", {"dim": 16}, train)
+    return build_model(adapter, backbone, {"depth": 1, "heads": 2, "dropout": dropout}, num_classes=3, head_dropout=dropout)
+
+
+# ---------------------------------------------------------------- schedule
+def test_lr_schedule_matches_the_formulas():
+    cosine = LRSchedule("cosine", warmup=4, total=24, min_ratio=0.1)
+    assert [cosine(s) for s in range(4)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    for step in (4, 10, 17, 24):
+        progress = (step - 4) / 20
+        assert cosine(step) == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+    assert cosine(100) == pytest.approx(0.1)
+    linear = LRSchedule("linear", warmup=0, total=10)
+    assert [linear(s) for s in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0])
+    assert LRSchedule("constant", warmup=2, total=0)(50) == 1.0
+    assert OptimConfig(warmup_fraction=0.1).warmup_for(200) == 20
+    with pytest.raises(ValueError, match="either warmup_steps or warmup_fraction"):
+        OptimConfig(warmup_steps=5, warmup_fraction=0.1)
+
+
+def test_weight_decay_spares_biases_and_norms_and_schedule_spans_the_budget():
+    train = sine_samples(30)
+    model = tiny_model(train)
+    task = ClassificationTask(model, OptimConfig(weight_decay=0.1), 3, batches_per_epoch=lambda: 7)
+    task.trainer = type("T", (), {"accumulate_grad_batches": 2, "max_epochs": 3, "max_steps": -1})()
+    assert task.total_training_steps() == 12  # ceil(7 / 2) * 3
+    task.trainer.max_steps = 5
+    assert task.total_training_steps() == 5
+    groups = task.configure_optimizers()["optimizer"].param_groups
+    decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
+    for name, p in model.named_parameters():
+        assert (id(p) in decayed) == (p.ndim > 1 and not name.endswith(".bias")), name
+
+
+# ---------------------------------------------------------------- data
+def test_sampler_orders_are_permutations_fixed_by_seed_and_epoch():
+    sampler = ResumableBatchSampler(23, 5, shuffle=True, seed=3)
+    epoch0 = list(sampler)
+    assert sorted(i for b in epoch0 for i in b) == list(range(23)) and len(epoch0) == len(sampler) == 5
+    sampler.set_epoch(1)
+    assert list(sampler) != epoch0
+    sampler.set_epoch(0)
+    assert list(sampler) == epoch0 == list(ResumableBatchSampler(23, 5, shuffle=True, seed=3))
+    sampler.start_at(0, 3)
+    assert list(sampler) == epoch0[3:]
+    assert list(sampler) == epoch0  # the skip applies once
+    assert [i for b in ResumableBatchSampler(7, 3, shuffle=False) for i in b] == list(range(7))
+
+
+def test_sampler_shards_batches_across_ranks(monkeypatch):
+    seen = []
+    for rank in range(3):
+        monkeypatch.setattr(data_mod, "_world", lambda rank=rank: (rank, 3))
+        sampler = ResumableBatchSampler(40, 4, shuffle=True, seed=1)
+        batches = list(sampler)
+        assert len(batches) == len(sampler) == 3
+        seen += [i for b in batches for i in b]
+    assert len(seen) == len(set(seen)) == 36  # 10 batches cut to 9, none shared
+
+
+def test_length_bucketing_cuts_padding_and_keeps_every_sample():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 200, size=400).tolist()
+    plain = ResumableBatchSampler(400, 16, shuffle=True, seed=0)
+    bucketed = ResumableBatchSampler(400, 16, shuffle=True, seed=0, lengths=lengths, bucket_batches=10)
+
+    def padding(batches):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    assert sorted(i for b in bucketed for i in b) == list(range(400))
+    assert padding(list(bucketed)) < 0.5 * padding(list(plain))
+
+
+def test_loader_state_resumes_position_and_random_state():
+    train = sine_samples(30)
+    adapter = prepare_adapter("timeseries", {"dim": 8}, train)
+
+    def loader():
+        return make_dataloader(train, adapter, batch_size=4, shuffle=True, seed=5)
+
+    original = loader()
+    it = iter(original)
+    for _ in range(3):
+        next(it)
+    state = original.state_dict()
+    assert (state["epoch"], state["batches"]) == (0, 3)
+    _, labels = next(it)
+    expected = [labels.tolist()], torch.rand(3)  # the batch after the checkpoint, then a dropout-like draw
+    expected[0].extend(y.tolist() for _, y in it)
+
+    torch.manual_seed(123)  # scramble the generators: the loader must restore them
+    resumed = loader()
+    resumed.load_state_dict(state)
+    it = iter(resumed)
+    _, labels = next(it)
+    got = [labels.tolist()], torch.rand(3)
+    got[0].extend(y.tolist() for _, y in it)
+    assert got[0] == expected[0] and torch.equal(got[1], expected[1])
+    assert resumed.state_dict()["epoch"] == 1  # handing out the last batch moved to the next epoch
+    assert len(list(resumed)) == len(resumed) == 8  # which starts from its first batch
+
+
+def test_rng_state_round_trips_every_generator():
+    state = rng_state()
+    a = (random.random(), np.random.rand(), torch.rand(2))
+    check_weights_only_safe(state)
+    set_rng_state(state)
+    b = (random.random(), np.random.rand(), torch.rand(2))
+    assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+
+
+def test_collate_gives_labels_and_two_tower_batches():
+    train = sine_samples(6)
+    adapter = prepare_adapter("timeseries", {"dim": 8}, train)
+    items = [(adapter.encode(x), y) for x, y in train[:3]]
+    batch, labels = BatchCollator(adapter)(items)
+    assert labels.tolist() == [0, 1, 2] and batch["mask"].shape[0] == 3
+    pairs = [((adapter.encode(x), adapter.encode(x[:, :20])), y) for x, y in train[:2]]
+    batch, labels = BatchCollator(adapter, two_tower=True)(pairs)
+    assert set(batch) == {"left", "right"} and batch["left"]["mask"].shape == (2, 40) and batch["right"]["mask"].shape == (2, 20)
+
+
+def test_split_validation_is_stratified_and_disjoint():
+    samples = sine_samples(60)
+    train, val = split_validation(samples, 0.2, seed=0)
+    assert len(val) == 12 and len(train) == 48
+    assert sorted(train.indices + val.indices) == list(range(60))
+    assert np.bincount([y for _, y in val]).tolist() == [4, 4, 4]
+
+
+# ---------------------------------------------------------------- checkpoints
+def test_model_checkpoint_round_trip(tmp_path):
+    train = sine_samples(30)
+    model = tiny_model(train)
+    save_model(tmp_path / "ckpt", model, model.spec, ["a", "b", "c"], recipe={"name": "x"}, meta={"note": 1})
+    loaded = load_model(tmp_path / "ckpt")
+    assert loaded.classes == ["a", "b", "c"] and loaded.recipe == {"name": "x"} and loaded.meta["note"] == 1
+    assert loaded.spec == model.spec
+    assert loaded.model.adapter.preprocessing_state() == model.adapter.preprocessing_state()
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key
+    inputs = [x for x, _ in train[:5]]
+    np.testing.assert_array_equal(predict_proba(loaded.model, inputs, device="cpu"), predict_proba(model, inputs, device="cpu"))
+
+
+def test_safe_checkpoint_io_is_pickle_free(tmp_path):
+    io = SafeCheckpointIO()
+    weights = {"model.w": torch.randn(3, 2), "model.b": torch.zeros(2)}
+    ckpt = {"state_dict": weights, "epoch": 1, "global_step": 7, "optimizer_states": [{"state": {0: {"exp_avg": torch.ones(2)}}, "param_groups": [{"lr": 0.1, "betas": (0.9, 0.99)}]}]}
+    io.save_checkpoint(ckpt, tmp_path / "c")
+    state = torch.load(tmp_path / "c" / "training_state.pt", weights_only=True)
+    assert state["global_step"] == 7 and "state_dict" not in state
+    assert set(load_weights(tmp_path / "c" / "model.safetensors")) == {"w", "b"}
+    back = io.load_checkpoint(tmp_path / "c")
+    assert torch.equal(back["state_dict"]["model.w"], weights["model.w"]) and back["optimizer_states"][0]["param_groups"][0]["betas"] == (0.9, 0.99)
+    with pytest.raises(TypeError, match=r"training state\.bad"):
+        io.save_checkpoint({**ckpt, "bad": object()}, tmp_path / "d")
+    assert not (tmp_path / "d").exists()
+
+
+def test_atomic_directory_keeps_the_old_copy_on_failure(tmp_path):
+    target = tmp_path / "t"
+    with atomic_directory(target) as tmp:
+        (tmp / "f").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as tmp:
+            (tmp / "f").write_text("new")
+            raise RuntimeError("crash while writing")
+    assert (target / "f").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["t"]
+
+
+# ---------------------------------------------------------------- training
+def test_in_memory_fit_learns_and_predicts_in_order():
+    seed_everything(0)
+    train, val, test = sine_samples(90, seed=0), sine_samples(30, seed=1), sine_samples(30, seed=2)
+    model = tiny_model(train)
+    result = fit_classifier(model, train, val, TrainerConfig(max_epochs=6, **QUIET), OptimConfig(lr=5e-3, warmup_steps=3), batch_size=16)
+    assert result.global_step == 6 * 6 and len(result.history) == 6
+    assert result.history[-1]["train/loss"] < result.history[0]["train/loss"]
+    assert result.best_score == max(row["val/acc"] for row in result.history)
+    metrics = evaluate(result.model, test, device="cpu")
+    assert metrics["acc"] >= 0.6  # chance is 1/3
+    proba = predict_proba(result.model, [x for x, _ in test], batch_size=7, device="cpu")
+    assert proba.shape == (30, 3) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    assert (proba.argmax(1) == np.array([y for _, y in test])).mean() == pytest.approx(metrics["acc"])
+    assert np.asarray(metrics["confusion"]).sum() == 30
+    assert result.throughput["samples_seen"] == 6 * 90 and result.peak_memory["bytes"] > 0
+
+
+class KillAt(Callback):
+    """Simulates a crash right after optimizer step ``step``."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step >= self.step:
+            raise RuntimeError("simulated crash")
+
+
+def _fit_to(run_dir, train, val, resume=False, kill=None):
+    seed_everything(0)
+    model = tiny_model(train, dropout=0.2)
+    cfg = TrainerConfig(max_epochs=3, checkpoint_every_n_steps=3, **QUIET)
+    return fit_classifier(model, train, val, cfg, OptimConfig(lr=3e-3, warmup_steps=2), run_dir, batch_size=8,
+                          resume=resume, callbacks=[KillAt(kill)] if kill else [], restore_best=False)
+
+
+def test_killed_run_resumes_exactly(tmp_path):
+    train, val = sine_samples(60), sine_samples(24, seed=1)
+    full = _fit_to(tmp_path / "full", train, val)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _fit_to(tmp_path / "killed", train, val, kill=11)  # mid-epoch 2; last checkpoint at step 9
+    assert latest_checkpoint(tmp_path / "killed").name == "step-0000009"
+    resumed = _fit_to(tmp_path / "killed", train, val, resume=True)
+    assert resumed.global_step == full.global_step == 24
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(resumed.model.state_dict()[key], value), key  # same data order, dropout, optimizer, schedule
+    assert [row["step"] for row in resumed.history] == [8, 16, 24]  # history survives the resume
