@@ -440,7 +440,7 @@ def _validate_model(raw: dict) -> tuple[ModelSection, dict]:
     return section, shared
 
 
-def _validate_dataset(raw: dict, data: DataSection) -> None:
+def _validate_dataset(raw: dict) -> None:
     from modalities.datasets import get_dataset_loader, list_datasets
 
     if "name" not in raw:
@@ -534,7 +534,7 @@ def parse_recipe(raw: Any, name: str = "recipe") -> Recipe:
     data: DataSection = sections["data"]
     data.dataset = _mapping(data.dataset, "data.dataset")
     data.adapter = _mapping(data.adapter, "data.adapter")
-    _validate_dataset(data.dataset, data)
+    _validate_dataset(data.dataset)
     _validate_adapter(data.adapter, model, shared)
     _check_trainer(sections["trainer"], sections["schedule"], data)
     return Recipe(name=recipe_name, description=description, model=model, shared=shared, **sections)

@@ -10,7 +10,7 @@ from sktime.datasets import load_from_tsfile, load_UCR_UEA_dataset
 import modalities.datasets as registry
 from modalities.base import DatasetSplits
 from modalities.datasets import get_dataset_loader, list_datasets, load_dataset, register_dataset
-from modalities.datasets.ucr import SKTIME_BUNDLED, class_names
+from modalities.datasets.ucr import class_names, sktime_bundled_dir
 
 # shortcut: (archive name, train, test, channels, length or None if variable, classes)
 BUNDLED = {
@@ -63,8 +63,8 @@ def test_validation_split_is_stratified_and_seeded() -> None:
 
 
 def test_user_ts_files(tmp_path: Path) -> None:
-    unit = load_dataset("ucr", path=SKTIME_BUNDLED / "UnitTest")  # a folder with *_TRAIN.ts / *_TEST.ts
-    x_ref, y_ref = load_from_tsfile(str(SKTIME_BUNDLED / "UnitTest" / "UnitTest_TEST.ts"), return_data_type="numpy3D")
+    unit = load_dataset("ucr", path=sktime_bundled_dir() / "UnitTest")  # a folder with *_TRAIN.ts / *_TEST.ts
+    x_ref, y_ref = load_from_tsfile(str(sktime_bundled_dir() / "UnitTest" / "UnitTest_TEST.ts"), return_data_type="numpy3D")
     assert (len(unit.train), len(unit.test), unit.classes, unit.meta["name"]) == (20, 22, ["1", "2"], "UnitTest")
     np.testing.assert_array_equal(np.stack([x for x, _ in unit.test]), x_ref.astype(np.float32))
 

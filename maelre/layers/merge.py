@@ -62,8 +62,8 @@ def match_window(a: Tensor, b: Tensor, b_real: Tensor, window: int) -> tuple[Ten
 
     B token ``j + o`` sits at position ``2j + 2o + 1``, so ``|2o + 1| <= window`` gives the
     offsets ``o`` in ``[-ceil(window / 2), floor((window - 1) / 2)]``: a band of ``W ~ window``
-    candidates per A token, scored by one batched product over ``[B, Na, C, W]`` windows
-    (``O(N window)`` memory), never an ``Na x Nb`` matrix.
+    candidates per A token, scored over ``[B, Na, C, W]`` windows (``O(N window)``
+    memory), never an ``Na x Nb`` matrix.
     """
     if window < 1:
         raise ValueError(f"match window must be >= 1 position, got {window}; use None for global matching")
@@ -74,7 +74,7 @@ def match_window(a: Tensor, b: Tensor, b_real: Tensor, window: int) -> tuple[Ten
     pad = (before, na + after - nb)
     windows = F.pad(b, (0, 0, *pad)).unfold(1, width, 1)  # [B, Na, C, W]; slot s = offset s - before
     valid = F.pad(b_real, pad, value=False).unfold(1, width, 1)  # [B, Na, W]
-    scores = (a.unsqueeze(-2) @ windows).squeeze(-2)
+    scores = (a.unsqueeze(-1) * windows).sum(dim=-2)
     score, which = scores.masked_fill(~valid, float("-inf")).max(dim=-1)
     index = torch.arange(na, device=a.device) + which - before
     return score, index.clamp(0, nb - 1)  # out-of-range only where score is -inf
@@ -159,25 +159,26 @@ def bipartite_soft_matching(
         unit = F.normalize(metric, dim=-1)
         a, bb = unit[:, ::2], unit[:, 1::2]
         score, dst = match_global(a, bb, real_b) if window is None else match_window(a, bb, real_b, window)
-        score = score.masked_fill(~real_a, float("-inf"))
+        padded_a = ~real_a
+        score = score.masked_fill(padded_a, float("-inf"))
         if protect_first:
             score[:, 0] = float("-inf")
         best, src = score.topk(candidates, dim=1)  # [B, k] A tokens, most similar first
         chosen = best > float("-inf")
         if isinstance(r, Tensor):
             chosen &= torch.arange(candidates, device=device) < r[:, None]
-        else:
+        elif r < candidates:
             chosen[:, r:] = False
         dst = dst[rows, src]  # [B, k] B token of each candidate
-        src_size = torch.where(chosen, size_a[rows, src], 0)  # 0 for candidates that do not merge
+        src_size = size_a[rows, src] * chosen  # 0 for candidates that do not merge
         new_size_b = size_b.scatter_add(1, dst, src_size)
         merged_a = torch.zeros_like(real_a).scatter_(1, src, chosen)
         # kept tokens first, in sequence order: sort the columns of cat([A, B]) by position, dropped ones last
-        dropped = torch.cat([~real_a | merged_a, ~real_b], dim=1)
+        dropped = torch.cat([padded_a | merged_a, ~real_b], dim=1)
         position = torch.cat([torch.arange(0, n, 2, device=device), torch.arange(1, n, 2, device=device)])
         keep = torch.sort(position + n * dropped, dim=1).indices[:, :n_out]
-        denom = torch.where(real_b, new_size_b, 1)
-        merged_sizes = torch.cat([torch.where(merged_a, 0, size_a), new_size_b], dim=1)[rows, keep]
+        denom = new_size_b.clamp_min(1e-12)  # only padded B tokens have size 0
+        merged_sizes = torch.cat([size_a.masked_fill(merged_a, 0), new_size_b], dim=1)[rows, keep]
 
     def per_token(t: Tensor, like: Tensor) -> Tensor:
         """``[B, k]`` viewed to broadcast against ``like [B, k, ...]``."""

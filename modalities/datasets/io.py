@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import soundfile as sf
 from sklearn.model_selection import train_test_split
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
@@ -68,6 +67,13 @@ class AudioClip(NamedTuple):
     frames: int = -1
 
 
+def _soundfile():
+    """``soundfile``, imported on first use so loaders without audio don't need libsndfile."""
+    import soundfile
+
+    return soundfile
+
+
 def read_wav(path: str | os.PathLike, start: int = 0, frames: int = -1) -> tuple[np.ndarray, int]:
     """Read a wav file (or a part of it) with ``soundfile``.
 
@@ -83,8 +89,8 @@ def read_wav(path: str | os.PathLike, start: int = 0, frames: int = -1) -> tuple
     if not path.is_file():
         raise FileNotFoundError(f"audio file {path} does not exist")
     try:
-        data, sample_rate = sf.read(path, start=start, frames=frames, dtype="float32", always_2d=True)
-    except sf.SoundFileError as err:
+        data, sample_rate = _soundfile().read(path, start=start, frames=frames, dtype="float32", always_2d=True)
+    except _soundfile().SoundFileError as err:
         raise _undecodable(path, err) from err
     if data.shape[0] == 0:
         where = f" from sample {start}" if start else ""
@@ -99,8 +105,8 @@ def wav_info(path: str | os.PathLike) -> tuple[int, int]:
     if not path.is_file():
         raise FileNotFoundError(f"audio file {path} does not exist")
     try:
-        info = sf.info(path)
-    except sf.SoundFileError as err:
+        info = _soundfile().info(path)
+    except _soundfile().SoundFileError as err:
         raise _undecodable(path, err) from err
     return int(info.frames), int(info.samplerate)
 
@@ -126,7 +132,7 @@ def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int) -> No
     fd, tmp = _atomic_target(path)
     try:
         with os.fdopen(fd, "wb") as f:
-            sf.write(f, pcm, sample_rate, subtype="PCM_16", format="WAV")
+            _soundfile().write(f, pcm, sample_rate, subtype="PCM_16", format="WAV")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -12,16 +12,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import sktime.datasets
-from sktime.datasets import load_from_tsfile, load_UCR_UEA_dataset
-from sktime.datasets.tsc_dataset_names import multivariate, univariate
 
 from modalities.base import DatasetSplits
 from modalities.datasets import register_dataset
 from modalities.datasets.io import LazySplit, carve_validation
 
-SKTIME_BUNDLED = Path(sktime.datasets.__file__).parent / "data"
-"""sktime's wheel ships some archive sets here (no download needed)."""
+# sktime is imported inside the functions that need it, so the other dataset loaders
+# work on machines without it (the GPU image has no sktime).
+
+
+def sktime_bundled_dir() -> Path:
+    """Where sktime's wheel ships its archive sets (no download needed)."""
+    import sktime.datasets
+
+    return Path(sktime.datasets.__file__).parent / "data"
+
 UCR_SHORTCUTS = {
     "acsf1": "ACSF1",
     "plaid": "PLAID",
@@ -46,6 +51,8 @@ def _archive_files(folder: Path | None, name: str) -> bool:
 
 def _canonical_name(name: str, root: Path | None) -> str:
     """The archive spelling of ``name`` (case-insensitive), among the archive lists and ``root``'s sets."""
+    from sktime.datasets.tsc_dataset_names import multivariate, univariate
+
     known = set(univariate) | set(multivariate)
     if root is not None and root.is_dir():
         known |= {p.name for p in root.iterdir() if _archive_files(root, p.name)}
@@ -98,7 +105,7 @@ def load_ucr(
         title = _canonical_name(name, root)
         extract_path = _extract_path(title, root, download)
         (x_train, y_train), (x_test, y_test) = (_read_archive(title, split, extract_path) for split in ("train", "test"))
-        source = extract_path or str(SKTIME_BUNDLED)
+        source = extract_path or str(sktime_bundled_dir())
     classes = class_names([*y_train, *y_test])
     index = {label: i for i, label in enumerate(classes)}
     train = LazySplit(_to_arrays(x_train, title), [index[str(v)] for v in y_train])
@@ -120,7 +127,7 @@ def _extract_path(name: str, root: Path | None, download: bool) -> str | None:
     """sktime's ``extract_path`` for ``name``: ``root`` if it holds the set, ``None`` for a bundled set."""
     if _archive_files(root, name):
         return str(root)
-    if _archive_files(SKTIME_BUNDLED, name):
+    if _archive_files(sktime_bundled_dir(), name):
         return None  # sktime skips its bundled folder when given an extract_path
     if download:
         return None if root is None else str(root)
@@ -130,6 +137,8 @@ def _extract_path(name: str, root: Path | None, download: bool) -> str | None:
 
 def _read_archive(name: str, split: str, extract_path: str | None) -> tuple[pd.DataFrame, np.ndarray]:
     try:
+        from sktime.datasets import load_UCR_UEA_dataset
+
         return load_UCR_UEA_dataset(name, split=split, return_type="nested_univ", extract_path=extract_path)
     except RuntimeError as err:  # sktime: "All download strategies failed"
         raise FileNotFoundError(f"could not download UCR/UEA set {name!r} ({err}). {UCR_HINT}") from err
@@ -152,6 +161,8 @@ def _ts_pair(path: Path) -> tuple[Path, Path]:
 
 def _read_ts(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     try:
+        from sktime.datasets import load_from_tsfile
+
         return load_from_tsfile(str(path), return_data_type="nested_univ")
     except Exception as err:  # sktime's parser raises OSError, TypeError, ValueError, ... on malformed files
         raise ValueError(f"cannot parse time-series file {path} ({type(err).__name__}: {err}); it must be in sktime's .ts format") from err
