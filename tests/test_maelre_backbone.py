@@ -208,3 +208,16 @@ def test_bad_inputs_raise():
         m(torch.randn(1, 8, 16))
     with pytest.raises(ValueError, match="all padding"):
         m(torch.randn(2, 8, DIM), torch.tensor([[True] * 8, [False] * 8]))
+
+
+@pytest.mark.parametrize("approx", ["linear", "nystrom"])
+def test_bf16_autocast_training_step(approx):
+    m = model(approx=approx, num_landmarks=8, switch_threshold=40).train()
+    tokens, mask = batch([64, 50])
+    tokens.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(tokens, mask, return_trace=True)
+    assert {b.attention for b in out.trace} == {approx, "exact"}
+    out.pooled.float().pow(2).sum().backward()
+    assert torch.isfinite(tokens.grad).all() and tokens.grad[mask].abs().sum() > 0
+    assert all(torch.isfinite(p.grad).all() for p in m.parameters())
