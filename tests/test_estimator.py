@@ -265,6 +265,16 @@ def test_random_state_reproducible_and_global_rng_untouched(gunpoint):
     assert not np.allclose(a, c)
 
 
+def test_nan_policy_lets_missing_values_through(gunpoint):
+    X, y = gunpoint[0][:20].copy(), gunpoint[1][:20]
+    X[::3, 40:45] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        MAELREClassifier(**TINY).fit(X, y)
+    clf = MAELREClassifier(**{**TINY, "max_epochs": 1}, adapter_params={"nan_policy": "interpolate"}).fit(X, y)
+    assert clf.__sklearn_tags__().input_tags.allow_nan
+    assert np.isfinite(clf.predict_proba(X)).all()
+
+
 def test_other_backbone():
     X, y = load_UCR_UEA_dataset("ArrowHead", split="train", return_X_y=True)
     clf = MAELREClassifier(**TINY, backbone="transformer").fit(X, y)
