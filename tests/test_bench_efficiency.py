@@ -451,7 +451,7 @@ def test_cli_rejects_bad_options(tmp_path, capsys):
     assert exc.value.code == 2 and "bad sequence length 'x'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         eff.main(["--report-only", "--out", str(tmp_path / "missing.json")])
-    assert "no results file" in capsys.readouterr().err
+    assert "no JSON file" in capsys.readouterr().err
 
 
 def test_atomic_json_write_keeps_the_old_file_on_failure(tmp_path):

@@ -206,7 +206,7 @@ def test_cli_reports_bad_arguments(tmp_path, recipes, capsys):
     assert "unknown task 'lisstops'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         lb.main(sweep_args(tmp_path, recipes, "--report-only"))  # no results file yet
-    assert "no results file" in capsys.readouterr().err
+    assert "no JSON file" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("task", list(lb.TASKS))

@@ -5,59 +5,15 @@ benchmark and the accuracy leaderboard render their results the same way.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from maelre.fileio import atomic_path, read_json, write_json_atomic, write_text_atomic  # noqa: F401  (re-exported)
+
 Formatter = Callable[[Any], str]
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path`` atomically.
-
-    Readers never see a half-written file: the content goes to a temp file in the
-    same folder (same file system), which ``os.replace`` then moves over ``path``.
-    On error the temp file is removed and ``path`` is left as it was.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON to ``path`` atomically; NaN/inf are refused (not valid JSON)."""
-    return write_text_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    """Load a JSON file, with clear errors for a missing or corrupt file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no results file at {path}; run the benchmark first or pass the right path")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); delete it or point to another results file") from err
 
 
 def format_number(value: Any, digits: int = 3) -> str:

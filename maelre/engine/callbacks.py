@@ -22,7 +22,12 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from maelre.engine.checkpoint import EXTRAS_KEY, ModelSpec, find_checkpoints, write_json_atomic
+from maelre.engine.checkpoint import (
+    EXTRAS_KEY,
+    ModelSpec,
+    find_checkpoints,
+    write_json_atomic,
+)
 from maelre.engine.data import batch_size_of, token_count
 
 
@@ -298,5 +303,5 @@ def plot_learning_curve(history: list[dict[str, float]], path: str | Path) -> Pa
 
 def write_results(path: str | Path, results: dict[str, Any]) -> Path:
     """``results.json`` (atomic)."""
-    write_json_atomic(path, results)
+    write_json_atomic(path, results, allow_nan=True)
     return Path(path)

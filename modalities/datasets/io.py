@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 from sklearn.model_selection import train_test_split
+
+from maelre.fileio import atomic_path, write_text_atomic
 
 SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 """``../shared/data`` beside the checkout (present on dev and CI machines)."""
@@ -120,36 +121,17 @@ def read_clip(clip: AudioClip) -> tuple[np.ndarray, int]:
     return read_wav(clip.path, clip.start, clip.frames)
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-
-
 def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int) -> None:
     """Write ``wave`` (float ``[T]`` in ``[-1, 1]``) as 16-bit PCM wav, atomically (temp file + ``os.replace``)."""
     path = Path(path)
     pcm = np.clip(np.asarray(wave, dtype=np.float32), -1.0, 32767 / 32768)  # PCM_16 cannot hold +1.0
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _soundfile().write(f, pcm, sample_rate, subtype="PCM_16", format="WAV")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        _soundfile().write(tmp, pcm, sample_rate, subtype="PCM_16", format="WAV")
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temp file + ``os.replace``)."""
-    path = Path(path)
-    fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
 
 
 class LazySplit(Sequence):
