@@ -1,4 +1,4 @@
-"""The ``maelre`` command line: ``fit | validate | test | predict | check | info | bench``.
+"""The ``maelre`` command line: ``fit | validate | test | predict | check | info | bench | lra``.
 
 Exit status: 0 on success, 2 for user errors (bad recipe, missing file, ...), printed as
 one line without a traceback; ``--debug`` shows the traceback instead.
@@ -246,6 +246,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return int(result or 0)
 
 
+def cmd_lra(args: argparse.Namespace) -> int:
+    from maelre.bench import leaderboard
+
+    return int(leaderboard.main(list(args.passthrough)) or 0)
+
+
 # ---------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="maelre", description="Train, evaluate and use long-sequence classifiers.")
@@ -296,13 +302,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("suite", help="benchmark name (efficiency)")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of the benchmark")
     p.set_defaults(func=cmd_bench)
+
+    # Its options belong to maelre.bench.leaderboard, which parses them itself (see main).
+    p = sub.add_parser("lra", help="accuracy leaderboard: every backbone on LRA tasks and FSDD, same budget ('maelre lra --help')", add_help=False)
+    p.set_defaults(func=cmd_lra)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Console entry point; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, passthrough = parser.parse_known_args(argv)
+    if args.command != "lra" and passthrough:
+        parser.error(f"unrecognized arguments: {' '.join(passthrough)}")
+    args.passthrough = passthrough
     try:
         with warnings.catch_warnings():
             from maelre.recipe import RecipeWarning

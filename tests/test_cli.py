@@ -156,3 +156,16 @@ def test_bench_delegates_to_the_efficiency_benchmark(capsys):
         main(["bench", "efficiency", "--help"])
     assert exit_info.value.code == 0
     assert "--seq-lens" in capsys.readouterr().out
+
+
+def test_lra_delegates_to_the_leaderboard(tmp_path, capsys):
+    out = tmp_path / "lb.json"
+    out.write_text((Path(__file__).resolve().parents[1] / "benchmarks/results/leaderboard.json").read_text())
+    table = tmp_path / "lb.md"
+    with pytest.raises(SystemExit) as err:
+        main(["lra", "--help"])
+    assert err.value.code == 0 and "--tasks" in capsys.readouterr().out
+    assert main(["lra", "--report-only", "--out", str(out), "--table", str(table)]) == 0
+    assert "FSDD" in table.read_text()
+    with pytest.raises(SystemExit):  # other commands still reject unknown options
+        main(["info", "--bogus"])
