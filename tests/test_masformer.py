@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from maelre import create_backbone
 from maelre.backbones.masformer import sliding_window_attention, sliding_window_attention_flex
-from maelre.layers import exact_attention, reference_attention
+from maelre.layers import reference_attention
 
 DIM, HEADS = 16, 2
 CUDA = torch.cuda.is_available()
