@@ -7,7 +7,6 @@ the loader's signature, so a misspelt one fails with a suggestion instead of bei
 from __future__ import annotations
 
 import inspect
-from importlib import import_module
 from typing import Any, Callable, TypeVar
 
 from modalities.base import DatasetSplits, _suggest
@@ -64,11 +63,7 @@ def load_dataset(name: str, /, **kwargs: Any) -> DatasetSplits:
     return splits
 
 
-for _module in ("audio", "images", "ucr", "lra"):
-    try:
-        import_module(f"modalities.datasets.{_module}")
-    except ModuleNotFoundError as err:  # tolerate only the module itself being absent
-        if err.name != f"modalities.datasets.{_module}":
-            raise
+# Importing the loader modules registers them (after register_dataset exists).
+from modalities.datasets import audio, images, lra, ucr  # noqa: E402, F401
 
 __all__ = ["DatasetSplits", "get_dataset_loader", "list_datasets", "load_dataset", "register_dataset"]
