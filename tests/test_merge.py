@@ -197,3 +197,20 @@ def test_bad_arguments_raise_clear_errors():
         merge(x[:, :4])
     with pytest.raises(ValueError, match="unmerge expects"):
         unmerge(x)
+
+
+@pytest.mark.parametrize("window", [None, 8])
+def test_compiled_merge_equals_eager(window):
+    """Inductor once miscompiled the matching (right scores, wrong partners); it must stay eager-equal."""
+    torch._dynamo.reset()
+    metric, x = torch.randn(2, 64, 8), torch.randn(2, 64, 4)
+    sizes = torch.ones(2, 64)
+    sizes[1, 50:] = 0  # a padded row too
+
+    def merged(metric, sizes, x):
+        plan = bipartite_soft_matching(metric, sizes, 16, 48, window=window)
+        return plan.merge(x), plan.sizes
+
+    eager, compiled = merged(metric, sizes, x), torch.compile(merged)(metric, sizes, x)
+    torch.testing.assert_close(compiled[1], eager[1])
+    torch.testing.assert_close(compiled[0], eager[0])

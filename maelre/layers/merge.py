@@ -40,6 +40,11 @@ def compaction_order(keep: Tensor) -> Tensor:
     return torch.sort((~keep).to(torch.uint8), dim=1, stable=True).indices
 
 
+# Inductor (torch 2.11, CPU) miscompiles the fused "mask the scores, then max with
+# index" of the matching: values right, indices wrong for most rows. The two matchers
+# therefore always run eagerly, also inside a torch.compile'd backbone (a graph break
+# per merge); tests/test_merge.py checks compiled merging against eager.
+@torch.compiler.disable
 def match_global(a: Tensor, b: Tensor, b_real: Tensor) -> tuple[Tensor, Tensor]:
     """Best B match of every A token over all of B.
 
@@ -57,6 +62,7 @@ def match_global(a: Tensor, b: Tensor, b_real: Tensor) -> tuple[Tensor, Tensor]:
     return scores.max(dim=-1)
 
 
+@torch.compiler.disable
 def match_window(a: Tensor, b: Tensor, b_real: Tensor, window: int) -> tuple[Tensor, Tensor]:
     """Like ``match_global``, but A token ``j`` (position ``2j``) only sees B tokens within ``window`` positions.
 
