@@ -13,7 +13,6 @@ import datetime as dt
 import shlex
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 

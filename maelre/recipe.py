@@ -29,7 +29,6 @@ key when a key is unknown.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import inspect
 import types
 import typing
@@ -42,6 +41,7 @@ import yaml
 
 from maelre.engine.fit import TrainerConfig
 from maelre.engine.task import OptimConfig, check_optimizer, check_schedule
+from maelre.suggest import did_you_mean
 
 SECTIONS = ("name", "description", "data", "model", "optimizer", "schedule", "loss", "trainer", "output")
 
@@ -59,8 +59,7 @@ class RecipeWarning(UserWarning):
 
 
 def _hint(key: str, options: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    return did_you_mean(key, options, cutoff=0.5)
 
 
 def _join(path: str, key: str | int) -> str:

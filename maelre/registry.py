@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from typing import Any, Callable, TypeVar
 
 from maelre.backbones.base import Backbone, BackboneConfig
+from maelre.suggest import did_you_mean
 
 _REGISTRY: dict[str, type[Backbone]] = {}
 B = TypeVar("B", bound=type[Backbone])
@@ -37,9 +37,7 @@ def list_backbones() -> list[str]:
 def get_backbone_class(name: str) -> type[Backbone]:
     _ensure_loaded()
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"unknown backbone {name!r}{hint} Available: {', '.join(sorted(_REGISTRY))}")
+        raise ValueError(f"unknown backbone {name!r}{did_you_mean(name, _REGISTRY)} Available: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 
@@ -53,9 +51,7 @@ def make_config(name: str, **overrides: Any) -> BackboneConfig:
     fields = config_fields(name)
     for key in overrides:
         if key not in fields:
-            close = difflib.get_close_matches(key, list(fields), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"backbone {name!r} has no config key {key!r}{hint} Valid keys: {', '.join(fields)}")
+            raise ValueError(f"backbone {name!r} has no config key {key!r}{did_you_mean(key, fields)} Valid keys: {', '.join(fields)}")
     return get_backbone_class(name).config_class(**overrides)
 
 

@@ -18,12 +18,13 @@ Nothing modality-specific goes past ``forward``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, TypeVar
 
 from torch import Tensor, nn
+
+from maelre.suggest import did_you_mean
 
 
 @dataclass
@@ -109,11 +110,6 @@ def register_adapter(name: str) -> Callable[[A], A]:
     return wrap
 
 
-def _suggest(key: str, options: Sequence[str]) -> str:
-    close = difflib.get_close_matches(key, list(options), n=1)
-    return f"; did you mean {close[0]!r}?" if close else ""
-
-
 def list_adapters() -> list[str]:
     import modalities  # noqa: F401  (registers the built-in adapters)
 
@@ -124,19 +120,19 @@ def create_adapter(name: str, **config: Any) -> ModalityAdapter:
     """Instantiate adapter ``name`` with config fields ``**config`` (unknown keys are an error)."""
     list_adapters()
     if name not in _ADAPTERS:
-        raise ValueError(f"unknown adapter {name!r}{_suggest(name, _ADAPTERS)} Available: {', '.join(sorted(_ADAPTERS))}")
+        raise ValueError(f"unknown adapter {name!r}{did_you_mean(name, _ADAPTERS)} Available: {', '.join(sorted(_ADAPTERS))}")
     cls = _ADAPTERS[name]
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     for key in config:
         if key not in fields:
-            raise ValueError(f"adapter {name!r} has no setting {key!r}{_suggest(key, fields)} Valid: {', '.join(sorted(fields))}")
+            raise ValueError(f"adapter {name!r} has no setting {key!r}{did_you_mean(key, fields)} Valid: {', '.join(sorted(fields))}")
     return cls(cls.config_class(**config))
 
 
 def adapter_config_class(name: str) -> type[AdapterConfig]:
     list_adapters()
     if name not in _ADAPTERS:
-        raise ValueError(f"unknown adapter {name!r}{_suggest(name, _ADAPTERS)}")
+        raise ValueError(f"unknown adapter {name!r}{did_you_mean(name, _ADAPTERS)}")
     return _ADAPTERS[name].config_class
 
 

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from modalities.datasets.io import SHARED_DATA
+
 # Under pytest-xdist every worker is a process of its own: one torch thread each keeps
 # the 2-core CI machine from oversubscribing (tiny models gain nothing from more).
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -28,10 +28,11 @@ def _seed() -> None:
     torch.manual_seed(0)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def torch_single_thread():
-    """Run a test with one intra-op thread (restored after): training tests on a 2-core
-    machine shared by two pytest workers slow down many times over with 2 threads each."""
+    """One intra-op thread for a test module (restored after): training tests on a 2-core
+    machine shared by two pytest workers slow down many times over with 2 threads each.
+    Module-scoped so it also covers the module's fixtures that train models."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

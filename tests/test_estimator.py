@@ -26,13 +26,7 @@ from maelre.inputs import detect_input, to_items
 TINY = dict(dim=16, depth=1, heads=2, max_epochs=3, batch_size=16, lr=1e-2, random_state=0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: intra-op threads only add synchronisation (and contend with xdist workers)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from sktime.datasets import load_UCR_UEA_dataset
 from sktime.datatypes import convert_to
 from sktime.utils.estimator_checks import check_estimator
@@ -12,13 +11,7 @@ from maelre.estimator import MAELREClassifier
 from maelre.sktime_adapter import MAELRESktimeClassifier
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny models: intra-op threads only add synchronisation (and contend with xdist workers)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def test_passes_sktime_estimator_checks():

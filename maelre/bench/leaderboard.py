@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import difflib
 import json
 import math
 import shlex
@@ -39,6 +38,7 @@ from maelre.bench.report import markdown_table, read_json, write_json_atomic, wr
 from maelre.engine.runner import run_recipe
 from maelre.recipe import Recipe, load_recipe
 from maelre.registry import get_backbone_class
+from maelre.suggest import did_you_mean
 
 Log = Callable[[str], None]
 
@@ -302,9 +302,7 @@ class SweepConfig:
             raise ValueError(f"no tasks given; choose from {', '.join(TASKS)}")
         for name in self.tasks:
             if name not in TASKS:
-                close = difflib.get_close_matches(name, TASKS, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"unknown task {name!r}{hint} Available: {', '.join(TASKS)}")
+                raise ValueError(f"unknown task {name!r}{did_you_mean(name, TASKS)} Available: {', '.join(TASKS)}")
         if not self.backbones:
             raise ValueError("no backbones given; pass --backbones, e.g. maelre,transformer")
         for name in self.backbones:

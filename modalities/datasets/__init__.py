@@ -9,7 +9,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, TypeVar
 
-from modalities.base import DatasetSplits, _suggest
+from maelre.suggest import did_you_mean
+from modalities.base import DatasetSplits
 
 _DATASETS: dict[str, Callable[..., DatasetSplits]] = {}
 L = TypeVar("L", bound=Callable[..., DatasetSplits])
@@ -40,7 +41,7 @@ def get_dataset_loader(name: str) -> Callable[..., DatasetSplits]:
     """The loader registered under ``name`` (case-insensitive); ``ValueError`` with a suggestion if unknown."""
     key = name.lower()
     if key not in _DATASETS:
-        raise ValueError(f"unknown dataset {name!r}{_suggest(key, _DATASETS)} Available: {', '.join(sorted(_DATASETS))}")
+        raise ValueError(f"unknown dataset {name!r}{did_you_mean(key, _DATASETS)} Available: {', '.join(sorted(_DATASETS))}")
     return _DATASETS[key]
 
 
@@ -56,7 +57,7 @@ def load_dataset(name: str, /, **kwargs: Any) -> DatasetSplits:
         valid = [p.name for p in params.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
         for key in kwargs:
             if key not in valid:
-                raise ValueError(f"dataset {name!r} has no setting {key!r}{_suggest(key, valid)} Valid: {', '.join(valid)}")
+                raise ValueError(f"dataset {name!r} has no setting {key!r}{did_you_mean(key, valid)} Valid: {', '.join(valid)}")
     splits = loader(**kwargs)
     if not isinstance(splits, DatasetSplits):
         raise TypeError(f"loader {loader.__qualname__} of dataset {name!r} returned {type(splits).__name__}, not DatasetSplits")

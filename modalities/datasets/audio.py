@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torchaudio
 
-from modalities.base import DatasetSplits, _suggest
+from maelre.suggest import did_you_mean
+from modalities.base import DatasetSplits
 from modalities.datasets import register_dataset
 from modalities.datasets.io import (
     AudioClip,
@@ -126,7 +127,7 @@ def _select_speakers(recordings: list[FsddRecording], speakers: Sequence[str]) -
     known = sorted({r.speaker for r in recordings})
     for speaker in wanted:
         if speaker not in known:
-            raise ValueError(f"unknown FSDD speaker {speaker!r}{_suggest(speaker, known)} Speakers: {', '.join(known)}")
+            raise ValueError(f"unknown FSDD speaker {speaker!r}{did_you_mean(speaker, known)} Speakers: {', '.join(known)}")
     if not wanted:
         raise ValueError(f"speakers is empty; pass None for all speakers or some of: {', '.join(known)}")
     return [r for r in recordings if r.speaker in wanted]
@@ -183,7 +184,7 @@ def load_speech_commands(
     """
     task = str(task)
     if task not in SPEECH_COMMANDS_TASKS:
-        hint = _suggest(task, SPEECH_COMMANDS_TASKS)
+        hint = did_you_mean(task, SPEECH_COMMANDS_TASKS)
         raise ValueError(f"unknown Speech Commands task {task!r}{hint} Tasks: {', '.join(SPEECH_COMMANDS_TASKS)}")
     if keywords is not None and task == "35":
         raise ValueError("keywords applies to tasks '10' and '12' only; task '35' uses every word folder")
@@ -284,7 +285,7 @@ def _check_keywords(keywords: Sequence[str], words: list[str]) -> tuple[str, ...
         raise ValueError(f"keywords must be distinct word names, got {list(keywords)}")
     for word in keywords:
         if word not in words:
-            raise ValueError(f"unknown Speech Commands word {word!r}{_suggest(word, words)} Words: {', '.join(words)}")
+            raise ValueError(f"unknown Speech Commands word {word!r}{did_you_mean(word, words)} Words: {', '.join(words)}")
     return keywords
 
 

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 from torchvision.datasets.utils import download_url
 
-from modalities.base import DatasetSplits, _suggest
+from maelre.suggest import did_you_mean
+from modalities.base import DatasetSplits
 from modalities.datasets import register_dataset
 from modalities.datasets.io import LazySplit, carve_validation, list_files, require_dir, resolve_root
 from modalities.datasets.listops import LISTOPS_CLASSES, generate_listops, read_listops_tsv
@@ -117,7 +118,7 @@ def _load_pathfinder(
     seed: int, difficulty: str, n_jobs: int, settings: dict,
 ) -> DatasetSplits:
     if difficulty not in DIFFICULTIES:
-        raise ValueError(f"unknown Pathfinder difficulty {difficulty!r}{_suggest(difficulty, DIFFICULTIES)} "
+        raise ValueError(f"unknown Pathfinder difficulty {difficulty!r}{did_you_mean(difficulty, DIFFICULTIES)} "
                          f"Valid: {', '.join(DIFFICULTIES)}")
     if root is not None:
         if settings:

@@ -44,7 +44,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from scipy import ndimage
 
-from modalities.base import _suggest
+from maelre.suggest import did_you_mean
 from modalities.datasets.io import LazySplit, require_dir
 
 PATHFINDER_CLASSES: list[str] = ["disconnected", "connected"]
@@ -101,7 +101,7 @@ class PathfinderConfig:
         fields = sorted(f.name for f in dataclasses.fields(cls) if f.name != "size")
         for key in overrides:
             if key not in fields:
-                where = _suggest(key, fields) if key != "size" else " (the size is its own argument, or use the pathx data set)"
+                where = did_you_mean(key, fields) if key != "size" else " (the size is its own argument, or use the pathx data set)"
                 raise ValueError(f"unknown Pathfinder setting {key!r}{where} Valid: {', '.join(fields)}")
         if size == 128:
             geometry = dict(segment_length=5.0, seed_distance=20.0, marker_radius=3.0, padding=4)
