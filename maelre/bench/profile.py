@@ -1,0 +1,201 @@
+"""Profile one training or inference step of a backbone: where the GPU time goes.
+
+The efficiency benchmark says how fast each backbone is; this says why. For each
+backbone and length it builds the same step as ``maelre.bench.efficiency`` (same
+shape, batch policy, dtype, optimizer), warms it up, then records ``--steps`` steps
+with ``torch.profiler`` and reports per step:
+
+- ``wall_ms``: CUDA-event time of the step (as in the efficiency benchmark);
+- ``kernels``: GPU kernels launched, and ``kernel_ms``: their summed GPU time;
+- ``gpu_busy``: ``kernel_ms / wall_ms``, well below 1 when the GPU waits on the host
+  (launch overhead) rather than on arithmetic or memory;
+- ``aten_ops``: operator calls dispatched on the host;
+- the kernels and operators that take the most GPU time.
+
+``--check-compile`` also compares ``torch.compile(backbone)`` with eager on one random
+batch (float32, the shape given by ``--check-len``), so a miscompile shows up before
+compiled timings are trusted.
+
+    python -m maelre.bench.profile --backbones maelre,transformer --seq-lens 16K --out prof.json --table prof.md
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import statistics
+import sys
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity, profile
+
+from maelre.bench.efficiency import BenchConfig, make_step, parse_name_list, parse_seq_lens, release_memory, time_step
+from maelre.bench.report import markdown_table, write_json_atomic, write_text_atomic
+from maelre.registry import create_backbone
+
+TOP = 12
+
+
+def _short(name: str, width: int = 90) -> str:
+    return name if len(name) <= width else name[: width - 3] + "..."
+
+
+def profile_case(name: str, seq_len: int, mode: str, config: BenchConfig, steps: int = 2) -> dict[str, Any]:
+    """Profile ``steps`` steps of one case after warm-up; per-step numbers and the top consumers."""
+    device = torch.device(config.device)
+    batch = config.batch_for(seq_len)
+    step = make_step(name, seq_len, batch, mode, config)
+    times = time_step(step, warmup=config.warmup, repeats=max(3, config.repeats), device=device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities, acc_events=True) as prof:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    kernel_time: Counter[str] = Counter()
+    kernel_count: Counter[str] = Counter()
+    op_count: Counter[str] = Counter()
+    for event in prof.events():
+        if event.device_type == DeviceType.CUDA:
+            kernel_time[event.name] += event.device_time_total / 1e3  # us -> ms
+            kernel_count[event.name] += 1
+        elif event.name.startswith("aten::"):
+            op_count[event.name] += 1
+    op_time = {
+        a.key: a.self_device_time_total / 1e3 for a in prof.key_averages() if a.key.startswith("aten::") and a.self_device_time_total > 0
+    }
+    wall = statistics.median(times)
+    kernel_ms = sum(kernel_time.values()) / steps
+    return {
+        "backbone": name,
+        "seq_len": seq_len,
+        "batch": batch,
+        "mode": mode,
+        "wall_ms": wall,
+        "kernels": sum(kernel_count.values()) // steps,
+        "kernel_ms": kernel_ms,
+        "gpu_busy": kernel_ms / wall if device.type == "cuda" else None,
+        "aten_ops": sum(op_count.values()) // steps,
+        "top_kernels": [
+            {"name": _short(k), "ms": t / steps, "calls": kernel_count[k] // steps} for k, t in kernel_time.most_common(TOP)
+        ],
+        "top_ops_by_gpu_time": [{"name": k, "ms": t / steps} for k, t in sorted(op_time.items(), key=lambda kv: -kv[1])[:TOP]],
+        "top_ops_by_calls": [{"name": k, "calls": c // steps} for k, c in op_count.most_common(TOP)],
+    }
+
+
+def check_compile(name: str, config: BenchConfig, seq_len: int, batch: int = 2) -> dict[str, Any]:
+    """Max |compiled - eager| of the pooled output, float32, on one random padded batch."""
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)
+    backbone = create_backbone(name, **config.backbone_kwargs(name)).to(device).eval()
+    backbone.validate_inputs = False  # its host-synced checks would split the compiled graph
+    tokens = torch.randn(batch, seq_len, config.dim, device=device)
+    mask = torch.ones(batch, seq_len, dtype=torch.bool, device=device)
+    mask[0, seq_len // 2 :] = False  # one padded row: masks must survive compilation too
+    with torch.no_grad():
+        eager = backbone(tokens, mask)
+        torch._dynamo.reset()
+        compiled = torch.compile(backbone)(tokens, mask)
+    diff = (compiled - eager).abs().max().item()
+    return {"backbone": name, "seq_len": seq_len, "batch": batch, "max_abs_diff": diff, "max_abs_eager": eager.abs().max().item()}
+
+
+def render_markdown(document: Mapping[str, Any]) -> str:
+    meta = document["meta"]
+    lines = [
+        "# Step profile",
+        "",
+        f"{meta['gpu_name']}, torch {meta['torch']}, {meta['dtype']}, dim {meta['dim']}, depth {meta['depth']}, "
+        f"heads {meta['heads']}, MLP ratio {meta['mlp_ratio']}; {meta['batch_policy']}; compile={meta['compile']}; {meta['date']}.",
+        "",
+        f"Command: `{meta['command']}`",
+        "",
+        markdown_table(
+            [{**c, "wall": f"{c['wall_ms']:.1f}", "kern": f"{c['kernel_ms']:.1f}", "busy": "—" if c["gpu_busy"] is None else f"{c['gpu_busy']:.2f}"} for c in document["cases"]],
+            [("backbone", "backbone"), ("seq_len", "N"), ("batch", "batch"), ("mode", "mode"), ("wall", "step ms"), ("kern", "kernel ms"),
+             ("busy", "GPU busy"), ("kernels", "kernels/step"), ("aten_ops", "aten ops/step")],
+        ),  # fmt: skip
+    ]
+    for case in document["cases"]:
+        lines += [f"## {case['backbone']}, N={case['seq_len']}, {case['mode']}", ""]
+        if case["top_kernels"]:
+            lines += ["Kernels by GPU time per step:", ""]
+            lines.append(markdown_table([{**k, "ms": f"{k['ms']:.2f}"} for k in case["top_kernels"]], [("name", "kernel"), ("calls", "calls"), ("ms", "ms")]))
+        if case["top_ops_by_gpu_time"]:
+            lines += ["Operators by GPU time per step (self):", ""]
+            lines.append(markdown_table([{**o, "ms": f"{o['ms']:.2f}"} for o in case["top_ops_by_gpu_time"]], [("name", "operator"), ("ms", "ms")]))
+        lines += ["Operators by calls per step:", ""]
+        lines.append(markdown_table(case["top_ops_by_calls"], [("name", "operator"), ("calls", "calls")]))
+    if document.get("compile_checks"):
+        lines += ["## torch.compile against eager (float32)", ""]
+        lines.append(
+            markdown_table(
+                [{**c, "diff": f"{c['max_abs_diff']:.2e}", "scale": f"{c['max_abs_eager']:.2e}"} for c in document["compile_checks"]],
+                [("backbone", "backbone"), ("seq_len", "N"), ("batch", "batch"), ("diff", "max |compiled - eager|"), ("scale", "max |eager|")],
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="maelre bench profile", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbones", default="maelre,transformer", help="comma-separated registry names (default: %(default)s)")
+    parser.add_argument("--seq-lens", default="16K", help="sequence lengths, K = 1024 (default: %(default)s)")
+    parser.add_argument("--modes", default="train", help="train and/or infer (default: %(default)s)")
+    parser.add_argument("--tokens-per-batch", type=int, default=65536, help="batch = tokens_per_batch // N (default: %(default)s)")
+    parser.add_argument("--dim", type=int, default=256)
+    parser.add_argument("--depth", type=int, default=8)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--mlp-ratio", type=float, default=4.0)
+    parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--device", default=None, help="default: cuda if available")
+    parser.add_argument("--compile", action="store_true", help="profile torch.compile(backbone)")
+    parser.add_argument("--steps", type=int, default=2, help="profiled steps per case (default: %(default)s)")
+    parser.add_argument("--check-compile", action="store_true", help="also compare compiled with eager output")
+    parser.add_argument("--check-len", type=int, default=2048, help="sequence length of the compile check (default: %(default)s)")
+    parser.add_argument("--out", required=True, help="JSON output")
+    parser.add_argument("--table", default=None, help="markdown output")
+    args = parser.parse_args(argv)
+    backbones = parse_name_list(args.backbones)
+    config = BenchConfig(
+        backbones=backbones, seq_lens=parse_seq_lens(args.seq_lens), modes=parse_name_list(args.modes), dim=args.dim,
+        depth=args.depth, heads=args.heads, mlp_ratio=args.mlp_ratio, tokens_per_batch=args.tokens_per_batch,
+        dtype=args.dtype, compile=args.compile, repeats=5, time_budget_s=None, case_timeout_s=None,
+        **({"device": args.device} if args.device else {}),
+    )  # fmt: skip
+    device = torch.device(config.device)
+    document: dict[str, Any] = {
+        "meta": {
+            "gpu_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch": torch.__version__, "dtype": config.dtype, "dim": config.dim, "depth": config.depth,
+            "heads": config.heads, "mlp_ratio": config.mlp_ratio, "batch_policy": config.batch_policy(),
+            "compile": config.compile, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "command": "python -m maelre.bench.profile " + " ".join(sys.argv[1:] if argv is None else argv),
+        },  # fmt: skip
+        "cases": [],
+        "compile_checks": [],
+    }
+    for name in backbones:
+        for seq_len in config.seq_lens:
+            for mode in config.modes:
+                case = profile_case(name, seq_len, mode, config, steps=args.steps)
+                print(f"{name} N={seq_len} {mode}: {case['wall_ms']:.1f} ms, {case['kernels']} kernels ({case['kernel_ms']:.1f} ms), {case['aten_ops']} aten ops", flush=True)
+                document["cases"].append(case)
+                release_memory(device)
+        if args.check_compile:
+            check = check_compile(name, config, args.check_len)
+            print(f"{name}: compiled vs eager max abs diff {check['max_abs_diff']:.2e}", flush=True)
+            document["compile_checks"].append(check)
+            release_memory(device)
+    write_json_atomic(args.out, document)
+    if args.table:
+        write_text_atomic(args.table, render_markdown(document))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
