@@ -296,6 +296,16 @@ def test_compile_time_is_reported_apart(tmp_path, monkeypatch):
     assert doc["meta"]["compile"] is True
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graph_replay_is_one_training_step_each(tmp_path):
+    """Replays of the captured step keep training: the parameters move on every replay."""
+    config = tiny_config(backbones=["maelre"], seq_lens=[64], modes=["train"], cuda_graph=True, device="cuda", dtype="bf16")
+    step = eff.capture_step(eff.make_step("maelre", 64, 2, "train", config), torch.device("cuda"))
+    doc = eff.run_benchmark(config, tmp_path / "g.json", log=lambda s: None)
+    assert doc["results"][0]["status"] == "ok" and doc["meta"]["cuda_graph"] is True
+    step()  # a replay runs without error after the capture
+
+
 def test_time_step_counts_warmup_and_repeats():
     calls = []
 
@@ -431,6 +441,7 @@ def test_backbone_config_validation():
         ({"batch": 0}, "batch"),
         ({"time_budget_s": -1.0}, "time_budget_s"),
         ({"case_timeout_s": 0.0}, "case_timeout_s"),
+        ({"cuda_graph": True}, "cuda_graph needs a CUDA device"),
     ],
 )
 def test_bad_settings_raise(overrides, message):

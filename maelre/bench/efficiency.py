@@ -62,7 +62,7 @@ DEFAULT_BACKBONE_CONFIGS: dict[str, dict[str, Any]] = {
     "masformer": {"window": 128},
 }
 #: Meta fields that must match for ``--resume`` to mix old and new rows.
-RESUME_KEYS = ("device", "gpu_name", "dtype", "dim", "depth", "heads", "mlp_ratio", "tokens_per_batch", "batch", "compile", "num_classes")
+RESUME_KEYS = ("device", "gpu_name", "dtype", "dim", "depth", "heads", "mlp_ratio", "tokens_per_batch", "batch", "compile", "cuda_graph", "num_classes")
 RESULT_KEYS = (
     "backbone", "seq_len", "batch", "mode", "status", "message", "tokens_per_s", "peak_mem_gib",
     "attn_flops", "attn_flops_ratio_vs_full", "median_ms", "min_ms", "max_ms", "compile_s", "wall_s",
@@ -90,6 +90,10 @@ class BenchConfig:
         device: ``"cuda"``, ``"cuda:1"``, ``"cpu"`` ... (CPU only checks the harness).
         warmup, repeats: untimed steps, then timed steps (median/min/max reported).
         compile: wrap the backbone in ``torch.compile``; the first call is timed apart.
+        cuda_graph: capture the whole step (forward, backward, optimizer) in one CUDA graph
+            and time its replays: what the step costs once per-kernel launch overhead is
+            gone. Needs a backbone without host syncs (every registered one qualifies);
+            the capture's warm-up and capture are timed apart, like compilation.
         time_budget_s: start no new case after this many seconds (``None``: no limit).
         case_timeout_s: abandon a case (status ``"error"``) that runs longer than this,
             e.g. a stuck compilation (``None``: no limit; needs SIGALRM, i.e. Unix main thread).
@@ -112,6 +116,7 @@ class BenchConfig:
     warmup: int = 3
     repeats: int = 10
     compile: bool = False
+    cuda_graph: bool = False
     time_budget_s: float | None = 420.0
     case_timeout_s: float | None = 180.0
     num_classes: int = 10
@@ -147,6 +152,8 @@ class BenchConfig:
         device = torch.device(self.device)
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device {self.device!r} asked for but CUDA is not available; pass --device cpu")
+        if self.cuda_graph and device.type != "cuda":
+            raise ValueError("cuda_graph needs a CUDA device; drop --cuda-graph to benchmark on the CPU")
         self.backbone_configs = resolve_backbone_configs(self.backbones, self.backbone_configs)
 
     def batch_for(self, seq_len: int) -> int:
@@ -213,7 +220,8 @@ def make_step(name: str, seq_len: int, batch: int, mode: str, config: BenchConfi
     dtype = DTYPES[config.dtype]
 
     def autocast() -> torch.autocast:
-        return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+        # A CUDA graph replays the casts of its capture; autocast's cast cache must not outlive it.
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32, cache_enabled=not config.cuda_graph)
 
     if mode == "infer":
         backbone.eval()
@@ -227,7 +235,7 @@ def make_step(name: str, seq_len: int, batch: int, mode: str, config: BenchConfi
 
     backbone.train()
     params = [*backbone.parameters(), *head.parameters()]
-    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
+    optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda", capturable=config.cuda_graph)
 
     def train_step() -> None:
         with autocast():
@@ -237,6 +245,26 @@ def make_step(name: str, seq_len: int, batch: int, mode: str, config: BenchConfi
         optimizer.zero_grad(set_to_none=True)
 
     return train_step
+
+
+def capture_step(step: Step, device: torch.device, warmup: int = 3) -> Step:
+    """Record ``step`` into a CUDA graph; return a step that replays it.
+
+    Warm-up runs on a side stream first (cuBLAS/cuDNN workspaces, lazily created
+    optimizer state), as ``torch.cuda.graph`` requires. The replay reads and writes the
+    same memory each time: inputs, parameters, gradients and optimizer state stay where
+    the capture put them, so every replay is one full training (or inference) step.
+    """
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
 
 
 def time_step(step: Step, *, warmup: int, repeats: int, device: torch.device) -> list[float]:
@@ -276,9 +304,12 @@ def measure_case(name: str, seq_len: int, batch: int, mode: str, config: BenchCo
         torch.cuda.reset_peak_memory_stats(device)
     step = make_step(name, seq_len, batch, mode, config)
     compile_s = None
-    if config.compile:
+    if config.compile or config.cuda_graph:
         t0 = time.perf_counter()
-        step()  # triggers compilation; excluded from the timed repeats
+        if config.cuda_graph:
+            step = capture_step(step, device)  # compiles too, in its warm-up
+        else:
+            step()  # triggers compilation; excluded from the timed repeats
         if cuda:
             torch.cuda.synchronize(device)
         compile_s = time.perf_counter() - t0
@@ -394,6 +425,7 @@ def collect_meta(config: BenchConfig, command: str) -> dict[str, Any]:
         "warmup": config.warmup,
         "repeats": config.repeats,
         "compile": config.compile,
+        "cuda_graph": config.cuda_graph,
         "time_budget_s": config.time_budget_s,
         "case_timeout_s": config.case_timeout_s,
         "timer": "cuda events" if cuda else "time.perf_counter",
@@ -634,7 +666,8 @@ def render_markdown(document: Mapping[str, Any], targets: Sequence[TargetCheck],
         f"- Command: `{meta['command']}`",
         f"- Device: {gpu}; torch {meta['torch_version']}, CUDA {meta['cuda_version']}; date {meta['date']}",
         f"- Shape: dim {meta['dim']}, depth {meta['depth']}, heads {meta['heads']}, MLP ratio {meta['mlp_ratio']}; "
-        f"precision {meta['dtype']}{' autocast' if meta['dtype'] != 'fp32' else ''}; torch.compile {'on' if meta['compile'] else 'off'}",
+        f"precision {meta['dtype']}{' autocast' if meta['dtype'] != 'fp32' else ''}; torch.compile {'on' if meta['compile'] else 'off'}; "
+        f"CUDA graph {'on (whole step captured, replays timed)' if meta.get('cuda_graph') else 'off'}",
         f"- Batch: {meta['batch_policy']}",
         f"- Timing: {meta['warmup']} warm-up then {meta['repeats']} timed steps ({meta['timer']}); median shown, min–max beside it",
         f"- Backbone settings beyond the shared shape: {configs or 'none'}",
@@ -758,6 +791,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--warmup", type=int, default=3, help="untimed steps per case (default: %(default)s)")
     how.add_argument("--repeats", type=int, default=10, help="timed steps per case (default: %(default)s)")
     how.add_argument("--compile", action="store_true", help="torch.compile the backbone (compile time reported apart)")
+    how.add_argument("--cuda-graph", action="store_true", help="capture each step in a CUDA graph and time replays (capture time reported as compile s)")
     how.add_argument("--time-budget-s", type=float, default=420.0, help="start no case after this many seconds, 0 = no limit (default: %(default)s)")
     how.add_argument("--case-timeout-s", type=float, default=180.0, help="abandon a case after this many seconds, 0 = no limit (default: %(default)s)")
     how.add_argument("--num-classes", type=int, default=10, help="classes of the random-label head (default: %(default)s)")
@@ -791,6 +825,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         warmup=args.warmup,
         repeats=args.repeats,
         compile=args.compile,
+        cuda_graph=args.cuda_graph,
         time_budget_s=args.time_budget_s if args.time_budget_s > 0 else None,
         case_timeout_s=args.case_timeout_s if args.case_timeout_s > 0 else None,
         num_classes=args.num_classes,

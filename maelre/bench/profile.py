@@ -12,6 +12,11 @@ with ``torch.profiler`` and reports per step:
 - ``aten_ops``: operator calls dispatched on the host;
 - the kernels and operators that take the most GPU time.
 
+``--saved`` adds what each backbone keeps for backward (its activation memory), by
+the source line that saved it: tensors recorded through
+``torch.autograd.graph.saved_tensors_hooks`` during one forward, each storage counted
+once. It runs on any device, the CPU included.
+
 ``--check-compile`` also compares ``torch.compile(backbone)`` with eager on one random
 batch (float32, the shape given by ``--check-len``), so a miscompile shows up before
 compiled timings are trusted.
@@ -24,6 +29,7 @@ import argparse
 import datetime as dt
 import statistics
 import sys
+import traceback
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -87,6 +93,38 @@ def profile_case(name: str, seq_len: int, mode: str, config: BenchConfig, steps:
     }
 
 
+def saved_activations(name: str, seq_len: int, config: BenchConfig, batch: int = 1) -> dict[str, Any]:
+    """MiB that one forward of ``batch`` x ``seq_len`` tokens saves for backward, total and by source line."""
+    device = torch.device(config.device)
+    torch.manual_seed(config.seed)
+    backbone = create_backbone(name, **config.backbone_kwargs(name)).to(device).train()
+    backbone.validate_inputs = False
+    tokens = torch.randn(batch, seq_len, config.dim, device=device)
+    storages: dict[int, int] = {}
+    by_source: Counter[str] = Counter()
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in storages:
+            storages[storage.data_ptr()] = storage.nbytes()
+            ours = [f for f in traceback.extract_stack() if "/maelre/" in f.filename and "/bench/" not in f.filename]
+            where = f"{ours[-1].filename.rsplit('maelre/', 1)[-1]}:{ours[-1].lineno} {(ours[-1].line or '')[:70]}" if ours else "(outside maelre)"
+            by_source[f"{where} [{str(t.dtype).removeprefix('torch.')}]"] += storage.nbytes()
+        return t
+
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[config.dtype]
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+        backbone(tokens)
+    mib = 2**20
+    return {
+        "backbone": name,
+        "seq_len": seq_len,
+        "batch": batch,
+        "saved_mib": sum(storages.values()) / mib,
+        "top_sources": [{"source": k, "mib": v / mib} for k, v in by_source.most_common(TOP)],
+    }
+
+
 def check_compile(name: str, config: BenchConfig, seq_len: int, batch: int = 2) -> dict[str, Any]:
     """Max |compiled - eager| of the pooled output, float32, on one random padded batch."""
     device = torch.device(config.device)
@@ -130,6 +168,18 @@ def render_markdown(document: Mapping[str, Any]) -> str:
             lines.append(markdown_table([{**o, "ms": f"{o['ms']:.2f}"} for o in case["top_ops_by_gpu_time"]], [("name", "operator"), ("ms", "ms")]))
         lines += ["Operators by calls per step:", ""]
         lines.append(markdown_table(case["top_ops_by_calls"], [("name", "operator"), ("calls", "calls")]))
+    if document.get("saved"):
+        base = document["saved"][-1]["saved_mib"] if document["saved"][-1]["backbone"] == "transformer" else None
+        lines += ["## Activations saved for backward (one forward)", ""]
+        lines.append(
+            markdown_table(
+                [{**s, "mib": f"{s['saved_mib']:.1f}", "ratio": "—" if base is None else f"{s['saved_mib'] / base:.3f}"} for s in document["saved"]],
+                [("backbone", "backbone"), ("seq_len", "N"), ("batch", "batch"), ("mib", "saved MiB"), ("ratio", "/ transformer")],
+            )
+        )
+        for s in document["saved"]:
+            lines += [f"{s['backbone']}, by source line:", ""]
+            lines.append(markdown_table([{**t, "mib": f"{t['mib']:.1f}"} for t in s["top_sources"]], [("source", "source [dtype]"), ("mib", "MiB")]))
     if document.get("compile_checks"):
         lines += ["## torch.compile against eager (float32)", ""]
         lines.append(
@@ -157,6 +207,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=2, help="profiled steps per case (default: %(default)s)")
     parser.add_argument("--check-compile", action="store_true", help="also compare compiled with eager output")
     parser.add_argument("--check-len", type=int, default=2048, help="sequence length of the compile check (default: %(default)s)")
+    parser.add_argument("--saved", action="store_true", help="also account the activations saved for backward")
+    parser.add_argument("--saved-len", type=int, default=4096, help="sequence length of the --saved accounting, batch 1 (default: %(default)s)")
+    parser.add_argument("--skip-timing", action="store_true", help="no profiled steps (with --saved or --check-compile alone)")
     parser.add_argument("--out", required=True, help="JSON output")
     parser.add_argument("--table", default=None, help="markdown output")
     args = parser.parse_args(argv)
@@ -178,9 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         },  # fmt: skip
         "cases": [],
         "compile_checks": [],
+        "saved": [],
     }
     for name in backbones:
-        for seq_len in config.seq_lens:
+        for seq_len in [] if args.skip_timing else config.seq_lens:
             for mode in config.modes:
                 case = profile_case(name, seq_len, mode, config, steps=args.steps)
                 print(f"{name} N={seq_len} {mode}: {case['wall_ms']:.1f} ms, {case['kernels']} kernels ({case['kernel_ms']:.1f} ms), {case['aten_ops']} aten ops", flush=True)
@@ -190,6 +244,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             check = check_compile(name, config, args.check_len)
             print(f"{name}: compiled vs eager max abs diff {check['max_abs_diff']:.2e}", flush=True)
             document["compile_checks"].append(check)
+            release_memory(device)
+    if args.saved:  # transformer last: the table divides by it
+        for name in sorted(backbones, key=lambda b: b == "transformer"):
+            saved = saved_activations(name, args.saved_len, config)
+            print(f"{name}: {saved['saved_mib']:.1f} MiB saved for backward at N={args.saved_len}", flush=True)
+            document["saved"].append(saved)
             release_memory(device)
     write_json_atomic(args.out, document)
     if args.table:

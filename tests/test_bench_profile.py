@@ -1,0 +1,51 @@
+"""The step profiler: operator counts, saved-activation accounting and the compile check, on the CPU."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from maelre.bench import profile as prof
+from maelre.bench.efficiency import BenchConfig
+
+
+def tiny(**kwargs) -> BenchConfig:
+    base = {"backbones": ["maelre", "transformer"], "seq_lens": [64], "modes": ["train"], "dim": 16, "depth": 2, "heads": 2,
+            "tokens_per_batch": 128, "dtype": "fp32", "device": "cpu", "warmup": 1, "repeats": 1}  # fmt: skip
+    return BenchConfig(**{**base, **kwargs})
+
+
+def test_profile_case_counts_operators(torch_single_thread):
+    case = prof.profile_case("maelre", 64, "train", tiny(), steps=1)
+    assert case["batch"] == 2 and case["wall_ms"] > 0
+    assert case["aten_ops"] > 100  # a train step of two blocks dispatches hundreds of operators
+    assert case["kernels"] == 0 and case["gpu_busy"] is None  # no GPU kernels on the CPU
+    assert case["top_ops_by_calls"][0]["calls"] >= case["top_ops_by_calls"][-1]["calls"]
+
+
+def test_saved_activations_shrink_with_merging(torch_single_thread):
+    config = tiny()
+    maelre = prof.saved_activations("maelre", 256, config)
+    full = prof.saved_activations("transformer", 256, config)
+    assert 0 < maelre["saved_mib"] < full["saved_mib"]
+    assert abs(sum(s["mib"] for s in full["top_sources"]) - full["saved_mib"]) < 1e-6  # every storage attributed
+    no_merge = prof.saved_activations("maelre", 256, tiny(backbone_configs={"maelre": {"merge_fraction": 0.0}}))
+    assert no_merge["saved_mib"] > maelre["saved_mib"]
+
+
+def test_main_writes_json_and_markdown(tmp_path, torch_single_thread):
+    out, table = tmp_path / "p.json", tmp_path / "p.md"
+    argv = ["--backbones", "transformer", "--seq-lens", "32", "--tokens-per-batch", "64", "--dim", "16", "--depth", "1",
+            "--heads", "2", "--dtype", "fp32", "--device", "cpu", "--steps", "1", "--saved", "--saved-len", "32",
+            "--out", str(out), "--table", str(table)]  # fmt: skip
+    assert prof.main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert [c["backbone"] for c in doc["cases"]] == ["transformer"] and doc["saved"][0]["saved_mib"] > 0
+    text = table.read_text()
+    assert "aten ops/step" in text and "Activations saved for backward" in text
+
+
+@pytest.mark.slow
+def test_compile_check_agrees_with_eager(torch_single_thread):
+    check = prof.check_compile("transformer", tiny(depth=1), seq_len=32)
+    assert check["max_abs_diff"] < 1e-4
