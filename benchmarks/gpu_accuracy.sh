@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Accuracy leaderboard on one GPU, one task group per call (each call ends within ~9 minutes).
+# The backbones of a group train side by side (JOBS at a time, each in its own process):
+# these small models leave most of an H100 idle when they run one at a time.
 #
 #   bash benchmarks/gpu_accuracy.sh GROUP
 #
@@ -23,6 +25,10 @@
 #   MAELRE_WHEELS  folder of wheels installed first (default .whl): the GPU image has no
 #                  soundfile and no sktime, which `import modalities.datasets` needs
 #   BACKBONES      default maelre,transformer,ecp,perceiver_ar
+#   JOBS           runs training at the same time (--jobs; default 4: a whole group at once,
+#                  smoke included). Their train seconds are measured while JOBS runs share the
+#                  GPU (each row records concurrent_runs); a run slowed past its group's
+#                  --max-minutes is cut (time_limit). JOBS=1 trains one run at a time.
 #   FRESH=1        re-run pairs already done instead of skipping them
 #   PYTHON         default python3
 set -euo pipefail
@@ -32,6 +38,7 @@ group=${1:?usage: bash benchmarks/gpu_accuracy.sh listops|pathfinder|fsdd|scifar
 OUT=${OUT:-benchmarks/results/gpu_out}
 PYTHON=${PYTHON:-python3}
 BACKBONES=${BACKBONES:-maelre,transformer,ecp,perceiver_ar}
+JOBS=${JOBS:-4}
 WHEELS=${MAELRE_WHEELS:-.whl}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -58,9 +65,9 @@ fi
 
 # The sweep starts no run that could not end (at --max-minutes) within this many minutes;
 # imports and the wheel install fill the rest of the ~9-minute call.
-sweep=(--sweep-minutes 8 --run-root runs/leaderboard --backbones "$BACKBONES")
+sweep=(--sweep-minutes 8 --run-root runs/leaderboard --backbones "$BACKBONES" --jobs "$JOBS")
 # Steps are the budget (the same for every backbone); --max-minutes only guards the call's
-# time. Measured on an H100 (bf16), steps/s of maelre, transformer, ecp, perceiver_ar:
+# time. Measured on an H100 (bf16), one run at a time, steps/s of maelre, transformer, ecp, perceiver_ar:
 # Pathfinder (batch 128) 19, 32, 26, 46; ListOps (batch 32, 2,048 bytes) 19, 8.3, 31, 9.1;
 # drawing 1,000 Pathfinder images takes about 4 s, 1,000 ListOps examples about 1 s.
 # ListOps' recipe early-stops on val/acc; that is off so every backbone takes the same steps.
@@ -97,7 +104,7 @@ case $group in
     scifar_standin) run_group scifar_standin leaderboard "${standin[@]}" ;;
     smoke)
         tiny=(--budget-steps 50 --max-minutes 0.5)
-        sweep=(--run-root runs/leaderboard_smoke --backbones "$BACKBONES")
+        sweep=(--run-root runs/leaderboard_smoke --backbones "$BACKBONES" --jobs "$JOBS")
         run_group smoke-listops leaderboard_smoke --tasks listops "${tiny[@]}" --set data.dataset.n_train=2000 \
             --set data.dataset.n_val=100 --set data.dataset.n_test=200 --set schedule.warmup_steps=10 \
             --set trainer.early_stopping_patience=null

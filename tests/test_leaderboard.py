@@ -1,8 +1,11 @@
 """The accuracy leaderboard sweep (``maelre lra``) on CPU: tiny generated tasks, 2-step budgets."""
 from __future__ import annotations
 
+import argparse
 import copy
 import json
+import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -86,6 +89,7 @@ def test_sweep_writes_rows_then_resume_skips_them(tmp_path, recipes, monkeypatch
     for row in rows:
         assert set(row) == set(lb.ROW_KEYS)
         assert row["status"] == "ok", row["message"]
+        assert row["concurrent_runs"] == 1
         assert row["split"] == "test" and row["data"] == "generated" and row["gpu"] == "cpu"
         assert row["steps"] == 2 and row["budget"]["max_steps"] == 2 and row["budget"]["max_epochs"] is None
         assert row["params"] > 0 and row["train_seconds"] > 0
@@ -169,6 +173,117 @@ def test_short_runs_are_flagged_and_the_sweep_budget_is_kept(tmp_path, recipes, 
     assert ecp["status"] == "not_run" and "1.5 min" in ecp["message"] and ecp["accuracy"] is None
 
 
+def test_concurrent_sweep_merges_the_row_of_each_child_process(
+    tmp_path, recipes, monkeypatch
+):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # 2 child processes share 2 CI cores
+    tasks, backbones = ["listops"], ["maelre", "transformer"]
+    args = sweep_args(
+        tmp_path, recipes, "--tasks", ",".join(tasks), "--backbones", ",".join(backbones),
+        "--budget-steps", "2", "--jobs", "2",
+    )  # fmt: skip
+    assert lb.main(args) == 0
+
+    document = read_json(tmp_path / "lb.json")
+    rows = {(r["task"], r["backbone"]): r for r in document["results"]}
+    assert set(rows) == {(t, b) for t in tasks for b in backbones}
+    runs = tmp_path / "runs"
+    serial = lb.SweepConfig(
+        tasks, backbones, budget_steps=2, recipes_dir=str(recipes), run_root=str(runs)
+    )
+    for (task, backbone), row in rows.items():
+        assert row["status"] == "ok", row["message"]
+        assert set(row) == set(lb.ROW_KEYS) and row["concurrent_runs"] == 2
+        assert row["steps"] == 2 and row["gpu"] == "cpu" and row["accuracy"] is not None
+        # the `maelre fit` command of the run, as a serial sweep records it
+        assert row["command"] == serial.fit_command(task, backbone)
+        assert Path(row["run_dir"]).parent == runs / task / backbone
+        assert (runs / task / backbone / f"{lb.CHILD_FILES}.log").is_file()
+    assert "--jobs 2" in document["meta"]["commands"][-1]
+
+    page = (tmp_path / "lb.md").read_text().splitlines()
+    header = next(line for line in page if line.startswith("| task | backbone |"))
+    column = [cell.strip() for cell in header.split("|")].index("runs at once")
+    ours = [line for line in page if line.startswith("| listops | ")]
+    assert [line.split("|")[column].strip() for line in ours] == ["2", "2"]
+    assert any("measured under that contention" in line for line in page)
+
+
+def test_a_child_that_dies_without_a_row_becomes_an_error_row(
+    tmp_path, recipes, monkeypatch
+):
+    def crashing_child(config, task, backbone, out, table):
+        code = f"print('loading ...'); raise SystemExit('crash of {backbone}')"
+        return [sys.executable, "-c", code]
+
+    monkeypatch.setattr(lb, "child_command", crashing_child)
+    backbones = ["maelre", "transformer", "ecp"]
+    runs = str(tmp_path / "runs")
+    config = lb.SweepConfig(
+        ["listops"], backbones, recipes_dir=str(recipes), run_root=runs
+    )
+    logged = []
+    document = lb.run_sweep(config, tmp_path / "lb.json", jobs=2, log=logged.append)
+    assert read_json(tmp_path / "lb.json") == document
+    rows = {r["backbone"]: r for r in document["results"]}
+    assert set(rows) == set(backbones)  # the third started once a slot was free
+    for backbone, row in rows.items():
+        assert row["status"] == "error" and row["accuracy"] is None
+        assert row["concurrent_runs"] == 2 and row["wall_seconds"] > 0 and row["date"]
+        message = row["message"]  # how the process ended, then the end of its log
+        assert message.startswith("the run's process exited with code 1 without")
+        assert message.endswith(f"loading ...\ncrash of {backbone}")
+        assert row["command"] == config.fit_command("listops", backbone)
+    summaries = [line for line in logged if "error the run's process exited" in line]
+    assert len(summaries) == 3
+    assert all("\n" not in line and lb.CHILD_FILES in line for line in summaries)
+
+
+def test_concurrent_sweep_starts_no_run_past_the_time_budget(
+    tmp_path, recipes, monkeypatch
+):
+    monkeypatch.setattr(lb, "child_command", lambda *_: [sys.executable, "-c", "pass"])
+    config = lb.SweepConfig(
+        ["listops"], ["maelre", "transformer", "ecp"], max_minutes=1, sweep_minutes=1.5,
+        recipes_dir=str(recipes), run_root=str(tmp_path / "runs"),
+    )  # fmt: skip
+    clock = iter([0.0, 0.0, 0.0, 70.0])  # the sweep's start, then before each start
+    out, logged = tmp_path / "lb.json", []
+    document = lb.run_sweep(
+        config, out, jobs=2, clock=lambda: next(clock), log=logged.append
+    )
+    rows = {r["backbone"]: r for r in document["results"]}
+    # 70 s in, a 1-minute run would end after the 1.5-minute sweep budget
+    assert rows["ecp"]["status"] == "not_run" and rows["ecp"]["concurrent_runs"] == 2
+    assert "listops / ecp: training" not in "\n".join(logged)
+    assert rows["maelre"]["status"] == rows["transformer"]["status"] == "error"
+
+
+def test_child_options_give_the_configuration_back(recipes):
+    parser = argparse.ArgumentParser()
+    lb.add_arguments(parser)
+    config = lb.SweepConfig(
+        tasks=["listops", "fsdd"],
+        backbones=["ecp", "maelre"],
+        overrides=["optimizer.lr=0.002", "data.dataset={name: fsdd, seed: 1}"],
+        preset="ecp_scifar",
+        budget_steps=10,
+        max_minutes=2.2,
+        sweep_minutes=8.0,
+        recipes_dir=str(recipes),
+        run_root="runs/x",
+        progress=True,
+    )
+    assert lb.config_from_args(parser.parse_args(config.cli_args())) == config
+    command = lb.child_command(config, "fsdd", "ecp", Path("c.json"), Path("c.md"))
+    assert command[:3] == [sys.executable, "-m", "maelre.bench.leaderboard"]
+    child = parser.parse_args(command[3:])
+    assert (child.out, child.table, child.jobs) == ("c.json", "c.md", 1)
+    # one pair, and no sweep budget (the parent keeps it): the same run otherwise
+    alone = replace(config, tasks=["fsdd"], backbones=["ecp"], sweep_minutes=None)
+    assert lb.config_from_args(child) == alone
+
+
 def test_overrides_are_the_same_for_every_backbone():
     config = lb.SweepConfig(tasks=["scifar_standin"], backbones=["maelre", "ecp"], overrides=["optimizer.lr=0.002"], budget_steps=10, max_minutes=1.5)
     runs = {b: config.run_overrides("scifar_standin", b) for b in config.backbones}
@@ -207,6 +322,9 @@ def test_cli_reports_bad_arguments(tmp_path, recipes, capsys):
     with pytest.raises(SystemExit):
         lb.main(sweep_args(tmp_path, recipes, "--report-only"))  # no results file yet
     assert "no JSON file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        lb.main(sweep_args(tmp_path, recipes, "--jobs", "0"))
+    assert "--jobs must be >= 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("task", list(lb.TASKS))

@@ -14,20 +14,29 @@ goes on. The markdown leaderboard puts the published numbers (LRA paper, ECP pap
 beside ours and marks which of our rows ran on generated data or on a synthetic
 stand-in. Method and reading guide: ``docs/benchmarks/leaderboard.md``.
 
+``--jobs N`` (N > 1) trains up to N pairs at the same time, each in a child process
+(``python -m maelre.bench.leaderboard`` for that pair alone, with the same options);
+the parent merges each child's row as it ends. Every row records ``concurrent_runs``,
+the N it ran under, since its ``train_seconds`` were measured while N runs shared the
+device.
+
 Run ``maelre lra --help`` (or ``python benchmarks/leaderboard.py --help``).
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import math
+import os
 import shlex
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -169,9 +178,10 @@ ROW_KEYS = (
     "task", "backbone", "accuracy", "split", "steps", "train_seconds", "gpu", "params", "data", "dataset",
     "recipe", "command", "status", "message",
     "val_accuracy", "epochs", "samples", "full_test_split", "precision", "budget", "model", "backbone_config",
-    "run_dir", "wall_seconds", "date",
+    "run_dir", "wall_seconds", "concurrent_runs", "date",
 )  # fmt: skip
-"""Every row has all of these; ``accuracy`` and ``val_accuracy`` are percent."""
+"""Every row has all of these; ``accuracy`` and ``val_accuracy`` are percent; ``concurrent_runs``:
+how many runs the sweep let share the device (``--jobs``; 1: one at a time)."""
 
 
 def empty_row(task: str, backbone: str, *, recipe: str, command: str, status: str = "ok", message: str = "") -> dict[str, Any]:
@@ -183,6 +193,16 @@ def empty_row(task: str, backbone: str, *, recipe: str, command: str, status: st
 
 def row_key(row: Mapping[str, Any]) -> tuple[str, str]:
     return (row["task"], row["backbone"])
+
+
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 to the second (row ``date``, meta ``updated``)."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def concurrent_runs(row: Mapping[str, Any]) -> int:
+    """``row["concurrent_runs"]``; rows written before ``--jobs`` existed ran alone (1)."""
+    return row.get("concurrent_runs") or 1
 
 
 def data_provenance(task: TaskSpec, recipe: Recipe) -> str:
@@ -258,11 +278,14 @@ def fill_from_results(row: dict[str, Any], recipe: Recipe, results: Mapping[str,
 
 
 def describe_row(row: Mapping[str, Any]) -> str:
+    """One line: the pair, then its accuracy, steps and training time, or its status and message."""
     head = f"{row['task']} / {row['backbone']}: "
     if row["status"] not in DONE_STATUSES:
-        return head + f"{row['status']} {row['message']}".strip()
+        return head + " ".join(f"{row['status']} {row['message']}".split())
+    runs = concurrent_runs(row)
+    shared = f" shared by {runs} runs" if runs > 1 else ""
     note = f" ({row['message']})" if row["message"] else ""
-    return head + f"{row['accuracy']:.2f}% test accuracy, {row['steps']} steps, {row['train_seconds']:.0f} s training on {row['gpu']}{note}"
+    return head + f"{row['accuracy']:.2f}% test accuracy, {row['steps']} steps, {row['train_seconds']:.0f} s training on {row['gpu']}{shared}{note}"
 
 
 # --------------------------------------------------------------------------- the sweep
@@ -351,6 +374,37 @@ class SweepConfig:
             parts += ["--set", item]
         return shlex.join(parts)
 
+    def blank_row(
+        self, task: str, backbone: str, *, status: str = "ok", message: str = ""
+    ) -> dict[str, Any]:
+        """``empty_row`` of one pair of this sweep, with its recipe and ``maelre fit`` command."""
+        return empty_row(
+            task,
+            backbone,
+            recipe=str(self.recipe_path(task)),
+            command=self.fit_command(task, backbone),
+            status=status,
+            message=message,
+        )
+
+    def cli_args(self) -> list[str]:
+        """The ``maelre lra`` options that give this configuration back (``config_from_args``)."""
+        args = ["--tasks", ",".join(self.tasks)]
+        args += ["--backbones", ",".join(self.backbones)]
+        for item in self.overrides:
+            args += ["--set", item]
+        optional = {
+            "--preset": self.preset,
+            "--budget-steps": self.budget_steps,
+            "--max-minutes": self.max_minutes,
+            "--sweep-minutes": self.sweep_minutes,
+        }
+        for option, value in optional.items():
+            if value is not None:
+                args += [option, str(value)]
+        args += ["--recipes-dir", self.recipes_dir, "--run-root", self.run_root]
+        return [*args, "--progress"] if self.progress else args
+
 
 @contextmanager
 def reuse_dataset_loads() -> Iterator[dict[str, Any]]:
@@ -383,7 +437,7 @@ def reuse_dataset_loads() -> Iterator[dict[str, Any]]:
 def run_one(config: SweepConfig, task: str, backbone: str) -> dict[str, Any]:
     """Train and test one (task, backbone) pair; any exception becomes an ``"error"`` row."""
     spec = TASKS[task]
-    row = empty_row(task, backbone, recipe=str(config.recipe_path(task)), command=config.fit_command(task, backbone))
+    row = config.blank_row(task, backbone)
     t0 = time.perf_counter()
     try:
         recipe = load_recipe(config.recipe_path(task), config.run_overrides(task, backbone))
@@ -403,8 +457,237 @@ def run_one(config: SweepConfig, task: str, backbone: str) -> dict[str, Any]:
         del err  # drop the traceback (and the model it references) before freeing memory
     release_memory(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     row["wall_seconds"] = time.perf_counter() - t0
-    row["date"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    row["date"] = utc_now()
     return row
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """A (task, backbone) pair the sweep is about to train, number ``index`` of ``total``."""
+
+    index: int
+    total: int
+    task: str
+    backbone: str
+
+    @property
+    def pair(self) -> tuple[str, str]:
+        return (self.task, self.backbone)
+
+    @property
+    def position(self) -> str:
+        return f"[{self.index}/{self.total}]"
+
+    @property
+    def label(self) -> str:
+        return f"{self.position} {self.task} / {self.backbone}"
+
+
+CHILD_FILES = "sweep_run"
+"""Stem of a child run's results JSON, page and log (``.json``, ``.md``, ``.log``), written
+to ``RUN_ROOT/<task>/<backbone>/`` beside the pair's ``version_N`` run folders."""
+POLL_SECONDS = 0.5
+"""How often a concurrent sweep looks for child runs that have ended."""
+
+
+def child_command(
+    config: SweepConfig, task: str, backbone: str, out: Path, table: Path
+) -> list[str]:
+    """The command of one child run: this sweep's options for ``task`` x ``backbone`` alone.
+
+    The parent keeps the sweep's time budget, so the child gets no ``--sweep-minutes``;
+    its run is the one a serial sweep makes (same overrides, run folder and command).
+    """
+    alone = replace(config, tasks=[task], backbones=[backbone], sweep_minutes=None)
+    module = [sys.executable, "-m", "maelre.bench.leaderboard"]
+    return [*module, *alone.cli_args(), "--out", str(out), "--table", str(table)]
+
+
+def log_tail(path: Path, lines: int = 6, chars: int = 600) -> str:
+    """The last ``lines`` non-blank lines of a log file, at most ``chars`` characters."""
+    text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+    kept = [line.rstrip() for line in text.splitlines() if line.strip()][-lines:]
+    return "\n".join(kept)[-chars:] or "(empty)"
+
+
+def describe_exit(code: int) -> str:
+    """``"exited with code N"``, or ``"was killed by signal N"`` for a negative code."""
+    return f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+
+
+@dataclass
+class ChildRun:
+    """One pair training in a child process: its results JSON, its log and the process."""
+
+    run: PlannedRun
+    out: Path
+    log_path: Path
+    process: subprocess.Popen[bytes]
+    started: float
+
+    @classmethod
+    def start(cls, config: SweepConfig, run: PlannedRun) -> ChildRun:
+        """Start the child of ``run`` (removing a child result an older sweep left)."""
+        folder = Path(config.run_root) / run.task / run.backbone
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = folder / CHILD_FILES
+        out, table, log_path = (stem.with_suffix(s) for s in (".json", ".md", ".log"))
+        out.unlink(missing_ok=True)
+        command = child_command(config, run.task, run.backbone, out, table)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # keep the log in order
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        return cls(run, out, log_path, process, time.perf_counter())
+
+    def finished(self) -> bool:
+        return self.process.poll() is not None
+
+    def result_row(self, config: SweepConfig) -> dict[str, Any]:
+        """The row the child wrote, or an ``"error"`` row ending with its log if it wrote none."""
+        row = self._written_row()
+        if row is None:
+            ended = describe_exit(self.process.returncode)
+            message = f"the run's process {ended} without a result; its log ends:\n{log_tail(self.log_path)}"
+            row = config.blank_row(*self.run.pair, status="error", message=message)
+            row.update(wall_seconds=time.perf_counter() - self.started, date=utc_now())
+        return row
+
+    def _written_row(self) -> dict[str, Any] | None:
+        try:
+            rows = read_json(self.out)["results"]
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+        return next((row for row in rows if row_key(row) == self.run.pair), None)
+
+    def stop(self) -> None:
+        """End the child if it still runs (the sweep was interrupted)."""
+        if self.finished():
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Sweep:
+    """One ``run_sweep`` call: its results document, the pairs due, and how they run.
+
+    The document starts from ``out`` (rows of other pairs are kept) and is rewritten
+    atomically after every row; ``clock`` (seconds) times ``sweep_minutes``.
+    """
+
+    config: SweepConfig
+    out: Path
+    command: str = ""
+    resume: bool = False
+    jobs: int = 1
+    on_update: Callable[[dict[str, Any]], None] | None = None
+    log: Log = print
+    clock: Callable[[], float] = time.monotonic
+    rows: dict[tuple[str, str], dict[str, Any]] = field(init=False)
+    document: dict[str, Any] = field(init=False)
+    start: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        exists = self.out.exists()
+        previous = read_json(self.out) if exists else {"meta": {}, "results": []}
+        self.rows = {row_key(r): r for r in previous.get("results", [])}
+        meta = {
+            "description": "maelre accuracy leaderboard; accuracy and val_accuracy are test/validation accuracy in percent",
+            "commands": [*previous.get("meta", {}).get("commands", []), self.command],
+            "updated": utc_now(),
+        }
+        self.document = {"meta": meta, "results": list(self.rows.values())}
+        self.start = self.clock()
+
+    def due(self) -> Iterator[PlannedRun]:
+        """The pairs to train, in order; each is checked only when the caller asks for it.
+
+        With ``resume``, pairs done before are skipped. A pair that could not end (at
+        ``max_minutes``) within ``sweep_minutes`` gets a ``"not_run"`` row, or keeps
+        its older row. Callers ask for the next pair when it can start, so the time
+        check sees the time it would start at.
+        """
+        pairs = list(itertools.product(self.config.tasks, self.config.backbones))
+        for index, (task, backbone) in enumerate(pairs, 1):
+            run = PlannedRun(index, len(pairs), task, backbone)
+            old = self.rows.get((task, backbone))
+            if self.resume and old is not None and old["status"] in DONE_STATUSES:
+                self.log(f"{run.label}: done before, kept")
+            elif self._time_left():
+                yield run
+            elif old is not None:  # an older result beats a "not run" placeholder
+                self.log(f"{run.label}: no time left, older row kept")
+            else:
+                self.record(run, self._not_run_row(run))
+
+    def _time_left(self) -> bool:
+        """Whether a run started now can end (at ``max_minutes``) within ``sweep_minutes``."""
+        elapsed_minutes = (self.clock() - self.start) / 60
+        limit, run_minutes = self.config.sweep_minutes, self.config.max_minutes or 0
+        return limit is None or elapsed_minutes + run_minutes <= limit
+
+    def _not_run_row(self, run: PlannedRun) -> dict[str, Any]:
+        """The placeholder row of a pair the sweep's time budget leaves out."""
+        message = f"sweep time budget of {self.config.sweep_minutes:g} min used up"
+        return self.config.blank_row(*run.pair, status="not_run", message=message)
+
+    def record(self, run: PlannedRun, row: dict[str, Any], note: str = "") -> None:
+        """Store ``row`` (with ``concurrent_runs``), rewrite ``out``, log one line, call ``on_update``."""
+        row["concurrent_runs"] = self.jobs
+        self.rows[row_key(row)] = row
+        self.document["results"] = list(self.rows.values())
+        write_json_atomic(self.out, self.document)
+        self.log(f"{run.position} {describe_row(row)}{note}")
+        if self.on_update is not None:
+            self.on_update(self.document)
+
+    def run_serially(self) -> None:
+        """Train the due pairs one after another in this process, loading each task's data once."""
+        for _task, runs in itertools.groupby(self.due(), key=lambda run: run.task):
+            with reuse_dataset_loads():
+                for run in runs:
+                    self.log(f"{run.label}: training ...")
+                    self.record(run, run_one(self.config, run.task, run.backbone))
+
+    def run_concurrently(self) -> None:
+        """Train up to ``jobs`` due pairs at a time, each in a child process (``ChildRun``).
+
+        The next pair is taken (and its time budget checked) only when a slot is free.
+        Children still running when the sweep is interrupted are ended.
+        """
+        running: list[ChildRun] = []
+        try:
+            for run in self.due():
+                child = ChildRun.start(self.config, run)
+                self.log(f"{run.label}: training in a child, log {child.log_path}")
+                running.append(child)
+                while len(running) >= self.jobs:
+                    running = self._collect_ended(running)
+            while running:
+                running = self._collect_ended(running)
+        finally:
+            for child in running:
+                child.stop()
+
+    def _collect_ended(self, running: list[ChildRun]) -> list[ChildRun]:
+        """Wait until a child ends, record the rows of all that ended; return the others."""
+        while not any(child.finished() for child in running):
+            time.sleep(POLL_SECONDS)
+        ended = [child for child in running if child.finished()]
+        for child in ended:
+            row = child.result_row(self.config)
+            self.record(child.run, row, note=f" (log: {child.log_path})")
+        return [child for child in running if child not in ended]
 
 
 def run_sweep(
@@ -413,6 +696,7 @@ def run_sweep(
     *,
     command: str = "",
     resume: bool = False,
+    jobs: int = 1,
     on_update: Callable[[dict[str, Any]], None] | None = None,
     log: Log = print,
     clock: Callable[[], float] = time.monotonic,
@@ -426,47 +710,23 @@ def run_sweep(
     their older row). ``on_update(document)`` is called after each row is saved;
     ``clock`` (seconds) times the sweep budget.
 
+    ``jobs=1`` trains the pairs one after another in this process; ``jobs > 1`` trains
+    up to ``jobs`` at a time, each in a child process (its data loaded there), and
+    records each row as its child ends. Every row gets ``concurrent_runs=jobs``.
+
     Returns the document ``{"meta": {...}, "results": [...]}`` as written.
     """
-    out = Path(out)
-    previous = read_json(out) if out.exists() else {"meta": {}, "results": []}
-    rows = {row_key(r): r for r in previous.get("results", [])}
-    meta = {
-        "description": "maelre accuracy leaderboard; accuracy and val_accuracy are test/validation accuracy in percent",
-        "commands": [*previous.get("meta", {}).get("commands", []), command],
-        "updated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    document = {"meta": meta, "results": list(rows.values())}
-    total = len(config.tasks) * len(config.backbones)
-    index = 0
-    start = clock()
-    for task in config.tasks:
-        with reuse_dataset_loads():  # one data load per task, shared by its backbones
-            for backbone in config.backbones:
-                index += 1
-                old = rows.get((task, backbone))
-                if resume and old is not None and old["status"] in DONE_STATUSES:
-                    log(f"[{index}/{total}] {task} / {backbone}: done before, kept")
-                    continue
-                elapsed_minutes = (clock() - start) / 60
-                if config.sweep_minutes is not None and elapsed_minutes + (config.max_minutes or 0) > config.sweep_minutes:
-                    if old is not None:  # an older result beats a "not run" placeholder
-                        log(f"[{index}/{total}] {task} / {backbone}: no time left, older row kept")
-                        continue
-                    row = empty_row(
-                        task, backbone, recipe=str(config.recipe_path(task)), command=config.fit_command(task, backbone),
-                        status="not_run", message=f"sweep time budget of {config.sweep_minutes:g} min used up",
-                    )  # fmt: skip
-                else:
-                    log(f"[{index}/{total}] {task} / {backbone}: training ...")
-                    row = run_one(config, task, backbone)
-                rows[(task, backbone)] = row
-                document["results"] = list(rows.values())
-                write_json_atomic(out, document)
-                log(f"[{index}/{total}] {describe_row(row)}")
-                if on_update is not None:
-                    on_update(document)
-    return document
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    sweep = Sweep(
+        config, Path(out), command=command, resume=resume, jobs=jobs,
+        on_update=on_update, log=log, clock=clock,
+    )  # fmt: skip
+    if jobs == 1:
+        sweep.run_serially()
+    else:
+        sweep.run_concurrently()
+    return sweep.document
 
 
 # --------------------------------------------------------------------------- targets and report
@@ -566,6 +826,7 @@ def render_markdown(document: Mapping[str, Any], targets: Sequence[TargetCheck])
             **r,
             "acc": None if r["accuracy"] is None else f"{r['accuracy']:.2f}",
             "train_s": None if r["train_seconds"] is None else f"{r['train_seconds']:.0f}",
+            "shared": concurrent_runs(r),
             "state": r["status"] if not r["message"] else f"{r['status']}: {r['message'][:160]}",
             "setup": _setup_text(r),
             "day": (r.get("date") or "")[:10] or None,
@@ -589,11 +850,14 @@ def render_markdown(document: Mapping[str, Any], targets: Sequence[TargetCheck])
         markdown_table([vars(t) for t in targets], [("name", "target"), ("goal", "goal"), ("verdict", "result"), ("detail", "numbers")]),
         "### Runs",
         "",
+        "train s: training time without validation; runs at once: how many runs the sweep let share the GPU (`maelre lra --jobs`).",
+        "Train seconds of rows with more than 1 run at once were measured under that contention and can be longer than the run alone would take.",
+        "",
         markdown_table(
             run_rows,
             [
                 ("task", "task"), ("backbone", "backbone"), ("acc", "test acc %"), ("state", "status"), ("steps", "steps"),
-                ("train_s", "train s"), ("params", "params"), ("data", "data"), ("dataset", "dataset"),
+                ("train_s", "train s"), ("shared", "runs at once"), ("params", "params"), ("data", "data"), ("dataset", "dataset"),
                 ("setup", "model and budget"), ("gpu", "hardware"), ("day", "date"),
             ],
         ),  # fmt: skip
@@ -650,6 +914,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--budget-steps", type=int, default=None, help="optimizer steps per run (default: the recipe's budget)")
     budget.add_argument("--max-minutes", type=float, default=None, help="training time limit per run, minutes (trainer.max_time)")
     budget.add_argument("--sweep-minutes", type=float, default=None, help="start a run only if it can end (at --max-minutes) within this many minutes")
+    budget.add_argument(
+        "--jobs", type=int, default=1, metavar="N",
+        help="train up to N pairs at the same time, each in a child process (default: %(default)s, one after another in this process); "
+        "their train seconds are then measured while they share the device",
+    )  # fmt: skip
     files = parser.add_argument_group("output")
     files.add_argument("--out", default=DEFAULT_OUT, help="results JSON, rewritten after every run (default: %(default)s)")
     files.add_argument("--table", default=DEFAULT_TABLE, help="markdown page whose generated part is rewritten (default: %(default)s)")
@@ -692,7 +961,7 @@ def main(argv: list[str] | None = None) -> int:
             config = config_from_args(args)
             print(f"leaderboard: {', '.join(config.tasks)} x {', '.join(config.backbones)}", flush=True)
             document = run_sweep(
-                config, args.out, command=command, resume=args.resume,
+                config, args.out, command=command, resume=args.resume, jobs=args.jobs,
                 on_update=lambda doc: write_report(doc, args.table), log=lambda s: print(s, flush=True),
             )  # fmt: skip
         targets = write_report(document, args.table)
