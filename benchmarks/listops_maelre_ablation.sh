@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu_out}
 PYTHON=${PYTHON:-python3}
-mkdir -p "$OUT"
+mkdir -p "$OUT" runs
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 budget=(--tasks listops --backbones maelre --budget-steps 3000 --max-minutes 6.5
         --set data.dataset.n_train=48000 --set data.dataset.n_val=1000 --set data.dataset.n_test=2000
