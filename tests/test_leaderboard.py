@@ -419,3 +419,11 @@ def test_committed_page_is_rendered_from_the_committed_results():
     document = read_json(results) if results.exists() else {"meta": {}, "results": []}
     page = (REPO / lb.DEFAULT_TABLE).read_text(encoding="utf-8")
     assert lb.render_markdown(document, lb.evaluate_targets(document["results"])) in page
+
+
+def test_children_split_the_cpu_cores_and_keep_thread_counts_set_by_the_caller(monkeypatch):
+    monkeypatch.setattr(lb.os, "cpu_count", lambda: 16)
+    env = lb.child_environment(4, {"PATH": "/bin"})
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "4" and env["PATH"] == "/bin"
+    assert lb.child_environment(32, {})["OMP_NUM_THREADS"] == "1"
+    assert lb.child_environment(4, {"OMP_NUM_THREADS": "7"})["OMP_NUM_THREADS"] == "7"
