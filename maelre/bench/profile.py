@@ -152,12 +152,13 @@ def render_markdown(document: Mapping[str, Any]) -> str:
         "",
         f"Command: `{meta['command']}`",
         "",
-        markdown_table(
+    ]
+    if document["cases"]:
+        lines.append(markdown_table(
             [{**c, "wall": f"{c['wall_ms']:.1f}", "kern": f"{c['kernel_ms']:.1f}", "busy": "—" if c["gpu_busy"] is None else f"{c['gpu_busy']:.2f}"} for c in document["cases"]],
             [("backbone", "backbone"), ("seq_len", "N"), ("batch", "batch"), ("mode", "mode"), ("wall", "step ms"), ("kern", "kernel ms"),
              ("busy", "GPU busy"), ("kernels", "kernels/step"), ("aten_ops", "aten ops/step")],
-        ),  # fmt: skip
-    ]
+        ))  # fmt: skip
     for case in document["cases"]:
         lines += [f"## {case['backbone']}, N={case['seq_len']}, {case['mode']}", ""]
         if case["top_kernels"]:
