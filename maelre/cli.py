@@ -6,6 +6,7 @@ one line without a traceback; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import warnings
@@ -14,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from maelre.suggest import did_you_mean
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError)
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".aiff", ".aif")
@@ -131,8 +134,7 @@ def read_inputs(paths: Sequence[str], npy: str | None, modality: str, sample_rat
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from maelre.engine.checkpoint import write_text_atomic
-    from maelre.engine.checkpoint import load_model
+    from maelre.engine.checkpoint import load_model, write_text_atomic
     from maelre.engine.fit import predict_proba
 
     loaded = load_model(args.checkpoint)
@@ -235,14 +237,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+BENCHMARKS = ("efficiency", "profile")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    if args.suite != "efficiency":
-        raise ValueError(f"unknown benchmark {args.suite!r}; available: efficiency")
+    if args.suite not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {args.suite!r}{did_you_mean(args.suite, BENCHMARKS)}; available: {', '.join(BENCHMARKS)}")
     try:
-        from maelre.bench import efficiency
+        module = importlib.import_module(f"maelre.bench.{args.suite}")
     except ModuleNotFoundError as err:
-        raise ValueError(f"the efficiency benchmark is not available ({err})") from err
-    result = efficiency.main(list(args.bench_args))
+        raise ValueError(f"the {args.suite} benchmark is not available ({err})") from err
+    result = module.main(list(args.bench_args))
     return int(result or 0)
 
 
@@ -298,8 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipes-dir", default="recipes")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("bench", help="benchmarks: 'maelre bench efficiency --help'")
-    p.add_argument("suite", help="benchmark name (efficiency)")
+    p = sub.add_parser("bench", help="benchmarks: 'maelre bench efficiency --help', 'maelre bench profile --help'")
+    p.add_argument("suite", help="benchmark name (efficiency: cost versus N; profile: where one step's time and memory go)")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of the benchmark")
     p.set_defaults(func=cmd_bench)
 

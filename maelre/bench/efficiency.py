@@ -44,9 +44,21 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
-from maelre.bench.report import markdown_table, plot_series_grid, read_json, write_json_atomic, write_text_atomic
+from maelre.bench.report import (
+    markdown_table,
+    plot_series_grid,
+    read_json,
+    write_json_atomic,
+    write_text_atomic,
+)
 from maelre.layers.validation import validate_tokens
-from maelre.registry import config_fields, create_backbone, get_backbone_class, list_backbones, make_config
+from maelre.registry import (
+    config_fields,
+    create_backbone,
+    get_backbone_class,
+    list_backbones,
+    make_config,
+)
 
 MODES = ("train", "infer")
 STATUSES = ("ok", "oom", "error", "skipped_after_oom", "not_run")
@@ -665,9 +677,11 @@ def render_markdown(document: Mapping[str, Any], targets: Sequence[TargetCheck],
         "",
         f"- Command: `{meta['command']}`",
         f"- Device: {gpu}; torch {meta['torch_version']}, CUDA {meta['cuda_version']}; date {meta['date']}",
-        f"- Shape: dim {meta['dim']}, depth {meta['depth']}, heads {meta['heads']}, MLP ratio {meta['mlp_ratio']}; "
-        f"precision {meta['dtype']}{' autocast' if meta['dtype'] != 'fp32' else ''}; torch.compile {'on' if meta['compile'] else 'off'}; "
-        f"CUDA graph {'on (whole step captured, replays timed)' if meta.get('cuda_graph') else 'off'}",
+        (
+            f"- Shape: dim {meta['dim']}, depth {meta['depth']}, heads {meta['heads']}, MLP ratio {meta['mlp_ratio']}; "
+            f"precision {meta['dtype']}{' autocast' if meta['dtype'] != 'fp32' else ''}; torch.compile {'on' if meta['compile'] else 'off'}; "
+            f"CUDA graph {'on (whole step captured, replays timed)' if meta.get('cuda_graph') else 'off'}"
+        ),
         f"- Batch: {meta['batch_policy']}",
         f"- Timing: {meta['warmup']} warm-up then {meta['repeats']} timed steps ({meta['timer']}); median shown, min–max beside it",
         f"- Backbone settings beyond the shared shape: {configs or 'none'}",

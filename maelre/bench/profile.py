@@ -38,7 +38,14 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from maelre.bench.efficiency import BenchConfig, make_step, parse_name_list, parse_seq_lens, release_memory, time_step
+from maelre.bench.efficiency import (
+    BenchConfig,
+    make_step,
+    parse_name_list,
+    parse_seq_lens,
+    release_memory,
+    time_step,
+)
 from maelre.bench.report import markdown_table, write_json_atomic, write_text_atomic
 from maelre.registry import create_backbone
 
@@ -147,8 +154,10 @@ def render_markdown(document: Mapping[str, Any]) -> str:
     lines = [
         "# Step profile",
         "",
-        f"{meta['gpu_name']}, torch {meta['torch']}, {meta['dtype']}, dim {meta['dim']}, depth {meta['depth']}, "
-        f"heads {meta['heads']}, MLP ratio {meta['mlp_ratio']}; {meta['batch_policy']}; compile={meta['compile']}; {meta['date']}.",
+        (
+            f"{meta['gpu_name']}, torch {meta['torch']}, {meta['dtype']}, dim {meta['dim']}, depth {meta['depth']}, "
+            f"heads {meta['heads']}, MLP ratio {meta['mlp_ratio']}; {meta['batch_policy']}; compile={meta['compile']}; {meta['date']}."
+        ),
         "",
         f"Command: `{meta['command']}`",
         "",
@@ -229,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "heads": config.heads, "mlp_ratio": config.mlp_ratio, "batch_policy": config.batch_policy(),
             "compile": config.compile, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "command": "python -m maelre.bench.profile " + " ".join(sys.argv[1:] if argv is None else argv),
-        },  # fmt: skip
+        },
         "cases": [],
         "compile_checks": [],
         "saved": [],
