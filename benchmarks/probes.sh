@@ -7,11 +7,12 @@
 #   bash benchmarks/probes.sh pathfinder-long     # does Pathfinder-32 leave chance with 2x the budget?
 #
 # listops-ablation: the leaderboard's ListOps budget (gpu_accuracy.sh), one change each;
-# VARIANTS picks some (default all three):
+# VARIANTS picks some (default: all four):
 #   exact     switch_threshold=4096: exact attention in every block, merging kept
 #   nomerge   merge_fraction=0: linear attention in every block, no merging
 #   mixed     switch_threshold=1024, merge_fraction=0.5: linear attention only while more than
 #             1,024 tokens remain (the first block of long batches), exact attention after
+#   favor     feature_map=favor: FAVOR+ random features (softmax kernel) instead of elu+1
 # pathfinder-long: maelre and ecp (the one backbone whose validation accuracy moved within
 # the leaderboard's 3,000 steps), 6,000 steps, otherwise the leaderboard's Pathfinder settings.
 set -euo pipefail
@@ -34,9 +35,10 @@ case $probe in
             [exact]="model.backbone_config.maelre.switch_threshold=4096"
             [nomerge]="model.backbone_config.maelre.merge_fraction=0.0"
             [mixed]="model.backbone_config.maelre={merge_fraction: 0.5, switch_threshold: 1024}"
+            [favor]="model.backbone_config.maelre.feature_map=favor"
         )
-        for name in ${VARIANTS:-exact nomerge mixed}; do
-            [[ -n ${variant[$name]:-} ]] || { echo "unknown variant '$name'; use exact, nomerge or mixed" >&2; exit 2; }
+        for name in ${VARIANTS:-exact nomerge mixed favor}; do
+            [[ -n ${variant[$name]:-} ]] || { echo "unknown variant '$name'; use exact, nomerge, mixed or favor" >&2; exit 2; }
             start "listops_maelre_$name" --tasks listops --backbones maelre --budget-steps 3000 --max-minutes 6.5 \
                 --set data.dataset.n_train=48000 --set data.dataset.n_val=1000 --set data.dataset.n_test=2000 \
                 --set schedule.warmup_steps=300 --set trainer.early_stopping_patience=null --set "${variant[$name]}"
