@@ -297,8 +297,8 @@ def test_compile_time_is_reported_apart(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-def test_cuda_graph_replay_is_one_training_step_each(tmp_path):
-    """Replays of the captured step keep training: the parameters move on every replay."""
+def test_cuda_graph_capture_replays_and_is_recorded(tmp_path):
+    """A captured MAELRE training step replays, and the run's meta records graph mode."""
     config = tiny_config(backbones=["maelre"], seq_lens=[64], modes=["train"], cuda_graph=True, device="cuda", dtype="bf16")
     step = eff.capture_step(eff.make_step("maelre", 64, 2, "train", config), torch.device("cuda"))
     doc = eff.run_benchmark(config, tmp_path / "g.json", log=lambda s: None)
