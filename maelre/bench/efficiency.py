@@ -209,6 +209,19 @@ def resolve_backbone_configs(backbones: Sequence[str], overrides: Mapping[str, M
 # --------------------------------------------------------------------------- one case
 
 
+def build_backbone(name: str, config: BenchConfig) -> nn.Module:
+    """Backbone ``name`` with the run's shape and backbone config, seeded by ``config.seed``, on the run's device."""
+    torch.manual_seed(config.seed)
+    return create_backbone(name, **config.backbone_kwargs(name)).to(torch.device(config.device))
+
+
+def bench_autocast(config: BenchConfig) -> torch.autocast:
+    """The run's precision: bf16 autocast (weights stay fp32), or off for fp32."""
+    dtype = DTYPES[config.dtype]
+    # A CUDA graph replays the casts of its capture; autocast's cast cache must not outlive it.
+    return torch.autocast(torch.device(config.device).type, dtype=dtype, enabled=dtype != torch.float32, cache_enabled=not config.cuda_graph)
+
+
 def make_step(name: str, seq_len: int, batch: int, mode: str, config: BenchConfig) -> Step:
     """Build backbone ``name`` (+ linear head, + AdamW in train mode) on the device; return one step.
 
@@ -216,8 +229,7 @@ def make_step(name: str, seq_len: int, batch: int, mode: str, config: BenchConfi
     per-call validation is then switched off so timing sees only the model's work.
     """
     device = torch.device(config.device)
-    torch.manual_seed(config.seed)
-    backbone = create_backbone(name, **config.backbone_kwargs(name)).to(device)
+    backbone = build_backbone(name, config)
     head = nn.Linear(config.dim, config.num_classes).to(device)
     tokens = torch.randn(batch, seq_len, config.dim, device=device)
     labels = torch.randint(config.num_classes, (batch,), device=device)
@@ -229,18 +241,12 @@ def make_step(name: str, seq_len: int, batch: int, mode: str, config: BenchConfi
     if config.compile:
         torch._dynamo.reset()  # a fresh cache per case: no silent fallback to eager after the recompile limit
         net = torch.compile(backbone)
-    dtype = DTYPES[config.dtype]
-
-    def autocast() -> torch.autocast:
-        # A CUDA graph replays the casts of its capture; autocast's cast cache must not outlive it.
-        return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32, cache_enabled=not config.cuda_graph)
-
     if mode == "infer":
         backbone.eval()
         head.eval()
 
         def infer_step() -> None:
-            with torch.inference_mode(), autocast():
+            with torch.inference_mode(), bench_autocast(config):
                 head(net(tokens))
 
         return infer_step
@@ -250,7 +256,7 @@ def make_step(name: str, seq_len: int, batch: int, mode: str, config: BenchConfi
     optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda", capturable=config.cuda_graph)
 
     def train_step() -> None:
-        with autocast():
+        with bench_autocast(config):
             loss = F.cross_entropy(head(net(tokens)).float(), labels)
         loss.backward()
         optimizer.step()

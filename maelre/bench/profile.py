@@ -39,7 +39,10 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from maelre.bench.efficiency import (
+    DTYPES,
     BenchConfig,
+    bench_autocast,
+    build_backbone,
     make_step,
     parse_name_list,
     parse_seq_lens,
@@ -47,7 +50,6 @@ from maelre.bench.efficiency import (
     time_step,
 )
 from maelre.bench.report import markdown_table, write_json_atomic, write_text_atomic
-from maelre.registry import create_backbone
 
 TOP = 12
 
@@ -102,11 +104,9 @@ def profile_case(name: str, seq_len: int, mode: str, config: BenchConfig, steps:
 
 def saved_activations(name: str, seq_len: int, config: BenchConfig, batch: int = 1) -> dict[str, Any]:
     """MiB that one forward of ``batch`` x ``seq_len`` tokens saves for backward, total and by source line."""
-    device = torch.device(config.device)
-    torch.manual_seed(config.seed)
-    backbone = create_backbone(name, **config.backbone_kwargs(name)).to(device).train()
+    backbone = build_backbone(name, config).train()
     backbone.validate_inputs = False
-    tokens = torch.randn(batch, seq_len, config.dim, device=device)
+    tokens = torch.randn(batch, seq_len, config.dim, device=config.device)
     storages: dict[int, int] = {}
     by_source: Counter[str] = Counter()
 
@@ -119,8 +119,7 @@ def saved_activations(name: str, seq_len: int, config: BenchConfig, batch: int =
             by_source[f"{where} [{str(t.dtype).removeprefix('torch.')}]"] += storage.nbytes()
         return t
 
-    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}[config.dtype]
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), bench_autocast(config):
         backbone(tokens)
     mib = 2**20
     return {
@@ -135,8 +134,7 @@ def saved_activations(name: str, seq_len: int, config: BenchConfig, batch: int =
 def check_compile(name: str, config: BenchConfig, seq_len: int, batch: int = 2) -> dict[str, Any]:
     """Max |compiled - eager| of the pooled output, float32, on one random padded batch."""
     device = torch.device(config.device)
-    torch.manual_seed(config.seed)
-    backbone = create_backbone(name, **config.backbone_kwargs(name)).to(device).eval()
+    backbone = build_backbone(name, config).eval()
     backbone.validate_inputs = False  # its host-synced checks would split the compiled graph
     tokens = torch.randn(batch, seq_len, config.dim, device=device)
     mask = torch.ones(batch, seq_len, dtype=torch.bool, device=device)
@@ -179,7 +177,7 @@ def render_markdown(document: Mapping[str, Any]) -> str:
         lines += ["Operators by calls per step:", ""]
         lines.append(markdown_table(case["top_ops_by_calls"], [("name", "operator"), ("calls", "calls")]))
     if document.get("saved"):
-        base = document["saved"][-1]["saved_mib"] if document["saved"][-1]["backbone"] == "transformer" else None
+        base = next((s["saved_mib"] for s in document["saved"] if s["backbone"] == "transformer"), None)
         lines += ["## Activations saved for backward (one forward)", ""]
         lines.append(
             markdown_table(
@@ -211,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--mlp-ratio", type=float, default=4.0)
-    parser.add_argument("--dtype", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--device", default=None, help="default: cuda if available")
     parser.add_argument("--compile", action="store_true", help="profile torch.compile(backbone)")
     parser.add_argument("--steps", type=int, default=2, help="profiled steps per case (default: %(default)s)")
@@ -255,8 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name}: compiled vs eager max abs diff {check['max_abs_diff']:.2e}", flush=True)
             document["compile_checks"].append(check)
             release_memory(device)
-    if args.saved:  # transformer last: the table divides by it
-        for name in sorted(backbones, key=lambda b: b == "transformer"):
+    if args.saved:
+        for name in backbones:
             saved = saved_activations(name, args.saved_len, config)
             print(f"{name}: {saved['saved_mib']:.1f} MiB saved for backward at N={args.saved_len}", flush=True)
             document["saved"].append(saved)
