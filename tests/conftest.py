@@ -37,3 +37,20 @@ def torch_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def crash_after():
+    """``crash_after(step)``: a Lightning callback raising ``RuntimeError("simulated crash")``
+    right after optimizer step ``step``, for the kill-and-resume tests."""
+    from lightning.pytorch.callbacks import Callback
+
+    class CrashAfter(Callback):
+        def __init__(self, step: int) -> None:
+            self.step = step
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            if trainer.global_step >= self.step:
+                raise RuntimeError("simulated crash")
+
+    return CrashAfter

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from lightning.pytorch.callbacks import Callback
 
 from maelre import list_backbones
 from maelre.cli import main
@@ -89,20 +88,11 @@ def test_predict_on_npy_matches_the_python_api(finished_run, tmp_path, capsys):
     assert [float(v) for v in line.split(",")[2:]] == pytest.approx(expected[2].tolist(), abs=1e-5)
 
 
-class KillAt(Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step >= self.step:
-            raise RuntimeError("simulated crash")
-
-
-def test_killed_fit_resumes_to_the_same_weights(recipe_file, tmp_path):
+def test_killed_fit_resumes_to_the_same_weights(recipe_file, tmp_path, crash_after):
     reference_dir, run_dir = tmp_path / "reference", tmp_path / "killed"
     assert main(["fit", str(recipe_file), "--run-dir", str(reference_dir), "--no-progress"]) == 0  # same threads as below
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_recipe(load_recipe(recipe_file), run_dir=run_dir, callbacks=[KillAt(8)], progress=False)
+        run_recipe(load_recipe(recipe_file), run_dir=run_dir, callbacks=[crash_after(8)], progress=False)
     assert latest_checkpoint(run_dir).name == "step-0000006"  # checkpoints every 3 steps: mid-epoch 2 of 3
     assert main(["fit", str(recipe_file), "--run-dir", str(run_dir), "--resume", "--no-progress"]) == 0
     final, reference = latest_checkpoint(run_dir), latest_checkpoint(reference_dir)

@@ -7,7 +7,6 @@ import random
 import numpy as np
 import pytest
 import torch
-from lightning.pytorch.callbacks import Callback
 
 import maelre.engine.data as data_mod
 from maelre.engine import (
@@ -238,30 +237,19 @@ def test_in_memory_fit_learns_and_predicts_in_order():
     assert result.throughput["samples_seen"] == 6 * 90 and result.peak_memory["bytes"] > 0
 
 
-class KillAt(Callback):
-    """Simulates a crash right after optimizer step ``step``."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.global_step >= self.step:
-            raise RuntimeError("simulated crash")
-
-
-def _fit_to(run_dir, train, val, resume=False, kill=None):
+def _fit_to(run_dir, train, val, resume=False, crash=None):
     seed_everything(0)
     model = tiny_model(train, dropout=0.2)
     cfg = TrainerConfig(max_epochs=3, checkpoint_every_n_steps=3, **QUIET)
     return fit_classifier(model, train, val, cfg, OptimConfig(lr=3e-3, warmup_steps=2), run_dir, batch_size=8,
-                          resume=resume, callbacks=[KillAt(kill)] if kill else [], restore_best=False)
+                          resume=resume, callbacks=[crash] if crash else [], restore_best=False)
 
 
-def test_killed_run_resumes_exactly(tmp_path):
+def test_killed_run_resumes_exactly(tmp_path, crash_after):
     train, val = sine_samples(60), sine_samples(24, seed=1)
     full = _fit_to(tmp_path / "full", train, val)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _fit_to(tmp_path / "killed", train, val, kill=11)  # mid-epoch 2; last checkpoint at step 9
+        _fit_to(tmp_path / "killed", train, val, crash=crash_after(11))  # mid-epoch 2; last checkpoint at step 9
     assert latest_checkpoint(tmp_path / "killed").name == "step-0000009"
     resumed = _fit_to(tmp_path / "killed", train, val, resume=True)
     assert resumed.global_step == full.global_step == 24
