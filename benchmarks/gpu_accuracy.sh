@@ -66,20 +66,8 @@ fi
 # The sweep starts no run that could not end (at --max-minutes) within this many minutes;
 # imports and the wheel install fill the rest of the ~9-minute call.
 sweep=(--sweep-minutes 8 --run-root runs/leaderboard --backbones "$BACKBONES" --jobs "$JOBS")
-# Steps are the budget (the same for every backbone); --max-minutes only guards the call's
-# time. Measured on an H100 (bf16), one run at a time, steps/s of maelre, transformer, ecp, perceiver_ar:
-# Pathfinder (batch 128) 19, 32, 26, 46; ListOps (batch 32, 2,048 bytes) 19, 8.3, 31, 9.1;
-# drawing 1,000 Pathfinder images takes about 4 s, 1,000 ListOps examples about 1 s.
-# The budgets below are for JOBS=4 (four runs sharing the GPU, each drawing its own data);
-# with JOBS=1 lower --budget-steps so the four runs fit the sweep's 8 minutes.
-# ListOps' recipe early-stops on val/acc; that is off so every backbone takes the same steps.
-listops=(--tasks listops --budget-steps 3000 --max-minutes 6.5
-         --set data.dataset.n_train=48000 --set data.dataset.n_val=1000 --set data.dataset.n_test=2000
-         --set schedule.warmup_steps=300 --set trainer.early_stopping_patience=null)
-pathfinder=(--tasks pathfinder --budget-steps 3000 --max-minutes 5.5
-            --set data.dataset.n_train=30000 --set data.dataset.n_val=500 --set data.dataset.n_test=2000)
-fsdd=(--tasks fsdd --max-minutes 2 --set trainer.precision=bf16-mixed)
-standin=(--tasks scifar_standin --budget-steps 3000 --max-minutes 6)
+# The budgets of the groups (also read by benchmarks/probes.sh, whose ListOps ablation reuses them).
+source benchmarks/gpu_budgets.sh
 if [[ -n ${FSDD_ROOT:-} ]]; then
     fsdd+=(--set "data.dataset.root=$FSDD_ROOT")
 fi

@@ -6,7 +6,7 @@
 #   bash benchmarks/probes.sh listops-ablation    # which part of MAELRE fails on ListOps?
 #   bash benchmarks/probes.sh pathfinder-long     # does Pathfinder-32 leave chance with 2x the budget?
 #
-# listops-ablation: the leaderboard's ListOps budget (gpu_accuracy.sh), one change each;
+# listops-ablation: the leaderboard's ListOps budget (gpu_budgets.sh), one change each;
 # VARIANTS picks some (default: all four):
 #   exact     switch_threshold=4096: exact attention in every block, merging kept
 #   nomerge   merge_fraction=0: linear attention in every block, no merging
@@ -22,6 +22,7 @@ OUT=${OUT:-benchmarks/results/gpu_out}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT" runs
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+source benchmarks/gpu_budgets.sh
 
 start() {  # start NAME ARGS...: one single-row sweep in the background
     local name=$1
@@ -39,9 +40,7 @@ case $probe in
         )
         for name in ${VARIANTS:-exact nomerge mixed favor}; do
             [[ -n ${variant[$name]:-} ]] || { echo "unknown variant '$name'; use exact, nomerge, mixed or favor" >&2; exit 2; }
-            start "listops_maelre_$name" --tasks listops --backbones maelre --budget-steps 3000 --max-minutes 6.5 \
-                --set data.dataset.n_train=48000 --set data.dataset.n_val=1000 --set data.dataset.n_test=2000 \
-                --set schedule.warmup_steps=300 --set trainer.early_stopping_patience=null --set "${variant[$name]}"
+            start "listops_maelre_$name" "${listops[@]}" --backbones maelre --set "${variant[$name]}"
         done
         ;;
     pathfinder-long)
