@@ -4,6 +4,7 @@ absolute position embeddings and ``SequenceAdapter``, the base class whose ``for
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -101,6 +102,24 @@ def pad_batch(
     return batch
 
 
+EMBED_INIT_STD = 0.02
+"""Initial scale (std) of token embedding tables and of position embeddings alike (GPT-2, BERT, ViT).
+
+Both must start at one scale: with ``nn.Embedding``'s default N(0, 1) tokens beside positions
+of std 0.02, a token's position is 2% of its vector, and on inputs where most tokens share one
+value (Pathfinder's background pixels) every model starts position-blind."""
+
+
+def token_embedding(num_embeddings: int, dim: int, padding_idx: int | None = None) -> nn.Embedding:
+    """``nn.Embedding`` initialised like the position table: truncated normal, std ``EMBED_INIT_STD``; padding row 0."""
+    embedding = nn.Embedding(num_embeddings, dim, padding_idx=padding_idx)
+    nn.init.trunc_normal_(embedding.weight, std=EMBED_INIT_STD)
+    if padding_idx is not None:
+        with torch.no_grad():
+            embedding.weight[padding_idx].zero_()
+    return embedding
+
+
 def sinusoidal_positions(length: int, dim: int, base: float = 10000.0) -> Tensor:
     """Fixed sinusoid table ``[length, dim]`` (Vaswani et al. 2017): sin on even, cos on odd columns."""
     half = (dim + 1) // 2
@@ -121,9 +140,10 @@ class PositionEmbedding(nn.Module):
         self.table: Tensor | None
         if kind == "learned":
             self.table = nn.Parameter(torch.empty(max_len, dim))
-            nn.init.trunc_normal_(self.table, std=0.02)
-        elif kind == "sinusoidal":
-            self.register_buffer("table", sinusoidal_positions(max_len, dim), persistent=False)
+            nn.init.trunc_normal_(self.table, std=EMBED_INIT_STD)
+        elif kind == "sinusoidal":  # scaled to RMS EMBED_INIT_STD (a sinusoid's RMS is 1/sqrt(2)), like the tokens
+            table = sinusoidal_positions(max_len, dim) * (EMBED_INIT_STD * math.sqrt(2))
+            self.register_buffer("table", table, persistent=False)
         else:
             self.table = None
 
@@ -195,6 +215,7 @@ class SequenceAdapter(ModalityAdapter):
 
 
 __all__ = [
+    "EMBED_INIT_STD",
     "POS_EMBED_KINDS",
     "PositionEmbedding",
     "SequenceAdapter",
@@ -206,4 +227,5 @@ __all__ = [
     "pad_batch",
     "round_up",
     "sinusoidal_positions",
+    "token_embedding",
 ]

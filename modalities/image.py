@@ -31,6 +31,7 @@ from modalities.common import (
     kept_length,
     pad_batch,
     round_up,
+    token_embedding,
 )
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's convert("L")
@@ -201,7 +202,7 @@ class PixelAdapter(SequenceAdapter):
         c = config
         if c.channels == "gray" or c.rgb_embed == "sum":
             n_tables = 1 if c.channels == "gray" else 3
-            self.embedding = nn.Embedding(256 * n_tables, c.dim)
+            self.embedding = token_embedding(256 * n_tables, c.dim)
             self.register_buffer("table_offsets", torch.arange(n_tables) * 256, persistent=False)
         else:
             self.embedding = nn.Linear(3, c.dim)

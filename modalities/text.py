@@ -18,10 +18,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from modalities.base import register_adapter
-from modalities.common import SequenceAdapter, SequenceAdapterConfig, check_choice, check_positive, kept_length
+from modalities.common import (
+    SequenceAdapter,
+    SequenceAdapterConfig,
+    check_choice,
+    check_positive,
+    kept_length,
+    token_embedding,
+)
 
 SPECIAL_TOKENS = ("<pad>", "<cls>", "<eos>", "<unk>")
 PAD_ID, CLS_ID, EOS_ID, UNK_ID = range(len(SPECIAL_TOKENS))
@@ -88,7 +95,7 @@ def _check_text(x: object) -> str:
 
 @register_adapter("text")
 class TextAdapter(SequenceAdapter):
-    """``str`` -> ids -> ``nn.Embedding(vocab, dim, padding_idx=PAD)`` + positions.
+    """``str`` -> ids -> ``nn.Embedding(vocab, dim, padding_idx=PAD)`` (``token_embedding``) + positions.
 
     ``encode`` -> ``{"ids": LongTensor[L], "mask": BoolTensor[L]}``; ``collate`` pads ids
     with ``PAD``; ``forward`` -> ``tokens [B, L, dim]``, ``mask [B, L]``.
@@ -103,7 +110,7 @@ class TextAdapter(SequenceAdapter):
         self.bpe = None  # tokenizers.Tokenizer once fitted / loaded
         self.words: dict[str, int] | None = None  # word -> id once fitted / loaded
         vocab = BYTE_VOCAB_SIZE if config.tokenizer == "byte" else config.vocab_size
-        self.embedding = nn.Embedding(vocab, config.dim, padding_idx=PAD_ID)
+        self.embedding = token_embedding(vocab, config.dim, padding_idx=PAD_ID)
         self.build_positions()
 
     @property

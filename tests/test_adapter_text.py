@@ -10,7 +10,7 @@ import torch
 
 from maelre.registry import create_backbone
 from modalities import create_adapter
-from modalities.common import PositionEmbedding, kept_length, pad_batch, sinusoidal_positions
+from modalities.common import EMBED_INIT_STD, PositionEmbedding, kept_length, pad_batch, sinusoidal_positions
 from modalities.text import BYTE_OFFSET, BYTE_VOCAB_SIZE, CLS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, UNK_ID
 
 CORPUS = [
@@ -202,7 +202,22 @@ def test_pos_embed_kinds():
     sin = byte_adapter(pos_embed="sinusoidal")
     assert not any("pos" in name for name, _ in sin.named_parameters())
     out = sin(batch)[0] - sin.embedding(batch["ids"])
-    torch.testing.assert_close(out[0], sinusoidal_positions(3, 16))
+    torch.testing.assert_close(out[0], sinusoidal_positions(3, 16) * EMBED_INIT_STD * math.sqrt(2))
+
+
+@pytest.mark.parametrize("pos_embed", ["learned", "sinusoidal"])
+def test_tokens_and_positions_start_at_one_scale(pos_embed):
+    """Regression: nn.Embedding's N(0, 1) beside positions of std 0.02 made positions 2% of a token."""
+    torch.manual_seed(0)
+    adapters = [create_adapter("text", tokenizer="byte", dim=64, max_len=512, pos_embed=pos_embed),
+                create_adapter("pixels", dim=64, max_len=512, pos_embed=pos_embed)]
+    for adapter in adapters:
+        content = adapter.embedding.weight
+        positions = adapter.pos_embed.positions(512)
+        rms = lambda t: t.pow(2).mean().sqrt().item()  # noqa: E731
+        assert 0.7 < rms(content) / rms(positions) < 1.4, type(adapter).__name__
+        assert abs(rms(positions) - EMBED_INIT_STD) < 0.004
+    assert adapters[0].embedding.weight[PAD_ID].abs().sum() == 0
 
 
 def test_tokens_feed_a_backbone():

@@ -1,4 +1,4 @@
-"""CIFAR-10 loader on a synthetic folder in the official python-pickle layout; lazy splits."""
+"""CIFAR-10 loader on a synthetic folder in the official python-pickle layout; scikit-learn digits; lazy splits."""
 from __future__ import annotations
 
 import pickle
@@ -144,3 +144,34 @@ def test_carve_validation_keeps_order_and_rejects_bad_fractions() -> None:
         carve_validation(split, -0.1, seed=0)
     with pytest.raises(ValueError, match="cannot carve a stratified validation split"):
         carve_validation(split, 0.05, seed=0)  # 1 example cannot cover 2 classes
+
+
+def test_digits_are_real_upscaled_and_split_without_overlap() -> None:
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    assert load_dataset("digits").val is None
+    data = load_dataset("digits", val_fraction=0.1, seed=1)
+    assert (len(data.train), len(data.val), len(data.test)) == (1257, 180, 360)
+    assert data.classes == [str(d) for d in range(10)] and data.modality == "image"
+    image, label = data.test[0]
+    assert image.shape == (32, 32, 1) and image.dtype == np.uint8 and 0 <= label < 10
+    assert set(np.bincount(data.test.labels)) <= {35, 36, 37}  # stratified
+    # the three splits partition scikit-learn's 1,797 images, labels kept (size 8: the originals, rescaled)
+    originals = sklearn_digits()
+    expected = Counter((np.rint(im * 255 / 16).astype(np.uint8).tobytes(), int(t)) for im, t in zip(originals.images, originals.target))
+    small = load_dataset("digits", size=8, val_fraction=0.1, seed=1)
+    found = Counter((x.tobytes(), y) for split in (small.train, small.val, small.test) for x, y in split)
+    assert found == expected
+    assert np.array_equal(load_dataset("digits", seed=1).test[5][0], data.test[5][0])
+    assert not all(np.array_equal(load_dataset("digits", seed=2).test[i][0], data.test[i][0]) for i in range(5))
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    ({"root": "somewhere"}, "takes no root"),
+    ({"size": 4}, "size must be >= 8"),
+    ({"test_fraction": 0.0}, "test_fraction > 0"),
+    ({"test_fraction": 0.6, "val_fraction": 0.4}, "sum < 1"),
+])
+def test_digits_reject_bad_settings(settings: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_dataset("digits", **settings)

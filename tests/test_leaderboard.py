@@ -293,7 +293,7 @@ def test_overrides_are_the_same_for_every_backbone():
     items = runs["ecp"]
     assert items.index("model.depth=3") < items.index("optimizer.lr=0.002") < items.index("trainer.max_steps=10")
     assert {"trainer.max_epochs=null", "trainer.max_time=1.5", "model.backbone=ecp"} <= set(items)
-    assert any(i.startswith("data.dataset={name: pathfinder") for i in items)
+    assert any(i.startswith("data.dataset={name: digits") for i in items)
 
 
 @pytest.mark.parametrize(
@@ -336,7 +336,7 @@ def test_every_task_recipe_validates_for_every_backbone(task):
         if task in ("scifar10", "scifar_standin"):  # the ECP paper's sCIFAR setting
             assert {k: recipe.shared[k] for k in ("dim", "depth", "heads", "mlp_ratio")} == {"dim": 64, "depth": 3, "heads": 4, "mlp_ratio": 2.0}
             assert recipe.data.adapter["max_len"] == 1024
-        expected = "synthetic-standin" if task == "scifar_standin" else ("generated" if task in ("listops", "pathfinder", "pathx") else "real")
+        expected = "standin" if task == "scifar_standin" else ("generated" if task in ("listops", "pathfinder", "pathx") else "real")
         assert lb.data_provenance(lb.TASKS[task], recipe) == expected
 
 
@@ -352,7 +352,7 @@ def test_targets_pass_miss_and_not_run():
 
     capped = make_row("fsdd", "maelre", 99.0, data="real", full_test_split=False)
     failed = make_row("listops", "maelre", None, status="error", message="RuntimeError: boom")
-    standin = make_row("pathfinder", "maelre", 90.0, data="synthetic-standin")
+    standin = make_row("pathfinder", "maelre", 90.0, data="standin")
     checks = lb.evaluate_targets([capped, failed, standin])
     assert [c.verdict for c in checks] == ["not run", "not run", "not run"]
     assert "boom" in checks[0].detail and "stand-in" in checks[1].detail and "official test split" in checks[2].detail
@@ -365,7 +365,7 @@ def test_report_puts_published_numbers_beside_ours_with_provenance(tmp_path):
         make_row("listops", "maelre", 41.234),
         make_row("listops", "transformer", 37.5, status="time_limit", message="stopped by the 1.5-minute limit after 90 steps"),
         make_row("fsdd", "maelre", 97.5, data="real"),
-        make_row("scifar_standin", "ecp", 66.0, data="synthetic-standin"),
+        make_row("scifar_standin", "ecp", 66.0, data="standin"),
         make_row("pathfinder", "ecp", None, status="error", message="RuntimeError: boom"),
     ]
     document = {"meta": {"commands": ["maelre lra --tasks listops"], "updated": "2026-11-20T10:00:00+00:00"}, "results": rows}

@@ -85,6 +85,11 @@ def test_wrong_types_fail_with_the_expected_type():
     assert error_of(BASE, "model.dim=32.5").path == "model.dim"
 
 
+def test_precision_32_may_be_written_as_a_number():
+    assert parse(BASE, "trainer.precision=32").trainer.precision == "32"
+    assert "must be one of" in str(error_of(BASE, "trainer.precision=16"))
+
+
 def test_value_checks_keep_the_key_path():
     assert error_of(BASE, "model.heads=5").path == "model"  # dim 32 not divisible by 5
     assert "warmup" in str(error_of(BASE, "schedule.warmup_steps=10", "schedule.warmup_fraction=0.1"))

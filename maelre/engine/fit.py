@@ -59,7 +59,7 @@ class TrainerConfig:
         max_epochs: epoch budget (``None`` = unbounded; then ``max_steps`` or ``max_time`` must bound training).
         max_steps: optimizer-step budget (``None`` = unbounded).
         max_time: wall-clock budget in minutes (``None`` = unbounded).
-        precision: ``"32"``, ``"bf16-mixed"`` (GPU; works but is slow on CPU) or ``"16-mixed"`` (GPU).
+        precision: ``"32"`` (or the int 32), ``"bf16-mixed"`` (GPU; works but is slow on CPU) or ``"16-mixed"`` (GPU).
         accelerator: ``"auto"``, ``"cpu"``, ``"gpu"``/``"cuda"``.
         devices: device count or ``"auto"``.
         strategy: ``"auto"`` or ``"ddp"`` (multi-GPU data parallel; launched by re-running the command per device).
@@ -80,7 +80,7 @@ class TrainerConfig:
     max_epochs: int | None = 10
     max_steps: int | None = None
     max_time: float | None = None
-    precision: str = "32"
+    precision: str | int = "32"
     accelerator: str = "auto"
     devices: int | str = 1
     strategy: str = "auto"
@@ -104,6 +104,8 @@ class TrainerConfig:
                 raise ValueError(f"{name} must be >= 1 or null, got {value}")
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"max_time must be a positive number of minutes, got {self.max_time}")
+        if self.precision == 32:  # what YAML and `--set trainer.precision=32` give
+            self.precision = "32"
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.accumulate_grad_batches < 1 or self.val_every_n_epochs < 1 or self.log_every_n_steps < 1:

@@ -1,12 +1,15 @@
-"""Image datasets: CIFAR-10 (``"cifar10"``) through ``torchvision.datasets.CIFAR10``.
+"""Image datasets: CIFAR-10 (``"cifar10"``) through ``torchvision.datasets.CIFAR10``, and
+scikit-learn's bundled handwritten digits (``"digits"``), which need no download.
 
-Inputs are ``np.ndarray uint8 [H, W, C]`` (HWC, C = 3, or 1 with ``grayscale=True``).
+Inputs are ``np.ndarray uint8 [H, W, C]`` (HWC, C = 3, or 1 with ``grayscale=True``; digits: C = 1).
 """
 from __future__ import annotations
 
 import os
 
 import numpy as np
+from PIL import Image
+from sklearn.datasets import load_digits as sklearn_digits
 from torchvision.datasets import CIFAR10
 
 from modalities.base import DatasetSplits
@@ -88,4 +91,62 @@ def load_cifar10(
         classes=list(train.classes),
         modality="image",
         meta={"source": "cifar10", "root": str(root), "grayscale": grayscale, "val_fraction": val_fraction, "seed": seed},
+    )
+
+
+DIGITS_LEVELS = 16
+"""scikit-learn's digits are 8x8 images with gray levels 0..16 (4x4 pixel counts of 32x32 bitmaps)."""
+
+
+@register_dataset("digits")
+def load_digits(
+    root: None = None,
+    *,
+    size: int = 32,
+    test_fraction: float = 0.2,
+    val_fraction: float = 0.0,
+    seed: int = 0,
+) -> DatasetSplits:
+    """scikit-learn's handwritten digits (UCI optdigits test set): 1,797 real 8x8 images of 10 classes.
+
+    They ship with scikit-learn, so this loader works offline; resized to ``size`` x
+    ``size`` (32: the length of sCIFAR-10's 1,024-pixel sequence), they stand in for
+    CIFAR-10 where it cannot be downloaded. A real, learnable stand-in, but a far easier
+    task than CIFAR-10: accuracies on it say nothing about CIFAR-10.
+
+    Args:
+        root: unused (the data comes with scikit-learn); must be ``None``.
+        size: output side in pixels (bilinear resize of the 8x8 image, gray levels 0..16
+            scaled to 0..255); 8 keeps the originals.
+        test_fraction, val_fraction: shares of all 1,797 images held out for test and
+            for validation (0: no validation split), stratified by class and seeded. A
+            recipe's ``data.val_fraction`` is passed on as ``val_fraction``.
+        seed: seed of the two stratified splits.
+
+    Returns:
+        ``DatasetSplits`` with modality ``"image"``: items ``uint8 [size, size, 1]``,
+        classes ``"0"`` .. ``"9"``.
+    """
+    if root is not None:
+        raise ValueError("the digits data set ships with scikit-learn and takes no root; remove data.dataset.root")
+    if size < 8:
+        raise ValueError(f"size must be >= 8 (the originals are 8x8), got {size}")
+    if not (0 < test_fraction and 0 <= val_fraction and test_fraction + val_fraction < 1):
+        raise ValueError(f"need test_fraction > 0, val_fraction >= 0 and their sum < 1 (the rest is train), "
+                         f"got {test_fraction} and {val_fraction}")
+    bunch = sklearn_digits()
+    images = np.rint(bunch.images * (255 / DIGITS_LEVELS)).astype(np.uint8)
+    if size != 8:
+        images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images])
+    everything = LazySplit(images[..., None], bunch.target)
+    rest, test = carve_validation(everything, test_fraction, seed)
+    train, val = carve_validation(rest, val_fraction / (1 - test_fraction), seed)
+    return DatasetSplits(
+        train=train,
+        test=test,
+        val=val,
+        classes=[str(c) for c in bunch.target_names],
+        modality="image",
+        meta={"source": "sklearn.datasets.load_digits", "size": size, "test_fraction": test_fraction,
+              "val_fraction": val_fraction, "seed": seed},
     )
