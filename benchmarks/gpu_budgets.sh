@@ -10,7 +10,7 @@
 # ListOps' recipe early-stops on val/acc; that is off so every backbone takes the same steps.
 # ListOps: LRA's 5,000 steps of 32 examples, on half of LRA's training set (48,000 examples,
 # drawn in ~35 s), LRA's validation and test sizes.
-listops=(--tasks listops --budget-steps 5000 --max-minutes 8
+listops=(--tasks listops --budget-steps 5000 --max-minutes 7.5
          --set data.dataset.n_train=48000 --set data.dataset.n_val=2000 --set data.dataset.n_test=2000
          --set schedule.warmup_steps=500 --set trainer.early_stopping_patience=null)
 pathfinder=(--tasks pathfinder --budget-steps 3000 --max-minutes 6.5 --set data.dataset.n_jobs=4
