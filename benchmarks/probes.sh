@@ -4,7 +4,7 @@
 # train at once, each in its own process (logs in runs/).
 #
 #   bash benchmarks/probes.sh ablation listops      # which MAELRE setting matters on ListOps?
-#   bash benchmarks/probes.sh ablation pathfinder   # ... on Pathfinder-32
+#   bash benchmarks/probes.sh ablation pathfinder   # ... on Pathfinder-32 (standin: the sCIFAR stand-in)
 #   bash benchmarks/probes.sh single TASK BACKBONE  # one backbone, the task's budget plus SET
 #   bash benchmarks/probes.sh pathfinder-long       # does Pathfinder-32 leave chance with 2x the budget?
 #
@@ -46,7 +46,7 @@ threads() {  # threads N: export an even share of the CPU cores for N runs unles
 }
 
 overrides() {  # overrides TASK: the task's budget (gpu_budgets.sh) with STEPS, MINUTES and SET applied, into $override
-    [[ $1 == listops || $1 == pathfinder ]] || { echo "$probe: unknown task '$1'; use listops or pathfinder" >&2; exit 2; }
+    [[ $1 == listops || $1 == pathfinder || $1 == standin ]] || { echo "$probe: unknown task '$1'; use listops, pathfinder or standin" >&2; exit 2; }
     local -n budget=$1
     override=("${budget[@]}")
     [[ -n ${STEPS:-} ]] && override+=(--budget-steps "$STEPS")
@@ -56,7 +56,7 @@ overrides() {  # overrides TASK: the task's budget (gpu_budgets.sh) with STEPS, 
 
 case $probe in
     ablation)
-        task=${2:?usage: bash benchmarks/probes.sh ablation listops|pathfinder}
+        task=${2:?usage: bash benchmarks/probes.sh ablation listops|pathfinder|standin}
         overrides "$task"
         declare -A variant=(
             [exact]="model.backbone_config.maelre.switch_threshold=4096"
