@@ -17,8 +17,14 @@ import time
 import numpy as np
 
 from maelre.fileio import write_text_atomic
-from modalities.datasets.listops import describe_listops, evaluate_listops, generate_listops, listops_tokens
-from modalities.datasets.pathfinder import generate_pathfinder, markers_connected
+from modalities.datasets.listops import (
+    describe_listops,
+    evaluate_listops,
+    generate_listops,
+    listops_tokens,
+    outermost_operator_baseline,
+)
+from modalities.datasets.pathfinder import generate_pathfinder, marker_distance_baseline, markers_connected
 
 
 def listops_section(n: int, seed: int) -> list[str]:
@@ -40,6 +46,9 @@ def listops_section(n: int, seed: int) -> list[str]:
         "(why the recipe uses the word tokenizer, not bytes).",
         f"- Deepest operator nesting {info['max_operator_nesting']}, widest operator {info['max_arguments']} arguments.",
         f"- Example (first 20 tokens): `{' '.join(listops_tokens(samples[0][0])[:20])} ...` -> {samples[0][1]}",
+        f"- Shortcut baseline: predicting each outermost operator's most frequent label (learnt on the first "
+        f"half) scores **{outermost_operator_baseline(samples[: n // 2], samples[n // 2 :]):.1%}** on the second half, "
+        "without evaluating any nested list.",
         "",
         "| label | " + " | ".join(str(i) for i in range(10)) + " |",
         "| --- |" + " --- |" * 10,
@@ -55,6 +64,7 @@ def pathfinder_section(n: int, seed: int, size: int) -> list[str]:
     labels = np.array([y for _, y in samples])
     disagree = sum(markers_connected(img) != bool(y) for img, y in samples)
     ink = np.mean([(img > 127).mean() for img, _ in samples])
+    shortcut = marker_distance_baseline(samples[: n // 2], samples[n // 2 :])
     return [
         f"## Pathfinder {size}x{size}: {n} generated images (seed {seed})",
         "",
@@ -62,6 +72,8 @@ def pathfinder_section(n: int, seed: int, size: int) -> list[str]:
         f"- Labels: {int((labels == 1).sum())} connected, {int((labels == 0).sum())} disconnected.",
         f"- **{disagree} of {n}** labels disagree with a flood fill between the two markers on the rendered image.",
         f"- Mean fraction of lit pixels: {ink:.3f}.",
+        f"- Shortcut baseline: the best marker-distance threshold on the first half classifies the second "
+        f"half with **{shortcut:.1%}** accuracy, without following any contour.",
         "",
     ]
 

@@ -15,6 +15,7 @@ from modalities.datasets.listops import (
     listops_tokens,
     max_arguments,
     operator_nesting,
+    outermost_operator_baseline,
     read_listops_tsv,
     write_listops_tsv,
 )
@@ -245,3 +246,14 @@ def test_loader_reads_lra_folder(tmp_path, short_samples) -> None:
         load_dataset("listops", root=tmp_path)
     with pytest.raises(FileNotFoundError, match="ListOps"):
         load_dataset("listops", root=tmp_path / "nowhere")
+
+
+def test_outermost_operator_baseline_reads_only_the_outer_operator():
+    train = [("[MAX 1 9 ]", 9), ("( [MAX 2 [MIN 4 9 ] ) ]", 9), ("[MAX 3 4 ]", 4), ("[MIN 0 5 ]", 0)]
+    # MAX -> 9, MIN -> 0; SM is unseen and falls back to the most frequent label overall (9)
+    test = [("[MAX 3 4 ]", 4), ("[MIN [MAX 7 8 ] 9 ]", 0), ("[SM 9 ]", 9), ("[MIN 5 6 ]", 5)]
+    assert outermost_operator_baseline(train, test) == 0.5
+    with pytest.raises(ValueError, match="training examples"):
+        outermost_operator_baseline([], test)
+    with pytest.raises(ValueError, match="test examples"):
+        outermost_operator_baseline(train, [])

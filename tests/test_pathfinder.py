@@ -11,8 +11,10 @@ from PIL import Image
 from modalities.datasets import load_dataset
 from modalities.datasets.pathfinder import (
     PathfinderConfig,
+    disc_offsets,
     find_markers,
     generate_pathfinder,
+    marker_distance_baseline,
     markers_connected,
     raster_segment,
     read_pathfinder_folder,
@@ -275,3 +277,21 @@ def test_loader_reads_and_splits_lra_folder(tmp_path, samples32) -> None:
         load_dataset("pathfinder", root=tmp_path, contour_length=6)
     with pytest.raises(ValueError, match="128x128"):
         load_dataset("pathx", root=tmp_path).train[0]
+
+
+def _two_markers(distance: int, label: int) -> tuple[np.ndarray, int]:
+    image = np.zeros((32, 32), dtype=np.uint8)
+    for centre in ((8, 4), (8, 4 + distance)):
+        spots = np.asarray(centre) + disc_offsets(1.5)
+        image[spots[:, 0], spots[:, 1]] = 255
+    return image, label
+
+
+@pytest.mark.parametrize("near_label", [1, 0])
+def test_marker_distance_baseline_learns_a_threshold_either_way(near_label: int):
+    data = [_two_markers(d, near_label if d < 12 else 1 - near_label) for d in (5, 6, 7, 8, 16, 18, 20, 22)]
+    assert marker_distance_baseline(data[::2], data[1::2]) == 1.0
+    assert marker_distance_baseline(data, [_two_markers(9, 1 - near_label)]) == 0.0
+    with pytest.raises(ValueError, match="training and test images"):
+        marker_distance_baseline([], data)
+

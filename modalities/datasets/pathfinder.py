@@ -365,6 +365,30 @@ def markers_connected(
     return bool(found[0] == found[1])
 
 
+def marker_distance_baseline(
+    train: Iterable[tuple[np.ndarray, int]], test: Iterable[tuple[np.ndarray, int]], threshold: int = 127
+) -> float:
+    """Test accuracy of a shortcut that sees only how far apart the two markers are.
+
+    The best rule "connected iff distance < t" (or ">= t") on ``train`` is applied to
+    ``test``. It needs no contour following; a model below it has not even found the markers.
+    """
+    def distances(samples: Iterable[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray]:
+        pairs = [(math.dist(*find_markers(image, threshold)), label) for image, label in samples]
+        if not pairs:
+            raise ValueError("marker_distance_baseline needs training and test images")
+        d, y = np.array(pairs).T
+        return d, y.astype(bool)
+
+    d_train, y_train = distances(train)
+    candidates = np.unique(d_train)
+    below = np.array([np.mean((d_train < t) == y_train) for t in candidates])
+    best = int(np.argmax(np.maximum(below, 1 - below)))
+    flip = below[best] < 0.5
+    d_test, y_test = distances(test)
+    return float(np.mean(((d_test < candidates[best]) != flip) == y_test))
+
+
 def _binary(image: np.ndarray, threshold: int) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 2:
