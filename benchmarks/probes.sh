@@ -58,20 +58,21 @@ case $probe in
     ablation)
         task=${2:?usage: bash benchmarks/probes.sh ablation listops|pathfinder|standin}
         overrides "$task"
-        declare -A variant=(
-            [exact]="model.backbone_config.maelre.switch_threshold=4096"
-            [nomerge]="model.backbone_config.maelre.merge_fraction=0.0"
-            [mixed]="model.backbone_config.maelre.switch_threshold=1024"
-            [elu]="model.backbone_config.maelre.feature_map=elu"
-            [favor]="model.backbone_config.maelre.feature_map=favor"
+        m=model.backbone_config.maelre
+        declare -A variant=(  # space-separated KEY=VALUE overrides of each variant
+            [exact]="$m.switch_threshold=4096"
+            [nomerge]="$m.merge_fraction=0.0"
+            [mixed]="$m.switch_threshold=1024 $m.merge_fraction=0.5"
+            [elu]="$m.feature_map=elu"
+            [favor]="$m.feature_map=favor"
         )
         names=(${VARIANTS:-exact nomerge mixed elu favor})
         threads ${#names[@]}
         for name in "${names[@]}"; do
             [[ -n ${variant[$name]:-} ]] || { echo "unknown variant '$name'; use ${!variant[*]}" >&2; exit 2; }
-            extra=()
-            [[ $name == mixed ]] && extra=(--set model.backbone_config.maelre.merge_fraction=0.5)
-            start "${task}_maelre_$name${TAG:+_$TAG}" "${override[@]}" --backbones maelre --set "${variant[$name]}" "${extra[@]}"
+            settings=()
+            for item in ${variant[$name]}; do settings+=(--set "$item"); done
+            start "${task}_maelre_$name${TAG:+_$TAG}" "${override[@]}" --backbones maelre "${settings[@]}"
         done
         ;;
     single)

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from modalities.base import register_adapter
 from modalities.common import (
+    EMBED_INIT_STD,
     SequenceAdapter,
     SequenceAdapterConfig,
     as_pair,
@@ -171,7 +172,7 @@ class AudioAdapter(SequenceAdapter):
             )
             if c.pos_embed != "none":
                 self.freq_embed = nn.Parameter(torch.empty(self.tokens_per_step, c.dim))
-                nn.init.trunc_normal_(self.freq_embed, std=0.02)
+                nn.init.trunc_normal_(self.freq_embed, std=EMBED_INIT_STD)  # the positions' scale
         self.build_positions()
 
     # -- token geometry -------------------------------------------------------------
