@@ -491,6 +491,21 @@ def _validate_adapter(raw: dict, model: ModelSection, shared: dict) -> None:
     padded = -(-config.max_len // config.pad_to_multiple) * config.pad_to_multiple
     if max_len is not None and padded > max_len:
         raise RecipeError("model.max_len", f"{max_len} is below the adapter's longest padded output ({padded} tokens from data.adapter.max_len={config.max_len}); raise model.max_len or lower data.adapter.max_len")
+    _check_backbone_plan(model.backbone, backbone_kwargs, padded)
+
+
+def _check_backbone_plan(backbone: str, kwargs: dict, seq_len: int) -> None:
+    """Fail before any data loads if the backbone cannot plan the adapter's longest input (MAELRE's merge plan)."""
+    from maelre.registry import make_config
+
+    config = make_config(backbone, **kwargs)
+    check = getattr(config, "check_plan", None)
+    if check is None:
+        return
+    try:
+        check(seq_len + int(config.pool == "cls"))
+    except ValueError as err:
+        raise RecipeError(f"model.backbone_config.{backbone}", f"{err} (at data.adapter.max_len, {seq_len} tokens padded)") from err
 
 
 def _check_trainer(trainer: TrainerConfig, schedule: ScheduleSection, data: DataSection) -> None:

@@ -139,6 +139,10 @@ class ImagePatchAdapter(SequenceAdapter):
     def max_positions(self) -> int:
         return round_up(self.config.num_patches, self.config.pad_to_multiple)
 
+    def token_grid(self, n: int) -> tuple[int, int] | None:
+        grid = (self.config.img_size[0] // self.config.patch_size[0], self.config.img_size[1] // self.config.patch_size[1])
+        return grid if grid[0] * grid[1] == n else None  # padded to a multiple: no longer a grid
+
     def encode(self, x: Any) -> dict[str, Tensor]:
         arr = image_array(x, self.config.in_chans, "image")
         if arr.shape[:2] != self.config.img_size:
@@ -217,6 +221,11 @@ class PixelAdapter(SequenceAdapter):
         seq = torch.from_numpy(values.reshape(-1, *values.shape[2:]).astype(np.int64))
         keep = kept_length(seq.shape[0], c.max_len, c.truncation, owner="pixels", unit="pixels")
         return {"pixels": seq[:keep], "mask": torch.ones(keep, dtype=torch.bool)}
+
+    def token_grid(self, n: int) -> tuple[int, int] | None:
+        """The image grid when ``img_size`` is set and no pixel was truncated or padded, else ``None``."""
+        size = self.config.img_size
+        return size if size is not None and size[0] * size[1] == n else None
 
     def embed(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         pixels = batch["pixels"]
