@@ -62,7 +62,8 @@ class MAELREConfig(BackboneConfig):
             evenly over the stage's merge sites).
         exact_blocks: ``"auto"`` only: how many final blocks run exact attention. Every
             merge site before them removes the same fraction; none after them merges.
-        merge_fraction: f in [0, 0.5]; one value, one per block, or one per stage.
+        merge_fraction: ``"fraction"`` only: f in [0, 0.5]; one value, one per block, or
+            one per stage (``None`` = 0.25).
         stage_depths: blocks per stage (sums to ``depth``); ``None`` = one stage.
         stage_targets: token count to reach at the end of each stage (``"target"`` only).
         merge_metric: match by the block's attention keys (ToMe) or by the states.
@@ -87,7 +88,7 @@ class MAELREConfig(BackboneConfig):
     merge_site: str = "both"
     merge_schedule: str = "auto"
     exact_blocks: int = 1
-    merge_fraction: float | list[float] = 0.25
+    merge_fraction: float | list[float] | None = None
     stage_depths: list[int] | None = None
     stage_targets: list[int] | None = None
     merge_metric: str = "keys"
@@ -130,6 +131,11 @@ class MAELREConfig(BackboneConfig):
                 raise ValueError(f"stage_targets must be positive token counts, got {self.stage_targets}")
         elif self.stage_targets is not None:
             raise ValueError("stage_targets is only used with merge_schedule='target'; set merge_schedule='target' or drop stage_targets")
+        if self.merge_schedule != "fraction" and self.merge_fraction is not None:
+            raise ValueError(
+                f"merge_fraction applies to merge_schedule='fraction' only (merge_schedule={self.merge_schedule!r} plans the merges itself); "
+                "set merge_schedule='fraction' or drop merge_fraction"
+            )
         if self.merge_schedule == "fraction":
             fractions = self.block_fractions()
             if any(not 0.0 <= f <= 0.5 for f in fractions):
@@ -179,7 +185,7 @@ class MAELREConfig(BackboneConfig):
 
     def block_fractions(self) -> list[float]:
         """``merge_fraction`` expanded to one value per block."""
-        f = self.merge_fraction
+        f = 0.25 if self.merge_fraction is None else self.merge_fraction
         if isinstance(f, (int, float)):
             return [float(f)] * self.depth
         f = list(f)
@@ -189,6 +195,24 @@ class MAELREConfig(BackboneConfig):
         if len(f) == len(depths):
             return [float(x) for x, d in zip(f, depths) for _ in range(d)]
         raise ValueError(f"merge_fraction has {len(f)} values; give one, one per block (depth={self.depth}) or one per stage ({len(depths)})")
+
+
+def reachable_threshold(kwargs: dict, seq_len: int) -> dict:
+    """``kwargs`` of a MAELRE whose ``"auto"`` plan is feasible for ``seq_len`` tokens.
+
+    If the config leaves ``switch_threshold`` unset and its depth cannot bring ``seq_len``
+    tokens down to ``dim`` in time, the threshold is raised to the fewest tokens the
+    merges can reach, so the last ``exact_blocks`` blocks still run exact attention. For
+    callers that size the model from data (the scikit-learn estimator); recipes and the
+    Python API keep the strict rule and raise ``MergePlanError`` instead.
+    """
+    config = MAELREConfig(**kwargs)
+    if config.merge_schedule != "auto" or config.switch_threshold is not None:
+        return kwargs
+    plan = config.auto_plan()
+    n = seq_len + plan.protected
+    reach = reachable(n, plan.events, plan.protected)
+    return kwargs if reach <= config.threshold else {**kwargs, "switch_threshold": reach}
 
 
 @lru_cache(maxsize=64)
@@ -402,7 +426,7 @@ class MAELRE(Backbone):
         device = tokens.device
         order = None  # input position of every column; None = identity
         if layout is not None and self.config.grid_order == "hilbert":
-            order = hilbert_order(*layout).to(device).expand(b, n)
+            order = hilbert_order(*layout, device).expand(b, n)
         lengths = None
         if mask is not None:
             # real tokens first (A/B alternation and windows then see each row as it is alone)

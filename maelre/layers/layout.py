@@ -42,13 +42,19 @@ def _hilbert(height: int, width: int) -> tuple[int, ...]:
     return tuple(row * width + col for col, row in points if row < height and col < width)
 
 
-def hilbert_order(height: int, width: int) -> Tensor:
+@lru_cache(maxsize=32)
+def _hilbert_on(height: int, width: int, device: str) -> Tensor:
+    return torch.tensor(_hilbert(height, width), dtype=torch.long, device=device)
+
+
+def hilbert_order(height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
     """Raster indices ``[H * W]`` (long) in Hilbert-curve order.
 
     For a power-of-two square consecutive entries are 4-neighbours; other rectangles take
     the curve of the enclosing power-of-two square, skipping points outside (a few jumps).
-    ``tokens[:, hilbert_order(H, W)]`` reorders raster tokens ``[B, H*W, D]``.
+    ``tokens[:, hilbert_order(H, W)]`` reorders raster tokens ``[B, H*W, D]``. Cached per
+    device (no host-to-device copy after the first call, so CUDA-graph capture is safe).
     """
     if height < 1 or width < 1:
         raise ValueError(f"a 2-D layout needs positive height and width, got {height}x{width}")
-    return torch.tensor(_hilbert(height, width), dtype=torch.long)
+    return _hilbert_on(height, width, str(torch.device(device)))
