@@ -5,6 +5,8 @@
 
 * ``scifar10_gray.npz``: CIFAR-10 in LRA's grayscale, uint8 [60000, 32, 32], labels and a
   fixed split (45,000 train / 5,000 val, 500 per class, seed 0 / 10,000 test).
+* ``imdb_bytes.npz``: the 50,000 IMDB reviews as UTF-8 bytes cut to LRA's 4,000, with
+  lengths, labels and the train / test split.
 
 Sources: the archives in ``../shared/data`` (or ``$MAELRE_DATA``), or ``--cifar`` / ``--imdb``.
 Prints each file's size and the time taken. Rerunning overwrites the files atomically.
@@ -48,14 +50,29 @@ def make_scifar10(out: Path, cifar_root: str | None, seed: int) -> Path:
                                   split, classes, source)
 
 
+def make_imdb(out: Path, imdb_root: str | None) -> Path:
+    from modalities.datasets import load_dataset
+    from modalities.datasets.archives import file_digest, find_archive
+    from modalities.datasets.lra import IMDB_ARCHIVE
+
+    data = load_dataset("imdb", root=imdb_root)
+    texts = [compact.lra_text_bytes(x) for split in (data.train, data.test) for x, _ in split]
+    labels = np.concatenate([data.train.labels, data.test.labels])
+    split = np.repeat(np.array([0, 2], np.uint8), [len(data.train), len(data.test)])
+    archive = find_archive(imdb_root, "imdb", IMDB_ARCHIVE)
+    source = {"folder": data.meta["root"]} | ({"archive": archive.name, "archive_sha256": file_digest(archive)} if archive else {})
+    return compact.write_imdb(out / compact.IMDB_FILE, texts, labels, split, data.classes, source)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=compact.COMPACT_DIR, help="output folder (default: .carry/data)")
     parser.add_argument("--cifar", default=None, help="CIFAR-10 archive or folder (default: ../shared/data/cifar10)")
-    parser.add_argument("--only", choices=("scifar10",), default=None, help="write one file only")
+    parser.add_argument("--imdb", default=None, help="IMDB archive or folder (default: ../shared/data/imdb)")
+    parser.add_argument("--only", choices=("scifar10", "imdb"), default=None, help="write one file only")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sCIFAR validation carve")
     args = parser.parse_args(argv)
-    makers = {"scifar10": lambda: make_scifar10(args.out, args.cifar, args.seed)}
+    makers = {"scifar10": lambda: make_scifar10(args.out, args.cifar, args.seed), "imdb": lambda: make_imdb(args.out, args.imdb)}
     for name, make in makers.items():
         if args.only not in (None, name):
             continue

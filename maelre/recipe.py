@@ -5,7 +5,7 @@ Sections (every key is documented in ``docs/recipes.md``)::
     name: audio_fsdd                  # optional; default: the file name
     data:     dataset: {name, **loader settings}   adapter: {name, **adapter settings}
               batch_size, eval_batch_size, num_workers, val_fraction, bucket_by_length,
-              cache, max_train_samples, max_eval_samples
+              cache, max_train_samples, max_eval_samples, on_device, augment
     model:    backbone, <shared backbone keys: dim depth heads mlp_ratio dropout ...>,
               backbone_config: {<backbone name>: {<keys of that backbone only>}},
               head_dropout, two_tower
@@ -168,7 +168,7 @@ class OptimizerSection:
 
 @dataclass
 class ScheduleSection:
-    """``schedule``: ``kind`` (cosine|linear|constant) after a linear warmup of ``warmup_steps`` or ``warmup_fraction``."""
+    """``schedule``: ``kind`` (cosine|linear|constant|rsqrt) after a linear warmup of ``warmup_steps`` or ``warmup_fraction``."""
 
     kind: str = "cosine"
     warmup_steps: int = 0

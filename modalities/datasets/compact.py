@@ -184,4 +184,92 @@ def load_scifar10(root: str | os.PathLike | None = None) -> DatasetSplits:
                          meta={"source": "compact", "file": str(path), "sha256": meta["sha256"], "grayscale": meta["grayscale"]})
 
 
-__all__ = ["load_scifar10", "read_scifar10", "write_scifar10", "gradient_residual", "undo_gradient_residual"]
+# ----------------------------------------------------------------------------- IMDB bytes
+
+
+def lra_text_bytes(text: str, max_bytes: int = LRA_TEXT_MAX_BYTES) -> bytes:
+    """LRA Text's input: the UTF-8 bytes of ``text`` cut to ``max_bytes`` (``tf_encode(...)[:max_length]``)."""
+    return text.encode("utf-8")[:max_bytes]
+
+
+def write_imdb(path: str | os.PathLike, texts: list[bytes], labels: np.ndarray, split: np.ndarray, classes: list[str],
+               source: dict[str, Any], max_bytes: int = LRA_TEXT_MAX_BYTES, preset: int = 6) -> Path:
+    """Write IMDB as byte strings (each at most ``max_bytes``) atomically: xz of their concatenation + lengths.
+
+    Args:
+        path: output ``.npz``.
+        texts: UTF-8 bytes per review, already cut (:func:`lra_text_bytes`).
+        labels: class index ``[n]``; split: 0 train, 1 val, 2 test ``[n]``.
+        classes: class names; source: provenance recorded in ``meta``.
+    """
+    lengths = np.array([len(t) for t in texts], dtype=np.uint16)
+    if lengths.max(initial=0) > max_bytes or labels.shape != (len(texts),) or split.shape != (len(texts),):
+        raise ValueError(f"need {len(texts)} labels and split codes and texts of at most {max_bytes} bytes")
+    joined = b"".join(texts)
+    labels, split = labels.astype(np.uint8), split.astype(np.uint8)
+    meta = {
+        "format": "imdb_bytes", "version": 1, "max_bytes": max_bytes, "total_bytes": len(joined),
+        "sha256": hashlib.sha256(joined).hexdigest(), "classes": list(classes), "splits": list(SPLITS),
+        "counts": {name: np.bincount(labels[split == i], minlength=len(classes)).tolist() for i, name in enumerate(SPLITS)},
+        "source": source,
+    }
+    blob = np.frombuffer(lzma.compress(joined, preset=preset), dtype=np.uint8)
+    return _write_npz(Path(path), {"bytes_xz": blob, "lengths": lengths, "labels": labels, "split": split}, meta)
+
+
+def read_imdb(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read and verify a compact IMDB file.
+
+    Returns:
+        ``(tokens uint8 [n, max_bytes] zero-padded, lengths int64 [n], labels int64 [n], split [n], meta)``.
+
+    Raises:
+        FileNotFoundError: no file (says how to make it).
+        ValueError: unreadable, corrupt (xz or sha256) or with counts other than recorded.
+    """
+    path = Path(path)
+    arrays, meta = _read_npz(path, "imdb_bytes", ("bytes_xz", "lengths", "labels", "split"))
+    joined = _unxz(arrays["bytes_xz"], path)
+    lengths = arrays["lengths"].astype(np.int64)
+    if len(joined) != meta["total_bytes"] or lengths.sum() != len(joined):
+        raise ValueError(f"compact file {path}: {len(joined)} bytes for lengths summing to {lengths.sum()}; delete it and {MAKE_HINT}")
+    if hashlib.sha256(joined).hexdigest() != meta.get("sha256"):
+        raise ValueError(f"compact file {path} fails its sha256 check; delete it and {MAKE_HINT}")
+    labels, split = arrays["labels"].astype(np.int64), arrays["split"]
+    _split_codes(split, labels, meta, path)
+    flat = np.frombuffer(joined, dtype=np.uint8)
+    tokens = np.zeros((len(lengths), meta["max_bytes"]), dtype=np.uint8)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    rows = np.repeat(np.arange(len(lengths)), lengths)
+    tokens[rows, np.arange(len(flat)) - np.repeat(starts, lengths)] = flat
+    return tokens, lengths, labels, split, meta
+
+
+@register_dataset("imdb_bytes")
+def load_imdb_bytes(root: str | os.PathLike | None = None, *, val_fraction: float = 0.0, seed: int = 0) -> DatasetSplits:
+    """IMDB for LRA Text from the compact file: 25,000 train / 25,000 test reviews cut to 4,000 UTF-8 bytes.
+
+    Args:
+        root: the ``.npz`` file, or the folder holding ``imdb_bytes.npz`` (``None``: ``.carry/data``).
+        val_fraction: share of train moved to ``val``, stratified and seeded (LRA validates
+            on the test set; 0 gives ``val=None``).
+        seed: seed of the validation carve.
+
+    Returns:
+        ``DatasetSplits`` with modality ``"text"``: review strings of at most 4,000 bytes
+        (the text adapter's ``tokenizer="byte"`` gives back the same bytes), classes ``["neg", "pos"]``.
+    """
+    from modalities.datasets.io import carve_validation
+
+    path = _default_file(root, IMDB_FILE)
+    tokens, lengths, labels, split, meta = read_imdb(path)
+    texts = [bytes(row[:n]).decode("utf-8", errors="ignore") for row, n in zip(tokens, lengths)]
+    everything = LazySplit(texts, labels)
+    train, val = carve_validation(everything.subset(np.flatnonzero(split == 0)), val_fraction, seed)
+    return DatasetSplits(train=train, val=val, test=everything.subset(np.flatnonzero(split == 2)), classes=list(meta["classes"]),
+                         modality="text", meta={"source": "compact", "file": str(path), "sha256": meta["sha256"],
+                                                "max_bytes": meta["max_bytes"], "val_fraction": val_fraction, "seed": seed})
+
+
+__all__ = ["load_imdb_bytes", "load_scifar10", "lra_text_bytes", "read_imdb", "read_scifar10", "write_imdb", "write_scifar10",
+           "gradient_residual", "undo_gradient_residual"]
