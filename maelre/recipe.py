@@ -5,7 +5,7 @@ Sections (every key is documented in ``docs/recipes.md``)::
     name: audio_fsdd                  # optional; default: the file name
     data:     dataset: {name, **loader settings}   adapter: {name, **adapter settings}
               batch_size, eval_batch_size, num_workers, val_fraction, bucket_by_length,
-              cache, max_train_samples, max_eval_samples
+              cache, max_train_samples, max_eval_samples, on_device, augment
     model:    backbone, <shared backbone keys: dim depth heads mlp_ratio dropout ...>,
               backbone_config: {<backbone name>: {<keys of that backbone only>}},
               head_dropout, two_tower
@@ -84,6 +84,10 @@ class DataSection:
         cache: keep encoded samples in memory (deterministic adapters only).
         max_train_samples: use a stratified subset of this many training samples.
         max_eval_samples: cap validation and test sets likewise (quick runs).
+        on_device: hold the whole data set on the training device and cut batches there
+            (grayscale images with the "pixels" adapter: sCIFAR-10, LRA Image).
+        augment: on-device augmentation of training images before flattening,
+            ``{hflip: bool, shift: pixels}`` (needs ``on_device``).
     """
 
     dataset: dict = field(default_factory=dict)
@@ -96,8 +100,19 @@ class DataSection:
     cache: bool = False
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    on_device: bool = False
+    augment: dict | None = None
 
     def __post_init__(self) -> None:
+        from maelre.engine.device_data import AUGMENT_KEYS
+
+        for key in self.augment or {}:
+            if key not in AUGMENT_KEYS:
+                raise ValueError(f"augment has no setting {key!r}{_hint(str(key), AUGMENT_KEYS)} Valid: {', '.join(AUGMENT_KEYS)}")
+        if self.augment_config() is not None and not self.on_device:
+            raise ValueError("augment runs on batches held on the device; set data.on_device: true (or remove data.augment)")
+        if self.on_device and (self.bucket_by_length or self.cache):
+            raise ValueError("on_device batches whole images on the device; bucket_by_length and cache do not apply, set them to false")
         if self.batch_size < 1 or (self.eval_batch_size is not None and self.eval_batch_size < 1):
             raise ValueError("batch sizes must be >= 1")
         if self.num_workers < 0:
@@ -107,6 +122,13 @@ class DataSection:
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 2:
                 raise ValueError(f"{name} must be >= 2 or null")
+
+    def augment_config(self) -> "ImageAugment | None":
+        """``augment`` as an ``ImageAugment`` (``None`` when absent or doing nothing)."""
+        from maelre.engine.device_data import ImageAugment
+
+        augment = ImageAugment(**self.augment) if self.augment else None
+        return augment if augment is not None and augment.active else None
 
 
 @dataclass
@@ -146,7 +168,7 @@ class OptimizerSection:
 
 @dataclass
 class ScheduleSection:
-    """``schedule``: ``kind`` (cosine|linear|constant) after a linear warmup of ``warmup_steps`` or ``warmup_fraction``."""
+    """``schedule``: ``kind`` (cosine|linear|constant|rsqrt) after a linear warmup of ``warmup_steps`` or ``warmup_fraction``."""
 
     kind: str = "cosine"
     warmup_steps: int = 0
@@ -550,6 +572,8 @@ def parse_recipe(raw: Any, name: str = "recipe") -> Recipe:
     data.adapter = _mapping(data.adapter, "data.adapter")
     _validate_dataset(data.dataset)
     _validate_adapter(data.adapter, model, shared)
+    if data.on_device and data.adapter.get("name") != "pixels":
+        raise RecipeError("data.on_device", f"batches on the device are built for the 'pixels' adapter (grayscale images), not {data.adapter.get('name')!r}; set data.on_device: false")
     _check_trainer(sections["trainer"], sections["schedule"], data)
     return Recipe(name=recipe_name, description=description, model=model, shared=shared, **sections)
 

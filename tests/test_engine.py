@@ -62,6 +62,10 @@ def test_lr_schedule_matches_the_formulas():
     linear = LRSchedule("linear", warmup=0, total=10)
     assert [linear(s) for s in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0])
     assert LRSchedule("constant", warmup=2, total=0)(50) == 1.0
+    rsqrt = LRSchedule("rsqrt", warmup=8000, total=20000)  # LRA text: 0.05 * min(1, s / 8000) / sqrt(max(s, 8000))
+    peak = 0.05 / math.sqrt(8000)
+    for step in (8000, 12000, 19999):
+        assert peak * rsqrt(step) == pytest.approx(0.05 / math.sqrt(step))
     assert OptimConfig(warmup_fraction=0.1).warmup_for(200) == 20
     with pytest.raises(ValueError, match="either warmup_steps or warmup_fraction"):
         OptimConfig(warmup_steps=5, warmup_fraction=0.1)

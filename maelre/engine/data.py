@@ -269,21 +269,58 @@ class ResumableBatchSampler(Sampler[list[int]]):
         return n // world if world > 1 else n
 
 
+class LoaderPosition:
+    """Where a loader over a ``ResumableBatchSampler`` stands, for Lightning's stateful-loader protocol.
+
+    ``state_dict()`` -> ``{"epoch", "batches", "rng"}``: the epoch, how many of its
+    batches were handed out, and the global RNG states at that moment. After
+    ``load_state_dict`` the sampler skips the handed-out batches and ``begin()`` restores
+    the RNG states just before the first batch is fetched, so augmentation and dropout
+    randomness replay as in an uninterrupted run.
+    """
+
+    def __init__(self, sampler: ResumableBatchSampler) -> None:
+        self.sampler = sampler
+        self.yielded = 0
+        self.pending_rng: dict | None = None
+
+    def begin(self) -> None:
+        """Call when the first batch of an iteration is requested."""
+        self.yielded = self.sampler.pending_skip
+        if self.pending_rng is not None:
+            set_rng_state(self.pending_rng)
+            self.pending_rng = None
+
+    def advance(self, total: int) -> None:
+        """Count one handed-out batch of ``total`` in the epoch.
+
+        Moves to the next epoch when handing out the last batch: Lightning stops
+        iterating a sized loader without exhausting it, and a checkpoint taken after
+        this batch must resume at the start of the next epoch.
+        """
+        self.yielded += 1
+        if self.yielded == total:
+            self.sampler.start_at(self.sampler.epoch + 1, 0)
+            self.yielded = 0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.sampler.epoch, "batches": self.yielded, "rng": rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.start_at(int(state["epoch"]), int(state["batches"]))
+        self.pending_rng = state.get("rng")
+
+
 class ResumableDataLoader(DataLoader):
     """A ``DataLoader`` over a ``ResumableBatchSampler`` implementing Lightning's stateful-loader protocol.
 
-    ``state_dict()`` -> ``{"epoch", "batches", "rng"}``: the epoch, how many of its
-    batches this loader has handed out, and the global RNG states at that moment.
-    After ``load_state_dict`` the next iteration skips the handed-out batches (without
-    loading them) and restores the RNG states just before fetching the first batch,
-    so augmentation and dropout randomness replay as in an uninterrupted run.
+    The position (``state_dict`` / ``load_state_dict``) is a :class:`LoaderPosition`.
     Worker seeds are re-derived from ``(seed, epoch)`` at every iteration.
     """
 
     def __init__(self, dataset: Dataset, batch_sampler: ResumableBatchSampler, **kwargs: Any) -> None:
         super().__init__(dataset, batch_sampler=batch_sampler, generator=torch.Generator(), **kwargs)
-        self._yielded = 0
-        self._pending_rng: dict | None = None
+        self.position = LoaderPosition(batch_sampler)
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         return self._iterate(self.batch_sampler)  # type: ignore[arg-type]
@@ -291,30 +328,18 @@ class ResumableDataLoader(DataLoader):
     def _iterate(self, sampler: ResumableBatchSampler) -> Iterator[Any]:
         # A generator: nothing below runs until the first batch is requested, so a
         # position loaded after the iterator was created still applies.
-        self._yielded = sampler.pending_skip
-        if self._pending_rng is not None:
-            set_rng_state(self._pending_rng)
-            self._pending_rng = None
+        self.position.begin()
         self.generator.manual_seed(sampler.seed * 1_000_003 + sampler.epoch + 104_729)
         total = len(self)
         for batch in super().__iter__():
-            self._yielded += 1
-            if self._yielded == total:
-                # Move to the next epoch when handing out the last batch: Lightning stops
-                # iterating a sized loader without exhausting it, and a checkpoint taken
-                # after this batch must resume at the start of the next epoch.
-                sampler.start_at(sampler.epoch + 1, 0)
-                self._yielded = 0
+            self.position.advance(total)
             yield batch
 
     def state_dict(self) -> dict:
-        sampler: ResumableBatchSampler = self.batch_sampler  # type: ignore[assignment]
-        return {"epoch": sampler.epoch, "batches": self._yielded, "rng": rng_state()}
+        return self.position.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        sampler: ResumableBatchSampler = self.batch_sampler  # type: ignore[assignment]
-        sampler.start_at(int(state["epoch"]), int(state["batches"]))
-        self._pending_rng = state.get("rng")
+        self.position.load_state_dict(state)
 
 
 def sample_lengths(samples: Sequence[Sample], adapter: Any, two_tower: bool = False) -> list[int]:

@@ -43,6 +43,7 @@ from maelre.engine.callbacks import (
 )
 from maelre.engine.checkpoint import ModelSpec, SafeCheckpointIO, latest_checkpoint, load_weights
 from maelre.engine.data import Unlabeled, make_dataloader, move_to
+from maelre.engine.device_data import ImageAugment, MoveLoadersToDevice, make_device_loader
 from maelre.engine.seed import seed_everything
 from maelre.engine.task import ClassificationTask, OptimConfig
 from maelre.model import SequenceClassifier
@@ -272,6 +273,8 @@ def fit_classifier(
     resume: bool | str | Path = False,
     callbacks: Sequence[Callback] = (),
     restore_best: bool = True,
+    on_device: bool = False,
+    augment: ImageAugment | None = None,
 ) -> FitResult:
     """Train ``model`` on raw ``(x, label)`` samples with Lightning.
 
@@ -295,6 +298,10 @@ def fit_classifier(
             continues from that checkpoint directory.
         callbacks: extra Lightning callbacks.
         restore_best: load the best validation weights into ``model`` after training.
+        on_device: hold the whole (grayscale image) data set on the training device and cut
+            batches there (``maelre.engine.device_data``); ``num_workers``, ``cache`` and
+            ``bucket_by_length`` then do not apply.
+        augment: batched on-device augmentation of training images (needs ``on_device``).
 
     Returns:
         a ``FitResult``; ``result.model`` is ``model`` itself, trained.
@@ -312,16 +319,24 @@ def fit_classifier(
 
     seed_everything(trainer_cfg.seed, trainer_cfg.deterministic)
     two_tower = bool(model.two_tower)
-    train_loader = make_dataloader(
-        train_samples, model.adapter, batch_size, shuffle=True, seed=trainer_cfg.seed, num_workers=num_workers,
-        two_tower=two_tower, bucket_by_length=bucket_by_length, cache=cache,
-    )
     val_loader = None
-    if val_samples:
-        val_loader = make_dataloader(
-            val_samples, model.adapter, eval_batch_size or 2 * batch_size, shuffle=False, seed=trainer_cfg.seed,
-            num_workers=num_workers, two_tower=two_tower, cache=cache,
+    if on_device:
+        train_loader = make_device_loader(train_samples, model.adapter, batch_size, shuffle=True, seed=trainer_cfg.seed, augment=augment)
+        if val_samples:
+            val_loader = make_device_loader(val_samples, model.adapter, eval_batch_size or 2 * batch_size, shuffle=False)
+        callbacks = [*callbacks, MoveLoadersToDevice(train_loader, val_loader)]
+    else:
+        if augment is not None and augment.active:
+            raise ValueError("augment runs on the device batches; set on_device=True (recipe: data.on_device: true)")
+        train_loader = make_dataloader(
+            train_samples, model.adapter, batch_size, shuffle=True, seed=trainer_cfg.seed, num_workers=num_workers,
+            two_tower=two_tower, bucket_by_length=bucket_by_length, cache=cache,
         )
+        if val_samples:
+            val_loader = make_dataloader(
+                val_samples, model.adapter, eval_batch_size or 2 * batch_size, shuffle=False, seed=trainer_cfg.seed,
+                num_workers=num_workers, two_tower=two_tower, cache=cache,
+            )
 
     task = ClassificationTask(model, optim_cfg, num_classes, class_weights, label_smoothing, functools.partial(len, train_loader))
     throughput, history = ThroughputMonitor(), HistoryRecorder()

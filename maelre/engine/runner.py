@@ -195,6 +195,7 @@ def run_recipe(
         bucket_by_length=recipe.data.bucket_by_length, cache=recipe.data.cache,
         class_weights=_class_weights(recipe, data.train, num_classes), label_smoothing=recipe.loss.label_smoothing,
         classes=data.classes, recipe=resolved, resume=resume_from or False, callbacks=callbacks,
+        on_device=recipe.data.on_device, augment=recipe.data.augment_config(),
     )
     eval_batch = recipe.data.eval_batch_size or 2 * recipe.data.batch_size
     test = evaluate(result.model, data.test, eval_batch, recipe.data.num_workers, precision=trainer_cfg.precision)

@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from maelre.engine.data import batch_size_of
 
 OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "rsqrt")
 
 
 def check_optimizer(name: str, lr: float, weight_decay: float) -> None:
@@ -56,7 +56,8 @@ class OptimConfig:
         betas: AdamW betas.
         momentum: SGD momentum.
         schedule: after warmup, ``"cosine"`` or ``"linear"`` decay to ``min_lr_ratio * lr``
-            at the last step, or ``"constant"``.
+            at the last step, ``"constant"``, or ``"rsqrt"``: ``lr * sqrt(warmup / step)``, the
+            inverse-square-root decay of LRA's text and matching tasks (``min_lr_ratio`` unused).
         warmup_steps: linear warmup length in optimizer steps.
         warmup_fraction: warmup as a fraction of all steps (used when ``warmup_steps`` is 0).
         min_lr_ratio: final learning rate as a fraction of ``lr`` (cosine/linear).
@@ -103,6 +104,8 @@ class LRSchedule:
             return (step + 1) / self.warmup
         if self.kind == "constant":
             return 1.0
+        if self.kind == "rsqrt":
+            return math.sqrt(max(1, self.warmup) / max(1, step))
         progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
         decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if self.kind == "cosine" else 1.0 - progress
         return self.min_ratio + (1.0 - self.min_ratio) * decay
