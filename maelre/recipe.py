@@ -5,7 +5,7 @@ Sections (every key is documented in ``docs/recipes.md``)::
     name: audio_fsdd                  # optional; default: the file name
     data:     dataset: {name, **loader settings}   adapter: {name, **adapter settings}
               batch_size, eval_batch_size, num_workers, val_fraction, bucket_by_length,
-              cache, max_train_samples, max_eval_samples
+              cache, max_train_samples, max_eval_samples, augment_inputs, curriculum
     model:    backbone, <shared backbone keys: dim depth heads mlp_ratio dropout ...>,
               backbone_config: {<backbone name>: {<keys of that backbone only>}},
               head_dropout, two_tower
@@ -84,6 +84,12 @@ class DataSection:
         cache: keep encoded samples in memory (deterministic adapters only).
         max_train_samples: use a stratified subset of this many training samples.
         max_eval_samples: cap validation and test sets likewise (quick runs).
+        augment_inputs: label-preserving training augmentations of the raw inputs
+            (``maelre.engine.train_data.AUGMENTATIONS``: ``listops_shuffle``, ``hflip``, ``vflip``).
+        curriculum: easy-to-hard stages read before the recipe's own dataset, each
+            ``{epochs: E, dataset: {<settings that differ from data.dataset>}}``; stage i is
+            trained on for its E epochs, then the next; ``data.dataset`` itself comes last
+            and runs to the end of the budget. Validation and test use ``data.dataset``.
     """
 
     dataset: dict = field(default_factory=dict)
@@ -96,8 +102,15 @@ class DataSection:
     cache: bool = False
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    augment_inputs: list[str] = field(default_factory=list)
+    curriculum: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        from maelre.engine.train_data import check_augmentations
+
+        check_augmentations(self.augment_inputs)
+        if self.augment_inputs and self.cache:
+            raise ValueError("augment_inputs draws new inputs at every read but cache=true would freeze the first draw; set data.cache=false")
         if self.batch_size < 1 or (self.eval_batch_size is not None and self.eval_batch_size < 1):
             raise ValueError("batch sizes must be >= 1")
         if self.num_workers < 0:
@@ -461,6 +474,24 @@ def _validate_dataset(raw: dict) -> None:
                 raise RecipeError(f"data.dataset.{key}", f"dataset {name!r} has no setting {key!r}{_hint(str(key), valid)} Valid: {', '.join(valid)}")
 
 
+def _validate_curriculum(data: DataSection) -> None:
+    for i, stage in enumerate(data.curriculum):
+        where = f"data.curriculum[{i}]"
+        stage = _mapping(stage, where)
+        if set(stage) != {"epochs", "dataset"}:
+            raise RecipeError(where, f"a stage is {{epochs: E, dataset: {{settings}}}}, got keys {sorted(stage)}")
+        epochs = check_value(stage["epochs"], int, f"{where}.epochs")
+        if epochs < 1:
+            raise RecipeError(f"{where}.epochs", f"must be >= 1, got {epochs}")
+        settings = _mapping(stage["dataset"], f"{where}.dataset")
+        if "name" in settings:
+            raise RecipeError(f"{where}.dataset.name", "every stage reads data.dataset.name; give only the settings that differ (e.g. difficulty)")
+        try:
+            _validate_dataset({**data.dataset, **settings})
+        except RecipeError as err:
+            raise RecipeError(err.path.replace("data.dataset", f"{where}.dataset"), str(err).split(": ", 1)[-1]) from err
+
+
 def _validate_adapter(raw: dict, model: ModelSection, shared: dict) -> None:
     from modalities import list_adapters
     from modalities.base import adapter_config_class
@@ -534,6 +565,7 @@ def parse_recipe(raw: Any, name: str = "recipe") -> Recipe:
     data.dataset = _mapping(data.dataset, "data.dataset")
     data.adapter = _mapping(data.adapter, "data.adapter")
     _validate_dataset(data.dataset)
+    _validate_curriculum(data)
     _validate_adapter(data.adapter, model, shared)
     _check_trainer(sections["trainer"], sections["schedule"], data)
     return Recipe(name=recipe_name, description=description, model=model, shared=shared, **sections)

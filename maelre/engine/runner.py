@@ -66,6 +66,26 @@ def load_run_data(recipe: Recipe) -> RunData:
     )
 
 
+def training_samples(recipe: Recipe, data: RunData) -> Sequence[tuple[Any, int]]:
+    """``data.train`` as trained on: after the ``data.curriculum`` stages, with ``data.augment_inputs`` applied.
+
+    Each curriculum stage loads the recipe's dataset with the stage's settings (all its
+    splits are built; only the training split is read) and the same sample caps.
+    """
+    from maelre.engine.train_data import AugmentedSamples, CurriculumSamples
+
+    train = data.train
+    if recipe.data.curriculum:
+        stages = []
+        for stage in recipe.data.curriculum:
+            data_section = dataclasses.replace(recipe.data, dataset={**recipe.data.dataset, **stage["dataset"]}, curriculum=[])
+            stages.append(load_run_data(dataclasses.replace(recipe, data=data_section)).train)
+        train = CurriculumSamples([*stages, train], [stage["epochs"] for stage in recipe.data.curriculum])
+    if recipe.data.augment_inputs:
+        train = AugmentedSamples(train, recipe.data.augment_inputs)
+    return train
+
+
 PAIR_SUFFIX = "_pair"
 """Datasets of ``(x1, x2)`` pairs name their modality ``<adapter modality>_pair`` (e.g. ``text_pair``)."""
 
@@ -190,7 +210,7 @@ def run_recipe(
     write_text_atomic(path / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False))
     trainer_cfg = dataclasses.replace(recipe.trainer, enable_progress_bar=recipe.trainer.enable_progress_bar and progress)
     result = fit_classifier(
-        model, data.train, data.val, trainer_cfg, recipe.optim_config(), path,
+        model, training_samples(recipe, data), data.val, trainer_cfg, recipe.optim_config(), path,
         batch_size=recipe.data.batch_size, eval_batch_size=recipe.data.eval_batch_size, num_workers=recipe.data.num_workers,
         bucket_by_length=recipe.data.bucket_by_length, cache=recipe.data.cache,
         class_weights=_class_weights(recipe, data.train, num_classes), label_smoothing=recipe.loss.label_smoothing,
