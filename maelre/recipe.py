@@ -8,12 +8,13 @@ Sections (every key is documented in ``docs/recipes.md``)::
               cache, max_train_samples, max_eval_samples, augment_inputs, curriculum
     model:    backbone, <shared backbone keys: dim depth heads mlp_ratio dropout ...>,
               backbone_config: {<backbone name>: {<keys of that backbone only>}},
-              head_dropout, two_tower
+              head_dropout, two_tower, init_from
     optimizer: name, lr, weight_decay, betas, momentum
     schedule:  kind, warmup_steps, warmup_fraction, min_lr_ratio
     loss:      label_smoothing, class_weights
     trainer:   maelre.engine.TrainerConfig fields
     output:    run_dir, versioned
+    pretrain:  mask_ratio                          (``maelre pretrain``: masked-token self-pretraining)
 
 Switching backbone (``--set model.backbone=ecp``) never breaks a recipe: the shared keys
 at ``model.*`` are fields of every backbone's config, and backbone-specific keys live in
@@ -43,7 +44,7 @@ from maelre.engine.fit import TrainerConfig
 from maelre.engine.task import OptimConfig, check_optimizer, check_schedule
 from maelre.suggest import did_you_mean
 
-SECTIONS = ("name", "description", "data", "model", "optimizer", "schedule", "loss", "trainer", "output")
+SECTIONS = ("name", "description", "data", "model", "optimizer", "schedule", "loss", "trainer", "output", "pretrain")
 
 
 class RecipeError(ValueError):
@@ -131,12 +132,15 @@ class ModelSection:
         backbone_config: per-backbone extra keys, ``{backbone_name: {key: value}}``.
         head_dropout: dropout before the classifier.
         two_tower: pair classification (LRA Retrieval); the data must be ``(x1, x2)`` pairs.
+        init_from: a ``maelre pretrain`` run or checkpoint directory; a new run starts from
+            its adapter and backbone weights (the head is new). Ignored on ``--resume``.
     """
 
     backbone: str = "maelre"
     backbone_config: dict = field(default_factory=dict)
     head_dropout: float = 0.0
     two_tower: bool = False
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.head_dropout < 1.0:
@@ -193,6 +197,22 @@ class OutputSection:
 
 
 @dataclass
+class PretrainSection:
+    """``pretrain``: settings of ``maelre pretrain`` (masked-token denoising on the training inputs).
+
+    ``mask_ratio``: share of real tokens replaced by a learned mask vector and predicted;
+    ``null`` = the adapter's default (``maelre.pretrain.DEFAULT_MASK_RATIOS``: 0.5 for
+    pixels, 0.1 for text tokens, as in Amos et al. 2023).
+    """
+
+    mask_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mask_ratio is not None and not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1) or null (the adapter's default), got {self.mask_ratio}")
+
+
+@dataclass
 class Recipe:
     """A validated recipe. ``shared`` holds the shared backbone keys given at ``model.*``."""
 
@@ -204,6 +224,7 @@ class Recipe:
     loss: LossSection
     trainer: TrainerConfig
     output: OutputSection
+    pretrain: PretrainSection
     shared: dict = field(default_factory=dict)
     description: str = ""
 
@@ -239,20 +260,28 @@ class Recipe:
         return Path(self.output.run_dir or f"runs/{self.name}")
 
     def to_dict(self) -> dict:
-        """The resolved recipe (all defaults filled in), as plain YAML-able data."""
+        """The resolved recipe (all defaults filled in), as plain YAML-able data.
+
+        The optional keys ``data.augment_inputs``, ``data.curriculum`` and ``model.init_from``
+        appear only when set, so runs saved before they existed still ``--resume``.
+        """
         model = {"backbone": self.model.backbone, **self.shared, "backbone_config": self.model.backbone_config,
                  "head_dropout": self.model.head_dropout, "two_tower": self.model.two_tower}
+        if self.model.init_from is not None:
+            model["init_from"] = self.model.init_from
+        data = {k: v for k, v in dataclasses.asdict(self.data).items() if v or k not in ("augment_inputs", "curriculum")}
         out = {"name": self.name}
         if self.description:
             out["description"] = self.description
         out |= {
-            "data": dataclasses.asdict(self.data),
+            "data": data,
             "model": model,
             "optimizer": dataclasses.asdict(self.optimizer),
             "schedule": dataclasses.asdict(self.schedule),
             "loss": dataclasses.asdict(self.loss),
             "trainer": dataclasses.asdict(self.trainer),
             "output": dataclasses.asdict(self.output),
+            "pretrain": dataclasses.asdict(self.pretrain),
         }
         return _plain(out)
 
@@ -273,6 +302,7 @@ _SECTION_CLASSES: dict[str, type] = {
     "loss": LossSection,
     "trainer": TrainerConfig,
     "output": OutputSection,
+    "pretrain": PretrainSection,
 }
 
 

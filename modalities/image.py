@@ -215,7 +215,7 @@ class PixelAdapter(SequenceAdapter):
     def __init__(self, config: PixelAdapterConfig) -> None:
         super().__init__(config)
         c = config
-        n_channels = 1 if c.channels == "gray" else 3
+        n_channels = self.token_channels
         # standardisation statistics, learned by ``fit`` (plain attributes: preprocessing state, not weights)
         self.value_mean: list[float] | None = None
         self.value_std: list[float] | None = None
@@ -236,6 +236,11 @@ class PixelAdapter(SequenceAdapter):
         """Levels of one pixel value (the token vocabulary per channel)."""
         return 256
 
+    @property
+    def token_channels(self) -> int:
+        """Token ids per pixel: 1 (gray) or 3 (rgb)."""
+        return 1 if self.config.channels == "gray" else 3
+
     def fit(self, inputs: Sequence[Any]) -> "PixelAdapter":
         """With ``pixel_embed="linear"``: per-channel mean and std of up to ``STATS_SAMPLE`` training images."""
         if self.config.pixel_embed != "linear":
@@ -243,7 +248,7 @@ class PixelAdapter(SequenceAdapter):
         if len(inputs) == 0:
             raise ValueError("pixels: fit() needs training images to learn the value statistics of pixel_embed='linear'")
         step = max(1, len(inputs) // STATS_SAMPLE)
-        values = torch.cat([self.encode(inputs[i])["pixels"].reshape(-1, 1 if self.config.channels == "gray" else 3)
+        values = torch.cat([self.encode(inputs[i])["pixels"].reshape(-1, self.token_channels)
                             for i in range(0, len(inputs), step)]).double()
         self.value_mean = values.mean(0).tolist()
         self.value_std = values.std(0).clamp_min(1.0).tolist()  # a constant channel must not divide by ~0

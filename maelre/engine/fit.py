@@ -272,6 +272,7 @@ def fit_classifier(
     resume: bool | str | Path = False,
     callbacks: Sequence[Callback] = (),
     restore_best: bool = True,
+    task_class: type[ClassificationTask] = ClassificationTask,
 ) -> FitResult:
     """Train ``model`` on raw ``(x, label)`` samples with Lightning.
 
@@ -295,6 +296,8 @@ def fit_classifier(
             continues from that checkpoint directory.
         callbacks: extra Lightning callbacks.
         restore_best: load the best validation weights into ``model`` after training.
+        task_class: the Lightning task; a subclass changes what is predicted (``PretrainTask``
+            trains a ``MaskedTokenModel`` on masked tokens instead of labels).
 
     Returns:
         a ``FitResult``; ``result.model`` is ``model`` itself, trained.
@@ -323,7 +326,7 @@ def fit_classifier(
             num_workers=num_workers, two_tower=two_tower, cache=cache,
         )
 
-    task = ClassificationTask(model, optim_cfg, num_classes, class_weights, label_smoothing, functools.partial(len, train_loader))
+    task = task_class(model, optim_cfg, num_classes, class_weights, label_smoothing, functools.partial(len, train_loader))
     throughput, history = ThroughputMonitor(), HistoryRecorder()
     cbs: list[Callback] = [throughput, history, *callbacks]
     best_cb: BestCheckpoint | None = None

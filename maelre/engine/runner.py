@@ -23,7 +23,15 @@ import numpy as np
 import yaml
 
 from maelre.engine.callbacks import environment, plot_confusion_matrix, plot_learning_curve, write_results
-from maelre.engine.checkpoint import PREPROCESSING, LoadedModel, latest_checkpoint, load_model, read_json, write_text_atomic
+from maelre.engine.checkpoint import (
+    PREPROCESSING,
+    LoadedModel,
+    latest_checkpoint,
+    load_model,
+    read_json,
+    resolve_checkpoint,
+    write_text_atomic,
+)
 from maelre.engine.data import labels_of, split_validation, subsample
 from maelre.engine.fit import build_model, evaluate, fit_classifier
 from maelre.engine.seed import seed_everything
@@ -164,7 +172,7 @@ def _class_weights(recipe: Recipe, train: Sequence[tuple[Any, int]], num_classes
 
 
 def _fitted_adapter(recipe: Recipe, train: Sequence[tuple[Any, int]], modality: str, resume_from: Path | None) -> Any:
-    """Create the adapter; fit it on train, or on resume restore the state saved with the checkpoint."""
+    """Create the adapter; fit it on train, or restore the state saved with ``resume_from`` (resumed or pretrained run)."""
     from maelre.engine.fit import prepare_adapter
     from modalities import create_adapter
 
@@ -202,11 +210,16 @@ def run_recipe(
     if resume:
         _check_same_run(path, resolved)
     resume_from = latest_checkpoint(path) if resume else None
+    init_from = resolve_checkpoint(recipe.model.init_from) if recipe.model.init_from and not resume else None
     seed_everything(recipe.trainer.seed, recipe.trainer.deterministic)  # before the adapter and model are initialised
     data = load_run_data(recipe)
-    adapter = _fitted_adapter(recipe, data.train, data.modality, resume_from)
+    adapter = _fitted_adapter(recipe, data.train, data.modality, resume_from or init_from)
     num_classes = len(data.classes)
     model = build_model(adapter, recipe.model.backbone, recipe.backbone_kwargs(), num_classes, recipe.model.head_dropout, recipe.model.two_tower)
+    if init_from is not None:
+        from maelre.engine.pretrain import load_pretrained
+
+        load_pretrained(model, init_from)
     write_text_atomic(path / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False))
     trainer_cfg = dataclasses.replace(recipe.trainer, enable_progress_bar=recipe.trainer.enable_progress_bar and progress)
     result = fit_classifier(
@@ -241,6 +254,7 @@ def run_recipe(
         "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
         "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
         "resumed_from": str(resume_from) if resume_from else None,
+        "initialised_from": str(init_from) if init_from else None,
         "history": result.history,
         "environment": {**environment(), "device": result.extra["device"], "world_size": result.extra["world_size"], "precision": trainer_cfg.precision},
         "confusion_matrix": test["confusion"].tolist(),
