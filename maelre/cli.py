@@ -286,22 +286,20 @@ def build_parser() -> argparse.ArgumentParser:
     def add_set(p: argparse.ArgumentParser) -> None:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key (YAML value), e.g. --set trainer.max_epochs=3; repeatable")
 
-    p = sub.add_parser("fit", help="train (and test) from a recipe")
-    p.add_argument("recipe", help="recipe YAML file")
-    add_set(p)
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run from its newest checkpoint")
-    p.add_argument("--run-dir", help="exact run directory (default: output.run_dir/version_N)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or model summary")
-    p.add_argument("--init-from", metavar="RUN", help="start from the adapter and backbone weights of a 'maelre pretrain' run (sets model.init_from)")
-    p.set_defaults(func=cmd_fit)
-
-    p = sub.add_parser("pretrain", help="masked-token self-pretraining on a recipe's training inputs (then: fit --init-from RUN)")
-    p.add_argument("recipe", help="recipe YAML file (its trainer section is the pretraining budget)")
-    add_set(p)
-    p.add_argument("--resume", action="store_true", help="continue the interrupted pretraining run from its newest checkpoint")
-    p.add_argument("--run-dir", help="exact run directory (default: output.run_dir/pretrain/version_N)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or model summary")
-    p.set_defaults(func=cmd_pretrain)
+    for name, func, help_text, default_dir in (
+        ("fit", cmd_fit, "train (and test) from a recipe", "output.run_dir/version_N"),
+        ("pretrain", cmd_pretrain, "masked-token self-pretraining on a recipe's training inputs (then: fit --init-from RUN)",
+         "output.run_dir/pretrain/version_N"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("recipe", help="recipe YAML file")
+        add_set(p)
+        p.add_argument("--resume", action="store_true", help="continue the interrupted run from its newest checkpoint")
+        p.add_argument("--run-dir", help=f"exact run directory (default: {default_dir})")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar or model summary")
+        if name == "fit":
+            p.add_argument("--init-from", metavar="RUN", help="start from the adapter and backbone weights of a 'maelre pretrain' run (sets model.init_from)")
+        p.set_defaults(func=func)
 
     for name, func, what in (("validate", cmd_validate, "validation"), ("test", cmd_test, "test")):
         p = sub.add_parser(name, help=f"evaluate a saved model on its recipe's {what} split")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,13 @@ def test_pretraining_needs_token_ids(tmp_path, capsys):
     }))
     assert main(["pretrain", str(recipe), "--no-progress"]) == 2
     assert "has no token ids" in capsys.readouterr().err
+
+
+def test_pretraining_resumes_with_a_larger_budget(pretrained, tmp_path):
+    recipe, run = pretrained
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    assert main(["pretrain", str(recipe), "--no-progress", "--run-dir", str(copy), "--resume", "--set", "model.backbone=maelre",
+                 "--set", "trainer.max_epochs=11"]) == 0
+    results = json.loads((copy / "results.json").read_text())
+    assert results["global_step"] == 66 and results["resumed_from"].endswith("step-0000060")
