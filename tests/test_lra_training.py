@@ -117,3 +117,19 @@ def test_pathfinder_run_with_curriculum_flips_and_standardised_pixels(tmp_path):
     assert hard is data.train and not any(np.array_equal(easy[i][0], hard[i][0]) for i in range(len(hard)))
     results = run_recipe(recipe, run_dir=tmp_path / "run", progress=False)
     assert results["global_step"] == 6 and results["samples"]["train"] == 8
+
+
+def test_stop_after_minutes_ends_a_call_that_resume_continues_exactly(tmp_path):
+    from maelre.engine.checkpoint import latest_checkpoint, load_weights
+
+    raw = copy.deepcopy(PATHFINDER)
+    raw["trainer"] |= {"max_epochs": 2, "checkpoint_every_n_steps": 100}
+    whole = run_recipe(parse_recipe(raw), run_dir=tmp_path / "whole", progress=False)
+    raw["trainer"]["stop_after_minutes"] = 1e-6
+    first = run_recipe(parse_recipe(raw), run_dir=tmp_path / "chunks", progress=False)
+    assert first["global_step"] == 1 and first["metrics"]["test/acc"] is not None  # a partial row, tested
+    raw["trainer"]["stop_after_minutes"] = None
+    rest = run_recipe(parse_recipe(raw), run_dir=tmp_path / "chunks", resume=True, progress=False)
+    assert rest["global_step"] == whole["global_step"] == 4
+    ours, theirs = (load_weights(latest_checkpoint(tmp_path / d) / "model.safetensors") for d in ("chunks", "whole"))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)

@@ -58,7 +58,10 @@ class TrainerConfig:
     Attributes:
         max_epochs: epoch budget (``None`` = unbounded; then ``max_steps`` or ``max_time`` must bound training).
         max_steps: optimizer-step budget (``None`` = unbounded).
-        max_time: wall-clock budget in minutes (``None`` = unbounded).
+        max_time: wall-clock budget in minutes (``None`` = unbounded), summed over all calls of a resumed run.
+        stop_after_minutes: end this call (not the run) after this many minutes of training,
+            with a resumable checkpoint; ``--resume`` continues. For budgets longer than one
+            session or device call. Needs a run directory.
         precision: ``"32"`` (or the int 32), ``"bf16-mixed"`` (GPU; works but is slow on CPU) or ``"16-mixed"`` (GPU).
         accelerator: ``"auto"``, ``"cpu"``, ``"gpu"``/``"cuda"``.
         devices: device count or ``"auto"``.
@@ -80,6 +83,7 @@ class TrainerConfig:
     max_epochs: int | None = 10
     max_steps: int | None = None
     max_time: float | None = None
+    stop_after_minutes: float | None = None
     precision: str | int = "32"
     accelerator: str = "auto"
     devices: int | str = 1
@@ -104,6 +108,8 @@ class TrainerConfig:
                 raise ValueError(f"{name} must be >= 1 or null, got {value}")
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"max_time must be a positive number of minutes, got {self.max_time}")
+        if self.stop_after_minutes is not None and self.stop_after_minutes <= 0:
+            raise ValueError(f"stop_after_minutes must be a positive number of minutes, got {self.stop_after_minutes}")
         if self.precision == 32:  # what YAML and `--set trainer.precision=32` give
             self.precision = "32"
         if self.precision not in PRECISIONS:
@@ -310,6 +316,8 @@ def fit_classifier(
         raise ValueError(f"got {len(classes)} class names for a model with {num_classes} outputs")
     if trainer_cfg.early_stopping_patience is not None and not val_samples:
         raise ValueError("early stopping needs validation data; pass val_samples or set early_stopping_patience=None")
+    if trainer_cfg.stop_after_minutes is not None and run_dir is None:
+        raise ValueError("stop_after_minutes ends a call with a checkpoint to resume from; give a run_dir")
     ckpt_path = _resume_path(resume, run_dir)
     run_dir = None if run_dir is None else Path(run_dir)
 
@@ -336,7 +344,8 @@ def fit_classifier(
         if spec is None:
             raise ValueError("model has no .spec; build it with maelre.engine.build_model so checkpoints can rebuild it")
         ckpt_dir = run_dir / "checkpoints"
-        cbs += [CheckpointExtras(spec, classes, recipe), StepCheckpoint(ckpt_dir, trainer_cfg.checkpoint_every_n_steps)]
+        stop_after = None if trainer_cfg.stop_after_minutes is None else 60 * trainer_cfg.stop_after_minutes
+        cbs += [CheckpointExtras(spec, classes, recipe), StepCheckpoint(ckpt_dir, trainer_cfg.checkpoint_every_n_steps, stop_after=stop_after)]
         if val_loader is not None:
             best_cb = BestCheckpoint(ckpt_dir)
             cbs.append(best_cb)
