@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -115,8 +116,11 @@ def test_pathfinder_run_with_curriculum_flips_and_standardised_pixels(tmp_path):
     assert isinstance(train, AugmentedSamples) and isinstance(train.samples, CurriculumSamples)
     easy, hard = train.samples.stages
     assert hard is data.train and not any(np.array_equal(easy[i][0], hard[i][0]) for i in range(len(hard)))
-    results = run_recipe(recipe, run_dir=tmp_path / "run", progress=False)
+    raw["trainer"]["val_every_n_steps"] = 3
+    results = run_recipe(parse_recipe(raw), run_dir=tmp_path / "run", progress=False)
     assert results["global_step"] == 6 and results["samples"]["train"] == 8
+    metrics = pd.read_csv(next((tmp_path / "run" / "logs").glob("version_*/metrics.csv")))
+    assert metrics.dropna(subset=["val/acc"])["step"].tolist() == [2, 5]  # every 3 batches, across the 2-batch epochs
 
 
 def test_stop_after_minutes_ends_a_call_that_resume_continues_exactly(tmp_path):

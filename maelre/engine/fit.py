@@ -76,6 +76,8 @@ class TrainerConfig:
             ``early_stopping_monitor`` (``None`` = off; needs validation data).
         early_stopping_monitor: ``"val/acc"``, ``"val/f1"`` (maximised) or ``"val/loss"`` (minimised).
         val_every_n_epochs: validation period.
+        val_every_n_steps: validate every this many training batches instead (counted across
+            epochs; ``None`` = per epoch): learning curves for runs of few, long epochs.
         log_every_n_steps: logging period.
         enable_progress_bar: show Lightning's rich progress bar.
     """
@@ -96,13 +98,14 @@ class TrainerConfig:
     early_stopping_patience: int | None = None
     early_stopping_monitor: str = "val/acc"
     val_every_n_epochs: int = 1
+    val_every_n_steps: int | None = None
     log_every_n_steps: int = 50
     enable_progress_bar: bool = True
 
     def __post_init__(self) -> None:
         if self.max_epochs is None and self.max_steps is None and self.max_time is None:
             raise ValueError("training is unbounded: set max_epochs, max_steps or max_time")
-        for name in ("max_epochs", "max_steps", "checkpoint_every_n_steps", "early_stopping_patience"):
+        for name in ("max_epochs", "max_steps", "checkpoint_every_n_steps", "early_stopping_patience", "val_every_n_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or null, got {value}")
@@ -376,7 +379,8 @@ def fit_classifier(
             enable_progress_bar=trainer_cfg.enable_progress_bar,
             enable_model_summary=trainer_cfg.enable_progress_bar,
             log_every_n_steps=max(1, min(trainer_cfg.log_every_n_steps, len(train_loader))),
-            check_val_every_n_epoch=trainer_cfg.val_every_n_epochs,
+            check_val_every_n_epoch=trainer_cfg.val_every_n_epochs if trainer_cfg.val_every_n_steps is None else None,
+            val_check_interval=trainer_cfg.val_every_n_steps,
             limit_val_batches=None if val_loader is not None else 0,
             num_sanity_val_steps=0,
             use_distributed_sampler=False,  # ResumableBatchSampler shards by rank itself
