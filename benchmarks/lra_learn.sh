@@ -40,7 +40,8 @@
 #
 # Environment: STATE (.lra_state), MINUTES (6: training minutes per call; data generation,
 # start-up and testing add 1-3 minutes), BACKBONES (maelre,transformer,ecp,perceiver_ar),
-# PRETRAIN_FRACTION (0.25), PF_ROOT (/tmp/pathfinder32), SET (space-separated extra KEY=VALUE
+# PRETRAIN_FRACTION (0.25), PF_ROOT (/tmp/pathfinder32), PF_IMAGES (200000 per difficulty; fewer
+# only for a smoke test: a folder once written is reused), SET (space-separated extra KEY=VALUE
 # overrides for every run; then also set TAG, which names the group), PYTHON (python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -55,6 +56,7 @@ MINUTES=${MINUTES:-6}
 BACKBONES=${BACKBONES:-maelre,transformer,ecp,perceiver_ar}
 PRETRAIN_FRACTION=${PRETRAIN_FRACTION:-0.25}
 PF_ROOT=${PF_ROOT:-/tmp/pathfinder32}
+PF_IMAGES=${PF_IMAGES:-200000}
 PYTHON=${PYTHON:-python3}
 group=${task}_${variant}_s${seed}${TAG:+_$TAG}
 mkdir -p "$OUT" "$STATE/$group"
@@ -114,7 +116,7 @@ done
 if [[ $task == pathfinder ]]; then
     difficulties=(curv_contour_length_14)
     [[ $variant == curriculum ]] && difficulties+=(curv_baseline curv_contour_length_9)
-    "$PYTHON" benchmarks/lra_learn.py data "$PF_ROOT" "${difficulties[@]}"
+    "$PYTHON" benchmarks/lra_learn.py data "$PF_ROOT" "${difficulties[@]}" --n "$PF_IMAGES"
 fi
 
 minutes_left() {  # training minutes left in this call (MINUTES counted from the script's start, less 1 for testing)
