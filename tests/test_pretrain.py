@@ -101,8 +101,10 @@ def test_finetuning_starts_from_the_pretrained_weights(pretrained, tmp_path):
     assert json.loads((out / "results.json").read_text())["initialised_from"] == str(resolve_checkpoint(run))
 
 
-def test_mismatched_checkpoint_is_a_clear_error(pretrained):
+def test_mismatched_checkpoint_is_a_clear_error(pretrained, capsys):
     _, run = pretrained
+    assert main(["test", str(run)]) == 2
+    assert "masked-token pretraining model, not a classifier" in capsys.readouterr().err
     adapter, _ = _text_batch("maelre")
     wider = build_model(adapter, "maelre", {**TINY, "mlp_ratio": 4.0}, num_classes=10)
     with pytest.raises(ValueError, match=r"backbone\.blocks\.0\.mlp\.fc1\.weight has shape \(32, 16\) there but \(64, 16\) here"):
