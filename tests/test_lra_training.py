@@ -128,6 +128,7 @@ def test_stop_after_minutes_ends_a_call_that_resume_continues_exactly(tmp_path):
 
     raw = copy.deepcopy(PATHFINDER)
     raw["trainer"] |= {"max_epochs": 2, "checkpoint_every_n_steps": 100}
+    raw["data"]["augment_inputs"] = ["hflip", "vflip"]  # the flips drawn after the resume must replay too
     whole = run_recipe(parse_recipe(raw), run_dir=tmp_path / "whole", progress=False)
     raw["trainer"]["stop_after_minutes"] = 1e-6
     first = run_recipe(parse_recipe(raw), run_dir=tmp_path / "chunks", progress=False)
