@@ -38,8 +38,10 @@
 # the 64 MiB that travel each way; when every run has its full budget, the tar holds no
 # checkpoints any more and the JSON is final.
 #
-# Environment: STATE (.lra_state), MINUTES (6: training minutes per call; data generation,
-# start-up and testing add 1-3 minutes), BACKBONES (maelre,transformer,ecp,perceiver_ar),
+# Environment: STATE (.lra_state), MINUTES (6: every run stops this many minutes after the
+# script started, so data generation counts: ~1.5 min for Pathfinder's 200,000 images on 16
+# cores, ~4.5 min for the curriculum's three folders, ~2 min for ListOps' 100,000 expressions
+# drawn by each run; testing the partial models and packing add ~1-2 min), BACKBONES (maelre,transformer,ecp,perceiver_ar),
 # PRETRAIN_FRACTION (0.25), PF_ROOT (/tmp/pathfinder32), PF_IMAGES (200000 per difficulty; fewer
 # only for a smoke test: a folder once written is reused), SET (space-separated extra KEY=VALUE
 # overrides for every run; then also set TAG, which names the group), PYTHON (python3).
