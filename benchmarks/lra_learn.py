@@ -1,6 +1,7 @@
 """Helpers of ``benchmarks/lra_learn.sh`` (GPU runs of issue 14, resumed over many device calls).
 
     python benchmarks/lra_learn.py data ROOT DIFFICULTY [DIFFICULTY ...]  # Pathfinder-32 folders, LRA's 200,000 images each
+    python benchmarks/lra_learn.py listops ROOT                         # ListOps TSVs, LRA's 96,000 / 2,000 / 2,000
     python benchmarks/lra_learn.py status RUN_DIR MAX_STEPS              # prints new | resume | done
     python benchmarks/lra_learn.py prune RUN_DIR [--drop-checkpoints]    # keep what a later call needs, nothing more
     python benchmarks/lra_learn.py curves GROUP_DIR OUT_JSON             # one JSON of every run's curves and results
@@ -31,6 +32,21 @@ def cmd_data(root: Path, difficulties: list[str], n: int, seed: int) -> None:
                                       contour_length=DIFFICULTIES[difficulty])
         write_pathfinder_folder(root, samples, difficulty=difficulty)
         print(f"wrote {n} images to {root / difficulty}")
+
+
+def cmd_listops(root: Path, n: int, seed: int) -> None:
+    """The examples ``load_listops(seed=seed)`` generates (LRA's settings), written once in LRA's TSV layout."""
+    from modalities.datasets.lra import LISTOPS_SPLIT_FILES
+    from modalities.datasets.listops import generate_listops, write_listops_tsv
+
+    if all((root / name).is_file() for name in LISTOPS_SPLIT_FILES.values()):
+        return
+    n_eval = max(1, n // 50)  # LRA: 2,000 of 100,000 each for validation and test
+    samples = generate_listops(n, seed)
+    parts = {"train": samples[: n - 2 * n_eval], "val": samples[n - 2 * n_eval : n - n_eval], "test": samples[n - n_eval :]}
+    for split, name in LISTOPS_SPLIT_FILES.items():
+        write_listops_tsv(root / name, parts[split])
+    print(f"wrote {n} ListOps examples to {root}")
 
 
 def _results(run: Path) -> dict | None:
@@ -106,6 +122,10 @@ def main() -> None:
     p.add_argument("difficulties", nargs="+")
     p.add_argument("--n", type=int, default=LRA_PATHFINDER_IMAGES)
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("listops")
+    p.add_argument("root", type=Path)
+    p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--seed", type=int, default=0)
     p = sub.add_parser("status")
     p.add_argument("run", type=Path)
     p.add_argument("max_steps", type=int)
@@ -118,6 +138,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "data":
         cmd_data(args.root, args.difficulties, args.n, args.seed)
+    elif args.command == "listops":
+        cmd_listops(args.root, args.n, args.seed)
     elif args.command == "status":
         print(cmd_status(args.run, args.max_steps))
     elif args.command == "prune":

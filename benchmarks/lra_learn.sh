@@ -6,7 +6,8 @@
 #
 # TASK (the budget is the run's total, in optimizer steps; the schedule spans all of it):
 #   listops      LRA's budget: 5,000 steps at batch 32, the lra_listops recipe, LRA's sizes
-#                (96,000 / 2,000 / 2,000 generated examples)
+#                (96,000 / 2,000 / 2,000 examples, generated once per call into $LISTOPS_ROOT as
+#                LRA's TSV files, then read by all four runs)
 #   listops_sky  Skyformer's LRA config (pkuzengqi/Skyformer code/config.py): 50,000 steps at batch 32,
 #                dim 64, 2 layers, 2 heads, MLP 128, dropout 0.1 and attention dropout 0.1, lr 1e-4,
 #                1,000 warmup steps then linear decay, no weight decay, learned positions, mean pooling
@@ -40,10 +41,12 @@
 #
 # Environment: STATE (.lra_state), MINUTES (6: every run stops this many minutes after the
 # script started, so data generation counts: ~1.5 min for Pathfinder's 200,000 images on 16
-# cores, ~4.5 min for the curriculum's three folders, ~2 min for ListOps' 100,000 expressions
-# drawn by each run; testing the partial models and packing add ~1-2 min), BACKBONES (maelre,transformer,ecp,perceiver_ar),
-# PRETRAIN_FRACTION (0.25), PF_ROOT (/tmp/pathfinder32), PF_IMAGES (200000 per difficulty; fewer
-# only for a smoke test: a folder once written is reused), SET (space-separated extra KEY=VALUE
+# cores, ~4.5 min for the curriculum's three folders, ~2 min for ListOps' 100,000 expressions;
+# a machine still warm from the last call reuses them; testing the partial models and packing
+# add ~1-2 min), BACKBONES (maelre,transformer,ecp,perceiver_ar),
+# PRETRAIN_FRACTION (0.25), PF_ROOT (/tmp/pathfinder32), PF_IMAGES (200000 per difficulty),
+# LISTOPS_ROOT (/tmp/listops), LISTOPS_EXAMPLES (100000; fewer PF_IMAGES or LISTOPS_EXAMPLES
+# only for a smoke test, in another root: data once written is reused), SET (space-separated extra KEY=VALUE
 # overrides for every run; then also set TAG, which names the group), PYTHON (python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -59,6 +62,8 @@ BACKBONES=${BACKBONES:-maelre,transformer,ecp,perceiver_ar}
 PRETRAIN_FRACTION=${PRETRAIN_FRACTION:-0.25}
 PF_ROOT=${PF_ROOT:-/tmp/pathfinder32}
 PF_IMAGES=${PF_IMAGES:-200000}
+LISTOPS_ROOT=${LISTOPS_ROOT:-/tmp/listops}
+LISTOPS_EXAMPLES=${LISTOPS_EXAMPLES:-100000}
 PYTHON=${PYTHON:-python3}
 group=${task}_${variant}_s${seed}${TAG:+_$TAG}
 mkdir -p "$OUT" "$STATE/$group"
@@ -71,8 +76,7 @@ common=(--set "trainer.seed=$seed" --set trainer.max_epochs=null --set trainer.e
 case $task in
     listops|listops_sky)
         recipe=recipes/lra_listops.yaml
-        settings=(--set data.dataset.n_train=96000 --set data.dataset.n_val=2000 --set data.dataset.n_test=2000
-                  --set data.cache=false --set data.num_workers=2 --set trainer.checkpoint_every_n_steps=500)
+        settings=(--set "data.dataset={name: listops, root: $LISTOPS_ROOT}" --set data.cache=false --set data.num_workers=2 --set trainer.checkpoint_every_n_steps=500)
         levers=(--set "data.augment_inputs=[listops_shuffle]")
         if [[ $task == listops ]]; then
             total=5000
@@ -119,6 +123,8 @@ if [[ $task == pathfinder ]]; then
     difficulties=(curv_contour_length_14)
     [[ $variant == curriculum ]] && difficulties+=(curv_baseline curv_contour_length_9)
     "$PYTHON" benchmarks/lra_learn.py data "$PF_ROOT" "${difficulties[@]}" --n "$PF_IMAGES"
+else
+    "$PYTHON" benchmarks/lra_learn.py listops "$LISTOPS_ROOT" --n "$LISTOPS_EXAMPLES"
 fi
 
 minutes_left() {  # training minutes left in this call (MINUTES counted from the script's start, less 1 for testing)
