@@ -14,7 +14,7 @@ run replays exactly the remaining batches (Lightning calls ``state_dict`` /
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -185,6 +185,8 @@ class ResumableBatchSampler(Sampler[list[int]]):
             permutation is sorted by length before cutting it into batches, and the
             batch order is shuffled, so padding shrinks while batches stay random.
         bucket_batches: batches per sorting chunk.
+        index_offset: ``epoch -> offset`` added to every index of that epoch (a
+            ``CurriculumSamples`` picks its stage this way); ``None`` = no offset.
 
     Under ``torch.distributed`` every rank takes every ``world_size``-th batch of the
     same global order (the batch count is cut to a multiple of the world size).
@@ -199,6 +201,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
         drop_last: bool = False,
         lengths: Sequence[int] | None = None,
         bucket_batches: int = 50,
+        index_offset: Callable[[int], int] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -213,6 +216,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
         self.drop_last = drop_last
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.bucket_batches = bucket_batches
+        self.index_offset = index_offset
         self.epoch = 0
         self._skip = 0
 
@@ -246,7 +250,8 @@ class ResumableBatchSampler(Sampler[list[int]]):
         if self.shuffle and self.lengths is not None:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7_919)
             batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
-        return batches
+        offset = self.index_offset(self.epoch) if self.index_offset is not None else 0
+        return [[i + offset for i in batch] for batch in batches] if offset else batches
 
     def _rank_batches(self) -> list[list[int]]:
         batches = self._global_batches()
@@ -387,7 +392,10 @@ def make_dataloader(
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     if bucket_by_length and lengths is None:
         lengths = sample_lengths(samples, adapter, two_tower)
-    sampler = ResumableBatchSampler(len(samples), batch_size, shuffle, seed, drop_last, lengths if bucket_by_length else None)
+    sampler = ResumableBatchSampler(
+        len(samples), batch_size, shuffle, seed, drop_last, lengths if bucket_by_length else None,
+        index_offset=getattr(samples, "index_offset", None),
+    )
     return ResumableDataLoader(
         EncodedDataset(samples, adapter, two_tower, cache),
         sampler,

@@ -59,7 +59,10 @@ class TrainerConfig:
     Attributes:
         max_epochs: epoch budget (``None`` = unbounded; then ``max_steps`` or ``max_time`` must bound training).
         max_steps: optimizer-step budget (``None`` = unbounded).
-        max_time: wall-clock budget in minutes (``None`` = unbounded).
+        max_time: wall-clock budget in minutes (``None`` = unbounded), summed over all calls of a resumed run.
+        stop_after_minutes: end this call (not the run) after this many minutes of training,
+            with a resumable checkpoint; ``--resume`` continues. For budgets longer than one
+            session or device call. Needs a run directory.
         precision: ``"32"`` (or the int 32), ``"bf16-mixed"`` (GPU; works but is slow on CPU) or ``"16-mixed"`` (GPU).
         accelerator: ``"auto"``, ``"cpu"``, ``"gpu"``/``"cuda"``.
         devices: device count or ``"auto"``.
@@ -74,6 +77,8 @@ class TrainerConfig:
             ``early_stopping_monitor`` (``None`` = off; needs validation data).
         early_stopping_monitor: ``"val/acc"``, ``"val/f1"`` (maximised) or ``"val/loss"`` (minimised).
         val_every_n_epochs: validation period.
+        val_every_n_steps: validate every this many training batches instead (counted across
+            epochs; ``None`` = per epoch): learning curves for runs of few, long epochs.
         log_every_n_steps: logging period.
         enable_progress_bar: show Lightning's rich progress bar.
     """
@@ -81,6 +86,7 @@ class TrainerConfig:
     max_epochs: int | None = 10
     max_steps: int | None = None
     max_time: float | None = None
+    stop_after_minutes: float | None = None
     precision: str | int = "32"
     accelerator: str = "auto"
     devices: int | str = 1
@@ -93,18 +99,21 @@ class TrainerConfig:
     early_stopping_patience: int | None = None
     early_stopping_monitor: str = "val/acc"
     val_every_n_epochs: int = 1
+    val_every_n_steps: int | None = None
     log_every_n_steps: int = 50
     enable_progress_bar: bool = True
 
     def __post_init__(self) -> None:
         if self.max_epochs is None and self.max_steps is None and self.max_time is None:
             raise ValueError("training is unbounded: set max_epochs, max_steps or max_time")
-        for name in ("max_epochs", "max_steps", "checkpoint_every_n_steps", "early_stopping_patience"):
+        for name in ("max_epochs", "max_steps", "checkpoint_every_n_steps", "early_stopping_patience", "val_every_n_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or null, got {value}")
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"max_time must be a positive number of minutes, got {self.max_time}")
+        if self.stop_after_minutes is not None and self.stop_after_minutes <= 0:
+            raise ValueError(f"stop_after_minutes must be a positive number of minutes, got {self.stop_after_minutes}")
         if self.precision == 32:  # what YAML and `--set trainer.precision=32` give
             self.precision = "32"
         if self.precision not in PRECISIONS:
@@ -275,6 +284,7 @@ def fit_classifier(
     restore_best: bool = True,
     on_device: bool = False,
     augment: ImageAugment | None = None,
+    task_class: type[ClassificationTask] = ClassificationTask,
 ) -> FitResult:
     """Train ``model`` on raw ``(x, label)`` samples with Lightning.
 
@@ -302,6 +312,8 @@ def fit_classifier(
             batches there (``maelre.engine.device_data``); ``num_workers``, ``cache`` and
             ``bucket_by_length`` then do not apply.
         augment: batched on-device augmentation of training images (needs ``on_device``).
+        task_class: the Lightning task; a subclass changes what is predicted (``PretrainTask``
+            trains a ``MaskedTokenModel`` on masked tokens instead of labels).
 
     Returns:
         a ``FitResult``; ``result.model`` is ``model`` itself, trained.
@@ -314,6 +326,8 @@ def fit_classifier(
         raise ValueError(f"got {len(classes)} class names for a model with {num_classes} outputs")
     if trainer_cfg.early_stopping_patience is not None and not val_samples:
         raise ValueError("early stopping needs validation data; pass val_samples or set early_stopping_patience=None")
+    if trainer_cfg.stop_after_minutes is not None and run_dir is None:
+        raise ValueError("stop_after_minutes ends a call with a checkpoint to resume from; give a run_dir")
     ckpt_path = _resume_path(resume, run_dir)
     run_dir = None if run_dir is None else Path(run_dir)
 
@@ -338,7 +352,7 @@ def fit_classifier(
                 num_workers=num_workers, two_tower=two_tower, cache=cache,
             )
 
-    task = ClassificationTask(model, optim_cfg, num_classes, class_weights, label_smoothing, functools.partial(len, train_loader))
+    task = task_class(model, optim_cfg, num_classes, class_weights, label_smoothing, functools.partial(len, train_loader))
     throughput, history = ThroughputMonitor(), HistoryRecorder()
     cbs: list[Callback] = [throughput, history, *callbacks]
     best_cb: BestCheckpoint | None = None
@@ -348,7 +362,8 @@ def fit_classifier(
         if spec is None:
             raise ValueError("model has no .spec; build it with maelre.engine.build_model so checkpoints can rebuild it")
         ckpt_dir = run_dir / "checkpoints"
-        cbs += [CheckpointExtras(spec, classes, recipe), StepCheckpoint(ckpt_dir, trainer_cfg.checkpoint_every_n_steps)]
+        stop_after = None if trainer_cfg.stop_after_minutes is None else 60 * trainer_cfg.stop_after_minutes
+        cbs += [CheckpointExtras(spec, classes, recipe), StepCheckpoint(ckpt_dir, trainer_cfg.checkpoint_every_n_steps, stop_after=stop_after)]
         if val_loader is not None:
             best_cb = BestCheckpoint(ckpt_dir)
             cbs.append(best_cb)
@@ -379,7 +394,8 @@ def fit_classifier(
             enable_progress_bar=trainer_cfg.enable_progress_bar,
             enable_model_summary=trainer_cfg.enable_progress_bar,
             log_every_n_steps=max(1, min(trainer_cfg.log_every_n_steps, len(train_loader))),
-            check_val_every_n_epoch=trainer_cfg.val_every_n_epochs,
+            check_val_every_n_epoch=trainer_cfg.val_every_n_epochs if trainer_cfg.val_every_n_steps is None else None,
+            val_check_interval=trainer_cfg.val_every_n_steps,
             limit_val_batches=None if val_loader is not None else 0,
             num_sanity_val_steps=0,
             use_distributed_sampler=False,  # ResumableBatchSampler shards by rank itself

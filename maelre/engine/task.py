@@ -179,16 +179,21 @@ class ClassificationTask(L.LightningModule):
     def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return F.cross_entropy(logits.float(), labels, weight=self.class_weights, label_smoothing=self.label_smoothing)
 
-    def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
+    def outputs(self, batch: tuple[dict, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(logits [M, C], targets [M])`` that the loss and metrics compare; here the batch's samples and labels."""
         inputs, labels = batch
-        loss = self._loss(self.model(inputs), labels)
+        return self.model(inputs), labels
+
+    def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
+        logits, labels = self.outputs(batch)
+        loss = self._loss(logits, labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=labels.shape[0])
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=labels.shape[0])  # progress bar only
         return loss
 
     def _eval_step(self, batch: tuple[dict, Tensor], stage: str) -> None:
-        inputs, labels = batch
-        logits = self.model(inputs)
+        inputs, _ = batch
+        logits, labels = self.outputs(batch)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(logits, labels)
         if stage == "test":
