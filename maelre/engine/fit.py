@@ -395,7 +395,7 @@ def fit_classifier(
         throughput=throughput.summary(),
         fit_seconds=fit_seconds,
         peak_memory=peak_memory_bytes(trainer.strategy.root_device),
-        extra={"interrupted": trainer.interrupted, "device": str(trainer.strategy.root_device), "world_size": trainer.world_size},
+        extra={"interrupted": trainer.interrupted, "device": str(trainer.strategy.root_device), "world_size": trainer.world_size, "global_rank": trainer.global_rank},
     )
 
 
@@ -467,7 +467,8 @@ def _logits(
     device: torch.device,
     precision: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    loader = make_dataloader(samples, model.adapter, batch_size, shuffle=False, num_workers=num_workers, two_tower=bool(model.two_tower))
+    # shard=False: after a DDP fit the process group is still up, and every process must see every sample here
+    loader = make_dataloader(samples, model.adapter, batch_size, shuffle=False, num_workers=num_workers, two_tower=bool(model.two_tower), shard=False)
     model = model.to(device).eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext()
     outputs, labels = [], []

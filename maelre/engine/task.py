@@ -176,12 +176,30 @@ class ClassificationTask(L.LightningModule):
     def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return F.cross_entropy(logits.float(), labels, weight=self.class_weights, label_smoothing=self.label_smoothing)
 
-    def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
+    def _global_mean_loss(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss to backpropagate, mean loss of the global batch)``.
+
+        The mean runs over the global batch: the summed loss and its normaliser (the
+        sample count, or the summed class weights) are all-reduced, and each process
+        backpropagates ``world_size * local sum / global normaliser``, which DDP's
+        gradient averaging turns into the gradient of one process on the whole batch,
+        also for a short last batch split unevenly and for class weights.
+        """
+        total = F.cross_entropy(logits.float(), labels, weight=self.class_weights, label_smoothing=self.label_smoothing, reduction="sum")
+        norm = self.class_weights[labels].sum() if self.class_weights is not None else total.new_tensor(float(labels.numel()))
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1:
+            loss = total / norm
+            return loss, loss.detach()
+        summed = self.trainer.strategy.reduce(torch.stack([total.detach(), norm]), reduce_op="sum")
+        return total * world / summed[1], summed[0] / summed[1]
+
+    def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> dict[str, Tensor]:
         inputs, labels = batch
-        loss = self._loss(self.model(inputs), labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=labels.shape[0])
-        self.log("loss", loss, prog_bar=True, logger=False, batch_size=labels.shape[0])  # progress bar only
-        return loss
+        loss, mean = self._global_mean_loss(self.model(inputs), labels)
+        self.log("train/loss", mean, on_step=True, on_epoch=True, batch_size=labels.shape[0])
+        self.log("loss", mean, prog_bar=True, logger=False, batch_size=labels.shape[0])  # progress bar only
+        return {"loss": loss, "mean_loss": mean}
 
     def _eval_step(self, batch: tuple[dict, Tensor], stage: str) -> None:
         inputs, labels = batch

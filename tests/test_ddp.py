@@ -1,0 +1,95 @@
+"""DDP on CPU: two processes over gloo, launched the way ``maelre fit`` is (Lightning re-runs the command).
+
+One launch of ``tests/ddp_worker.py`` trains three runs in both ranks (see its docstring);
+the test then checks them against one process and against each other.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ddp_worker import BATCH, CRASH_STEP, MATCH_OPTIM, datasets, fit
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_single_thread")]
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+ROOT = WORKER.parent.parent
+
+
+def _launch(out: Path, timeout: float = 240) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    for key in ("MASTER_ADDR", "MASTER_PORT", "LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "RANK"):
+        env.pop(key, None)  # rank 0 must launch rank 1 itself, on a port of its own
+    # a session of its own: on a timeout both ranks (rank 1 is rank 0's child) are killed together
+    proc = subprocess.Popen([sys.executable, str(WORKER), str(out)], env=env, cwd=ROOT, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"the DDP workers did not finish in {timeout} s:\n{output[-4000:]}")
+    assert proc.returncode == 0, output[-4000:]
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory) -> tuple[Path, list[dict]]:
+    out = tmp_path_factory.mktemp("ddp")
+    _launch(out)
+    return out, [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def _weights(out: Path, run: str, rank: int) -> dict[str, torch.Tensor]:
+    return load_file(out / f"{run}-rank{rank}.safetensors")
+
+
+def test_two_processes_at_batch_b_match_one_at_2b(ddp_runs):
+    out, ranks = ddp_runs
+    train, val = datasets()
+    single = fit(train, val, devices=1, batch_size=2 * BATCH, dropout=0.0, optim=MATCH_OPTIM)
+    ddp = _weights(out, "match", 0)
+    assert ranks[0]["match"]["world_size"] == 2 and ranks[0]["match"]["global_step"] == single.global_step == 14
+    for key, value in single.model.state_dict().items():
+        torch.testing.assert_close(ddp[key], value, rtol=1e-5, atol=1e-6, msg=key)
+    for got, want in zip(ranks[0]["match"]["history"], single.history):
+        assert got["train/loss"] == pytest.approx(want["train/loss"], abs=1e-5)  # global-batch means, short last batch included
+        assert got["val/loss"] == pytest.approx(want["val/loss"], abs=1e-5) and got["val/acc"] == pytest.approx(want["val/acc"])
+
+
+def test_validation_metrics_are_synced_over_both_shards(ddp_runs):
+    _, ranks = ddp_runs
+    for run in ("match", "full"):
+        last = [r[run]["history"][-1] for r in ranks]
+        assert last[0] == last[1]  # both ranks log the same, all-reduced values
+        full_eval = ranks[0][run]["eval"]  # plain evaluation of the final weights on all 21 samples
+        assert full_eval["n"] == 21
+        assert last[0]["val/acc"] == pytest.approx(full_eval["acc"]) and last[0]["val/f1"] == pytest.approx(full_eval["f1"])
+        assert last[0]["val/loss"] == pytest.approx(full_eval["loss"], abs=1e-5)
+
+
+def test_replicas_stay_identical_and_only_rank_0_writes_checkpoints(ddp_runs):
+    out, ranks = ddp_runs
+    for run in ("match", "full", "resumed"):
+        a, b = _weights(out, run, 0), _weights(out, run, 1)
+        assert all(torch.equal(a[k], b[k]) for k in a), run
+    assert ranks[1]["writes"] == []
+    assert {"step-0000002", "step-0000008", "best"} <= set(ranks[0]["writes"])
+
+
+def test_killed_ddp_run_resumes_bit_identically(ddp_runs):
+    out, ranks = ddp_runs
+    assert ranks[0]["resumed"]["global_step"] == ranks[0]["full"]["global_step"] == 14
+    assert sorted(p.name for p in (out / "killed" / "checkpoints").iterdir()) == sorted(p.name for p in (out / "full" / "checkpoints").iterdir())
+    full, resumed = _weights(out, "full", 0), _weights(out, "resumed", 0)
+    for key, value in full.items():
+        assert torch.equal(resumed[key], value), key  # same shards, per-rank dropout streams, optimizer and schedule
+    assert [row["step"] for row in ranks[0]["resumed"]["history"]] == [7, 14]
+    assert CRASH_STEP == 9  # the resume starts from step-0000008, mid-epoch 2
