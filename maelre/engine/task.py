@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from timm.optim import param_groups_weight_decay
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from maelre.engine.data import batch_size_of
@@ -168,6 +168,10 @@ class ClassificationTask(L.LightningModule):
         self.val_metrics = _metrics(num_classes).clone(prefix="val/")
         self.test_metrics = _metrics(num_classes).clone(prefix="test/")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        # A metric, not self.log(..., sync_dist=True): Lightning averages the per-process sample
+        # counts as integers over gloo, truncating them (21 samples on 2 processes count as 20).
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
         self.confusion: Tensor | None = None
 
     def forward(self, batch: dict) -> Tensor:
@@ -209,7 +213,9 @@ class ClassificationTask(L.LightningModule):
         if stage == "test":
             self.test_confusion.update(logits, labels)
         n = batch_size_of(inputs)
-        self.log(f"{stage}/loss", self._loss(logits, labels), on_epoch=True, batch_size=n, sync_dist=True)
+        loss = self.val_loss if stage == "val" else self.test_loss
+        loss.update(self._loss(logits, labels), n)
+        self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=n)
         self.log_dict(metrics, on_epoch=True, batch_size=n)
         if stage == "val":
             self.log("val_acc", metrics["val/acc"], on_epoch=True, prog_bar=True, logger=False, batch_size=n)
