@@ -133,6 +133,11 @@ def test_sampler_short_last_batch_under_ranks(monkeypatch):
         _shards(monkeypatch, 3, num_samples=2, batch_size=4, shuffle=True)
 
 
+def test_spawned_ddp_is_refused():
+    with pytest.raises(ValueError, match="ddp_spawn is not supported"):
+        TrainerConfig(strategy="ddp_spawn")
+
+
 def test_length_bucketing_cuts_padding_and_keeps_every_sample():
     rng = np.random.default_rng(0)
     lengths = rng.integers(5, 200, size=400).tolist()

@@ -112,6 +112,10 @@ class TrainerConfig:
             raise ValueError("accumulate_grad_batches, val_every_n_epochs and log_every_n_steps must be >= 1")
         if self.gradient_clip is not None and self.gradient_clip <= 0:
             raise ValueError(f"gradient_clip must be positive or null, got {self.gradient_clip}")
+        if self.strategy not in ("auto", "ddp"):
+            # ddp_spawn trains in worker processes: the history, throughput and best score that
+            # fit_classifier reads from its callbacks would stay empty in this process
+            raise ValueError(f"strategy must be 'auto' or 'ddp' (ddp_spawn is not supported), got {self.strategy!r}")
         if self.early_stopping_monitor not in ("val/acc", "val/f1", "val/loss"):
             raise ValueError(f"early_stopping_monitor must be 'val/acc', 'val/f1' or 'val/loss', got {self.early_stopping_monitor!r}")
 
