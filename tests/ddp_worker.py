@@ -9,7 +9,9 @@ machine, and the two processes train over the gloo backend. Both ranks run:
    key bias has an exactly-zero gradient, whose float noise AdamW would blow up to
    learning-rate-sized steps that differ between any two summation orders);
 2. ``full``: a run with dropout, checkpointing every 2 steps;
-3. ``killed``: the same run crashed after step 9, then resumed from its step-8 checkpoint.
+3. ``killed``: the same run crashed after step 9, then resumed from its step-8 checkpoint;
+4. ``maelre fit`` of the CLI tests' tiny recipe into versioned ``recipe_runs/``: rank 1
+   runs the command too, and must write nothing.
 
 Each rank writes ``rank{R}.json`` (histories, evaluations, the checkpoints it wrote)
 and ``{run}-rank{R}.safetensors`` (final weights) into ``OUT_DIR``.
@@ -23,9 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import yaml
 from safetensors.torch import save_file
 
 from crash_after import CrashAfter
+from maelre.cli import main as cli_main
 from maelre.engine import OptimConfig, SafeCheckpointIO, TrainerConfig, build_model, evaluate, fit_classifier, prepare_adapter, seed_everything
 
 BATCH = 4  # per process; one process at 2 * BATCH is the reference
@@ -63,6 +67,15 @@ def fit(train: list, val: list, devices: int, batch_size: int, dropout: float, r
                           batch_size=batch_size, eval_batch_size=2 * batch_size, restore_best=False, **kwargs)
 
 
+def tmp_recipe(out: Path) -> Path:
+    """The CLI tests' tiny ItalyPowerDemand recipe, writing versioned runs under ``out/recipe_runs``."""
+    from test_cli import RECIPE
+
+    path = out / "tiny_ts.yaml"
+    path.write_text(yaml.safe_dump({**RECIPE, "output": {"run_dir": str(out / "recipe_runs"), "versioned": True}}))
+    return path
+
+
 def main(out: Path) -> None:
     torch.set_num_threads(1)
     train, val = datasets()
@@ -94,6 +107,9 @@ def main(out: Path) -> None:
     record["resumed"] = {"history": resumed.history, "global_step": resumed.global_step}
     save_file(resumed.model.state_dict(), out / f"resumed-rank{dist.get_rank()}.safetensors")
     record["writes"] = writes
+    recipe = tmp_recipe(out)
+    record["cli_exit"] = cli_main(["fit", str(recipe), "--no-progress", "--set", "trainer.accelerator=cpu", "--set", "trainer.devices=2",
+                                   "--set", "trainer.strategy=ddp", "--set", "trainer.max_epochs=1"])
     rank = dist.get_rank()
     (out / f".rank{rank}.json").write_text(json.dumps(record, indent=1))
     (out / f".rank{rank}.json").replace(out / f"rank{rank}.json")

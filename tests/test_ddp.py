@@ -93,3 +93,13 @@ def test_killed_ddp_run_resumes_bit_identically(ddp_runs):
         assert torch.equal(resumed[key], value), key  # same shards, per-rank dropout streams, optimizer and schedule
     assert [row["step"] for row in ranks[0]["resumed"]["history"]] == [7, 14]
     assert CRASH_STEP == 9  # the resume starts from step-0000008, mid-epoch 2
+
+
+def test_recipe_run_under_ddp_writes_one_run_folder_from_rank_0(ddp_runs):
+    out, ranks = ddp_runs
+    assert [r["cli_exit"] for r in ranks] == [0, 0]
+    base = out / "recipe_runs"
+    assert sorted(p.name for p in base.iterdir()) == ["version_0"]  # rank 1, re-running the command, made no version_1
+    results = json.loads((base / "version_0" / "results.json").read_text())
+    assert results["environment"]["world_size"] == 2 and results["best_checkpoint"] is not None
+    assert results["samples"]["test"] == 60 and sum(map(sum, results["confusion_matrix"])) == 60  # tested on every sample
