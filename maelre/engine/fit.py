@@ -436,12 +436,15 @@ def _loggers(run_dir: Path | None) -> list | bool:
 def _quiet_lightning(verbose: bool):
     """Silence Lightning's info banners (GPU available, ...) when progress output is off.
 
-    A deprecation warning Lightning itself triggers inside torch's pytree is always hidden.
+    A deprecation warning Lightning itself triggers inside torch's pytree, and its advice to
+    sync ``train/loss`` under DDP, are always hidden.
     """
     import logging
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=Warning)
+        # train/loss is logged as the global batch's mean already (ClassificationTask._global_mean_loss)
+        warnings.filterwarnings("ignore", message=r".*self\.log\('train/loss'.*sync_dist=True", category=Warning)
         if verbose:
             yield
             return

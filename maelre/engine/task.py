@@ -195,7 +195,9 @@ class ClassificationTask(L.LightningModule):
         if world == 1:
             loss = total / norm
             return loss, loss.detach()
-        summed = self.trainer.strategy.reduce(torch.stack([total.detach(), norm]), reduce_op="sum")
+        summed = torch.stack([total.detach(), norm])
+        # torch's all_reduce, not strategy.reduce: Lightning's adds a barrier, which would stall the host every step on GPUs
+        torch.distributed.all_reduce(summed)
         return total * world / summed[1], summed[0] / summed[1]
 
     def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> dict[str, Tensor]:
