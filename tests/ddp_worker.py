@@ -4,8 +4,8 @@ Started once by the test as rank 0; Lightning's launcher (``strategy="ddp"``) re
 this same command as rank 1, exactly as it re-runs ``maelre fit`` on a multi-GPU
 machine, and the two processes train over the gloo backend. Both ranks run:
 
-1. ``match``: a run without dropout, with SGD, at 4 samples per process (global batch
-   8), which the test compares with one process at batch 8 (SGD because the attention's
+1. ``match``: a run without dropout, with SGD and class weights, at 4 samples per
+   process (global batch 8), which the test compares with one process at batch 8 (SGD because the attention's
    key bias has an exactly-zero gradient, whose float noise AdamW would blow up to
    learning-rate-sized steps that differ between any two summation orders);
 2. ``full``: a run with dropout, checkpointing every 2 steps;
@@ -35,7 +35,7 @@ from maelre.engine import OptimConfig, SafeCheckpointIO, TrainerConfig, build_mo
 BATCH = 4  # per process; one process at 2 * BATCH is the reference
 EPOCHS = 2
 CRASH_STEP = 9  # mid-epoch 2 (7 steps an epoch); the newest checkpoint is step 8
-MATCH_OPTIM = OptimConfig(name="sgd", lr=0.05, warmup_steps=2)
+MATCH = dict(dropout=0.0, optim=OptimConfig(name="sgd", lr=0.05, warmup_steps=2), class_weights=[1.0, 2.0, 0.5])
 
 
 def varlen_samples(n: int, seed: int) -> list[tuple[np.ndarray, int]]:
@@ -90,7 +90,7 @@ def main(out: Path) -> None:
     SafeCheckpointIO.save_checkpoint = recording_save
     record: dict = {}
     runs = {
-        "match": dict(dropout=0.0, optim=MATCH_OPTIM),
+        "match": MATCH,
         "full": dict(dropout=0.2, run_dir=out / "full"),
     }
     for name, kwargs in runs.items():

@@ -177,20 +177,26 @@ class ClassificationTask(L.LightningModule):
     def forward(self, batch: dict) -> Tensor:
         return self.model(batch)
 
-    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return F.cross_entropy(logits.float(), labels, weight=self.class_weights, label_smoothing=self.label_smoothing)
+    def _loss_terms(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """``(summed cross-entropy, normaliser)``: their ratio is the batch's mean loss.
+
+        The normaliser is the sample count, or the summed weights of the labels' classes,
+        as in ``F.cross_entropy``'s weighted mean; sums of both give the mean over any
+        union of batches, whatever their split.
+        """
+        total = F.cross_entropy(logits.float(), labels, weight=self.class_weights, label_smoothing=self.label_smoothing, reduction="sum")
+        norm = self.class_weights[labels].sum() if self.class_weights is not None else total.new_tensor(float(labels.numel()))
+        return total, norm
 
     def _global_mean_loss(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """``(loss to backpropagate, mean loss of the global batch)``.
 
-        The mean runs over the global batch: the summed loss and its normaliser (the
-        sample count, or the summed class weights) are all-reduced, and each process
+        The summed loss and its normaliser are all-reduced, and each process
         backpropagates ``world_size * local sum / global normaliser``, which DDP's
         gradient averaging turns into the gradient of one process on the whole batch,
         also for a short last batch split unevenly and for class weights.
         """
-        total = F.cross_entropy(logits.float(), labels, weight=self.class_weights, label_smoothing=self.label_smoothing, reduction="sum")
-        norm = self.class_weights[labels].sum() if self.class_weights is not None else total.new_tensor(float(labels.numel()))
+        total, norm = self._loss_terms(logits, labels)
         world = self.trainer.world_size if self._trainer is not None else 1
         if world == 1:
             loss = total / norm
@@ -216,7 +222,8 @@ class ClassificationTask(L.LightningModule):
             self.test_confusion.update(logits, labels)
         n = batch_size_of(inputs)
         loss = self.val_loss if stage == "val" else self.test_loss
-        loss.update(self._loss(logits, labels), n)
+        total, norm = self._loss_terms(logits, labels)
+        loss.update(total / norm, norm)  # weighted by the normaliser: the mean over the whole split, however batched
         self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=n)
         self.log_dict(metrics, on_epoch=True, batch_size=n)
         if stage == "val":
