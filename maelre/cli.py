@@ -53,6 +53,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     overrides = [*args.set, *([f"model.init_from={json.dumps(args.init_from)}"] if args.init_from else [])]
     recipe = load_recipe(args.recipe, overrides)
     results = run_recipe(recipe, run_dir=args.run_dir, resume=args.resume, progress=not args.no_progress)
+    if results is None:  # a DDP process of rank > 0: rank 0 tests and reports
+        return 0
     m = results["metrics"]
     rows = [
         ("test accuracy", _fmt(m["test/acc"])),

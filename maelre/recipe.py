@@ -600,8 +600,6 @@ def _check_trainer(trainer: TrainerConfig, schedule: ScheduleSection, data: Data
         if trainer.precision == "16-mixed":
             raise RecipeError("trainer.precision", "16-mixed needs a GPU; use '32' (or 'bf16-mixed') on CPU")
         warnings.warn("trainer.precision=bf16-mixed on CPU runs under CPU autocast, usually slower than '32'", RecipeWarning, stacklevel=3)
-    if trainer.strategy not in ("auto", "ddp", "ddp_spawn"):
-        raise RecipeError("trainer.strategy", f"expected 'auto', 'ddp' or 'ddp_spawn', got {trainer.strategy!r}")
     if trainer.accelerator not in ("auto", "cpu", "gpu", "cuda"):
         raise RecipeError("trainer.accelerator", f"expected 'auto', 'cpu', 'gpu' or 'cuda', got {trainer.accelerator!r}")
     if isinstance(trainer.devices, str) and trainer.devices != "auto":

@@ -191,7 +191,8 @@ class HistoryRecorder(Callback):
         self._val: dict[str, float] = {}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        # under DDP "loss" is this process's rescaled share; "mean_loss" is the global batch's mean
+        loss = outputs.get("mean_loss", outputs["loss"]) if isinstance(outputs, dict) else outputs
         if loss is not None:
             self._loss_sum += float(loss.detach())
             self._loss_n += 1

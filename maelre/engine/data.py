@@ -14,6 +14,7 @@ run replays exactly the remaining batches (Lightning calls ``state_dict`` /
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -176,10 +177,10 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
     Args:
         num_samples: dataset size.
-        batch_size: samples per batch.
+        batch_size: samples per batch (per process under ``torch.distributed``).
         shuffle: permute each epoch (with a generator seeded by ``seed`` and ``epoch``).
         seed: base seed of the permutation.
-        drop_last: drop a final short batch.
+        drop_last: drop a final short (global) batch.
         lengths: per-sample token counts; when given (and ``shuffle``), batches are
             length-bucketed: each chunk of ``bucket_batches`` batches of a random
             permutation is sorted by length before cutting it into batches, and the
@@ -187,9 +188,19 @@ class ResumableBatchSampler(Sampler[list[int]]):
         bucket_batches: batches per sorting chunk.
         index_offset: ``epoch -> offset`` added to every index of that epoch (a
             ``CurriculumSamples`` picks its stage this way); ``None`` = no offset.
+        for_eval: shard for evaluation (see below).
+        shard: split the batches across ``torch.distributed`` processes; ``False`` gives
+            this process every batch (plain inference loops outside Lightning).
 
-    Under ``torch.distributed`` every rank takes every ``world_size``-th batch of the
-    same global order (the batch count is cut to a multiple of the world size).
+    Under ``torch.distributed`` with ``world_size`` processes the seeded order is cut
+    into global batches of ``batch_size * world_size`` samples, exactly as one process
+    with that batch size would cut it, and each global batch is split into contiguous
+    per-process parts, so no sample is seen twice. A short final global batch is split
+    as evenly as possible. For training (``for_eval=False``) every process must get the
+    same number of batches (each step all-reduces gradients), so a final global batch
+    with fewer samples than processes is dropped (at most ``world_size - 1`` samples an
+    epoch, different ones each epoch). For evaluation every sample is kept and the
+    processes that get no sample of that last batch have one batch fewer.
     """
 
     def __init__(
@@ -202,6 +213,8 @@ class ResumableBatchSampler(Sampler[list[int]]):
         lengths: Sequence[int] | None = None,
         bucket_batches: int = 50,
         index_offset: Callable[[int], int] | None = None,
+        for_eval: bool = False,
+        shard: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -217,6 +230,8 @@ class ResumableBatchSampler(Sampler[list[int]]):
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.bucket_batches = bucket_batches
         self.index_offset = index_offset
+        self.for_eval = for_eval
+        self.shard = shard
         self.epoch = 0
         self._skip = 0
 
@@ -235,33 +250,37 @@ class ResumableBatchSampler(Sampler[list[int]]):
     def pending_skip(self) -> int:
         return self._skip
 
-    def _global_batches(self) -> list[list[int]]:
+    def _global_batches(self, batch_size: int) -> list[np.ndarray]:
         if not self.shuffle:
             order = np.arange(self.num_samples)
         else:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.num_samples, generator=gen).numpy()
         if self.shuffle and self.lengths is not None:
-            chunk = self.batch_size * self.bucket_batches
+            chunk = batch_size * self.bucket_batches
             order = np.concatenate([c[np.argsort(self.lengths[c], kind="stable")] for c in np.split(order, range(chunk, len(order), chunk))])
-        batches = [order[i : i + self.batch_size].tolist() for i in range(0, self.num_samples, self.batch_size)]
-        if self.drop_last and len(batches[-1]) < self.batch_size:
+        batches = [order[i : i + batch_size] for i in range(0, self.num_samples, batch_size)]
+        if self.drop_last and len(batches[-1]) < batch_size:
             batches.pop()
         if self.shuffle and self.lengths is not None:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7_919)
             batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
         offset = self.index_offset(self.epoch) if self.index_offset is not None else 0
-        return [[i + offset for i in batch] for batch in batches] if offset else batches
+        return [batch + offset for batch in batches] if offset else batches
+
+    def _world(self) -> tuple[int, int]:
+        return _world() if self.shard else (0, 1)
 
     def _rank_batches(self) -> list[list[int]]:
-        batches = self._global_batches()
-        rank, world = _world()
-        if world == 1:
-            return batches
-        usable = len(batches) - len(batches) % world
-        if usable == 0:
-            raise ValueError(f"{len(batches)} batches cannot be shared by {world} processes; use a smaller batch_size or fewer devices")
-        return batches[rank:usable:world]
+        rank, world = self._world()
+        batches = self._global_batches(self.batch_size * world)
+        if world > 1:
+            if not self.for_eval:
+                batches = [b for b in batches if len(b) >= world]
+            batches = [part for part in (np.array_split(b, world)[rank] for b in batches) if len(part)]
+        if world > 1 and not batches:
+            raise ValueError(f"{self.num_samples} samples give no batch of {self.batch_size} per process for {world} processes; use a smaller batch_size, fewer devices or drop_last=False")
+        return [b.tolist() for b in batches]
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._rank_batches()
@@ -269,9 +288,13 @@ class ResumableBatchSampler(Sampler[list[int]]):
         yield from batches[start:]
 
     def __len__(self) -> int:
-        n = self.num_samples // self.batch_size if self.drop_last else math.ceil(self.num_samples / self.batch_size)
-        _, world = _world()
-        return n // world if world > 1 else n
+        rank, world = self._world()
+        full, rest = divmod(self.num_samples, self.batch_size * world)
+        if self.drop_last or rest == 0:
+            return full
+        # the short final global batch: kept for training when every process gets a sample of it,
+        # for evaluation when this process does (np.array_split gives the first `rest` ranks one each)
+        return full + int(rest >= world or (self.for_eval and rank < rest))
 
 
 class LoaderPosition:
@@ -282,6 +305,10 @@ class LoaderPosition:
     ``load_state_dict`` the sampler skips the handed-out batches and ``begin()`` restores
     the RNG states just before the first batch is fetched, so augmentation and dropout
     randomness replay as in an uninterrupted run.
+
+    Under ``torch.distributed`` only rank 0's copy of this state is saved, so it holds
+    every rank's RNG states (``"rng_ranks"``, gathered from all processes: their dropout
+    streams differ once their batches differ in shape) and each rank restores its own.
     """
 
     def __init__(self, sampler: ResumableBatchSampler) -> None:
@@ -309,11 +336,21 @@ class LoaderPosition:
             self.yielded = 0
 
     def state_dict(self) -> dict:
-        return {"epoch": self.sampler.epoch, "batches": self.yielded, "rng": rng_state()}
+        state = {"epoch": self.sampler.epoch, "batches": self.yielded, "rng": rng_state()}
+        _, world = _world()
+        if world > 1:  # Lightning saves checkpoints on every rank at once, so this collective is matched
+            ranks: list[Any] = [None] * world
+            dist.all_gather_object(ranks, state["rng"])
+            state["rng_ranks"] = ranks
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.sampler.start_at(int(state["epoch"]), int(state["batches"]))
-        self.pending_rng = state.get("rng")
+        rank, world = _world()
+        ranks = state.get("rng_ranks")
+        if ranks is not None and len(ranks) != world:
+            warnings.warn(f"the checkpoint was written by {len(ranks)} processes and is resumed by {world}; data order and randomness will differ from an uninterrupted run", stacklevel=2)
+        self.pending_rng = ranks[rank] if ranks is not None and rank < len(ranks) else state.get("rng")
 
 
 class ResumableDataLoader(DataLoader):
@@ -321,6 +358,10 @@ class ResumableDataLoader(DataLoader):
 
     The position (``state_dict`` / ``load_state_dict``) is a :class:`LoaderPosition`.
     Worker seeds are re-derived from ``(seed, epoch)`` at every iteration.
+
+    Under ``torch.distributed`` only rank 0's copy of this state is saved, so it holds
+    every rank's RNG states (``"rng_ranks"``, gathered from all processes: their dropout
+    streams differ once their batches differ in shape) and each rank restores its own.
     """
 
     def __init__(self, dataset: Dataset, batch_sampler: ResumableBatchSampler, **kwargs: Any) -> None:
@@ -366,14 +407,17 @@ def make_dataloader(
     drop_last: bool = False,
     cache: bool = False,
     lengths: Sequence[int] | None = None,
+    shard: bool = True,
 ) -> ResumableDataLoader:
     """A loader of ``(batch, labels)`` over raw ``(x, y)`` samples.
 
     Args:
         samples: sequence of ``(x, label)``; ``x`` is an ``(x1, x2)`` pair when ``two_tower``.
         adapter: a fitted modality adapter (``encode``/``collate``).
-        batch_size: samples per batch.
-        shuffle: new ``(seed, epoch)``-determined order every epoch (training).
+        batch_size: samples per batch (per process under ``torch.distributed``).
+        shuffle: new ``(seed, epoch)``-determined order every epoch (training: under
+            ``torch.distributed`` every process then gets the same number of batches;
+            unshuffled loaders are sharded for evaluation and keep every sample).
         seed: base seed of the order.
         num_workers: worker processes running ``adapter.encode``.
         two_tower: yield ``{"left": batch, "right": batch}``.
@@ -382,6 +426,8 @@ def make_dataloader(
         drop_last: drop the last short batch.
         cache: memoise encoded samples (deterministic ``encode`` only).
         lengths: precomputed token counts for bucketing (default: ``adapter.num_tokens``).
+        shard: under ``torch.distributed``, give this process only its share of the batches
+            (Lightning loops); ``False`` for loops that must see every sample.
 
     Returns:
         a ``ResumableDataLoader``; batches are ``(batch_dict, labels [B] long)``.
@@ -394,7 +440,7 @@ def make_dataloader(
         lengths = sample_lengths(samples, adapter, two_tower)
     sampler = ResumableBatchSampler(
         len(samples), batch_size, shuffle, seed, drop_last, lengths if bucket_by_length else None,
-        index_offset=getattr(samples, "index_offset", None),
+        index_offset=getattr(samples, "index_offset", None), for_eval=not shuffle, shard=shard,
     )
     return ResumableDataLoader(
         EncodedDataset(samples, adapter, two_tower, cache),

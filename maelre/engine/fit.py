@@ -122,6 +122,10 @@ class TrainerConfig:
             raise ValueError("accumulate_grad_batches, val_every_n_epochs and log_every_n_steps must be >= 1")
         if self.gradient_clip is not None and self.gradient_clip <= 0:
             raise ValueError(f"gradient_clip must be positive or null, got {self.gradient_clip}")
+        if self.strategy not in ("auto", "ddp"):
+            # ddp_spawn trains in worker processes: the history, throughput and best score that
+            # fit_classifier reads from its callbacks would stay empty in this process
+            raise ValueError(f"strategy must be 'auto' or 'ddp' (ddp_spawn is not supported), got {self.strategy!r}")
         if self.early_stopping_monitor not in ("val/acc", "val/f1", "val/loss"):
             raise ValueError(f"early_stopping_monitor must be 'val/acc', 'val/f1' or 'val/loss', got {self.early_stopping_monitor!r}")
 
@@ -426,7 +430,7 @@ def fit_classifier(
         throughput=throughput.summary(),
         fit_seconds=fit_seconds,
         peak_memory=peak_memory_bytes(trainer.strategy.root_device),
-        extra={"interrupted": trainer.interrupted, "device": str(trainer.strategy.root_device), "world_size": trainer.world_size},
+        extra={"interrupted": trainer.interrupted, "device": str(trainer.strategy.root_device), "world_size": trainer.world_size, "global_rank": trainer.global_rank},
     )
 
 
@@ -463,12 +467,15 @@ def _loggers(run_dir: Path | None) -> list | bool:
 def _quiet_lightning(verbose: bool):
     """Silence Lightning's info banners (GPU available, ...) when progress output is off.
 
-    A deprecation warning Lightning itself triggers inside torch's pytree is always hidden.
+    A deprecation warning Lightning itself triggers inside torch's pytree, and its advice to
+    sync ``train/loss`` under DDP, are always hidden.
     """
     import logging
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=Warning)
+        # train/loss is logged as the global batch's mean already (ClassificationTask._global_mean_loss)
+        warnings.filterwarnings("ignore", message=r".*self\.log\('train/loss'.*sync_dist=True", category=Warning)
         if verbose:
             yield
             return
@@ -498,7 +505,8 @@ def _logits(
     device: torch.device,
     precision: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    loader = make_dataloader(samples, model.adapter, batch_size, shuffle=False, num_workers=num_workers, two_tower=bool(model.two_tower))
+    # shard=False: after a DDP fit the process group is still up, and every process must see every sample here
+    loader = make_dataloader(samples, model.adapter, batch_size, shuffle=False, num_workers=num_workers, two_tower=bool(model.two_tower), shard=False)
     model = model.to(device).eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext()
     outputs, labels = [], []

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import yaml
+from lightning.pytorch.utilities import rank_zero_only
 
 from maelre.engine.callbacks import environment, plot_confusion_matrix, plot_learning_curve, write_results
 from maelre.engine.checkpoint import (
@@ -194,8 +195,13 @@ def run_recipe(
     resume: bool = False,
     callbacks: Sequence[Any] = (),
     progress: bool = True,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Train and test ``recipe``; returns (and writes) ``results.json``'s content.
+
+    Under DDP (``trainer.strategy: ddp``) the other processes run this function too, as
+    copies of the launching command; only rank 0 writes and tests, and the others return
+    ``None`` after training. They may resolve a different ``version_N`` folder name, which
+    stays unused: checkpoints and logs are written by rank 0 alone.
 
     Args:
         recipe: a validated recipe.
@@ -220,7 +226,8 @@ def run_recipe(
         from maelre.engine.pretrain import load_pretrained
 
         load_pretrained(model, init_from)
-    write_text_atomic(path / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    if rank_zero_only.rank == 0:  # set from the launcher's environment (LOCAL_RANK, RANK) before training starts
+        write_text_atomic(path / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False))
     trainer_cfg = dataclasses.replace(recipe.trainer, enable_progress_bar=recipe.trainer.enable_progress_bar and progress)
     result = fit_classifier(
         model, training_samples(recipe, data), data.val, trainer_cfg, recipe.optim_config(), path,
@@ -230,6 +237,8 @@ def run_recipe(
         classes=data.classes, recipe=resolved, resume=resume_from or False, callbacks=callbacks,
         on_device=recipe.data.on_device, augment=recipe.data.augment_config(),
     )
+    if result.extra["global_rank"] != 0:
+        return None
     eval_batch = recipe.data.eval_batch_size or 2 * recipe.data.batch_size
     test = evaluate(result.model, data.test, eval_batch, recipe.data.num_workers, precision=trainer_cfg.precision)
     plot_confusion_matrix(test["confusion"], data.classes, path / "confusion_matrix.png")
