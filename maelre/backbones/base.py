@@ -52,6 +52,9 @@ class BackboneConfig:
             raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}; choose heads that divide dim (e.g. {_divisor_hint(self.dim, self.heads)})")
         if self.pool not in ("mean", "cls"):
             raise ValueError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
+        for name in ("dropout", "attn_dropout", "drop_path"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -23,7 +23,7 @@ import numpy as np
 import yaml
 
 from maelre.engine.callbacks import environment, plot_confusion_matrix, plot_learning_curve, write_results
-from maelre.engine.checkpoint import PREPROCESSING, LoadedModel, latest_checkpoint, load_model, read_json, write_text_atomic
+from maelre.engine.checkpoint import PREPROCESSING, LoadedModel, latest_checkpoint, load_model, read_json, resume_checkpoint, write_text_atomic
 from maelre.engine.data import labels_of, split_validation, subsample
 from maelre.engine.fit import build_model, evaluate, fit_classifier
 from maelre.engine.seed import seed_everything
@@ -120,7 +120,7 @@ def resolve_run_dir(recipe: Recipe, run_dir: str | Path | None, resume: bool) ->
         path = recipe.run_dir()
     if resume and latest_checkpoint(path) is None:
         raise FileNotFoundError(f"nothing to resume in {path}: no checkpoint with training state under {path / 'checkpoints'}")
-    if not resume and (path / "checkpoints").is_dir() and any((path / "checkpoints").iterdir()):
+    if not resume and (path / "checkpoints").is_dir() and any(not p.name.startswith(".") for p in (path / "checkpoints").iterdir()):
         raise FileExistsError(f"{path} already holds a run; pass --resume to continue it, or choose another --run-dir")
     return path
 
@@ -181,7 +181,7 @@ def run_recipe(
     resolved = recipe.to_dict()
     if resume:
         _check_same_run(path, resolved)
-    resume_from = latest_checkpoint(path) if resume else None
+    resume_from = resume_checkpoint(path) if resume else None
     seed_everything(recipe.trainer.seed, recipe.trainer.deterministic)  # before the adapter and model are initialised
     data = load_run_data(recipe)
     adapter = _fitted_adapter(recipe, data.train, data.modality, resume_from)
