@@ -38,9 +38,9 @@ class RecipeLoader(yaml.SafeLoader):
                 continue  # the base class reports unhashable keys
             if key in first:
                 raise yaml.constructor.ConstructorError(
-                    "while reading a mapping", first[key].start_mark,
-                    f"found key {key!r} a second time (line {key_node.start_mark.line + 1}; first at line "
-                    f"{first[key].start_mark.line + 1}); YAML would keep only the last one: merge the two into one entry",
+                    None, None,
+                    f"key {key!r} is given a second time (first at line {first[key].start_mark.line + 1}); "
+                    "YAML would keep only the last one: merge the two into one entry",
                     key_node.start_mark,
                 )
             first[key] = key_node
@@ -59,6 +59,10 @@ def load_yaml(text: str, source: str) -> Any:
     """Parse ``text`` with ``RecipeLoader``; ``ValueError`` naming ``source`` when it is not valid YAML."""
     try:
         return yaml.load(text, Loader=RecipeLoader)  # noqa: S506 (RecipeLoader is a SafeLoader)
+    except yaml.MarkedYAMLError as err:
+        where = f"line {err.problem_mark.line + 1}, column {err.problem_mark.column + 1}: " if err.problem_mark else ""
+        context = f" ({err.context} at line {err.context_mark.line + 1})" if err.context and err.context_mark else ""
+        raise ValueError(f"{source} is not valid YAML: {where}{err.problem}{context}") from err
     except yaml.YAMLError as err:
         raise ValueError(f"{source} is not valid YAML: {err}") from err
 

@@ -98,7 +98,7 @@ def test_a_section_given_twice_is_an_error(tmp_path, capsys):
     path = write_recipe(tmp_path, text)
     assert main(["check", str(path)]) == 2
     line = one_error_line(capsys)
-    assert str(path) in line and "found key 'trainer' a second time" in line and "merge the two" in line
+    assert str(path) in line and "key 'trainer' is given a second time (first at line" in line and "merge the two" in line
 
 
 def test_a_binary_recipe_names_the_file(tmp_path, capsys):
@@ -128,7 +128,7 @@ def test_out_of_range_values_name_the_key(recipe_file, capsys, override, message
 @pytest.mark.parametrize("text, message", [
     ("- just\n- a list\n", "holds a YAML list, not a recipe mapping"),
     ("name: [unclosed\n", "is not valid YAML"),
-    ("a: 1\na: 2\n", "found key 'a' a second time"),
+    ("a: 1\na: 2\n", "line 2, column 1: key 'a' is given a second time"),
 ])
 def test_info_names_a_broken_recipe_in_the_recipes_dir(tmp_path, capsys, text, message):
     write_recipe(tmp_path, "description: fine\n", "good.yaml")
