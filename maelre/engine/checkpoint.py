@@ -78,7 +78,8 @@ def _checked(path: Path, read: Callable[[Path], _T]) -> _T:
     except FileNotFoundError:
         raise
     except _READ_ERRORS as err:
-        raise CorruptCheckpointError(f"{path} cannot be read ({type(err).__name__}: {' '.join(str(err).split())})") from err
+        detail = " ".join(str(err).split())
+        raise CorruptCheckpointError(f"{path} cannot be read ({type(err).__name__}{': ' + detail if detail else ''})") from err
 
 
 @dataclass
