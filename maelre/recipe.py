@@ -500,7 +500,11 @@ def _validate_adapter(raw: dict, model: ModelSection, shared: dict) -> None:
         raise RecipeError("data.adapter.dim", f"the adapter width follows model.dim (={shared['dim']}); remove data.adapter.dim and set model.dim")
     settings = check_keys(settings, hints, "data.adapter", what="adapter setting")
     backbone_kwargs = {**shared, **model.backbone_config.get(model.backbone, {})}
-    multiple = _length_multiple(model.backbone, backbone_kwargs)
+    try:
+        multiple = _length_multiple(model.backbone, backbone_kwargs)
+    except (ValueError, TypeError, RuntimeError, OverflowError) as err:  # from torch, e.g. a size beyond int64
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RecipeError("model", f"backbone {model.backbone!r} cannot be built with these settings ({first_line}); check the sizes in model") from err
     pad = settings.get("pad_to_multiple")
     if pad is not None and pad % multiple:
         raise RecipeError(

@@ -94,6 +94,13 @@ def mutate_text(text: str, rng: random.Random) -> str:
     return "".join(lines)
 
 
+def random_override(raw: dict, rng: random.Random) -> str:
+    """A ``--set KEY.PATH=VALUE`` with a path of the recipe (or a misspelt one) and an odd YAML value."""
+    path = ".".join(map(str, rng.choice([p for p in _paths(raw) if p]))) if rng.random() < 0.8 else rng.choice([*KEYS, "data..x", ""])
+    value = rng.choice(["2e-3", ".nan", "-1", "[1, 2", "{a: 1}", "null", "", "x=y", "!!binary aGk=", "1.5", "ecp"])
+    return f"{path}={value}" if rng.random() < 0.95 else path
+
+
 def test_the_base_recipe_is_valid():
     assert recipe_from_dict(BASE).model.backbone == "maelre"
 
@@ -103,12 +110,13 @@ def test_mutated_recipes_end_in_a_recipe_or_a_recipe_error():
     outcomes = {"valid": 0, "error": 0}
     for i in range(600):
         raw = mutate(BASE, rng)
+        overrides = [random_override(raw, rng) for _ in range(rng.choice([0, 0, 1, 2]))]
         try:
-            recipe_from_dict(raw)
+            recipe_from_dict(raw, overrides)
         except RecipeError:
             outcomes["error"] += 1
         except Exception as err:  # noqa: BLE001 -- the point of the test: anything else is a bug
-            pytest.fail(f"mutation {i} raised {type(err).__name__}: {err}\nrecipe: {raw!r}")
+            pytest.fail(f"mutation {i} raised {type(err).__name__}: {err}\nrecipe: {raw!r}\noverrides: {overrides}")
         else:
             outcomes["valid"] += 1
     assert outcomes["error"] > 300 and outcomes["valid"] > 20  # the mutations reach both sides
