@@ -376,7 +376,7 @@ def _offending(path: str, err: Exception, keys: typing.Iterable[str]) -> str:
 def _construct(cls: type, kwargs: dict, path: str) -> Any:
     try:
         return cls(**kwargs)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, OverflowError) as err:
         raise RecipeError(_offending(path, err, kwargs), str(err)) from err
 
 
@@ -454,7 +454,7 @@ def _validate_model(raw: dict) -> tuple[ModelSection, dict]:
     entry = specific_cfg.get(section.backbone, {})
     try:
         make_config(section.backbone, **shared, **entry)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, OverflowError) as err:
         where = _offending("model", err, shared)
         if where == "model" and entry:
             where = _offending(f"model.backbone_config.{section.backbone}", err, entry)

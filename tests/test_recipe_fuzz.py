@@ -105,6 +105,7 @@ def test_the_base_recipe_is_valid():
     assert recipe_from_dict(BASE).model.backbone == "maelre"
 
 
+@pytest.mark.timeout(120)  # a mutation that hangs (e.g. building a huge model) fails instead of stalling CI
 def test_mutated_recipes_end_in_a_recipe_or_a_recipe_error():
     rng = random.Random(16)
     outcomes = {"valid": 0, "error": 0}
@@ -122,6 +123,7 @@ def test_mutated_recipes_end_in_a_recipe_or_a_recipe_error():
     assert outcomes["error"] > 300 and outcomes["valid"] > 20  # the mutations reach both sides
 
 
+@pytest.mark.timeout(120)  # a mutation that hangs (e.g. building a huge model) fails instead of stalling CI
 def test_maelre_check_on_damaged_recipe_files_exits_0_or_2(tmp_path: Path, capsys):
     rng = random.Random(1616)
     text = yaml.safe_dump(BASE, sort_keys=False)
