@@ -134,10 +134,9 @@ def read_inputs(paths: Sequence[str], npy: str | None, modality: str, sample_rat
             raise FileNotFoundError(f"input file {path} not found")
         suffix = path.suffix.lower()
         if modality == "audio" and suffix in AUDIO_SUFFIXES:
-            import soundfile as sf
+            from modalities.datasets.io import read_wav
 
-            wave, rate = sf.read(path, dtype="float32", always_2d=True)
-            inputs.append((wave.T[0] if wave.shape[1] == 1 else wave.T, int(rate)))
+            inputs.append(read_wav(path, mono=False))
         elif modality == "text" and suffix in TEXT_SUFFIXES:
             inputs.append(path.read_text(encoding="utf-8"))
         elif modality == "image" and suffix in IMAGE_SUFFIXES:
@@ -159,6 +158,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from maelre.engine.checkpoint import load_model, write_text_atomic
     from maelre.engine.fit import predict_proba
 
+    if args.top_k < 1 or args.batch_size < 1:
+        raise ValueError(f"--top-k and --batch-size must be >= 1, got --top-k {args.top_k} --batch-size {args.batch_size}")
     loaded = load_model(args.checkpoint)
     adapter = loaded.model.adapter
     rate = args.sample_rate or getattr(adapter.config, "sample_rate", None)
@@ -249,11 +250,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     console.print(_table("datasets (data.dataset.name)", ("name", "description"), rows))
     recipes_dir = Path(args.recipes_dir)
     if recipes_dir.is_dir():
-        import yaml
+        from maelre.yamlio import read_yaml_file
 
         rows = []
         for path in sorted(recipes_dir.glob("*.yaml")):
-            raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            raw = read_yaml_file(path) or {}
+            if not isinstance(raw, dict):
+                raise ValueError(f"{path} holds a YAML {type(raw).__name__}, not a recipe mapping; fix it or move it out of {recipes_dir}")
             rows.append((str(path), raw.get("description", "")))
         console.print(_table("recipes", ("file", "description"), rows))
     return 0

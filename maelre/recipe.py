@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import types
 import typing
 import warnings
@@ -38,11 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from maelre.engine.fit import TrainerConfig
 from maelre.engine.task import OptimConfig, check_optimizer, check_schedule
 from maelre.suggest import did_you_mean
+from maelre.yamlio import load_yaml, read_yaml_file
 
 SECTIONS = ("name", "description", "data", "model", "optimizer", "schedule", "loss", "trainer", "output", "pretrain")
 
@@ -388,11 +388,13 @@ def check_value(value: Any, hint: Any, path: str) -> Any:
         return value
     if hint is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(path, f"expected an integer, got {value!r}")
+            raise RecipeError(path, f"expected an integer, got {value!r}{_quoted_number_hint(value)}")
         return value
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(path, f"expected a number, got {value!r}")
+            raise RecipeError(path, f"expected a number, got {value!r}{_quoted_number_hint(value)}")
+        if not math.isfinite(value):
+            raise RecipeError(path, f"expected a finite number, got {value!r}")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
@@ -401,6 +403,17 @@ def check_value(value: Any, hint: Any, path: str) -> Any:
     if isinstance(hint, type) and not isinstance(value, hint):
         raise RecipeError(path, f"expected {hint.__name__}, got {value!r}")
     return value
+
+
+def _quoted_number_hint(value: Any) -> str:
+    """A hint for a number written as a string (``lr: "2e-3"``): YAML keeps quoted values as strings."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return ""
+        return " (a string: remove the quotes to make it a number)"
+    return ""
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -419,11 +432,17 @@ def check_keys(raw: dict, hints: dict[str, Any], path: str, what: str = "key") -
     return out
 
 
+def _offending(path: str, err: Exception, keys: typing.Iterable[str]) -> str:
+    """``path.<key>`` when ``err``'s message starts with one of ``keys`` (config checks lead with the key), else ``path``."""
+    key = str(err).split(" ", 1)[0]
+    return _join(path, key) if key in keys else path
+
+
 def _construct(cls: type, kwargs: dict, path: str) -> Any:
     try:
         return cls(**kwargs)
-    except (ValueError, TypeError) as err:
-        raise RecipeError(path, str(err)) from err
+    except (ValueError, TypeError, OverflowError) as err:
+        raise RecipeError(_offending(path, err, kwargs), str(err)) from err
 
 
 def _mapping(raw: Any, path: str) -> dict:
@@ -500,8 +519,11 @@ def _validate_model(raw: dict) -> tuple[ModelSection, dict]:
     entry = specific_cfg.get(section.backbone, {})
     try:
         make_config(section.backbone, **shared, **entry)
-    except (ValueError, TypeError) as err:
-        raise RecipeError(f"model.backbone_config.{section.backbone}" if entry else "model", f"backbone {section.backbone!r}: {err}") from err
+    except (ValueError, TypeError, OverflowError) as err:
+        where = _offending("model", err, shared)
+        if where == "model" and entry:
+            where = _offending(f"model.backbone_config.{section.backbone}", err, entry)
+        raise RecipeError(where, f"backbone {section.backbone!r}: {err}") from err
     return section, shared
 
 
@@ -561,7 +583,11 @@ def _validate_adapter(raw: dict, model: ModelSection, shared: dict) -> None:
         raise RecipeError("data.adapter.dim", f"the adapter width follows model.dim (={shared['dim']}); remove data.adapter.dim and set model.dim")
     settings = check_keys(settings, hints, "data.adapter", what="adapter setting")
     backbone_kwargs = {**shared, **model.backbone_config.get(model.backbone, {})}
-    multiple = _length_multiple(model.backbone, backbone_kwargs)
+    try:
+        multiple = _length_multiple(model.backbone, backbone_kwargs)
+    except (ValueError, TypeError, RuntimeError, OverflowError) as err:  # from torch, e.g. a size beyond int64
+        first_line = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise RecipeError("model", f"backbone {model.backbone!r} cannot be built with these settings ({first_line}); check the sizes in model") from err
     pad = settings.get("pad_to_multiple")
     if pad is not None and pad % multiple:
         raise RecipeError(
@@ -655,9 +681,9 @@ def apply_overrides(raw: dict, overrides: typing.Sequence[str]) -> dict:
         if not all(keys):
             raise RecipeError(path, f"--set {item!r}: empty key in the path")
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise RecipeError(path, f"--set {item!r}: value is not valid YAML ({err.problem})") from err
+            value = load_yaml(text, f"--set {item!r}: the value")
+        except ValueError as err:
+            raise RecipeError(path, str(err)) from err
         _check_override_path(keys, shared, item)
         node = raw
         for i, key in enumerate(keys[:-1]):
@@ -695,14 +721,16 @@ def _check_override_path(keys: list[str], shared: set[str], item: str) -> None:
 
 
 def load_recipe(path: str | Path, overrides: typing.Sequence[str] = ()) -> Recipe:
-    """Read a YAML recipe (``yaml.safe_load``), apply ``overrides`` and validate it."""
+    """Read a YAML recipe (``maelre.yamlio``: safe, YAML 1.2 floats, no duplicate keys), apply ``overrides`` and validate it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe {path} not found; recipes ship in recipes/*.yaml")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise RecipeError("", f"{path} is not valid YAML: {err}") from err
+        raw = read_yaml_file(path)
+    except ValueError as err:
+        raise RecipeError("", str(err)) from err
+    if raw is not None and not isinstance(raw, dict):
+        raise RecipeError("", f"{path} holds a YAML {type(raw).__name__}, not a mapping of sections ({', '.join(SECTIONS)})")
     raw = apply_overrides(_mapping(raw, ""), overrides)
     return parse_recipe(raw, name=path.stem)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from modalities.datasets.io import SHARED_DATA
 
@@ -37,6 +38,37 @@ def torch_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+TINY_RECIPE = {
+    "name": "tiny_ts",
+    "description": "ItalyPowerDemand, a tiny transformer (CLI tests)",
+    "data": {"dataset": {"name": "italypowerdemand"}, "adapter": {"name": "timeseries", "max_len": 32}, "batch_size": 16,
+             "val_fraction": 0.2, "max_eval_samples": 60},
+    "model": {"backbone": "transformer", "dim": 16, "depth": 1, "heads": 2, "dropout": 0.1},
+    "optimizer": {"lr": 0.005},
+    "schedule": {"warmup_steps": 2},
+    "trainer": {"max_epochs": 3, "checkpoint_every_n_steps": 3, "enable_progress_bar": False},
+}
+"""A recipe that trains in seconds: 12 steps (4 per epoch), checkpoints at steps 3, 4, 6, 8, 9, 12."""
+
+
+@pytest.fixture(scope="module")
+def recipe_file(tmp_path_factory) -> Path:
+    """``TINY_RECIPE`` as a YAML file."""
+    path = tmp_path_factory.mktemp("recipes") / "tiny_ts.yaml"
+    path.write_text(yaml.safe_dump(TINY_RECIPE))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished_run(recipe_file, tmp_path_factory) -> Path:
+    """A complete run of ``recipe_file`` through ``maelre fit`` (once per test module)."""
+    from maelre.cli import main
+
+    run_dir = tmp_path_factory.mktemp("runs") / "full"
+    assert main(["fit", str(recipe_file), "--run-dir", str(run_dir), "--no-progress"]) == 0
+    return run_dir
 
 
 @pytest.fixture

@@ -20,31 +20,6 @@ from modalities.datasets import list_datasets
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
-RECIPE = {
-    "name": "tiny_ts",
-    "description": "ItalyPowerDemand, a tiny transformer (CLI tests)",
-    "data": {"dataset": {"name": "italypowerdemand"}, "adapter": {"name": "timeseries", "max_len": 32}, "batch_size": 16,
-             "val_fraction": 0.2, "max_eval_samples": 60},
-    "model": {"backbone": "transformer", "dim": 16, "depth": 1, "heads": 2, "dropout": 0.1},
-    "optimizer": {"lr": 0.005},
-    "schedule": {"warmup_steps": 2},
-    "trainer": {"max_epochs": 3, "checkpoint_every_n_steps": 3, "enable_progress_bar": False},
-}
-
-
-@pytest.fixture(scope="module")
-def recipe_file(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("recipes") / "tiny_ts.yaml"
-    path.write_text(yaml.safe_dump(RECIPE))
-    return path
-
-
-@pytest.fixture(scope="module")
-def finished_run(recipe_file, tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("runs") / "full"
-    assert main(["fit", str(recipe_file), "--run-dir", str(run_dir), "--no-progress"]) == 0
-    return run_dir
-
 
 def test_fit_writes_the_run_artifacts(finished_run):
     results = json.loads((finished_run / "results.json").read_text())

@@ -280,12 +280,16 @@ def _fit_to(run_dir, train, val, resume=False, crash=None):
                           resume=resume, callbacks=[crash] if crash else [], restore_best=False)
 
 
-def test_killed_run_resumes_exactly(tmp_path, crash_after):
+@pytest.mark.parametrize("crash_step, last", [
+    (11, "step-0000009"),  # mid-epoch 2; last checkpoint mid-epoch
+    (9, "step-0000008"),  # the crash comes before step 9's checkpoint: the last one is epoch 1's end
+])
+def test_killed_run_resumes_exactly(tmp_path, crash_after, crash_step, last):
     train, val = sine_samples(60), sine_samples(24, seed=1)
     full = _fit_to(tmp_path / "full", train, val)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        _fit_to(tmp_path / "killed", train, val, crash=crash_after(11))  # mid-epoch 2; last checkpoint at step 9
-    assert latest_checkpoint(tmp_path / "killed").name == "step-0000009"
+        _fit_to(tmp_path / "killed", train, val, crash=crash_after(crash_step))
+    assert latest_checkpoint(tmp_path / "killed").name == last
     resumed = _fit_to(tmp_path / "killed", train, val, resume=True)
     assert resumed.global_step == full.global_step == 24
     for key, value in full.model.state_dict().items():

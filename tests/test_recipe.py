@@ -94,7 +94,7 @@ def test_value_checks_keep_the_key_path():
     assert error_of(BASE, "model.heads=5").path == "model"  # dim 32 not divisible by 5
     assert "warmup" in str(error_of(BASE, "schedule.warmup_steps=10", "schedule.warmup_fraction=0.1"))
     assert error_of(BASE, "optimizer.name=adam").path == "optimizer"
-    assert error_of(BASE, "data.val_fraction=1.5").path == "data"
+    assert error_of(BASE, "data.val_fraction=1.5").path == "data.val_fraction"  # the key itself, not only its section
 
 
 def test_impossible_combinations():
@@ -140,7 +140,7 @@ def test_only_the_active_backbone_entry_is_used_but_all_are_checked():
     inactive = parse(raw, "model.backbone_config.masformer.full_layers=[5]")  # values: the active one only
     assert inactive.model.backbone == "transformer"
     err = error_of(raw, "model.backbone=masformer", "model.backbone_config.masformer.full_layers=[5]")
-    assert err.path == "model.backbone_config.masformer" and "full_layers" in str(err)
+    assert err.path == "model.backbone_config.masformer.full_layers" and "full_layers" in str(err)
 
 
 def test_overrides_are_yaml_typed_and_can_add_open_keys():

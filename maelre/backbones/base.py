@@ -64,6 +64,9 @@ class BackboneConfig:
             raise ValueError(f"RoPE needs an even head dimension, got dim/heads={self.dim // self.heads}; choose dim/heads even or set rope=False")
         if self.rope_base <= 1:
             raise ValueError(f"rope_base must be > 1, got {self.rope_base}")
+        for name in ("dropout", "attn_dropout", "drop_path"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

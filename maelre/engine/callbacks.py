@@ -5,6 +5,8 @@
 - ``StepCheckpoint``: a resumable checkpoint every ``every_n_steps`` optimizer steps and
   at every epoch end, under unique ``step-XXXXXXX`` names; keeps the newest ``keep``.
 - ``BestCheckpoint``: the checkpoint with the best validation metric, as ``best``.
+- ``LoaderStateRestore``: puts the training loader back where a resumed checkpoint left it,
+  also after a finished epoch (where Lightning does not).
 - ``ThroughputMonitor``: samples/s and tokens/s over training time (validation excluded).
 - ``HistoryRecorder``: per-epoch train loss and validation metrics (the learning curve).
 """
@@ -138,6 +140,28 @@ class BestCheckpoint(Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.best = state_dict.get("best")
+
+
+class LoaderStateRestore(Callback):
+    """Restores the training loader's position and random state from the checkpoint being resumed.
+
+    Lightning reloads a loader's ``state_dict`` only when it restarts mid-epoch. From a
+    checkpoint taken at an epoch end it skips it, and the next epoch would replay epoch 0's
+    order from the start-of-run random state: the resumed run would differ from an
+    uninterrupted one. Loading the same state a second time (mid-epoch) changes nothing.
+    """
+
+    def __init__(self) -> None:
+        self._states: list[dict] = []
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._states = checkpoint.get("loops", {}).get("fit_loop", {}).get("state_dict", {}).get("combined_loader", [])
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loader = trainer.train_dataloader
+        if self._states and hasattr(loader, "load_state_dict"):
+            loader.load_state_dict(self._states[0])  # fit_classifier trains on one loader
+        self._states = []
 
 
 class ThroughputMonitor(Callback):

@@ -22,15 +22,19 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
+import warnings
 from collections import OrderedDict
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import yaml
 from lightning.fabric.plugins.io.checkpoint_io import CheckpointIO
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -51,6 +55,31 @@ META = "meta.json"
 TRAINING_STATE = "training_state.pt"
 EXTRAS_KEY = "maelre"  # where callbacks put spec/classes/recipe in Lightning's checkpoint dict
 _LIGHTNING_PREFIX = "model."  # ClassificationTask keeps the classifier in ``self.model``
+_T = TypeVar("_T")
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint file exists but cannot be read (truncated, zero bytes, overwritten)."""
+
+
+class CheckpointWarning(UserWarning):
+    """A checkpoint was skipped because it is unreadable; an older one is used instead."""
+
+
+# What the readers raise on a damaged file: torch.load (RuntimeError "failed finding central
+# directory", EOFError, UnpicklingError), safetensors (SafetensorError), JSON/YAML/UTF-8 decoding.
+_READ_ERRORS = (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError, SafetensorError, yaml.YAMLError)
+
+
+def _checked(path: Path, read: Callable[[Path], _T]) -> _T:
+    """``read(path)``, with a damaged file reported as ``CorruptCheckpointError`` naming it (a missing one stays ``FileNotFoundError``)."""
+    try:
+        return read(path)
+    except FileNotFoundError:
+        raise
+    except _READ_ERRORS as err:
+        detail = " ".join(str(err).split())
+        raise CorruptCheckpointError(f"{path} cannot be read ({type(err).__name__}{': ' + detail if detail else ''})") from err
 
 
 @dataclass
@@ -147,15 +176,82 @@ def _write_extras(directory: Path, extras: dict) -> None:
 
 def _read_extras(directory: Path) -> dict:
     extras: dict[str, Any] = {}
-    if (directory / SPEC).is_file():
-        extras["spec"] = read_json(directory / SPEC)
-    if (directory / CLASSES).is_file():
-        extras["classes"] = read_json(directory / CLASSES)
-    if (directory / PREPROCESSING).is_file():
-        extras["preprocessing"] = read_json(directory / PREPROCESSING)
+    for key, name in (("spec", SPEC), ("classes", CLASSES), ("preprocessing", PREPROCESSING)):
+        if (directory / name).is_file():
+            extras[key] = _checked(directory / name, read_json)
     if (directory / RECIPE).is_file():
-        extras["recipe"] = yaml.safe_load((directory / RECIPE).read_text(encoding="utf-8"))
+        extras["recipe"] = _checked(directory / RECIPE, lambda p: yaml.safe_load(p.read_text(encoding="utf-8")))
     return extras
+
+
+def _load_training_state(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def verify_checkpoint(directory: str | os.PathLike, training_state: bool = True) -> None:
+    """Read every file of a checkpoint; ``CorruptCheckpointError`` naming the first that is unreadable.
+
+    ``training_state``: also read ``training_state.pt`` (needed to resume, not to predict).
+    """
+    directory = Path(directory)
+    _read_extras(directory)
+    _checked(directory / WEIGHTS, load_weights)
+    if (directory / META).is_file():
+        _checked(directory / META, read_json)
+    if training_state:
+        _checked(directory / TRAINING_STATE, _load_training_state)
+
+
+def newest_good_checkpoint(
+    candidates: Iterable[Path], training_state: bool = True
+) -> tuple[Path | None, list[CorruptCheckpointError]]:
+    """The first of ``candidates`` (give them newest first) that ``verify_checkpoint`` accepts, and the errors of those before it."""
+    errors: list[CorruptCheckpointError] = []
+    for candidate in candidates:
+        try:
+            verify_checkpoint(candidate, training_state)
+        except CorruptCheckpointError as err:
+            errors.append(err)
+            continue
+        return candidate, errors
+    return None, errors
+
+
+def resume_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint to resume ``run_dir`` from: the newest one that reads back completely, or ``None`` if there is none.
+
+    An unreadable newest checkpoint (a kill or a full disk while it was written elsewhere,
+    a damaged copy) is skipped with a ``CheckpointWarning`` naming it and the one used
+    instead; resuming from an older checkpoint is exact, it only trains those steps again.
+    Raises ``CorruptCheckpointError`` when every checkpoint is unreadable.
+    """
+    resumable = [p for p in find_checkpoints(run_dir) if (p / TRAINING_STATE).is_file()]
+    if not resumable:
+        return None
+    good, errors = newest_good_checkpoint(reversed(resumable))
+    if good is None:
+        raise CorruptCheckpointError(
+            f"cannot resume {run_dir}: no checkpoint reads back ({'; '.join(map(str, errors))}); "
+            "start a new run (without --resume, or with another --run-dir)"
+        )
+    if errors:
+        warnings.warn(
+            f"the newest checkpoint {resumable[-1]} is unreadable ({errors[0]}); resuming from {good}, the newest good one "
+            "(the steps after it are trained again)", CheckpointWarning, stacklevel=2,
+        )
+    return good
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the ``.tmp-*`` folders a killed checkpoint write left in ``directory``; returns what was removed.
+
+    Call it only before training starts: while a run is saving, its temporary is in use.
+    """
+    directory = Path(directory)
+    stale = sorted(p for p in directory.glob(".tmp-*") if p.is_dir()) if directory.is_dir() else []
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def save_model(
@@ -202,16 +298,23 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     from modalities import create_adapter
 
     directory = resolve_checkpoint(path)
-    extras = _read_extras(directory)
+    try:
+        extras = _read_extras(directory)
+        weights = _checked(directory / WEIGHTS, load_weights)
+        meta = _checked(directory / META, read_json) if (directory / META).is_file() else {}
+    except CorruptCheckpointError as err:
+        others = [p for p in reversed(find_checkpoints(directory.parent)) if p != directory]
+        good, _ = newest_good_checkpoint(others, training_state=False)
+        hint = f"the newest good checkpoint is {good}: pass that path instead" if good else "no other checkpoint beside it reads back: train again"
+        raise CorruptCheckpointError(f"checkpoint {directory} is corrupt: {err}; {hint}") from err
     spec = ModelSpec.from_dict(extras["spec"])
     if "pretrain" in spec.extra:
         raise ValueError(f"{directory} holds a masked-token pretraining model, not a classifier; fine-tune it with maelre fit RECIPE --init-from {path}")
     adapter = create_adapter(spec.adapter, **spec.adapter_config)
     adapter.load_preprocessing_state(extras.get("preprocessing", {}))
     model = build_model(adapter, spec.backbone, spec.backbone_config, spec.num_classes, spec.head_dropout, spec.two_tower)
-    model.load_state_dict(load_weights(directory / WEIGHTS), strict=True)
+    model.load_state_dict(weights, strict=True)
     model.to(map_location).eval()
-    meta = read_json(directory / META) if (directory / META).is_file() else {}
     classes = extras.get("classes") or [str(i) for i in range(spec.num_classes)]
     return LoadedModel(model, spec, classes, extras.get("recipe"), meta, directory)
 
@@ -229,8 +332,11 @@ def find_checkpoints(directory: str | os.PathLike) -> list[Path]:
     def order(p: Path) -> tuple[int, bool, float]:
         # At equal steps the epoch-end step-* checkpoint comes after "best", which is
         # written earlier in the same step (at validation end).
-        meta = read_json(p / META)
-        return int(meta.get("global_step", -1)), p.name.startswith("step-"), (p / META).stat().st_mtime
+        try:
+            step = int(read_json(p / META).get("global_step", -1))
+        except (ValueError, AttributeError):  # damaged meta.json: the name still tells step-* checkpoints' step
+            step = int(p.name[5:]) if p.name.startswith("step-") and p.name[5:].isdigit() else -1
+        return step, p.name.startswith("step-"), (p / META).stat().st_mtime
 
     return sorted(found, key=order)
 
@@ -295,8 +401,8 @@ class SafeCheckpointIO(CheckpointIO):
         directory = Path(path)
         if not (directory / TRAINING_STATE).is_file():
             raise FileNotFoundError(f"{directory} holds no {TRAINING_STATE}; only checkpoints written during training can be resumed")
-        state = torch.load(directory / TRAINING_STATE, map_location=map_location or "cpu", weights_only=True)
-        weights = load_weights(directory / WEIGHTS)
+        state = _checked(directory / TRAINING_STATE, lambda p: _load_training_state(p, map_location or "cpu"))
+        weights = _checked(directory / WEIGHTS, load_weights)
         state["state_dict"] = OrderedDict((_LIGHTNING_PREFIX + k, v) for k, v in weights.items())
         state[EXTRAS_KEY] = _read_extras(directory)
         return state

@@ -37,11 +37,12 @@ from maelre.engine.callbacks import (
     BestCheckpoint,
     CheckpointExtras,
     HistoryRecorder,
+    LoaderStateRestore,
     StepCheckpoint,
     ThroughputMonitor,
     peak_memory_bytes,
 )
-from maelre.engine.checkpoint import ModelSpec, SafeCheckpointIO, latest_checkpoint, load_weights
+from maelre.engine.checkpoint import ModelSpec, SafeCheckpointIO, latest_checkpoint, load_weights, remove_stale_temporaries, resume_checkpoint
 from maelre.engine.data import Unlabeled, make_dataloader, move_to
 from maelre.engine.device_data import ImageAugment, MoveLoadersToDevice, make_device_loader
 from maelre.engine.seed import seed_everything
@@ -358,7 +359,7 @@ def fit_classifier(
 
     task = task_class(model, optim_cfg, num_classes, class_weights, label_smoothing, functools.partial(len, train_loader))
     throughput, history = ThroughputMonitor(), HistoryRecorder()
-    cbs: list[Callback] = [throughput, history, *callbacks]
+    cbs: list[Callback] = [throughput, history, LoaderStateRestore(), *callbacks]
     best_cb: BestCheckpoint | None = None
     memory_best: _BestWeightsInMemory | None = None
     spec = getattr(model, "spec", None)
@@ -367,6 +368,7 @@ def fit_classifier(
             raise ValueError("model has no .spec; build it with maelre.engine.build_model so checkpoints can rebuild it")
         ckpt_dir = run_dir / "checkpoints"
         stop_after = None if trainer_cfg.stop_after_minutes is None else 60 * trainer_cfg.stop_after_minutes
+        remove_stale_temporaries(ckpt_dir)  # left by a checkpoint write that a kill interrupted
         cbs += [CheckpointExtras(spec, classes, recipe), StepCheckpoint(ckpt_dir, trainer_cfg.checkpoint_every_n_steps, stop_after=stop_after)]
         if val_loader is not None:
             best_cb = BestCheckpoint(ckpt_dir)
@@ -440,7 +442,7 @@ def _resume_path(resume: bool | str | Path, run_dir: str | Path | None) -> Path 
     if resume is True:
         if run_dir is None:
             raise ValueError("resume=True needs the run_dir of the interrupted run")
-        path = latest_checkpoint(run_dir)
+        path = resume_checkpoint(run_dir)
         if path is None:
             raise FileNotFoundError(f"nothing to resume: no checkpoint with training state in {Path(run_dir) / 'checkpoints'}")
         return path

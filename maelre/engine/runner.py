@@ -31,6 +31,7 @@ from maelre.engine.checkpoint import (
     load_model,
     read_json,
     resolve_checkpoint,
+    resume_checkpoint,
     write_text_atomic,
 )
 from maelre.engine.data import labels_of, split_validation, subsample
@@ -149,7 +150,7 @@ def resolve_run_dir(recipe: Recipe, run_dir: str | Path | None, resume: bool) ->
         path = recipe.run_dir()
     if resume and latest_checkpoint(path) is None:
         raise FileNotFoundError(f"nothing to resume in {path}: no checkpoint with training state under {path / 'checkpoints'}")
-    if not resume and (path / "checkpoints").is_dir() and any((path / "checkpoints").iterdir()):
+    if not resume and (path / "checkpoints").is_dir() and any(not p.name.startswith(".") for p in (path / "checkpoints").iterdir()):
         raise FileExistsError(f"{path} already holds a run; pass --resume to continue it, or choose another --run-dir")
     return path
 
@@ -215,7 +216,7 @@ def run_recipe(
     resolved = recipe.to_dict()
     if resume:
         _check_same_run(path, resolved)
-    resume_from = latest_checkpoint(path) if resume else None
+    resume_from = resume_checkpoint(path) if resume else None
     init_from = resolve_checkpoint(recipe.model.init_from) if recipe.model.init_from and not resume else None
     seed_everything(recipe.trainer.seed, recipe.trainer.deterministic)  # before the adapter and model are initialised
     data = load_run_data(recipe)

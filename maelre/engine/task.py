@@ -27,10 +27,10 @@ def check_optimizer(name: str, lr: float, weight_decay: float) -> None:
     """``ValueError`` unless the optimizer settings are usable."""
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer name must be one of {OPTIMIZERS}, got {name!r}")
-    if lr <= 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+    if not math.isfinite(lr) or lr <= 0:
+        raise ValueError(f"lr must be a positive finite number, got {lr}")
+    if not math.isfinite(weight_decay) or weight_decay < 0:
+        raise ValueError(f"weight_decay must be a finite number >= 0, got {weight_decay}")
 
 
 def check_schedule(kind: str, warmup_steps: int, warmup_fraction: float, min_lr_ratio: float) -> None:

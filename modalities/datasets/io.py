@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import struct
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -84,16 +86,23 @@ def _soundfile():
     return soundfile
 
 
-def read_wav(path: str | os.PathLike, start: int = 0, frames: int = -1) -> tuple[np.ndarray, int]:
+class TruncatedAudioWarning(UserWarning):
+    """A wav file holds fewer samples than its header declares (a cut download or copy)."""
+
+
+def read_wav(path: str | os.PathLike, start: int = 0, frames: int = -1, mono: bool = True) -> tuple[np.ndarray, int]:
     """Read a wav file (or a part of it) with ``soundfile``.
 
+    A wav whose data chunk is cut short is read as far as it goes, with a
+    ``TruncatedAudioWarning`` naming the file.
+
     Returns:
-        ``(waveform, sample_rate)``: ``waveform`` is ``np.float32 [T]`` in ``[-1, 1]``;
-        multi-channel files are averaged to mono.
+        ``(waveform, sample_rate)``: ``waveform`` is ``np.float32`` in ``[-1, 1]``, ``[T]``;
+        multi-channel files are averaged to mono, or with ``mono=False`` returned as ``[C, T]``.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file cannot be decoded or holds no samples (names the file).
+        ValueError: the file cannot be decoded, holds no samples, or holds NaN/inf (names the file).
     """
     path = Path(path)
     if not path.is_file():
@@ -105,8 +114,40 @@ def read_wav(path: str | os.PathLike, start: int = 0, frames: int = -1) -> tuple
     if data.shape[0] == 0:
         where = f" from sample {start}" if start else ""
         raise ValueError(f"audio file {path} has no samples{where}; the file is empty or truncated: re-download or delete it")
-    wave = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)
+    if not np.isfinite(data).all():
+        raise ValueError(f"audio file {path} holds {int((~np.isfinite(data)).sum())} NaN or inf samples; the file is corrupt: repair or delete it")
+    missing = wav_missing_bytes(path)
+    if missing:
+        warnings.warn(
+            f"audio file {path} is truncated: its header declares {missing} more bytes of samples than the file holds; "
+            "it is read as a shorter clip (re-download or delete it)", TruncatedAudioWarning, stacklevel=2,
+        )
+    if data.shape[1] == 1:
+        wave = data[:, 0]
+    else:
+        wave = data.mean(axis=1) if mono else data.T
     return np.ascontiguousarray(wave, dtype=np.float32), int(sample_rate)
+
+
+def wav_missing_bytes(path: str | os.PathLike) -> int:
+    """Bytes of sample data a RIFF/WAVE file's ``data`` chunk declares but the file lacks (0: complete or not a wav).
+
+    libsndfile reads such a file without complaint, as a shorter clip; this reads the chunk headers.
+    """
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return 0
+        offset = 12
+        while offset + 8 <= size:
+            f.seek(offset)
+            chunk, length = struct.unpack("<4sI", f.read(8))
+            if chunk == b"data":
+                # 0 and 0xFFFFFFFF mark a stream written without a final length (and RF64).
+                return 0 if length in (0, 0xFFFFFFFF) else max(0, length - (size - offset - 8))
+            offset += 8 + length + (length & 1)  # chunks are padded to even sizes
+    return 0
 
 
 def wav_info(path: str | os.PathLike) -> tuple[int, int]:

@@ -1,0 +1,106 @@
+"""Collect the merge ablation (``merge_ablation.sh``) into one JSON and a markdown table.
+
+    python benchmarks/merge_ablation_report.py RESULTS_DIR [--cost COST_JSON] [--out JSON] [--table MD]
+
+``RESULTS_DIR`` holds one leaderboard JSON per run, ``scifar10_ROW_POS_sSEED.json``; ``--cost``
+is the output of ``merge_ablation_cost.py`` (train-step time and peak memory of every row).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from maelre.bench.report import markdown_table  # noqa: E402
+from maelre.fileio import write_json_atomic, write_text_atomic  # noqa: E402
+
+NAME = re.compile(r"scifar10_(?P<row>[a-z0-9]+)_(?P<pos>learned|rope)_s(?P<seed>\d+)\.json$")
+ROW_TEXT = {
+    "auto1": "auto plan, exact_blocks=1 (2 linear blocks, exact from block 2 at N <= D=64)",
+    "auto2": "auto plan, exact_blocks=2, switch_threshold=256 (exact from block 1 at N <= 256)",
+    "raster": "auto1 merging along pixel rows (grid_order=raster)",
+    "fraction": "old default: 30% merged after each attention (1024, 717, 502 tokens; all linear)",
+    "nomerge": "no merging (linear attention in all 3 blocks)",
+    "transformer": "transformer (exact attention, no merging)",
+}
+
+
+def collect(folder: Path) -> list[dict]:
+    runs = []
+    for path in sorted(folder.glob("scifar10_*.json")):
+        match = NAME.search(path.name)
+        if match is None:
+            continue
+        for row in json.loads(path.read_text())["results"]:
+            runs.append({**match.groupdict(), "seed": int(match["seed"]), **{k: row.get(k) for k in (
+                "status", "message", "accuracy", "val_accuracy", "steps", "epochs", "train_seconds", "gpu", "concurrent_runs")}})
+    return runs
+
+
+def cost_cells(cost: list[dict], row: str, pos: str) -> list[str]:
+    cells = []
+    for shape in ("task", "bench16k"):
+        for graph in (False, True):
+            hit = [c for c in cost if c["row"] == row and c["pos"] == pos and c["shape"] == shape and c["cuda_graph"] == graph]
+            if not hit or hit[0]["status"] != "ok":
+                cells.append("—" if not hit else hit[0]["status"])
+            elif graph:
+                cells.append(f"{hit[0]['median_ms']:.1f} ms")
+            else:
+                peak = hit[0]["peak_mem_gib"]
+                cells.append(f"{hit[0]['median_ms']:.1f} ms" + ("" if peak is None else f", {peak:.2f} GiB"))
+    return cells
+
+
+def summarise(runs: list[dict], cost: list[dict]) -> tuple[list[dict], str]:
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[run["row"], run["pos"]].append(run)
+    order = list(ROW_TEXT)
+    summary, rows = [], []
+    for (row, pos), members in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order else 99, kv[0][1])):
+        done = [m for m in members if m["accuracy"] is not None]
+        accs = [m["accuracy"] for m in done]
+        entry = {
+            "row": row, "pos": pos, "seeds": [m["seed"] for m in members],
+            "test_accuracy": accs, "mean": statistics.fmean(accs) if accs else None,
+            "val_accuracy": [m["val_accuracy"] for m in done], "epochs": [m["epochs"] for m in members],
+            "statuses": [m["status"] for m in members],
+        }
+        summary.append(entry)
+        mean = "—" if entry["mean"] is None else f"{entry['mean']:.2f}"
+        seeds = ", ".join(f"{a:.2f}" for a in accs) or "—"
+        epochs = "/".join(str(e) for e in entry["epochs"])
+        rows.append([ROW_TEXT.get(row, row), pos, mean, seeds, epochs, *cost_cells(cost, row, pos)])
+    header = ["row", "positions", "test acc % (mean)", "per seed", "epochs",
+              "N=1024 step, peak (eager)", "N=1024 step (graph)", "N=16K step, peak (eager)", "N=16K step (graph)"]
+    return summary, markdown_table([dict(zip(header, r)) for r in rows], header, {h: str for h in header})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--cost", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/merge_ablation_h200.json"))
+    parser.add_argument("--table", type=Path, default=None, help="markdown file for the table (default: --out with .md)")
+    args = parser.parse_args(argv)
+    runs = collect(args.results)
+    if not runs:
+        print(f"no scifar10_ROW_POS_sSEED.json files in {args.results}", file=sys.stderr)
+        return 2
+    cost = json.loads(args.cost.read_text())["rows"] if args.cost and args.cost.exists() else []
+    summary, table = summarise(runs, cost)
+    write_json_atomic(args.out, {"runs": runs, "summary": summary, "cost": cost})
+    write_text_atomic(args.table or args.out.with_suffix(".md"), table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
