@@ -62,6 +62,7 @@ class TimeSeriesAdapterConfig(SequenceAdapterConfig):
             and ``augment`` need non-overlapping patches.
         stem_channels: output channels of each ``"conv"`` branch.
         stem_kernels: kernel sizes of the ``"conv"`` branches (one branch each).
+        stem_layers: stacked multi-scale modules of the ``"conv"`` stem (residual from the second).
         augment: training-time augmentations, any of ``"jitter"``, ``"scaling"``,
             ``"slice"``, ``"warp"`` (``augment_steps``); off in eval mode.
     """
@@ -75,6 +76,7 @@ class TimeSeriesAdapterConfig(SequenceAdapterConfig):
     stem: str = "linear"
     stem_channels: int = 16
     stem_kernels: tuple[int, ...] = (9, 19, 39)
+    stem_layers: int = 1
     augment: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -85,7 +87,7 @@ class TimeSeriesAdapterConfig(SequenceAdapterConfig):
         check_choice("timeseries", "stem", self.stem, TS_STEMS)
         if self.patch_stride is None:
             self.patch_stride = self.patch_len
-        check_positive("timeseries", patch_len=self.patch_len, patch_stride=self.patch_stride, stem_channels=self.stem_channels)
+        check_positive("timeseries", patch_len=self.patch_len, patch_stride=self.patch_stride, stem_channels=self.stem_channels, stem_layers=self.stem_layers)
         if isinstance(self.stem_kernels, int) or not self.stem_kernels:
             raise ValueError(f"timeseries: stem_kernels must be a non-empty list of kernel sizes, got {self.stem_kernels!r}")
         self.stem_kernels = tuple(self.stem_kernels)
@@ -204,7 +206,7 @@ class TimeSeriesAdapter(SequenceAdapter):
         device = next(self.parameters(), torch.empty(0)).device
         c = self.config
         if c.stem == "conv":
-            self.proj = ConvStem(channels, self.steps_per_token, c.dim, c.stem_channels, c.stem_kernels).to(device)
+            self.proj = ConvStem(channels, self.steps_per_token, c.dim, c.stem_channels, c.stem_kernels, c.stem_layers).to(device)
         else:
             self.proj = nn.Linear(channels * self.steps_per_token, c.dim, device=device)
 

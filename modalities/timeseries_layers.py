@@ -22,40 +22,60 @@ WARP_KNOTS = 4
 RESAMPLE_PROB = 0.5
 
 
-class ConvStem(nn.Module):
-    """Multi-scale 1-D convolutions (InceptionTime-style branches), then non-overlapping patches.
+class InceptionModule(nn.Module):
+    """One InceptionTime module: an optional 1x1 bottleneck, one ``Conv1d`` branch per kernel
+    size plus a max-pool(3) -> 1x1 branch, concatenated, per-step LayerNorm, GELU.
 
-    ``x [B, C, N * P]`` + step mask ``[B, N * P]`` -> tokens ``[B, N, dim]``: each kernel
-    size in ``kernels`` is a ``Conv1d(C, hidden, k)`` branch, plus a max-pool(3) -> 1x1 conv
-    branch; the concatenated ``hidden * (len(kernels) + 1)`` features go through a per-step
-    LayerNorm and GELU, and each patch of ``P`` steps is flattened and projected to ``dim``
-    (PatchTST's patch embedding, on features instead of raw values).
-
-    Masked steps are zeroed before the convolutions and after the activation, and the
-    sequence edges are zero-padded explicitly, so a series' tokens do not depend on how
-    much padding its batch adds.
+    ``x [B, C_in, L]`` + step mask ``[B, L]`` -> ``[B, hidden * (len(kernels) + 1), L]``,
+    zero at masked steps. Edges are zero-padded explicitly and masked steps are zeroed
+    first, so a series' output does not depend on how much padding its batch adds.
     """
 
-    def __init__(self, channels: int, patch_len: int, dim: int, hidden: int, kernels: Sequence[int]) -> None:
+    def __init__(self, in_channels: int, hidden: int, kernels: Sequence[int], bottleneck: bool) -> None:
         super().__init__()
-        self.patch_len = patch_len
         self.kernels = tuple(kernels)
-        self.branches = nn.ModuleList(nn.Conv1d(channels, hidden, k) for k in self.kernels)
-        self.pool_branch = nn.Conv1d(channels, hidden, 1)
-        features = hidden * (len(self.kernels) + 1)
-        self.norm = nn.LayerNorm(features)
-        self.proj = nn.Linear(features * patch_len, dim)
+        self.bottleneck = nn.Conv1d(in_channels, hidden, 1, bias=False) if bottleneck else None
+        width = hidden if bottleneck else in_channels
+        self.branches = nn.ModuleList(nn.Conv1d(width, hidden, k) for k in self.kernels)
+        self.pool_branch = nn.Conv1d(in_channels, hidden, 1)
+        self.out_channels = hidden * (len(self.kernels) + 1)
+        self.norm = nn.LayerNorm(self.out_channels)
 
     def forward(self, x: Tensor, steps: Tensor) -> Tensor:
-        """``x [B, C, L]`` (``L`` a multiple of ``patch_len``), ``steps [B, L]`` bool -> ``[B, L / patch_len, dim]``."""
-        x = x * steps.unsqueeze(1).to(x.dtype)
+        real = steps.unsqueeze(1).to(x.dtype)
+        x = x * real
+        z = x if self.bottleneck is None else self.bottleneck(x)
         outs = []
         for k, conv in zip(self.kernels, self.branches):
             left = (k - 1) // 2  # "same" length for odd and even k
-            outs.append(conv(F.pad(x, (left, k - 1 - left))))
+            outs.append(conv(F.pad(z, (left, k - 1 - left))))
         outs.append(self.pool_branch(F.max_pool1d(F.pad(x, (1, 1)), 3, stride=1)))
-        h = F.gelu(self.norm(torch.cat(outs, dim=1).transpose(1, 2)))  # [B, L, F]
-        h = h * steps.unsqueeze(-1).to(h.dtype)
+        h = F.gelu(self.norm(torch.cat(outs, dim=1).transpose(1, 2))).transpose(1, 2)
+        return h * real
+
+
+class ConvStem(nn.Module):
+    """``layers`` stacked ``InceptionModule``s (residual from the second on), then non-overlapping patches.
+
+    ``x [B, C, N * P]`` + step mask ``[B, N * P]`` -> tokens ``[B, N, dim]``: each patch of
+    ``P`` steps of the last module's features is flattened and projected to ``dim``
+    (PatchTST's patch embedding, on convolutional features instead of raw values).
+    """
+
+    def __init__(self, channels: int, patch_len: int, dim: int, hidden: int, kernels: Sequence[int], layers: int = 1) -> None:
+        super().__init__()
+        self.patch_len = patch_len
+        first = InceptionModule(channels, hidden, kernels, bottleneck=False)
+        width = first.out_channels
+        self.blocks = nn.ModuleList([first, *(InceptionModule(width, hidden, kernels, bottleneck=True) for _ in range(layers - 1))])
+        self.proj = nn.Linear(width * patch_len, dim)
+
+    def forward(self, x: Tensor, steps: Tensor) -> Tensor:
+        """``x [B, C, L]`` (``L`` a multiple of ``patch_len``), ``steps [B, L]`` bool -> ``[B, L / patch_len, dim]``."""
+        h = self.blocks[0](x, steps)
+        for module in self.blocks[1:]:
+            h = h + module(h, steps)
+        h = h.transpose(1, 2)  # [B, L, F]
         b, length, f = h.shape
         return self.proj(h.reshape(b, length // self.patch_len, self.patch_len * f))
 
