@@ -51,11 +51,13 @@ GENERIC_DEFAULTS: dict[str, Any] = dict(
 )
 #: time-series rules (``auto_settings``): optimizer steps the epoch budget aims at, its clip range,
 #: and the training-set size from which the model is wider
-TS_TARGET_STEPS = 600
-TS_EPOCH_RANGE = (30, 150)
+TS_TARGET_STEPS = 400
+TS_EPOCH_RANGE = (20, 100)
 TS_LARGE = 500
-#: the time-series adapter's data-derived defaults besides tokenization
-TS_ADAPTER_DEFAULTS: dict[str, Any] = {"stem": "conv", "augment": ("jitter", "scaling", "slice", "warp")}
+#: the time-series adapter's data-derived defaults besides tokenization; series longer than
+#: TS_DEEP_STEM_MAX_LEN steps get one stem module (the stacked ones cost ~18x more per step)
+TS_ADAPTER_DEFAULTS: dict[str, Any] = {"stem": "conv", "stem_layers": 3, "pos_embed": "none", "augment": ("jitter", "scaling", "slice", "warp")}
+TS_DEEP_STEM_MAX_LEN = 512
 
 
 class MAELREClassifier(ClassifierMixin, BaseEstimator):
@@ -554,19 +556,21 @@ def _data_defaults(adapter: str, items: list, params: dict) -> dict:
 
     Time series: one token per step up to ``TARGET_TOKENS`` steps, else patches of
     ``ceil(T / TARGET_TOKENS)`` steps; ``max_len`` = the longest training series in tokens
-    (for the user's ``token``/``patch_len`` when given). Audio: the data's sample rate.
+    (for the user's ``token``/``patch_len`` when given); ``TS_ADAPTER_DEFAULTS`` (conv stem,
+    no absolute positions, augmentation), with one stem module above ``TS_DEEP_STEM_MAX_LEN`` steps. Audio: the data's sample rate.
     Images: ``img_size``, ``in_chans`` and the smallest patch of at least 2x2 pixels that
     gives at most ``TARGET_TOKENS`` patches.
     """
     if adapter == "timeseries":
         longest = max(x.shape[-1] for x in items)
+        stem = {**TS_ADAPTER_DEFAULTS, "stem_layers": TS_ADAPTER_DEFAULTS["stem_layers"] if longest <= TS_DEEP_STEM_MAX_LEN else 1}
         default_token = "point" if longest <= TARGET_TOKENS else "patch"
         token = params.get("token", default_token)
         if token == "point":
-            return {**TS_ADAPTER_DEFAULTS, "token": "point", "max_len": longest}
+            return {**stem, "token": "point", "max_len": longest}
         patch = params.get("patch_len", math.ceil(longest / TARGET_TOKENS))
         stride = params.get("patch_stride") or patch
-        extra = TS_ADAPTER_DEFAULTS if stride == patch else {}  # the stem and augmentation need non-overlapping patches
+        extra = stem if stride == patch else {}  # the stem and augmentation need non-overlapping patches
         return {**extra, "token": "patch", "patch_len": patch, "max_len": max(1, math.ceil(max(longest - patch, 0) / stride) + 1)}
     if adapter == "audio":
         rates = {int(rate) for _, rate in items}
