@@ -367,6 +367,8 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
             max_epochs=epochs,
             seed=seed,
             early_stopping_patience=settings["n_iter_no_change"] if val is not None else None,
+            # the refit's stopping run waits for the validation loss: accuracy on a small split plateaus at once
+            early_stopping_monitor="val/loss" if settings["refit"] else "val/acc",
             enable_progress_bar=self.verbose >= 2,
             **self._trainer_device(),
         )
@@ -508,8 +510,8 @@ def auto_settings(params: dict, modality: str, labels: np.ndarray) -> dict:
       part, clipped to ``TS_EPOCH_RANGE``;
     * ``early_stopping="auto"`` with ``max_epochs="auto"``: hold out ``validation_fraction``
       (0.2), stop after ``n_iter_no_change`` (a quarter of the epoch budget, at least 10)
-      epochs without a better validation accuracy, then refit on all data for the best
-      epoch count (``refit``). Skipped when some class has fewer than 2 series or the
+      epochs without a lower validation loss, then refit on all data for the epoch count
+      of the best validation accuracy (ties: the latest epoch) (``refit``). Skipped when some class has fewer than 2 series or the
       held-out part would have fewer series than there are classes.
 
     Returns:
@@ -544,11 +546,15 @@ def auto_settings(params: dict, modality: str, labels: np.ndarray) -> dict:
 
 
 def _best_epochs(history: list[dict]) -> int:
-    """Number of epochs up to the best validation epoch: highest ``val/acc``, ties to the lowest ``val/loss``, then the earliest."""
-    scored = [(row["val/acc"], -row["val/loss"], -i) for i, row in enumerate(history) if "val/acc" in row]
+    """Number of epochs up to the best validation epoch: highest ``val/acc``, ties to the latest.
+
+    Ties go to the latest epoch because a small validation split saturates early, while
+    training on (augmented) data keeps improving the margin after it does.
+    """
+    scored = [(row["val/acc"], i) for i, row in enumerate(history) if "val/acc" in row]
     if not scored:
         raise RuntimeError("the early-stopping run recorded no validation metrics; cannot choose the refit's epoch count")
-    return -max(scored)[2] + 1
+    return max(scored)[1] + 1
 
 
 def _data_defaults(adapter: str, items: list, params: dict) -> dict:
