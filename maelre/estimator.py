@@ -51,13 +51,13 @@ GENERIC_DEFAULTS: dict[str, Any] = dict(
 )
 #: time-series rules (``auto_settings``): optimizer steps the epoch budget aims at, its clip range,
 #: and the training-set size from which the model is wider
-TS_TARGET_STEPS = 400
-TS_EPOCH_RANGE = (20, 100)
+TS_TARGET_STEPS = 300
+TS_EPOCH_RANGE = (20, 80)
 TS_LARGE = 500
 #: the time-series adapter's data-derived defaults besides tokenization; series longer than
 #: TS_DEEP_STEM_MAX_LEN steps get one stem module (the stacked ones cost ~18x more per step)
 TS_ADAPTER_DEFAULTS: dict[str, Any] = {"stem": "conv", "stem_layers": 3, "pos_embed": "none", "augment": ("jitter", "scaling", "slice", "warp")}
-TS_DEEP_STEM_MAX_LEN = 512
+TS_DEEP_STEM_MAX_LEN = 300
 
 
 class MAELREClassifier(ClassifierMixin, BaseEstimator):
@@ -367,8 +367,8 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
             max_epochs=epochs,
             seed=seed,
             early_stopping_patience=settings["n_iter_no_change"] if val is not None else None,
-            # the refit's stopping run waits for the validation loss: accuracy on a small split plateaus at once
-            early_stopping_monitor="val/loss" if settings["refit"] else "val/acc",
+            # the auto rules wait for the validation loss: accuracy on a small split plateaus at once
+            early_stopping_monitor=settings["stop_on"],
             enable_progress_bar=self.verbose >= 2,
             **self._trainer_device(),
         )
@@ -510,8 +510,10 @@ def auto_settings(params: dict, modality: str, labels: np.ndarray) -> dict:
       part, clipped to ``TS_EPOCH_RANGE``;
     * ``early_stopping="auto"`` with ``max_epochs="auto"``: hold out ``validation_fraction``
       (0.2), stop after ``n_iter_no_change`` (a quarter of the epoch budget, at least 10)
-      epochs without a lower validation loss, then refit on all data for the epoch count
-      of the best validation accuracy (ties: the latest epoch) (``refit``). Skipped when some class has fewer than 2 series or the
+      epochs without a lower validation loss (``stop_on``), then, when ``n < TS_LARGE``,
+      refit on all data for the epoch count of the best validation accuracy (ties: the
+      latest epoch) (``refit``); from ``TS_LARGE`` series on, keep the stopping run's best
+      weights (``early_stopping``). Skipped when some class has fewer than 2 series or the
       held-out part would have fewer series than there are classes.
 
     Returns:
@@ -522,7 +524,7 @@ def auto_settings(params: dict, modality: str, labels: np.ndarray) -> dict:
     resolved = {key: params[key] for key in GENERIC_DEFAULTS}
     if modality != "timeseries":
         resolved = {key: GENERIC_DEFAULTS[key] if value == "auto" else value for key, value in resolved.items()}
-        return {**resolved, "refit": False}
+        return {**resolved, "refit": False, "stop_on": "val/acc"}
     small = n < TS_LARGE
     rules = {
         "dim": 32 if small else 64, "depth": 2, "heads": 2 if small else 4,
@@ -533,16 +535,17 @@ def auto_settings(params: dict, modality: str, labels: np.ndarray) -> dict:
             resolved[key] = value
     can_split = counts.min() >= 2 and math.ceil(resolved["validation_fraction"] * n) >= len(counts)
     auto_epochs = resolved["max_epochs"] == "auto"
-    refit = auto_epochs and resolved["early_stopping"] == "auto" and bool(can_split)
+    auto_stop = auto_epochs and resolved["early_stopping"] == "auto" and bool(can_split)
+    refit = auto_stop and small
     if resolved["early_stopping"] == "auto":
-        resolved["early_stopping"] = False
+        resolved["early_stopping"] = auto_stop and not small
     if auto_epochs:
         train_n = n - math.ceil(resolved["validation_fraction"] * n) if refit else n
         steps_per_epoch = math.ceil(train_n / resolved["batch_size"])
         resolved["max_epochs"] = int(np.clip(math.ceil(TS_TARGET_STEPS / steps_per_epoch), *TS_EPOCH_RANGE))
     if resolved["n_iter_no_change"] == "auto":
         resolved["n_iter_no_change"] = max(10, resolved["max_epochs"] // 4)
-    return {**resolved, "refit": refit}
+    return {**resolved, "refit": refit, "stop_on": "val/loss" if auto_stop else "val/acc"}
 
 
 def _best_epochs(history: list[dict]) -> int:

@@ -371,10 +371,11 @@ def test_auto_settings_rules():
     small = auto_settings(params, "timeseries", np.repeat([0, 1], 25))  # GunPoint-sized
     assert small["dim"] == 32 and small["heads"] == 2 and small["depth"] == 2 and small["batch_size"] == 8
     assert small["refit"] and small["validation_fraction"] == 0.2 and not small["early_stopping"]
-    assert small["max_epochs"] == 80 and small["n_iter_no_change"] == 20  # 400 steps of 5 batches (40 series)
+    assert small["max_epochs"] == 60 and small["n_iter_no_change"] == 15  # 300 steps of 5 batches (40 series)
     large = auto_settings(params, "timeseries", np.arange(2000) % 4)
     assert large["dim"] == 64 and large["heads"] == 4 and large["batch_size"] == 32 and large["max_epochs"] == 20
-    assert auto_settings(params, "text", np.repeat([0, 1], 25)) == {**GENERIC_DEFAULTS, "refit": False}
+    assert large["early_stopping"] and not large["refit"] and large["stop_on"] == "val/loss"  # large: keep the best weights
+    assert auto_settings(params, "text", np.repeat([0, 1], 25)) == {**GENERIC_DEFAULTS, "refit": False, "stop_on": "val/acc"}
     # the user's values win; a fixed epoch count means exactly that many epochs (no stopping, no refit)
     fixed = auto_settings({**params, "max_epochs": 7, "dim": 48}, "timeseries", np.repeat([0, 1], 25))
     assert fixed["max_epochs"] == 7 and fixed["dim"] == 48 and not fixed["refit"] and not fixed["early_stopping"]
