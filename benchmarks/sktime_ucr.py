@@ -5,6 +5,7 @@
     python benchmarks/sktime_ucr.py --datasets GunPoint --models MAELRE MiniRocket
     python benchmarks/sktime_ucr.py --resume                # continue a run that was cut off
     python benchmarks/sktime_ucr.py --report-only           # re-render the markdown from the JSON
+    python benchmarks/sktime_ucr.py --merge a.json b.json   # join runs over disjoint sets (run side by side)
 
 Data: every classification set bundled with sktime's wheel (no download; listed from
 ``sktime/datasets/data``: the ``.ts`` files whose header says ``@classLabel true``),
@@ -254,6 +255,22 @@ def collect_meta(args: argparse.Namespace, settings: Mapping[str, Any], command:
     }
 
 
+def merge_runs(documents: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One document from runs over disjoint (dataset, model) pairs: the first run's meta, every
+    run's command joined with ``;``, the widest load-average range, all rows."""
+    keys = [row_key(r) for d in documents for r in d["results"]]
+    if len(keys) != len(set(keys)):
+        raise SystemExit("--merge: the runs overlap (a dataset/model pair appears twice); merge runs over disjoint sets")
+    meta = dict(documents[0]["meta"])
+    meta["command"] = " ; ".join(d["meta"]["command"] for d in documents) + " (run side by side, then --merge)"
+    for key, pick in (("load_average_start", min), ("load_average_end", max)):
+        values = [d["meta"][key] for d in documents if key in d["meta"]]
+        if values:
+            meta[key] = pick(values, key=lambda v: v[0])
+    meta["datasets"] = [name for d in documents for name in d["meta"]["datasets"]]
+    return {"meta": meta, "results": [r for d in documents for r in d["results"]]}
+
+
 def row_key(row: Mapping[str, Any]) -> tuple[str, str]:
     return row["dataset"], row["model"]
 
@@ -480,6 +497,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--doc", type=Path, default=DOC)
     parser.add_argument("--resume", action="store_true", help="keep the finished (dataset, model) rows of --out")
     parser.add_argument("--report-only", action="store_true", help="only re-render --doc from --out")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None, help="join these result files (runs over disjoint sets) into --out and render --doc")
     args = parser.parse_args(argv)
     if args.budget <= 0 or args.threads < 1 or (args.max_epochs is not None and args.max_epochs < 1):
         parser.error("--budget must be positive, --threads and --max-epochs at least 1")
@@ -514,6 +532,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report_only:
         write_text_atomic(args.doc, render_markdown(read_json(args.out)))
+        return 0
+    if args.merge:
+        document = merge_runs([read_json(p) for p in args.merge])
+        write_json_atomic(args.out, document)
+        write_text_atomic(args.doc, render_markdown(document))
         return 0
     script = os.path.relpath(Path(__file__).resolve(), Path.cwd())
     command = shlex.join(["python", script, *(sys.argv[1:] if argv is None else argv)])
