@@ -51,12 +51,12 @@ GENERIC_DEFAULTS: dict[str, Any] = dict(
 )
 #: time-series rules (``auto_settings``): optimizer steps the epoch budget aims at, its clip range,
 #: and the training-set size from which the model is wider
-TS_TARGET_STEPS = 300
+TS_TARGET_STEPS = 400
 TS_EPOCH_RANGE = (20, 80)
 TS_LARGE = 500
 #: the time-series adapter's data-derived defaults besides tokenization; series longer than
 #: TS_DEEP_STEM_MAX_LEN steps get one stem module (the stacked ones cost ~18x more per step)
-TS_ADAPTER_DEFAULTS: dict[str, Any] = {"stem": "conv", "stem_layers": 3, "pos_embed": "none", "augment": ("jitter", "scaling", "slice", "warp")}
+TS_ADAPTER_DEFAULTS: dict[str, Any] = {"stem": "conv", "stem_layers": 3, "augment": ("jitter", "scaling", "slice", "warp")}
 TS_DEEP_STEM_MAX_LEN = 300
 
 
@@ -566,7 +566,7 @@ def _data_defaults(adapter: str, items: list, params: dict) -> dict:
     Time series: one token per step up to ``TARGET_TOKENS`` steps, else patches of
     ``ceil(T / TARGET_TOKENS)`` steps; ``max_len`` = the longest training series in tokens
     (for the user's ``token``/``patch_len`` when given); ``TS_ADAPTER_DEFAULTS`` (conv stem,
-    no absolute positions, augmentation), with one stem module above ``TS_DEEP_STEM_MAX_LEN`` steps. Audio: the data's sample rate.
+    augmentation), with one stem module above ``TS_DEEP_STEM_MAX_LEN`` steps. Audio: the data's sample rate.
     Images: ``img_size``, ``in_chans`` and the smallest patch of at least 2x2 pixels that
     gives at most ``TARGET_TOKENS`` patches.
     """

@@ -371,7 +371,7 @@ def test_auto_settings_rules():
     small = auto_settings(params, "timeseries", np.repeat([0, 1], 25))  # GunPoint-sized
     assert small["dim"] == 32 and small["heads"] == 2 and small["depth"] == 2 and small["batch_size"] == 8
     assert small["refit"] and small["validation_fraction"] == 0.2 and not small["early_stopping"]
-    assert small["max_epochs"] == 60 and small["n_iter_no_change"] == 15  # 300 steps of 5 batches (40 series)
+    assert small["max_epochs"] == 80 and small["n_iter_no_change"] == 20  # 400 steps of 5 batches (40 series)
     large = auto_settings(params, "timeseries", np.arange(2000) % 4)
     assert large["dim"] == 64 and large["heads"] == 4 and large["batch_size"] == 32 and large["max_epochs"] == 20
     assert large["early_stopping"] and not large["refit"] and large["stop_on"] == "val/loss"  # large: keep the best weights
