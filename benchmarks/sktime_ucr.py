@@ -449,7 +449,8 @@ def render_markdown(document: Mapping[str, Any]) -> str:
         + ", ".join(f"{k} {v}" for k, v in versions.items() if v),
         "",
         f"**The machine was shared** (1-minute load average {load_text} on {machine['cpu_count']} cores during the run): "
-        "absolute times are inflated. The models ran one after another in the same run, so their time ratios are the fair comparison."
+        "absolute times are inflated. On each set the models ran one after the other in the same process, "
+        "so they met about the same contention: compare time ratios, not seconds."
         if load_text else "",
         "",
         "Accuracy on the official test split (higher is better); `timeout` = did not finish warm-up + fit + predict "
@@ -471,7 +472,7 @@ def render_markdown(document: Mapping[str, Any]) -> str:
         *(f"- **{m}**: `{meta['models'][m]}`" for m in models),
         "- **MAELRE** uses the estimator's defaults: every `\"auto\"` is resolved from the training set by the rules in "
         "[docs/sklearn.md](../sklearn.md) (convolutional stem, augmentation, model size and schedule by training-set size, "
-        "early stopping on a stratified 20% split, then a refit on all training data). No per-dataset tuning. "
+        "early stopping on a stratified 20% split, then, below 500 training series, a refit on all of them). No per-dataset tuning. "
         "Resolved per set: " + "; ".join(f"{r['dataset']}: {r['settings']}" for r in rows if r["settings"] != "—") + ".",
         "- Data: sktime's bundled copies of the UCR/UEA archive, official train/test splits; labels never leave the training split.",
         "- The rules were set after trial runs on GunPoint, ArrowHead and ItalyPowerDemand (whose test accuracy was looked at, "
@@ -481,6 +482,7 @@ def render_markdown(document: Mapping[str, Any]) -> str:
         "",
         *baseline_check(results),
         "",
+        *(["## Notes", "", *(f"- {note}" for note in meta["notes"]), ""] if meta.get("notes") else []),
     ]
     return "\n".join(line for line in lines if line is not None) + "\n"
 
@@ -498,6 +500,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="keep the finished (dataset, model) rows of --out")
     parser.add_argument("--report-only", action="store_true", help="only re-render --doc from --out")
     parser.add_argument("--merge", nargs="+", type=Path, default=None, help="join these result files (runs over disjoint sets) into --out and render --doc")
+    parser.add_argument("--note", action="append", default=[], help="with --merge: a line for the report's Notes section (repeatable)")
     args = parser.parse_args(argv)
     if args.budget <= 0 or args.threads < 1 or (args.max_epochs is not None and args.max_epochs < 1):
         parser.error("--budget must be positive, --threads and --max-epochs at least 1")
@@ -535,6 +538,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.merge:
         document = merge_runs([read_json(p) for p in args.merge])
+        document["meta"]["notes"] = list(args.note)
         write_json_atomic(args.out, document)
         write_text_atomic(args.doc, render_markdown(document))
         return 0
