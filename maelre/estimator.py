@@ -44,7 +44,20 @@ TARGET_TOKENS = 128
 _FORMAT = "maelre.MAELREClassifier/1"
 _METADATA_KEY = "maelre_estimator"
 # learned state besides the network itself, as JSON-able values (``save``/``load`` and pickling)
-_FITTED_ATTRS = ("modality_", "n_iter_", "history_", "n_features_in_", "feature_names_in_")
+_FITTED_ATTRS = ("modality_", "n_iter_", "history_", "settings_", "n_features_in_", "feature_names_in_")
+#: what every ``"auto"`` parameter means outside time series (the estimator's former fixed defaults)
+GENERIC_DEFAULTS: dict[str, Any] = dict(
+    dim=64, depth=4, heads=4, max_epochs=20, batch_size=32, lr=1e-3, early_stopping=False, validation_fraction=0.1, n_iter_no_change=5
+)
+#: time-series rules (``auto_settings``): optimizer steps the epoch budget aims at, its clip range,
+#: and the training-set size from which the model is wider
+TS_TARGET_STEPS = 400
+TS_EPOCH_RANGE = (20, 80)
+TS_LARGE = 500
+#: the time-series adapter's data-derived defaults besides tokenization; series longer than
+#: TS_DEEP_STEM_MAX_LEN steps get one stem module (the stacked ones cost ~18x more per step)
+TS_ADAPTER_DEFAULTS: dict[str, Any] = {"stem": "conv", "stem_layers": 3, "augment": ("jitter", "scaling", "slice", "warp")}
+TS_DEEP_STEM_MAX_LEN = 300
 
 
 class MAELREClassifier(ClassifierMixin, BaseEstimator):
@@ -60,8 +73,9 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
         ``"timeseries"``, ``"text"``, ``"audio"``, ``"image"`` (patch tokens),
         ``"pixels"`` (one token per pixel). 3D numeric arrays count as ``(n, C, T)``
         series unless their dtype is uint8; pass ``modality="image"`` for float images.
-    dim, depth, heads : int, default=64, 4, 4
-        Token width, number of blocks, attention heads (``dim % heads == 0``).
+    dim, depth, heads : int or "auto", default="auto"
+        Token width, number of blocks, attention heads (``dim % heads == 0``). ``"auto"``:
+        see *Data-derived defaults* below (64, 4, 4 outside time series).
     backbone_params : dict, default=None
         Further backbone config fields (e.g. ``{"exact_blocks": 2}``); not
         ``dim``/``depth``/``heads``.
@@ -71,25 +85,28 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
         longest training series; audio: ``sample_rate`` of the data; images:
         ``img_size``, ``in_chans`` and the smallest patch of at least 2x2 pixels giving
         at most 128 patches). Not ``dim``.
-    max_epochs : int, default=20
-        Training epochs (fewer with ``early_stopping``).
-    batch_size : int, default=32
-        Training batch size (prediction uses twice this).
-    lr : float, default=1e-3
-        Peak AdamW learning rate (cosine decay).
+    max_epochs : int or "auto", default="auto"
+        Training epochs (fewer with ``early_stopping``); ``"auto"``: 20 outside time series.
+    batch_size : int or "auto", default="auto"
+        Training batch size (prediction uses twice this); ``"auto"``: 32 outside time series.
+    lr : float or "auto", default="auto"
+        Peak AdamW learning rate (cosine decay); ``"auto"``: 1e-3 outside time series.
     weight_decay : float, default=0.05
         AdamW decoupled weight decay (not on biases and norms).
     class_weight : dict, "balanced" or None, default=None
         Cross-entropy class weights: ``{label: weight}``, or ``"balanced"``
         (``n_samples / (n_classes * count)``, as in scikit-learn).
-    early_stopping : bool, default=False
-        Hold out ``validation_fraction`` of the training data (stratified), stop after
+    early_stopping : bool or "auto", default="auto"
+        True: hold out ``validation_fraction`` of the training data (stratified), stop after
         ``n_iter_no_change`` epochs without a better validation accuracy, and keep the
-        best epoch's weights.
-    validation_fraction : float, default=0.1
-        Held-out share for ``early_stopping``.
-    n_iter_no_change : int, default=5
-        Patience of ``early_stopping`` in epochs.
+        best epoch's weights. ``"auto"``: for time series with ``max_epochs="auto"``, the
+        same split and stopping, then a refit on all the data for the best epoch count;
+        otherwise off.
+    validation_fraction : float or "auto", default="auto"
+        Held-out share for early stopping; ``"auto"``: 0.2 for time series, else 0.1.
+    n_iter_no_change : int or "auto", default="auto"
+        Patience of early stopping in epochs; ``"auto"``: a quarter of the epoch budget
+        (at least 10) for time series, else 5.
     random_state : int, RandomState or None, default=None
         Seeds weight init, batch order and dropout; an int gives reproducible fits on CPU.
     device : str, default="auto"
@@ -100,6 +117,13 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
     sample_rate : int or None, default=None
         Sample rate (Hz) of bare waveforms; giving it makes ``modality="auto"`` read
         numeric input as audio.
+
+    Data-derived defaults (time series)
+    -----------------------------------
+    Every ``"auto"`` follows one set of rules, read off the training set (``n`` series,
+    longest ``T`` steps); ``auto_settings`` implements them and ``docs/sklearn.md`` lists
+    them. The adapter gets the convolutional stem and augmentation (``adapter_params``
+    override both).
 
     Attributes
     ----------
@@ -118,25 +142,30 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
     n_iter_ : int
         Epochs run.
     history_ : list of dict
-        Per epoch: ``epoch``, ``step``, ``train/loss`` and, with early stopping, ``val/*``.
+        Per epoch: ``epoch``, ``step``, ``train/loss`` and, with early stopping, ``val/*``
+        (with the ``"auto"`` refit: the refit's epochs; the stopping run's are in
+        ``settings_["validation_history"]``).
+    settings_ : dict
+        The settings ``fit`` used, every ``"auto"`` resolved (``dim``, ``depth``, ``heads``,
+        ``max_epochs``, ``batch_size``, ``lr``, ``early_stopping``, ``refit``, ...).
     """
 
     _parameter_constraints: dict = {
         "backbone": [str],
         "modality": [StrOptions({"auto", *ADAPTER_INPUTS})],
-        "dim": [Interval(Integral, 1, None, closed="left")],
-        "depth": [Interval(Integral, 1, None, closed="left")],
-        "heads": [Interval(Integral, 1, None, closed="left")],
+        "dim": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "depth": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "heads": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "backbone_params": [dict, None],
         "adapter_params": [dict, None],
-        "max_epochs": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "lr": [Interval(Real, 0, None, closed="neither")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
+        "lr": [Interval(Real, 0, None, closed="neither"), StrOptions({"auto"})],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "class_weight": [dict, StrOptions({"balanced"}), None],
-        "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither")],
-        "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "early_stopping": ["boolean", StrOptions({"auto"})],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither"), StrOptions({"auto"})],
+        "n_iter_no_change": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "random_state": ["random_state"],
         "device": [str],
         "verbose": ["verbose"],
@@ -147,19 +176,19 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
         self,
         backbone: str = "maelre",
         modality: str = "auto",
-        dim: int = 64,
-        depth: int = 4,
-        heads: int = 4,
+        dim: int | str = "auto",
+        depth: int | str = "auto",
+        heads: int | str = "auto",
         backbone_params: dict | None = None,
         adapter_params: dict | None = None,
-        max_epochs: int = 20,
-        batch_size: int = 32,
-        lr: float = 1e-3,
+        max_epochs: int | str = "auto",
+        batch_size: int | str = "auto",
+        lr: float | str = "auto",
         weight_decay: float = 0.05,
         class_weight: dict | str | None = None,
-        early_stopping: bool = False,
-        validation_fraction: float = 0.1,
-        n_iter_no_change: int = 5,
+        early_stopping: bool | str = "auto",
+        validation_fraction: float | str = "auto",
+        n_iter_no_change: int | str = "auto",
         random_state: int | np.random.RandomState | None = None,
         device: str = "auto",
         verbose: int = 0,
@@ -242,24 +271,24 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
         return {"accelerator": device.type, "devices": 1}
 
     # ------------------------------------------------------------------ model configuration
-    def _adapter_config(self, adapter: str, items: list) -> dict:
+    def _adapter_config(self, adapter: str, items: list, settings: dict) -> dict:
         """Data-derived adapter defaults, overridden by ``adapter_params``; ``dim`` and padding tied to the backbone."""
         from maelre.recipe import _length_multiple
 
         params = dict(self.adapter_params or {})
         if "dim" in params:
             raise ValueError("set the token width with the estimator's dim parameter, not adapter_params['dim']")
-        config = {**_data_defaults(adapter, items, params), **params, "dim": self.dim}
-        config.setdefault("pad_to_multiple", _length_multiple(self.backbone, self._backbone_config()))
+        config = {**_data_defaults(adapter, items, params), **params, "dim": settings["dim"]}
+        config.setdefault("pad_to_multiple", _length_multiple(self.backbone, self._backbone_config(settings)))
         return config
 
-    def _backbone_config(self, adapter: Any = None) -> dict:
+    def _backbone_config(self, settings: dict, adapter: Any = None) -> dict:
         """Backbone kwargs; with the fitted ``adapter``, MAELRE's switch threshold is raised where the depth cannot reach ``dim``."""
         params = dict(self.backbone_params or {})
         clash = sorted({"dim", "depth", "heads"} & set(params))
         if clash:
             raise ValueError(f"set {', '.join(clash)} with the estimator's own parameters, not backbone_params")
-        config = {"dim": self.dim, "depth": self.depth, "heads": self.heads, **params}
+        config = {"dim": settings["dim"], "depth": settings["depth"], "heads": settings["heads"], **params}
         if adapter is not None and self.backbone == "maelre":
             from maelre.backbones.maelre import reachable_threshold
 
@@ -279,8 +308,8 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
         Returns:
             self
         """
-        from maelre.engine import OptimConfig, TrainerConfig, build_model, fit_classifier, prepare_adapter, split_validation
-        from maelre.engine.seed import rng_state, seed_everything, set_rng_state
+        from maelre.engine import split_validation
+        from maelre.engine.seed import rng_state, set_rng_state
         from maelre.registry import get_backbone_class
 
         self._validate_params()
@@ -302,33 +331,27 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
         self._report(f"modality={adapter_name!r}: {detected.reason}")
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         samples = list(zip(items, labels.tolist()))
-        train, val = split_validation(samples, self.validation_fraction, seed) if self.early_stopping else (samples, None)
+        settings = auto_settings(self.get_params(deep=False), adapter_name, labels)
+        self._report("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+        stopping = settings["early_stopping"] or settings["refit"]
+        train, val = split_validation(samples, settings["validation_fraction"], seed) if stopping else (samples, None)
 
         caller_rng = rng_state()  # the engine seeds the global generators; give the caller's back afterwards
         try:
-            seed_everything(seed)  # weight init happens here, before fit_classifier seeds the training run
-            adapter = prepare_adapter(adapter_name, self._adapter_config(adapter_name, [x for x, _ in train]), train)
-            model = build_model(adapter, self.backbone, self._backbone_config(adapter), num_classes=len(classes))
-            trainer_cfg = TrainerConfig(
-                max_epochs=self.max_epochs,
-                seed=seed,
-                early_stopping_patience=self.n_iter_no_change if self.early_stopping else None,
-                enable_progress_bar=self.verbose >= 2,
-                **self._trainer_device(),
-            )
-            optim_cfg = OptimConfig(lr=float(self.lr), weight_decay=float(self.weight_decay))
-            with warnings.catch_warnings():
-                # without early stopping there is deliberately no validation loader
-                warnings.filterwarnings("ignore", message=".*validation_step.*val_dataloader")
-                result = fit_classifier(
-                    model, train, val, trainer_cfg, optim_cfg,
-                    batch_size=self.batch_size, class_weights=weights, classes=[str(c) for c in classes],
-                )
+            result = self._train(adapter_name, train, val, settings, settings["max_epochs"], seed, len(classes), weights, classes)
+            if settings["refit"]:
+                # the stopping run chose the epoch count; train again on every sample for that many
+                settings["validation_history"] = result.history
+                settings["refit_epochs"] = _best_epochs(result.history)
+                self._report(f"early stopping chose {settings['refit_epochs']} epochs; refitting on all {len(samples)} samples")
+                train = samples
+                result = self._train(adapter_name, samples, None, settings, settings["refit_epochs"], seed, len(classes), weights, classes)
         finally:
             set_rng_state(caller_rng)
 
         self.classes_ = classes
         self.modality_ = adapter_name
+        self.settings_ = settings
         self.model_ = result.model
         self.adapter_ = result.model.adapter
         self.history_ = result.history
@@ -336,13 +359,43 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
         self._report(f"trained {self.n_iter_} epochs on {len(train)} samples in {result.fit_seconds:.1f} s")
         return self
 
+    def _train(
+        self, adapter_name: str, train: list, val: list | None, settings: dict, epochs: int, seed: int,
+        num_classes: int, weights: list | None, classes: np.ndarray,
+    ) -> Any:
+        """Build adapter + backbone + head from ``settings`` and train it for ``epochs`` (stopping early when ``val`` is given)."""
+        from maelre.engine import OptimConfig, TrainerConfig, build_model, fit_classifier, prepare_adapter
+        from maelre.engine.seed import seed_everything
+
+        seed_everything(seed)  # weight init happens here, before fit_classifier seeds the training run
+        adapter = prepare_adapter(adapter_name, self._adapter_config(adapter_name, [x for x, _ in train], settings), train)
+        model = build_model(adapter, self.backbone, self._backbone_config(settings, adapter), num_classes=num_classes)
+        trainer_cfg = TrainerConfig(
+            max_epochs=epochs,
+            seed=seed,
+            early_stopping_patience=settings["n_iter_no_change"] if val is not None else None,
+            # the auto rules wait for the validation loss: accuracy on a small split plateaus at once
+            early_stopping_monitor=settings["stop_on"],
+            enable_progress_bar=self.verbose >= 2,
+            **self._trainer_device(),
+        )
+        optim_cfg = OptimConfig(lr=float(settings["lr"]), weight_decay=float(self.weight_decay))
+        with warnings.catch_warnings():
+            # without early stopping there is deliberately no validation loader
+            warnings.filterwarnings("ignore", message=".*validation_step.*val_dataloader")
+            return fit_classifier(
+                model, train, val, trainer_cfg, optim_cfg, batch_size=settings["batch_size"], class_weights=weights,
+                classes=[str(c) for c in classes], cache=adapter_name == "timeseries",  # its encode is deterministic
+            )
+
     def predict_proba(self, X: Any) -> np.ndarray:
         """Class probabilities, shape ``(n_samples, n_classes)``; columns ordered as ``classes_``, rows sum to 1."""
         from maelre.engine import predict_proba
 
         check_is_fitted(self)
         items, _, _ = self._items(X, reset=False)
-        proba = predict_proba(self.model_, items, batch_size=2 * self.batch_size, device=self._torch_device()).astype(np.float64)
+        batch_size = 2 * getattr(self, "settings_", GENERIC_DEFAULTS)["batch_size"]
+        proba = predict_proba(self.model_, items, batch_size=batch_size, device=self._torch_device()).astype(np.float64)
         self.model_.cpu()
         return proba / proba.sum(axis=1, keepdims=True)
 
@@ -452,24 +505,89 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
             self._restore(_read_state(blob), load_safetensors(blob))
 
 
+def auto_settings(params: dict, modality: str, labels: np.ndarray) -> dict:
+    """Resolve the estimator's ``"auto"`` parameters for a training set (labels ``[n]`` encoded 0..K-1).
+
+    Outside time series every ``"auto"`` is ``GENERIC_DEFAULTS``. For time series, with ``n``
+    training series (rules documented in ``docs/sklearn.md``):
+
+    * ``dim`` 32, ``heads`` 2 when ``n < TS_LARGE``, else 64 and 4; ``depth`` 2;
+    * ``batch_size`` = ``n // 10`` clipped to [8, 32]; ``lr`` 2e-3;
+    * ``max_epochs``: enough epochs for ``TS_TARGET_STEPS`` optimizer steps on the training
+      part, clipped to ``TS_EPOCH_RANGE``;
+    * ``early_stopping="auto"`` with ``max_epochs="auto"``: hold out ``validation_fraction``
+      (0.2), stop after ``n_iter_no_change`` (a quarter of the epoch budget, at least 10)
+      epochs without a lower validation loss (``stop_on``), then, when ``n < TS_LARGE``,
+      refit on all data for the epoch count of the best validation accuracy (ties: the
+      latest epoch) (``refit``); from ``TS_LARGE`` series on, keep the stopping run's best
+      weights (``early_stopping``). Skipped when some class has fewer than 2 series or the
+      held-out part would have fewer series than there are classes.
+
+    Returns:
+        every parameter above resolved, plus ``refit`` (bool).
+    """
+    counts = np.bincount(labels)
+    n = len(labels)
+    resolved = {key: params[key] for key in GENERIC_DEFAULTS}
+    if modality != "timeseries":
+        resolved = {key: GENERIC_DEFAULTS[key] if value == "auto" else value for key, value in resolved.items()}
+        return {**resolved, "refit": False, "stop_on": "val/acc"}
+    small = n < TS_LARGE
+    rules = {
+        "dim": 32 if small else 64, "depth": 2, "heads": 2 if small else 4,
+        "batch_size": int(np.clip(n // 10, 8, 32)), "lr": 2e-3, "validation_fraction": 0.2,
+    }
+    for key, value in rules.items():
+        if resolved[key] == "auto":
+            resolved[key] = value
+    can_split = counts.min() >= 2 and math.ceil(resolved["validation_fraction"] * n) >= len(counts)
+    auto_epochs = resolved["max_epochs"] == "auto"
+    auto_stop = auto_epochs and resolved["early_stopping"] == "auto" and bool(can_split)
+    refit = auto_stop and small
+    if resolved["early_stopping"] == "auto":
+        resolved["early_stopping"] = auto_stop and not small
+    if auto_epochs:
+        train_n = n - math.ceil(resolved["validation_fraction"] * n) if refit else n
+        steps_per_epoch = math.ceil(train_n / resolved["batch_size"])
+        resolved["max_epochs"] = int(np.clip(math.ceil(TS_TARGET_STEPS / steps_per_epoch), *TS_EPOCH_RANGE))
+    if resolved["n_iter_no_change"] == "auto":
+        resolved["n_iter_no_change"] = max(10, resolved["max_epochs"] // 4)
+    return {**resolved, "refit": refit, "stop_on": "val/loss" if auto_stop else "val/acc"}
+
+
+def _best_epochs(history: list[dict]) -> int:
+    """Number of epochs up to the best validation epoch: highest ``val/acc``, ties to the latest.
+
+    Ties go to the latest epoch because a small validation split saturates early, while
+    training on (augmented) data keeps improving the margin after it does.
+    """
+    scored = [(row["val/acc"], i) for i, row in enumerate(history) if "val/acc" in row]
+    if not scored:
+        raise RuntimeError("the early-stopping run recorded no validation metrics; cannot choose the refit's epoch count")
+    return max(scored)[1] + 1
+
+
 def _data_defaults(adapter: str, items: list, params: dict) -> dict:
     """Adapter settings read off the training items, given the user's ``adapter_params``.
 
     Time series: one token per step up to ``TARGET_TOKENS`` steps, else patches of
     ``ceil(T / TARGET_TOKENS)`` steps; ``max_len`` = the longest training series in tokens
-    (for the user's ``token``/``patch_len`` when given). Audio: the data's sample rate.
+    (for the user's ``token``/``patch_len`` when given); ``TS_ADAPTER_DEFAULTS`` (conv stem,
+    augmentation), with one stem module above ``TS_DEEP_STEM_MAX_LEN`` steps. Audio: the data's sample rate.
     Images: ``img_size``, ``in_chans`` and the smallest patch of at least 2x2 pixels that
     gives at most ``TARGET_TOKENS`` patches.
     """
     if adapter == "timeseries":
         longest = max(x.shape[-1] for x in items)
+        stem = {**TS_ADAPTER_DEFAULTS, "stem_layers": TS_ADAPTER_DEFAULTS["stem_layers"] if longest <= TS_DEEP_STEM_MAX_LEN else 1}
         default_token = "point" if longest <= TARGET_TOKENS else "patch"
         token = params.get("token", default_token)
         if token == "point":
-            return {"token": "point", "max_len": longest}
+            return {**stem, "token": "point", "max_len": longest}
         patch = params.get("patch_len", math.ceil(longest / TARGET_TOKENS))
         stride = params.get("patch_stride") or patch
-        return {"token": "patch", "patch_len": patch, "max_len": max(1, math.ceil(max(longest - patch, 0) / stride) + 1)}
+        extra = stem if stride == patch else {}  # the stem and augmentation need non-overlapping patches
+        return {**extra, "token": "patch", "patch_len": patch, "max_len": max(1, math.ceil(max(longest - patch, 0) / stride) + 1)}
     if adapter == "audio":
         rates = {int(rate) for _, rate in items}
         return {"sample_rate": rates.pop()} if len(rates) == 1 else {}

@@ -3,7 +3,9 @@
 Pipeline of ``encode``: validate -> normalize (per channel) -> apply ``nan_policy`` ->
 point tokens (one per time step, ``[C] -> Linear``) or patch tokens (``patch_len``
 steps every ``patch_stride``, ``[C * patch_len] -> Linear``) -> truncate to ``max_len``
-tokens (head kept) or raise.
+tokens (head kept) or raise. With ``stem="conv"`` the tokens are made by a multi-scale
+convolutional stem over the steps instead of the linear projection (``ConvStem`` in
+``modalities.timeseries_layers``); ``augment`` perturbs the steps in training mode.
 
 ``nan_policy``:
   * ``"raise"``: any NaN is a ``ValueError``.
@@ -33,10 +35,12 @@ from torch import Tensor, nn
 
 from modalities.base import register_adapter
 from modalities.common import SequenceAdapter, SequenceAdapterConfig, check_choice, check_positive, kept_length
+from modalities.timeseries_layers import TS_AUGMENTATIONS, ConvStem, augment_steps
 
 NAN_POLICIES = ("raise", "zero", "interpolate", "mask")
 TS_NORMALIZATIONS = ("global", "instance", "none")
 TS_TOKENS = ("point", "patch")
+TS_STEMS = ("linear", "conv")
 _STD_FLOOR = 1e-8
 
 
@@ -53,6 +57,14 @@ class TimeSeriesAdapterConfig(SequenceAdapterConfig):
         token: ``"point"`` (one token per time step) or ``"patch"``.
         patch_len: steps per patch.
         patch_stride: steps between patch starts (``None`` = ``patch_len``, non-overlapping).
+        stem: ``"linear"`` (each token's values -> ``Linear``) or ``"conv"`` (``ConvStem``:
+            multi-scale convolutions over the steps, then a projection per token); ``"conv"``
+            and ``augment`` need non-overlapping patches.
+        stem_channels: output channels of each ``"conv"`` branch.
+        stem_kernels: kernel sizes of the ``"conv"`` branches (one branch each).
+        stem_layers: stacked multi-scale modules of the ``"conv"`` stem (residual from the second).
+        augment: training-time augmentations, any of ``"jitter"``, ``"scaling"``,
+            ``"slice"``, ``"warp"`` (``augment_steps``); off in eval mode.
     """
 
     channels: int | None = None
@@ -61,15 +73,35 @@ class TimeSeriesAdapterConfig(SequenceAdapterConfig):
     token: str = "point"
     patch_len: int = 16
     patch_stride: int | None = None
+    stem: str = "linear"
+    stem_channels: int = 16
+    stem_kernels: tuple[int, ...] = (9, 19, 39)
+    stem_layers: int = 1
+    augment: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("timeseries", "normalize", self.normalize, TS_NORMALIZATIONS)
         check_choice("timeseries", "nan_policy", self.nan_policy, NAN_POLICIES)
         check_choice("timeseries", "token", self.token, TS_TOKENS)
+        check_choice("timeseries", "stem", self.stem, TS_STEMS)
         if self.patch_stride is None:
             self.patch_stride = self.patch_len
-        check_positive("timeseries", patch_len=self.patch_len, patch_stride=self.patch_stride)
+        check_positive("timeseries", patch_len=self.patch_len, patch_stride=self.patch_stride, stem_channels=self.stem_channels, stem_layers=self.stem_layers)
+        if isinstance(self.stem_kernels, int) or not self.stem_kernels:
+            raise ValueError(f"timeseries: stem_kernels must be a non-empty list of kernel sizes, got {self.stem_kernels!r}")
+        self.stem_kernels = tuple(self.stem_kernels)
+        check_positive("timeseries", **{f"stem_kernels[{i}]": k for i, k in enumerate(self.stem_kernels)})
+        if isinstance(self.augment, str):
+            raise ValueError(f"timeseries: augment must be a list of names, e.g. [{self.augment!r}], got the string {self.augment!r}")
+        self.augment = tuple(self.augment)
+        for name in self.augment:
+            check_choice("timeseries", "augment", name, TS_AUGMENTATIONS)
+        if self.token == "patch" and self.patch_stride != self.patch_len and (self.stem == "conv" or self.augment):
+            raise ValueError(
+                f"timeseries: stem='conv' and augment need non-overlapping patches, got patch_len={self.patch_len}, "
+                f"patch_stride={self.patch_stride}; set patch_stride to patch_len (or null)"
+            )
         if self.channels is not None:
             check_positive("timeseries", channels=self.channels)
 
@@ -140,8 +172,9 @@ class TimeSeriesAdapter(SequenceAdapter):
     """``[C, T]`` series -> point or patch tokens ``[B, N, dim]``.
 
     ``encode`` -> ``{"values": FloatTensor[N, F], "mask": BoolTensor[N]}`` with ``F = C``
-    (points) or ``C * patch_len`` (patches, channel-major); ``forward`` -> ``Linear(F, dim)``
-    + positions.
+    (points) or ``C * patch_len`` (patches, channel-major), plus ``"steps": BoolTensor[N, P]``
+    (which of a token's ``P`` steps are observed) when the stem or augmentation needs the
+    step layout; ``forward`` -> ``Linear(F, dim)`` or ``ConvStem`` + positions.
     """
 
     modality = "timeseries"
@@ -151,7 +184,7 @@ class TimeSeriesAdapter(SequenceAdapter):
         super().__init__(config)
         self.mean: np.ndarray | None = None  # [C] float64, set by fit (normalize="global")
         self.std: np.ndarray | None = None
-        self.proj: nn.Linear | None = None
+        self.proj: nn.Linear | ConvStem | None = None
         if config.channels is not None:
             self._build_projection(config.channels)
         self.build_positions()
@@ -171,7 +204,16 @@ class TimeSeriesAdapter(SequenceAdapter):
             raise ValueError(f"timeseries: the adapter is set up for {self.config.channels} channels, got {channels}")
         self.config = dataclasses.replace(self.config, channels=channels)
         device = next(self.parameters(), torch.empty(0)).device
-        self.proj = nn.Linear(channels * self.steps_per_token, self.config.dim, device=device)
+        c = self.config
+        if c.stem == "conv":
+            self.proj = ConvStem(channels, self.steps_per_token, c.dim, c.stem_channels, c.stem_kernels, c.stem_layers).to(device)
+        else:
+            self.proj = nn.Linear(channels * self.steps_per_token, c.dim, device=device)
+
+    @property
+    def _uses_steps(self) -> bool:
+        """Whether ``embed`` works on the step layout (and ``encode`` emits ``"steps"``)."""
+        return self.config.stem == "conv" or bool(self.config.augment)
 
     # -- preprocessing (CPU) ------------------------------------------------------------
     def fit(self, inputs: Sequence[Any]) -> "TimeSeriesAdapter":
@@ -231,13 +273,14 @@ class TimeSeriesAdapter(SequenceAdapter):
                 x = np.where(np.isnan(x), 0.0, x)
         return x, steps
 
-    def _tokens(self, x: np.ndarray, steps: np.ndarray) -> tuple[Tensor, Tensor]:
-        """Values ``[C, T]`` + step mask ``[T]`` -> tokens ``[N, F]`` + token mask ``[N]`` (truncated)."""
+    def _tokens(self, x: np.ndarray, steps: np.ndarray) -> tuple[Tensor, Tensor, Tensor]:
+        """Values ``[C, T]`` + step mask ``[T]`` -> tokens ``[N, F]``, token mask ``[N]``, step mask ``[N, P]`` (truncated)."""
         c = self.config
         t = x.shape[1]
         if c.token == "point":
             keep = kept_length(t, c.max_len, c.truncation, owner="timeseries")
-            return torch.from_numpy(np.ascontiguousarray(x[:, :keep].T, dtype=np.float32)), torch.from_numpy(steps[:keep].copy())
+            mask = torch.from_numpy(steps[:keep].copy())
+            return torch.from_numpy(np.ascontiguousarray(x[:, :keep].T, dtype=np.float32)), mask, mask[:, None]
         n = -(-max(t - c.patch_len, 0) // c.patch_stride) + 1
         keep = kept_length(n, c.max_len, c.truncation, owner="timeseries", unit="patches")
         span = (keep - 1) * c.patch_stride + c.patch_len
@@ -247,7 +290,8 @@ class TimeSeriesAdapter(SequenceAdapter):
         values[:, :used] = torch.from_numpy(x[:, :used])
         mask[:used] = torch.from_numpy(steps[:used])
         patches = values.unfold(1, c.patch_len, c.patch_stride)  # [C, N, patch_len]
-        return patches.transpose(0, 1).flatten(1), mask.unfold(0, c.patch_len, c.patch_stride).any(-1)
+        step_mask = mask.unfold(0, c.patch_len, c.patch_stride)  # [N, patch_len]
+        return patches.transpose(0, 1).flatten(1), step_mask.any(-1), step_mask
 
     def encode(self, x: Any) -> dict[str, Tensor]:
         arr = _as_channels_first(x)
@@ -257,9 +301,11 @@ class TimeSeriesAdapter(SequenceAdapter):
             hint = " (a [T, C] array? pass it transposed)" if arr.shape[1] == self.channels else ""
             raise ValueError(f"timeseries: series has {arr.shape[0]} channels but the adapter was fitted on {self.channels}{hint}")
         values, steps = self._clean(self._normalized(arr))
-        tokens, mask = self._tokens(values, steps)
+        tokens, mask, step_mask = self._tokens(values, steps)
         if not bool(mask.any()):
             raise ValueError(f"timeseries: no observed values within the first {self.config.max_len} tokens; raise max_len or use another nan_policy")
+        if self._uses_steps:
+            return {"values": tokens, "mask": mask, "steps": step_mask}
         return {"values": tokens, "mask": mask}
 
     def num_tokens(self, x: Any) -> int:
@@ -270,7 +316,20 @@ class TimeSeriesAdapter(SequenceAdapter):
     def embed(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         if self.proj is None:
             raise ValueError("timeseries: the projection is not built; call fit(train_series), load_preprocessing_state(state) or set channels")
-        return self.proj(batch["values"]), batch["mask"]
+        if not self._uses_steps:
+            return self.proj(batch["values"]), batch["mask"]
+        if "steps" not in batch:
+            raise ValueError("timeseries: stem='conv' and augment need the batch's 'steps' entry; collate the output of this adapter's encode()")
+        values, steps = batch["values"], batch["steps"]  # [B, N, C * P] channel-major, [B, N, P]
+        b, n, p = steps.shape
+        x = values.reshape(b, n, -1, p).permute(0, 2, 1, 3).reshape(b, -1, n * p)  # [B, C, N * P]
+        steps = steps.reshape(b, n * p)
+        if self.training and self.config.augment:
+            x = augment_steps(x, steps, self.config.augment)
+        if isinstance(self.proj, ConvStem):
+            return self.proj(x, steps), batch["mask"]
+        values = x.reshape(b, -1, n, p).permute(0, 2, 1, 3).reshape(b, n, -1)  # back to [B, N, C * P]
+        return self.proj(values), batch["mask"]
 
     # -- state ----------------------------------------------------------------------------
     def preprocessing_state(self) -> dict:

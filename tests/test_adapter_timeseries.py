@@ -267,3 +267,58 @@ def test_config_errors():
         ts(token="patch", patch_len=0)
     with pytest.raises(ValueError, match="channels must be a positive"):
         ts(channels=0)
+
+
+# -- convolutional stem and augmentation ----------------------------------------------------
+@pytest.mark.parametrize("token", [{"token": "point"}, {"token": "patch", "patch_len": 4}])
+def test_conv_stem_shapes_masks_and_gradients(token):
+    rng = np.random.default_rng(0)
+    series = [rng.normal(size=(2, 37)), rng.normal(size=(2, 80))]
+    a = ts(max_len=100, stem="conv", stem_layers=2, pad_to_multiple=8, **token).fit(series).eval()
+    alone, alone_mask = a(a.collate([a.encode(series[0])]))
+    both, both_mask = a(a.collate([a.encode(s) for s in series]))
+    steps = 1 if token["token"] == "point" else 4
+    assert alone.shape == (1, 40 if steps == 1 else 16, 16) and both.shape == (2, 80 if steps == 1 else 24, 16)
+    assert int(both_mask[0].sum()) == -(-37 // steps) and int(both_mask[1].sum()) == -(-80 // steps)
+    # a series' tokens do not depend on the padding its batch adds
+    n = alone.shape[1]
+    torch.testing.assert_close(alone[0], both[0, :n], atol=1e-5, rtol=1e-5)
+    assert both[0, n:].abs().max() == 0
+    a.train()
+    out, _ = a(a.collate([a.encode(s) for s in series]))
+    out.square().sum().backward()
+    grads = [p.grad for p in a.proj.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() and g.abs().sum() > 0 for g in grads)
+
+
+def test_augmentation_only_in_training_and_seeded():
+    from modalities.timeseries_layers import augment_steps
+
+    x = torch.randn(3, 2, 12)
+    steps = torch.ones(3, 12, dtype=torch.bool)
+    steps[0, 7:] = False
+    kinds = ("jitter", "scaling", "slice", "warp")
+    torch.manual_seed(1)
+    first = augment_steps(x, steps, kinds)
+    torch.manual_seed(1)
+    torch.testing.assert_close(first, augment_steps(x, steps, kinds))
+    assert first.shape == x.shape and (first[0, :, 7:] == 0).all() and not torch.allclose(first, x)
+    a = ts(augment=kinds, token="point").fit([np.arange(10.0)])
+    batch = a.collate([a.encode(np.arange(10.0))])
+    torch.testing.assert_close(a.eval()(batch)[0], a(batch)[0])  # eval: deterministic, no augmentation
+    assert not torch.allclose(a.train()(batch)[0], a.eval()(batch)[0])
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"stem": "cnn"}, "stem must be one of"),
+        ({"augment": "jitter"}, "list of names"),
+        ({"augment": ["mixup"]}, "augment must be one of"),
+        ({"stem": "conv", "token": "patch", "patch_len": 4, "patch_stride": 2}, "non-overlapping"),
+        ({"stem_kernels": []}, "non-empty"),
+    ],
+)
+def test_stem_config_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        ts(**kw)

@@ -104,7 +104,7 @@ def test_benchmark_records_ok_timeout_and_error_rows(bench, monkeypatch, tmp_pat
         {"dataset": "GunPoint", "model": m, **data.describe(), "accuracy": None, "fit_seconds": None, "predict_seconds": None, **r}
         for m, r in (("MAELRE", {**ok, "accuracy": 0.8}), ("MiniRocket", ok), ("1NN-DTW", slow))
     ]
-    doc = {"meta": bench.collect_meta(bench.parse_args(["--datasets", "GunPoint"]), bench.MAELRE_SETTINGS, "python x"), "results": rows}
+    doc = {"meta": bench.collect_meta(bench.parse_args(["--datasets", "GunPoint"]), bench.MAELRE_DEFAULTS, "python x"), "results": rows}
     text = bench.render_markdown(doc)
     assert "| GunPoint | 50/150 x 1 x 150 | 2 | 0.800 | 0.493 | timeout | +0.307 |" in text
     assert "1NN-DTW on GunPoint: **timeout**" in text

@@ -1,0 +1,134 @@
+"""Trainable pieces of the time-series adapter: the multi-scale convolutional stem and the
+training-time augmentations. Both work on the step layout ``x [B, C, L]`` with a step mask
+``[B, L]`` (True = observed step), so padding never leaks into real tokens.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+TS_AUGMENTATIONS = ("jitter", "scaling", "slice", "warp")
+#: strength of each augmentation on standardized series (std of the noise / of the factor,
+#: kept share of the window, std of the warp's knot speeds)
+JITTER_STD = 0.03
+SCALING_STD = 0.1
+SLICE_KEEP = 0.9
+WARP_STD = 0.2
+WARP_KNOTS = 4
+#: chance that a sample is resampled by ``slice`` / ``warp`` (jitter and scaling always apply)
+RESAMPLE_PROB = 0.5
+
+
+class InceptionModule(nn.Module):
+    """One InceptionTime module: an optional 1x1 bottleneck, one ``Conv1d`` branch per kernel
+    size plus a max-pool(3) -> 1x1 branch, concatenated, per-step LayerNorm, GELU.
+
+    ``x [B, C_in, L]`` + step mask ``[B, L]`` -> ``[B, hidden * (len(kernels) + 1), L]``,
+    zero at masked steps. Edges are zero-padded explicitly and masked steps are zeroed
+    first, so a series' output does not depend on how much padding its batch adds.
+    """
+
+    def __init__(self, in_channels: int, hidden: int, kernels: Sequence[int], bottleneck: bool) -> None:
+        super().__init__()
+        self.kernels = tuple(kernels)
+        self.bottleneck = nn.Conv1d(in_channels, hidden, 1, bias=False) if bottleneck else None
+        width = hidden if bottleneck else in_channels
+        self.branches = nn.ModuleList(nn.Conv1d(width, hidden, k) for k in self.kernels)
+        self.pool_branch = nn.Conv1d(in_channels, hidden, 1)
+        self.out_channels = hidden * (len(self.kernels) + 1)
+        self.norm = nn.LayerNorm(self.out_channels)
+
+    def forward(self, x: Tensor, steps: Tensor) -> Tensor:
+        real = steps.unsqueeze(1).to(x.dtype)
+        x = x * real
+        z = x if self.bottleneck is None else self.bottleneck(x)
+        outs = []
+        for k, conv in zip(self.kernels, self.branches):
+            left = (k - 1) // 2  # "same" length for odd and even k
+            outs.append(conv(F.pad(z, (left, k - 1 - left))))
+        outs.append(self.pool_branch(F.max_pool1d(F.pad(x, (1, 1)), 3, stride=1)))
+        h = F.gelu(self.norm(torch.cat(outs, dim=1).transpose(1, 2))).transpose(1, 2)
+        return h * real
+
+
+class ConvStem(nn.Module):
+    """``layers`` stacked ``InceptionModule``s (residual from the second on), then non-overlapping patches.
+
+    ``x [B, C, N * P]`` + step mask ``[B, N * P]`` -> tokens ``[B, N, dim]``: each patch of
+    ``P`` steps of the last module's features is flattened and projected to ``dim``
+    (PatchTST's patch embedding, on convolutional features instead of raw values).
+    """
+
+    def __init__(self, channels: int, patch_len: int, dim: int, hidden: int, kernels: Sequence[int], layers: int = 1) -> None:
+        super().__init__()
+        self.patch_len = patch_len
+        first = InceptionModule(channels, hidden, kernels, bottleneck=False)
+        width = first.out_channels
+        self.blocks = nn.ModuleList([first, *(InceptionModule(width, hidden, kernels, bottleneck=True) for _ in range(layers - 1))])
+        self.proj = nn.Linear(width * patch_len, dim)
+
+    def forward(self, x: Tensor, steps: Tensor) -> Tensor:
+        """``x [B, C, L]`` (``L`` a multiple of ``patch_len``), ``steps [B, L]`` bool -> ``[B, L / patch_len, dim]``."""
+        h = self.blocks[0](x, steps)
+        for module in self.blocks[1:]:
+            h = h + module(h, steps)
+        h = h.transpose(1, 2)  # [B, L, F]
+        b, length, f = h.shape
+        return self.proj(h.reshape(b, length // self.patch_len, self.patch_len * f))
+
+
+def augment_steps(x: Tensor, steps: Tensor, kinds: Sequence[str]) -> Tensor:
+    """Randomly perturb a batch of standardized series (training only; torch's global RNG).
+
+    Args:
+        x: ``[B, C, L]`` values.
+        steps: ``[B, L]`` bool step mask; a series spans steps ``0 .. last observed``.
+        kinds: any of ``"jitter"`` (add N(0, 0.03) noise), ``"scaling"`` (multiply each
+            channel by N(1, 0.1)), ``"slice"`` (stretch a random 90% window to the full span),
+            ``"warp"`` (resample along a smooth random monotone time map); slice and warp
+            each hit a sample with probability 0.5.
+
+    Returns:
+        ``[B, C, L]``; masked steps are zero.
+    """
+    b, c, length = x.shape
+    real = steps.to(x.dtype)
+    if "slice" in kinds or "warp" in kinds:
+        x = _resample(x, steps, "slice" in kinds, "warp" in kinds)
+    if "scaling" in kinds:
+        x = x * (1 + SCALING_STD * torch.randn(b, c, 1, dtype=x.dtype, device=x.device))
+    if "jitter" in kinds:
+        x = x + JITTER_STD * torch.randn_like(x)
+    return x * real.unsqueeze(1)
+
+
+def _resample(x: Tensor, steps: Tensor, slice_: bool, warp: bool) -> Tensor:
+    """Linear-interpolation resampling of each series' span ``[0, n_b)`` along a random time map."""
+    b, _, length = x.shape
+    idx = torch.arange(length, device=x.device)
+    n = torch.where(steps, idx + 1, 0).amax(dim=1).clamp(min=1)  # [B] span = last observed step + 1
+    u = (idx.to(x.dtype) / (n - 1).clamp(min=1).to(x.dtype).unsqueeze(1)).clamp(max=1.0)  # [B, L] in [0, 1]
+    target = u
+    if warp:
+        speeds = (1 + WARP_STD * torch.randn(b, 1, WARP_KNOTS, dtype=x.dtype, device=x.device)).clamp(min=0.1)
+        speed = F.interpolate(speeds, size=length, mode="linear", align_corners=True)[:, 0]  # [B, L]
+        cum = torch.cumsum(speed * (u > 0).to(x.dtype), dim=1)
+        cum = cum / cum.gather(1, (n - 1).unsqueeze(1)).clamp(min=1e-6)
+        use = torch.rand(b, 1, device=x.device) < RESAMPLE_PROB
+        target = torch.where(use, cum.clamp(max=1.0), target)
+    if slice_:
+        start = (1 - SLICE_KEEP) * torch.rand(b, 1, dtype=x.dtype, device=x.device)
+        use = torch.rand(b, 1, device=x.device) < RESAMPLE_PROB
+        target = torch.where(use, start + SLICE_KEEP * target, target)
+    pos = target * (n - 1).to(x.dtype).unsqueeze(1)  # [B, L] source positions
+    lo = pos.floor().long().clamp(0, length - 1)
+    hi = (lo + 1).clamp(max=(n - 1).unsqueeze(1))
+    w = (pos - lo.to(x.dtype)).unsqueeze(1)
+    gather = lambda i: x.gather(2, i.unsqueeze(1).expand_as(x))  # noqa: E731
+    return gather(lo) * (1 - w) + gather(hi) * w
+
+
+__all__ = ["ConvStem", "TS_AUGMENTATIONS", "augment_steps"]
