@@ -169,6 +169,22 @@ def test_collate_gives_labels_and_two_tower_batches():
     assert set(batch) == {"left", "right"} and batch["left"]["mask"].shape == (2, 40) and batch["right"]["mask"].shape == (2, 20)
 
 
+def test_collate_rejects_nan_and_empty_rows_with_the_fix():
+    """Value checks run where the batch is built (the backbone's forward skips them)."""
+    adapter = prepare_adapter("timeseries", {"dim": 8}, sine_samples(3))
+    good = adapter.encode(sine_samples(1)[0][0])
+    nan = {**good, "values": good["values"].clone()}
+    nan["values"][5, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"timeseries: tokens contain NaN or inf in batch rows \[1\].*nan_policy"):
+        BatchCollator(adapter)([(good, 0), (nan, 1)])
+    padded = {**nan, "mask": nan["mask"].clone()}
+    padded["mask"][5] = False  # NaN under padding is fine
+    BatchCollator(adapter)([(good, 0), (padded, 1)])
+    empty = {**good, "mask": torch.zeros_like(good["mask"])}
+    with pytest.raises(ValueError, match=r"rows \[0\] are all padding; drop empty sequences"):
+        BatchCollator(adapter, two_tower=True)([((empty, good), 0)])
+
+
 def test_split_validation_is_stratified_and_disjoint():
     samples = sine_samples(60)
     train, val = split_validation(samples, 0.2, seed=0)
