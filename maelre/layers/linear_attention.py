@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from maelre.layers import triton_linear_attention as fused
+
 FEATURE_MAPS = ("elu", "favor")
 
 
@@ -219,7 +221,9 @@ class LinearAttention(nn.Module):
 
     Call as a kernel: ``module(q, k, v, key_bias=..., key_mask=...) -> [B, H, N, dh]``. With
     ``recompute`` (default) backward recomputes the float32 features from q and k instead of
-    storing them (FlashAttention-style; ``key_bias`` then gets no gradient).
+    storing them (FlashAttention-style; ``key_bias`` then gets no gradient). On CUDA, when
+    triton imports, self-attention with ``recompute`` runs the fused Triton kernels
+    (``maelre.layers.triton_linear_attention``, same math; ``MAELRE_TRITON=0`` turns them off).
     """
 
     def __init__(
@@ -240,6 +244,11 @@ class LinearAttention(nn.Module):
         self.favor = FavorFeatureMap(head_dim, num_features, seed) if feature_map == "favor" else None
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor, *, key_bias: Tensor | None = None, key_mask: Tensor | None = None) -> Tensor:
+        if (self.recompute or not torch.is_grad_enabled()) and q.shape == k.shape and fused.available(q):
+            b, _, n, _ = q.shape
+            weights = key_weights(key_bias, key_mask)
+            weights = q.new_ones(b, n, dtype=torch.float32) if weights is None else weights
+            return fused.fused_linear_attention(q, k, v, weights, projection=None if self.favor is None else self.favor.projection, eps=self.eps)
         feature_map = elu_feature_map if self.favor is None else self.favor
         if self.recompute and torch.is_grad_enabled():
             return _RecomputedLinearAttention.apply(q, k, v, key_bias, key_mask, feature_map, self.eps)

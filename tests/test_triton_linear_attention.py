@@ -1,0 +1,127 @@
+"""Fused Triton linear attention against the PyTorch path (values and gradients).
+
+On CPU the kernels run under Triton's interpreter: ``TRITON_INTERPRET=1`` must be set
+before triton is imported (its own library functions are jitted then), so
+``test_kernels_under_the_interpreter`` runs this file's "interpret" cases in a fresh
+process with it set. With a GPU the same cases also run the compiled kernels, in float32
+and bf16.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+la = importlib.import_module("maelre.layers.linear_attention")  # the module (maelre.layers exports a function of that name)
+
+triton = pytest.importorskip("triton", reason="the fused kernels need triton (shipped with torch's CUDA wheels)")
+
+B, H, N, DH = 1, 2, 70, 16  # two tiles of 64 tokens, one partial
+
+
+@pytest.fixture(params=["interpret", "cuda"])
+def kernels(request):
+    """``(module, device)``: the kernel module, interpreted on CPU or compiled on CUDA."""
+    if request.param == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("compiled Triton kernels need a CUDA GPU; the interpreter case covers CPU")
+        yield la.fused, "cuda"
+        return
+    if not la.fused.INTERPRET:
+        pytest.skip("interpreter cases run in test_kernels_under_the_interpreter's process (TRITON_INTERPRET=1)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy evaluates both sides of tl.where (-inf - -inf)
+        yield la.fused, "cpu"
+
+
+@pytest.mark.slow  # a fresh interpreter process: ~7 s idle, 30 s on a loaded 2-core machine
+def test_kernels_under_the_interpreter():
+    if la.fused.INTERPRET:
+        pytest.skip("this process is the interpreter run itself")
+    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpret and not under_the"]
+    run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "4 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
+
+
+def inputs(device: str, dtype: torch.dtype = torch.float32, n: int = N):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, n, H, DH, generator=g).transpose(1, 2) for _ in range(3))  # strided, as the backbones pass them
+    key_bias = torch.rand(B, n, generator=g).mul(2).log1p()  # log token sizes (proportional attention)
+    mask = torch.arange(n) < n - 9
+    k[:, :, ~mask] = float("nan")  # padded keys may hold anything (the backbones zero padded values)
+    to = dict(device=device)
+    return [x.to(dtype=dtype, **to).requires_grad_() for x in (q, k, v)], key_bias.to(**to), mask.expand(B, n).to(**to)
+
+
+def feature_map(kind: str, device: str):
+    return la.elu_feature_map if kind == "elu" else la.FavorFeatureMap(DH, num_features=24, seed=0).to(device)
+
+
+def compare(module, device, kind, dtype=torch.float32, tol=2e-5, n=N):
+    (q, k, v), key_bias, mask = inputs(device, dtype, n)
+    fmap = feature_map(kind, device)
+    weights = la.key_weights(key_bias, mask)
+    out = module.fused_linear_attention(q, k, v, weights, projection=None if kind == "elu" else fmap.projection)
+    ref = la.linear_attention(*(x.float() for x in (q, k, v)), key_bias=key_bias, key_mask=mask, feature_map=fmap)
+    assert out.dtype == dtype and out.shape == (B, H, n, DH)
+    torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
+    grad = torch.randn_like(ref)
+    fused_grads = torch.autograd.grad(out, (q, k, v), grad.to(dtype))
+    ref_grads = torch.autograd.grad(ref, (q, k, v), grad)
+    real = mask[0]
+    for name, got, want in zip("qkv", fused_grads, ref_grads):
+        if name != "q":  # padded keys: exact zeros from the kernel, NaN (0 * NaN) from autograd's reference
+            assert (got[:, :, ~real] == 0).all(), f"d{name} at padded keys"
+            got, want = got[:, :, real], want[:, :, real]
+        torch.testing.assert_close(got.float(), want.float(), atol=tol * 10, rtol=tol * 10, msg=f"d{name}")
+
+
+@pytest.mark.parametrize("kind", ["elu", "favor"])
+def test_fused_matches_reference_values_and_gradients(kernels, kind):
+    compare(*kernels, kind)
+
+
+def test_chunked_reductions_combine_exactly(kernels, monkeypatch):
+    """One program per sequence (two tiles in a chunk) and one per tile: FAVOR's per-chunk stabilizers rescale to the same result."""
+    module, device = kernels
+    monkeypatch.setattr(module, "TARGET_PROGRAMS", 1)
+    compare(module, device, "favor")
+
+
+def test_linear_attention_dispatches_to_the_kernels(kernels, monkeypatch):
+    module, device = kernels
+    layer = la.LinearAttention(DH, "favor", num_features=24).to(device)
+    (q, k, v), key_bias, mask = inputs(device)
+    calls = []
+    kernel = module.fused_linear_attention
+    monkeypatch.setattr(module, "fused_linear_attention", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
+    out = layer(q, k, v, key_bias=key_bias, key_mask=mask)
+    assert calls == [1]
+    monkeypatch.setattr(module, "ENABLED", False)
+    torch.testing.assert_close(out, layer(q, k, v, key_bias=key_bias, key_mask=mask), atol=2e-5, rtol=2e-5)
+    assert calls == [1]
+
+
+def test_plain_cpu_keeps_the_pytorch_path():
+    assert not la.fused.available(torch.zeros(1)) or la.fused.INTERPRET
+
+
+def test_bad_shapes_name_the_fix():
+    q = torch.zeros(1, 2, 8, 4)
+    with pytest.raises(ValueError, match=r"weights must be \[B, N\]=\(1, 8\)"):
+        la.fused.fused_linear_attention(q, q, q, torch.ones(1, 7))
+    with pytest.raises(ValueError, match="q, k, v of one shape"):
+        la.fused.fused_linear_attention(q, q[:, :, :4], q[:, :, :4], torch.ones(1, 8))
+
+
+@pytest.mark.parametrize("kind", ["elu", "favor"])
+def test_bf16_on_gpu_accumulates_in_float32(kind):
+    if not torch.cuda.is_available():
+        pytest.skip("bf16 kernels are compiled for CUDA; the interpreter has no bf16 tensor cores")
+    compare(la.fused, "cuda", kind, torch.bfloat16, tol=2e-2, n=4096 + 70)
