@@ -185,6 +185,36 @@ def test_collate_rejects_nan_and_empty_rows_with_the_fix():
         BatchCollator(adapter, two_tower=True)([((empty, good), 0)])
 
 
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])  # inductor: ~100 s of C++ builds on CPU
+def test_compiled_steps_match_eager(backend, monkeypatch):
+    """``trainer.compile``: the task's compiled forward gives eager's logits and gradients; the state dict is unchanged.
+
+    ``aot_eager`` traces the same forward and backward graphs as inductor (dynamo + AOTAutograd)
+    without generating code; ``inductor`` also checks the generated kernels.
+    """
+    if backend != "inductor":
+        compile_ = torch.compile
+        monkeypatch.setattr(torch, "compile", lambda model, mode: compile_(model, backend=backend, fullgraph=True))
+    train = sine_samples(4)
+    model = tiny_model(train)
+    batch, labels = BatchCollator(model.adapter)([(model.adapter.encode(x), y) for x, y in train])
+    task = ClassificationTask(model, OptimConfig(), 3, compile="default")
+    assert set(task.state_dict()) == set(ClassificationTask(model, OptimConfig(), 3).state_dict())
+    grads = []
+    for forward in (model, task):
+        model.zero_grad()
+        logits = forward(batch)
+        task._loss(logits, labels).backward()
+        grads.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    (eager, eager_grads), (compiled, compiled_grads) = grads
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    for got, want in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert TrainerConfig(compile=True).compile == "default"
+    with pytest.raises(ValueError, match="compile must be false, true or one of"):
+        TrainerConfig(compile="fast")
+
+
 def test_split_validation_is_stratified_and_disjoint():
     samples = sine_samples(60)
     train, val = split_validation(samples, 0.2, seed=0)

@@ -49,6 +49,7 @@ from maelre.model import SequenceClassifier
 from maelre.registry import create_backbone
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -75,6 +76,10 @@ class TrainerConfig:
         val_every_n_epochs: validation period.
         log_every_n_steps: logging period.
         enable_progress_bar: show Lightning's rich progress bar.
+        compile: ``false`` (eager), ``true`` (= ``"default"``) or a ``torch.compile`` mode:
+            ``"default"``, ``"reduce-overhead"`` (CUDA graphs) or ``"max-autotune"``. The
+            training, validation and test steps run the compiled model; checkpoints and the
+            returned model stay plain ``nn.Module``s.
     """
 
     max_epochs: int | None = 10
@@ -94,6 +99,7 @@ class TrainerConfig:
     val_every_n_epochs: int = 1
     log_every_n_steps: int = 50
     enable_progress_bar: bool = True
+    compile: bool | str = False
 
     def __post_init__(self) -> None:
         if self.max_epochs is None and self.max_steps is None and self.max_time is None:
@@ -114,6 +120,10 @@ class TrainerConfig:
             raise ValueError(f"gradient_clip must be positive or null, got {self.gradient_clip}")
         if self.early_stopping_monitor not in ("val/acc", "val/f1", "val/loss"):
             raise ValueError(f"early_stopping_monitor must be 'val/acc', 'val/f1' or 'val/loss', got {self.early_stopping_monitor!r}")
+        if self.compile is True:
+            self.compile = "default"
+        if self.compile is not False and self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be false, true or one of {COMPILE_MODES}, got {self.compile!r}")
 
 
 @dataclass
@@ -323,7 +333,9 @@ def fit_classifier(
             num_workers=num_workers, two_tower=two_tower, cache=cache,
         )
 
-    task = ClassificationTask(model, optim_cfg, num_classes, class_weights, label_smoothing, functools.partial(len, train_loader))
+    task = ClassificationTask(
+        model, optim_cfg, num_classes, class_weights, label_smoothing, functools.partial(len, train_loader), compile=trainer_cfg.compile or None
+    )
     throughput, history = ThroughputMonitor(), HistoryRecorder()
     cbs: list[Callback] = [throughput, history, *callbacks]
     best_cb: BestCheckpoint | None = None

@@ -142,6 +142,9 @@ class ClassificationTask(L.LightningModule):
         batches_per_epoch: returns the training loader's length (per process); used to
             size the LR schedule instead of Lightning's ``estimated_stepping_batches``,
             which sets the train loader up before a resumed run restores its position.
+        compile: a ``torch.compile`` mode (``"default"``, ``"reduce-overhead"``, ...) for
+            the steps, or ``None`` for eager. ``self.model`` itself stays uncompiled, so
+            its state dict, checkpoints and later use are those of the eager module.
     """
 
     def __init__(
@@ -152,11 +155,14 @@ class ClassificationTask(L.LightningModule):
         class_weights: Tensor | list[float] | None = None,
         label_smoothing: float = 0.0,
         batches_per_epoch: Callable[[], int] | None = None,
+        compile: str | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.model = model
+        # Kept out of the module tree (no "_orig_mod." keys in state dicts); shares model's parameters.
+        self.__dict__["run_model"] = model if compile is None else torch.compile(model, mode=compile)
         self.optim = optim
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
@@ -171,21 +177,22 @@ class ClassificationTask(L.LightningModule):
         self.confusion: Tensor | None = None
 
     def forward(self, batch: dict) -> Tensor:
-        return self.model(batch)
+        """Logits ``[B, C]`` for an adapter batch (through the compiled model when ``compile`` is set)."""
+        return self.run_model(batch)
 
     def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
         return F.cross_entropy(logits.float(), labels, weight=self.class_weights, label_smoothing=self.label_smoothing)
 
     def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
         inputs, labels = batch
-        loss = self._loss(self.model(inputs), labels)
+        loss = self._loss(self(inputs), labels)
         self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=labels.shape[0])
         self.log("loss", loss, prog_bar=True, logger=False, batch_size=labels.shape[0])  # progress bar only
         return loss
 
     def _eval_step(self, batch: tuple[dict, Tensor], stage: str) -> None:
         inputs, labels = batch
-        logits = self.model(inputs)
+        logits = self(inputs)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(logits, labels)
         if stage == "test":
