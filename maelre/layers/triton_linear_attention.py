@@ -82,6 +82,22 @@ if triton is not None:
         return tl.zeros((FP, DHP), tl.float32)
 
     @triton.jit
+    def _program_setup(bh, proj_ptr, H, DH, F, IS_FAVOR: tl.constexpr, FP: tl.constexpr, DHP: tl.constexpr):
+        """Batch and head of program row ``bh``, the feature/column ranges with their masks, and the projection."""
+        cols, feats = tl.arange(0, DHP), tl.arange(0, FP)
+        real_d, real_f = cols < DH, feats < F
+        return bh // H, bh % H, cols, feats, real_d, real_f, _load_projection(proj_ptr, feats, cols, real_f, real_d, DH, IS_FAVOR, FP, DHP)
+
+    @triton.jit
+    def _load_state(s_ptr, z_ptr, bh, feats, cols, FP: tl.constexpr, DHP: tl.constexpr):
+        return tl.load(s_ptr + bh * FP * DHP + feats[:, None] * DHP + cols[None, :]), tl.load(z_ptr + bh * FP + feats)
+
+    @triton.jit
+    def _store_state(s_ptr, z_ptr, idx, s, z, feats, cols, FP: tl.constexpr, DHP: tl.constexpr):
+        tl.store(s_ptr + idx * FP * DHP + feats[:, None] * DHP + cols[None, :], s)
+        tl.store(z_ptr + idx * FP + feats, z)
+
+    @triton.jit
     def _load_rows(ptr, base, stride_n, stride_d, rows, cols, real_n, real_d):
         return tl.load(ptr + base + rows[:, None] * stride_n + cols[None, :] * stride_d, mask=real_n[:, None] & real_d[None, :], other=0.0).to(tl.float32)
 
@@ -94,10 +110,7 @@ if triton is not None:
         BN: tl.constexpr, DHP: tl.constexpr, FP: tl.constexpr,
     ):  # fmt: skip
         bh, chunk = tl.program_id(0), tl.program_id(1)
-        b, h = bh // H, bh % H
-        cols, feats = tl.arange(0, DHP), tl.arange(0, FP)
-        real_d, real_f = cols < DH, feats < F
-        proj = _load_projection(proj_ptr, feats, cols, real_f, real_d, DH, IS_FAVOR, FP, DHP)
+        b, h, cols, feats, real_d, real_f, proj = _program_setup(bh, proj_ptr, H, DH, F, IS_FAVOR, FP, DHP)
         acc_s = tl.zeros((FP, DHP), tl.float32)
         acc_z = tl.zeros((FP,), tl.float32)
         m = tl.max(tl.full((BN,), float("-inf"), tl.float32), 0)
@@ -120,10 +133,8 @@ if triton is not None:
             phi = tl.where(real_n[:, None] & real_f[None, :], phi * w[:, None], 0.0)
             acc_s += tl.dot(tl.trans(phi), v, input_precision=PREC)
             acc_z += tl.sum(phi, 0)
-        out = bh * num_chunks + chunk
-        tl.store(s_ptr + out * FP * DHP + feats[:, None] * DHP + cols[None, :], acc_s)
-        tl.store(z_ptr + out * FP + feats, acc_z)
-        tl.store(m_ptr + out, m)
+        _store_state(s_ptr, z_ptr, bh * num_chunks + chunk, acc_s, acc_z, feats, cols, FP, DHP)
+        tl.store(m_ptr + bh * num_chunks + chunk, m)
 
     @triton.jit
     def _query_features(q_ptr, base, sqn, sqd, rows, cols, real_n, real_d, real_f, proj, IS_FAVOR, SCALE, INV_SQRT_F, PREC):
@@ -142,12 +153,10 @@ if triton is not None:
         BN: tl.constexpr, DHP: tl.constexpr, FP: tl.constexpr,
     ):  # fmt: skip
         bh, tile = tl.program_id(0), tl.program_id(1)
-        b, h = bh // H, bh % H
-        rows, cols, feats = tile * BN + tl.arange(0, BN), tl.arange(0, DHP), tl.arange(0, FP)
-        real_n, real_d, real_f = rows < N, cols < DH, feats < F
-        proj = _load_projection(proj_ptr, feats, cols, real_f, real_d, DH, IS_FAVOR, FP, DHP)
-        s = tl.load(s_ptr + bh * FP * DHP + feats[:, None] * DHP + cols[None, :])
-        z = tl.load(z_ptr + bh * FP + feats)
+        b, h, cols, feats, real_d, real_f, proj = _program_setup(bh, proj_ptr, H, DH, F, IS_FAVOR, FP, DHP)
+        rows = tile * BN + tl.arange(0, BN)
+        real_n = rows < N
+        s, z = _load_state(s_ptr, z_ptr, bh, feats, cols, FP, DHP)
         _, phi = _query_features(q_ptr, b * sqb + h * sqh, sqn, sqd, rows, cols, real_n, real_d, real_f, proj, IS_FAVOR, SCALE, INV_SQRT_F, PREC)
         out = tl.dot(phi, s, input_precision=PREC) / (tl.sum(phi * z[None, :], 1) + eps)[:, None]
         offs = bh * N * DH + rows[:, None] * DH + cols[None, :]
@@ -162,12 +171,8 @@ if triton is not None:
         BN: tl.constexpr, DHP: tl.constexpr, FP: tl.constexpr,
     ):  # fmt: skip
         bh, chunk = tl.program_id(0), tl.program_id(1)
-        b, h = bh // H, bh % H
-        cols, feats = tl.arange(0, DHP), tl.arange(0, FP)
-        real_d, real_f = cols < DH, feats < F
-        proj = _load_projection(proj_ptr, feats, cols, real_f, real_d, DH, IS_FAVOR, FP, DHP)
-        s = tl.load(s_ptr + bh * FP * DHP + feats[:, None] * DHP + cols[None, :])
-        z = tl.load(z_ptr + bh * FP + feats)
+        b, h, cols, feats, real_d, real_f, proj = _program_setup(bh, proj_ptr, H, DH, F, IS_FAVOR, FP, DHP)
+        s, z = _load_state(s_ptr, z_ptr, bh, feats, cols, FP, DHP)
         acc_ds = tl.zeros((FP, DHP), tl.float32)
         acc_dz = tl.zeros((FP,), tl.float32)
         t = 0
@@ -187,9 +192,7 @@ if triton is not None:
             tl.store(dq_ptr + offs, dq.to(dq_ptr.dtype.element_ty), mask=real_n[:, None] & real_d[None, :])
             acc_ds += tl.dot(tl.trans(phi), g_num, input_precision=PREC)
             acc_dz += tl.sum(phi * g_den[:, None], 0)
-        out_idx = bh * num_chunks + chunk
-        tl.store(ds_ptr + out_idx * FP * DHP + feats[:, None] * DHP + cols[None, :], acc_ds)
-        tl.store(dz_ptr + out_idx * FP + feats, acc_dz)
+        _store_state(ds_ptr, dz_ptr, bh * num_chunks + chunk, acc_ds, acc_dz, feats, cols, FP, DHP)
 
     @triton.jit
     def _key_grad_kernel(
@@ -200,14 +203,11 @@ if triton is not None:
         BN: tl.constexpr, DHP: tl.constexpr, FP: tl.constexpr,
     ):  # fmt: skip
         bh, tile = tl.program_id(0), tl.program_id(1)
-        b, h = bh // H, bh % H
-        rows, cols, feats = tile * BN + tl.arange(0, BN), tl.arange(0, DHP), tl.arange(0, FP)
-        real_d, real_f = cols < DH, feats < F
+        b, h, cols, feats, real_d, real_f, proj = _program_setup(bh, proj_ptr, H, DH, F, IS_FAVOR, FP, DHP)
+        rows = tile * BN + tl.arange(0, BN)
         w = tl.load(w_ptr + b * N + rows, mask=rows < N, other=0.0)
         real_n = w > 0
-        proj = _load_projection(proj_ptr, feats, cols, real_f, real_d, DH, IS_FAVOR, FP, DHP)
-        ds = tl.load(ds_ptr + bh * FP * DHP + feats[:, None] * DHP + cols[None, :])
-        dz = tl.load(dz_ptr + bh * FP + feats)
+        ds, dz = _load_state(ds_ptr, dz_ptr, bh, feats, cols, FP, DHP)
         k = _load_rows(k_ptr, b * skb + h * skh, skn, skd, rows, cols, real_n, real_d)
         v = _load_rows(v_ptr, b * svb + h * svh, svn, svd, rows, cols, real_n, real_d)
         phi = _features(k, proj, real_f, IS_FAVOR, SCALE, PREC)
