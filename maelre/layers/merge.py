@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from maelre.layers import triton_merge
+
 MergeFn = Callable[..., Tensor]
 UnmergeFn = Callable[[Tensor], Tensor]
 
@@ -73,6 +75,8 @@ def match_window(a: Tensor, b: Tensor, b_real: Tensor, window: int) -> tuple[Ten
     """
     if window < 1:
         raise ValueError(f"match window must be >= 1 position, got {window}; use None for global matching")
+    if triton_merge.available(a):  # the same band as one fused kernel (CUDA)
+        return triton_merge.match_window(a, b, b_real, window)
     na, nb = a.shape[1], b.shape[1]
     before = min((window + 1) // 2, na)  # offsets beyond the sequence cannot match anything
     after = min((window - 1) // 2, nb - 1)

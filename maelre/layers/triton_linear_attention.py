@@ -24,35 +24,22 @@ stabilizer is saved). The stabilizers are constants in backward, which is exact:
 scales the numerator and the normalizer alike. ``key_bias`` gets no gradient, as in
 ``LinearAttention(recompute=True)``.
 
-Triton runs on CUDA; ``TRITON_INTERPRET=1`` runs the same kernels on CPU tensors (slowly,
-for tests). ``available(x)`` says whether the fused path can take tensor ``x``.
+When they run: ``maelre.layers._triton.available`` (CUDA, or CPU under
+``TRITON_INTERPRET=1``; ``MAELRE_TRITON=0`` turns them off).
 """
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 from torch import Tensor
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # torch's CUDA wheels ship triton; CPU-only installs may not
-    triton = None
+from maelre.layers._triton import available, tl, triton
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-ENABLED = os.environ.get("MAELRE_TRITON", "1") != "0"
-"""Module switch: ``MAELRE_TRITON=0`` (or setting this to False) keeps every call on the PyTorch path."""
+__all__ = ["FusedLinearAttention", "available", "fused_linear_attention"]
 
 BLOCK_N = 64  # tokens per tile; tl.dot needs at least 16
 TARGET_PROGRAMS = 512  # split the key/query reductions until about this many programs run
-
-
-def available(x: Tensor) -> bool:
-    """Whether the fused kernels can run on ``x``: triton importable, enabled, and CUDA (or the interpreter on CPU)."""
-    return triton is not None and ENABLED and (x.is_cuda or (INTERPRET and x.device.type == "cpu"))
-
 
 if triton is not None:
 

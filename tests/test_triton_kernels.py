@@ -1,4 +1,4 @@
-"""Fused Triton linear attention against the PyTorch path (values and gradients).
+"""Fused Triton kernels against their PyTorch paths: linear attention (values and gradients), windowed matching.
 
 On CPU the kernels run under Triton's interpreter: ``TRITON_INTERPRET=1`` must be set
 before triton is imported (its own library functions are jitted then), so
@@ -17,6 +17,8 @@ import warnings
 import pytest
 import torch
 
+from maelre.layers import _triton
+
 la = importlib.import_module("maelre.layers.linear_attention")  # the module (maelre.layers exports a function of that name)
 
 triton = pytest.importorskip("triton", reason="the fused kernels need triton (shipped with torch's CUDA wheels)")
@@ -32,7 +34,7 @@ def kernels(request):
             pytest.skip("compiled Triton kernels need a CUDA GPU; the interpreter case covers CPU")
         yield la.fused, "cuda"
         return
-    if not la.fused.INTERPRET:
+    if not _triton.INTERPRET:
         pytest.skip("interpreter cases run in test_kernels_under_the_interpreter's process (TRITON_INTERPRET=1)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # numpy evaluates both sides of tl.where (-inf - -inf)
@@ -41,12 +43,12 @@ def kernels(request):
 
 @pytest.mark.slow  # a fresh interpreter process: ~7 s idle, 30 s on a loaded 2-core machine
 def test_kernels_under_the_interpreter():
-    if la.fused.INTERPRET:
+    if _triton.INTERPRET:
         pytest.skip("this process is the interpreter run itself")
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpret and not under_the"]
     run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "4 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
+    assert "9 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
 
 
 def inputs(device: str, dtype: torch.dtype = torch.float32, n: int = N):
@@ -103,13 +105,13 @@ def test_linear_attention_dispatches_to_the_kernels(kernels, monkeypatch):
     monkeypatch.setattr(module, "fused_linear_attention", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
     out = layer(q, k, v, key_bias=key_bias, key_mask=mask)
     assert calls == [1]
-    monkeypatch.setattr(module, "ENABLED", False)
+    monkeypatch.setattr(_triton, "ENABLED", False)
     torch.testing.assert_close(out, layer(q, k, v, key_bias=key_bias, key_mask=mask), atol=2e-5, rtol=2e-5)
     assert calls == [1]
 
 
 def test_plain_cpu_keeps_the_pytorch_path():
-    assert not la.fused.available(torch.zeros(1)) or la.fused.INTERPRET
+    assert not la.fused.available(torch.zeros(1)) or _triton.INTERPRET
 
 
 def test_bad_shapes_name_the_fix():
@@ -125,3 +127,44 @@ def test_bf16_on_gpu_accumulates_in_float32(kind):
     if not torch.cuda.is_available():
         pytest.skip("bf16 kernels are compiled for CUDA; the interpreter has no bf16 tensor cores")
     compare(la.fused, "cuda", kind, torch.bfloat16, tol=2e-2, n=4096 + 70)
+
+
+# --------------------------------------------------------------------------- windowed matching
+@pytest.mark.parametrize("window", [1, 2, 5, 40])  # 40: the band is cut at both ends of the 38 A tokens
+def test_fused_window_matching_matches_reference(kernels, monkeypatch, window):
+    from maelre.layers import merge, triton_merge
+
+    module, device = kernels
+    g = torch.Generator().manual_seed(window)
+    unit = torch.nn.functional.normalize(torch.randn(3, 75, 12, generator=g), dim=-1).to(device)
+    sizes = (torch.arange(75) < torch.tensor([75, 40, 3])[:, None]).float().to(device)  # one row with a single real B token
+    a, b, b_real = unit[:, ::2], unit[:, 1::2], sizes[:, 1::2] > 0  # strided, as bipartite_soft_matching passes them
+    score, index = triton_merge.match_window(a, b, b_real, window)
+    monkeypatch.setattr(_triton, "ENABLED", False)
+    want_score, want_index = merge.match_window(a, b, b_real, window)
+    finite = want_score > float("-inf")
+    assert torch.equal(score > float("-inf"), finite) and torch.equal(index[finite], want_index[finite])
+    torch.testing.assert_close(score[finite], want_score[finite], atol=1e-6, rtol=1e-6)
+    assert index.dtype == torch.long and ((index >= 0) & (index < b.shape[1])).all()
+
+
+def test_maelre_through_the_kernels_matches_the_pytorch_path(kernels, monkeypatch):
+    """The dispatch hooks end to end: a padded MAELRE batch (FAVOR+, merging, proportional attention), forward and backward."""
+    from maelre import create_backbone
+
+    _, device = kernels
+    model = create_backbone("maelre", dim=32, depth=2, heads=2, feature_map="favor", switch_threshold=8, merge_fraction=0.3).to(device)
+    tokens = torch.randn(2, 64, 32, device=device)
+    mask = torch.arange(64, device=device) < torch.tensor([64, 41], device=device)[:, None]
+    results = []
+    for enabled in (True, False):
+        monkeypatch.setattr(_triton, "ENABLED", enabled)
+        model.zero_grad()
+        out = model(tokens, mask, return_trace=True)
+        out.pooled.square().sum().backward()
+        results.append((out.pooled.detach(), [p.grad.clone() for p in model.parameters()], [b.attention for b in out.trace]))
+    (fused, fused_grads, kinds), (ref, ref_grads, _) = results
+    assert kinds == ["linear", "linear"]
+    torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-5)
+    for got, want in zip(fused_grads, ref_grads):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
