@@ -48,7 +48,7 @@ def test_kernels_under_the_interpreter():
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpret and not under_the"]
     run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "9 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
+    assert "10 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
 
 
 def inputs(device: str, dtype: torch.dtype = torch.float32, n: int = N):
@@ -108,6 +108,23 @@ def test_linear_attention_dispatches_to_the_kernels(kernels, monkeypatch):
     monkeypatch.setattr(_triton, "ENABLED", False)
     torch.testing.assert_close(out, layer(q, k, v, key_bias=key_bias, key_mask=mask), atol=2e-5, rtol=2e-5)
     assert calls == [1]
+
+
+def test_kernels_compile_without_graph_breaks(kernels):
+    """The custom ops trace whole (fullgraph) and the compiled layer gives eager's values and gradients."""
+    _, device = kernels
+    layer = la.LinearAttention(DH, "favor", num_features=24).to(device)
+    (q, k, v), key_bias, mask = inputs(device)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    results = []
+    for forward in (layer, compiled):
+        out = forward(q, k, v, key_bias=key_bias, key_mask=mask)
+        results.append((out, torch.autograd.grad(out.square().sum(), (q, k, v))))
+    (eager, eager_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, eager)
+    for a, b in zip(got_grads, eager_grads):
+        torch.testing.assert_close(a[:, :, mask[0]], b[:, :, mask[0]])
 
 
 def test_plain_cpu_keeps_the_pytorch_path():

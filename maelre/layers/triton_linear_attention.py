@@ -19,7 +19,9 @@ Four kernels, each over ``(batch * heads, blocks of tokens)``:
   and ``dz``.
 * ``_key_grad_kernel``: ``dk`` and ``dv`` from ``dS`` and ``dz``.
 
-Backward recomputes the features from q and k (nothing but ``S``, ``z`` and the key
+Forward and backward are ``torch.library`` custom ops (``maelre::fused_linear_attention``
+and its backward), so ``torch.compile`` keeps them in its graph and CUDA graphs capture
+them. Backward recomputes the features from q and k (nothing but ``S``, ``z`` and the key
 stabilizer is saved). The stabilizers are constants in backward, which is exact: each
 scales the numerator and the normalizer alike. ``key_bias`` gets no gradient, as in
 ``LinearAttention(recompute=True)``.
@@ -36,7 +38,7 @@ from torch import Tensor
 
 from maelre.layers._triton import available, tl, triton
 
-__all__ = ["FusedLinearAttention", "available", "fused_linear_attention"]
+__all__ = ["available", "fused_linear_attention"]
 
 BLOCK_N = 64  # tokens per tile; tl.dot needs at least 16
 TARGET_PROGRAMS = 512  # split the key/query reductions until about this many programs run
@@ -268,38 +270,69 @@ def _state(setup: _Setup, k: Tensor, v: Tensor, w: Tensor) -> tuple[Tensor, Tens
     return (s * scale[..., None, None]).sum(1), (z * scale[..., None]).sum(1), top.squeeze(1)
 
 
-class FusedLinearAttention(torch.autograd.Function):
-    """Autograd wrapper of the fused kernels: ``(q, k, v [B, H, N, dh], w [B, N], projection [F, dh] | None) -> out``."""
+# Custom ops (not an autograd.Function) so that torch.compile traces through them without a
+# graph break and CUDA graphs capture them: the compiler sees opaque ops with known output shapes.
+@torch.library.custom_op("maelre::fused_linear_attention", mutates_args=())
+def _forward_op(
+    q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | None, eps: float
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(out [B, H, N, dh], S [BH, FP, DHP], z [BH, FP], m [BH])``; the last three are saved for backward."""
+    setup = _Setup(q, projection, eps)
+    s, z, m = _state(setup, k, v, weights)
+    out = torch.empty(setup.b, setup.h, setup.n, setup.dh, device=q.device, dtype=q.dtype)
+    _output_kernel[(setup.b * setup.h, triton.cdiv(setup.n, BLOCK_N))](
+        q, setup.proj, s, z, out, setup.h, setup.n, setup.dh, setup.f, eps, *q.stride(), **setup.consts
+    )
+    return out, s, z, m
 
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | None, eps: float) -> Tensor:
-        setup = _Setup(q, projection, eps)
-        s, z, m = _state(setup, k, v, weights)
-        out = torch.empty(setup.b, setup.h, setup.n, setup.dh, device=q.device, dtype=q.dtype)
-        _output_kernel[(setup.b * setup.h, triton.cdiv(setup.n, BLOCK_N))](
-            q, setup.proj, s, z, out, setup.h, setup.n, setup.dh, setup.f, eps, *q.stride(), **setup.consts
-        )
-        ctx.save_for_backward(q, k, v, weights, s, z, m)
-        ctx.setup = setup
-        return out
 
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        q, k, v, weights, s, z, m = ctx.saved_tensors
-        setup: _Setup = ctx.setup
-        bh = setup.b * setup.h
-        per, chunks = _chunks(bh, setup.n)
-        ds, dz = setup.buffers(chunks, stabilizer=False)
-        dq, dk, dv = (torch.empty(setup.b, setup.h, setup.n, setup.dh, device=q.device, dtype=x.dtype) for x in (q, k, v))
-        _query_grad_kernel[(bh, chunks)](
-            q, grad_out, setup.proj, s, z, dq, ds, dz, setup.h, setup.n, setup.dh, setup.f, setup.eps, per, chunks,
-            *q.stride(), *grad_out.stride(), **setup.consts,
-        )  # fmt: skip
-        _key_grad_kernel[(bh, triton.cdiv(setup.n, BLOCK_N))](
-            k, v, weights, setup.proj, m, ds.sum(1), dz.sum(1), dk, dv, setup.h, setup.n, setup.dh, setup.f,
-            *k.stride(), *v.stride(), **setup.consts,
-        )  # fmt: skip
-        return dq, dk, dv, None, None, None
+@_forward_op.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    b, h, _, dh = q.shape
+    fp, dhp = _pow2(dh if projection is None else projection.shape[0]), _pow2(dh)
+    state = dict(dtype=torch.float32, device=q.device)
+    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(b * h, fp, dhp, **state), q.new_empty(b * h, fp, **state), q.new_empty(b * h, **state)
+
+
+@torch.library.custom_op("maelre::fused_linear_attention_backward", mutates_args=())
+def _backward_op(
+    q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | None, s: Tensor, z: Tensor, m: Tensor, grad_out: Tensor, eps: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv)``, each ``[B, H, N, dh]``: the features are recomputed from q and k."""
+    setup = _Setup(q, projection, eps)
+    bh = setup.b * setup.h
+    per, chunks = _chunks(bh, setup.n)
+    ds, dz = setup.buffers(chunks, stabilizer=False)
+    dq, dk, dv = (torch.empty(setup.b, setup.h, setup.n, setup.dh, device=q.device, dtype=x.dtype) for x in (q, k, v))
+    _query_grad_kernel[(bh, chunks)](
+        q, grad_out, setup.proj, s, z, dq, ds, dz, setup.h, setup.n, setup.dh, setup.f, setup.eps, per, chunks,
+        *q.stride(), *grad_out.stride(), **setup.consts,
+    )  # fmt: skip
+    _key_grad_kernel[(bh, triton.cdiv(setup.n, BLOCK_N))](
+        k, v, weights, setup.proj, m, ds.sum(1), dz.sum(1), dk, dv, setup.h, setup.n, setup.dh, setup.f,
+        *k.stride(), *v.stride(), **setup.consts,
+    )  # fmt: skip
+    return dq, dk, dv
+
+
+@_backward_op.register_fake
+def _(q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | None, s: Tensor, z: Tensor, m: Tensor, grad_out: Tensor, eps: float):
+    return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
+
+
+def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
+    q, k, v, weights, projection, eps = inputs
+    _, s, z, m = output
+    ctx.save_for_backward(q, k, v, weights, projection, s, z, m)
+    ctx.eps = eps
+
+
+def _backward(ctx, grad_out: Tensor, *unused: Tensor) -> tuple:
+    dq, dk, dv = _backward_op(*ctx.saved_tensors, grad_out, ctx.eps)
+    return dq, dk, dv, None, None, None  # key weights and the projection get no gradient
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def fused_linear_attention(
@@ -326,4 +359,4 @@ def fused_linear_attention(
         raise ValueError(f"fused linear attention needs q, k, v of one shape [B, H, N, dh], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if weights.shape != (q.shape[0], q.shape[2]):
         raise ValueError(f"weights must be [B, N]=({q.shape[0]}, {q.shape[2]}), got {tuple(weights.shape)}")
-    return FusedLinearAttention.apply(q, k, v, weights.float().contiguous(), projection, eps)
+    return _forward_op(q, k, v, weights.float().contiguous(), projection, eps)[0]
