@@ -165,23 +165,27 @@ def test_fused_window_matching_matches_reference(kernels, monkeypatch, window):
     assert index.dtype == torch.long and ((index >= 0) & (index < b.shape[1])).all()
 
 
-def test_maelre_through_the_kernels_matches_the_pytorch_path(kernels, monkeypatch):
-    """The dispatch hooks end to end: a padded MAELRE batch (FAVOR+, merging, proportional attention), forward and backward."""
+def test_maelre_through_the_kernels_matches_the_pytorch_path_and_compiles_whole(kernels, monkeypatch):
+    """The dispatch hooks end to end: a padded MAELRE batch (FAVOR+, windowed merging, proportional attention),
+    forward and backward, eager and compiled with ``fullgraph=True`` (both kernels are custom ops: no graph break)."""
     from maelre import create_backbone
 
     _, device = kernels
     model = create_backbone("maelre", dim=32, depth=2, heads=2, feature_map="favor", switch_threshold=8, merge_fraction=0.3).to(device)
     tokens = torch.randn(2, 64, 32, device=device)
     mask = torch.arange(64, device=device) < torch.tensor([64, 41], device=device)[:, None]
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     results = []
-    for enabled in (True, False):
+    for forward, enabled in ((model, False), (model, True), (compiled, True)):
         monkeypatch.setattr(_triton, "ENABLED", enabled)
         model.zero_grad()
-        out = model(tokens, mask, return_trace=True)
-        out.pooled.square().sum().backward()
-        results.append((out.pooled.detach(), [p.grad.clone() for p in model.parameters()], [b.attention for b in out.trace]))
-    (fused, fused_grads, kinds), (ref, ref_grads, _) = results
-    assert kinds == ["linear", "linear"]
-    torch.testing.assert_close(fused, ref, atol=1e-5, rtol=1e-5)
-    for got, want in zip(fused_grads, ref_grads):
-        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+        pooled = forward(tokens, mask)
+        pooled.square().sum().backward()
+        results.append((pooled.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert [b.attention for b in model(tokens, mask, return_trace=True).trace] == ["linear", "linear"]
+    ref, ref_grads = results[0]
+    for pooled, grads in results[1:]:
+        torch.testing.assert_close(pooled, ref, atol=1e-5, rtol=1e-5)
+        for got, want in zip(grads, ref_grads):
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -58,7 +58,14 @@ def match_window(a: Tensor, b: Tensor, b_real: Tensor, window: int) -> tuple[Ten
 
     Returns ``(score, index)``, each ``[B, Na]``: the best cosine similarity within the
     window (``a``'s dtype, ``-inf`` without a real candidate) and its B index (long).
+    A ``torch.library`` custom op: ``torch.compile`` keeps it in the graph as one opaque
+    op (Inductor never sees the masked argmax it miscompiles, see ``merge.py``).
     """
+    return _match_window_op(a, b, b_real, window)
+
+
+@torch.library.custom_op("maelre::match_window", mutates_args=())
+def _match_window_op(a: Tensor, b: Tensor, b_real: Tensor, window: int) -> tuple[Tensor, Tensor]:
     if triton is None:
         raise RuntimeError("the fused matching needs triton (it ships with torch's CUDA wheels); use merge.match_window on this machine")
     if window < 1:
@@ -77,3 +84,8 @@ def match_window(a: Tensor, b: Tensor, b_real: Tensor, window: int) -> tuple[Ten
         *a.stride(), *b.stride(), *real.stride(), BA=BLOCK_A, CP=max(16, triton.next_power_of_2(c)),
     )  # fmt: skip
     return score, index
+
+
+@_match_window_op.register_fake
+def _(a: Tensor, b: Tensor, b_real: Tensor, window: int) -> tuple[Tensor, Tensor]:
+    return a.new_empty(a.shape[:2]), a.new_empty(a.shape[:2], dtype=torch.long)
