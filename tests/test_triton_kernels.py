@@ -127,6 +127,36 @@ def test_kernels_compile_without_graph_breaks(kernels):
         torch.testing.assert_close(a[:, :, mask[0]], b[:, :, mask[0]])
 
 
+@pytest.mark.slow  # ~65 s for the four on a loaded 2-core machine (ptxas included)
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("favor", [False, True])
+def test_kernels_compile_for_hopper(favor, dtype, tmp_path, monkeypatch):
+    """Every kernel lowers to sm_90 machine code (no GPU needed): catches what the interpreter, which runs Python, lets through."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from maelre.layers import triton_merge
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # compile for real, not from an earlier run's cache
+    fused = la.fused
+    ptr, f32 = f"*{dtype}", "*fp32"
+    consts = dict(IS_FAVOR=favor, SCALE=0.25, INV_SQRT_F=0.1, PREC="ieee" if dtype == "fp32" else "tf32", BN=fused.BLOCK_N, DHP=32, FP=128 if favor else 32)
+    kernels = [
+        (fused._state_kernel, dict(k_ptr=ptr, v_ptr=ptr, w_ptr=f32, proj_ptr=f32, s_ptr=f32, z_ptr=f32, m_ptr=f32)),
+        (fused._output_kernel, dict(q_ptr=ptr, proj_ptr=f32, s_ptr=f32, z_ptr=f32, o_ptr=ptr, eps="fp32")),
+        (fused._query_grad_kernel, dict(q_ptr=ptr, g_ptr=ptr, proj_ptr=f32, s_ptr=f32, z_ptr=f32, dq_ptr=ptr, ds_ptr=f32, dz_ptr=f32, eps="fp32")),
+        (fused._key_grad_kernel, dict(k_ptr=ptr, v_ptr=ptr, w_ptr=f32, proj_ptr=f32, m_ptr=f32, ds_ptr=f32, dz_ptr=f32, dk_ptr=ptr, dv_ptr=ptr)),
+    ]
+    if not favor:
+        kernels.append((triton_merge._match_window_kernel, dict(a_ptr=ptr, b_ptr=ptr, real_ptr="*u8", score_ptr=ptr, index_ptr="*i64")))
+        consts.update(BA=triton_merge.BLOCK_A, CP=16)
+    for kernel, pointers in kernels:
+        own = {name: consts[name] for name in kernel.arg_names if name in consts}
+        signature = {name: "constexpr" if name in own else pointers.get(name, "i32") for name in kernel.arg_names}
+        compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=own), target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"], kernel.fn.__name__
+
+
 def test_plain_cpu_keeps_the_pytorch_path():
     assert not la.fused.available(torch.zeros(1)) or _triton.INTERPRET
 

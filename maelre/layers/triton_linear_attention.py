@@ -48,11 +48,14 @@ if triton is not None:
     @triton.jit
     def _features(x, proj, real_f, IS_FAVOR: tl.constexpr, SCALE: tl.constexpr, PREC: tl.constexpr):
         """``x [BN, DHP]`` float32 -> FAVOR logits ``[BN, FP]`` or elu+1 features (0 at padded features)."""
+        # if/else with one return: a constexpr branch is compiled alone only without early returns
         if IS_FAVOR:
             xs = x * SCALE
             logits = tl.dot(xs, tl.trans(proj), input_precision=PREC) - 0.5 * tl.sum(xs * xs, 1)[:, None]
-            return tl.where(real_f[None, :], logits, float("-inf"))
-        return tl.where(real_f[None, :], tl.where(x > 0, x + 1.0, tl.exp(x)), 0.0)
+            out = tl.where(real_f[None, :], logits, float("-inf"))
+        else:
+            out = tl.where(real_f[None, :], tl.where(x > 0, x + 1.0, tl.exp(x)), 0.0)
+        return out
 
     @triton.jit
     def _features_backward(x, proj, phi, grad_phi, IS_FAVOR: tl.constexpr, SCALE: tl.constexpr, PREC: tl.constexpr):
@@ -60,15 +63,19 @@ if triton is not None:
         if IS_FAVOR:
             grad_logits = grad_phi * phi
             xs = x * SCALE
-            return (tl.dot(grad_logits, proj, input_precision=PREC) - tl.sum(grad_logits, 1)[:, None] * xs) * SCALE
-        return grad_phi * tl.where(x > 0, 1.0, phi)
+            grad_x = (tl.dot(grad_logits, proj, input_precision=PREC) - tl.sum(grad_logits, 1)[:, None] * xs) * SCALE
+        else:
+            grad_x = grad_phi * tl.where(x > 0, 1.0, phi)
+        return grad_x
 
     @triton.jit
     def _load_projection(proj_ptr, feats, cols, real_f, real_d, DH, IS_FAVOR: tl.constexpr, FP: tl.constexpr, DHP: tl.constexpr):
         """FAVOR's ``[F, dh]`` projection as ``[FP, DHP]`` float32, zero-padded; zeros for elu (nothing is read)."""
         if IS_FAVOR:
-            return tl.load(proj_ptr + feats[:, None] * DH + cols[None, :], mask=real_f[:, None] & real_d[None, :], other=0.0)
-        return tl.zeros((FP, DHP), tl.float32)
+            proj = tl.load(proj_ptr + feats[:, None] * DH + cols[None, :], mask=real_f[:, None] & real_d[None, :], other=0.0)
+        else:
+            proj = tl.zeros((FP, DHP), tl.float32)
+        return proj
 
     @triton.jit
     def _program_setup(bh, proj_ptr, H, DH, F, IS_FAVOR: tl.constexpr, FP: tl.constexpr, DHP: tl.constexpr):
