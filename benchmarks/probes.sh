@@ -11,8 +11,8 @@
 # ablation TASK: MAELRE with the task's leaderboard budget (gpu_budgets.sh), one change to the
 # recipe each, into $OUT/TASK_maelre_VARIANT.json. VARIANTS picks some (default: all):
 #   exact     switch_threshold=4096: exact attention in every block, merging kept
-#   nomerge   merge_fraction=0: approximate attention in every block, no merging
-#   mixed     switch_threshold=1024, merge_fraction=0.5: approximate attention only while more
+#   nomerge   merge_schedule=fraction, merge_fraction=0: approximate attention in every block, no merging
+#   mixed     switch_threshold=1024, merge_schedule=fraction, merge_fraction=0.5: approximate attention only while more
 #             than 1,024 tokens remain (the first block of long inputs), exact attention after
 #   elu       feature_map=elu: the library's elu+1 linear attention
 #   favor     feature_map=favor: FAVOR+ random features (softmax kernel)
@@ -61,8 +61,8 @@ case $probe in
         m=model.backbone_config.maelre
         declare -A variant=(  # space-separated KEY=VALUE overrides of each variant
             [exact]="$m.switch_threshold=4096"
-            [nomerge]="$m.merge_fraction=0.0"
-            [mixed]="$m.switch_threshold=1024 $m.merge_fraction=0.5"
+            [nomerge]="$m.merge_schedule=fraction $m.merge_fraction=0.0"
+            [mixed]="$m.switch_threshold=1024 $m.merge_schedule=fraction $m.merge_fraction=0.5"
             [elu]="$m.feature_map=elu"
             [favor]="$m.feature_map=favor"
         )

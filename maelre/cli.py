@@ -1,4 +1,4 @@
-"""The ``maelre`` command line: ``fit | validate | test | predict | check | info | bench | lra``.
+"""The ``maelre`` command line: ``fit | pretrain | validate | test | predict | check | info | bench | lra``.
 
 Exit status: 0 on success, 2 for user errors (bad recipe, missing file, ...), printed as
 one line without a traceback; ``--debug`` shows the traceback instead.
@@ -50,8 +50,11 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from maelre.engine.runner import run_recipe
     from maelre.recipe import load_recipe
 
-    recipe = load_recipe(args.recipe, args.set)
+    overrides = [*args.set, *([f"model.init_from={json.dumps(args.init_from)}"] if args.init_from else [])]
+    recipe = load_recipe(args.recipe, overrides)
     results = run_recipe(recipe, run_dir=args.run_dir, resume=args.resume, progress=not args.no_progress)
+    if results is None:  # a DDP process of rank > 0: rank 0 tests and reports
+        return 0
     m = results["metrics"]
     rows = [
         ("test accuracy", _fmt(m["test/acc"])),
@@ -63,6 +66,25 @@ def cmd_fit(args: argparse.Namespace) -> int:
         ("run directory", results["run_dir"]),
     ]
     _console().print(_table(f"{recipe.name}: {results['backbone']} on {results['dataset']}", ("", "value"), rows))
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from maelre.engine.pretrain import pretrain_recipe
+    from maelre.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.set)
+    results = pretrain_recipe(recipe, run_dir=args.run_dir, resume=args.resume, progress=not args.no_progress)
+    best = results["metrics"]["val/best_masked_acc"]
+    rows = [
+        ("mask ratio", f"{results['mask_ratio']:.2f}"),
+        ("best val masked-token accuracy", _fmt(best) if best is not None else "-"),
+        ("final train loss", _fmt(results["metrics"]["train/final_loss"]) if results["metrics"]["train/final_loss"] is not None else "-"),
+        ("steps", results["global_step"]),
+        ("run directory", results["run_dir"]),
+    ]
+    _console().print(_table(f"{recipe.name}: {results['backbone']} pretrained on {results['dataset']}", ("", "value"), rows))
+    _console().print(f"fine-tune with: maelre fit {args.recipe} --init-from {results['run_dir']}")
     return 0
 
 
@@ -266,13 +288,20 @@ def build_parser() -> argparse.ArgumentParser:
     def add_set(p: argparse.ArgumentParser) -> None:
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key (YAML value), e.g. --set trainer.max_epochs=3; repeatable")
 
-    p = sub.add_parser("fit", help="train (and test) from a recipe")
-    p.add_argument("recipe", help="recipe YAML file")
-    add_set(p)
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run from its newest checkpoint")
-    p.add_argument("--run-dir", help="exact run directory (default: output.run_dir/version_N)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or model summary")
-    p.set_defaults(func=cmd_fit)
+    for name, func, help_text, default_dir in (
+        ("fit", cmd_fit, "train (and test) from a recipe", "output.run_dir/version_N"),
+        ("pretrain", cmd_pretrain, "masked-token self-pretraining on a recipe's training inputs (then: fit --init-from RUN)",
+         "output.run_dir/pretrain/version_N"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("recipe", help="recipe YAML file")
+        add_set(p)
+        p.add_argument("--resume", action="store_true", help="continue the interrupted run from its newest checkpoint")
+        p.add_argument("--run-dir", help=f"exact run directory (default: {default_dir})")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar or model summary")
+        if name == "fit":
+            p.add_argument("--init-from", metavar="RUN", help="start from the adapter and backbone weights of a 'maelre pretrain' run (sets model.init_from)")
+        p.set_defaults(func=func)
 
     for name, func, what in (("validate", cmd_validate, "validation"), ("test", cmd_test, "test")):
         p = sub.add_parser(name, help=f"evaluate a saved model on its recipe's {what} split")

@@ -63,7 +63,7 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
     dim, depth, heads : int, default=64, 4, 4
         Token width, number of blocks, attention heads (``dim % heads == 0``).
     backbone_params : dict, default=None
-        Further backbone config fields (e.g. ``{"merge_fraction": 0.3}``); not
+        Further backbone config fields (e.g. ``{"exact_blocks": 2}``); not
         ``dim``/``depth``/``heads``.
     adapter_params : dict, default=None
         Adapter config fields overriding the data-derived defaults (time series: point
@@ -253,12 +253,19 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
         config.setdefault("pad_to_multiple", _length_multiple(self.backbone, self._backbone_config()))
         return config
 
-    def _backbone_config(self) -> dict:
+    def _backbone_config(self, adapter: Any = None) -> dict:
+        """Backbone kwargs; with the fitted ``adapter``, MAELRE's switch threshold is raised where the depth cannot reach ``dim``."""
         params = dict(self.backbone_params or {})
         clash = sorted({"dim", "depth", "heads"} & set(params))
         if clash:
             raise ValueError(f"set {', '.join(clash)} with the estimator's own parameters, not backbone_params")
-        return {"dim": self.dim, "depth": self.depth, "heads": self.heads, **params}
+        config = {"dim": self.dim, "depth": self.depth, "heads": self.heads, **params}
+        if adapter is not None and self.backbone == "maelre":
+            from maelre.backbones.maelre import reachable_threshold
+
+            c = adapter.config
+            config = reachable_threshold(config, -(-c.max_len // c.pad_to_multiple) * c.pad_to_multiple)
+        return config
 
     def _report(self, message: str) -> None:
         logger.info(message)
@@ -301,7 +308,7 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
         try:
             seed_everything(seed)  # weight init happens here, before fit_classifier seeds the training run
             adapter = prepare_adapter(adapter_name, self._adapter_config(adapter_name, [x for x, _ in train]), train)
-            model = build_model(adapter, self.backbone, self._backbone_config(), num_classes=len(classes))
+            model = build_model(adapter, self.backbone, self._backbone_config(adapter), num_classes=len(classes))
             trainer_cfg = TrainerConfig(
                 max_epochs=self.max_epochs,
                 seed=seed,

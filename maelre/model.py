@@ -55,7 +55,8 @@ class SequenceClassifier(nn.Module):
     def encode(self, batch: dict) -> Tensor:
         """Pooled ``[B, D]`` for one adapter batch."""
         tokens, mask = self.adapter(batch)
-        return self.backbone(tokens, mask)
+        grid = getattr(self.adapter, "token_grid", None)
+        return self.backbone(tokens, mask, layout=grid(tokens.shape[1]) if grid is not None else None)
 
     def forward(self, batch: dict) -> Tensor:
         """Logits ``[B, num_classes]``."""

@@ -5,15 +5,16 @@ Sections (every key is documented in ``docs/recipes.md``)::
     name: audio_fsdd                  # optional; default: the file name
     data:     dataset: {name, **loader settings}   adapter: {name, **adapter settings}
               batch_size, eval_batch_size, num_workers, val_fraction, bucket_by_length,
-              cache, max_train_samples, max_eval_samples
+              cache, max_train_samples, max_eval_samples, on_device, augment, augment_inputs, curriculum
     model:    backbone, <shared backbone keys: dim depth heads mlp_ratio dropout ...>,
               backbone_config: {<backbone name>: {<keys of that backbone only>}},
-              head_dropout, two_tower
+              head_dropout, two_tower, init_from
     optimizer: name, lr, weight_decay, betas, momentum
     schedule:  kind, warmup_steps, warmup_fraction, min_lr_ratio
     loss:      label_smoothing, class_weights
     trainer:   maelre.engine.TrainerConfig fields
     output:    run_dir, versioned
+    pretrain:  mask_ratio                          (``maelre pretrain``: masked-token self-pretraining)
 
 Switching backbone (``--set model.backbone=ecp``) never breaks a recipe: the shared keys
 at ``model.*`` are fields of every backbone's config, and backbone-specific keys live in
@@ -43,7 +44,7 @@ from maelre.engine.fit import TrainerConfig
 from maelre.engine.task import OptimConfig, check_optimizer, check_schedule
 from maelre.suggest import did_you_mean
 
-SECTIONS = ("name", "description", "data", "model", "optimizer", "schedule", "loss", "trainer", "output")
+SECTIONS = ("name", "description", "data", "model", "optimizer", "schedule", "loss", "trainer", "output", "pretrain")
 
 
 class RecipeError(ValueError):
@@ -84,6 +85,16 @@ class DataSection:
         cache: keep encoded samples in memory (deterministic adapters only).
         max_train_samples: use a stratified subset of this many training samples.
         max_eval_samples: cap validation and test sets likewise (quick runs).
+        on_device: hold the whole data set on the training device and cut batches there
+            (grayscale images with the "pixels" adapter: sCIFAR-10, LRA Image).
+        augment: on-device augmentation of training images before flattening,
+            ``{hflip: bool, shift: pixels}`` (needs ``on_device``).
+        augment_inputs: label-preserving training augmentations of the raw inputs
+            (``maelre.engine.train_data.AUGMENTATIONS``: ``listops_shuffle``, ``hflip``, ``vflip``).
+        curriculum: easy-to-hard stages read before the recipe's own dataset, each
+            ``{epochs: E, dataset: {<settings that differ from data.dataset>}}``; stage i is
+            trained on for its E epochs, then the next; ``data.dataset`` itself comes last
+            and runs to the end of the budget. Validation and test use ``data.dataset``.
     """
 
     dataset: dict = field(default_factory=dict)
@@ -96,8 +107,27 @@ class DataSection:
     cache: bool = False
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
+    on_device: bool = False
+    augment: dict | None = None
+    augment_inputs: list[str] = field(default_factory=list)
+    curriculum: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        from maelre.engine.device_data import AUGMENT_KEYS
+        from maelre.engine.train_data import check_augmentations
+
+        for key in self.augment or {}:
+            if key not in AUGMENT_KEYS:
+                raise ValueError(f"augment has no setting {key!r}{_hint(str(key), AUGMENT_KEYS)} Valid: {', '.join(AUGMENT_KEYS)}")
+        if self.augment_config() is not None and not self.on_device:
+            raise ValueError("augment runs on batches held on the device; set data.on_device: true (or remove data.augment)")
+        if self.on_device and (self.bucket_by_length or self.cache):
+            raise ValueError("on_device batches whole images on the device; bucket_by_length and cache do not apply, set them to false")
+        check_augmentations(self.augment_inputs)
+        if self.augment_inputs and self.cache:
+            raise ValueError("augment_inputs draws new inputs at every read but cache=true would freeze the first draw; set data.cache=false")
+        if self.on_device and (self.augment_inputs or self.curriculum):
+            raise ValueError("on_device batches are cut on the device; augment_inputs and curriculum read samples on the host. Use data.augment for on-device flips and shifts, or set on_device: false")
         if self.batch_size < 1 or (self.eval_batch_size is not None and self.eval_batch_size < 1):
             raise ValueError("batch sizes must be >= 1")
         if self.num_workers < 0:
@@ -107,6 +137,13 @@ class DataSection:
         for name in ("max_train_samples", "max_eval_samples"):
             if getattr(self, name) is not None and getattr(self, name) < 2:
                 raise ValueError(f"{name} must be >= 2 or null")
+
+    def augment_config(self) -> "ImageAugment | None":
+        """``augment`` as an ``ImageAugment`` (``None`` when absent or doing nothing)."""
+        from maelre.engine.device_data import ImageAugment
+
+        augment = ImageAugment(**self.augment) if self.augment else None
+        return augment if augment is not None and augment.active else None
 
 
 @dataclass
@@ -118,12 +155,15 @@ class ModelSection:
         backbone_config: per-backbone extra keys, ``{backbone_name: {key: value}}``.
         head_dropout: dropout before the classifier.
         two_tower: pair classification (LRA Retrieval); the data must be ``(x1, x2)`` pairs.
+        init_from: a ``maelre pretrain`` run or checkpoint directory; a new run starts from
+            its adapter and backbone weights (the head is new). Ignored on ``--resume``.
     """
 
     backbone: str = "maelre"
     backbone_config: dict = field(default_factory=dict)
     head_dropout: float = 0.0
     two_tower: bool = False
+    init_from: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.head_dropout < 1.0:
@@ -146,7 +186,7 @@ class OptimizerSection:
 
 @dataclass
 class ScheduleSection:
-    """``schedule``: ``kind`` (cosine|linear|constant) after a linear warmup of ``warmup_steps`` or ``warmup_fraction``."""
+    """``schedule``: ``kind`` (cosine|linear|constant|rsqrt) after a linear warmup of ``warmup_steps`` or ``warmup_fraction``."""
 
     kind: str = "cosine"
     warmup_steps: int = 0
@@ -180,6 +220,22 @@ class OutputSection:
 
 
 @dataclass
+class PretrainSection:
+    """``pretrain``: settings of ``maelre pretrain`` (masked-token denoising on the training inputs).
+
+    ``mask_ratio``: share of real tokens replaced by a learned mask vector and predicted;
+    ``null`` = the adapter's default (``maelre.pretrain.DEFAULT_MASK_RATIOS``: 0.5 for
+    pixels, 0.1 for text tokens, as in Amos et al. 2023).
+    """
+
+    mask_ratio: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mask_ratio is not None and not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must be in (0, 1) or null (the adapter's default), got {self.mask_ratio}")
+
+
+@dataclass
 class Recipe:
     """A validated recipe. ``shared`` holds the shared backbone keys given at ``model.*``."""
 
@@ -191,6 +247,7 @@ class Recipe:
     loss: LossSection
     trainer: TrainerConfig
     output: OutputSection
+    pretrain: PretrainSection
     shared: dict = field(default_factory=dict)
     description: str = ""
 
@@ -226,20 +283,28 @@ class Recipe:
         return Path(self.output.run_dir or f"runs/{self.name}")
 
     def to_dict(self) -> dict:
-        """The resolved recipe (all defaults filled in), as plain YAML-able data."""
+        """The resolved recipe (all defaults filled in), as plain YAML-able data.
+
+        The optional keys ``data.augment_inputs``, ``data.curriculum`` and ``model.init_from``
+        appear only when set, so runs saved before they existed still ``--resume``.
+        """
         model = {"backbone": self.model.backbone, **self.shared, "backbone_config": self.model.backbone_config,
                  "head_dropout": self.model.head_dropout, "two_tower": self.model.two_tower}
+        if self.model.init_from is not None:
+            model["init_from"] = self.model.init_from
+        data = {k: v for k, v in dataclasses.asdict(self.data).items() if v or k not in ("augment_inputs", "curriculum")}
         out = {"name": self.name}
         if self.description:
             out["description"] = self.description
         out |= {
-            "data": dataclasses.asdict(self.data),
+            "data": data,
             "model": model,
             "optimizer": dataclasses.asdict(self.optimizer),
             "schedule": dataclasses.asdict(self.schedule),
             "loss": dataclasses.asdict(self.loss),
             "trainer": dataclasses.asdict(self.trainer),
             "output": dataclasses.asdict(self.output),
+            "pretrain": dataclasses.asdict(self.pretrain),
         }
         return _plain(out)
 
@@ -260,6 +325,7 @@ _SECTION_CLASSES: dict[str, type] = {
     "loss": LossSection,
     "trainer": TrainerConfig,
     "output": OutputSection,
+    "pretrain": PretrainSection,
 }
 
 
@@ -461,6 +527,24 @@ def _validate_dataset(raw: dict) -> None:
                 raise RecipeError(f"data.dataset.{key}", f"dataset {name!r} has no setting {key!r}{_hint(str(key), valid)} Valid: {', '.join(valid)}")
 
 
+def _validate_curriculum(data: DataSection) -> None:
+    for i, stage in enumerate(data.curriculum):
+        where = f"data.curriculum[{i}]"
+        stage = _mapping(stage, where)
+        if set(stage) != {"epochs", "dataset"}:
+            raise RecipeError(where, f"a stage is {{epochs: E, dataset: {{settings}}}}, got keys {sorted(stage)}")
+        epochs = check_value(stage["epochs"], int, f"{where}.epochs")
+        if epochs < 1:
+            raise RecipeError(f"{where}.epochs", f"must be >= 1, got {epochs}")
+        settings = _mapping(stage["dataset"], f"{where}.dataset")
+        if "name" in settings:
+            raise RecipeError(f"{where}.dataset.name", "every stage reads data.dataset.name; give only the settings that differ (e.g. difficulty)")
+        try:
+            _validate_dataset({**data.dataset, **settings})
+        except RecipeError as err:
+            raise RecipeError(err.path.replace("data.dataset", f"{where}.dataset"), str(err).split(": ", 1)[-1]) from err
+
+
 def _validate_adapter(raw: dict, model: ModelSection, shared: dict) -> None:
     from modalities import list_adapters
     from modalities.base import adapter_config_class
@@ -491,6 +575,21 @@ def _validate_adapter(raw: dict, model: ModelSection, shared: dict) -> None:
     padded = -(-config.max_len // config.pad_to_multiple) * config.pad_to_multiple
     if max_len is not None and padded > max_len:
         raise RecipeError("model.max_len", f"{max_len} is below the adapter's longest padded output ({padded} tokens from data.adapter.max_len={config.max_len}); raise model.max_len or lower data.adapter.max_len")
+    _check_backbone_plan(model.backbone, backbone_kwargs, padded)
+
+
+def _check_backbone_plan(backbone: str, kwargs: dict, seq_len: int) -> None:
+    """Fail before any data loads if the backbone cannot plan the adapter's longest input (MAELRE's merge plan)."""
+    from maelre.registry import make_config
+
+    config = make_config(backbone, **kwargs)
+    check = getattr(config, "check_plan", None)
+    if check is None:
+        return
+    try:
+        check(seq_len + int(config.pool == "cls"))
+    except ValueError as err:
+        raise RecipeError(f"model.backbone_config.{backbone}", f"{err} (at data.adapter.max_len, {seq_len} tokens padded)") from err
 
 
 def _check_trainer(trainer: TrainerConfig, schedule: ScheduleSection, data: DataSection) -> None:
@@ -501,8 +600,6 @@ def _check_trainer(trainer: TrainerConfig, schedule: ScheduleSection, data: Data
         if trainer.precision == "16-mixed":
             raise RecipeError("trainer.precision", "16-mixed needs a GPU; use '32' (or 'bf16-mixed') on CPU")
         warnings.warn("trainer.precision=bf16-mixed on CPU runs under CPU autocast, usually slower than '32'", RecipeWarning, stacklevel=3)
-    if trainer.strategy not in ("auto", "ddp", "ddp_spawn"):
-        raise RecipeError("trainer.strategy", f"expected 'auto', 'ddp' or 'ddp_spawn', got {trainer.strategy!r}")
     if trainer.accelerator not in ("auto", "cpu", "gpu", "cuda"):
         raise RecipeError("trainer.accelerator", f"expected 'auto', 'cpu', 'gpu' or 'cuda', got {trainer.accelerator!r}")
     if isinstance(trainer.devices, str) and trainer.devices != "auto":
@@ -534,7 +631,10 @@ def parse_recipe(raw: Any, name: str = "recipe") -> Recipe:
     data.dataset = _mapping(data.dataset, "data.dataset")
     data.adapter = _mapping(data.adapter, "data.adapter")
     _validate_dataset(data.dataset)
+    _validate_curriculum(data)
     _validate_adapter(data.adapter, model, shared)
+    if data.on_device and data.adapter.get("name") != "pixels":
+        raise RecipeError("data.on_device", f"batches on the device are built for the 'pixels' adapter (grayscale images), not {data.adapter.get('name')!r}; set data.on_device: false")
     _check_trainer(sections["trainer"], sections["schedule"], data)
     return Recipe(name=recipe_name, description=description, model=model, shared=shared, **sections)
 

@@ -186,6 +186,13 @@ class SequenceAdapter(ModalityAdapter):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         super().__init__(config)
 
+    def token_grid(self, n: int) -> tuple[int, int] | None:
+        """``(H, W)`` when ``n`` tokens are an ``H x W`` grid in raster order (images), else ``None``.
+
+        Backbones that know 2-D structure (MAELRE's merge order) use it; sequences have none.
+        """
+        return None
+
     def build_positions(self) -> None:
         """Create ``self.pos_embed``; call at the end of ``__init__`` once ``max_positions`` works."""
         self.pos_embed = PositionEmbedding(self.config.pos_embed, self.max_positions(), self.config.dim)

@@ -7,13 +7,15 @@
   intensity goes through ``nn.Embedding(256, dim)``; RGB is either converted to gray
   with the ITU-R 601 luma weights (``channels="gray"``) or kept (``channels="rgb"``,
   three embeddings summed or a Linear over the three values). ``N = H * W`` in raster
-  order.
+  order. With ``pixel_embed="linear"`` the values are instead standardised with the
+  training set's mean and std (learned by ``fit``) and projected by a Linear layer.
 
 Raw input: numpy ``[H, W]`` or ``[H, W, C]`` (HWC), uint8 / integers in 0..255 or floats in
 [0, 1], or a PIL image (converted to the adapter's mode).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +26,7 @@ from torch import Tensor, nn
 
 from modalities.base import register_adapter
 from modalities.common import (
+    EMBED_INIT_STD,
     SequenceAdapter,
     SequenceAdapterConfig,
     as_pair,
@@ -37,6 +40,8 @@ from modalities.common import (
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601, as PIL's convert("L")
 PIXEL_CHANNELS = ("gray", "rgb")
 RGB_EMBEDS = ("sum", "linear")
+PIXEL_EMBEDS = ("table", "linear")
+STATS_SAMPLE = 2000  # training images read by ``PixelAdapter.fit`` for the value statistics
 
 
 def image_array(x: Any, channels: int, owner: str) -> np.ndarray:
@@ -139,6 +144,10 @@ class ImagePatchAdapter(SequenceAdapter):
     def max_positions(self) -> int:
         return round_up(self.config.num_patches, self.config.pad_to_multiple)
 
+    def token_grid(self, n: int) -> tuple[int, int] | None:
+        grid = (self.config.img_size[0] // self.config.patch_size[0], self.config.img_size[1] // self.config.patch_size[1])
+        return grid if grid[0] * grid[1] == n else None  # padded to a multiple: no longer a grid
+
     def encode(self, x: Any) -> dict[str, Tensor]:
         arr = image_array(x, self.config.in_chans, "image")
         if arr.shape[:2] != self.config.img_size:
@@ -170,19 +179,26 @@ class PixelAdapterConfig(SequenceAdapterConfig):
         img_size: if set, ``H`` or ``(H, W)`` every image must have; ``None`` accepts any
             size with ``H * W`` within ``max_len`` (or truncated in raster order).
         channels: ``"gray"`` (RGB converted with luma weights) or ``"rgb"``.
-        rgb_embed: for ``"rgb"``: ``"sum"`` of three 256-level embeddings, or
-            ``"linear"`` projection of the three [0, 1] values.
+        rgb_embed: for ``"rgb"`` with ``pixel_embed="table"``: ``"sum"`` of three 256-level
+            embeddings, or ``"linear"`` projection of the three [0, 1] values.
+        pixel_embed: ``"table"`` (one learned vector per 8-bit level) or ``"linear"``
+            (values standardised per channel with the training set's mean and std, then
+            a Linear layer: nearby levels start with nearby embeddings).
     """
 
     max_len: int = 1024
     img_size: int | tuple[int, int] | None = None
     channels: str = "gray"
     rgb_embed: str = "sum"
+    pixel_embed: str = "table"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("pixels", "channels", self.channels, PIXEL_CHANNELS)
         check_choice("pixels", "rgb_embed", self.rgb_embed, RGB_EMBEDS)
+        check_choice("pixels", "pixel_embed", self.pixel_embed, PIXEL_EMBEDS)
+        if self.pixel_embed == "linear" and self.rgb_embed != "sum":
+            raise ValueError("pixels: rgb_embed applies to pixel_embed='table' only; with pixel_embed='linear' drop rgb_embed")
         if self.img_size is not None:
             self.img_size = as_pair("pixels", "img_size", self.img_size)
 
@@ -192,7 +208,10 @@ class PixelAdapter(SequenceAdapter):
     """Image -> one token per pixel: ``Embedding(256, dim)`` of the 8-bit value + positions.
 
     ``encode`` -> ``{"pixels": LongTensor[H*W] (gray) or [H*W, 3] (rgb), "mask": BoolTensor[H*W]}``.
+    The 8-bit values are the adapter's token ids (``token_ids_key``, 256 levels per channel).
     """
+
+    token_ids_key = "pixels"
 
     modality = "image"
     config_class = PixelAdapterConfig
@@ -200,13 +219,53 @@ class PixelAdapter(SequenceAdapter):
     def __init__(self, config: PixelAdapterConfig) -> None:
         super().__init__(config)
         c = config
-        if c.channels == "gray" or c.rgb_embed == "sum":
+        n_channels = self.token_channels
+        # standardisation statistics, learned by ``fit`` (plain attributes: preprocessing state, not weights)
+        self.value_mean: list[float] | None = None
+        self.value_std: list[float] | None = None
+        if c.pixel_embed == "linear":
+            self.embedding = nn.Linear(n_channels, c.dim)
+            nn.init.trunc_normal_(self.embedding.weight, std=EMBED_INIT_STD)  # unit-variance input -> token scale of the positions
+            nn.init.zeros_(self.embedding.bias)
+        elif c.channels == "gray" or c.rgb_embed == "sum":
             n_tables = 1 if c.channels == "gray" else 3
             self.embedding = token_embedding(256 * n_tables, c.dim)
             self.register_buffer("table_offsets", torch.arange(n_tables) * 256, persistent=False)
         else:
             self.embedding = nn.Linear(3, c.dim)
         self.build_positions()
+
+    @property
+    def num_token_ids(self) -> int:
+        """Levels of one pixel value (the token vocabulary per channel)."""
+        return 256
+
+    @property
+    def token_channels(self) -> int:
+        """Token ids per pixel: 1 (gray) or 3 (rgb)."""
+        return 1 if self.config.channels == "gray" else 3
+
+    def fit(self, inputs: Sequence[Any]) -> "PixelAdapter":
+        """With ``pixel_embed="linear"``: per-channel mean and std of up to ``STATS_SAMPLE`` training images."""
+        if self.config.pixel_embed != "linear":
+            return self
+        if len(inputs) == 0:
+            raise ValueError("pixels: fit() needs training images to learn the value statistics of pixel_embed='linear'")
+        step = max(1, len(inputs) // STATS_SAMPLE)
+        values = torch.cat([self.encode(inputs[i])["pixels"].reshape(-1, self.token_channels)
+                            for i in range(0, len(inputs), step)]).double()
+        self.value_mean = values.mean(0).tolist()
+        self.value_std = values.std(0).clamp_min(1.0).tolist()  # a constant channel must not divide by ~0
+        return self
+
+    def preprocessing_state(self) -> dict:
+        return {} if self.value_mean is None else {"mean": self.value_mean, "std": self.value_std}
+
+    def load_preprocessing_state(self, state: dict) -> None:
+        if self.config.pixel_embed == "linear":
+            if "mean" not in state or "std" not in state:
+                raise ValueError("pixels: the saved preprocessing state has no value statistics, but pixel_embed='linear' needs them")
+            self.value_mean, self.value_std = list(state["mean"]), list(state["std"])
 
     def encode(self, x: Any) -> dict[str, Tensor]:
         c = self.config
@@ -218,8 +277,19 @@ class PixelAdapter(SequenceAdapter):
         keep = kept_length(seq.shape[0], c.max_len, c.truncation, owner="pixels", unit="pixels")
         return {"pixels": seq[:keep], "mask": torch.ones(keep, dtype=torch.bool)}
 
+    def token_grid(self, n: int) -> tuple[int, int] | None:
+        """The image grid when ``img_size`` is set and no pixel was truncated or padded, else ``None``."""
+        size = self.config.img_size
+        return size if size is not None and size[0] * size[1] == n else None
+
     def embed(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         pixels = batch["pixels"]
+        if self.config.pixel_embed == "linear":
+            if self.value_mean is None or self.value_std is None:
+                raise ValueError("pixels: pixel_embed='linear' standardises with statistics learned by fit(); call adapter.fit(train_images) first")
+            values = pixels.float().reshape(*pixels.shape[:2], -1)  # [B, N, C]
+            mean, std = (torch.tensor(v, device=values.device) for v in (self.value_mean, self.value_std))
+            return self.embedding((values - mean) / std), batch["mask"]
         if isinstance(self.embedding, nn.Linear):
             return self.embedding(pixels.float() / 255), batch["mask"]
         if pixels.dim() == 2:

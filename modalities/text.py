@@ -104,6 +104,7 @@ class TextAdapter(SequenceAdapter):
     modality = "text"
     config_class = TextAdapterConfig
     pad_values = {"ids": PAD_ID}
+    token_ids_key = "ids"  # masked-token pretraining predicts these
 
     def __init__(self, config: TextAdapterConfig) -> None:
         super().__init__(config)
@@ -116,6 +117,11 @@ class TextAdapter(SequenceAdapter):
     @property
     def vocab_size(self) -> int:
         return self.embedding.num_embeddings
+
+    @property
+    def num_token_ids(self) -> int:
+        """Size of the token vocabulary (ids run 0..num_token_ids-1)."""
+        return self.vocab_size
 
     def fit(self, inputs: Sequence[str]) -> "TextAdapter":
         """Learn the BPE or word vocabulary from ``inputs`` (training texts); nothing to learn for bytes."""

@@ -43,14 +43,6 @@ def torch_single_thread():
 def crash_after():
     """``crash_after(step)``: a Lightning callback raising ``RuntimeError("simulated crash")``
     right after optimizer step ``step``, for the kill-and-resume tests."""
-    from lightning.pytorch.callbacks import Callback
-
-    class CrashAfter(Callback):
-        def __init__(self, step: int) -> None:
-            self.step = step
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-            if trainer.global_step >= self.step:
-                raise RuntimeError("simulated crash")
+    from crash_after import CrashAfter
 
     return CrashAfter

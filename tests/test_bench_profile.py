@@ -24,12 +24,12 @@ def test_profile_case_counts_operators(torch_single_thread):
 
 
 def test_saved_activations_shrink_with_merging(torch_single_thread):
-    config = tiny()
+    config = tiny(backbone_configs={"maelre": {"switch_threshold": 64}})  # 2 blocks reach 64 of 256 tokens, not dim=16
     maelre = prof.saved_activations("maelre", 256, config)
     full = prof.saved_activations("transformer", 256, config)
     assert 0 < maelre["saved_mib"] < full["saved_mib"]
     assert abs(sum(s["mib"] for s in full["top_sources"]) - full["saved_mib"]) < 1e-6  # every storage attributed
-    no_merge = prof.saved_activations("maelre", 256, tiny(backbone_configs={"maelre": {"merge_fraction": 0.0}}))
+    no_merge = prof.saved_activations("maelre", 256, tiny(backbone_configs={"maelre": {"merge_schedule": "fraction", "merge_fraction": 0.0}}))
     assert no_merge["saved_mib"] > maelre["saved_mib"]
 
 

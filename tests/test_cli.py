@@ -111,12 +111,20 @@ def test_resume_and_rerun_guards(recipe_file, finished_run, tmp_path, capsys):
 
 
 def test_check_prints_config_parameters_and_plan(recipe_file, capsys):
-    assert main(["check", str(recipe_file), "--set", "model.backbone=maelre", "--length", "24"]) == 0
+    assert main(["check", str(recipe_file), "--set", "model.backbone=maelre", "--set", "model.depth=3", "--length", "24"]) == 0
     out = capsys.readouterr().out
     assert "backbone: maelre" in out and "is valid" in out
     assert "plan at N=24" in out and "attention" in out
     rows = [line for line in out.splitlines() if line.startswith("│ 0 ")]
     assert rows and "24" in rows[0]
+    last = [line for line in out.splitlines() if line.startswith("│ 2 ")]
+    assert last and "exact" in last[0]  # the auto plan ends in exact attention
+
+
+def test_check_names_the_fix_for_an_impossible_merge_plan(recipe_file, capsys):
+    assert main(["check", str(recipe_file), "--set", "model.backbone=maelre"]) == 2  # 1 block cannot merge 32 tokens to 16
+    err = capsys.readouterr().err
+    assert "model.backbone_config.maelre" in err and "depth >= 2" in err and "switch_threshold >= 32" in err
 
 
 def test_info_lists_the_registries(capsys):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import torchvision.datasets.cifar
+import torchvision.datasets.utils
 from modalities.datasets import load_dataset
 from modalities.datasets.images import gray_hwc
 from modalities.datasets.io import LazySplit, carve_validation
@@ -55,7 +55,7 @@ def test_cifar10_reads_the_pickle_layout(cifar) -> None:
             np.testing.assert_array_equal(image, images[i].transpose(1, 2, 0))  # CHW planes -> HWC
 
 
-def test_cifar10_grayscale_uses_bt601_luma(cifar) -> None:
+def test_cifar10_grayscale_is_lras_tensorflow_conversion(cifar) -> None:
     root, written = cifar
     color = load_dataset("cifar10", root=root, verify_checksums=False)
     gray = load_dataset("cifar10", root=root, verify_checksums=False, grayscale=True)
@@ -64,14 +64,13 @@ def test_cifar10_grayscale_uses_bt601_luma(cifar) -> None:
         rgb = color.test[i][0]
         luma = gray.test[i][0]
         assert luma.shape == (32, 32, 1) and luma.dtype == np.uint8
-        np.testing.assert_array_equal(luma[..., 0], rgb_to_gray(rgb))  # what the "pixels" adapter computes from RGB
-        exact = rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
-        assert np.abs(luma[..., 0] - exact).max() <= 0.5 + 1e-4  # rounded BT.601 luma
-        pil = np.asarray(Image.fromarray(rgb).convert("L"), dtype=np.int16)
-        assert np.abs(pil - luma[..., 0]).max() <= 1
+        # tf.image.rgb_to_grayscale: weights 0.2989/0.5870/0.1140 on [0, 1] floats, then x 255.5 and truncation
+        tf_formula = np.floor((rgb.astype(np.float64) / 255) @ np.array([0.2989, 0.5870, 0.1140]) * 255.5)
+        assert np.abs(luma[..., 0] - tf_formula).max() <= 1 and (luma[..., 0] == tf_formula).mean() > 0.999
+        assert np.abs(luma[..., 0].astype(np.int16) - rgb_to_gray(rgb)).max() <= 1  # the adapter's rounded BT.601
     pure = np.zeros((1, 3, 3), np.uint8)
     pure[0, 0], pure[0, 1], pure[0, 2] = (255, 0, 0), (0, 255, 0), (0, 0, 255)
-    assert gray_hwc(pure)[0, :, 0].tolist() == [76, 150, 29]  # round(255 * weight)
+    assert gray_hwc(pure)[0, :, 0].tolist() == [76, 149, 29]  # floor(255.5 * weight): green 149, where rounding gives 150
 
 
 def test_cifar10_validation_is_stratified_and_seeded(cifar) -> None:
@@ -89,7 +88,7 @@ def test_cifar10_validation_is_stratified_and_seeded(cifar) -> None:
 
 def test_cifar10_errors(cifar, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root, _ = cifar
-    with pytest.raises(ValueError, match="checksum.*verify_checksums=False"):  # random images are not the real files
+    with pytest.raises(ValueError, match="content check.*verify_checksums=False"):  # 2 images per class, not 5,000
         load_dataset("cifar10", root=root)
     with pytest.raises(FileNotFoundError, match="cifar-10-batches-py folder not found"):
         load_dataset("cifar10", root=tmp_path)
@@ -103,7 +102,7 @@ def test_cifar10_errors(cifar, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", offline)
+    monkeypatch.setattr(torchvision.datasets.utils, "download_and_extract_archive", offline)
     with pytest.raises(FileNotFoundError, match="could not download CIFAR-10"):
         load_dataset("cifar10", root=tmp_path / "empty", download=True)
     with pytest.raises(ValueError, match="has no setting 'greyscale'; did you mean 'grayscale'"):

@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import maelre.engine.data as data_mod
 from maelre.engine import (
@@ -62,6 +63,10 @@ def test_lr_schedule_matches_the_formulas():
     linear = LRSchedule("linear", warmup=0, total=10)
     assert [linear(s) for s in (0, 5, 10)] == pytest.approx([1.0, 0.5, 0.0])
     assert LRSchedule("constant", warmup=2, total=0)(50) == 1.0
+    rsqrt = LRSchedule("rsqrt", warmup=8000, total=20000)  # LRA text: 0.05 * min(1, s / 8000) / sqrt(max(s, 8000))
+    peak = 0.05 / math.sqrt(8000)
+    for step in (8000, 12000, 19999):
+        assert peak * rsqrt(step) == pytest.approx(0.05 / math.sqrt(step))
     assert OptimConfig(warmup_fraction=0.1).warmup_for(200) == 20
     with pytest.raises(ValueError, match="either warmup_steps or warmup_fraction"):
         OptimConfig(warmup_steps=5, warmup_fraction=0.1)
@@ -96,15 +101,46 @@ def test_sampler_orders_are_permutations_fixed_by_seed_and_epoch():
     assert [i for b in ResumableBatchSampler(7, 3, shuffle=False) for i in b] == list(range(7))
 
 
-def test_sampler_shards_batches_across_ranks(monkeypatch):
-    seen = []
-    for rank in range(3):
-        monkeypatch.setattr(data_mod, "_world", lambda rank=rank: (rank, 3))
-        sampler = ResumableBatchSampler(40, 4, shuffle=True, seed=1)
-        batches = list(sampler)
-        assert len(batches) == len(sampler) == 3
-        seen += [i for b in batches for i in b]
-    assert len(seen) == len(set(seen)) == 36  # 10 batches cut to 9, none shared
+def _shards(monkeypatch, world: int, **kwargs) -> list[list[list[int]]]:
+    """Every rank's batches of ``ResumableBatchSampler(**kwargs)`` under a faked ``world``-process group."""
+    shards = []
+    for rank in range(world):
+        monkeypatch.setattr(data_mod, "_world", lambda rank=rank: (rank, world))
+        sampler = ResumableBatchSampler(**kwargs)
+        shards.append(list(sampler))
+        assert len(shards[-1]) == len(sampler), (rank, world)
+    monkeypatch.setattr(data_mod, "_world", lambda: (0, 1))
+    return shards
+
+
+@pytest.mark.parametrize("lengths", [None, list(range(40, 0, -1))], ids=["plain", "bucketed"])
+def test_sampler_shards_global_batches_like_one_process(monkeypatch, lengths):
+    # 40 samples, 4 per process x 3 processes: global batches of 12, 12, 12 and a short one of 4, split 2/1/1
+    shards = _shards(monkeypatch, 3, num_samples=40, batch_size=4, shuffle=True, seed=1, lengths=lengths, bucket_batches=2)
+    assert sorted(len(b) for s in shards for b in s) == [1, 1, 2] + [4] * 9
+    assert sorted(i for s in shards for b in s for i in b) == list(range(40))  # no duplicates, none lost
+    single = list(ResumableBatchSampler(40, 12, shuffle=True, seed=1, lengths=lengths, bucket_batches=2))
+    assert [shards[0][k] + shards[1][k] + shards[2][k] for k in range(4)] == single  # step k = one process's batch k
+
+
+def test_sampler_short_last_batch_under_ranks(monkeypatch):
+    # 38 samples at 4 x 3: the last global batch has 2 samples, fewer than the 3 processes
+    train = _shards(monkeypatch, 3, num_samples=38, batch_size=4, shuffle=True, seed=0)
+    assert [len(s) for s in train] == [3, 3, 3]  # training: same step count everywhere, the 2 leftovers dropped
+    assert len({i for s in train for b in s for i in b}) == 36
+    evaluation = _shards(monkeypatch, 3, num_samples=38, batch_size=4, shuffle=False, for_eval=True)
+    assert [len(s) for s in evaluation] == [4, 4, 3]  # evaluation keeps every sample once
+    assert sorted(i for s in evaluation for b in s for i in b) == list(range(38))
+    assert [len(s) for s in _shards(monkeypatch, 3, num_samples=38, batch_size=4, shuffle=True, drop_last=True)] == [3, 3, 3]
+    unsharded = _shards(monkeypatch, 2, num_samples=10, batch_size=4, shuffle=False, shard=False)
+    assert unsharded[0] == unsharded[1] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    with pytest.raises(ValueError, match="fewer devices"):
+        _shards(monkeypatch, 3, num_samples=2, batch_size=4, shuffle=True)
+
+
+def test_spawned_ddp_is_refused():
+    with pytest.raises(ValueError, match="ddp_spawn is not supported"):
+        TrainerConfig(strategy="ddp_spawn")
 
 
 def test_length_bucketing_cuts_padding_and_keeps_every_sample():
@@ -204,7 +240,7 @@ def test_compiled_steps_match_eager(backend, monkeypatch):
     for forward in (model, task):
         model.zero_grad()
         logits = forward(batch)
-        task._loss(logits, labels).backward()
+        F.cross_entropy(logits, labels).backward()
         grads.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
     (eager, eager_grads), (compiled, compiled_grads) = grads
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)

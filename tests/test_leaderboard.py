@@ -26,7 +26,7 @@ TINY_RECIPES = {
             "adapter": {"name": "text", "tokenizer": "byte", "max_len": 128},
             "batch_size": 8,
         },
-        "model": {"backbone": "maelre", **SHARED_MODEL, "backbone_config": {"ecp": {"segment_size": 16}, "maelre": {"merge_fraction": 0.25}}},
+        "model": {"backbone": "maelre", **SHARED_MODEL, "backbone_config": {"ecp": {"segment_size": 16}, "maelre": {"merge_schedule": "fraction", "merge_fraction": 0.25}}},
         "optimizer": {"lr": 0.001},
         "trainer": TINY_TRAINER,
     },
@@ -36,7 +36,7 @@ TINY_RECIPES = {
             "adapter": {"name": "pixels", "channels": "gray", "max_len": 1024},
             "batch_size": 4,
         },
-        "model": {"backbone": "maelre", **SHARED_MODEL, "backbone_config": {"ecp": {"segment_size": 64}}},
+        "model": {"backbone": "maelre", **SHARED_MODEL, "backbone_config": {"ecp": {"segment_size": 64}, "maelre": {"switch_threshold": 1024}}},
         "optimizer": {"lr": 0.001},
         "trainer": TINY_TRAINER,
     },
@@ -101,7 +101,7 @@ def test_sweep_writes_rows_then_resume_skips_them(tmp_path, recipes, monkeypatch
         assert Path(row["run_dir"]).parent == tmp_path / "runs" / row["task"] / row["backbone"]
         assert f"model.backbone={row['backbone']}" in row["command"] and "trainer.max_steps=2" in row["command"]
     by_task = {(r["task"], r["backbone"]): r for r in rows}
-    assert by_task["listops", "maelre"]["backbone_config"] == {"merge_fraction": 0.25}
+    assert by_task["listops", "maelre"]["backbone_config"] == {"merge_schedule": "fraction", "merge_fraction": 0.25}
     assert by_task["listops", "transformer"]["backbone_config"] == {}
     assert by_task["listops", "maelre"]["dataset"] == "listops (generated, seed 0)"
 

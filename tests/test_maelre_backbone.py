@@ -12,7 +12,8 @@ DIM = 32
 
 
 def model(**overrides) -> MAELRE:
-    config = {"dim": DIM, "depth": 3, "heads": 4, "mlp_ratio": 2.0, "match_window": 6, **overrides}
+    """A tiny MAELRE on the per-block fraction schedule (the ``auto`` plan has tests of its own)."""
+    config = {"dim": DIM, "depth": 3, "heads": 4, "mlp_ratio": 2.0, "match_window": 6, "merge_site": "attn", "merge_schedule": "fraction", **overrides}
     return create_backbone("maelre", **config).eval()
 
 

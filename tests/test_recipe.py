@@ -128,7 +128,7 @@ def test_pad_to_multiple_follows_the_backbone():
 
 def test_only_the_active_backbone_entry_is_used_but_all_are_checked():
     raw = copy.deepcopy(BASE)
-    raw["model"]["backbone_config"] = {"ecp": {"segment_size": 32}, "maelre": {"merge_fraction": 0.2}}
+    raw["model"]["backbone_config"] = {"ecp": {"segment_size": 32}, "maelre": {"merge_schedule": "fraction", "merge_fraction": 0.2}}
     recipe = parse(raw)
     assert recipe.backbone_kwargs() == {"dim": 32, "depth": 2, "heads": 4}
     assert parse(raw, "model.backbone=maelre").backbone_kwargs()["merge_fraction"] == 0.2

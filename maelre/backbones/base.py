@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from maelre.layers import validation
+from maelre.layers.rope import rope_angles, rotary_kernel, row_angles
 
 
 @dataclass
@@ -32,6 +33,11 @@ class BackboneConfig:
         pool: ``"mean"`` (size-weighted mean over real tokens) or ``"cls"``.
         max_len: longest accepted N (``None`` = unbounded); longer input is an error.
         norm_eps: LayerNorm epsilon.
+        rope: rotary position embedding (RoPE, Su et al. 2021) on queries and keys at
+            every attention layer, at the tokens' sequence positions (MAELRE: the
+            size-weighted mean position of each merged token). Combine with the adapter's
+            ``pos_embed: none`` for RoPE alone, or keep absolute positions as well.
+        rope_base: RoPE frequency base.
     """
 
     dim: int = 256
@@ -44,6 +50,8 @@ class BackboneConfig:
     pool: str = "mean"
     max_len: int | None = None
     norm_eps: float = 1e-6
+    rope: bool = False
+    rope_base: float = 10000.0
 
     def __post_init__(self) -> None:
         if self.dim <= 0 or self.depth <= 0 or self.heads <= 0:
@@ -52,6 +60,10 @@ class BackboneConfig:
             raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}; choose heads that divide dim (e.g. {_divisor_hint(self.dim, self.heads)})")
         if self.pool not in ("mean", "cls"):
             raise ValueError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
+        if self.rope and (self.dim // self.heads) % 2:
+            raise ValueError(f"RoPE needs an even head dimension, got dim/heads={self.dim // self.heads}; choose dim/heads even or set rope=False")
+        if self.rope_base <= 1:
+            raise ValueError(f"rope_base must be > 1, got {self.rope_base}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,6 +122,7 @@ class Backbone(nn.Module):
 
     config_class: ClassVar[type[BackboneConfig]] = BackboneConfig
     name: ClassVar[str] = "base"
+    uses_layout: ClassVar[bool] = False  # True: ``_forward`` takes ``layout=(H, W)``
 
     def __init__(self, config: BackboneConfig) -> None:
         super().__init__()
@@ -125,6 +138,21 @@ class Backbone(nn.Module):
     def length_multiple(self) -> int:
         return 1
 
+    def rotary(self, kernel, positions: Tensor, key_positions: Tensor | None = None):
+        """``kernel`` with RoPE folded in when ``config.rope`` is set, else ``kernel`` unchanged.
+
+        ``positions``: ``[N]`` shared or ``[B, N]`` per-row query positions;
+        ``key_positions`` (default ``positions``) for cross-attention.
+        """
+        if not self.config.rope:
+            return kernel
+        head_dim, base = self.config.dim // self.config.heads, self.config.rope_base
+
+        def angles(pos: Tensor) -> tuple[Tensor, Tensor]:
+            return row_angles(pos, head_dim, base) if pos.dim() == 2 else rope_angles(pos, head_dim, base)
+
+        return rotary_kernel(kernel, angles(positions), None if key_positions is None else angles(key_positions))
+
     def forward(
         self,
         tokens: Tensor,
@@ -132,6 +160,7 @@ class Backbone(nn.Module):
         *,
         return_states: bool = False,
         return_trace: bool = False,
+        layout: tuple[int, int] | None = None,
     ) -> Tensor | BackboneOutput:
         """Encode a batch.
 
@@ -140,6 +169,9 @@ class Backbone(nn.Module):
             mask: ``[B, N]`` bool, True = real token; ``None`` means all real.
             return_states: return a ``BackboneOutput`` instead of the pooled tensor.
             return_trace: fill ``BackboneOutput.trace`` (implies ``return_states``).
+            layout: ``(H, W)`` when the N tokens are an ``H x W`` grid in raster order
+                (images); backbones with ``uses_layout`` use it (MAELRE merges 2-D
+                neighbours), the others ignore it.
 
         Returns:
             ``pooled [B, D]``, or a ``BackboneOutput`` when asked for states/trace.
@@ -153,7 +185,12 @@ class Backbone(nn.Module):
             # Padding may hold anything (validation allows NaN there); a masked NaN key still
             # poisons attention (0 * NaN), so padded tokens enter the backbone as zeros.
             tokens = tokens.masked_fill(~mask.unsqueeze(-1), 0.0)
-        out = self._forward(tokens, mask, trace=return_trace)
+        if layout is not None and self.uses_layout:
+            if layout[0] * layout[1] != tokens.shape[1]:
+                raise ValueError(f"{self.name}: layout {layout[0]}x{layout[1]} does not match the {tokens.shape[1]} tokens; pass layout=None for non-grid input")
+            out = self._forward(tokens, mask, trace=return_trace, layout=layout)
+        else:
+            out = self._forward(tokens, mask, trace=return_trace)
         if return_states or return_trace:
             return out
         return out.pooled

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from maelre.backbones.base import Backbone, BackboneConfig, BackboneOutput, BlockInfo, dense_attention_flops, full_mask
-from maelre.layers import Block, apply_rope, drop_path_rates, rope_angles, weighted_mean
+from maelre.layers import Block, drop_path_rates, weighted_mean
 from maelre.layers.local import block_local_attention
 from maelre.registry import register_backbone
 
@@ -30,14 +30,12 @@ class ECPConfig(BackboneConfig):
         segment_size: S; layers work on half-segments of ``S/2`` tokens, and N must be a
             multiple of ``S/2`` (adapters: ``pad_to_multiple = segment_size // 2``).
         causal: autoregressive masking (a token sees only earlier positions); off for classification.
-        rope: rotary position embedding on queries/keys at absolute positions (as in the paper).
-        rope_base: RoPE frequency base.
+        rope: as in ``BackboneConfig``, but on by default (the paper uses RoPE).
     """
 
     segment_size: int = 256
     causal: bool = False
     rope: bool = True
-    rope_base: float = 10000.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -45,10 +43,6 @@ class ECPConfig(BackboneConfig):
             raise ValueError(f"segment_size must be an even number >= 2 (it is split into two halves), got {self.segment_size}")
         if self.pool != "mean":
             raise ValueError("ecp pools by a mean over real tokens; set pool='mean' (pool='cls' is not supported)")
-        if self.rope and (self.dim // self.heads) % 2:
-            raise ValueError(f"RoPE needs an even head dimension, got dim/heads={self.dim // self.heads}; choose dim/heads even or set rope=False")
-        if self.rope_base <= 1:
-            raise ValueError(f"rope_base must be > 1, got {self.rope_base}")
 
 
 def pairwise_segment_attention(
@@ -79,15 +73,6 @@ def pairwise_segment_attention(
     return block_local_attention(q, k, v, block=half, pattern=pattern, lookback=1, key_mask=key_mask, dropout_p=dropout_p)
 
 
-def _rotary(kernel, cos: Tensor, sin: Tensor):
-    """Wrap an attention kernel so queries and keys are rotated by RoPE first."""
-
-    def rotated(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
-        return kernel(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v, **kwargs)
-
-    return rotated
-
-
 @register_backbone("ecp")
 class ECP(Backbone):
     """Stack of identical ECP layers (pre-norm pairwise half-segment attention + MLP).
@@ -116,10 +101,7 @@ class ECP(Backbone):
     def attention_kernel(self, seq_len: int, device: torch.device):
         """The per-layer attention kernel for sequences of ``seq_len`` (RoPE folded in when enabled)."""
         kernel = partial(pairwise_segment_attention, half=self.half, causal=self.config.causal)
-        if not self.config.rope:
-            return kernel
-        positions = torch.arange(seq_len, device=device)
-        return _rotary(kernel, *rope_angles(positions, self.config.dim // self.config.heads, self.config.rope_base))
+        return self.rotary(kernel, torch.arange(seq_len, device=device))
 
     def _forward(self, tokens: Tensor, mask: Tensor | None, trace: bool) -> BackboneOutput:
         n = tokens.shape[1]

@@ -14,23 +14,27 @@ sequence encodes the same alone as in a padded batch whenever the attention kind
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, replace
+from functools import lru_cache, partial
 
 import torch
 from torch import Tensor, nn
 
 from maelre.backbones.base import Backbone, BackboneConfig, BackboneOutput, BlockInfo, dense_attention_flops
 from maelre.layers import Block, drop_path_rates, exact_attention, weighted_mean
+from maelre.layers.rope import rotary_kernel, row_angles
 from maelre.layers.linear_attention import FEATURE_MAPS, FavorFeatureMap, LinearAttention
 from maelre.layers.merge import bipartite_soft_matching, compaction_order, take_tokens
+from maelre.layers.layout import hilbert_order
+from maelre.layers.merge_plan import AutoPlan, MergePlanError, min_events, reachable
 from maelre.layers.nystrom import NystromAttention
 from maelre.registry import register_backbone
 
 APPROXIMATIONS = ("linear", "nystrom")
 MERGE_SITES = {"attn": ("attn",), "mlp": ("mlp",), "both": ("attn", "mlp")}
-MERGE_SCHEDULES = ("fraction", "target")
+MERGE_SCHEDULES = ("auto", "fraction", "target")
 MERGE_METRICS = ("keys", "states")
+GRID_ORDERS = ("hilbert", "raster")
 
 
 @dataclass
@@ -50,15 +54,25 @@ class MAELREConfig(BackboneConfig):
         nystrom_conv_kernel: odd kernel of Nystrom's depthwise-conv skip on V (None = off).
         merge_site: merge after the attention sub-layer (``"attn"``), after the MLP
             (``"mlp"``) or after both (``"both"``: two merges per block).
-        merge_schedule: ``"fraction"`` (remove ``floor(f * n)`` of n tokens at every
-            merge site) or ``"target"`` (reach ``stage_targets[s]`` tokens by the end of
-            stage s, spread evenly over the stage's merge sites).
-        merge_fraction: f in [0, 0.5]; one value, one per block, or one per stage.
+        merge_schedule: ``"auto"`` (the default: plan the merges from each input's length
+            so that the last ``exact_blocks`` blocks see at most ``switch_threshold``
+            tokens and run exact attention; see ``maelre.layers.merge_plan``),
+            ``"fraction"`` (remove ``floor(f * n)`` of n tokens at every merge site) or
+            ``"target"`` (reach ``stage_targets[s]`` tokens by the end of stage s, spread
+            evenly over the stage's merge sites).
+        exact_blocks: ``"auto"`` only: how many final blocks run exact attention. Every
+            merge site before them removes the same fraction; none after them merges.
+        merge_fraction: ``"fraction"`` only: f in [0, 0.5]; one value, one per block, or
+            one per stage (``None`` = 0.25).
         stage_depths: blocks per stage (sums to ``depth``); ``None`` = one stage.
         stage_targets: token count to reach at the end of each stage (``"target"`` only).
         merge_metric: match by the block's attention keys (ToMe) or by the states.
         match_window: match each token only against tokens within this many positions
             (``O(N w)``); ``None`` = global ToMe matching (``O(N^2)`` score matrix).
+        grid_order: for grid inputs (an adapter that reports ``layout=(H, W)``, e.g.
+            images): ``"hilbert"`` reorders the tokens along a Hilbert curve before the
+            first block so that merge windows hold 2-D neighbours; ``"raster"`` keeps the
+            input order (vertical neighbours are then never merge candidates).
         proportional_attention: add ``log(size)`` to the attention logits.
         min_tokens: never merge a sequence below this many tokens.
     """
@@ -71,13 +85,15 @@ class MAELREConfig(BackboneConfig):
     num_landmarks: int = 64
     pinv_iterations: int = 6
     nystrom_conv_kernel: int | None = None
-    merge_site: str = "attn"
-    merge_schedule: str = "fraction"
-    merge_fraction: float | list[float] = 0.25
+    merge_site: str = "both"
+    merge_schedule: str = "auto"
+    exact_blocks: int = 1
+    merge_fraction: float | list[float] | None = None
     stage_depths: list[int] | None = None
     stage_targets: list[int] | None = None
     merge_metric: str = "keys"
     match_window: int | None = 32
+    grid_order: str = "hilbert"
     proportional_attention: bool = True
     min_tokens: int = 1
 
@@ -88,6 +104,7 @@ class MAELREConfig(BackboneConfig):
         _check_choice("merge_site", self.merge_site, tuple(MERGE_SITES))
         _check_choice("merge_schedule", self.merge_schedule, MERGE_SCHEDULES)
         _check_choice("merge_metric", self.merge_metric, MERGE_METRICS)
+        _check_choice("grid_order", self.grid_order, GRID_ORDERS)
         if self.switch_threshold is not None and self.switch_threshold < 0:
             raise ValueError(f"switch_threshold must be >= 0 (0 = approximate attention everywhere) or None for dim, got {self.switch_threshold}")
         for name in ("num_landmarks", "pinv_iterations", "min_tokens"):
@@ -102,6 +119,8 @@ class MAELREConfig(BackboneConfig):
         depths = self.stages()
         if any(d < 1 for d in depths) or sum(depths) != self.depth:
             raise ValueError(f"stage_depths {self.stage_depths} must be positive and sum to depth={self.depth}")
+        if not 1 <= self.exact_blocks <= self.depth:
+            raise ValueError(f"exact_blocks must lie in [1, depth={self.depth}] (the final blocks that run exact attention), got {self.exact_blocks}")
         if self.merge_schedule == "target":
             if self.stage_targets is None or len(self.stage_targets) != len(depths):
                 raise ValueError(
@@ -110,9 +129,14 @@ class MAELREConfig(BackboneConfig):
                 )
             if any(t < 1 for t in self.stage_targets):
                 raise ValueError(f"stage_targets must be positive token counts, got {self.stage_targets}")
-        else:
-            if self.stage_targets is not None:
-                raise ValueError("stage_targets is only used with merge_schedule='target'; set merge_schedule='target' or drop stage_targets")
+        elif self.stage_targets is not None:
+            raise ValueError("stage_targets is only used with merge_schedule='target'; set merge_schedule='target' or drop stage_targets")
+        if self.merge_schedule != "fraction" and self.merge_fraction is not None:
+            raise ValueError(
+                f"merge_fraction applies to merge_schedule='fraction' only (merge_schedule={self.merge_schedule!r} plans the merges itself); "
+                "set merge_schedule='fraction' or drop merge_fraction"
+            )
+        if self.merge_schedule == "fraction":
             fractions = self.block_fractions()
             if any(not 0.0 <= f <= 0.5 for f in fractions):
                 raise ValueError(f"merge_fraction values must lie in [0, 0.5] (bipartite matching removes at most half), got {self.merge_fraction}")
@@ -122,12 +146,46 @@ class MAELREConfig(BackboneConfig):
         """The resolved switch threshold (``dim`` when unset)."""
         return self.dim if self.switch_threshold is None else self.switch_threshold
 
+    @property
+    def sites_per_block(self) -> int:
+        return len(MERGE_SITES[self.merge_site])
+
+    def auto_plan(self) -> AutoPlan:
+        """The ``"auto"`` schedule's plan (merges before the first of the ``exact_blocks`` final blocks)."""
+        return _auto_plan(
+            self.threshold, (self.depth - self.exact_blocks) * self.sites_per_block, self.depth * self.sites_per_block,
+            int(self.pool == "cls"), self.min_tokens,
+        )
+
+    def check_plan(self, n: int) -> None:
+        """Raise ``MergePlanError`` naming the fixes if a sequence of ``n`` tokens (CLS included) cannot reach exact attention in time."""
+        if self.merge_schedule != "auto":
+            return
+        plan = self.auto_plan()
+        try:
+            plan.check(n)
+        except MergePlanError:
+            needed = min_events(n, self.threshold, plan.protected)
+            first_exact = self.depth - self.exact_blocks
+            fixes = [f"depth >= {self.exact_blocks + -(-needed // self.sites_per_block)}"]
+            if self.merge_site != "both":
+                fixes.append(f"merge_site='both' with depth >= {self.exact_blocks + -(-needed // 2)}")
+            if needed <= (self.depth - 1) * self.sites_per_block:
+                fixes.append(f"exact_blocks <= {self.depth - -(-needed // self.sites_per_block)}")
+            fixes.append(f"switch_threshold >= {reachable(n, plan.events, plan.protected)}")
+            raise MergePlanError(
+                f"maelre: {n} tokens cannot reach exact attention (switch_threshold={self.threshold}) by block {first_exact} "
+                f"(exact_blocks={self.exact_blocks} of depth={self.depth}): bipartite matching removes at most half the tokens per "
+                f"merge, and {plan.events} merges (merge_site={self.merge_site!r}) leave at least {reachable(n, plan.events, plan.protected)}. "
+                f"Fix one of: {'; '.join(fixes)}"
+            ) from None
+
     def stages(self) -> list[int]:
         return [self.depth] if self.stage_depths is None else list(self.stage_depths)
 
     def block_fractions(self) -> list[float]:
         """``merge_fraction`` expanded to one value per block."""
-        f = self.merge_fraction
+        f = 0.25 if self.merge_fraction is None else self.merge_fraction
         if isinstance(f, (int, float)):
             return [float(f)] * self.depth
         f = list(f)
@@ -137,6 +195,30 @@ class MAELREConfig(BackboneConfig):
         if len(f) == len(depths):
             return [float(x) for x, d in zip(f, depths) for _ in range(d)]
         raise ValueError(f"merge_fraction has {len(f)} values; give one, one per block (depth={self.depth}) or one per stage ({len(depths)})")
+
+
+def reachable_threshold(kwargs: dict, seq_len: int) -> dict:
+    """``kwargs`` of a MAELRE whose ``"auto"`` plan is feasible for ``seq_len`` tokens.
+
+    If the config leaves ``switch_threshold`` unset and its depth cannot bring ``seq_len``
+    tokens down to ``dim`` in time, the threshold is raised to the fewest tokens the
+    merges can reach, so the last ``exact_blocks`` blocks still run exact attention. For
+    callers that size the model from data (the scikit-learn estimator); recipes and the
+    Python API keep the strict rule and raise ``MergePlanError`` instead.
+    """
+    config = MAELREConfig(**kwargs)
+    if config.merge_schedule != "auto" or config.switch_threshold is not None:
+        return kwargs
+    plan = config.auto_plan()
+    n = seq_len + plan.protected
+    reach = reachable(n, plan.events, plan.protected)
+    return kwargs if reach <= config.threshold else {**kwargs, "switch_threshold": reach}
+
+
+@lru_cache(maxsize=64)
+def _auto_plan(threshold: int, events: int, total: int, protected: int, min_tokens: int) -> AutoPlan:
+    """One ``AutoPlan`` (and so one cached target table) per distinct setting."""
+    return AutoPlan(threshold, events, total, protected, min_tokens)
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
@@ -149,34 +231,45 @@ class MergeStep:
     """How many tokens one merge site removes from a sequence of ``n`` real tokens: ``r(n)``.
 
     ``"fraction"``: ``floor(value * n)``; ``"target"``: ``ceil((n - value) / remaining)``
-    (``remaining`` merge sites left in the stage, this one included), 0 below the target.
-    Both are capped at ``floor((n - protected) / 2)`` (what bipartite matching can remove)
-    and ``n - min_tokens``. ``r`` is non-decreasing and 1-Lipschitz, hence
-    ``n - r(n)`` is non-decreasing: a padded batch of length N can keep ``N - r(N)``
-    columns and every row still fits.
+    (``remaining`` merge sites left in the stage, this one included), 0 below the target;
+    ``"auto"``: ``n - plan.targets(length)[event]``, where ``length`` is the row's token
+    count before any merge. All are capped at ``floor((n - protected) / 2)`` (what
+    bipartite matching can remove) and ``n - min_tokens``. ``r`` is non-decreasing and
+    1-Lipschitz in ``n`` (and the auto targets are non-decreasing in ``length``), hence a
+    padded batch can keep the columns of its longest possible row and every row fits.
     """
 
     schedule: str
-    value: float
+    value: float = 0.0
     remaining: int = 1
     protected: int = 0
     min_tokens: int = 1
+    plan: AutoPlan | None = None
+    event: int = 0
 
-    def count(self, n: Tensor) -> Tensor:
-        """``r(n)`` for a long tensor ``n`` (any shape, any device; exact integer arithmetic but for the fraction product)."""
+    def count(self, n: Tensor, lengths: Tensor | None = None, bound: int = 0) -> Tensor:
+        """``r(n)`` for a long tensor ``n`` (any shape, any device; exact integer arithmetic but for the fraction product).
+
+        ``"auto"`` also needs ``lengths`` (each row's count before any merge, like ``n``)
+        and ``bound`` (a Python int at least every length: the padded length).
+        """
         if self.schedule == "fraction":
             r = torch.floor(n.double() * self.value).long()
-        else:
+        elif self.schedule == "target":
             r = torch.div((n - int(self.value)).clamp_min(0) + self.remaining - 1, self.remaining, rounding_mode="floor")
+        else:
+            r = n - self.plan.targets_table(bound, n.device)[lengths, self.event]
         cap = torch.minimum(torch.div(n - self.protected, 2, rounding_mode="floor"), n - self.min_tokens).clamp_min(0)
         return torch.minimum(r, cap)
 
-    def static_count(self, n: int) -> int:
-        """``r(n)`` for a Python int, in plain Python (no tensors, so no device sync nor graph break)."""
+    def static_count(self, n: int, length: int | None = None) -> int:
+        """``r(n)`` for a Python int, in plain Python (no tensors, so no device sync nor graph break); ``length`` as in ``count``."""
         if self.schedule == "fraction":
             r = math.floor(n * self.value)  # the same float64 product as ``count``
-        else:
+        elif self.schedule == "target":
             r = -(-max(n - int(self.value), 0) // self.remaining)
+        else:
+            r = n - self.plan.targets(n if length is None else length)[self.event]
         return min(r, max(0, min((n - self.protected) // 2, n - self.min_tokens)))
 
 
@@ -184,6 +277,10 @@ def merge_steps(config: MAELREConfig) -> list[list[MergeStep]]:
     """The merge steps of every block, in the order of its merge sites."""
     sites = len(MERGE_SITES[config.merge_site])
     common = {"protected": int(config.pool == "cls"), "min_tokens": config.min_tokens}
+    if config.merge_schedule == "auto":
+        plan = config.auto_plan()
+        events = [MergeStep("auto", plan=plan, event=e, **common) for e in range(plan.total_events)]
+        return [events[i * sites : (i + 1) * sites] for i in range(config.depth)]
     if config.merge_schedule == "fraction":
         return [[MergeStep("fraction", f, **common)] * sites for f in config.block_fractions()]
     steps = []
@@ -201,11 +298,18 @@ class TokenState:
     ``padded`` is False when every column is a real token (no key mask needed) and
     ``merged`` is False while all sizes are still 1 (no size bias needed); both are known
     without looking at the data, so the exact path can stay on FlashAttention.
+    ``positions [B, N]`` (float, RoPE only) is each token's size-weighted mean input
+    position. ``lengths [B]`` (long; ``None`` when unpadded) counts each row's tokens
+    before any merge, and ``length`` is the padded count before any merge (a Python int):
+    the ``"auto"`` schedule plans every row from its own length.
     """
 
     x: Tensor
     sizes: Tensor
     padded: bool
+    length: int
+    lengths: Tensor | None = None
+    positions: Tensor | None = None
     merged: bool = False
 
     def kernel_kwargs(self, proportional: bool) -> dict[str, Tensor | None]:
@@ -213,6 +317,9 @@ class TokenState:
             "key_bias": self.sizes.clamp_min(1.0).log() if proportional and self.merged else None,  # 0 at padding (masked)
             "key_mask": self.sizes > 0 if self.padded else None,
         }
+
+    def with_x(self, x: Tensor) -> TokenState:
+        return replace(self, x=x)
 
 
 class MAELREBlock(Block):
@@ -237,25 +344,34 @@ class MAELREBlock(Block):
             return dense_attention_flops(n, n, self.config.dim)
         return self.approx.flops(n, self.config.dim)
 
-    def planned_sizes(self, n: int) -> list[int]:
-        """Token counts after each merge site of this block for a sequence of ``n`` tokens."""
+    def planned_sizes(self, n: int, length: int) -> list[int]:
+        """Token counts after each merge site of this block for ``n`` tokens of a sequence that had ``length`` before any merge."""
         counts = []
         for step in self.sites.values():
-            n -= step.static_count(n)
+            n -= step.static_count(n, length)
             counts.append(n)
         return counts
 
-    def forward(self, t: TokenState) -> TokenState:
+    def kernel(self, t: TokenState):
+        """The attention kernel for this state: approximate or exact by token count, RoPE folded in when on."""
+        c = self.config
         if self.attention_kind(t.x.shape[1]) == "exact":
-            kernel = partial(exact_attention, dropout_p=self.config.attn_dropout if self.training else 0.0)
+            kernel = partial(exact_attention, dropout_p=c.attn_dropout if self.training else 0.0)
+        elif t.positions is not None and c.approx == "linear":  # RoPE in feature space
+            return partial(self.approx, positions=t.positions, rope_base=c.rope_base)
         else:
             kernel = self.approx
+        if t.positions is None:
+            return kernel
+        return rotary_kernel(kernel, row_angles(t.positions, c.dim // c.heads, c.rope_base))
+
+    def forward(self, t: TokenState) -> TokenState:
         q, k, v = self.attn.qkv(self.norm1(t.x))
-        out = kernel(q, k, v, **t.kernel_kwargs(self.config.proportional_attention))
-        t = TokenState(t.x + self.drop_path1(self.attn.output(out)), t.sizes, t.padded, t.merged)
+        out = self.kernel(t)(q, k, v, **t.kernel_kwargs(self.config.proportional_attention))
+        t = t.with_x(t.x + self.drop_path1(self.attn.output(out)))
         keys = k.detach().mean(dim=1) if self.config.merge_metric == "keys" else None  # matching needs no gradient
         t, keys = self._merge(t, "attn", keys)
-        t = TokenState(self.mlp_residual(t.x), t.sizes, t.padded, t.merged)
+        t = t.with_x(self.mlp_residual(t.x))
         t, _ = self._merge(t, "mlp", keys)
         return t
 
@@ -263,15 +379,19 @@ class MAELREBlock(Block):
         """Merge at ``site`` if this block has a step there; keys (if used) are merged along to stay aligned."""
         step = self.sites.get(site)
         n = t.x.shape[1]
-        removed = 0 if step is None or n < 2 else step.static_count(n)
+        removed = 0 if step is None or n < 2 else step.static_count(n, t.length)
         if removed == 0:
             return t, keys
-        r = step.count((t.sizes > 0).sum(dim=1)) if t.padded else removed  # unpadded rows all remove r(N)
+        if t.padded:
+            r = step.count((t.sizes > 0).sum(dim=1), t.lengths, t.length)
+        else:
+            r = removed  # unpadded rows all remove r(N)
         metric = t.x if keys is None else keys
         plan = bipartite_soft_matching(
             metric, t.sizes, r, n - removed, protect_first=self.config.pool == "cls", window=self.config.match_window
         )
-        merged = TokenState(plan.merge(t.x), plan.sizes, t.padded, merged=True)
+        positions = None if t.positions is None else plan.merge(t.positions)
+        merged = replace(t, x=plan.merge(t.x), sizes=plan.sizes, positions=positions, merged=True)
         return merged, None if keys is None else plan.merge(keys)
 
 
@@ -279,13 +399,15 @@ class MAELREBlock(Block):
 class MAELRE(Backbone):
     """MAELRE encoder: ``tokens [B, N, D], mask [B, N] -> pooled [B, D]``.
 
-    Positions are part of the adapter's tokens and are merged with them. The output
+    Absolute positions are part of the adapter's tokens and are merged with them; with
+    ``rope`` every token also carries its size-weighted mean position. The output
     ``states``/``sizes`` are the merged tokens (``N' <= N``); ``trace`` records per block
     the padded token count in and out, the attention kind, its FLOPs and, in ``extra``,
     the real-token counts and size totals of every row.
     """
 
     config_class = MAELREConfig
+    uses_layout = True
 
     def __init__(self, config: MAELREConfig) -> None:
         super().__init__(config)
@@ -299,19 +421,34 @@ class MAELRE(Backbone):
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
 
-    def _forward(self, tokens: Tensor, mask: Tensor | None, trace: bool) -> BackboneOutput:
-        x, sizes = tokens, torch.ones(tokens.shape[:2], device=tokens.device)
+    def _forward(self, tokens: Tensor, mask: Tensor | None, trace: bool, layout: tuple[int, int] | None = None) -> BackboneOutput:
+        b, n = tokens.shape[:2]
+        device = tokens.device
+        order = None  # input position of every column; None = identity
+        if layout is not None and self.config.grid_order == "hilbert":
+            order = hilbert_order(*layout, device).expand(b, n)
+        lengths = None
         if mask is not None:
-            # real tokens first (A/B alternation and windows then see each row as it is alone);
-            # padding may hold anything, even NaN, so zero it
-            order = compaction_order(mask)
+            # real tokens first (A/B alternation and windows then see each row as it is alone)
+            start = torch.arange(n, device=device).expand(b, n) if order is None else order
+            order = start.gather(1, compaction_order(mask.gather(1, start)))
             mask = mask.gather(1, order)
-            x = torch.where(mask[..., None], take_tokens(tokens, order), 0.0)
-            sizes = mask.float()
+            lengths = mask.sum(dim=1)
+        x = tokens if order is None else take_tokens(tokens, order)
+        if mask is not None:  # padding may hold anything, even NaN, so zero it
+            x = torch.where(mask[..., None], x, 0.0)
+        sizes = torch.ones(b, n, device=device) if mask is None else mask.float()
+        positions = None
+        if self.config.rope:
+            positions = (torch.arange(n, device=device).expand(b, n) if order is None else order).float()
         if self.cls_token is not None:
-            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
-            sizes = torch.cat([sizes.new_ones(x.shape[0], 1), sizes], dim=1)
-        state = TokenState(x, sizes, padded=mask is not None)
+            x = torch.cat([self.cls_token.expand(b, -1, -1).to(x.dtype), x], dim=1)
+            sizes = torch.cat([sizes.new_ones(b, 1), sizes], dim=1)
+            if positions is not None:
+                positions = torch.cat([positions.new_full((b, 1), -1.0), positions], dim=1)  # just before position 0
+            lengths = None if lengths is None else lengths + 1
+        self.config.check_plan(x.shape[1])
+        state = TokenState(x, sizes, padded=mask is not None, length=x.shape[1], lengths=lengths, positions=positions)
         infos = []
         for i, block in enumerate(self.blocks):
             before = state
@@ -329,10 +466,16 @@ class MAELRE(Backbone):
         return BackboneOutput(pooled, x, state.sizes, state.sizes > 0, infos)
 
     def plan(self, seq_len: int) -> list[BlockInfo]:
-        n = seq_len + (1 if self.cls_token is not None else 0)
+        """Per block for one sequence of ``seq_len`` tokens: N in and out, attention kind, FLOPs; ``extra["after_merges"]``.
+
+        Raises:
+            MergePlanError: the ``"auto"`` schedule cannot reach exact attention in time.
+        """
+        n = length = seq_len + (1 if self.cls_token is not None else 0)
+        self.config.check_plan(n)
         infos = []
         for i, block in enumerate(self.blocks):
-            counts = block.planned_sizes(n)
+            counts = block.planned_sizes(n, length)
             n_out = counts[-1] if counts else n
             infos.append(BlockInfo(i, n, n_out, block.attention_kind(n), block.attention_flops(n), {"after_merges": counts}))
             n = n_out

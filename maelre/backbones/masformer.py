@@ -174,6 +174,8 @@ class MASFormer(Backbone):
         else:
             local = partial(sliding_window_attention, window=c.window, causal=c.causal, key_mask=mask, dropout_p=dropout_p)
         full = partial(exact_attention, causal=c.causal, key_mask=mask, dropout_p=dropout_p)
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        local, full = self.rotary(local, positions), self.rotary(full, positions)
         x = tokens
         for i, block in enumerate(self.blocks):
             x = block(x, full if i in c.full_layers else local)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from maelre.backbones.base import Backbone, BackboneConfig, BackboneOutput, BlockInfo, dense_attention_flops, full_mask
-from maelre.layers import Block, drop_path_rates, weighted_mean
+from maelre.layers import Block, drop_path_rates, exact_attention, weighted_mean
 from maelre.registry import register_backbone
 
 
@@ -91,11 +91,13 @@ class PerceiverAR(Backbone):
             # Padded latents may look everywhere so that no score row is empty.
             key_positions = torch.arange(tokens.shape[1], device=tokens.device)
             attn_mask = ((key_positions <= positions[..., None]) | ~latent_mask[..., None])[:, None]
-        x = cross.attn_residual(x, cross.norm1(tokens), key_mask=mask, attn_mask=attn_mask, dropout_p=dropout_p)
+        cross_kernel = self.rotary(exact_attention, positions, torch.arange(tokens.shape[1], device=tokens.device))
+        x = cross.attn_residual(x, cross.norm1(tokens), cross_kernel, key_mask=mask, attn_mask=attn_mask, dropout_p=dropout_p)
         x = cross.mlp_residual(x)
         latent_keys = None if mask is None else latent_mask  # None keeps SDPA's fastest kernels
+        latent_kernel = self.rotary(exact_attention, positions)
         for block in self.blocks[1:]:
-            x = block(x, key_mask=latent_keys, causal=c.causal, dropout_p=dropout_p)
+            x = block(x, latent_kernel, key_mask=latent_keys, causal=c.causal, dropout_p=dropout_p)
         x = self.norm(x)
         sizes = latent_mask.to(x.dtype)
         return BackboneOutput(weighted_mean(x, sizes), x, sizes, latent_mask, self.plan(tokens.shape[1]) if trace else [])

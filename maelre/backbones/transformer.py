@@ -7,7 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from maelre.backbones.base import Backbone, BackboneConfig, BackboneOutput, BlockInfo, dense_attention_flops
-from maelre.layers import Block, drop_path_rates, weighted_mean
+from maelre.layers import Block, drop_path_rates, exact_attention, weighted_mean
 from maelre.registry import register_backbone
 
 
@@ -43,8 +43,10 @@ class Transformer(Backbone):
             if mask is not None:
                 mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
         key_mask = None if mask is None else mask
+        first = -1 if self.cls_token is not None else 0  # the CLS token sits just before position 0
+        kernel = self.rotary(exact_attention, torch.arange(first, tokens.shape[1], device=x.device))
         for block in self.blocks:
-            x = block(x, key_mask=key_mask, dropout_p=self.config.attn_dropout if self.training else 0.0)
+            x = block(x, kernel, key_mask=key_mask, dropout_p=self.config.attn_dropout if self.training else 0.0)
         x = self.norm(x)
         sizes = torch.ones(x.shape[:2], device=x.device) if mask is None else mask.float()
         pooled = x[:, 0] if self.cls_token is not None else weighted_mean(x, sizes)

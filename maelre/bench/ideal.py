@@ -46,6 +46,8 @@ class ZeroCostMergeTwin(Backbone):
     def __init__(self, source: MAELRE, seq_len: int) -> None:
         super().__init__(source.config)
         c = source.config
+        if getattr(c, "rope", False):
+            raise ValueError("the zero-cost-merge twin does not apply RoPE yet; benchmark MAELRE with rope=False (the default)")
         self.seq_len = seq_len
         self.frozen_plan = source.plan(seq_len)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.dim)) if c.pool == "cls" else None

@@ -63,9 +63,12 @@ class StepCheckpoint(Callback):
     Saved from ``on_train_batch_end`` (after the optimizer and scheduler step), which is
     where Lightning's loops support an exact mid-epoch restart. Only the newest ``keep``
     step checkpoints are kept; a new one is complete before an old one is deleted.
+    With ``stop_after`` (seconds), training stops once this call has trained that long,
+    right after a checkpoint, so that ``--resume`` continues exactly (a per-call limit:
+    Lightning's ``max_time`` counts the time of every call of a resumed run).
     """
 
-    def __init__(self, dirpath: str | Path, every_n_steps: int | None = None, keep: int = 2) -> None:
+    def __init__(self, dirpath: str | Path, every_n_steps: int | None = None, keep: int = 2, stop_after: float | None = None) -> None:
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"checkpoint_every_n_steps must be >= 1, got {every_n_steps}")
         if keep < 1:
@@ -73,6 +76,8 @@ class StepCheckpoint(Callback):
         self.dirpath = Path(dirpath)
         self.every_n_steps = every_n_steps
         self.keep = keep
+        self.stop_after = stop_after
+        self._started = time.monotonic()
         self._last_step = -1
 
     def _save(self, trainer: L.Trainer) -> None:
@@ -86,9 +91,15 @@ class StepCheckpoint(Callback):
             for old in steps[: -self.keep]:
                 trainer.strategy.remove_checkpoint(old)
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.monotonic()
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
             self._save(trainer)
+        if self.stop_after is not None and trainer.strategy.reduce_boolean_decision(time.monotonic() - self._started > self.stop_after, all=False):
+            self._save(trainer)  # every rank decides alike (any rank over time), so none waits in a collective
+            trainer.should_stop = True
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._save(trainer)
@@ -180,7 +191,8 @@ class HistoryRecorder(Callback):
         self._val: dict[str, float] = {}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        # under DDP "loss" is this process's rescaled share; "mean_loss" is the global batch's mean
+        loss = outputs.get("mean_loss", outputs["loss"]) if isinstance(outputs, dict) else outputs
         if loss is not None:
             self._loss_sum += float(loss.detach())
             self._loss_n += 1

@@ -204,6 +204,8 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     directory = resolve_checkpoint(path)
     extras = _read_extras(directory)
     spec = ModelSpec.from_dict(extras["spec"])
+    if "pretrain" in spec.extra:
+        raise ValueError(f"{directory} holds a masked-token pretraining model, not a classifier; fine-tune it with maelre fit RECIPE --init-from {path}")
     adapter = create_adapter(spec.adapter, **spec.adapter_config)
     adapter.load_preprocessing_state(extras.get("preprocessing", {}))
     model = build_model(adapter, spec.backbone, spec.backbone_config, spec.num_classes, spec.head_dropout, spec.two_tower)

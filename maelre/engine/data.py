@@ -14,7 +14,8 @@ run replays exactly the remaining batches (Lightning calls ``state_dict`` /
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -184,18 +185,30 @@ class ResumableBatchSampler(Sampler[list[int]]):
 
     Args:
         num_samples: dataset size.
-        batch_size: samples per batch.
+        batch_size: samples per batch (per process under ``torch.distributed``).
         shuffle: permute each epoch (with a generator seeded by ``seed`` and ``epoch``).
         seed: base seed of the permutation.
-        drop_last: drop a final short batch.
+        drop_last: drop a final short (global) batch.
         lengths: per-sample token counts; when given (and ``shuffle``), batches are
             length-bucketed: each chunk of ``bucket_batches`` batches of a random
             permutation is sorted by length before cutting it into batches, and the
             batch order is shuffled, so padding shrinks while batches stay random.
         bucket_batches: batches per sorting chunk.
+        index_offset: ``epoch -> offset`` added to every index of that epoch (a
+            ``CurriculumSamples`` picks its stage this way); ``None`` = no offset.
+        for_eval: shard for evaluation (see below).
+        shard: split the batches across ``torch.distributed`` processes; ``False`` gives
+            this process every batch (plain inference loops outside Lightning).
 
-    Under ``torch.distributed`` every rank takes every ``world_size``-th batch of the
-    same global order (the batch count is cut to a multiple of the world size).
+    Under ``torch.distributed`` with ``world_size`` processes the seeded order is cut
+    into global batches of ``batch_size * world_size`` samples, exactly as one process
+    with that batch size would cut it, and each global batch is split into contiguous
+    per-process parts, so no sample is seen twice. A short final global batch is split
+    as evenly as possible. For training (``for_eval=False``) every process must get the
+    same number of batches (each step all-reduces gradients), so a final global batch
+    with fewer samples than processes is dropped (at most ``world_size - 1`` samples an
+    epoch, different ones each epoch). For evaluation every sample is kept and the
+    processes that get no sample of that last batch have one batch fewer.
     """
 
     def __init__(
@@ -207,6 +220,9 @@ class ResumableBatchSampler(Sampler[list[int]]):
         drop_last: bool = False,
         lengths: Sequence[int] | None = None,
         bucket_batches: int = 50,
+        index_offset: Callable[[int], int] | None = None,
+        for_eval: bool = False,
+        shard: bool = True,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -221,6 +237,9 @@ class ResumableBatchSampler(Sampler[list[int]]):
         self.drop_last = drop_last
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.bucket_batches = bucket_batches
+        self.index_offset = index_offset
+        self.for_eval = for_eval
+        self.shard = shard
         self.epoch = 0
         self._skip = 0
 
@@ -239,32 +258,37 @@ class ResumableBatchSampler(Sampler[list[int]]):
     def pending_skip(self) -> int:
         return self._skip
 
-    def _global_batches(self) -> list[list[int]]:
+    def _global_batches(self, batch_size: int) -> list[np.ndarray]:
         if not self.shuffle:
             order = np.arange(self.num_samples)
         else:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(self.num_samples, generator=gen).numpy()
         if self.shuffle and self.lengths is not None:
-            chunk = self.batch_size * self.bucket_batches
+            chunk = batch_size * self.bucket_batches
             order = np.concatenate([c[np.argsort(self.lengths[c], kind="stable")] for c in np.split(order, range(chunk, len(order), chunk))])
-        batches = [order[i : i + self.batch_size].tolist() for i in range(0, self.num_samples, self.batch_size)]
-        if self.drop_last and len(batches[-1]) < self.batch_size:
+        batches = [order[i : i + batch_size] for i in range(0, self.num_samples, batch_size)]
+        if self.drop_last and len(batches[-1]) < batch_size:
             batches.pop()
         if self.shuffle and self.lengths is not None:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7_919)
             batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
-        return batches
+        offset = self.index_offset(self.epoch) if self.index_offset is not None else 0
+        return [batch + offset for batch in batches] if offset else batches
+
+    def _world(self) -> tuple[int, int]:
+        return _world() if self.shard else (0, 1)
 
     def _rank_batches(self) -> list[list[int]]:
-        batches = self._global_batches()
-        rank, world = _world()
-        if world == 1:
-            return batches
-        usable = len(batches) - len(batches) % world
-        if usable == 0:
-            raise ValueError(f"{len(batches)} batches cannot be shared by {world} processes; use a smaller batch_size or fewer devices")
-        return batches[rank:usable:world]
+        rank, world = self._world()
+        batches = self._global_batches(self.batch_size * world)
+        if world > 1:
+            if not self.for_eval:
+                batches = [b for b in batches if len(b) >= world]
+            batches = [part for part in (np.array_split(b, world)[rank] for b in batches) if len(part)]
+        if world > 1 and not batches:
+            raise ValueError(f"{self.num_samples} samples give no batch of {self.batch_size} per process for {world} processes; use a smaller batch_size, fewer devices or drop_last=False")
+        return [b.tolist() for b in batches]
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self._rank_batches()
@@ -272,26 +296,85 @@ class ResumableBatchSampler(Sampler[list[int]]):
         yield from batches[start:]
 
     def __len__(self) -> int:
-        n = self.num_samples // self.batch_size if self.drop_last else math.ceil(self.num_samples / self.batch_size)
+        rank, world = self._world()
+        full, rest = divmod(self.num_samples, self.batch_size * world)
+        if self.drop_last or rest == 0:
+            return full
+        # the short final global batch: kept for training when every process gets a sample of it,
+        # for evaluation when this process does (np.array_split gives the first `rest` ranks one each)
+        return full + int(rest >= world or (self.for_eval and rank < rest))
+
+
+class LoaderPosition:
+    """Where a loader over a ``ResumableBatchSampler`` stands, for Lightning's stateful-loader protocol.
+
+    ``state_dict()`` -> ``{"epoch", "batches", "rng"}``: the epoch, how many of its
+    batches were handed out, and the global RNG states at that moment. After
+    ``load_state_dict`` the sampler skips the handed-out batches and ``begin()`` restores
+    the RNG states just before the first batch is fetched, so augmentation and dropout
+    randomness replay as in an uninterrupted run.
+
+    Under ``torch.distributed`` only rank 0's copy of this state is saved, so it holds
+    every rank's RNG states (``"rng_ranks"``, gathered from all processes: their dropout
+    streams differ once their batches differ in shape) and each rank restores its own.
+    """
+
+    def __init__(self, sampler: ResumableBatchSampler) -> None:
+        self.sampler = sampler
+        self.yielded = 0
+        self.pending_rng: dict | None = None
+
+    def begin(self) -> None:
+        """Call when the first batch of an iteration is requested."""
+        self.yielded = self.sampler.pending_skip
+        if self.pending_rng is not None:
+            set_rng_state(self.pending_rng)
+            self.pending_rng = None
+
+    def advance(self, total: int) -> None:
+        """Count one handed-out batch of ``total`` in the epoch.
+
+        Moves to the next epoch when handing out the last batch: Lightning stops
+        iterating a sized loader without exhausting it, and a checkpoint taken after
+        this batch must resume at the start of the next epoch.
+        """
+        self.yielded += 1
+        if self.yielded == total:
+            self.sampler.start_at(self.sampler.epoch + 1, 0)
+            self.yielded = 0
+
+    def state_dict(self) -> dict:
+        state = {"epoch": self.sampler.epoch, "batches": self.yielded, "rng": rng_state()}
         _, world = _world()
-        return n // world if world > 1 else n
+        if world > 1:  # Lightning saves checkpoints on every rank at once, so this collective is matched
+            ranks: list[Any] = [None] * world
+            dist.all_gather_object(ranks, state["rng"])
+            state["rng_ranks"] = ranks
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sampler.start_at(int(state["epoch"]), int(state["batches"]))
+        rank, world = _world()
+        ranks = state.get("rng_ranks")
+        if ranks is not None and len(ranks) != world:
+            warnings.warn(f"the checkpoint was written by {len(ranks)} processes and is resumed by {world}; data order and randomness will differ from an uninterrupted run", stacklevel=2)
+        self.pending_rng = ranks[rank] if ranks is not None and rank < len(ranks) else state.get("rng")
 
 
 class ResumableDataLoader(DataLoader):
     """A ``DataLoader`` over a ``ResumableBatchSampler`` implementing Lightning's stateful-loader protocol.
 
-    ``state_dict()`` -> ``{"epoch", "batches", "rng"}``: the epoch, how many of its
-    batches this loader has handed out, and the global RNG states at that moment.
-    After ``load_state_dict`` the next iteration skips the handed-out batches (without
-    loading them) and restores the RNG states just before fetching the first batch,
-    so augmentation and dropout randomness replay as in an uninterrupted run.
+    The position (``state_dict`` / ``load_state_dict``) is a :class:`LoaderPosition`.
     Worker seeds are re-derived from ``(seed, epoch)`` at every iteration.
+
+    Under ``torch.distributed`` only rank 0's copy of this state is saved, so it holds
+    every rank's RNG states (``"rng_ranks"``, gathered from all processes: their dropout
+    streams differ once their batches differ in shape) and each rank restores its own.
     """
 
     def __init__(self, dataset: Dataset, batch_sampler: ResumableBatchSampler, **kwargs: Any) -> None:
         super().__init__(dataset, batch_sampler=batch_sampler, generator=torch.Generator(), **kwargs)
-        self._yielded = 0
-        self._pending_rng: dict | None = None
+        self.position = LoaderPosition(batch_sampler)
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         return self._iterate(self.batch_sampler)  # type: ignore[arg-type]
@@ -299,30 +382,18 @@ class ResumableDataLoader(DataLoader):
     def _iterate(self, sampler: ResumableBatchSampler) -> Iterator[Any]:
         # A generator: nothing below runs until the first batch is requested, so a
         # position loaded after the iterator was created still applies.
-        self._yielded = sampler.pending_skip
-        if self._pending_rng is not None:
-            set_rng_state(self._pending_rng)
-            self._pending_rng = None
+        self.position.begin()
         self.generator.manual_seed(sampler.seed * 1_000_003 + sampler.epoch + 104_729)
         total = len(self)
         for batch in super().__iter__():
-            self._yielded += 1
-            if self._yielded == total:
-                # Move to the next epoch when handing out the last batch: Lightning stops
-                # iterating a sized loader without exhausting it, and a checkpoint taken
-                # after this batch must resume at the start of the next epoch.
-                sampler.start_at(sampler.epoch + 1, 0)
-                self._yielded = 0
+            self.position.advance(total)
             yield batch
 
     def state_dict(self) -> dict:
-        sampler: ResumableBatchSampler = self.batch_sampler  # type: ignore[assignment]
-        return {"epoch": sampler.epoch, "batches": self._yielded, "rng": rng_state()}
+        return self.position.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        sampler: ResumableBatchSampler = self.batch_sampler  # type: ignore[assignment]
-        sampler.start_at(int(state["epoch"]), int(state["batches"]))
-        self._pending_rng = state.get("rng")
+        self.position.load_state_dict(state)
 
 
 def sample_lengths(samples: Sequence[Sample], adapter: Any, two_tower: bool = False) -> list[int]:
@@ -344,14 +415,17 @@ def make_dataloader(
     drop_last: bool = False,
     cache: bool = False,
     lengths: Sequence[int] | None = None,
+    shard: bool = True,
 ) -> ResumableDataLoader:
     """A loader of ``(batch, labels)`` over raw ``(x, y)`` samples.
 
     Args:
         samples: sequence of ``(x, label)``; ``x`` is an ``(x1, x2)`` pair when ``two_tower``.
         adapter: a fitted modality adapter (``encode``/``collate``).
-        batch_size: samples per batch.
-        shuffle: new ``(seed, epoch)``-determined order every epoch (training).
+        batch_size: samples per batch (per process under ``torch.distributed``).
+        shuffle: new ``(seed, epoch)``-determined order every epoch (training: under
+            ``torch.distributed`` every process then gets the same number of batches;
+            unshuffled loaders are sharded for evaluation and keep every sample).
         seed: base seed of the order.
         num_workers: worker processes running ``adapter.encode``.
         two_tower: yield ``{"left": batch, "right": batch}``.
@@ -360,6 +434,8 @@ def make_dataloader(
         drop_last: drop the last short batch.
         cache: memoise encoded samples (deterministic ``encode`` only).
         lengths: precomputed token counts for bucketing (default: ``adapter.num_tokens``).
+        shard: under ``torch.distributed``, give this process only its share of the batches
+            (Lightning loops); ``False`` for loops that must see every sample.
 
     Returns:
         a ``ResumableDataLoader``; batches are ``(batch_dict, labels [B] long)``.
@@ -370,7 +446,10 @@ def make_dataloader(
         raise ValueError(f"num_workers must be >= 0, got {num_workers}")
     if bucket_by_length and lengths is None:
         lengths = sample_lengths(samples, adapter, two_tower)
-    sampler = ResumableBatchSampler(len(samples), batch_size, shuffle, seed, drop_last, lengths if bucket_by_length else None)
+    sampler = ResumableBatchSampler(
+        len(samples), batch_size, shuffle, seed, drop_last, lengths if bucket_by_length else None,
+        index_offset=getattr(samples, "index_offset", None), for_eval=not shuffle, shard=shard,
+    )
     return ResumableDataLoader(
         EncodedDataset(samples, adapter, two_tower, cache),
         sampler,

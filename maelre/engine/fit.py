@@ -43,6 +43,7 @@ from maelre.engine.callbacks import (
 )
 from maelre.engine.checkpoint import ModelSpec, SafeCheckpointIO, latest_checkpoint, load_weights
 from maelre.engine.data import Unlabeled, make_dataloader, move_to
+from maelre.engine.device_data import ImageAugment, MoveLoadersToDevice, make_device_loader
 from maelre.engine.seed import seed_everything
 from maelre.engine.task import ClassificationTask, OptimConfig
 from maelre.model import SequenceClassifier
@@ -59,7 +60,10 @@ class TrainerConfig:
     Attributes:
         max_epochs: epoch budget (``None`` = unbounded; then ``max_steps`` or ``max_time`` must bound training).
         max_steps: optimizer-step budget (``None`` = unbounded).
-        max_time: wall-clock budget in minutes (``None`` = unbounded).
+        max_time: wall-clock budget in minutes (``None`` = unbounded), summed over all calls of a resumed run.
+        stop_after_minutes: end this call (not the run) after this many minutes of training,
+            with a resumable checkpoint; ``--resume`` continues. For budgets longer than one
+            session or device call. Needs a run directory.
         precision: ``"32"`` (or the int 32), ``"bf16-mixed"`` (GPU; works but is slow on CPU) or ``"16-mixed"`` (GPU).
         accelerator: ``"auto"``, ``"cpu"``, ``"gpu"``/``"cuda"``.
         devices: device count or ``"auto"``.
@@ -74,6 +78,8 @@ class TrainerConfig:
             ``early_stopping_monitor`` (``None`` = off; needs validation data).
         early_stopping_monitor: ``"val/acc"``, ``"val/f1"`` (maximised) or ``"val/loss"`` (minimised).
         val_every_n_epochs: validation period.
+        val_every_n_steps: validate every this many training batches instead (counted across
+            epochs; ``None`` = per epoch): learning curves for runs of few, long epochs.
         log_every_n_steps: logging period.
         enable_progress_bar: show Lightning's rich progress bar.
         compile: ``false`` (eager), ``true`` (= ``"default"``) or a ``torch.compile`` mode:
@@ -85,6 +91,7 @@ class TrainerConfig:
     max_epochs: int | None = 10
     max_steps: int | None = None
     max_time: float | None = None
+    stop_after_minutes: float | None = None
     precision: str | int = "32"
     accelerator: str = "auto"
     devices: int | str = 1
@@ -97,6 +104,7 @@ class TrainerConfig:
     early_stopping_patience: int | None = None
     early_stopping_monitor: str = "val/acc"
     val_every_n_epochs: int = 1
+    val_every_n_steps: int | None = None
     log_every_n_steps: int = 50
     enable_progress_bar: bool = True
     compile: bool | str = False
@@ -104,12 +112,14 @@ class TrainerConfig:
     def __post_init__(self) -> None:
         if self.max_epochs is None and self.max_steps is None and self.max_time is None:
             raise ValueError("training is unbounded: set max_epochs, max_steps or max_time")
-        for name in ("max_epochs", "max_steps", "checkpoint_every_n_steps", "early_stopping_patience"):
+        for name in ("max_epochs", "max_steps", "checkpoint_every_n_steps", "early_stopping_patience", "val_every_n_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or null, got {value}")
         if self.max_time is not None and self.max_time <= 0:
             raise ValueError(f"max_time must be a positive number of minutes, got {self.max_time}")
+        if self.stop_after_minutes is not None and self.stop_after_minutes <= 0:
+            raise ValueError(f"stop_after_minutes must be a positive number of minutes, got {self.stop_after_minutes}")
         if self.precision == 32:  # what YAML and `--set trainer.precision=32` give
             self.precision = "32"
         if self.precision not in PRECISIONS:
@@ -118,6 +128,10 @@ class TrainerConfig:
             raise ValueError("accumulate_grad_batches, val_every_n_epochs and log_every_n_steps must be >= 1")
         if self.gradient_clip is not None and self.gradient_clip <= 0:
             raise ValueError(f"gradient_clip must be positive or null, got {self.gradient_clip}")
+        if self.strategy not in ("auto", "ddp"):
+            # ddp_spawn trains in worker processes: the history, throughput and best score that
+            # fit_classifier reads from its callbacks would stay empty in this process
+            raise ValueError(f"strategy must be 'auto' or 'ddp' (ddp_spawn is not supported), got {self.strategy!r}")
         if self.early_stopping_monitor not in ("val/acc", "val/f1", "val/loss"):
             raise ValueError(f"early_stopping_monitor must be 'val/acc', 'val/f1' or 'val/loss', got {self.early_stopping_monitor!r}")
         if self.compile is True:
@@ -282,6 +296,9 @@ def fit_classifier(
     resume: bool | str | Path = False,
     callbacks: Sequence[Callback] = (),
     restore_best: bool = True,
+    on_device: bool = False,
+    augment: ImageAugment | None = None,
+    task_class: type[ClassificationTask] = ClassificationTask,
 ) -> FitResult:
     """Train ``model`` on raw ``(x, label)`` samples with Lightning.
 
@@ -305,6 +322,12 @@ def fit_classifier(
             continues from that checkpoint directory.
         callbacks: extra Lightning callbacks.
         restore_best: load the best validation weights into ``model`` after training.
+        on_device: hold the whole (grayscale image) data set on the training device and cut
+            batches there (``maelre.engine.device_data``); ``num_workers``, ``cache`` and
+            ``bucket_by_length`` then do not apply.
+        augment: batched on-device augmentation of training images (needs ``on_device``).
+        task_class: the Lightning task; a subclass changes what is predicted (``PretrainTask``
+            trains a ``MaskedTokenModel`` on masked tokens instead of labels).
 
     Returns:
         a ``FitResult``; ``result.model`` is ``model`` itself, trained.
@@ -317,23 +340,33 @@ def fit_classifier(
         raise ValueError(f"got {len(classes)} class names for a model with {num_classes} outputs")
     if trainer_cfg.early_stopping_patience is not None and not val_samples:
         raise ValueError("early stopping needs validation data; pass val_samples or set early_stopping_patience=None")
+    if trainer_cfg.stop_after_minutes is not None and run_dir is None:
+        raise ValueError("stop_after_minutes ends a call with a checkpoint to resume from; give a run_dir")
     ckpt_path = _resume_path(resume, run_dir)
     run_dir = None if run_dir is None else Path(run_dir)
 
     seed_everything(trainer_cfg.seed, trainer_cfg.deterministic)
     two_tower = bool(model.two_tower)
-    train_loader = make_dataloader(
-        train_samples, model.adapter, batch_size, shuffle=True, seed=trainer_cfg.seed, num_workers=num_workers,
-        two_tower=two_tower, bucket_by_length=bucket_by_length, cache=cache,
-    )
     val_loader = None
-    if val_samples:
-        val_loader = make_dataloader(
-            val_samples, model.adapter, eval_batch_size or 2 * batch_size, shuffle=False, seed=trainer_cfg.seed,
-            num_workers=num_workers, two_tower=two_tower, cache=cache,
+    if on_device:
+        train_loader = make_device_loader(train_samples, model.adapter, batch_size, shuffle=True, seed=trainer_cfg.seed, augment=augment)
+        if val_samples:
+            val_loader = make_device_loader(val_samples, model.adapter, eval_batch_size or 2 * batch_size, shuffle=False)
+        callbacks = [*callbacks, MoveLoadersToDevice(train_loader, val_loader)]
+    else:
+        if augment is not None and augment.active:
+            raise ValueError("augment runs on the device batches; set on_device=True (recipe: data.on_device: true)")
+        train_loader = make_dataloader(
+            train_samples, model.adapter, batch_size, shuffle=True, seed=trainer_cfg.seed, num_workers=num_workers,
+            two_tower=two_tower, bucket_by_length=bucket_by_length, cache=cache,
         )
+        if val_samples:
+            val_loader = make_dataloader(
+                val_samples, model.adapter, eval_batch_size or 2 * batch_size, shuffle=False, seed=trainer_cfg.seed,
+                num_workers=num_workers, two_tower=two_tower, cache=cache,
+            )
 
-    task = ClassificationTask(
+    task = task_class(
         model, optim_cfg, num_classes, class_weights, label_smoothing, functools.partial(len, train_loader), compile=trainer_cfg.compile or None
     )
     throughput, history = ThroughputMonitor(), HistoryRecorder()
@@ -345,7 +378,8 @@ def fit_classifier(
         if spec is None:
             raise ValueError("model has no .spec; build it with maelre.engine.build_model so checkpoints can rebuild it")
         ckpt_dir = run_dir / "checkpoints"
-        cbs += [CheckpointExtras(spec, classes, recipe), StepCheckpoint(ckpt_dir, trainer_cfg.checkpoint_every_n_steps)]
+        stop_after = None if trainer_cfg.stop_after_minutes is None else 60 * trainer_cfg.stop_after_minutes
+        cbs += [CheckpointExtras(spec, classes, recipe), StepCheckpoint(ckpt_dir, trainer_cfg.checkpoint_every_n_steps, stop_after=stop_after)]
         if val_loader is not None:
             best_cb = BestCheckpoint(ckpt_dir)
             cbs.append(best_cb)
@@ -376,7 +410,8 @@ def fit_classifier(
             enable_progress_bar=trainer_cfg.enable_progress_bar,
             enable_model_summary=trainer_cfg.enable_progress_bar,
             log_every_n_steps=max(1, min(trainer_cfg.log_every_n_steps, len(train_loader))),
-            check_val_every_n_epoch=trainer_cfg.val_every_n_epochs,
+            check_val_every_n_epoch=trainer_cfg.val_every_n_epochs if trainer_cfg.val_every_n_steps is None else None,
+            val_check_interval=trainer_cfg.val_every_n_steps,
             limit_val_batches=None if val_loader is not None else 0,
             num_sanity_val_steps=0,
             use_distributed_sampler=False,  # ResumableBatchSampler shards by rank itself
@@ -407,7 +442,7 @@ def fit_classifier(
         throughput=throughput.summary(),
         fit_seconds=fit_seconds,
         peak_memory=peak_memory_bytes(trainer.strategy.root_device),
-        extra={"interrupted": trainer.interrupted, "device": str(trainer.strategy.root_device), "world_size": trainer.world_size},
+        extra={"interrupted": trainer.interrupted, "device": str(trainer.strategy.root_device), "world_size": trainer.world_size, "global_rank": trainer.global_rank},
     )
 
 
@@ -444,12 +479,15 @@ def _loggers(run_dir: Path | None) -> list | bool:
 def _quiet_lightning(verbose: bool):
     """Silence Lightning's info banners (GPU available, ...) when progress output is off.
 
-    A deprecation warning Lightning itself triggers inside torch's pytree is always hidden.
+    A deprecation warning Lightning itself triggers inside torch's pytree, and its advice to
+    sync ``train/loss`` under DDP, are always hidden.
     """
     import logging
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated", category=Warning)
+        # train/loss is logged as the global batch's mean already (ClassificationTask._global_mean_loss)
+        warnings.filterwarnings("ignore", message=r".*self\.log\('train/loss'.*sync_dist=True", category=Warning)
         if verbose:
             yield
             return
@@ -479,7 +517,8 @@ def _logits(
     device: torch.device,
     precision: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    loader = make_dataloader(samples, model.adapter, batch_size, shuffle=False, num_workers=num_workers, two_tower=bool(model.two_tower))
+    # shard=False: after a DDP fit the process group is still up, and every process must see every sample here
+    loader = make_dataloader(samples, model.adapter, batch_size, shuffle=False, num_workers=num_workers, two_tower=bool(model.two_tower), shard=False)
     model = model.to(device).eval()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext()
     outputs, labels = [], []

@@ -21,9 +21,18 @@ from typing import Any
 
 import numpy as np
 import yaml
+from lightning.pytorch.utilities import rank_zero_only
 
 from maelre.engine.callbacks import environment, plot_confusion_matrix, plot_learning_curve, write_results
-from maelre.engine.checkpoint import PREPROCESSING, LoadedModel, latest_checkpoint, load_model, read_json, write_text_atomic
+from maelre.engine.checkpoint import (
+    PREPROCESSING,
+    LoadedModel,
+    latest_checkpoint,
+    load_model,
+    read_json,
+    resolve_checkpoint,
+    write_text_atomic,
+)
 from maelre.engine.data import labels_of, split_validation, subsample
 from maelre.engine.fit import build_model, evaluate, fit_classifier
 from maelre.engine.seed import seed_everything
@@ -64,6 +73,26 @@ def load_run_data(recipe: Recipe) -> RunData:
         modality=splits.modality,
         meta=dict(splits.meta),
     )
+
+
+def training_samples(recipe: Recipe, data: RunData) -> Sequence[tuple[Any, int]]:
+    """``data.train`` as trained on: after the ``data.curriculum`` stages, with ``data.augment_inputs`` applied.
+
+    Each curriculum stage loads the recipe's dataset with the stage's settings (all its
+    splits are built; only the training split is read) and the same sample caps.
+    """
+    from maelre.engine.train_data import AugmentedSamples, CurriculumSamples
+
+    train = data.train
+    if recipe.data.curriculum:
+        stages = []
+        for stage in recipe.data.curriculum:
+            data_section = dataclasses.replace(recipe.data, dataset={**recipe.data.dataset, **stage["dataset"]}, curriculum=[])
+            stages.append(load_run_data(dataclasses.replace(recipe, data=data_section)).train)
+        train = CurriculumSamples([*stages, train], [stage["epochs"] for stage in recipe.data.curriculum])
+    if recipe.data.augment_inputs:
+        train = AugmentedSamples(train, recipe.data.augment_inputs)
+    return train
 
 
 PAIR_SUFFIX = "_pair"
@@ -144,7 +173,7 @@ def _class_weights(recipe: Recipe, train: Sequence[tuple[Any, int]], num_classes
 
 
 def _fitted_adapter(recipe: Recipe, train: Sequence[tuple[Any, int]], modality: str, resume_from: Path | None) -> Any:
-    """Create the adapter; fit it on train, or on resume restore the state saved with the checkpoint."""
+    """Create the adapter; fit it on train, or restore the state saved with ``resume_from`` (resumed or pretrained run)."""
     from maelre.engine.fit import prepare_adapter
     from modalities import create_adapter
 
@@ -166,8 +195,13 @@ def run_recipe(
     resume: bool = False,
     callbacks: Sequence[Any] = (),
     progress: bool = True,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """Train and test ``recipe``; returns (and writes) ``results.json``'s content.
+
+    Under DDP (``trainer.strategy: ddp``) the other processes run this function too, as
+    copies of the launching command; only rank 0 writes and tests, and the others return
+    ``None`` after training. They may resolve a different ``version_N`` folder name, which
+    stays unused: checkpoints and logs are written by rank 0 alone.
 
     Args:
         recipe: a validated recipe.
@@ -182,20 +216,29 @@ def run_recipe(
     if resume:
         _check_same_run(path, resolved)
     resume_from = latest_checkpoint(path) if resume else None
+    init_from = resolve_checkpoint(recipe.model.init_from) if recipe.model.init_from and not resume else None
     seed_everything(recipe.trainer.seed, recipe.trainer.deterministic)  # before the adapter and model are initialised
     data = load_run_data(recipe)
-    adapter = _fitted_adapter(recipe, data.train, data.modality, resume_from)
+    adapter = _fitted_adapter(recipe, data.train, data.modality, resume_from or init_from)
     num_classes = len(data.classes)
     model = build_model(adapter, recipe.model.backbone, recipe.backbone_kwargs(), num_classes, recipe.model.head_dropout, recipe.model.two_tower)
-    write_text_atomic(path / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    if init_from is not None:
+        from maelre.engine.pretrain import load_pretrained
+
+        load_pretrained(model, init_from)
+    if rank_zero_only.rank == 0:  # set from the launcher's environment (LOCAL_RANK, RANK) before training starts
+        write_text_atomic(path / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False))
     trainer_cfg = dataclasses.replace(recipe.trainer, enable_progress_bar=recipe.trainer.enable_progress_bar and progress)
     result = fit_classifier(
-        model, data.train, data.val, trainer_cfg, recipe.optim_config(), path,
+        model, training_samples(recipe, data), data.val, trainer_cfg, recipe.optim_config(), path,
         batch_size=recipe.data.batch_size, eval_batch_size=recipe.data.eval_batch_size, num_workers=recipe.data.num_workers,
         bucket_by_length=recipe.data.bucket_by_length, cache=recipe.data.cache,
         class_weights=_class_weights(recipe, data.train, num_classes), label_smoothing=recipe.loss.label_smoothing,
         classes=data.classes, recipe=resolved, resume=resume_from or False, callbacks=callbacks,
+        on_device=recipe.data.on_device, augment=recipe.data.augment_config(),
     )
+    if result.extra["global_rank"] != 0:
+        return None
     eval_batch = recipe.data.eval_batch_size or 2 * recipe.data.batch_size
     test = evaluate(result.model, data.test, eval_batch, recipe.data.num_workers, precision=trainer_cfg.precision)
     plot_confusion_matrix(test["confusion"], data.classes, path / "confusion_matrix.png")
@@ -221,6 +264,7 @@ def run_recipe(
         "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
         "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
         "resumed_from": str(resume_from) if resume_from else None,
+        "initialised_from": str(init_from) if init_from else None,
         "history": result.history,
         "environment": {**environment(), "device": result.extra["device"], "world_size": result.extra["world_size"], "precision": trainer_cfg.precision},
         "confusion_matrix": test["confusion"].tolist(),

@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from timm.optim import param_groups_weight_decay
 from torch import Tensor, nn
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
 from maelre.engine.data import batch_size_of
 
 OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "linear", "constant")
+SCHEDULES = ("cosine", "linear", "constant", "rsqrt")
 
 
 def check_optimizer(name: str, lr: float, weight_decay: float) -> None:
@@ -56,7 +56,8 @@ class OptimConfig:
         betas: AdamW betas.
         momentum: SGD momentum.
         schedule: after warmup, ``"cosine"`` or ``"linear"`` decay to ``min_lr_ratio * lr``
-            at the last step, or ``"constant"``.
+            at the last step, ``"constant"``, or ``"rsqrt"``: ``lr * sqrt(warmup / step)``, the
+            inverse-square-root decay of LRA's text and matching tasks (``min_lr_ratio`` unused).
         warmup_steps: linear warmup length in optimizer steps.
         warmup_fraction: warmup as a fraction of all steps (used when ``warmup_steps`` is 0).
         min_lr_ratio: final learning rate as a fraction of ``lr`` (cosine/linear).
@@ -103,6 +104,8 @@ class LRSchedule:
             return (step + 1) / self.warmup
         if self.kind == "constant":
             return 1.0
+        if self.kind == "rsqrt":
+            return math.sqrt(max(1, self.warmup) / max(1, step))
         progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
         decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if self.kind == "cosine" else 1.0 - progress
         return self.min_ratio + (1.0 - self.min_ratio) * decay
@@ -174,31 +177,69 @@ class ClassificationTask(L.LightningModule):
         self.val_metrics = _metrics(num_classes).clone(prefix="val/")
         self.test_metrics = _metrics(num_classes).clone(prefix="test/")
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        # A metric, not self.log(..., sync_dist=True): Lightning averages the per-process sample
+        # counts as integers over gloo, truncating them (21 samples on 2 processes count as 20).
+        self.val_loss = MeanMetric()
+        self.test_loss = MeanMetric()
         self.confusion: Tensor | None = None
 
     def forward(self, batch: dict) -> Tensor:
         """Logits ``[B, C]`` for an adapter batch (through the compiled model when ``compile`` is set)."""
         return self.run_model(batch)
 
-    def _loss(self, logits: Tensor, labels: Tensor) -> Tensor:
-        return F.cross_entropy(logits.float(), labels, weight=self.class_weights, label_smoothing=self.label_smoothing)
+    def _loss_terms(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """``(summed cross-entropy, normaliser)``: their ratio is the batch's mean loss.
 
-    def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> Tensor:
+        The normaliser is the sample count, or the summed weights of the labels' classes,
+        as in ``F.cross_entropy``'s weighted mean; sums of both give the mean over any
+        union of batches, whatever their split.
+        """
+        total = F.cross_entropy(logits.float(), labels, weight=self.class_weights, label_smoothing=self.label_smoothing, reduction="sum")
+        norm = self.class_weights[labels].sum() if self.class_weights is not None else total.new_tensor(float(labels.numel()))
+        return total, norm
+
+    def _global_mean_loss(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss to backpropagate, mean loss of the global batch)``.
+
+        The summed loss and its normaliser are all-reduced, and each process
+        backpropagates ``world_size * local sum / global normaliser``, which DDP's
+        gradient averaging turns into the gradient of one process on the whole batch,
+        also for a short last batch split unevenly and for class weights.
+        """
+        total, norm = self._loss_terms(logits, labels)
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if world == 1:
+            loss = total / norm
+            return loss, loss.detach()
+        summed = torch.stack([total.detach(), norm])
+        # torch's all_reduce, not strategy.reduce: Lightning's adds a barrier, which would stall the host every step on GPUs
+        torch.distributed.all_reduce(summed)
+        return total * world / summed[1], summed[0] / summed[1]
+
+    def outputs(self, batch: tuple[dict, Tensor]) -> tuple[Tensor, Tensor]:
+        """``(logits [M, C], targets [M])`` that the loss and metrics compare; here the batch's samples and labels."""
         inputs, labels = batch
-        loss = self._loss(self(inputs), labels)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, batch_size=labels.shape[0])
-        self.log("loss", loss, prog_bar=True, logger=False, batch_size=labels.shape[0])  # progress bar only
-        return loss
+        return self(inputs), labels
+
+    def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> dict[str, Tensor]:
+        logits, labels = self.outputs(batch)
+        loss, mean = self._global_mean_loss(logits, labels)
+        self.log("train/loss", mean, on_step=True, on_epoch=True, batch_size=labels.shape[0])
+        self.log("loss", mean, prog_bar=True, logger=False, batch_size=labels.shape[0])  # progress bar only
+        return {"loss": loss, "mean_loss": mean}
 
     def _eval_step(self, batch: tuple[dict, Tensor], stage: str) -> None:
-        inputs, labels = batch
-        logits = self(inputs)
+        inputs, _ = batch
+        logits, labels = self.outputs(batch)
         metrics = self.val_metrics if stage == "val" else self.test_metrics
         metrics.update(logits, labels)
         if stage == "test":
             self.test_confusion.update(logits, labels)
         n = batch_size_of(inputs)
-        self.log(f"{stage}/loss", self._loss(logits, labels), on_epoch=True, batch_size=n, sync_dist=True)
+        loss = self.val_loss if stage == "val" else self.test_loss
+        total, norm = self._loss_terms(logits, labels)
+        loss.update(total / norm, norm)  # weighted by the normaliser: the mean over the whole split, however batched
+        self.log(f"{stage}/loss", loss, on_epoch=True, batch_size=n)
         self.log_dict(metrics, on_epoch=True, batch_size=n)
         if stage == "val":
             self.log("val_acc", metrics["val/acc"], on_epoch=True, prog_bar=True, logger=False, batch_size=n)

@@ -65,6 +65,6 @@ def load_dataset(name: str, /, **kwargs: Any) -> DatasetSplits:
 
 
 # Importing the loader modules registers them (after register_dataset exists).
-from modalities.datasets import audio, images, lra, ucr  # noqa: E402, F401
+from modalities.datasets import audio, compact, images, lra, ucr  # noqa: E402, F401
 
 __all__ = ["DatasetSplits", "get_dataset_loader", "list_datasets", "load_dataset", "register_dataset"]

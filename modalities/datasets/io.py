@@ -11,7 +11,16 @@ from sklearn.model_selection import train_test_split
 
 from maelre.fileio import atomic_path, write_text_atomic
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+def _shared_data() -> Path:
+    """``../shared/data`` beside the checkout, or beside the nearest folder above it that has one (git worktrees)."""
+    project = Path(__file__).resolve().parents[2]
+    for folder in project.parents:
+        if (folder / "shared" / "data").is_dir():
+            return folder / "shared" / "data"
+    return project.parent / "shared" / "data"
+
+
+SHARED_DATA = _shared_data()
 """``../shared/data`` beside the checkout (present on dev and CI machines)."""
 
 

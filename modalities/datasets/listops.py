@@ -257,6 +257,45 @@ def evaluate_listops(expr: str) -> int:
     return results[0]
 
 
+def shuffle_operands(expr: str, rng: np.random.Generator) -> str:
+    """``expr`` with the arguments of every operator put in a random order, in LRA's serialisation.
+
+    All four operators (``MIN``, ``MAX``, ``MED``, ``SM``) ignore argument order, so the
+    value (the label) is unchanged: a label-preserving augmentation. Accepts the
+    parenthesised and the bare form; always writes the parenthesised form the generator
+    writes, so the text adapter sees the same token stream either way.
+
+    Raises:
+        ValueError: a malformed expression (as :func:`evaluate_listops`).
+    """
+    evaluate_listops(expr)  # the clear error for malformed input
+    # A node is a digit string or [operator, [child, ...]]; built with an explicit stack.
+    root: list = [None, []]
+    stack: list[list] = [root]
+    for token in listops_tokens(expr):
+        if token in OPERATORS:
+            node: list = [token, []]
+            stack[-1][1].append(node)
+            stack.append(node)
+        elif token == CLOSE:
+            args = stack.pop()[1]
+            args[:] = [args[i] for i in rng.permutation(len(args))]
+        else:
+            stack[-1][1].append(token)
+    out: list[str] = []
+    pending: list = [root[1][0]]
+    while pending:  # iterative pre-order writer of ``( ( ( [OP a ) b ) ] )``
+        item = pending.pop()
+        if isinstance(item, str):
+            out.append(item)
+            continue
+        operator, args = item
+        out.extend(["("] * (len(args) + 1))
+        out.append(operator)
+        pending.extend(reversed([part for arg in args for part in (arg, ")")] + [f"{CLOSE} )"]))
+    return " ".join(out)
+
+
 def operator_nesting(expr: str) -> int:
     """Deepest nesting of operators in ``expr`` (``[MAX 1 2 ]`` is 1; LRA's tree depth minus one)."""
     depth = deepest = 0

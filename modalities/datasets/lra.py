@@ -30,6 +30,7 @@ from torchvision.datasets.utils import download_url
 from maelre.suggest import did_you_mean
 from modalities.base import DatasetSplits
 from modalities.datasets import register_dataset
+from modalities.datasets.archives import extract_cached, find_archive
 from modalities.datasets.io import LazySplit, carve_validation, list_files, require_dir, resolve_root
 from modalities.datasets.listops import LISTOPS_CLASSES, generate_listops, read_listops_tsv
 from modalities.datasets.pathfinder import (
@@ -45,9 +46,13 @@ LRA_RELEASE_URL = "https://storage.googleapis.com/long-range-arena/lra_release.g
 IMDB_URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 IMDB_MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
 IMDB_CLASSES = ["neg", "pos"]
+IMDB_ARCHIVE = "aclImdb_v1.tar.xz"
+IMDB_PER_CLASS = 12500
+"""Reviews per class in each of train and test of the official data (the content check of an archive)."""
 IMDB_HINT = (
-    "IMDB is the 'aclImdb' folder (train/pos, train/neg, test/pos, test/neg of *.txt reviews) extracted from "
-    f"{IMDB_URL}. Pass root= the folder that contains it (or aclImdb itself), or download=True."
+    "IMDB is the archive aclImdb_v1.tar.xz (or .tar.gz) or the 'aclImdb' folder (train/pos, train/neg, test/pos, "
+    f"test/neg of *.txt reviews) extracted from {IMDB_URL}. Pass root= the archive, the folder that contains it or "
+    "aclImdb, or download=True."
 )
 AAN_FILES = {"train": "new_aan_pairs.train.tsv", "val": "new_aan_pairs.eval.tsv", "test": "new_aan_pairs.test.tsv"}
 AAN_CLASSES = ["unlinked", "linked"]
@@ -273,8 +278,11 @@ def load_imdb(
     LRA feeds the reviews byte by byte (text adapter ``tokenizer="byte"``, length 4K).
 
     Args:
-        root: folder holding ``aclImdb`` (or ``aclImdb`` itself); ``None``:
-            ``../shared/data/imdb`` or ``$MAELRE_DATA/imdb``.
+        root: the archive ``aclImdb_v1.tar.xz`` (or ``.tar.gz``), a folder holding it or
+            ``aclImdb``, or ``aclImdb`` itself; ``None``: ``../shared/data/imdb`` or
+            ``$MAELRE_DATA/imdb``. An archive is extracted once into the cache
+            (``$MAELRE_DATA/cache`` or ``~/.cache/maelre``) and must pass a content check
+            (12,500 reviews per class in train and in test); its MD5 is not required.
         val_fraction: share of train moved to ``val``, stratified and seeded. LRA has
             no validation split (0, the default, gives ``val=None``).
         seed: seed of the validation carve.
@@ -283,13 +291,24 @@ def load_imdb(
     Returns:
         ``DatasetSplits`` with modality ``"text"``: raw review strings, classes ``["neg", "pos"]``.
     """
-    root = resolve_root(root, "imdb", IMDB_HINT)
-    if download:
-        download_imdb(root)
-    folder = _imdb_folder(root)
-    train, val = carve_validation(read_imdb_split(folder / "train"), val_fraction, seed)
+    archive = next((a for a in (find_archive(root, "imdb", name) for name in (IMDB_ARCHIVE, "aclImdb_v1.tar.gz")) if a), None)
+    if archive is not None:
+        folder = extract_cached(archive, "aclImdb")
+    else:
+        root = resolve_root(root, "imdb", IMDB_HINT)
+        if download:
+            download_imdb(root)
+        folder = _imdb_folder(root)
+    full_train, test = read_imdb_split(folder / "train"), read_imdb_split(folder / "test")
+    if archive is not None:
+        for name, split in (("train", full_train), ("test", test)):
+            counts = np.bincount(split.labels, minlength=2).tolist()
+            if counts != [IMDB_PER_CLASS] * 2:
+                raise ValueError(f"IMDB {name} split of {archive} fails the content check: expected {IMDB_PER_CLASS} reviews "
+                                 f"per class (neg, pos), got {counts}; the archive is incomplete or not aclImdb v1")
+    train, val = carve_validation(full_train, val_fraction, seed)
     return DatasetSplits(
-        train=train, val=val, test=read_imdb_split(folder / "test"), classes=list(IMDB_CLASSES), modality="text",
+        train=train, val=val, test=test, classes=list(IMDB_CLASSES), modality="text",
         meta={"source": "aclImdb", "root": str(folder), "val_fraction": val_fraction, "seed": seed},
     )
 

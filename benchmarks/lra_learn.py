@@ -1,0 +1,152 @@
+"""Helpers of ``benchmarks/lra_learn.sh`` (GPU runs of issue 14, resumed over many device calls).
+
+    python benchmarks/lra_learn.py data ROOT DIFFICULTY [DIFFICULTY ...]  # Pathfinder-32 folders, LRA's 200,000 images each
+    python benchmarks/lra_learn.py listops ROOT                         # ListOps TSVs, LRA's 96,000 / 2,000 / 2,000
+    python benchmarks/lra_learn.py status RUN_DIR MAX_STEPS              # prints new | resume | done
+    python benchmarks/lra_learn.py prune RUN_DIR [--drop-checkpoints]    # keep what a later call needs, nothing more
+    python benchmarks/lra_learn.py curves GROUP_DIR OUT_JSON             # one JSON of every run's curves and results
+
+A run directory is what ``maelre fit/pretrain --run-dir`` writes. Curves come from the CSV
+logs of every call (one ``logs/version_N`` per call), merged by step.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+LRA_PATHFINDER_IMAGES = 200_000  # LRA's pathfinder32 folder per difficulty (split 80/10/10 when read)
+
+
+def cmd_data(root: Path, difficulties: list[str], n: int, seed: int) -> None:
+    from modalities.datasets.pathfinder import DIFFICULTIES, generate_pathfinder, write_pathfinder_folder
+
+    for difficulty in difficulties:
+        if (root / difficulty / "metadata").is_dir():
+            continue
+        samples = generate_pathfinder(n, size=32, seed=(seed, DIFFICULTIES[difficulty]), n_jobs=os.cpu_count() or 1,
+                                      contour_length=DIFFICULTIES[difficulty])
+        write_pathfinder_folder(root, samples, difficulty=difficulty)
+        print(f"wrote {n} images to {root / difficulty}")
+
+
+def cmd_listops(root: Path, n: int, seed: int) -> None:
+    """The examples ``load_listops(seed=seed)`` generates (LRA's settings), written once in LRA's TSV layout."""
+    from modalities.datasets.lra import LISTOPS_SPLIT_FILES
+    from modalities.datasets.listops import generate_listops, write_listops_tsv
+
+    if all((root / name).is_file() for name in LISTOPS_SPLIT_FILES.values()):
+        return
+    n_eval = max(1, n // 50)  # LRA: 2,000 of 100,000 each for validation and test
+    samples = generate_listops(n, seed)
+    parts = {"train": samples[: n - 2 * n_eval], "val": samples[n - 2 * n_eval : n - n_eval], "test": samples[n - n_eval :]}
+    for split, name in LISTOPS_SPLIT_FILES.items():
+        write_listops_tsv(root / name, parts[split])
+    print(f"wrote {n} ListOps examples to {root}")
+
+
+def _results(run: Path) -> dict | None:
+    path = run / "results.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def cmd_status(run: Path, max_steps: int) -> str:
+    results = _results(run)
+    if results is not None and results.get("global_step", 0) >= max_steps:
+        return "done"
+    return "resume" if any((run / "checkpoints").glob("step-*")) else "new"
+
+
+def cmd_prune(run: Path, drop_checkpoints: bool) -> None:
+    """Keep results, CSV logs, the newest step checkpoint and the best weights (no training state)."""
+    shutil.rmtree(run / "logs" / "tensorboard", ignore_errors=True)
+    for tb in (run / "logs").glob("version_*/tensorboard"):
+        shutil.rmtree(tb, ignore_errors=True)
+    checkpoints = run / "checkpoints"
+    if drop_checkpoints:
+        shutil.rmtree(checkpoints, ignore_errors=True)
+        return
+    steps = sorted(checkpoints.glob("step-*"))
+    for old in steps[:-1]:
+        shutil.rmtree(old, ignore_errors=True)
+    (checkpoints / "best" / "training_state.pt").unlink(missing_ok=True)
+
+
+def _curve(run: Path) -> list[dict]:
+    """Per step: the latest ``train/loss_step`` and any ``val/acc``, ``val/loss`` logged, over all calls."""
+    rows: dict[int, dict] = {}
+    for metrics in sorted(run.glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1])):
+        with metrics.open(newline="") as f:
+            for line in csv.DictReader(f):
+                step = int(line["step"])
+                for key in ("train/loss_step", "val/acc", "val/loss"):
+                    value = line.get(key)
+                    if value not in (None, "") and math.isfinite(float(value)):
+                        rows.setdefault(step, {"step": step})[key.removesuffix("_step")] = float(value)
+    return [rows[s] for s in sorted(rows)]
+
+
+def cmd_curves(group: Path, out: Path) -> None:
+    runs = {}
+    for results_file in sorted(group.glob("*/*/results.json")):
+        run = results_file.parent
+        results = json.loads(results_file.read_text())
+        runs[f"{run.parent.name}/{run.name}"] = {
+            "backbone": results.get("backbone"),
+            "phase": run.name,
+            "global_step": results.get("global_step"),
+            "metrics": results.get("metrics"),
+            "throughput": results.get("throughput"),
+            "initialised_from": results.get("initialised_from"),
+            "curve": _curve(run),
+        }
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"group": group.name, "runs": runs}, indent=1) + "\n")
+    os.replace(tmp, out)
+    for name, run in runs.items():
+        metrics = run["metrics"] or {}
+        key = "test/acc" if "test/acc" in metrics else "val/best_masked_acc"
+        value = metrics.get(key)
+        print(f"{name}: step {run['global_step']}, {key} {value if value is None else round(value, 4)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("data")
+    p.add_argument("root", type=Path)
+    p.add_argument("difficulties", nargs="+")
+    p.add_argument("--n", type=int, default=LRA_PATHFINDER_IMAGES)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("listops")
+    p.add_argument("root", type=Path)
+    p.add_argument("--n", type=int, default=100_000)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("status")
+    p.add_argument("run", type=Path)
+    p.add_argument("max_steps", type=int)
+    p = sub.add_parser("prune")
+    p.add_argument("run", type=Path)
+    p.add_argument("--drop-checkpoints", action="store_true")
+    p = sub.add_parser("curves")
+    p.add_argument("group", type=Path)
+    p.add_argument("out", type=Path)
+    args = parser.parse_args()
+    if args.command == "data":
+        cmd_data(args.root, args.difficulties, args.n, args.seed)
+    elif args.command == "listops":
+        cmd_listops(args.root, args.n, args.seed)
+    elif args.command == "status":
+        print(cmd_status(args.run, args.max_steps))
+    elif args.command == "prune":
+        cmd_prune(args.run, args.drop_checkpoints)
+    else:
+        cmd_curves(args.group, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+#!/usr/bin/env bash
+# Issue 14 on one GPU: ListOps and Pathfinder-32 at the published budgets, maelre, transformer,
+# ecp and perceiver_ar side by side (one process each), resumed in chunks over many device calls.
+#
+#   bash benchmarks/lra_learn.sh TASK VARIANT SEED
+#
+# TASK (the budget is the run's total, in optimizer steps; the schedule spans all of it):
+#   listops      LRA's budget: 5,000 steps at batch 32, the lra_listops recipe, LRA's sizes
+#                (96,000 / 2,000 / 2,000 examples, generated once per call into $LISTOPS_ROOT as
+#                LRA's TSV files, then read by all four runs)
+#   listops_sky  Skyformer's LRA config (pkuzengqi/Skyformer code/config.py): 50,000 steps at batch 32,
+#                dim 64, 2 layers, 2 heads, MLP 128, dropout 0.1 and attention dropout 0.1, lr 1e-4,
+#                1,000 warmup steps then linear decay, no weight decay, learned positions, mean pooling
+#   pathfinder   50,000 steps at batch 128, the lra_pathfinder recipe, on LRA's 200,000 images of
+#                curv_contour_length_14 split 160,000 / 20,000 / 20,000 (generated once per call
+#                with every core into $PF_ROOT, then read by all four runs)
+# VARIANT:
+#   levers       the levers of issue 14 on: ListOps operand shuffling; for Pathfinder standardised
+#                pixels (pixel_embed=linear) and random flips (pre-LN blocks and mean pooling are the
+#                library's defaults, warmup then decay is the recipe's schedule)
+#   plain        the recipe as it is, same budget (the ablation's baseline)
+#   curriculum   levers + Pathfinder difficulties easy to hard: 2 epochs of curv_baseline, 2 of
+#                curv_contour_length_9, then curv_contour_length_14 (Pathfinder only)
+#   pretrain     levers, with the first PRETRAIN_FRACTION of the budget spent on `maelre pretrain`
+#                (masked-token denoising: 10% of ListOps tokens, 50% of pixels) and the rest on
+#                `maelre fit --init-from` it: the same total budget as the others
+# SEED: trainer.seed (model init, data order, dropout, augmentation); the data is the same for
+#   every seed. Run at least seeds 0 and 1; a seed stuck at chance is a result, never dropped.
+#
+# Chunks: every call trains each run for MINUTES minutes (trainer.stop_after_minutes ends it
+# with a resumable checkpoint), then tests that partial model and packs the run. What comes
+# back in $OUT, per call (at most 5 files):
+#   TASK_VARIANT_sSEED_BACKBONE.tar   the run folders to continue from (~13 MB each for these models)
+#   TASK_VARIANT_sSEED.json           curves (train loss by step, val acc/loss by validation) and
+#                                     results (test/acc of the partial model, global_step) of every run
+# Between calls, copy the .tar files into $STATE (default .lra_state: list it in
+# .git/info/exclude) and name it in the next call's `carry`; the script unpacks them and resumes.
+# Keep the JSON (benchmarks/results/lra_learn/). One group (TASK VARIANT SEED) at a time fits
+# the 64 MiB that travel each way; when every run has its full budget, the tar holds no
+# checkpoints any more and the JSON is final.
+#
+# Environment: STATE (.lra_state), MINUTES (6: every run stops this many minutes after the
+# script started, so data generation counts: ~1.5 min for Pathfinder's 200,000 images on 16
+# cores, ~4.5 min for the curriculum's three folders, ~2 min for ListOps' 100,000 expressions;
+# a machine still warm from the last call reuses them; testing the partial models and packing
+# add ~1-2 min), BACKBONES (maelre,transformer,ecp,perceiver_ar),
+# PRETRAIN_FRACTION (0.25), PF_ROOT (/tmp/pathfinder32), PF_IMAGES (200000 per difficulty),
+# LISTOPS_ROOT (/tmp/listops), LISTOPS_EXAMPLES (100000; fewer PF_IMAGES or LISTOPS_EXAMPLES
+# only for a smoke test, in another root: data once written is reused), SET (space-separated extra KEY=VALUE
+# overrides for every run; then also set TAG, which names the group), PYTHON (python3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage="usage: bash benchmarks/lra_learn.sh listops|listops_sky|pathfinder levers|plain|curriculum|pretrain SEED"
+task=${1:?$usage}
+variant=${2:?$usage}
+seed=${3:?$usage}
+OUT=${OUT:-benchmarks/results/gpu_out}
+STATE=${STATE:-.lra_state}
+MINUTES=${MINUTES:-6}
+BACKBONES=${BACKBONES:-maelre,transformer,ecp,perceiver_ar}
+PRETRAIN_FRACTION=${PRETRAIN_FRACTION:-0.25}
+PF_ROOT=${PF_ROOT:-/tmp/pathfinder32}
+PF_IMAGES=${PF_IMAGES:-200000}
+LISTOPS_ROOT=${LISTOPS_ROOT:-/tmp/listops}
+LISTOPS_EXAMPLES=${LISTOPS_EXAMPLES:-100000}
+PYTHON=${PYTHON:-python3}
+group=${task}_${variant}_s${seed}${TAG:+_$TAG}
+mkdir -p "$OUT" "$STATE/$group"
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+started=$(date +%s)
+
+# ---------------------------------------------------------------- settings
+common=(--set "trainer.seed=$seed" --set trainer.max_epochs=null --set trainer.early_stopping_patience=null
+        --set trainer.enable_progress_bar=false)
+case $task in
+    listops|listops_sky)
+        recipe=recipes/lra_listops.yaml
+        settings=(--set "data.dataset={name: listops, root: $LISTOPS_ROOT}" --set data.cache=false --set data.num_workers=2 --set trainer.checkpoint_every_n_steps=500)
+        levers=(--set "data.augment_inputs=[listops_shuffle]")
+        if [[ $task == listops ]]; then
+            total=5000
+            settings+=(--set trainer.val_every_n_steps=250)
+        else
+            total=50000
+            settings+=(--set model.dim=64 --set model.depth=2 --set model.heads=2 --set model.mlp_ratio=2.0
+                       --set model.dropout=0.1 --set model.attn_dropout=0.1 --set optimizer.lr=0.0001
+                       --set optimizer.weight_decay=0.0 --set schedule.kind=linear --set schedule.warmup_steps=1000
+                       --set trainer.val_every_n_steps=500)
+        fi
+        ;;
+    pathfinder)
+        recipe=recipes/lra_pathfinder.yaml
+        total=50000
+        settings=(--set "data.dataset={name: pathfinder, root: $PF_ROOT}" --set data.num_workers=3
+                  --set trainer.checkpoint_every_n_steps=1000 --set trainer.val_every_n_steps=1250)
+        levers=(--set data.adapter.pixel_embed=linear --set "data.augment_inputs=[hflip, vflip]")
+        ;;
+    *) echo "lra_learn.sh: unknown task '$task'; $usage" >&2; exit 2 ;;
+esac
+case $variant in
+    levers|pretrain) settings+=("${levers[@]}") ;;
+    plain) ;;
+    curriculum)
+        [[ $task == pathfinder ]] || { echo "lra_learn.sh: the curriculum variant is for pathfinder" >&2; exit 2; }
+        settings+=("${levers[@]}" --set "data.curriculum=[{epochs: 2, dataset: {difficulty: curv_baseline}}, {epochs: 2, dataset: {difficulty: curv_contour_length_9}}]")
+        ;;
+    *) echo "lra_learn.sh: unknown variant '$variant'; $usage" >&2; exit 2 ;;
+esac
+for item in ${SET:-}; do settings+=(--set "$item"); done
+pretrain_steps=0
+if [[ $variant == pretrain ]]; then
+    pretrain_steps=$("$PYTHON" -c "print(round($PRETRAIN_FRACTION * $total))")
+fi
+finetune_steps=$(( total - pretrain_steps ))
+
+# ---------------------------------------------------------------- state and data
+for tarball in "$STATE"/"$group"_*.tar; do
+    [[ -e $tarball ]] || continue
+    tar -xf "$tarball" -C "$STATE" && rm -f "$tarball"
+done
+if [[ $task == pathfinder ]]; then
+    difficulties=(curv_contour_length_14)
+    [[ $variant == curriculum ]] && difficulties+=(curv_baseline curv_contour_length_9)
+    "$PYTHON" benchmarks/lra_learn.py data "$PF_ROOT" "${difficulties[@]}" --n "$PF_IMAGES"
+else
+    "$PYTHON" benchmarks/lra_learn.py listops "$LISTOPS_ROOT" --n "$LISTOPS_EXAMPLES"
+fi
+
+minutes_left() {  # training minutes left in this call (MINUTES counted from the script's start, less 1 for testing)
+    "$PYTHON" -c "print(max(0.0, round($MINUTES - ($(date +%s) - $started) / 60, 2)))"
+}
+
+phase() {  # phase COMMAND RUN_DIR STEPS ARGS...: train (or resume) one run for the minutes left
+    # Returns 0 when the run has all its STEPS, 1 when it has not (yet), 2 on an error. Called
+    # in `|| rc=$?`, where bash ignores `set -e`, so every failure is checked here by hand.
+    local command=$1 run=$2 steps=$3 status left resume=()
+    shift 3
+    status=$("$PYTHON" benchmarks/lra_learn.py status "$run" "$steps") || return 2
+    [[ $status == done ]] && return 0
+    left=$(minutes_left) || return 2
+    [[ $left == 0.0 ]] && return 1
+    [[ $status == resume ]] && resume=(--resume)
+    "$PYTHON" -m maelre.cli "$command" "$@" --run-dir "$run" "${resume[@]}" \
+        --set "trainer.max_steps=$steps" --set "trainer.stop_after_minutes=$left" || return 2
+    status=$("$PYTHON" benchmarks/lra_learn.py status "$run" "$steps") || return 2
+    [[ $status == done ]] && return 0
+    return 1
+}
+
+run_backbone() {  # run_backbone NAME: this call's share of the run (pretraining first in the pretrain variant)
+    local backbone=$1 dir=$STATE/$group/$1 init=() rc=0
+    local args=("$recipe" --no-progress --set "model.backbone=$backbone" "${common[@]}" "${settings[@]}")
+    if (( pretrain_steps > 0 )); then
+        phase pretrain "$dir/pretrain" "$pretrain_steps" "${args[@]}" || rc=$?
+        (( rc == 2 )) && return 1
+        (( rc == 1 )) && return 0  # pretraining continues in the next call
+        init=(--init-from "$dir/pretrain")
+    fi
+    phase fit "$dir/fit" "$finetune_steps" "${args[@]}" "${init[@]}" || rc=$?
+    (( rc != 2 ))
+}
+
+# ---------------------------------------------------------------- the runs, side by side
+export OMP_NUM_THREADS=$(( $(nproc) / 4 > 0 ? $(nproc) / 4 : 1 ))
+pids=()
+IFS=, read -ra names <<<"$BACKBONES"
+for backbone in "${names[@]}"; do
+    mkdir -p "$STATE/$group/$backbone"
+    run_backbone "$backbone" >"$STATE/$group/$backbone/call.log" 2>&1 &
+    pids+=($!)
+done
+failed=0
+for i in "${!pids[@]}"; do
+    if ! wait "${pids[$i]}"; then
+        failed=1
+        echo "== ${names[$i]} failed; the end of its log:"
+        tail -20 "$STATE/$group/${names[$i]}/call.log"
+    fi
+done
+
+# ---------------------------------------------------------------- pack for the next call
+"$PYTHON" benchmarks/lra_learn.py curves "$STATE/$group" "$OUT/$group.json"
+for backbone in "${names[@]}"; do
+    dir=$STATE/$group/$backbone
+    if [[ -d $dir/pretrain ]]; then  # once fine-tuning has a checkpoint, the pretraining one is not needed again
+        drop=()
+        [[ -d $dir/fit/checkpoints ]] && drop=(--drop-checkpoints)
+        "$PYTHON" benchmarks/lra_learn.py prune "$dir/pretrain" "${drop[@]}"
+    fi
+    if [[ -d $dir/fit ]]; then  # a finished run keeps its results and logs only
+        drop=()
+        [[ $("$PYTHON" benchmarks/lra_learn.py status "$dir/fit" "$finetune_steps") == done ]] && drop=(--drop-checkpoints)
+        "$PYTHON" benchmarks/lra_learn.py prune "$dir/fit" "${drop[@]}"
+    fi
+    tar -cf "$OUT/${group}_$backbone.tar" -C "$STATE" "$group/$backbone"
+    size=$(stat -c %s "$OUT/${group}_$backbone.tar")
+    if (( size > 16 * 1024 * 1024 )); then
+        echo "lra_learn.sh: $OUT/${group}_$backbone.tar is $(( size / 1048576 )) MiB, over the 16 MiB a returned file may have" >&2
+        failed=1
+    fi
+done
+exit $failed

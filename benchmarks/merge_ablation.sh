@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# MAELRE merge-plan ablation on real sCIFAR-10 in the ECP setting (3 blocks, dim 64, 4 heads,
+# MLP 128), run on the GPU machine: every ROW x POS x SEED trains at once, each in its own
+# process, at one fixed budget, into $OUT/scifar10_ROW_POS_sSEED.json (leaderboard rows).
+#
+#   bash benchmarks/merge_ablation.sh                 # all rows, both position kinds, seeds 0 1
+#   ROWS="auto1 transformer" POS=rope SEEDS=0 EPOCHS=2 bash benchmarks/merge_ablation.sh   # a smoke run
+#
+# ROWS (default: all):
+#   auto1        the auto plan, exact_blocks=1: merges after both sub-layers take 1,024 tokens to
+#                D=64 by block 2, which runs exact attention (the paper's rule, N <= D)
+#   auto2        exact_blocks=2 with switch_threshold=256: at D=64 two exact blocks cannot be
+#                reached in 3 blocks (2 merges leave >= 256), so the threshold is relaxed to 4D
+#   raster       auto1 with grid_order=raster: merge windows along pixel rows (no 2-D neighbours)
+#   fraction     the old default: 30% merged after each attention sub-layer, never reaching D
+#   nomerge      no merging: linear attention in all 3 blocks
+#   transformer  full attention, the baseline
+# POS (default: "learned rope"): learned absolute positions in the adapter, or RoPE alone.
+# EPOCHS (default 20), SEEDS (default "0 1"), MINUTES (per-run guard, default 8.5), SET (extra
+# space-separated KEY=VALUE overrides for every run) and THREADS (CPU threads per run).
+# Then: python benchmarks/merge_ablation_report.py $OUT
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-benchmarks/results/merge_ablation}
+PYTHON=${PYTHON:-python3}
+mkdir -p "$OUT" runs
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+m=model.backbone_config.maelre
+declare -A row=(
+    [auto1]="model.backbone=maelre $m.exact_blocks=1"
+    [auto2]="model.backbone=maelre $m.exact_blocks=2 $m.switch_threshold=256"
+    [raster]="model.backbone=maelre $m.exact_blocks=1 $m.grid_order=raster"
+    [fraction]="model.backbone=maelre $m.merge_schedule=fraction $m.merge_site=attn $m.merge_fraction=0.3"
+    [nomerge]="model.backbone=maelre $m.merge_schedule=fraction $m.merge_fraction=0.0"
+    [transformer]="model.backbone=transformer"
+)
+declare -A pos=(
+    [learned]="data.adapter.pos_embed=learned model.rope=false"
+    [rope]="data.adapter.pos_embed=none model.rope=true"
+)
+rows=(${ROWS:-auto1 auto2 raster fraction nomerge transformer})
+kinds=(${POS:-learned rope})
+seeds=(${SEEDS:-0 1})
+runs=$(( ${#rows[@]} * ${#kinds[@]} * ${#seeds[@]} ))
+share=$(( $(nproc) / runs ))
+export OMP_NUM_THREADS=${THREADS:-$(( share > 0 ? share : 1 ))} MKL_NUM_THREADS=${THREADS:-$(( share > 0 ? share : 1 ))}
+for r in "${rows[@]}"; do
+    [[ -n ${row[$r]:-} ]] || { echo "unknown row '$r'; use ${!row[*]}" >&2; exit 2; }
+    for p in "${kinds[@]}"; do
+        [[ -n ${pos[$p]:-} ]] || { echo "unknown position kind '$p'; use ${!pos[*]}" >&2; exit 2; }
+        for s in "${seeds[@]}"; do
+            name="scifar10_${r}_${p}_s$s"
+            args=(--tasks scifar10 --max-minutes "${MINUTES:-8.5}" --set "trainer.max_epochs=${EPOCHS:-20}" --set "trainer.seed=$s")
+            backbone=""
+            for item in ${row[$r]} ${pos[$p]} ${SET:-}; do
+                if [[ $item == model.backbone=* ]]; then backbone=${item#model.backbone=}; else args+=(--set "$item"); fi
+            done
+            "$PYTHON" -m maelre.bench.leaderboard "${args[@]}" --backbones "$backbone" --run-root "runs/$name" \
+                --out "$OUT/$name.json" --table "runs/$name.md" >"runs/$name.log" 2>&1 &
+        done
+    done
+done
+wait
