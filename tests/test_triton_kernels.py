@@ -201,7 +201,7 @@ def test_maelre_through_the_kernels_matches_the_pytorch_path_and_compiles_whole(
     from maelre import create_backbone
 
     _, device = kernels
-    model = create_backbone("maelre", dim=32, depth=2, heads=2, feature_map="favor", switch_threshold=8, merge_fraction=0.3).to(device)
+    model = create_backbone("maelre", dim=32, depth=2, heads=2, feature_map="favor", switch_threshold=8, merge_schedule="fraction", merge_fraction=0.3).to(device)
     tokens = torch.randn(2, 64, 32, device=device)
     mask = torch.arange(64, device=device) < torch.tensor([64, 41], device=device)[:, None]
     torch._dynamo.reset()
