@@ -100,13 +100,33 @@ BAD_INPUTS = {
 }
 
 
+VALUE_CASES = {"empty_row", "nan"}  # read tensor values: checked in the collate, or in forward with check_values
+
+
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
 @pytest.mark.parametrize("name", NAMES)
 def test_bad_input_raises_with_fix(name, case):
     make, message = BAD_INPUTS[case]
     tokens, mask = make(*padded_batch())
+    model = build(name)
+    model.check_values = case in VALUE_CASES
     with pytest.raises(ValueError, match=message):
-        build(name)(tokens, mask)
+        model(tokens, mask)
+
+
+@pytest.mark.parametrize("case", sorted(VALUE_CASES))
+def test_forward_reads_no_values_unless_debugging(case, monkeypatch):
+    """The training forward runs no host-synced value checks: ``bool(tensor)`` is never called."""
+    import maelre.layers.validation as validation
+
+    calls = []
+    monkeypatch.setattr(validation, "check_token_values", lambda *a, **k: calls.append(a))
+    model = build("transformer")
+    model(*BAD_INPUTS[case][0](*padded_batch()))
+    assert calls == []
+    model.check_values = True
+    model(*padded_batch())
+    assert len(calls) == 1
 
 
 @pytest.mark.parametrize("name", NAMES)

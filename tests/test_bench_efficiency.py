@@ -61,10 +61,15 @@ def cpu_run(tmp_path_factory) -> tuple[Path, dict]:
 # --------------------------------------------------------------------------- full run
 
 
+def measured_names() -> list[str]:
+    """Every registered backbone, plus maelre's zero-cost-merge twin and attention-free floor."""
+    return list_backbones() + (["maelre.twin", "maelre.floor"] if "maelre" in list_backbones() else [])
+
+
 def test_every_registered_backbone_is_measured(cpu_run):
     _, doc = cpu_run
     rows = doc["results"]
-    expected = {(b, n, m) for b in list_backbones() for n in SEQ_LENS for m in eff.MODES}
+    expected = {(b, n, m) for b in measured_names() for n in SEQ_LENS for m in eff.MODES}
     assert {eff.case_key(r) for r in rows} == expected
     assert len(rows) == len(expected)
     for r in rows:
@@ -77,7 +82,10 @@ def test_every_registered_backbone_is_measured(cpu_run):
         assert r["peak_mem_gib"] is None  # CPU: not measured
         assert r["compile_s"] is None
         assert r["wall_s"] > 0
-        assert r["attn_flops"] > 0 and r["attn_flops_ratio_vs_full"] > 0
+        if r["backbone"].endswith(".floor"):
+            assert r["attn_flops"] == 0  # no attention at all
+        else:
+            assert r["attn_flops"] > 0 and r["attn_flops_ratio_vs_full"] > 0
 
 
 def test_attention_flops_match_the_full_attention_formula(cpu_run):
@@ -120,8 +128,17 @@ def test_markdown_table_and_plot_are_written(cpu_run):
     assert meta["torch_version"] in md and meta["date"] in md and meta["gpu_name"] in md
     assert "## Targets" in md and "## Training step" in md and "## Inference" in md
     assert "![throughput and memory vs N](eff.png)" in md
-    for name in list_backbones():
+    for name in measured_names():
         assert f"| {name} | 32 | 4 |" in md and f"| {name} | 64 | 2 |" in md
+    if "maelre" in list_backbones():  # the merge machinery's cost: maelre's time over its twin's, in maelre's rows only
+        rows = [r for r in doc["results"] if r["status"] == "ok"]
+        for r in rows:
+            ratio = eff.vs_twin(rows, r)
+            assert (ratio is not None) == (r["backbone"] == "maelre")
+            if ratio is not None:
+                twin = next(t for t in rows if (t["backbone"], t["seq_len"], t["mode"]) == ("maelre.twin", r["seq_len"], r["mode"]))
+                assert ratio == pytest.approx(r["median_ms"] / twin["median_ms"])
+                assert f"| {ratio:.3g} |" in md
     # maelre may not be registered yet; a target without data must never read as a pass
     if "maelre" not in list_backbones():
         assert "PASS" not in md and md.count("not measured") == 4
@@ -278,6 +295,29 @@ def test_length_a_backbone_cannot_take_is_an_error_row(tmp_path, monkeypatch):
     bad, good = doc["results"]
     assert bad["status"] == "error" and "divisible by 8" in bad["message"]
     assert good["status"] == "ok"
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"merge_site": "both", "merge_schedule": "fraction", "merge_fraction": 0.3, "switch_threshold": 40}, {"merge_schedule": "target", "stage_targets": [48, 20], "stage_depths": [1, 2], "pool": "cls"}],
+)
+def test_twin_runs_maelres_token_counts_and_attention_kinds(overrides):
+    """The zero-cost-merge twin sees, block by block, the N and attention kind that MAELRE's own trace records."""
+    from maelre import create_backbone
+    from maelre.bench.ideal import build_variant
+
+    maelre = create_backbone("maelre", dim=32, depth=3, heads=4, **overrides)
+    tokens = torch.randn(2, 96, 32)
+    want = [(b.n_in, b.n_out, b.attention) for b in maelre(tokens, return_trace=True).trace]
+    twin = build_variant(maelre, "twin", 96)
+    out = twin(tokens, return_trace=True)
+    assert [(b.n_in, b.n_out, b.attention) for b in out.trace] == want
+    assert out.states.shape[1] == want[-1][1] and out.pooled.shape == (2, 32)
+    assert want[0][1] < want[0][0]  # it merges
+    floor = build_variant(maelre, "floor", 96)
+    assert floor(tokens).shape == (2, 32) and not any("attn" in n for n, _ in floor.named_parameters())
+    with pytest.raises(ValueError, match="built for N=96"):
+        twin(torch.randn(1, 64, 32))
 
 
 def test_compile_time_is_reported_apart(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import random
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 import maelre.engine.data as data_mod
 from maelre.engine import (
@@ -202,6 +203,52 @@ def test_collate_gives_labels_and_two_tower_batches():
     pairs = [((adapter.encode(x), adapter.encode(x[:, :20])), y) for x, y in train[:2]]
     batch, labels = BatchCollator(adapter, two_tower=True)(pairs)
     assert set(batch) == {"left", "right"} and batch["left"]["mask"].shape == (2, 40) and batch["right"]["mask"].shape == (2, 20)
+
+
+def test_collate_rejects_nan_and_empty_rows_with_the_fix():
+    """Value checks run where the batch is built (the backbone's forward skips them)."""
+    adapter = prepare_adapter("timeseries", {"dim": 8}, sine_samples(3))
+    good = adapter.encode(sine_samples(1)[0][0])
+    nan = {**good, "values": good["values"].clone()}
+    nan["values"][5, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"timeseries: tokens contain NaN or inf in batch rows \[1\].*nan_policy"):
+        BatchCollator(adapter)([(good, 0), (nan, 1)])
+    padded = {**nan, "mask": nan["mask"].clone()}
+    padded["mask"][5] = False  # NaN under padding is fine
+    BatchCollator(adapter)([(good, 0), (padded, 1)])
+    empty = {**good, "mask": torch.zeros_like(good["mask"])}
+    with pytest.raises(ValueError, match=r"rows \[0\] are all padding; drop empty sequences"):
+        BatchCollator(adapter, two_tower=True)([((empty, good), 0)])
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])  # inductor: ~100 s of C++ builds on CPU
+def test_compiled_steps_match_eager(backend, monkeypatch):
+    """``trainer.compile``: the task's compiled forward gives eager's logits and gradients; the state dict is unchanged.
+
+    ``aot_eager`` traces the same forward and backward graphs as inductor (dynamo + AOTAutograd)
+    without generating code; ``inductor`` also checks the generated kernels.
+    """
+    if backend != "inductor":
+        compile_ = torch.compile
+        monkeypatch.setattr(torch, "compile", lambda model, mode: compile_(model, backend=backend, fullgraph=True))
+    train = sine_samples(4)
+    model = tiny_model(train)
+    batch, labels = BatchCollator(model.adapter)([(model.adapter.encode(x), y) for x, y in train])
+    task = ClassificationTask(model, OptimConfig(), 3, compile="default")
+    assert set(task.state_dict()) == set(ClassificationTask(model, OptimConfig(), 3).state_dict())
+    grads = []
+    for forward in (model, task):
+        model.zero_grad()
+        logits = forward(batch)
+        F.cross_entropy(logits, labels).backward()
+        grads.append((logits.detach(), [p.grad.clone() for p in model.parameters()]))
+    (eager, eager_grads), (compiled, compiled_grads) = grads
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    for got, want in zip(compiled_grads, eager_grads):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert TrainerConfig(compile=True).compile == "default"
+    with pytest.raises(ValueError, match="compile must be false, true or one of"):
+        TrainerConfig(compile="fast")
 
 
 def test_split_validation_is_stratified_and_disjoint():

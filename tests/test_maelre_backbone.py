@@ -207,6 +207,7 @@ def test_bad_inputs_raise():
     m = model()
     with pytest.raises(ValueError, match="dim=32"):
         m(torch.randn(1, 8, 16))
+    m.check_values = True  # value checks are a debug flag in forward (the collate runs them in training)
     with pytest.raises(ValueError, match="all padding"):
         m(torch.randn(2, 8, DIM), torch.tensor([[True] * 8, [False] * 8]))
 

@@ -14,8 +14,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
+from maelre.layers import validation
 from maelre.layers.rope import rope_angles, rotary_kernel, row_angles
-from maelre.layers.validation import validate_tokens
 
 
 @dataclass
@@ -114,10 +114,13 @@ class BackboneOutput:
 
 
 class Backbone(nn.Module):
-    """Base class: validates input, then calls ``_forward``.
+    """Base class: checks input shapes, then calls ``_forward``.
 
     Subclasses set ``config_class`` and implement ``_forward`` and ``plan``.
-    ``length_multiple`` (default 1) is the divisor N must satisfy.
+    ``length_multiple`` (default 1) is the divisor N must satisfy. Token values (NaN,
+    all-padding rows) are checked where the batch is built (``validate_batch`` in the
+    data loader), since reading them here would sync with the host on every call; set
+    ``check_values = True`` (or ``MAELRE_DEBUG_CHECKS=1``) to check them here too.
     """
 
     config_class: ClassVar[type[BackboneConfig]] = BackboneConfig
@@ -129,7 +132,7 @@ class Backbone(nn.Module):
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
-        self.validate_inputs = True
+        self.check_values = validation.DEBUG_CHECKS
 
     @property
     def dim(self) -> int:
@@ -176,15 +179,11 @@ class Backbone(nn.Module):
         Returns:
             ``pooled [B, D]``, or a ``BackboneOutput`` when asked for states/trace.
         """
-        if self.validate_inputs:
-            validate_tokens(
-                tokens,
-                mask,
-                dim=self.config.dim,
-                max_len=self.config.max_len,
-                multiple_of=self.length_multiple(),
-                owner=self.name,
-            )
+        validation.check_token_shapes(
+            tokens, mask, dim=self.config.dim, max_len=self.config.max_len, multiple_of=self.length_multiple(), owner=self.name
+        )
+        if self.check_values:
+            validation.check_token_values(tokens, mask, owner=self.name)
         if mask is not None:
             # Padding may hold anything (validation allows NaN there); a masked NaN key still
             # poisons attention (0 * NaN), so padded tokens enter the backbone as zeros.

@@ -44,6 +44,8 @@ import torch.nn.functional as F
 import yaml
 from torch import nn
 
+from maelre.backbones.maelre import MAELRE
+from maelre.bench.ideal import FLOOR, TWIN, build_variant, split_variant
 from maelre.bench.report import (
     markdown_table,
     plot_series_grid,
@@ -51,7 +53,6 @@ from maelre.bench.report import (
     write_json_atomic,
     write_text_atomic,
 )
-from maelre.layers.validation import validate_tokens
 from maelre.registry import (
     config_fields,
     create_backbone,
@@ -111,6 +112,10 @@ class BenchConfig:
             e.g. a stuck compilation (``None``: no limit; needs SIGALRM, i.e. Unix main thread).
         num_classes: width of the linear head in train mode.
         seed: seeds weights and random inputs of every case.
+        ideal: after every MAELRE backbone, also time its zero-cost-merge twin
+            (``<name>.twin``: same blocks, attention kinds and per-block token counts from
+            its ``plan(N)``, tokens kept by slicing) and the attention-free network
+            (``<name>.floor``); see ``maelre.bench.ideal``.
     """
 
     backbones: list[str] = field(default_factory=list_backbones)
@@ -133,6 +138,7 @@ class BenchConfig:
     case_timeout_s: float | None = 180.0
     num_classes: int = 10
     seed: int = 0
+    ideal: bool = True
 
     def __post_init__(self) -> None:
         if not self.backbones:
@@ -167,6 +173,15 @@ class BenchConfig:
         if self.cuda_graph and device.type != "cuda":
             raise ValueError("cuda_graph needs a CUDA device; drop --cuda-graph to benchmark on the CPU")
         self.backbone_configs = resolve_backbone_configs(self.backbones, self.backbone_configs)
+
+    def case_names(self) -> list[str]:
+        """Backbones to time, in order: each selected one, followed by its twin and floor if it is a MAELRE."""
+        names = []
+        for name in self.backbones:
+            names.append(name)
+            if self.ideal and issubclass(get_backbone_class(name), MAELRE):
+                names += [f"{name}.{TWIN}", f"{name}.{FLOOR}"]
+        return names
 
     def batch_for(self, seq_len: int) -> int:
         return self.batch if self.batch is not None else max(1, self.tokens_per_batch // seq_len)
@@ -209,10 +224,20 @@ def resolve_backbone_configs(backbones: Sequence[str], overrides: Mapping[str, M
 # --------------------------------------------------------------------------- one case
 
 
-def build_backbone(name: str, config: BenchConfig) -> nn.Module:
-    """Backbone ``name`` with the run's shape and backbone config, seeded by ``config.seed``, on the run's device."""
+def build_backbone(name: str, config: BenchConfig, seq_len: int | None = None) -> nn.Module:
+    """Backbone ``name`` with the run's shape and backbone config, seeded by ``config.seed``, on the run's device.
+
+    ``"<backbone>.twin"`` and ``"<backbone>.floor"`` build that backbone's zero-cost-merge
+    twin or attention-free floor (``maelre.bench.ideal``); the twin needs ``seq_len``.
+    """
+    base, variant = split_variant(name)
     torch.manual_seed(config.seed)
-    return create_backbone(name, **config.backbone_kwargs(name)).to(torch.device(config.device))
+    backbone = create_backbone(base, **config.backbone_kwargs(base)).to(torch.device(config.device))
+    if variant is None:
+        return backbone
+    if seq_len is None:
+        raise ValueError(f"{name}: a twin's token counts depend on N; pass seq_len")
+    return build_variant(backbone, variant, seq_len)
 
 
 def bench_autocast(config: BenchConfig) -> torch.autocast:
@@ -225,18 +250,14 @@ def bench_autocast(config: BenchConfig) -> torch.autocast:
 def make_step(name: str, seq_len: int, batch: int, mode: str, config: BenchConfig) -> Step:
     """Build backbone ``name`` (+ linear head, + AdamW in train mode) on the device; return one step.
 
-    Input is validated once here (shape, N divisibility, ``max_len``); the backbone's
-    per-call validation is then switched off so timing sees only the model's work.
+    The backbone runs the forward that training runs: its shape checks (no host sync),
+    no value checks (those run in the data loader's collate).
     """
     device = torch.device(config.device)
-    backbone = build_backbone(name, config)
+    backbone = build_backbone(name, config, seq_len)
     head = nn.Linear(config.dim, config.num_classes).to(device)
     tokens = torch.randn(batch, seq_len, config.dim, device=device)
     labels = torch.randint(config.num_classes, (batch,), device=device)
-    validate_tokens(
-        tokens, None, dim=config.dim, max_len=backbone.config.max_len, multiple_of=backbone.length_multiple(), owner=name
-    )
-    backbone.validate_inputs = False
     net: nn.Module = backbone
     if config.compile:
         torch._dynamo.reset()  # a fresh cache per case: no silent fallback to eager after the recompile limit
@@ -405,6 +426,10 @@ class AttentionCost:
         self._models: dict[str, nn.Module] = {}
 
     def flops(self, name: str, seq_len: int) -> float | None:
+        """The backbone's own attention FLOPs; a twin's are its MAELRE's, the floor's are 0."""
+        name, variant = split_variant(name)
+        if variant == FLOOR:
+            return 0.0
         try:
             if name not in self._models:
                 self._models[name] = create_backbone(name, **self.config.backbone_kwargs(name))
@@ -448,6 +473,7 @@ def collect_meta(config: BenchConfig, command: str) -> dict[str, Any]:
         "case_timeout_s": config.case_timeout_s,
         "timer": "cuda events" if cuda else "time.perf_counter",
         "backbone_overrides": config.backbone_configs,
+        "ideal": config.ideal,
         "backbone_configs": {name: make_config(name, **config.backbone_kwargs(name)).to_dict() for name in config.backbones},
     }
 
@@ -500,7 +526,7 @@ def run_benchmark(
             oom_at[key] = min(oom_at.get(key, r["seq_len"]), r["seq_len"])
 
     cost = AttentionCost(config)
-    cases = [(name, n, mode) for n in config.seq_lens for name in config.backbones for mode in config.modes]
+    cases = [(name, n, mode) for n in config.seq_lens for name in config.case_names() for mode in config.modes]
     start = time.monotonic()
     for index, (name, n, mode) in enumerate(cases, 1):
         if (name, n, mode) in rows:
@@ -666,6 +692,14 @@ def _fmt_n(n: int) -> str:
     return f"{n // 1024}K" if n % 1024 == 0 else str(n)
 
 
+def vs_twin(rows: Sequence[Mapping[str, Any]], row: Mapping[str, Any]) -> float | None:
+    """``row``'s median step time over its zero-cost-merge twin's (same N and mode); ``None`` without both."""
+    twin = _lookup(rows, f"{row['backbone']}.{TWIN}", row["seq_len"], row["mode"])
+    if twin is None or row["status"] != "ok" or twin["status"] != "ok":
+        return None
+    return row["median_ms"] / twin["median_ms"]
+
+
 def _fmt_ms_range(row: Mapping[str, Any]) -> str:
     return "—" if row.get("min_ms") is None else f"{row['min_ms']:.3g}–{row['max_ms']:.3g}"
 
@@ -691,6 +725,11 @@ def render_markdown(document: Mapping[str, Any], targets: Sequence[TargetCheck],
         f"- Batch: {meta['batch_policy']}",
         f"- Timing: {meta['warmup']} warm-up then {meta['repeats']} timed steps ({meta['timer']}); median shown, min–max beside it",
         f"- Backbone settings beyond the shared shape: {configs or 'none'}",
+        (
+            "- `<name>.twin`: the zero-cost-merge twin (same blocks, attention kinds and per-block token counts, "
+            "tokens kept by slicing); `<name>.floor`: the same blocks without attention or merging. "
+            "`time vs twin` = median step time over the twin's: the cost of the merge machinery (1.00 = free)"
+        ),
         "",
         "## Targets",
         "",
@@ -699,7 +738,7 @@ def render_markdown(document: Mapping[str, Any], targets: Sequence[TargetCheck],
     columns = [
         ("backbone", "backbone"), ("n", "N"), ("batch", "batch"), ("tokens_per_s", "tokens/s"),
         ("peak_mem_gib", "peak GiB"), ("median_ms", "median ms"), ("range_ms", "min–max ms"),
-        ("attn_gflops", "attn GFLOPs/seq"), ("attn_flops_ratio_vs_full", "attn vs full"),
+        ("attn_gflops", "attn GFLOPs/seq"), ("attn_flops_ratio_vs_full", "attn vs full"), ("vs_twin", "time vs twin"),
         ("compile_s", "compile s"), ("wall_s", "case s"), ("status", "status"),
     ]  # fmt: skip
     for mode in meta["modes"]:
@@ -708,6 +747,7 @@ def render_markdown(document: Mapping[str, Any], targets: Sequence[TargetCheck],
                 **r,
                 "n": _fmt_n(r["seq_len"]),
                 "range_ms": _fmt_ms_range(r),
+                "vs_twin": vs_twin(rows, r),
                 "attn_gflops": None if r["attn_flops"] is None else r["attn_flops"] / 1e9,
                 "status": r["status"] if not r["message"] else f"{r['status']}: {r['message'][:120]}",
             }
@@ -816,6 +856,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--case-timeout-s", type=float, default=180.0, help="abandon a case after this many seconds, 0 = no limit (default: %(default)s)")
     how.add_argument("--num-classes", type=int, default=10, help="classes of the random-label head (default: %(default)s)")
     how.add_argument("--seed", type=int, default=0)
+    how.add_argument("--no-ideal", action="store_true", help="skip the zero-cost-merge twin and attention-free floor rows of MAELRE backbones")
     files = parser.add_argument_group("output")
     files.add_argument("--out", default=DEFAULT_OUT, help="results JSON, rewritten after every case (default: %(default)s)")
     files.add_argument("--plot", default=None, help="plot PNG (default: --out with .png)")
@@ -850,6 +891,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         case_timeout_s=args.case_timeout_s if args.case_timeout_s > 0 else None,
         num_classes=args.num_classes,
         seed=args.seed,
+        ideal=not args.no_ideal,
         **kwargs,
     )
 

@@ -105,7 +105,6 @@ def profile_case(name: str, seq_len: int, mode: str, config: BenchConfig, steps:
 def saved_activations(name: str, seq_len: int, config: BenchConfig, batch: int = 1) -> dict[str, Any]:
     """MiB that one forward of ``batch`` x ``seq_len`` tokens saves for backward, total and by source line."""
     backbone = build_backbone(name, config).train()
-    backbone.validate_inputs = False
     tokens = torch.randn(batch, seq_len, config.dim, device=config.device)
     storages: dict[int, int] = {}
     by_source: Counter[str] = Counter()
@@ -135,7 +134,6 @@ def check_compile(name: str, config: BenchConfig, seq_len: int, batch: int = 2) 
     """Max |compiled - eager| of the pooled output, float32, on one random padded batch."""
     device = torch.device(config.device)
     backbone = build_backbone(name, config).eval()
-    backbone.validate_inputs = False  # its host-synced checks would split the compiled graph
     tokens = torch.randn(batch, seq_len, config.dim, device=device)
     mask = torch.ones(batch, seq_len, dtype=torch.bool, device=device)
     mask[0, seq_len // 2 :] = False  # one padded row: masks must survive compilation too

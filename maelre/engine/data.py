@@ -25,6 +25,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from maelre.engine.seed import rng_state, set_rng_state
+from maelre.layers.validation import validate_batch
 
 Sample = tuple[Any, int]
 
@@ -135,7 +136,11 @@ class EncodedDataset(Dataset):
 
 
 class BatchCollator:
-    """``[(encoded, y), ...] -> (batch, labels [B])`` through ``adapter.collate`` (picklable for workers)."""
+    """``[(encoded, y), ...] -> (batch, labels [B])`` through ``adapter.collate`` (picklable for workers).
+
+    Each batch's values (NaN, all-padding rows) are checked here, on CPU, once, so the
+    model's forward needs no host-synced checks (``maelre.layers.validation``).
+    """
 
     def __init__(self, adapter: Any, two_tower: bool = False) -> None:
         self.adapter = adapter
@@ -144,10 +149,13 @@ class BatchCollator:
     def __call__(self, items: list[tuple[Any, int]]) -> tuple[dict, Tensor]:
         labels = torch.tensor([y for _, y in items], dtype=torch.long)
         if self.two_tower:
-            left = self.adapter.collate([enc[0] for enc, _ in items])
-            right = self.adapter.collate([enc[1] for enc, _ in items])
-            return {"left": left, "right": right}, labels
-        return self.adapter.collate([enc for enc, _ in items]), labels
+            return {"left": self._collate([enc[0] for enc, _ in items]), "right": self._collate([enc[1] for enc, _ in items])}, labels
+        return self._collate([enc for enc, _ in items]), labels
+
+    def _collate(self, encoded: list) -> dict:
+        batch = self.adapter.collate(encoded)
+        validate_batch(batch, owner=getattr(self.adapter, "modality", "adapter"))
+        return batch
 
 
 def batch_size_of(batch: dict) -> int:

@@ -51,6 +51,7 @@ from maelre.model import SequenceClassifier
 from maelre.registry import create_backbone
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 @dataclass
@@ -82,6 +83,10 @@ class TrainerConfig:
             epochs; ``None`` = per epoch): learning curves for runs of few, long epochs.
         log_every_n_steps: logging period.
         enable_progress_bar: show Lightning's rich progress bar.
+        compile: ``false`` (eager), ``true`` (= ``"default"``) or a ``torch.compile`` mode:
+            ``"default"``, ``"reduce-overhead"`` (CUDA graphs) or ``"max-autotune"``. The
+            training, validation and test steps run the compiled model; checkpoints and the
+            returned model stay plain ``nn.Module``s.
     """
 
     max_epochs: int | None = 10
@@ -103,6 +108,7 @@ class TrainerConfig:
     val_every_n_steps: int | None = None
     log_every_n_steps: int = 50
     enable_progress_bar: bool = True
+    compile: bool | str = False
 
     def __post_init__(self) -> None:
         if self.max_epochs is None and self.max_steps is None and self.max_time is None:
@@ -129,6 +135,10 @@ class TrainerConfig:
             raise ValueError(f"strategy must be 'auto' or 'ddp' (ddp_spawn is not supported), got {self.strategy!r}")
         if self.early_stopping_monitor not in ("val/acc", "val/f1", "val/loss"):
             raise ValueError(f"early_stopping_monitor must be 'val/acc', 'val/f1' or 'val/loss', got {self.early_stopping_monitor!r}")
+        if self.compile is True:
+            self.compile = "default"
+        if self.compile is not False and self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be false, true or one of {COMPILE_MODES}, got {self.compile!r}")
 
 
 @dataclass
@@ -357,7 +367,9 @@ def fit_classifier(
                 num_workers=num_workers, two_tower=two_tower, cache=cache,
             )
 
-    task = task_class(model, optim_cfg, num_classes, class_weights, label_smoothing, functools.partial(len, train_loader))
+    task = task_class(
+        model, optim_cfg, num_classes, class_weights, label_smoothing, functools.partial(len, train_loader), compile=trainer_cfg.compile or None
+    )
     throughput, history = ThroughputMonitor(), HistoryRecorder()
     cbs: list[Callback] = [throughput, history, LoaderStateRestore(), *callbacks]
     best_cb: BestCheckpoint | None = None

@@ -37,7 +37,7 @@ class PretrainTask(ClassificationTask):
 
     def outputs(self, batch: tuple[dict, Tensor]) -> tuple[Tensor, Tensor]:
         inputs, _ = batch
-        return self.model(inputs)
+        return self(inputs)
 
 
 def mask_ratio_of(recipe: Recipe) -> float:

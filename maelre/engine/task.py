@@ -145,6 +145,9 @@ class ClassificationTask(L.LightningModule):
         batches_per_epoch: returns the training loader's length (per process); used to
             size the LR schedule instead of Lightning's ``estimated_stepping_batches``,
             which sets the train loader up before a resumed run restores its position.
+        compile: a ``torch.compile`` mode (``"default"``, ``"reduce-overhead"``, ...) for
+            the steps, or ``None`` for eager. ``self.model`` itself stays uncompiled, so
+            its state dict, checkpoints and later use are those of the eager module.
     """
 
     def __init__(
@@ -155,11 +158,14 @@ class ClassificationTask(L.LightningModule):
         class_weights: Tensor | list[float] | None = None,
         label_smoothing: float = 0.0,
         batches_per_epoch: Callable[[], int] | None = None,
+        compile: str | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.model = model
+        # Kept out of the module tree (no "_orig_mod." keys in state dicts); shares model's parameters.
+        self.__dict__["run_model"] = model if compile is None else torch.compile(model, mode=compile)
         self.optim = optim
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
@@ -178,7 +184,8 @@ class ClassificationTask(L.LightningModule):
         self.confusion: Tensor | None = None
 
     def forward(self, batch: dict) -> Tensor:
-        return self.model(batch)
+        """Logits ``[B, C]`` for an adapter batch (through the compiled model when ``compile`` is set)."""
+        return self.run_model(batch)
 
     def _loss_terms(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """``(summed cross-entropy, normaliser)``: their ratio is the batch's mean loss.
@@ -212,7 +219,7 @@ class ClassificationTask(L.LightningModule):
     def outputs(self, batch: tuple[dict, Tensor]) -> tuple[Tensor, Tensor]:
         """``(logits [M, C], targets [M])`` that the loss and metrics compare; here the batch's samples and labels."""
         inputs, labels = batch
-        return self.model(inputs), labels
+        return self(inputs), labels
 
     def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> dict[str, Tensor]:
         logits, labels = self.outputs(batch)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from maelre.layers import triton_linear_attention as fused
 from maelre.layers.rope import apply_rope, rope_angles
 
 FEATURE_MAPS = ("elu", "favor")
@@ -294,7 +295,9 @@ class LinearAttention(nn.Module):
 
     Call as a kernel: ``module(q, k, v, key_bias=..., key_mask=...) -> [B, H, N, dh]``. With
     ``recompute`` (default) backward recomputes the float32 features from q and k instead of
-    storing them (FlashAttention-style; ``key_bias`` then gets no gradient).
+    storing them (FlashAttention-style; ``key_bias`` then gets no gradient). On CUDA, when
+    triton imports, self-attention with ``recompute`` runs the fused Triton kernels
+    (``maelre.layers.triton_linear_attention``, same math; ``MAELRE_TRITON=0`` turns them off).
     """
 
     def __init__(
@@ -331,6 +334,11 @@ class LinearAttention(nn.Module):
             return rotary_linear_attention(
                 q, k, v, positions, key_bias=key_bias, key_mask=key_mask, feature_map=feature_map, rope_base=rope_base, eps=self.eps
             )
+        if (self.recompute or not torch.is_grad_enabled()) and q.shape == k.shape and fused.available(q):
+            b, _, n, _ = q.shape
+            weights = key_weights(key_bias, key_mask)
+            weights = q.new_ones(b, n, dtype=torch.float32) if weights is None else weights
+            return fused.fused_linear_attention(q, k, v, weights, projection=None if self.favor is None else self.favor.projection, eps=self.eps)
         if self.recompute and torch.is_grad_enabled():
             return _RecomputedLinearAttention.apply(q, k, v, key_bias, key_mask, feature_map, self.eps)
         return linear_attention(q, k, v, key_bias=key_bias, key_mask=key_mask, feature_map=feature_map, eps=self.eps)

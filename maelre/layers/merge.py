@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from maelre.layers import triton_merge
+
 MergeFn = Callable[..., Tensor]
 UnmergeFn = Callable[[Tensor], Tensor]
 
@@ -43,7 +45,8 @@ def compaction_order(keep: Tensor) -> Tensor:
 # Inductor (torch 2.11, CPU) miscompiles the fused "mask the scores, then max with
 # index" of the matching: values right, indices wrong for most rows. The two matchers
 # therefore always run eagerly, also inside a torch.compile'd backbone (a graph break
-# per merge); tests/test_merge.py checks compiled merging against eager.
+# per merge); tests/test_merge.py checks compiled merging against eager. On CUDA the
+# window matcher is a fused Triton custom op instead, which compiles as one opaque op.
 @torch.compiler.disable
 def match_global(a: Tensor, b: Tensor, b_real: Tensor) -> tuple[Tensor, Tensor]:
     """Best B match of every A token over all of B.
@@ -62,7 +65,6 @@ def match_global(a: Tensor, b: Tensor, b_real: Tensor) -> tuple[Tensor, Tensor]:
     return scores.max(dim=-1)
 
 
-@torch.compiler.disable
 def match_window(a: Tensor, b: Tensor, b_real: Tensor, window: int) -> tuple[Tensor, Tensor]:
     """Like ``match_global``, but A token ``j`` (position ``2j``) only sees B tokens within ``window`` positions.
 
@@ -73,6 +75,13 @@ def match_window(a: Tensor, b: Tensor, b_real: Tensor, window: int) -> tuple[Ten
     """
     if window < 1:
         raise ValueError(f"match window must be >= 1 position, got {window}; use None for global matching")
+    if triton_merge.available(a):  # the same band as one fused kernel (CUDA): a custom op, no graph break
+        return triton_merge.match_window(a, b, b_real, window)
+    return _match_window_eager(a, b, b_real, window)
+
+
+@torch.compiler.disable
+def _match_window_eager(a: Tensor, b: Tensor, b_real: Tensor, window: int) -> tuple[Tensor, Tensor]:
     na, nb = a.shape[1], b.shape[1]
     before = min((window + 1) // 2, na)  # offsets beyond the sequence cannot match anything
     after = min((window - 1) // 2, nb - 1)

@@ -1,8 +1,20 @@
-"""Input checks shared by every backbone: each error says what was wrong and how to fix it."""
+"""Input checks shared by every backbone: each error says what was wrong and how to fix it.
+
+Shape checks (``check_token_shapes``) read only metadata and cost nothing. Value checks
+(``check_token_values``, ``validate_batch``: NaN/inf, all-padding rows) read tensor values,
+which on an accelerator is a host sync. So they run once where the batch is built (the
+data loader's collate, on CPU), not in every forward; a backbone runs them too only with
+its ``check_values`` debug flag (or ``MAELRE_DEBUG_CHECKS=1``).
+"""
 from __future__ import annotations
+
+import os
 
 import torch
 from torch import Tensor
+
+DEBUG_CHECKS = os.environ.get("MAELRE_DEBUG_CHECKS", "0") not in ("", "0", "false", "False")
+"""Default of ``Backbone.check_values``: value checks in every forward (set ``MAELRE_DEBUG_CHECKS=1``)."""
 
 
 def _rows(flags: Tensor, limit: int = 8) -> str:
@@ -22,10 +34,24 @@ def validate_tokens(
 ) -> None:
     """Raise ``ValueError`` naming the fix when ``tokens``/``mask`` cannot be encoded.
 
-    Checks: rank 3 float ``[B, N, D]``, D matches ``dim``, N > 0, N <= ``max_len``,
-    N divisible by ``multiple_of``, ``mask`` bool ``[B, N]`` with no all-padding row,
-    and no NaN/inf in real tokens.
+    ``check_token_shapes`` then ``check_token_values``: rank 3 float ``[B, N, D]``, D
+    matches ``dim``, N > 0, N <= ``max_len``, N divisible by ``multiple_of``, ``mask``
+    bool ``[B, N]`` with no all-padding row, and no NaN/inf in real tokens.
     """
+    check_token_shapes(tokens, mask, dim=dim, max_len=max_len, multiple_of=multiple_of, owner=owner)
+    check_token_values(tokens, mask, owner=owner)
+
+
+def check_token_shapes(
+    tokens: Tensor,
+    mask: Tensor | None,
+    *,
+    dim: int,
+    max_len: int | None = None,
+    multiple_of: int = 1,
+    owner: str = "backbone",
+) -> None:
+    """The checks of ``validate_tokens`` that read no tensor values (no host sync)."""
     if not isinstance(tokens, Tensor):
         raise ValueError(f"{owner}: tokens must be a torch.Tensor of shape [B, N, D], got {type(tokens).__name__}")
     if tokens.dim() != 3:
@@ -52,14 +78,40 @@ def validate_tokens(
             raise ValueError(f"{owner}: mask must be a bool tensor of shape [B, N]=({b}, {n}), got {shape}")
         if mask.dtype != torch.bool:
             raise ValueError(f"{owner}: mask must be bool (True = real token), got {mask.dtype}; use mask.bool()")
-        empty = ~mask.any(dim=1)
-        if bool(empty.any()):
-            raise ValueError(f"{owner}: batch rows [{_rows(empty)}] are all padding; drop empty sequences before encoding")
-        bad = ~torch.isfinite(tokens).all(dim=-1) & mask
-    else:
-        bad = ~torch.isfinite(tokens).all(dim=-1)
+
+
+def _check_rows(mask: Tensor, owner: str) -> None:
+    empty = ~mask.any(dim=1)
+    if bool(empty.any()):
+        raise ValueError(f"{owner}: batch rows [{_rows(empty)}] are all padding; drop empty sequences before encoding")
+
+
+def check_token_values(tokens: Tensor, mask: Tensor | None, *, owner: str = "backbone") -> None:
+    """Raise ``ValueError`` for an all-padding row of ``mask [B, N]`` or NaN/inf in real ``tokens [B, N, ...]``.
+
+    Reads values (a host sync on an accelerator); shapes must already be checked.
+    """
+    if mask is not None:
+        _check_rows(mask, owner)
+    bad = ~torch.isfinite(tokens).reshape(*tokens.shape[:2], -1).all(dim=-1)
+    if mask is not None:
+        bad = bad & mask
     if bool(bad.any()):
         raise ValueError(
             f"{owner}: tokens contain NaN or inf in batch rows [{_rows(bad.any(dim=1))}]; "
             "clean the input or set the adapter's nan_policy (e.g. 'zero' or 'interpolate')"
         )
+
+
+def validate_batch(batch: dict[str, Tensor], *, owner: str = "adapter") -> None:
+    """``check_token_values`` on a collated adapter batch (CPU, in the data loader).
+
+    ``batch["mask"]`` is ``[B, L]``; each floating entry ``[B, L, ...]`` is checked at
+    real positions, any other floating entry (an image ``[B, C, H, W]``) everywhere.
+    """
+    mask = batch["mask"]
+    _check_rows(mask, owner)
+    for value in batch.values():
+        if isinstance(value, Tensor) and value.is_floating_point():
+            aligned = value.dim() >= 2 and value.shape[:2] == mask.shape
+            check_token_values(value if aligned else value.reshape(len(value), 1, -1), mask if aligned else None, owner=owner)

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Issue 15 on one GPU: the fused-kernel tests, then MAELRE against its zero-cost-merge twin.
+# One step per call (each ends within ~9 minutes):
+#
+#   bash benchmarks/gpu_kernels.sh tests     # kernel-vs-PyTorch tests on CUDA (fp32 and bf16) + interpreter run
+#   bash benchmarks/gpu_kernels.sh eager     # efficiency benchmark, eager, fused kernels on
+#   bash benchmarks/gpu_kernels.sh graph     # the same, whole step captured in a CUDA graph
+#   bash benchmarks/gpu_kernels.sh pytorch   # eager with MAELRE_TRITON=0: the PyTorch paths, for the kernels' share
+#
+# Each benchmark step times maelre, maelre.twin, maelre.floor and transformer (train step)
+# at 4K, 16K and 64K; the table's "time vs twin" column is the issue's ratio. Results go
+# to $OUT (default benchmarks/results/gpu_out): efficiency_h200*.json, .png and .md.
+#
+# Environment: OUT, PYTHON (default python3), SEQ_LENS (default 4K,16K,64K),
+# BACKBONES (default maelre,transformer), EXTRA (more efficiency.py options, e.g.
+# "--backbone-config maelre:merge_site=both").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step=${1:?usage: bash benchmarks/gpu_kernels.sh tests|eager|graph|pytorch}
+OUT=${OUT:-benchmarks/results/gpu_out}
+PYTHON=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+
+if ! "$PYTHON" -c "import torch, triton, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "gpu_kernels.sh: needs a CUDA device and triton visible to $PYTHON" >&2
+    exit 2
+fi
+
+bench() {  # bench NAME [efficiency.py options]
+    local name=$1
+    shift
+    # shellcheck disable=SC2086  # EXTRA is a list of options
+    "$PYTHON" benchmarks/efficiency.py --backbones "${BACKBONES:-maelre,transformer}" --seq-lens "${SEQ_LENS:-4K,16K,64K}" \
+        --modes train --time-budget-s 480 --out "$OUT/$name.json" --table "$OUT/$name.md" "$@" ${EXTRA:-}
+}
+
+case $step in
+    tests) "$PYTHON" -m pytest tests/test_triton_kernels.py tests/test_bench_efficiency.py -q -p no:cacheprovider -rs -k "cuda or gpu or twin or interpreter" ;;
+    eager) bench efficiency_h200 ;;
+    graph) bench efficiency_h200_cudagraph --cuda-graph ;;
+    pytorch) MAELRE_TRITON=0 bench efficiency_h200_pytorch ;;
+    *) echo "gpu_kernels.sh: unknown step '$step'; use tests, eager, graph or pytorch" >&2; exit 2 ;;
+esac

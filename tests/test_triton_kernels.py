@@ -1,0 +1,221 @@
+"""Fused Triton kernels against their PyTorch paths: linear attention (values and gradients), windowed matching.
+
+On CPU the kernels run under Triton's interpreter: ``TRITON_INTERPRET=1`` must be set
+before triton is imported (its own library functions are jitted then), so
+``test_kernels_under_the_interpreter`` runs this file's "interpret" cases in a fresh
+process with it set. With a GPU the same cases also run the compiled kernels, in float32
+and bf16.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+
+from maelre.layers import _triton
+
+la = importlib.import_module("maelre.layers.linear_attention")  # the module (maelre.layers exports a function of that name)
+
+triton = pytest.importorskip("triton", reason="the fused kernels need triton (shipped with torch's CUDA wheels)")
+
+B, H, N, DH = 1, 2, 70, 16  # two tiles of 64 tokens, one partial
+
+
+@pytest.fixture(params=["interpret", "cuda"])
+def kernels(request):
+    """``(module, device)``: the kernel module, interpreted on CPU or compiled on CUDA."""
+    if request.param == "cuda":
+        if not torch.cuda.is_available():
+            pytest.skip("compiled Triton kernels need a CUDA GPU; the interpreter case covers CPU")
+        yield la.fused, "cuda"
+        return
+    if not _triton.INTERPRET:
+        pytest.skip("interpreter cases run in test_kernels_under_the_interpreter's process (TRITON_INTERPRET=1)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # numpy evaluates both sides of tl.where (-inf - -inf)
+        yield la.fused, "cpu"
+
+
+@pytest.mark.slow  # a fresh interpreter process: ~7 s idle, 30 s on a loaded 2-core machine
+def test_kernels_under_the_interpreter():
+    if _triton.INTERPRET:
+        pytest.skip("this process is the interpreter run itself")
+    cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpret and not under_the"]
+    run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
+    assert "10 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
+
+
+def inputs(device: str, dtype: torch.dtype = torch.float32, n: int = N):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, n, H, DH, generator=g).transpose(1, 2) for _ in range(3))  # strided, as the backbones pass them
+    key_bias = torch.rand(B, n, generator=g).mul(2).log1p()  # log token sizes (proportional attention)
+    mask = torch.arange(n) < n - 9
+    k[:, :, ~mask] = float("nan")  # padded keys may hold anything (the backbones zero padded values)
+    to = dict(device=device)
+    return [x.to(dtype=dtype, **to).requires_grad_() for x in (q, k, v)], key_bias.to(**to), mask.expand(B, n).to(**to)
+
+
+def feature_map(kind: str, device: str):
+    return la.elu_feature_map if kind == "elu" else la.FavorFeatureMap(DH, num_features=24, seed=0).to(device)
+
+
+def compare(module, device, kind, dtype=torch.float32, tol=2e-5, n=N):
+    (q, k, v), key_bias, mask = inputs(device, dtype, n)
+    fmap = feature_map(kind, device)
+    weights = la.key_weights(key_bias, mask)
+    out = module.fused_linear_attention(q, k, v, weights, projection=None if kind == "elu" else fmap.projection)
+    ref = la.linear_attention(*(x.float() for x in (q, k, v)), key_bias=key_bias, key_mask=mask, feature_map=fmap)
+    assert out.dtype == dtype and out.shape == (B, H, n, DH)
+    torch.testing.assert_close(out.float(), ref, atol=tol, rtol=tol)
+    grad = torch.randn_like(ref)
+    fused_grads = torch.autograd.grad(out, (q, k, v), grad.to(dtype))
+    ref_grads = torch.autograd.grad(ref, (q, k, v), grad)
+    real = mask[0]
+    for name, got, want in zip("qkv", fused_grads, ref_grads):
+        if name != "q":  # padded keys: exact zeros from the kernel, NaN (0 * NaN) from autograd's reference
+            assert (got[:, :, ~real] == 0).all(), f"d{name} at padded keys"
+            got, want = got[:, :, real], want[:, :, real]
+        torch.testing.assert_close(got.float(), want.float(), atol=tol * 10, rtol=tol * 10, msg=f"d{name}")
+
+
+@pytest.mark.parametrize("kind", ["elu", "favor"])
+def test_fused_matches_reference_values_and_gradients(kernels, kind):
+    compare(*kernels, kind)
+
+
+def test_chunked_reductions_combine_exactly(kernels, monkeypatch):
+    """One program per sequence (two tiles in a chunk) and one per tile: FAVOR's per-chunk stabilizers rescale to the same result."""
+    module, device = kernels
+    monkeypatch.setattr(module, "TARGET_PROGRAMS", 1)
+    compare(module, device, "favor")
+
+
+def test_linear_attention_dispatches_to_the_kernels(kernels, monkeypatch):
+    module, device = kernels
+    layer = la.LinearAttention(DH, "favor", num_features=24).to(device)
+    (q, k, v), key_bias, mask = inputs(device)
+    calls = []
+    kernel = module.fused_linear_attention
+    monkeypatch.setattr(module, "fused_linear_attention", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
+    out = layer(q, k, v, key_bias=key_bias, key_mask=mask)
+    assert calls == [1]
+    monkeypatch.setattr(_triton, "ENABLED", False)
+    torch.testing.assert_close(out, layer(q, k, v, key_bias=key_bias, key_mask=mask), atol=2e-5, rtol=2e-5)
+    assert calls == [1]
+
+
+def test_kernels_compile_without_graph_breaks(kernels):
+    """The custom ops trace whole (fullgraph) and the compiled layer gives eager's values and gradients."""
+    _, device = kernels
+    layer = la.LinearAttention(DH, "favor", num_features=24).to(device)
+    (q, k, v), key_bias, mask = inputs(device)
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    results = []
+    for forward in (layer, compiled):
+        out = forward(q, k, v, key_bias=key_bias, key_mask=mask)
+        results.append((out, torch.autograd.grad(out.square().sum(), (q, k, v))))
+    (eager, eager_grads), (got, got_grads) = results
+    torch.testing.assert_close(got, eager)
+    for a, b in zip(got_grads, eager_grads):
+        torch.testing.assert_close(a[:, :, mask[0]], b[:, :, mask[0]])
+
+
+@pytest.mark.slow  # ~65 s for the four on a loaded 2-core machine (ptxas included)
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+@pytest.mark.parametrize("favor", [False, True])
+def test_kernels_compile_for_hopper(favor, dtype, tmp_path, monkeypatch):
+    """Every kernel lowers to sm_90 machine code (no GPU needed): catches what the interpreter, which runs Python, lets through."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from maelre.layers import triton_merge
+
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))  # compile for real, not from an earlier run's cache
+    fused = la.fused
+    ptr, f32 = f"*{dtype}", "*fp32"
+    consts = dict(IS_FAVOR=favor, SCALE=0.25, INV_SQRT_F=0.1, PREC="ieee" if dtype == "fp32" else "tf32", BN=fused.BLOCK_N, DHP=32, FP=128 if favor else 32)
+    kernels = [
+        (fused._state_kernel, dict(k_ptr=ptr, v_ptr=ptr, w_ptr=f32, proj_ptr=f32, s_ptr=f32, z_ptr=f32, m_ptr=f32)),
+        (fused._output_kernel, dict(q_ptr=ptr, proj_ptr=f32, s_ptr=f32, z_ptr=f32, o_ptr=ptr, eps="fp32")),
+        (fused._query_grad_kernel, dict(q_ptr=ptr, g_ptr=ptr, proj_ptr=f32, s_ptr=f32, z_ptr=f32, dq_ptr=ptr, ds_ptr=f32, dz_ptr=f32, eps="fp32")),
+        (fused._key_grad_kernel, dict(k_ptr=ptr, v_ptr=ptr, w_ptr=f32, proj_ptr=f32, m_ptr=f32, ds_ptr=f32, dz_ptr=f32, dk_ptr=ptr, dv_ptr=ptr)),
+    ]
+    if not favor:
+        kernels.append((triton_merge._match_window_kernel, dict(a_ptr=ptr, b_ptr=ptr, real_ptr="*u8", score_ptr=ptr, index_ptr="*i64")))
+        consts.update(BA=triton_merge.BLOCK_A, CP=16)
+    for kernel, pointers in kernels:
+        own = {name: consts[name] for name in kernel.arg_names if name in consts}
+        signature = {name: "constexpr" if name in own else pointers.get(name, "i32") for name in kernel.arg_names}
+        compiled = triton.compile(ASTSource(fn=kernel, signature=signature, constexprs=own), target=GPUTarget("cuda", 90, 32))
+        assert compiled.asm["cubin"], kernel.fn.__name__
+
+
+def test_plain_cpu_keeps_the_pytorch_path():
+    assert not la.fused.available(torch.zeros(1)) or _triton.INTERPRET
+
+
+def test_bad_shapes_name_the_fix():
+    q = torch.zeros(1, 2, 8, 4)
+    with pytest.raises(ValueError, match=r"weights must be \[B, N\]=\(1, 8\)"):
+        la.fused.fused_linear_attention(q, q, q, torch.ones(1, 7))
+    with pytest.raises(ValueError, match="q, k, v of one shape"):
+        la.fused.fused_linear_attention(q, q[:, :, :4], q[:, :, :4], torch.ones(1, 8))
+
+
+@pytest.mark.parametrize("kind", ["elu", "favor"])
+def test_bf16_on_gpu_accumulates_in_float32(kind):
+    if not torch.cuda.is_available():
+        pytest.skip("bf16 kernels are compiled for CUDA; the interpreter has no bf16 tensor cores")
+    compare(la.fused, "cuda", kind, torch.bfloat16, tol=2e-2, n=4096 + 70)
+
+
+# --------------------------------------------------------------------------- windowed matching
+@pytest.mark.parametrize("window", [1, 2, 5, 40])  # 40: the band is cut at both ends of the 38 A tokens
+def test_fused_window_matching_matches_reference(kernels, monkeypatch, window):
+    from maelre.layers import merge, triton_merge
+
+    module, device = kernels
+    g = torch.Generator().manual_seed(window)
+    unit = torch.nn.functional.normalize(torch.randn(3, 75, 12, generator=g), dim=-1).to(device)
+    sizes = (torch.arange(75) < torch.tensor([75, 40, 3])[:, None]).float().to(device)  # one row with a single real B token
+    a, b, b_real = unit[:, ::2], unit[:, 1::2], sizes[:, 1::2] > 0  # strided, as bipartite_soft_matching passes them
+    score, index = triton_merge.match_window(a, b, b_real, window)
+    monkeypatch.setattr(_triton, "ENABLED", False)
+    want_score, want_index = merge.match_window(a, b, b_real, window)
+    finite = want_score > float("-inf")
+    assert torch.equal(score > float("-inf"), finite) and torch.equal(index[finite], want_index[finite])
+    torch.testing.assert_close(score[finite], want_score[finite], atol=1e-6, rtol=1e-6)
+    assert index.dtype == torch.long and ((index >= 0) & (index < b.shape[1])).all()
+
+
+def test_maelre_through_the_kernels_matches_the_pytorch_path_and_compiles_whole(kernels, monkeypatch):
+    """The dispatch hooks end to end: a padded MAELRE batch (FAVOR+, windowed merging, proportional attention),
+    forward and backward, eager and compiled with ``fullgraph=True`` (both kernels are custom ops: no graph break)."""
+    from maelre import create_backbone
+
+    _, device = kernels
+    model = create_backbone("maelre", dim=32, depth=2, heads=2, feature_map="favor", switch_threshold=8, merge_schedule="fraction", merge_fraction=0.3).to(device)
+    tokens = torch.randn(2, 64, 32, device=device)
+    mask = torch.arange(64, device=device) < torch.tensor([64, 41], device=device)[:, None]
+    torch._dynamo.reset()
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    results = []
+    for forward, enabled in ((model, False), (model, True), (compiled, True)):
+        monkeypatch.setattr(_triton, "ENABLED", enabled)
+        model.zero_grad()
+        pooled = forward(tokens, mask)
+        pooled.square().sum().backward()
+        results.append((pooled.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert [b.attention for b in model(tokens, mask, return_trace=True).trace] == ["linear", "linear"]
+    ref, ref_grads = results[0]
+    for pooled, grads in results[1:]:
+        torch.testing.assert_close(pooled, ref, atol=1e-5, rtol=1e-5)
+        for got, want in zip(grads, ref_grads):
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
