@@ -297,7 +297,7 @@ class LinearAttention(nn.Module):
     ``recompute`` (default) backward recomputes the float32 features from q and k instead of
     storing them (FlashAttention-style; ``key_bias`` then gets no gradient). On CUDA, when
     triton imports, self-attention with ``recompute`` runs the fused Triton kernels
-    (``maelre.layers.triton_linear_attention``, same math; ``MAELRE_TRITON=0`` turns them off).
+    (``maelre.layers.triton_linear_attention``, same math; opt-in with ``MAELRE_TRITON=1`` until verified on a GPU).
     """
 
     def __init__(
