@@ -70,7 +70,7 @@ def fit(train: list, val: list, devices: int, batch_size: int, dropout: float, r
 
 def tmp_recipe(out: Path) -> Path:
     """The CLI tests' tiny ItalyPowerDemand recipe, writing versioned runs under ``out/recipe_runs``."""
-    from test_cli import RECIPE
+    from conftest import TINY_RECIPE as RECIPE
 
     path = out / "tiny_ts.yaml"
     path.write_text(yaml.safe_dump({**RECIPE, "output": {"run_dir": str(out / "recipe_runs"), "versioned": True}}))

@@ -95,7 +95,8 @@ def test_a_recipe_that_is_a_list_names_the_file(tmp_path, capsys):
     ("optimizer.weight_decay=.nan", "optimizer.weight_decay: expected a finite number, got nan"),
     # found by the fuzz test: sizes beyond int64 escaped from torch as TypeError / OverflowError
     ("model.mlp_ratio=1e30", "model: backbone 'transformer' cannot be built with these settings (empty(): argument"),
-    ("model.backbone=maelre model.depth=9223372036854775808", "model: backbone 'maelre': cannot fit 'int' into an index-sized integer"),
+    ("model.backbone=maelre model.depth=9223372036854775808", "model.depth: backbone 'maelre': depth must be at most 1024 blocks"),
+    ("model.depth=100000", "model.depth: backbone 'transformer': depth must be at most 1024 blocks, got 100000"),  # built for hours before
 ])
 def test_out_of_range_values_name_the_key(recipe_file, capsys, override, message):
     assert main(["check", str(recipe_file), *(arg for item in override.split() for arg in ("--set", item))]) == 2

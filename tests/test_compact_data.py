@@ -83,7 +83,7 @@ def test_recipe_trains_on_device_with_augmentation(tmp_path) -> None:
 
 
 def test_recipe_checks_on_device_options(tmp_path) -> None:
-    with pytest.raises(RecipeError, match="data: augment runs on batches held on the device"):
+    with pytest.raises(RecipeError, match="data.augment: augment runs on batches held on the device"):
         parse_recipe(recipe(tmp_path, on_device=False))
     with pytest.raises(RecipeError, match="augment has no setting 'flip'; did you mean 'hflip'"):
         parse_recipe(recipe(tmp_path, augment={"flip": True}))

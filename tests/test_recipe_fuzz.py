@@ -19,7 +19,7 @@ BASE = {
     "data": {"dataset": {"name": "italypowerdemand"}, "adapter": {"name": "timeseries", "max_len": 32}, "batch_size": 16,
              "val_fraction": 0.2},
     "model": {"backbone": "maelre", "dim": 16, "depth": 2, "heads": 2, "dropout": 0.1,
-              "backbone_config": {"maelre": {"merge_fraction": 0.25}, "ecp": {"segment_size": 8}}},
+              "backbone_config": {"maelre": {"merge_schedule": "fraction", "merge_fraction": 0.25}, "ecp": {"segment_size": 8}}},
     "optimizer": {"lr": 0.005, "betas": [0.9, 0.99]},
     "schedule": {"warmup_steps": 2},
     "loss": {"label_smoothing": 0.1},

@@ -18,6 +18,10 @@ from maelre.layers import validation
 from maelre.layers.rope import rope_angles, rotary_kernel, row_angles
 
 
+MAX_DEPTH = 1024
+"""Deepest accepted backbone: far beyond any model here, and it keeps a mistyped depth from building for hours."""
+
+
 @dataclass
 class BackboneConfig:
     """Hyper-parameters shared by every backbone (timm-style config dataclass).
@@ -56,6 +60,8 @@ class BackboneConfig:
     def __post_init__(self) -> None:
         if self.dim <= 0 or self.depth <= 0 or self.heads <= 0:
             raise ValueError(f"dim, depth and heads must be positive, got dim={self.dim}, depth={self.depth}, heads={self.heads}")
+        if self.depth > MAX_DEPTH:
+            raise ValueError(f"depth must be at most {MAX_DEPTH} blocks, got {self.depth}")
         if self.dim % self.heads:
             raise ValueError(f"dim={self.dim} is not divisible by heads={self.heads}; choose heads that divide dim (e.g. {_divisor_hint(self.dim, self.heads)})")
         if self.pool not in ("mean", "cls"):

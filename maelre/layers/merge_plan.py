@@ -28,7 +28,10 @@ class MergePlanError(ValueError):
 def reachable(n: int, events: int, protected: int = 0) -> int:
     """Fewest tokens left after ``events`` maximal bipartite merges of ``n`` tokens (``protected`` never merge)."""
     for _ in range(events):
-        n -= max(0, (n - protected) // 2)
+        removed = max(0, (n - protected) // 2)
+        if removed == 0:  # nothing more can merge
+            break
+        n -= removed
     return n
 
 
