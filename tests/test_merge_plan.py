@@ -11,7 +11,7 @@ from maelre import create_backbone
 from maelre.backbones.maelre import MAELRE
 from maelre.layers import reference_attention
 from maelre.layers.layout import hilbert_order
-from maelre.layers.linear_attention import elu_feature_map, rotary_linear_attention_reference
+from maelre.layers.linear_attention import elu_feature_map, linear_attention_reference
 from maelre.layers.merge import bipartite_soft_matching
 from maelre.layers.merge_plan import AutoPlan, MergePlanError, reachable
 from maelre.layers.rope import apply_rope, rope_angles
@@ -132,7 +132,7 @@ def reference_maelre(m: MAELRE, tokens: torch.Tensor) -> torch.Tensor:
             cos, sin = rope_angles(pos, dh)
             out = reference_attention(apply_rope(q, cos.double(), sin.double()), apply_rope(k, cos.double(), sin.double()), v, bias[:, None, None, :])
         else:
-            out = rotary_linear_attention_reference(q, k, v, pos[None], key_bias=bias, feature_map=elu_feature_map)
+            out = linear_attention_reference(q, k, v, key_bias=bias, feature_map=elu_feature_map, positions=pos[None])
         x = x + block.attn.output(out)[0]
         keys = k[0].mean(0)
         x, sizes, pos, keys = merge(block, "attn", x, sizes, pos, keys)
@@ -173,7 +173,7 @@ def test_rope_scores_depend_only_on_relative_positions():
     for shift in (0.0, 13.5):
         cos, sin = rope_angles(pos + shift, 8)
         exact = reference_attention(apply_rope(q, cos[:, None], sin[:, None]), apply_rope(k, cos[:, None], sin[:, None]), v)
-        linear = rotary_linear_attention_reference(q, k, v, pos + shift)
+        linear = linear_attention_reference(q, k, v, positions=pos + shift)
         if shift == 0.0:
             base_exact, base_linear = exact, linear
     torch.testing.assert_close(exact, base_exact, rtol=1e-4, atol=1e-5)  # angles are float32

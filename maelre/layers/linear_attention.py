@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from maelre.layers import triton_linear_attention as fused
-from maelre.layers.rope import apply_rope, rope_angles
+from maelre.layers.rope import rope_angles
 
 FEATURE_MAPS = ("elu", "favor")
 
@@ -100,6 +100,8 @@ def linear_attention(
     key_mask: Tensor | None = None,
     feature_map: FeatureMap = elu_feature_map,
     eps: float = 1e-6,
+    positions: Tensor | None = None,
+    rope_base: float = 10000.0,
 ) -> Tensor:
     """Linear attention ``[B, H, N, dh]`` from ``q [B, H, Nq, dh]``, ``k, v [B, H, Nk, dh]``.
 
@@ -108,53 +110,39 @@ def linear_attention(
         key_mask: ``[B, Nk]`` bool, True = real key (padded keys get weight 0).
         feature_map: ``elu_feature_map`` or a ``FavorFeatureMap``.
         eps: added to the normalizer.
+        positions: ``[B, N]`` or ``[N]`` token positions (self-attention) for RoPE in feature
+            space (RoFormer, Su et al. 2021, eq. 19): ``out_i = sum_j w_j (R_i phi(q_i)).(R_j
+            phi(k_j)) v_j / sum_j w_j phi(q_i).phi(k_j)``. The numerator depends on relative
+            positions; the normalizer stays unrotated and positive. ``None``: no RoPE.
+        rope_base: RoPE frequency base.
     """
     b, h, n, dh = q.shape
     with torch.autocast(q.device.type, enabled=False):
-        phi_q, phi_kw, v1 = _linear_inputs(q, k, v, key_bias, key_mask, feature_map)
-        out = torch.bmm(phi_q, torch.bmm(phi_kw.transpose(1, 2), v1))  # [B*H, Nq, dh + 1]
-        out = out[..., :-1] / (out[..., -1:] + eps)
+        phi_q, phi_kw, v1 = _linear_inputs(q, k, v, key_bias, key_mask, feature_map)  # [B*H, N, F], [B*H, N, dh + 1]
+        if positions is None:
+            out = torch.bmm(phi_q, torch.bmm(phi_kw.transpose(1, 2), v1))  # [B*H, Nq, dh + 1]
+            out = out[..., :-1] / (out[..., -1:] + eps)
+        else:
+            cos, sin = feature_angles(positions, phi_q.shape[-1], rope_base)
+            if positions.dim() == 2:
+                cos, sin = (t.repeat_interleave(h, dim=0) for t in (cos, sin))
+            num = torch.bmm(rotate_features(phi_q, cos, sin), torch.bmm(rotate_features(phi_kw, cos, sin).transpose(1, 2), v1[..., :-1]))
+            den = torch.bmm(phi_q, phi_kw.sum(dim=1, keepdim=True).transpose(1, 2))
+            out = num / (den + eps)
     return out.view(b, h, n, dh).to(q.dtype)
 
 
-def rotary_linear_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    positions: Tensor,
-    *,
-    key_bias: Tensor | None = None,
-    key_mask: Tensor | None = None,
-    feature_map: FeatureMap = elu_feature_map,
-    rope_base: float = 10000.0,
-    eps: float = 1e-6,
-) -> Tensor:
-    """Linear attention with RoPE in feature space (RoFormer, Su et al. 2021, eq. 19).
+def feature_angles(positions: Tensor, num_features: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
+    """RoPE ``cos, sin`` ``[*positions.shape, F // 2]`` for ``F`` features: the first ``2 * (F // 2)`` rotate in pairs."""
+    return rope_angles(positions, num_features - num_features % 2, base)
 
-    ``out_i = sum_j w_j (R_i phi(q_i)).(R_j phi(k_j)) v_j / sum_j w_j phi(q_i).phi(k_j)``:
-    the numerator rotates the (non-negative) features by their token's position, so it
-    depends on relative positions; the normalizer stays unrotated and positive. With ``F``
-    features, the first ``2 * floor(F / 2)`` are rotated in pairs (an odd last one is not).
 
-    Args:
-        positions: ``[B, N]`` (or ``[N]``) float positions of the tokens (queries = keys).
-        Others as ``linear_attention``.
-    """
-    b, h, n, dh = q.shape
-    with torch.autocast(q.device.type, enabled=False):
-        phi_q, phi_kw, v1 = _linear_inputs(q, k, v, key_bias, key_mask, feature_map)  # [B*H, N, F], [B*H, N, dh+1]
-        feats = phi_q.shape[-1] - phi_q.shape[-1] % 2
-        cos, sin = rope_angles(positions, feats, rope_base)  # [(B,) N, F/2]
-        if positions.dim() == 2:
-            cos, sin = (t.repeat_interleave(h, dim=0) for t in (cos, sin))
-
-        def rotate(x: Tensor) -> Tensor:
-            return torch.cat([apply_rope(x[..., :feats], cos, sin), x[..., feats:]], dim=-1)
-
-        num = torch.bmm(rotate(phi_q), torch.bmm(rotate(phi_kw).transpose(1, 2), v1[..., :-1]))
-        den = torch.bmm(phi_q, phi_kw.sum(dim=1, keepdim=True).transpose(1, 2))
-        out = num / (den + eps)
-    return out.view(b, h, n, dh).to(q.dtype)
+def rotate_features(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """RoPE on the first ``2 * cos.shape[-1]`` features of ``x [..., N, F]``, in ``x``'s dtype; an odd last feature stays."""
+    rotated = 2 * cos.shape[-1]
+    x1, x2 = x[..., :rotated].chunk(2, dim=-1)
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos, x[..., rotated:]], dim=-1)
 
 
 def _float32(x: Tensor) -> Tensor:
@@ -239,48 +227,25 @@ def linear_attention_reference(
     key_mask: Tensor | None = None,
     feature_map: FeatureMap = elu_feature_map,
     eps: float = 1e-6,
-) -> Tensor:
-    """Naive float64 quadratic form of ``linear_attention`` (builds ``[B, H, Nq, Nk]``), for tests."""
-    q, k, v = q.double(), k.double(), v.double()
-    scores = feature_map(q, is_query=True, key_mask=key_mask) @ feature_map(k, is_query=False, key_mask=key_mask).transpose(-1, -2)
-    weights = torch.ones(k.shape[0], k.shape[2], dtype=torch.float64) if key_bias is None else key_bias.double().exp()
-    if key_mask is not None:
-        weights = weights * key_mask.double()
-    scores = scores * weights[:, None, None, :]
-    return (scores @ v) / (scores.sum(-1, keepdim=True) + eps)
-
-
-def rotary_linear_attention_reference(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    positions: Tensor,
-    *,
-    key_bias: Tensor | None = None,
-    key_mask: Tensor | None = None,
-    feature_map: FeatureMap = elu_feature_map,
+    positions: Tensor | None = None,
     rope_base: float = 10000.0,
-    eps: float = 1e-6,
 ) -> Tensor:
-    """Naive float64 quadratic form of ``rotary_linear_attention``, for tests: every score rotated explicitly."""
+    """Naive float64 quadratic form of ``linear_attention`` (builds ``[B, H, Nq, Nk]``), for tests; RoPE rotates every score explicitly."""
     q, k, v = q.double(), k.double(), v.double()
     phi_q = feature_map(q, is_query=True, key_mask=key_mask)
     phi_k = feature_map(k, is_query=False, key_mask=key_mask)
-    feats = phi_q.shape[-1] - phi_q.shape[-1] % 2
-    cos, sin = rope_angles(positions.double(), feats, rope_base)
-    if positions.dim() == 2:
-        cos, sin = cos[:, None].double(), sin[:, None].double()
-    x1q, x2q = phi_q[..., :feats].chunk(2, -1)
-    x1k, x2k = phi_k[..., :feats].chunk(2, -1)
-    rq = torch.cat([x1q * cos - x2q * sin, x1q * sin + x2q * cos, phi_q[..., feats:]], -1)
-    rk = torch.cat([x1k * cos - x2k * sin, x1k * sin + x2k * cos, phi_k[..., feats:]], -1)
     weights = torch.ones(k.shape[0], k.shape[2], dtype=torch.float64) if key_bias is None else key_bias.double().exp()
     if key_mask is not None:
         weights = weights * key_mask.double()
-    w = weights[:, None, None, :]
-    num = (rq @ rk.transpose(-1, -2)) * w
-    den = ((phi_q @ phi_k.transpose(-1, -2)) * w).sum(-1, keepdim=True)
-    return (num @ v) / (den + eps)
+    scores = (phi_q @ phi_k.transpose(-1, -2)) * weights[:, None, None, :]
+    numerator = scores
+    if positions is not None:
+        cos, sin = feature_angles(positions, phi_q.shape[-1], rope_base)
+        if positions.dim() == 2:
+            cos, sin = cos[:, None], sin[:, None]
+        rotated = rotate_features(phi_q, cos, sin) @ rotate_features(phi_k, cos, sin).transpose(-1, -2)
+        numerator = rotated * weights[:, None, None, :]
+    return (numerator @ v) / (scores.sum(-1, keepdim=True) + eps)
 
 
 def linear_attention_flops(n: int, dim: int, head_dim: int, num_features: int | None = None) -> float:
@@ -328,12 +293,10 @@ class LinearAttention(nn.Module):
         positions: Tensor | None = None,
         rope_base: float = 10000.0,
     ) -> Tensor:
-        """``[B, H, N, dh]``; with ``positions [B, N]`` RoPE enters in feature space (``rotary_linear_attention``)."""
+        """``[B, H, N, dh]``; with ``positions [B, N]`` RoPE enters in feature space (see ``linear_attention``)."""
         feature_map = elu_feature_map if self.favor is None else self.favor
-        if positions is not None:
-            return rotary_linear_attention(
-                q, k, v, positions, key_bias=key_bias, key_mask=key_mask, feature_map=feature_map, rope_base=rope_base, eps=self.eps
-            )
+        if positions is not None:  # RoPE: plain autograd (the recomputing backward and the fused kernels have no rotation)
+            return linear_attention(q, k, v, key_bias=key_bias, key_mask=key_mask, feature_map=feature_map, eps=self.eps, positions=positions, rope_base=rope_base)
         if (self.recompute or not torch.is_grad_enabled()) and q.shape == k.shape and fused.available(q):
             b, _, n, _ = q.shape
             weights = key_weights(key_bias, key_mask)

@@ -23,22 +23,15 @@ def _rows(flags: Tensor, limit: int = 8) -> str:
     return shown + (f", ... ({len(idx)} rows)" if len(idx) > limit else "")
 
 
-def validate_tokens(
-    tokens: Tensor,
-    mask: Tensor | None,
-    *,
-    dim: int,
-    max_len: int | None = None,
-    multiple_of: int = 1,
-    owner: str = "backbone",
-) -> None:
+def validate_tokens(tokens: Tensor, mask: Tensor | None, *, owner: str = "backbone", **shape: int | None) -> None:
     """Raise ``ValueError`` naming the fix when ``tokens``/``mask`` cannot be encoded.
 
-    ``check_token_shapes`` then ``check_token_values``: rank 3 float ``[B, N, D]``, D
-    matches ``dim``, N > 0, N <= ``max_len``, N divisible by ``multiple_of``, ``mask``
-    bool ``[B, N]`` with no all-padding row, and no NaN/inf in real tokens.
+    ``check_token_shapes`` (``shape``: its ``dim``, ``max_len``, ``multiple_of``) then
+    ``check_token_values``: rank 3 float ``[B, N, D]``, D matches ``dim``, N > 0,
+    N <= ``max_len``, N divisible by ``multiple_of``, ``mask`` bool ``[B, N]`` with no
+    all-padding row, and no NaN/inf in real tokens.
     """
-    check_token_shapes(tokens, mask, dim=dim, max_len=max_len, multiple_of=multiple_of, owner=owner)
+    check_token_shapes(tokens, mask, owner=owner, **shape)
     check_token_values(tokens, mask, owner=owner)
 
 
