@@ -15,7 +15,6 @@ RAM); with a ``run_dir`` it writes CSV/TensorBoard logs and pickle-free checkpoi
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import functools
 import math
@@ -42,13 +41,13 @@ from maelre.engine.callbacks import (
     ThroughputMonitor,
     peak_memory_bytes,
 )
-from maelre.engine.checkpoint import ModelSpec, SafeCheckpointIO, latest_checkpoint, load_weights, remove_stale_temporaries, resume_checkpoint
+from maelre.engine.building import build_model, num_classes_of, prepare_adapter  # noqa: F401  (build_model, prepare_adapter re-exported)
+from maelre.engine.checkpoint import SafeCheckpointIO, latest_checkpoint, load_weights, remove_stale_temporaries, resume_checkpoint
 from maelre.engine.data import Unlabeled, make_dataloader, move_to
 from maelre.engine.device_data import ImageAugment, MoveLoadersToDevice, make_device_loader
 from maelre.engine.seed import seed_everything
 from maelre.engine.task import ClassificationTask, OptimConfig
 from maelre.model import SequenceClassifier
-from maelre.registry import create_backbone
 
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
@@ -170,89 +169,6 @@ class FitResult:
     fit_seconds: float
     peak_memory: dict[str, Any]
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------- building
-def prepare_adapter(name: str, config: dict[str, Any], train_samples: Sequence[tuple[Any, int]], two_tower: bool = False) -> Any:
-    """Create adapter ``name`` with ``config`` and ``fit`` its preprocessing on the training inputs.
-
-    For two-tower data (``x = (left, right)``) both sides are fitted on.
-    """
-    from modalities import create_adapter
-
-    adapter = create_adapter(name, **config)
-    inputs = _TrainInputs(train_samples, two_tower)
-    try:
-        adapter.fit(inputs)  # lazy: adapters that subsample (audio statistics) read only what they need
-    except (TypeError, ValueError):
-        adapter.fit(list(inputs))  # adapters that accept only in-memory panels (lists/arrays)
-    return adapter
-
-
-class _TrainInputs(Sequence):
-    """The raw inputs of ``(x, y)`` samples (both sides of pairs, concatenated, for two-tower data)."""
-
-    def __init__(self, samples: Sequence[tuple[Any, int]], two_tower: bool) -> None:
-        self.samples = samples
-        self.two_tower = two_tower
-
-    def __len__(self) -> int:
-        return len(self.samples) * (2 if self.two_tower else 1)
-
-    def __getitem__(self, i: int) -> Any:  # type: ignore[override]
-        if not 0 <= i < len(self):
-            raise IndexError(f"index {i} out of range for {len(self)} training inputs")
-        if not self.two_tower:
-            return self.samples[i][0]
-        x, _ = self.samples[i % len(self.samples)]
-        return x[i // len(self.samples)]
-
-
-def build_model(
-    adapter: Any,
-    backbone_name: str,
-    backbone_cfg: dict[str, Any],
-    num_classes: int,
-    head_dropout: float = 0.0,
-    two_tower: bool = False,
-) -> SequenceClassifier:
-    """adapter + registered backbone + head -> ``SequenceClassifier`` (``forward(batch) -> logits [B, C]``).
-
-    The adapter (already ``fit``) fixes the width: ``backbone_cfg`` may omit ``dim``,
-    and a different ``dim`` is an error. The returned model carries ``model.spec``
-    (a ``ModelSpec``), which checkpoints store to rebuild it.
-    """
-    from modalities.base import registered_name
-
-    cfg = dict(backbone_cfg)
-    if cfg.setdefault("dim", adapter.dim) != adapter.dim:
-        raise ValueError(f"backbone dim={cfg['dim']} differs from the adapter's dim={adapter.dim}; model.dim sets both, so leave the adapter's dim unset")
-    backbone = create_backbone(backbone_name, **cfg)
-    model = SequenceClassifier(adapter, backbone, num_classes, head_dropout, two_tower)
-    model.spec = ModelSpec(
-        backbone=backbone_name,
-        backbone_config=backbone.config.to_dict(),
-        adapter=registered_name(adapter),
-        adapter_config=_jsonable(dataclasses.asdict(adapter.config)),
-        num_classes=num_classes,
-        head_dropout=head_dropout,
-        two_tower=two_tower,
-    )
-    return model
-
-
-def num_classes_of(model: SequenceClassifier) -> int:
-    """Output width of the classifier head."""
-    fc = model.head.fc
-    return (fc[-1] if isinstance(fc, torch.nn.Sequential) else fc).out_features
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 # ---------------------------------------------------------------- training
