@@ -6,11 +6,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from maelre.bench.efficiency import TargetCheck
 from maelre.bench.lra_results import DONE_STATUSES, concurrent_runs, row_key
 from maelre.bench.lra_targets import evaluate_targets
-from maelre.bench.lra_tasks import DEFAULT_BACKBONES, LRA_TASKS, TASKS, PublishedResult, TaskSpec, PUBLISHED
+from maelre.bench.lra_tasks import DEFAULT_BACKBONES, LRA_TASKS, PUBLISHED, TASKS, PublishedResult, TaskSpec
 from maelre.bench.report import markdown_table, write_text_atomic
+from maelre.bench.targets import TargetCheck
 
 
 DATA_MARKS = {"real": "", "generated": "†", "standin": "‡"}

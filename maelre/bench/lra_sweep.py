@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from maelre.bench.efficiency import release_memory
+from maelre.bench.efficiency_case import release_memory
 from maelre.bench.lra_children import POLL_SECONDS, ChildRun, PlannedRun
 from maelre.bench.lra_config import SweepConfig
 from maelre.bench.lra_results import DONE_STATUSES, data_provenance, dataset_label, describe_row, fill_from_results, row_key, utc_now

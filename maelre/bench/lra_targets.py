@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from maelre.bench.efficiency import TargetCheck
 from maelre.bench.lra_results import DONE_STATUSES, row_key
+from maelre.bench.targets import TargetCheck
 
 
 @dataclass(frozen=True)
