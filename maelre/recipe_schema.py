@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from maelre.engine.fit import TrainerConfig
+from maelre.engine.fit_types import TrainerConfig
 from maelre.engine.task import OptimConfig, check_optimizer, check_schedule
 from maelre.suggest import did_you_mean
 

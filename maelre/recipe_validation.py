@@ -11,7 +11,7 @@ import typing
 import warnings
 from typing import Any
 
-from maelre.engine.fit import TrainerConfig
+from maelre.engine.fit_types import TrainerConfig
 from maelre.recipe_schema import DataSection, ModelSection, RecipeError, RecipeWarning, ScheduleSection, _hint, _length_multiple
 
 def _join(path: str, key: str | int) -> str:
