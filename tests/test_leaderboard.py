@@ -429,3 +429,21 @@ def test_children_split_the_cpu_cores_and_keep_thread_counts_set_by_the_caller(m
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "4" and env["PATH"] == "/bin"
     assert lb.child_environment(32, {})["OMP_NUM_THREADS"] == "1"
     assert lb.child_environment(4, {"OMP_NUM_THREADS": "7"})["OMP_NUM_THREADS"] == "7"
+
+
+def test_merge_joins_results_files_and_a_later_row_wins(tmp_path):
+    def results(command, *rows):
+        return {"meta": {"commands": [command]}, "results": [lb.empty_row(task, "maelre", recipe="r", command="c", status="error", message=m) for task, m in rows]}
+
+    write_json_atomic(tmp_path / "a.json", results("sweep a", ("listops", "from a"), ("fsdd", "from a")))
+    write_json_atomic(tmp_path / "b.json", results("sweep b", ("listops", "from b")))
+    out, page = tmp_path / "lb.json", tmp_path / "lb.md"
+    files = ["--out", str(out), "--table", str(page)]
+    assert lb.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), *files]) == 0
+    merged = read_json(out)
+    assert {(r["task"], r["message"]) for r in merged["results"]} == {("listops", "from b"), ("fsdd", "from a")}
+    commands = merged["meta"]["commands"]
+    assert commands[:2] == ["sweep a", "sweep b"] and commands[2].startswith("maelre lra --merge")
+    assert lb.BEGIN_MARKER in page.read_text() and "from b" in page.read_text()
+    with pytest.raises(SystemExit):
+        lb.main(["--merge", str(page), *files])  # not a results file

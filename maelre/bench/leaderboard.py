@@ -55,13 +55,14 @@ from maelre.bench.lra_results import (  # noqa: F401  (re-exported)
     describe_row,
     empty_row,
     fill_from_results,
+    merge_documents,
     planned_steps,
     row_key,
 )
 from maelre.bench.lra_sweep import Sweep, reuse_dataset_loads, run_one, run_sweep  # noqa: F401  (re-exported)
 from maelre.bench.lra_targets import TARGETS, AccuracyTarget, evaluate_targets  # noqa: F401  (re-exported)
 from maelre.bench.lra_tasks import DEFAULT_BACKBONES, DEFAULT_TASKS, PRESETS, PUBLISHED, TASKS, TaskSpec  # noqa: F401  (re-exported)
-from maelre.bench.report import read_json
+from maelre.bench.report import read_json, write_json_atomic
 from maelre.engine.runner import run_recipe  # noqa: F401  (re-exported)
 
 
@@ -94,6 +95,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     files.add_argument("--run-root", default="runs/leaderboard", help="run directories: RUN_ROOT/<task>/<backbone>/version_N (default: %(default)s)")
     files.add_argument("--resume", action="store_true", help="skip (task, backbone) pairs already done in --out")
     files.add_argument("--report-only", action="store_true", help="only re-render --table from --out")
+    files.add_argument(
+        "--merge", nargs="+", metavar="JSON", default=None,
+        help="write these results files merged into --out (a later file's row of a pair replaces an earlier one's), "
+        "then re-render --table; runs nothing",
+    )  # fmt: skip
     files.add_argument("--progress", action="store_true", help="show training progress bars")
 
 
@@ -113,8 +119,16 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     )
 
 
+def _read_results(path: str) -> dict:
+    """A leaderboard results file (``ValueError`` for another JSON file)."""
+    document = read_json(path)
+    if not isinstance(document, dict) or not isinstance(document.get("results"), list):
+        raise ValueError(f"{path} is not a leaderboard results file (it has no list of results)")
+    return document
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the sweep (or ``--report-only``), write JSON and markdown; print target verdicts."""
+    """Run the sweep (or ``--report-only``, or ``--merge``), write JSON and markdown; print target verdicts."""
     parser = argparse.ArgumentParser(
         prog="maelre lra",
         description="Accuracy leaderboard: every backbone on the LRA tasks (and FSDD) under the same budget, beside the published numbers.",
@@ -124,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     # Recorded in the results; `python -m` is equivalent to benchmarks/leaderboard.py and `maelre lra`.
     command = shlex.join(["python", "-m", "maelre.bench.leaderboard", *sys.argv[1:]] if argv is None else ["maelre", "lra", *argv])
     try:
-        if args.report_only:
+        if args.merge:
+            document = merge_documents([_read_results(path) for path in args.merge], command)
+            write_json_atomic(args.out, document)
+        elif args.report_only:
             document = read_json(args.out)
         else:
             config = config_from_args(args)

@@ -1,10 +1,10 @@
-"""The leaderboard's result rows: the keys every row has, filling a row from a finished run, and one-line descriptions.
+"""The leaderboard's results file: the keys every row has, filling a row from a finished run, merging results files, one-line descriptions.
 """
 from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -26,6 +26,10 @@ ROW_KEYS = (
 how many runs the sweep let share the device (``--jobs``; 1: one at a time)."""
 
 
+DESCRIPTION = "maelre accuracy leaderboard; accuracy and val_accuracy are test/validation accuracy in percent"
+"""``meta.description`` of a results file."""
+
+
 def empty_row(task: str, backbone: str, *, recipe: str, command: str, status: str = "ok", message: str = "") -> dict[str, Any]:
     """A result row with every key present; measurements ``None`` until filled."""
     row: dict[str, Any] = dict.fromkeys(ROW_KEYS)
@@ -35,6 +39,23 @@ def empty_row(task: str, backbone: str, *, recipe: str, command: str, status: st
 
 def row_key(row: Mapping[str, Any]) -> tuple[str, str]:
     return (row["task"], row["backbone"])
+
+
+def merge_documents(documents: Sequence[Mapping[str, Any]], command: str = "") -> dict[str, Any]:
+    """One results document from several (sweeps run on other machines or at other times).
+
+    Rows are keyed by (task, backbone); a later document's row replaces an earlier one's,
+    as a later sweep's row replaces an older one in its ``--out``. The sweep commands of
+    every document are kept in order, then ``command`` (the merge itself).
+    """
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    commands: list[str] = []
+    for document in documents:
+        for row in document["results"]:
+            rows[row_key(row)] = dict(row)
+        commands += document.get("meta", {}).get("commands", [])
+    meta = {"description": DESCRIPTION, "commands": [*commands, command], "updated": utc_now()}
+    return {"meta": meta, "results": list(rows.values())}
 
 
 def utc_now() -> str:

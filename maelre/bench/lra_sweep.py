@@ -16,7 +16,7 @@ import torch
 from maelre.bench.efficiency_case import release_memory
 from maelre.bench.lra_children import POLL_SECONDS, ChildRun, PlannedRun
 from maelre.bench.lra_config import SweepConfig
-from maelre.bench.lra_results import DONE_STATUSES, data_provenance, dataset_label, describe_row, fill_from_results, row_key, utc_now
+from maelre.bench.lra_results import DESCRIPTION, DONE_STATUSES, data_provenance, dataset_label, describe_row, fill_from_results, row_key, utc_now
 from maelre.bench.lra_tasks import TASKS
 from maelre.bench.report import read_json, write_json_atomic
 from maelre.engine.runner import run_recipe
@@ -105,7 +105,7 @@ class Sweep:
         previous = read_json(self.out) if exists else {"meta": {}, "results": []}
         self.rows = {row_key(r): r for r in previous.get("results", [])}
         meta = {
-            "description": "maelre accuracy leaderboard; accuracy and val_accuracy are test/validation accuracy in percent",
+            "description": DESCRIPTION,
             "commands": [*previous.get("meta", {}).get("commands", []), self.command],
             "updated": utc_now(),
         }
