@@ -156,7 +156,7 @@ def read_inputs(paths: Sequence[str], npy: str | None, modality: str, sample_rat
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from maelre.engine.checkpoint import load_model, write_text_atomic
-    from maelre.engine.fit import predict_proba
+    from maelre.engine.inference import predict_proba
 
     if args.top_k < 1 or args.batch_size < 1:
         raise ValueError(f"--top-k and --batch-size must be >= 1, got --top-k {args.top_k} --batch-size {args.batch_size}")

@@ -11,20 +11,13 @@ accepted forms of ``X``), picks the matching modality adapter, builds adapter + 
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
-import os
-import tempfile
 import warnings
 from numbers import Integral, Real
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load as load_safetensors
-from safetensors.torch import save as save_safetensors
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.preprocessing import LabelEncoder
 from sklearn.utils import check_random_state, column_or_1d
@@ -33,34 +26,28 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_consistent_length, check_is_fitted, validate_data
 
+from maelre.estimator_io import _FITTED_ATTRS, _FORMAT, _METADATA_KEY, _Persistence, _read_state  # noqa: F401  (re-exported)
+from maelre.estimator_settings import (  # noqa: F401  (re-exported)
+    GENERIC_DEFAULTS,
+    TARGET_TOKENS,
+    TS_ADAPTER_DEFAULTS,
+    TS_DEEP_STEM_MAX_LEN,
+    TS_EPOCH_RANGE,
+    TS_LARGE,
+    TS_TARGET_STEPS,
+    _best_epochs,
+    _data_defaults,
+    auto_settings,
+)
 from maelre.inputs import DetectedInput, detect_input, to_items
 
 logger = logging.getLogger(__name__)
 
 #: adapter name -> the kind of input it reads (``"pixels"`` reads images, one token per pixel)
 ADAPTER_INPUTS = {"timeseries": "timeseries", "text": "text", "audio": "audio", "image": "image", "pixels": "image"}
-#: data-derived defaults aim at about this many tokens per sample (patches of series and images)
-TARGET_TOKENS = 128
-_FORMAT = "maelre.MAELREClassifier/1"
-_METADATA_KEY = "maelre_estimator"
-# learned state besides the network itself, as JSON-able values (``save``/``load`` and pickling)
-_FITTED_ATTRS = ("modality_", "n_iter_", "history_", "settings_", "n_features_in_", "feature_names_in_")
-#: what every ``"auto"`` parameter means outside time series (the estimator's former fixed defaults)
-GENERIC_DEFAULTS: dict[str, Any] = dict(
-    dim=64, depth=4, heads=4, max_epochs=20, batch_size=32, lr=1e-3, early_stopping=False, validation_fraction=0.1, n_iter_no_change=5
-)
-#: time-series rules (``auto_settings``): optimizer steps the epoch budget aims at, its clip range,
-#: and the training-set size from which the model is wider
-TS_TARGET_STEPS = 400
-TS_EPOCH_RANGE = (20, 80)
-TS_LARGE = 500
-#: the time-series adapter's data-derived defaults besides tokenization; series longer than
-#: TS_DEEP_STEM_MAX_LEN steps get one stem module (the stacked ones cost ~18x more per step)
-TS_ADAPTER_DEFAULTS: dict[str, Any] = {"stem": "conv", "stem_layers": 3, "augment": ("jitter", "scaling", "slice", "warp")}
-TS_DEEP_STEM_MAX_LEN = 300
 
 
-class MAELREClassifier(ClassifierMixin, BaseEstimator):
+class MAELREClassifier(_Persistence, ClassifierMixin, BaseEstimator):
     """Classify time series, text, audio or images with a maelre encoder (scikit-learn API).
 
     Parameters
@@ -404,217 +391,3 @@ class MAELREClassifier(ClassifierMixin, BaseEstimator):
         proba = self.predict_proba(X)
         return self.classes_[np.argmax(proba, axis=1)]
 
-    # ------------------------------------------------------------------ persistence
-    def _fitted_state(self) -> dict:
-        """JSON-able description of everything learned, besides the weights."""
-        state = {
-            "format": _FORMAT,
-            "classes": {"dtype": "object" if self.classes_.dtype == object else self.classes_.dtype.str, "values": self.classes_.tolist()},
-            "spec": self.model_.spec.to_dict(),
-            "preprocessing": self.adapter_.preprocessing_state(),
-        }
-        for attr in _FITTED_ATTRS:
-            if hasattr(self, attr):
-                value = getattr(self, attr)
-                state[attr] = value.tolist() if isinstance(value, np.ndarray) else value
-        return state
-
-    def _restore(self, state: dict, weights: dict[str, torch.Tensor]) -> None:
-        """Set the fitted attributes from ``_fitted_state`` output and the weights."""
-        from maelre.engine import ModelSpec, build_model
-        from modalities import create_adapter
-
-        spec = ModelSpec.from_dict(state["spec"])
-        adapter = create_adapter(spec.adapter, **spec.adapter_config)
-        adapter.load_preprocessing_state(state["preprocessing"])
-        model = build_model(adapter, spec.backbone, spec.backbone_config, spec.num_classes, spec.head_dropout, spec.two_tower)
-        model.load_state_dict(weights, strict=True)
-        classes = state["classes"]
-        self.classes_ = np.asarray(classes["values"], dtype=object if classes["dtype"] == "object" else np.dtype(classes["dtype"]))
-        self.model_ = model.eval()
-        self.adapter_ = model.adapter
-        for attr in _FITTED_ATTRS:
-            if attr in state:
-                value = state[attr]
-                setattr(self, attr, np.asarray(value, dtype=object) if attr == "feature_names_in_" else value)
-
-    def _to_safetensors(self, extra: dict | None = None) -> bytes:
-        """Weights as safetensors bytes; ``_fitted_state()`` (plus ``extra``) as JSON in the metadata."""
-        # clones: safetensors refuses tensors that share storage
-        weights = {k: v.detach().cpu().clone().contiguous() for k, v in self.model_.state_dict().items()}
-        try:
-            meta = json.dumps({**self._fitted_state(), **(extra or {})})
-        except TypeError as err:
-            raise ValueError(f"cannot save: labels, parameters and fitted state must be JSON-serialisable ({err})") from None
-        return save_safetensors(weights, metadata={_METADATA_KEY: meta})
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write the fitted estimator to one ``.safetensors`` file, atomically.
-
-        Weights are safetensors tensors; parameters, classes, the model spec, the
-        adapter's preprocessing state and the training history are JSON in the file's
-        metadata (key ``maelre_estimator``). Nothing is pickled.
-
-        Returns:
-            the path written.
-
-        Raises:
-            ValueError: a parameter or label is not JSON-serialisable (e.g. ``random_state``
-                given as a ``RandomState``: pass an int).
-        """
-        check_is_fitted(self)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        blob = self._to_safetensors({"params": self.get_params(deep=False)})
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(blob)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "MAELREClassifier":
-        """Rebuild an estimator written by ``save`` (no unpickling)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"no saved MAELREClassifier at {path}")
-        blob = path.read_bytes()
-        state = _read_state(blob)
-        if "params" not in state:
-            raise ValueError(f"{path} holds fitted state without parameters; was it written by MAELREClassifier.save?")
-        est = cls(**state["params"])
-        est._restore(state, load_safetensors(blob))
-        return est
-
-    def __getstate__(self) -> dict:
-        # the network travels as safetensors bytes, not as pickled nn.Module objects
-        state = super().__getstate__()
-        if "model_" in state:
-            state = {k: v for k, v in state.items() if k not in ("model_", "adapter_", "classes_", *_FITTED_ATTRS)}
-            state["_fitted_safetensors"] = self._to_safetensors()
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        blob = state.pop("_fitted_safetensors", None)
-        super().__setstate__(state)
-        if blob is not None:
-            self._restore(_read_state(blob), load_safetensors(blob))
-
-
-def auto_settings(params: dict, modality: str, labels: np.ndarray) -> dict:
-    """Resolve the estimator's ``"auto"`` parameters for a training set (labels ``[n]`` encoded 0..K-1).
-
-    Outside time series every ``"auto"`` is ``GENERIC_DEFAULTS``. For time series, with ``n``
-    training series (rules documented in ``docs/sklearn.md``):
-
-    * ``dim`` 32, ``heads`` 2 when ``n < TS_LARGE``, else 64 and 4; ``depth`` 2;
-    * ``batch_size`` = ``n // 10`` clipped to [8, 32]; ``lr`` 2e-3;
-    * ``max_epochs``: enough epochs for ``TS_TARGET_STEPS`` optimizer steps on the training
-      part, clipped to ``TS_EPOCH_RANGE``;
-    * ``early_stopping="auto"`` with ``max_epochs="auto"``: hold out ``validation_fraction``
-      (0.2), stop after ``n_iter_no_change`` (a quarter of the epoch budget, at least 10)
-      epochs without a lower validation loss (``stop_on``), then, when ``n < TS_LARGE``,
-      refit on all data for the epoch count of the best validation accuracy (ties: the
-      latest epoch) (``refit``); from ``TS_LARGE`` series on, keep the stopping run's best
-      weights (``early_stopping``). Skipped when some class has fewer than 2 series or the
-      held-out part would have fewer series than there are classes.
-
-    Returns:
-        every parameter above resolved, plus ``refit`` (bool).
-    """
-    counts = np.bincount(labels)
-    n = len(labels)
-    resolved = {key: params[key] for key in GENERIC_DEFAULTS}
-    if modality != "timeseries":
-        resolved = {key: GENERIC_DEFAULTS[key] if value == "auto" else value for key, value in resolved.items()}
-        return {**resolved, "refit": False, "stop_on": "val/acc"}
-    small = n < TS_LARGE
-    rules = {
-        "dim": 32 if small else 64, "depth": 2, "heads": 2 if small else 4,
-        "batch_size": int(np.clip(n // 10, 8, 32)), "lr": 2e-3, "validation_fraction": 0.2,
-    }
-    for key, value in rules.items():
-        if resolved[key] == "auto":
-            resolved[key] = value
-    can_split = counts.min() >= 2 and math.ceil(resolved["validation_fraction"] * n) >= len(counts)
-    auto_epochs = resolved["max_epochs"] == "auto"
-    auto_stop = auto_epochs and resolved["early_stopping"] == "auto" and bool(can_split)
-    refit = auto_stop and small
-    if resolved["early_stopping"] == "auto":
-        resolved["early_stopping"] = auto_stop and not small
-    if auto_epochs:
-        train_n = n - math.ceil(resolved["validation_fraction"] * n) if refit else n
-        steps_per_epoch = math.ceil(train_n / resolved["batch_size"])
-        resolved["max_epochs"] = int(np.clip(math.ceil(TS_TARGET_STEPS / steps_per_epoch), *TS_EPOCH_RANGE))
-    if resolved["n_iter_no_change"] == "auto":
-        resolved["n_iter_no_change"] = max(10, resolved["max_epochs"] // 4)
-    return {**resolved, "refit": refit, "stop_on": "val/loss" if auto_stop else "val/acc"}
-
-
-def _best_epochs(history: list[dict]) -> int:
-    """Number of epochs up to the best validation epoch: highest ``val/acc``, ties to the latest.
-
-    Ties go to the latest epoch because a small validation split saturates early, while
-    training on (augmented) data keeps improving the margin after it does.
-    """
-    scored = [(row["val/acc"], i) for i, row in enumerate(history) if "val/acc" in row]
-    if not scored:
-        raise RuntimeError("the early-stopping run recorded no validation metrics; cannot choose the refit's epoch count")
-    return max(scored)[1] + 1
-
-
-def _data_defaults(adapter: str, items: list, params: dict) -> dict:
-    """Adapter settings read off the training items, given the user's ``adapter_params``.
-
-    Time series: one token per step up to ``TARGET_TOKENS`` steps, else patches of
-    ``ceil(T / TARGET_TOKENS)`` steps; ``max_len`` = the longest training series in tokens
-    (for the user's ``token``/``patch_len`` when given); ``TS_ADAPTER_DEFAULTS`` (conv stem,
-    augmentation), with one stem module above ``TS_DEEP_STEM_MAX_LEN`` steps. Audio: the data's sample rate.
-    Images: ``img_size``, ``in_chans`` and the smallest patch of at least 2x2 pixels that
-    gives at most ``TARGET_TOKENS`` patches.
-    """
-    if adapter == "timeseries":
-        longest = max(x.shape[-1] for x in items)
-        stem = {**TS_ADAPTER_DEFAULTS, "stem_layers": TS_ADAPTER_DEFAULTS["stem_layers"] if longest <= TS_DEEP_STEM_MAX_LEN else 1}
-        default_token = "point" if longest <= TARGET_TOKENS else "patch"
-        token = params.get("token", default_token)
-        if token == "point":
-            return {**stem, "token": "point", "max_len": longest}
-        patch = params.get("patch_len", math.ceil(longest / TARGET_TOKENS))
-        stride = params.get("patch_stride") or patch
-        extra = stem if stride == patch else {}  # the stem and augmentation need non-overlapping patches
-        return {**extra, "token": "patch", "patch_len": patch, "max_len": max(1, math.ceil(max(longest - patch, 0) / stride) + 1)}
-    if adapter == "audio":
-        rates = {int(rate) for _, rate in items}
-        return {"sample_rate": rates.pop()} if len(rates) == 1 else {}
-    if adapter == "image":
-        first = np.asarray(items[0])
-        h, w = first.shape[:2]
-        channels = 1 if first.ndim == 2 or first.shape[-1] == 1 else 3
-        common = math.gcd(h, w)
-        sizes = [p for p in range(2, common + 1) if common % p == 0] or [1]
-        patch = next((p for p in sizes if (h // p) * (w // p) <= TARGET_TOKENS), sizes[-1])
-        return {"img_size": (h, w), "in_chans": channels, "patch_size": patch}
-    return {}
-
-
-def _read_state(blob: bytes) -> dict:
-    """The fitted state stored in a safetensors blob's metadata (8-byte little-endian header size, then JSON)."""
-    if len(blob) < 8:
-        raise ValueError("not a safetensors file: too short")
-    size = int.from_bytes(blob[:8], "little")
-    try:
-        header = json.loads(blob[8 : 8 + size])
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise ValueError("not a safetensors file: unreadable header") from None
-    meta = (header.get("__metadata__") or {}).get(_METADATA_KEY)
-    if meta is None:
-        raise ValueError("this safetensors file holds no MAELREClassifier state; was it written by MAELREClassifier.save?")
-    state = json.loads(meta)
-    if state.get("format") != _FORMAT:
-        raise ValueError(f"unsupported MAELREClassifier file format {state.get('format')!r} (this version reads {_FORMAT!r})")
-    return state

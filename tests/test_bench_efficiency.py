@@ -10,6 +10,8 @@ import pytest
 import torch
 
 import maelre.bench.efficiency as eff
+import maelre.bench.efficiency_case as efficiency_case
+import maelre.bench.efficiency_run as efficiency_run
 from maelre.bench.report import markdown_table, read_json, write_json_atomic
 from maelre.registry import list_backbones
 
@@ -171,7 +173,7 @@ class Crash(Exception):
 def test_crash_keeps_rows_and_resume_does_not_rerun_them(tmp_path, monkeypatch):
     out = tmp_path / "r.json"
     config = tiny_config(backbones=["transformer"])
-    monkeypatch.setattr(eff, "measure_case", fake_measure)
+    monkeypatch.setattr(efficiency_run, "measure_case", fake_measure)
 
     def crash_after_first(row):
         raise Crash
@@ -188,7 +190,7 @@ def test_crash_keeps_rows_and_resume_does_not_rerun_them(tmp_path, monkeypatch):
         calls.append((name, seq_len, mode))
         return fake_measure(name, seq_len, batch, mode, cfg)
 
-    monkeypatch.setattr(eff, "measure_case", counting)
+    monkeypatch.setattr(efficiency_run, "measure_case", counting)
     doc = eff.run_benchmark(config, out, command="second", resume=True, log=lambda s: None)
     assert ("transformer", 32, "train") not in calls
     assert sorted(calls) == sorted([("transformer", 32, "infer"), ("transformer", 64, "train"), ("transformer", 64, "infer")])
@@ -200,7 +202,7 @@ def test_crash_keeps_rows_and_resume_does_not_rerun_them(tmp_path, monkeypatch):
 
 def test_resume_refuses_a_file_made_with_other_settings(tmp_path, monkeypatch):
     out = tmp_path / "r.json"
-    monkeypatch.setattr(eff, "measure_case", fake_measure)
+    monkeypatch.setattr(efficiency_run, "measure_case", fake_measure)
     eff.run_benchmark(tiny_config(backbones=["transformer"], seq_lens=[32], modes=["infer"]), out, log=lambda s: None)
     with pytest.raises(ValueError, match="dim"):
         eff.run_benchmark(tiny_config(backbones=["transformer"], dim=64, seq_lens=[32]), out, resume=True, log=lambda s: None)
@@ -213,7 +215,7 @@ def test_time_budget_marks_the_rest_not_run_and_resume_runs_them(tmp_path, monke
         time.sleep(0.05)
         return fake_measure(name, seq_len, batch, mode, cfg)
 
-    monkeypatch.setattr(eff, "measure_case", slow_measure)
+    monkeypatch.setattr(efficiency_run, "measure_case", slow_measure)
     config = tiny_config(backbones=["transformer"], time_budget_s=0.01)
     doc = eff.run_benchmark(config, out, log=lambda s: None)
     statuses = [r["status"] for r in doc["results"]]
@@ -221,7 +223,7 @@ def test_time_budget_marks_the_rest_not_run_and_resume_runs_them(tmp_path, monke
     assert "time budget" in doc["results"][1]["message"]
     assert doc["results"][1]["attn_flops"] > 0  # the cost model needs no run
 
-    monkeypatch.setattr(eff, "measure_case", fake_measure)
+    monkeypatch.setattr(efficiency_run, "measure_case", fake_measure)
     doc = eff.run_benchmark(tiny_config(backbones=["transformer"], time_budget_s=None), out, resume=True, log=lambda s: None)
     assert [r["status"] for r in doc["results"]] == ["ok"] * 4
 
@@ -237,7 +239,7 @@ def test_oom_is_recorded_and_larger_n_skipped(tmp_path, monkeypatch):
             return oom
         return noop_make_step(name, seq_len, batch, mode, cfg)
 
-    monkeypatch.setattr(eff, "make_step", make_step)
+    monkeypatch.setattr(efficiency_case, "make_step", make_step)
     config = tiny_config(backbones=["transformer"], seq_lens=[32, 64, 128])
     doc = eff.run_benchmark(config, tmp_path / "o.json", log=lambda s: None)
     rows = {eff.case_key(r)[1:]: r for r in doc["results"]}
@@ -251,7 +253,7 @@ def test_oom_is_recorded_and_larger_n_skipped(tmp_path, monkeypatch):
         assert rows[(n, "infer")]["status"] == "ok"  # the other mode is unaffected
 
     # a resumed run keeps skipping larger N for the OOM'd backbone and mode
-    monkeypatch.setattr(eff, "make_step", noop_make_step)
+    monkeypatch.setattr(efficiency_case, "make_step", noop_make_step)
     config = tiny_config(backbones=["transformer"], seq_lens=[32, 64, 128, 256])
     doc = eff.run_benchmark(config, tmp_path / "o.json", resume=True, log=lambda s: None)
     assert {eff.case_key(r): r["status"] for r in doc["results"]}[("transformer", 256, "train")] == "skipped_after_oom"
@@ -263,7 +265,7 @@ def test_other_errors_are_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
             raise RuntimeError("kernel exploded")
         return noop_make_step(name, seq_len, batch, mode, cfg)
 
-    monkeypatch.setattr(eff, "make_step", failing)
+    monkeypatch.setattr(efficiency_case, "make_step", failing)
     doc = eff.run_benchmark(tiny_config(backbones=["transformer"]), tmp_path / "e.json", log=lambda s: None)
     statuses = {eff.case_key(r)[1:]: (r["status"], r["message"]) for r in doc["results"]}
     assert statuses[(32, "train")] == ("error", "RuntimeError: kernel exploded")
@@ -276,7 +278,7 @@ def test_a_case_past_its_timeout_is_an_error_row_and_the_run_goes_on(tmp_path, m
             return lambda: time.sleep(0.2)  # 3 steps: 0.6 s > 0.3 s timeout
         return noop_make_step(name, seq_len, batch, mode, cfg)
 
-    monkeypatch.setattr(eff, "make_step", make_step)
+    monkeypatch.setattr(efficiency_case, "make_step", make_step)
     config = tiny_config(backbones=["transformer"], modes=["infer"], case_timeout_s=0.3)
     t0 = time.perf_counter()
     doc = eff.run_benchmark(config, tmp_path / "t.json", log=lambda s: None)

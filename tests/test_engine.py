@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import maelre.engine.data as data_mod
+import maelre.engine.resumable as resumable_mod
 from maelre.engine import (
     OptimConfig,
     TrainerConfig,
@@ -105,11 +105,11 @@ def _shards(monkeypatch, world: int, **kwargs) -> list[list[list[int]]]:
     """Every rank's batches of ``ResumableBatchSampler(**kwargs)`` under a faked ``world``-process group."""
     shards = []
     for rank in range(world):
-        monkeypatch.setattr(data_mod, "_world", lambda rank=rank: (rank, world))
+        monkeypatch.setattr(resumable_mod, "_world", lambda rank=rank: (rank, world))
         sampler = ResumableBatchSampler(**kwargs)
         shards.append(list(sampler))
         assert len(shards[-1]) == len(sampler), (rank, world)
-    monkeypatch.setattr(data_mod, "_world", lambda: (0, 1))
+    monkeypatch.setattr(resumable_mod, "_world", lambda: (0, 1))
     return shards
 
 

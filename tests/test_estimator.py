@@ -383,7 +383,7 @@ def test_auto_settings_rules():
 
 
 def test_auto_defaults_stop_early_then_refit(gunpoint, monkeypatch, capsys):
-    import maelre.estimator as est
+    import maelre.estimator_settings as est
 
     monkeypatch.setattr(est, "TS_TARGET_STEPS", 2)
     monkeypatch.setattr(est, "TS_EPOCH_RANGE", (3, 3))

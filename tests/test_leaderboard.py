@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 import maelre.bench.leaderboard as lb
+import maelre.bench.lra_children as lra_children
+import maelre.bench.lra_sweep as lra_sweep
 from maelre.bench.report import read_json, write_json_atomic
 from maelre.recipe import load_recipe
 
@@ -111,7 +113,7 @@ def test_sweep_writes_rows_then_resume_skips_them(tmp_path, recipes, monkeypatch
     def no_training(*_args, **_kwargs):
         raise AssertionError("--resume must not re-run a finished pair")
 
-    monkeypatch.setattr(lb, "run_recipe", no_training)
+    monkeypatch.setattr(lra_sweep, "run_recipe", no_training)
     assert lb.main([*args, "--resume"]) == 0
     assert read_json(tmp_path / "lb.json") == document  # nothing ran, nothing rewritten
 
@@ -126,7 +128,7 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, recipes, monkey
             raise RuntimeError("CUDA out of memory (simulated)")
         return real_run(recipe, **kwargs)
 
-    monkeypatch.setattr(lb, "run_recipe", flaky)
+    monkeypatch.setattr(lra_sweep, "run_recipe", flaky)
     args = sweep_args(tmp_path, recipes, "--tasks", "listops,pathx", "--backbones", "transformer,maelre", "--budget-steps", "2")
     assert lb.main(args) == 0
     rows = {(r["task"], r["backbone"]): r for r in read_json(tmp_path / "lb.json")["results"]}
@@ -140,7 +142,7 @@ def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, recipes, monkey
 
     # --resume re-runs only what failed
     calls.clear()
-    monkeypatch.setattr(lb, "run_recipe", lambda recipe, **kw: calls.append(recipe.model.backbone) or real_run(recipe, **kw))
+    monkeypatch.setattr(lra_sweep, "run_recipe", lambda recipe, **kw: calls.append(recipe.model.backbone) or real_run(recipe, **kw))
     assert lb.main([*args, "--tasks", "listops", "--resume"]) == 0
     assert calls == ["transformer"]
     rows = {(r["task"], r["backbone"]): r for r in read_json(tmp_path / "lb.json")["results"]}
@@ -156,7 +158,7 @@ def test_short_runs_are_flagged_and_the_sweep_budget_is_kept(tmp_path, recipes, 
             "samples": {"train": 24, "val": 8, "test": 12}, "run_dir": "x", "fit_seconds": seconds,
         }  # fmt: skip
 
-    monkeypatch.setattr(lb, "run_recipe", fake_run)
+    monkeypatch.setattr(lra_sweep, "run_recipe", fake_run)
     config = lb.SweepConfig(
         tasks=["listops"], backbones=["maelre", "transformer", "ecp"], max_minutes=1, sweep_minutes=1.5, recipes_dir=str(recipes)
     )
@@ -216,7 +218,7 @@ def test_a_child_that_dies_without_a_row_becomes_an_error_row(
         code = f"print('loading ...'); raise SystemExit('crash of {backbone}')"
         return [sys.executable, "-c", code]
 
-    monkeypatch.setattr(lb, "child_command", crashing_child)
+    monkeypatch.setattr(lra_children, "child_command", crashing_child)
     backbones = ["maelre", "transformer", "ecp"]
     runs = str(tmp_path / "runs")
     config = lb.SweepConfig(
@@ -242,7 +244,7 @@ def test_a_child_that_dies_without_a_row_becomes_an_error_row(
 def test_concurrent_sweep_starts_no_run_past_the_time_budget(
     tmp_path, recipes, monkeypatch
 ):
-    monkeypatch.setattr(lb, "child_command", lambda *_: [sys.executable, "-c", "pass"])
+    monkeypatch.setattr(lra_children, "child_command", lambda *_: [sys.executable, "-c", "pass"])
     config = lb.SweepConfig(
         ["listops"], ["maelre", "transformer", "ecp"], max_minutes=1, sweep_minutes=1.5,
         recipes_dir=str(recipes), run_root=str(tmp_path / "runs"),
@@ -422,8 +424,26 @@ def test_committed_page_is_rendered_from_the_committed_results():
 
 
 def test_children_split_the_cpu_cores_and_keep_thread_counts_set_by_the_caller(monkeypatch):
-    monkeypatch.setattr(lb.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(lra_children.os, "cpu_count", lambda: 16)
     env = lb.child_environment(4, {"PATH": "/bin"})
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "4" and env["PATH"] == "/bin"
     assert lb.child_environment(32, {})["OMP_NUM_THREADS"] == "1"
     assert lb.child_environment(4, {"OMP_NUM_THREADS": "7"})["OMP_NUM_THREADS"] == "7"
+
+
+def test_merge_joins_results_files_and_a_later_row_wins(tmp_path):
+    def results(command, *rows):
+        return {"meta": {"commands": [command]}, "results": [lb.empty_row(task, "maelre", recipe="r", command="c", status="error", message=m) for task, m in rows]}
+
+    write_json_atomic(tmp_path / "a.json", results("sweep a", ("listops", "from a"), ("fsdd", "from a")))
+    write_json_atomic(tmp_path / "b.json", results("sweep b", ("listops", "from b")))
+    out, page = tmp_path / "lb.json", tmp_path / "lb.md"
+    files = ["--out", str(out), "--table", str(page)]
+    assert lb.main(["--merge", str(tmp_path / "a.json"), str(tmp_path / "b.json"), *files]) == 0
+    merged = read_json(out)
+    assert {(r["task"], r["message"]) for r in merged["results"]} == {("listops", "from b"), ("fsdd", "from a")}
+    commands = merged["meta"]["commands"]
+    assert commands[:2] == ["sweep a", "sweep b"] and commands[2].startswith("maelre lra --merge")
+    assert lb.BEGIN_MARKER in page.read_text() and "from b" in page.read_text()
+    with pytest.raises(SystemExit):
+        lb.main(["--merge", str(page), *files])  # not a results file

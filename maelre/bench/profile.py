@@ -38,17 +38,9 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from maelre.bench.efficiency import (
-    DTYPES,
-    BenchConfig,
-    bench_autocast,
-    build_backbone,
-    make_step,
-    parse_name_list,
-    parse_seq_lens,
-    release_memory,
-    time_step,
-)
+from maelre.bench.efficiency import parse_name_list, parse_seq_lens
+from maelre.bench.efficiency_case import bench_autocast, build_backbone, make_step, release_memory, time_step
+from maelre.bench.efficiency_config import DTYPES, BenchConfig
 from maelre.bench.report import markdown_table, write_json_atomic, write_text_atomic
 
 TOP = 12

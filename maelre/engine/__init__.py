@@ -2,9 +2,12 @@
 
 The models in ``maelre`` never import Lightning; this package is the only place that does.
 """
-from maelre.engine.checkpoint import LoadedModel, ModelSpec, SafeCheckpointIO, latest_checkpoint, load_model, resolve_checkpoint, save_model
+from maelre.engine.building import ModelSpec, build_model, prepare_adapter
+from maelre.engine.checkpoint import LoadedModel, SafeCheckpointIO, latest_checkpoint, load_model, resolve_checkpoint, save_model
 from maelre.engine.data import make_dataloader, split_validation
-from maelre.engine.fit import FitResult, TrainerConfig, build_model, evaluate, fit_classifier, predict_proba, prepare_adapter
+from maelre.engine.fit import fit_classifier
+from maelre.engine.fit_types import FitResult, TrainerConfig
+from maelre.engine.inference import evaluate, predict_proba
 from maelre.engine.seed import seed_everything
 from maelre.engine.task import ClassificationTask, OptimConfig
 

@@ -27,7 +27,7 @@ import shutil
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from maelre.engine.building import ModelSpec, build_model  # noqa: F401  (ModelSpec re-exported)
 from maelre.fileio import (  # noqa: F401  (re-exported)
     atomic_directory,
     read_json,
@@ -80,37 +81,6 @@ def _checked(path: Path, read: Callable[[Path], _T]) -> _T:
     except _READ_ERRORS as err:
         detail = " ".join(str(err).split())
         raise CorruptCheckpointError(f"{path} cannot be read ({type(err).__name__}{': ' + detail if detail else ''})") from err
-
-
-@dataclass
-class ModelSpec:
-    """Everything needed to rebuild a ``SequenceClassifier`` before loading its weights.
-
-    Attributes:
-        backbone: registry name (``maelre.list_backbones()``).
-        backbone_config: the backbone's full config (``config.to_dict()``).
-        adapter: adapter registry name (``modalities.list_adapters()``).
-        adapter_config: the adapter's config fields.
-        num_classes: classifier outputs.
-        head_dropout: dropout before the classifier.
-        two_tower: pair classification head.
-    """
-
-    backbone: str
-    backbone_config: dict
-    adapter: str
-    adapter_config: dict
-    num_classes: int
-    head_dropout: float = 0.0
-    two_tower: bool = False
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "ModelSpec":
-        return cls(**data)
 
 
 # ---------------------------------------------------------------- weights_only guard
@@ -294,7 +264,6 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     The adapter is created from its registry name and config, its preprocessing state
     restored, and the weights loaded strictly from safetensors.
     """
-    from maelre.engine.fit import build_model
     from modalities import create_adapter
 
     directory = resolve_checkpoint(path)

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from maelre.engine.data import LoaderPosition, ResumableBatchSampler, labels_of
+from maelre.engine.data import labels_of
+from maelre.engine.resumable import LoaderPosition, ResumableBatchSampler
 
 AUGMENT_KEYS = ("hflip", "shift")
 

@@ -15,23 +15,18 @@ RAM); with a ``run_dir`` it writes CSV/TensorBoard logs and pickle-free checkpoi
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime
 import functools
 import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback, EarlyStopping, RichProgressBar
-from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix, multiclass_f1_score
 
 from maelre.engine.callbacks import (
     BestCheckpoint,
@@ -42,217 +37,16 @@ from maelre.engine.callbacks import (
     ThroughputMonitor,
     peak_memory_bytes,
 )
-from maelre.engine.checkpoint import ModelSpec, SafeCheckpointIO, latest_checkpoint, load_weights, remove_stale_temporaries, resume_checkpoint
-from maelre.engine.data import Unlabeled, make_dataloader, move_to
+from maelre.engine.building import build_model, num_classes_of, prepare_adapter  # noqa: F401  (build_model, prepare_adapter re-exported)
+from maelre.engine.checkpoint import SafeCheckpointIO, latest_checkpoint, load_weights, remove_stale_temporaries, resume_checkpoint
+from maelre.engine.data import make_dataloader
 from maelre.engine.device_data import ImageAugment, MoveLoadersToDevice, make_device_loader
+from maelre.engine.fit_types import COMPILE_MODES, PRECISIONS, FitResult, TrainerConfig  # noqa: F401  (re-exported)
+from maelre.engine.inference import evaluate, predict_proba  # noqa: F401  (re-exported)
 from maelre.engine.seed import seed_everything
 from maelre.engine.task import ClassificationTask, OptimConfig
 from maelre.model import SequenceClassifier
-from maelre.registry import create_backbone
 
-PRECISIONS = ("32", "bf16-mixed", "16-mixed")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
-
-
-@dataclass
-class TrainerConfig:
-    """How long and where to train (maps onto ``lightning.Trainer``).
-
-    Attributes:
-        max_epochs: epoch budget (``None`` = unbounded; then ``max_steps`` or ``max_time`` must bound training).
-        max_steps: optimizer-step budget (``None`` = unbounded).
-        max_time: wall-clock budget in minutes (``None`` = unbounded), summed over all calls of a resumed run.
-        stop_after_minutes: end this call (not the run) after this many minutes of training,
-            with a resumable checkpoint; ``--resume`` continues. For budgets longer than one
-            session or device call. Needs a run directory.
-        precision: ``"32"`` (or the int 32), ``"bf16-mixed"`` (GPU; works but is slow on CPU) or ``"16-mixed"`` (GPU).
-        accelerator: ``"auto"``, ``"cpu"``, ``"gpu"``/``"cuda"``.
-        devices: device count or ``"auto"``.
-        strategy: ``"auto"`` or ``"ddp"`` (multi-GPU data parallel; launched by re-running the command per device).
-        accumulate_grad_batches: batches per optimizer step.
-        gradient_clip: max gradient norm (``None`` = no clipping).
-        checkpoint_every_n_steps: resumable checkpoint period in optimizer steps
-            (``None`` = only at epoch ends); a killed run loses at most this many steps.
-        seed: seeds model init, data order, dropout and augmentation.
-        deterministic: use deterministic kernels where they exist.
-        early_stopping_patience: stop after this many validations without improvement of
-            ``early_stopping_monitor`` (``None`` = off; needs validation data).
-        early_stopping_monitor: ``"val/acc"``, ``"val/f1"`` (maximised) or ``"val/loss"`` (minimised).
-        val_every_n_epochs: validation period.
-        val_every_n_steps: validate every this many training batches instead (counted across
-            epochs; ``None`` = per epoch): learning curves for runs of few, long epochs.
-        log_every_n_steps: logging period.
-        enable_progress_bar: show Lightning's rich progress bar.
-        compile: ``false`` (eager), ``true`` (= ``"default"``) or a ``torch.compile`` mode:
-            ``"default"``, ``"reduce-overhead"`` (CUDA graphs) or ``"max-autotune"``. The
-            training, validation and test steps run the compiled model; checkpoints and the
-            returned model stay plain ``nn.Module``s.
-    """
-
-    max_epochs: int | None = 10
-    max_steps: int | None = None
-    max_time: float | None = None
-    stop_after_minutes: float | None = None
-    precision: str | int = "32"
-    accelerator: str = "auto"
-    devices: int | str = 1
-    strategy: str = "auto"
-    accumulate_grad_batches: int = 1
-    gradient_clip: float | None = 1.0
-    checkpoint_every_n_steps: int | None = None
-    seed: int = 0
-    deterministic: bool = False
-    early_stopping_patience: int | None = None
-    early_stopping_monitor: str = "val/acc"
-    val_every_n_epochs: int = 1
-    val_every_n_steps: int | None = None
-    log_every_n_steps: int = 50
-    enable_progress_bar: bool = True
-    compile: bool | str = False
-
-    def __post_init__(self) -> None:
-        if self.max_epochs is None and self.max_steps is None and self.max_time is None:
-            raise ValueError("training is unbounded: set max_epochs, max_steps or max_time")
-        for name in ("max_epochs", "max_steps", "checkpoint_every_n_steps", "early_stopping_patience", "val_every_n_steps"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 or null, got {value}")
-        if self.max_time is not None and self.max_time <= 0:
-            raise ValueError(f"max_time must be a positive number of minutes, got {self.max_time}")
-        if self.stop_after_minutes is not None and self.stop_after_minutes <= 0:
-            raise ValueError(f"stop_after_minutes must be a positive number of minutes, got {self.stop_after_minutes}")
-        if self.precision == 32:  # what YAML and `--set trainer.precision=32` give
-            self.precision = "32"
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.accumulate_grad_batches < 1 or self.val_every_n_epochs < 1 or self.log_every_n_steps < 1:
-            raise ValueError("accumulate_grad_batches, val_every_n_epochs and log_every_n_steps must be >= 1")
-        if self.gradient_clip is not None and self.gradient_clip <= 0:
-            raise ValueError(f"gradient_clip must be positive or null, got {self.gradient_clip}")
-        if self.strategy not in ("auto", "ddp"):
-            # ddp_spawn trains in worker processes: the history, throughput and best score that
-            # fit_classifier reads from its callbacks would stay empty in this process
-            raise ValueError(f"strategy must be 'auto' or 'ddp' (ddp_spawn is not supported), got {self.strategy!r}")
-        if self.early_stopping_monitor not in ("val/acc", "val/f1", "val/loss"):
-            raise ValueError(f"early_stopping_monitor must be 'val/acc', 'val/f1' or 'val/loss', got {self.early_stopping_monitor!r}")
-        if self.compile is True:
-            self.compile = "default"
-        if self.compile is not False and self.compile not in COMPILE_MODES:
-            raise ValueError(f"compile must be false, true or one of {COMPILE_MODES}, got {self.compile!r}")
-
-
-@dataclass
-class FitResult:
-    """What ``fit_classifier`` returns.
-
-    Attributes:
-        model: the trained classifier (best validation weights when ``restore_best`` and
-            validation data were given), on CPU, in eval mode.
-        history: per epoch ``{"epoch", "step", "train/loss", "val/loss", "val/acc", "val/f1"}``.
-        best_score: best ``val/acc`` seen (``None`` without validation).
-        best_checkpoint: ``run_dir/checkpoints/best`` when written.
-        last_checkpoint: newest resumable checkpoint when a ``run_dir`` was given.
-        global_step: optimizer steps done (including those before a resume).
-        epochs: epochs started.
-        throughput: ``samples_per_second``, ``tokens_per_second``, ``train_seconds`` ...
-        fit_seconds: wall time of ``trainer.fit``.
-        peak_memory: ``{"kind", "bytes"}`` (CUDA max allocated, or CPU peak RSS).
-    """
-
-    model: SequenceClassifier
-    history: list[dict[str, float]]
-    best_score: float | None
-    best_checkpoint: Path | None
-    last_checkpoint: Path | None
-    global_step: int
-    epochs: int
-    throughput: dict[str, float]
-    fit_seconds: float
-    peak_memory: dict[str, Any]
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-# ---------------------------------------------------------------- building
-def prepare_adapter(name: str, config: dict[str, Any], train_samples: Sequence[tuple[Any, int]], two_tower: bool = False) -> Any:
-    """Create adapter ``name`` with ``config`` and ``fit`` its preprocessing on the training inputs.
-
-    For two-tower data (``x = (left, right)``) both sides are fitted on.
-    """
-    from modalities import create_adapter
-
-    adapter = create_adapter(name, **config)
-    inputs = _TrainInputs(train_samples, two_tower)
-    try:
-        adapter.fit(inputs)  # lazy: adapters that subsample (audio statistics) read only what they need
-    except (TypeError, ValueError):
-        adapter.fit(list(inputs))  # adapters that accept only in-memory panels (lists/arrays)
-    return adapter
-
-
-class _TrainInputs(Sequence):
-    """The raw inputs of ``(x, y)`` samples (both sides of pairs, concatenated, for two-tower data)."""
-
-    def __init__(self, samples: Sequence[tuple[Any, int]], two_tower: bool) -> None:
-        self.samples = samples
-        self.two_tower = two_tower
-
-    def __len__(self) -> int:
-        return len(self.samples) * (2 if self.two_tower else 1)
-
-    def __getitem__(self, i: int) -> Any:  # type: ignore[override]
-        if not 0 <= i < len(self):
-            raise IndexError(f"index {i} out of range for {len(self)} training inputs")
-        if not self.two_tower:
-            return self.samples[i][0]
-        x, _ = self.samples[i % len(self.samples)]
-        return x[i // len(self.samples)]
-
-
-def build_model(
-    adapter: Any,
-    backbone_name: str,
-    backbone_cfg: dict[str, Any],
-    num_classes: int,
-    head_dropout: float = 0.0,
-    two_tower: bool = False,
-) -> SequenceClassifier:
-    """adapter + registered backbone + head -> ``SequenceClassifier`` (``forward(batch) -> logits [B, C]``).
-
-    The adapter (already ``fit``) fixes the width: ``backbone_cfg`` may omit ``dim``,
-    and a different ``dim`` is an error. The returned model carries ``model.spec``
-    (a ``ModelSpec``), which checkpoints store to rebuild it.
-    """
-    from modalities.base import registered_name
-
-    cfg = dict(backbone_cfg)
-    if cfg.setdefault("dim", adapter.dim) != adapter.dim:
-        raise ValueError(f"backbone dim={cfg['dim']} differs from the adapter's dim={adapter.dim}; model.dim sets both, so leave the adapter's dim unset")
-    backbone = create_backbone(backbone_name, **cfg)
-    model = SequenceClassifier(adapter, backbone, num_classes, head_dropout, two_tower)
-    model.spec = ModelSpec(
-        backbone=backbone_name,
-        backbone_config=backbone.config.to_dict(),
-        adapter=registered_name(adapter),
-        adapter_config=_jsonable(dataclasses.asdict(adapter.config)),
-        num_classes=num_classes,
-        head_dropout=head_dropout,
-        two_tower=two_tower,
-    )
-    return model
-
-
-def num_classes_of(model: SequenceClassifier) -> int:
-    """Output width of the classifier head."""
-    fc = model.head.fc
-    return (fc[-1] if isinstance(fc, torch.nn.Sequential) else fc).out_features
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 # ---------------------------------------------------------------- training
@@ -503,69 +297,3 @@ def _quiet_lightning(verbose: bool):
             for n, level in levels.items():
                 logging.getLogger(n).setLevel(level)
 
-
-# ---------------------------------------------------------------- inference
-def _default_device(device: str | torch.device | None) -> torch.device:
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-
-
-def _logits(
-    model: SequenceClassifier,
-    samples: Sequence[tuple[Any, int]],
-    batch_size: int,
-    num_workers: int,
-    device: torch.device,
-    precision: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    # shard=False: after a DDP fit the process group is still up, and every process must see every sample here
-    loader = make_dataloader(samples, model.adapter, batch_size, shuffle=False, num_workers=num_workers, two_tower=bool(model.two_tower), shard=False)
-    model = model.to(device).eval()
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16-mixed" else contextlib.nullcontext()
-    outputs, labels = [], []
-    with torch.inference_mode(), autocast:
-        for batch, y in loader:
-            outputs.append(model(move_to(batch, device)).float().cpu())
-            labels.append(y)
-    return torch.cat(outputs), torch.cat(labels)
-
-
-def predict_proba(
-    model: SequenceClassifier,
-    inputs: Sequence[Any],
-    batch_size: int = 64,
-    num_workers: int = 0,
-    device: str | torch.device | None = None,
-    precision: str = "32",
-) -> np.ndarray:
-    """Class probabilities ``[n, C]`` (float32) for raw inputs, in input order.
-
-    Runs a plain inference loop (no Lightning) on ``device`` (default: CUDA if available).
-    """
-    if len(inputs) == 0:
-        raise ValueError("predict_proba got no inputs")
-    logits, _ = _logits(model, Unlabeled(inputs), batch_size, num_workers, _default_device(device), precision)
-    return logits.softmax(dim=-1).numpy()
-
-
-def evaluate(
-    model: SequenceClassifier,
-    samples: Sequence[tuple[Any, int]],
-    batch_size: int = 64,
-    num_workers: int = 0,
-    device: str | torch.device | None = None,
-    precision: str = "32",
-) -> dict[str, Any]:
-    """Accuracy, macro-F1, mean cross-entropy and the confusion matrix (rows = true class) on labelled samples."""
-    if len(samples) == 0:
-        raise ValueError("evaluate got no samples")
-    logits, labels = _logits(model, samples, batch_size, num_workers, _default_device(device), precision)
-    c = logits.shape[1]
-    return {
-        "acc": float(multiclass_accuracy(logits, labels, c, average="micro")),
-        "f1": float(multiclass_f1_score(logits, labels, c, average="macro")),
-        "loss": float(F.cross_entropy(logits, labels)),
-        "n": int(labels.numel()),
-        "confusion": multiclass_confusion_matrix(logits, labels, c).numpy(),
-    }

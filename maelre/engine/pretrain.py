@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from maelre.engine.callbacks import environment, write_results
 from maelre.engine.checkpoint import WEIGHTS, latest_checkpoint, load_weights, resolve_checkpoint, write_text_atomic
 from maelre.engine.fit import build_model, fit_classifier
+from maelre.engine.run_setup import _check_same_run, _fitted_adapter, load_run_data, resolve_run_dir, training_samples
 from maelre.engine.seed import seed_everything
 from maelre.engine.task import ClassificationTask
 from maelre.pretrain import DEFAULT_MASK_RATIOS, FALLBACK_MASK_RATIO, MaskedTokenModel, pretraining_config, token_ids_of
@@ -64,8 +65,6 @@ def build_masked_model(adapter: nn.Module, recipe: Recipe) -> MaskedTokenModel:
 
 def pretrain_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Pretrain ``recipe``'s adapter and backbone by masked-token denoising; returns (and writes) ``results.json``'s content."""
-    from maelre.engine.runner import _check_same_run, _fitted_adapter, load_run_data, resolve_run_dir, training_samples
-
     t0 = time.perf_counter()
     output = dataclasses.replace(recipe.output, run_dir=str(recipe.run_dir() / "pretrain"))
     path = resolve_run_dir(dataclasses.replace(recipe, output=output), run_dir, resume)

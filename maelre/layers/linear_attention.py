@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from maelre.layers import triton_linear_attention as fused
+import maelre.layers.triton_linear_attention as fused
 from maelre.layers.rope import rope_angles
 
 FEATURE_MAPS = ("elu", "favor")

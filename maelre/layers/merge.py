@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from maelre.layers import triton_merge
+import maelre.layers.triton_merge as triton_merge
 
 MergeFn = Callable[..., Tensor]
 UnmergeFn = Callable[[Tensor], Tensor]

@@ -29,31 +29,27 @@ the metadata is read too.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-from scipy import ndimage
 
 from maelre.suggest import did_you_mean
-from modalities.datasets.io import LazySplit, require_dir
+from modalities.datasets.pathfinder_files import (  # noqa: F401  (re-exported)
+    DEFAULT_DIFFICULTY,
+    DIFFICULTIES,
+    _metadata_rows,
+    _numeric_stem_order,
+    read_pathfinder_folder,
+    read_pathfinder_png,
+    write_pathfinder_folder,
+)
+from modalities.datasets.pathfinder_markers import find_markers, marker_distance_baseline, markers_connected  # noqa: F401  (re-exported)
 
 PATHFINDER_CLASSES: list[str] = ["disconnected", "connected"]
-DIFFICULTIES: dict[str, int] = {"curv_baseline": 6, "curv_contour_length_9": 9, "curv_contour_length_14": 14}
-"""LRA's difficulty folders and their target contour lengths. LRA's leaderboard task is
-the hardest (``pathfinder32_hard`` / ``pathfinder128_hard``: ``curv_contour_length_14``)."""
-DEFAULT_DIFFICULTY = "curv_contour_length_14"
-_EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
-_NPY_MAGIC = b"\x93NUMPY"
 
 
 @dataclass(frozen=True)
@@ -318,83 +314,6 @@ def _try_render(label: int, config: PathfinderConfig, uniform: _Uniforms) -> Pat
     return PathfinderSample(image=image, label=label, markers=markers)
 
 
-def find_markers(image: np.ndarray, threshold: int = 127) -> list[tuple[int, int]]:
-    """Centres ``(row, col)`` of the disc markers in a 1-pixel-line Pathfinder image.
-
-    A morphological opening with a plus-shaped element removes 1-pixel-wide lines and
-    keeps blobs at least 3 pixels across (the markers); each remaining blob's centroid,
-    rounded, is returned (sorted). A line leaving a disc can pull its centroid by up to
-    a pixel. Meant for this module's images; for images with thick
-    or anti-aliased lines pass marker positions to :func:`markers_connected` instead.
-    """
-    binary = _binary(image, threshold)
-    blobs = ndimage.binary_opening(binary, structure=ndimage.generate_binary_structure(2, 1))
-    labels, count = ndimage.label(blobs, structure=_EIGHT_CONNECTED)
-    if count == 0:
-        return []
-    centres = ndimage.center_of_mass(blobs, labels, range(1, count + 1))
-    return sorted((int(round(r)), int(round(c))) for r, c in centres)
-
-
-def markers_connected(
-    image: np.ndarray, markers: Sequence[tuple[int, int]] | None = None, threshold: int = 127
-) -> bool:
-    """Whether the two markers lie on one 8-connected component of ``image > threshold``.
-
-    Args:
-        image: ``[H, W]`` grayscale image.
-        markers: the two marker centres ``(row, col)``; found with :func:`find_markers` when None.
-        threshold: pixels brighter than this are foreground.
-
-    Raises:
-        ValueError: not exactly two markers, a marker outside the image or on background.
-    """
-    binary = _binary(image, threshold)
-    if markers is None:
-        markers = find_markers(image, threshold)
-    if len(markers) != 2:
-        raise ValueError(f"expected exactly 2 markers, got {len(markers)}; pass their (row, col) positions explicitly")
-    labels, _ = ndimage.label(binary, structure=_EIGHT_CONNECTED)
-    found = []
-    for row, col in markers:
-        if not (0 <= row < binary.shape[0] and 0 <= col < binary.shape[1]):
-            raise ValueError(f"marker {(row, col)} lies outside the {binary.shape[0]}x{binary.shape[1]} image")
-        if not binary[row, col]:
-            raise ValueError(f"marker {(row, col)} is on a background pixel (<= threshold {threshold})")
-        found.append(labels[row, col])
-    return bool(found[0] == found[1])
-
-
-def marker_distance_baseline(
-    train: Iterable[tuple[np.ndarray, int]], test: Iterable[tuple[np.ndarray, int]], threshold: int = 127
-) -> float:
-    """Test accuracy of a shortcut that sees only how far apart the two markers are.
-
-    The best rule "connected iff distance < t" (or ">= t") on ``train`` is applied to
-    ``test``. It needs no contour following; a model below it has not even found the markers.
-    """
-    def distances(samples: Iterable[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray]:
-        pairs = [(math.dist(*find_markers(image, threshold)), label) for image, label in samples]
-        if not pairs:
-            raise ValueError("marker_distance_baseline needs training and test images")
-        d, y = np.array(pairs).T
-        return d, y.astype(bool)
-
-    d_train, y_train = distances(train)
-    candidates = np.unique(d_train)
-    below = np.array([np.mean((d_train < t) == y_train) for t in candidates])
-    best = int(np.argmax(np.maximum(below, 1 - below)))
-    flip = below[best] < 0.5
-    d_test, y_test = distances(test)
-    return float(np.mean(((d_test < candidates[best]) != flip) == y_test))
-
-
-def _binary(image: np.ndarray, threshold: int) -> np.ndarray:
-    image = np.asarray(image)
-    if image.ndim != 2:
-        raise ValueError(f"expected a grayscale [H, W] image, got shape {image.shape}")
-    return image > threshold
-
 
 def generate_pathfinder(
     n: int,
@@ -447,131 +366,3 @@ def _render_many(config: PathfinderConfig, jobs: list[tuple[int, np.random.SeedS
         samples.append((sample.image, sample.label))
     return samples
 
-
-def read_pathfinder_png(path: str | os.PathLike, size: int | None = None) -> np.ndarray:
-    """Decode one image to uint8 ``[H, W]`` (colour is converted to gray); ``ValueError`` if corrupt or of the wrong size."""
-    try:
-        with Image.open(path) as img:
-            img.load()
-            array = np.asarray(img if img.mode == "L" else img.convert("L"), dtype=np.uint8)
-    except FileNotFoundError:
-        raise
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"{path} is not a readable PNG ({err}); re-extract or regenerate the data set") from err
-    if size is not None and array.shape != (size, size):
-        raise ValueError(f"{path} is {array.shape[0]}x{array.shape[1]} but this data set has {size}x{size} images")
-    return array
-
-
-def write_pathfinder_folder(
-    root: str | os.PathLike,
-    samples: Iterable[tuple[np.ndarray, int]],
-    difficulty: str = DEFAULT_DIFFICULTY,
-    images_per_folder: int = 1000,
-    overwrite: bool = False,
-) -> Path:
-    """Write images in LRA's layout under ``root/difficulty``; returns that folder.
-
-    The folder is built beside its destination and moved into place with ``os.replace``,
-    so readers never see a half-written data set.
-    """
-    root = Path(root)
-    target = root / difficulty
-    if target.exists() and not overwrite:
-        raise FileExistsError(f"{target} already exists; pass overwrite=True to replace it")
-    if images_per_folder < 1:
-        raise ValueError(f"images_per_folder must be >= 1, got {images_per_folder}")
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{difficulty}."))
-    try:
-        rows: dict[int, list[str]] = {}
-        shape = None
-        for i, (image, label) in enumerate(samples):
-            image = np.asarray(image)
-            if image.ndim != 2 or image.dtype != np.uint8:
-                raise ValueError(f"sample {i}: expected a uint8 [H, W] image, got {image.dtype} {image.shape}")
-            shape = shape or image.shape
-            if image.shape != shape:
-                raise ValueError(f"sample {i} is {image.shape}, the first sample {shape}; a data set has one image size")
-            if label not in (0, 1):
-                raise ValueError(f"sample {i}: label must be 0 or 1, got {label!r}")
-            folder, index = divmod(i, images_per_folder)
-            subdir = f"imgs/{folder}"
-            (staging / subdir).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image).save(staging / subdir / f"sample_{index}.png", format="PNG")
-            rows.setdefault(folder, []).append(f"{subdir} sample_{index}.png {index} {int(label)}")
-        (staging / "metadata").mkdir()
-        for folder, lines in rows.items():
-            (staging / "metadata" / f"{folder}.npy").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        if target.exists():
-            old = Path(tempfile.mkdtemp(dir=root, prefix=f".{difficulty}.old."))
-            os.replace(target, old / "data")
-            os.replace(staging, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
-
-
-def _numeric_stem_order(path: Path) -> tuple[float, str]:
-    """Sort ``2.npy`` before ``10.npy`` (batch folders are numbered)."""
-    return (int(path.stem) if path.stem.isdigit() else math.inf, path.stem)
-
-
-def _metadata_rows(path: Path) -> list[list[str]]:
-    raw = path.read_bytes()
-    if raw.startswith(_NPY_MAGIC):  # the original generator's np.save of a string array
-        with open(path, "rb") as f:
-            array = np.load(f, allow_pickle=False)
-        return [[str(v) for v in row] for row in np.atleast_2d(array)]
-    return [line.split() for line in raw.decode("utf-8").splitlines() if line.strip()]
-
-
-def read_pathfinder_folder(
-    root: str | os.PathLike, size: int | None = None, difficulty: str = DEFAULT_DIFFICULTY
-) -> LazySplit:
-    """Index a Pathfinder folder in LRA's layout; images are decoded when accessed.
-
-    Args:
-        root: folder holding ``<difficulty>/`` (e.g. ``lra_release/pathfinder32``), or
-            the difficulty folder itself (the one with ``imgs/`` and ``metadata/``).
-        size: expected image side; accessing an image of another size raises ``ValueError``.
-        difficulty: which difficulty folder to read (see :data:`DIFFICULTIES`).
-
-    Returns:
-        A ``LazySplit`` of ``(uint8 [H, W], label)`` in metadata order (files ``0.npy``,
-        ``1.npy``, ... then rows). Zero-byte images are left out, as LRA's input
-        pipeline does (the official release has one).
-
-    Raises:
-        FileNotFoundError: no such folder, no metadata files, or a listed image missing.
-        ValueError: a metadata row with fewer than 4 columns or a label other than 0/1.
-            Corrupt or wrongly sized images raise ``ValueError`` when accessed.
-    """
-    root = Path(root)
-    folder = root if (root / "metadata").is_dir() else root / difficulty
-    hint = f"Expected LRA's layout {root}/{difficulty}/imgs/<k>/sample_<i>.png with {root}/{difficulty}/metadata/<k>.npy."
-    require_dir(folder, "Pathfinder", hint)
-    metadata_files = sorted((folder / "metadata").glob("*.npy"), key=_numeric_stem_order)
-    if not metadata_files:
-        raise FileNotFoundError(f"no metadata/*.npy files under {folder}. {hint}")
-    paths: list[str] = []
-    labels: list[int] = []
-    for meta in metadata_files:
-        for line_no, row in enumerate(_metadata_rows(meta), start=1):
-            if len(row) < 4:
-                raise ValueError(f"{meta}:{line_no}: expected at least 4 columns (folder, file, index, label), got {row!r}")
-            if row[3] not in ("0", "1"):
-                raise ValueError(f"{meta}:{line_no}: label {row[3]!r} is not 0 or 1")
-            path = folder / row[0] / row[1]
-            try:
-                if path.stat().st_size == 0:
-                    continue
-            except FileNotFoundError:
-                raise FileNotFoundError(f"{path} is listed in {meta}:{line_no} but missing. {hint}") from None
-            paths.append(str(path))
-            labels.append(int(row[3]))
-    return LazySplit(paths, labels, functools.partial(read_pathfinder_png, size=size))

@@ -1,0 +1,151 @@
+"""The leaderboard's results file: the keys every row has, filling a row from a finished run, merging results files, one-line descriptions.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from maelre.bench.lra_tasks import GENERATED_DATASETS, TaskSpec
+from maelre.recipe import Recipe
+
+
+DONE_STATUSES = ("ok", "time_limit")
+"""Rows ``--resume`` keeps; ``time_limit``: trained until ``--max-minutes`` ran out, then tested."""
+STATUSES = (*DONE_STATUSES, "error", "not_run")
+ROW_KEYS = (
+    "task", "backbone", "accuracy", "split", "steps", "train_seconds", "gpu", "params", "data", "dataset",
+    "recipe", "command", "status", "message",
+    "val_accuracy", "epochs", "samples", "full_test_split", "precision", "budget", "model", "backbone_config",
+    "run_dir", "wall_seconds", "concurrent_runs", "date",
+)  # fmt: skip
+"""Every row has all of these; ``accuracy`` and ``val_accuracy`` are percent; ``concurrent_runs``:
+how many runs the sweep let share the device (``--jobs``; 1: one at a time)."""
+
+
+DESCRIPTION = "maelre accuracy leaderboard; accuracy and val_accuracy are test/validation accuracy in percent"
+"""``meta.description`` of a results file."""
+
+
+def empty_row(task: str, backbone: str, *, recipe: str, command: str, status: str = "ok", message: str = "") -> dict[str, Any]:
+    """A result row with every key present; measurements ``None`` until filled."""
+    row: dict[str, Any] = dict.fromkeys(ROW_KEYS)
+    row.update(task=task, backbone=backbone, split="test", recipe=recipe, command=command, status=status, message=message)
+    return row
+
+
+def row_key(row: Mapping[str, Any]) -> tuple[str, str]:
+    return (row["task"], row["backbone"])
+
+
+def merge_documents(documents: Sequence[Mapping[str, Any]], command: str = "") -> dict[str, Any]:
+    """One results document from several (sweeps run on other machines or at other times).
+
+    Rows are keyed by (task, backbone); a later document's row replaces an earlier one's,
+    as a later sweep's row replaces an older one in its ``--out``. The sweep commands of
+    every document are kept in order, then ``command`` (the merge itself).
+    """
+    rows: dict[tuple[str, str], dict[str, Any]] = {}
+    commands: list[str] = []
+    for document in documents:
+        for row in document["results"]:
+            rows[row_key(row)] = dict(row)
+        commands += document.get("meta", {}).get("commands", [])
+    meta = {"description": DESCRIPTION, "commands": [*commands, command], "updated": utc_now()}
+    return {"meta": meta, "results": list(rows.values())}
+
+
+def utc_now() -> str:
+    """The current UTC time as ISO 8601 to the second (row ``date``, meta ``updated``)."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def concurrent_runs(row: Mapping[str, Any]) -> int:
+    """``row["concurrent_runs"]``; rows written before ``--jobs`` existed ran alone (1)."""
+    return row.get("concurrent_runs") or 1
+
+
+def data_provenance(task: TaskSpec, recipe: Recipe) -> str:
+    """``"standin"``, ``"generated"`` (our generator, no ``root``) or ``"real"``."""
+    if task.standin_for is not None:
+        return "standin"
+    if recipe.dataset_name() in GENERATED_DATASETS and recipe.data.dataset.get("root") is None:
+        return "generated"
+    return "real"
+
+
+def dataset_label(task: TaskSpec, recipe: Recipe) -> str:
+    """Human description of the data a run used (name, generator seed, stand-in note)."""
+    settings = recipe.dataset_kwargs()
+    label = recipe.dataset_name()
+    if recipe.dataset_name() in GENERATED_DATASETS and settings.get("root") is None:
+        label += f" (generated, seed {settings.get('seed', 0)})"
+    if task.standin_for is not None:
+        label += f", stand-in for {task.standin_for}"
+    return label
+
+
+def gpu_name(device: str) -> str:
+    """``torch.cuda.get_device_name`` of a ``"cuda[:i]"`` device string, else ``"cpu"``."""
+    device_ = torch.device(device)
+    return torch.cuda.get_device_name(device_) if device_.type == "cuda" else "cpu"
+
+
+def _percent(fraction: float | None) -> float | None:
+    return None if fraction is None else 100.0 * float(fraction)
+
+
+def planned_steps(recipe: Recipe, n_train: int) -> int | None:
+    """Optimizer steps the recipe's step/epoch budget allows on one device (``None``: only time bounds it)."""
+    trainer = recipe.trainer
+    limits = [] if trainer.max_steps is None else [trainer.max_steps]
+    if trainer.max_epochs is not None:
+        per_epoch = math.ceil(math.ceil(n_train / recipe.data.batch_size) / trainer.accumulate_grad_batches)
+        limits.append(trainer.max_epochs * per_epoch)
+    return min(limits) if limits else None
+
+
+def fill_from_results(row: dict[str, Any], recipe: Recipe, results: Mapping[str, Any]) -> dict[str, Any]:
+    """Copy the leaderboard fields of a finished run (``run_recipe``'s ``results.json``) into ``row``.
+
+    A run that took fewer steps than planned is ``"time_limit"`` when its training used
+    up ``trainer.max_time``, else (early stopping) ``"ok"`` with a note.
+    """
+    metrics, trainer = results["metrics"], recipe.trainer
+    cap = recipe.data.max_eval_samples
+    planned, steps = planned_steps(recipe, results["samples"]["train"]), results["global_step"]
+    row.update(
+        accuracy=_percent(metrics["test/acc"]),
+        val_accuracy=_percent(metrics.get("val/best_acc")),
+        steps=results["global_step"],
+        epochs=results["epochs"],
+        train_seconds=results["throughput"]["train_seconds"],
+        gpu=gpu_name(results["environment"]["device"]),
+        params=results["parameters"],
+        samples=results["samples"],
+        # A capped test set is complete only if it came out smaller than the cap.
+        full_test_split=cap is None or results["samples"]["test"] < cap,
+        run_dir=results["run_dir"],
+    )
+    row["budget"] = {**(row["budget"] or {}), "planned_steps": planned}
+    if planned is not None and steps < planned:
+        if trainer.max_time is not None and results["fit_seconds"] >= 60 * trainer.max_time:
+            row["status"] = "time_limit"
+            row["message"] = f"stopped by the {trainer.max_time:g}-minute limit after {steps} of {planned} steps"
+        else:
+            row["message"] = f"stopped early after {steps} of {planned} steps"
+    return row
+
+
+def describe_row(row: Mapping[str, Any]) -> str:
+    """One line: the pair, then its accuracy, steps and training time, or its status and message."""
+    head = f"{row['task']} / {row['backbone']}: "
+    if row["status"] not in DONE_STATUSES:
+        return head + " ".join(f"{row['status']} {row['message']}".split())
+    runs = concurrent_runs(row)
+    shared = f" shared by {runs} runs" if runs > 1 else ""
+    note = f" ({row['message']})" if row["message"] else ""
+    return head + f"{row['accuracy']:.2f}% test accuracy, {row['steps']} steps, {row['train_seconds']:.0f} s training on {row['gpu']}{shared}{note}"

@@ -1,0 +1,130 @@
+"""What a fit takes and gives: ``TrainerConfig`` (how long and where to train) and ``FitResult``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from maelre.model import SequenceClassifier
+
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+@dataclass
+class TrainerConfig:
+    """How long and where to train (maps onto ``lightning.Trainer``).
+
+    Attributes:
+        max_epochs: epoch budget (``None`` = unbounded; then ``max_steps`` or ``max_time`` must bound training).
+        max_steps: optimizer-step budget (``None`` = unbounded).
+        max_time: wall-clock budget in minutes (``None`` = unbounded), summed over all calls of a resumed run.
+        stop_after_minutes: end this call (not the run) after this many minutes of training,
+            with a resumable checkpoint; ``--resume`` continues. For budgets longer than one
+            session or device call. Needs a run directory.
+        precision: ``"32"`` (or the int 32), ``"bf16-mixed"`` (GPU; works but is slow on CPU) or ``"16-mixed"`` (GPU).
+        accelerator: ``"auto"``, ``"cpu"``, ``"gpu"``/``"cuda"``.
+        devices: device count or ``"auto"``.
+        strategy: ``"auto"`` or ``"ddp"`` (multi-GPU data parallel; launched by re-running the command per device).
+        accumulate_grad_batches: batches per optimizer step.
+        gradient_clip: max gradient norm (``None`` = no clipping).
+        checkpoint_every_n_steps: resumable checkpoint period in optimizer steps
+            (``None`` = only at epoch ends); a killed run loses at most this many steps.
+        seed: seeds model init, data order, dropout and augmentation.
+        deterministic: use deterministic kernels where they exist.
+        early_stopping_patience: stop after this many validations without improvement of
+            ``early_stopping_monitor`` (``None`` = off; needs validation data).
+        early_stopping_monitor: ``"val/acc"``, ``"val/f1"`` (maximised) or ``"val/loss"`` (minimised).
+        val_every_n_epochs: validation period.
+        val_every_n_steps: validate every this many training batches instead (counted across
+            epochs; ``None`` = per epoch): learning curves for runs of few, long epochs.
+        log_every_n_steps: logging period.
+        enable_progress_bar: show Lightning's rich progress bar.
+        compile: ``false`` (eager), ``true`` (= ``"default"``) or a ``torch.compile`` mode:
+            ``"default"``, ``"reduce-overhead"`` (CUDA graphs) or ``"max-autotune"``. The
+            training, validation and test steps run the compiled model; checkpoints and the
+            returned model stay plain ``nn.Module``s.
+    """
+
+    max_epochs: int | None = 10
+    max_steps: int | None = None
+    max_time: float | None = None
+    stop_after_minutes: float | None = None
+    precision: str | int = "32"
+    accelerator: str = "auto"
+    devices: int | str = 1
+    strategy: str = "auto"
+    accumulate_grad_batches: int = 1
+    gradient_clip: float | None = 1.0
+    checkpoint_every_n_steps: int | None = None
+    seed: int = 0
+    deterministic: bool = False
+    early_stopping_patience: int | None = None
+    early_stopping_monitor: str = "val/acc"
+    val_every_n_epochs: int = 1
+    val_every_n_steps: int | None = None
+    log_every_n_steps: int = 50
+    enable_progress_bar: bool = True
+    compile: bool | str = False
+
+    def __post_init__(self) -> None:
+        if self.max_epochs is None and self.max_steps is None and self.max_time is None:
+            raise ValueError("training is unbounded: set max_epochs, max_steps or max_time")
+        for name in ("max_epochs", "max_steps", "checkpoint_every_n_steps", "early_stopping_patience", "val_every_n_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or null, got {value}")
+        if self.max_time is not None and self.max_time <= 0:
+            raise ValueError(f"max_time must be a positive number of minutes, got {self.max_time}")
+        if self.stop_after_minutes is not None and self.stop_after_minutes <= 0:
+            raise ValueError(f"stop_after_minutes must be a positive number of minutes, got {self.stop_after_minutes}")
+        if self.precision == 32:  # what YAML and `--set trainer.precision=32` give
+            self.precision = "32"
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.accumulate_grad_batches < 1 or self.val_every_n_epochs < 1 or self.log_every_n_steps < 1:
+            raise ValueError("accumulate_grad_batches, val_every_n_epochs and log_every_n_steps must be >= 1")
+        if self.gradient_clip is not None and self.gradient_clip <= 0:
+            raise ValueError(f"gradient_clip must be positive or null, got {self.gradient_clip}")
+        if self.strategy not in ("auto", "ddp"):
+            # ddp_spawn trains in worker processes: the history, throughput and best score that
+            # fit_classifier reads from its callbacks would stay empty in this process
+            raise ValueError(f"strategy must be 'auto' or 'ddp' (ddp_spawn is not supported), got {self.strategy!r}")
+        if self.early_stopping_monitor not in ("val/acc", "val/f1", "val/loss"):
+            raise ValueError(f"early_stopping_monitor must be 'val/acc', 'val/f1' or 'val/loss', got {self.early_stopping_monitor!r}")
+        if self.compile is True:
+            self.compile = "default"
+        if self.compile is not False and self.compile not in COMPILE_MODES:
+            raise ValueError(f"compile must be false, true or one of {COMPILE_MODES}, got {self.compile!r}")
+
+
+@dataclass
+class FitResult:
+    """What ``fit_classifier`` returns.
+
+    Attributes:
+        model: the trained classifier (best validation weights when ``restore_best`` and
+            validation data were given), on CPU, in eval mode.
+        history: per epoch ``{"epoch", "step", "train/loss", "val/loss", "val/acc", "val/f1"}``.
+        best_score: best ``val/acc`` seen (``None`` without validation).
+        best_checkpoint: ``run_dir/checkpoints/best`` when written.
+        last_checkpoint: newest resumable checkpoint when a ``run_dir`` was given.
+        global_step: optimizer steps done (including those before a resume).
+        epochs: epochs started.
+        throughput: ``samples_per_second``, ``tokens_per_second``, ``train_seconds`` ...
+        fit_seconds: wall time of ``trainer.fit``.
+        peak_memory: ``{"kind", "bytes"}`` (CUDA max allocated, or CPU peak RSS).
+    """
+
+    model: SequenceClassifier
+    history: list[dict[str, float]]
+    best_score: float | None
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    global_step: int
+    epochs: int
+    throughput: dict[str, float]
+    fit_seconds: float
+    peak_memory: dict[str, Any]
+    extra: dict[str, Any] = field(default_factory=dict)
