@@ -4,7 +4,12 @@
     python benchmarks/efficiency.py --resume             # continue a run that was cut off
     python benchmarks/efficiency.py --report-only        # re-render table and plot from the JSON
 """
-from maelre.bench.efficiency import main
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout without ``pip install -e .`` (the GPU machine)
+
+from maelre.bench.efficiency import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())

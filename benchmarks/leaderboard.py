@@ -5,7 +5,12 @@
     python benchmarks/leaderboard.py --report-only                                    # re-render the page
     bash benchmarks/gpu_accuracy.sh listops                                           # one group on an H100
 """
-from maelre.bench.leaderboard import main
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout without ``pip install -e .`` (the GPU machine)
+
+from maelre.bench.leaderboard import main  # noqa: E402
 
 if __name__ == "__main__":
     raise SystemExit(main())
