@@ -80,3 +80,12 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON ({err}); delete it or point to another file") from err
+
+
+def plain_data(value: Any) -> Any:
+    """``value`` with every tuple turned into a list, recursively through dicts and lists (what YAML and JSON write back)."""
+    if isinstance(value, dict):
+        return {k: plain_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_data(v) for v in value]
+    return value

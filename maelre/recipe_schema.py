@@ -13,6 +13,7 @@ from typing import Any
 
 from maelre.engine.fit_types import TrainerConfig
 from maelre.engine.task import OptimConfig, check_optimizer, check_schedule
+from maelre.fileio import plain_data
 from maelre.suggest import did_you_mean
 
 SECTIONS = ("name", "description", "data", "model", "optimizer", "schedule", "loss", "trainer", "output", "pretrain")
@@ -273,15 +274,7 @@ class Recipe:
             "output": dataclasses.asdict(self.output),
             "pretrain": dataclasses.asdict(self.pretrain),
         }
-        return _plain(out)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+        return plain_data(out)
 
 
 _SECTION_CLASSES: dict[str, type] = {

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from maelre.fileio import plain_data
 from maelre.model import SequenceClassifier
 from maelre.registry import create_backbone
 
@@ -108,7 +109,7 @@ def build_model(
         backbone=backbone_name,
         backbone_config=backbone.config.to_dict(),
         adapter=registered_name(adapter),
-        adapter_config=_jsonable(dataclasses.asdict(adapter.config)),
+        adapter_config=plain_data(dataclasses.asdict(adapter.config)),
         num_classes=num_classes,
         head_dropout=head_dropout,
         two_tower=two_tower,
@@ -121,10 +122,3 @@ def num_classes_of(model: SequenceClassifier) -> int:
     fc = model.head.fc
     return (fc[-1] if isinstance(fc, torch.nn.Sequential) else fc).out_features
 
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
