@@ -42,6 +42,15 @@ def test_auto_targets_are_feasible_monotone_and_reach_the_threshold(threshold, e
         previous = targets
 
 
+def test_target_table_grows_only_to_plannable_lengths():
+    plan = AutoPlan(16, 2, 3)  # 2 merges take at most 64 tokens to 16
+    assert plan.targets_table(40, torch.device("cpu")).shape[0] == 41
+    table = plan.targets_table(64, torch.device("cpu"))  # doubling to 82 rows would hold unplannable lengths
+    assert table.shape[0] == 65 and tuple(table[64].tolist()) == plan.targets(64)
+    with pytest.raises(MergePlanError, match="65 tokens cannot reach"):
+        plan.targets_table(65, torch.device("cpu"))
+
+
 def small(**overrides) -> MAELRE:
     config = {"dim": 16, "depth": 3, "heads": 2, "mlp_ratio": 2.0, "match_window": 4, **overrides}
     return create_backbone("maelre", **config).eval()

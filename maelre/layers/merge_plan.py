@@ -62,6 +62,10 @@ class AutoPlan:
         """
         return _targets(self.threshold, self.events, self.total_events, self.protected, self.min_tokens, n)
 
+    def feasible(self, n: int) -> bool:
+        """Whether a sequence of ``n`` tokens reaches ``threshold`` within ``events`` merges."""
+        return _feasible(self.threshold, self.events, self.protected, self.min_tokens, n)
+
     def check(self, n: int) -> None:
         """Raise ``MergePlanError`` unless a sequence of ``n`` tokens reaches the threshold in time."""
         self.targets(n)
@@ -71,12 +75,18 @@ class AutoPlan:
         key = str(device)
         table = self._tables.get(key)
         if table is None or table.shape[0] <= max_n:
-            size = max(max_n + 1, 2 * (table.shape[0] if table is not None else 0))
-            self.check(size - 1)
+            self.check(max_n)
+            size = max_n + 1
+            if table is not None and self.feasible(2 * table.shape[0] - 1):  # grow geometrically, never past a plannable length
+                size = max(size, 2 * table.shape[0])
             rows = [self.targets(n) if n > 0 else (0,) * self.total_events for n in range(size)]
             table = torch.tensor(rows, dtype=torch.long).to(device)
             self._tables[key] = table
         return table
+
+
+def _feasible(threshold: int, events: int, protected: int, min_tokens: int, n: int) -> bool:
+    return n <= max(threshold, min_tokens, protected) or reachable(n, events, protected) <= threshold
 
 
 @lru_cache(maxsize=4096)
@@ -84,7 +94,7 @@ def _targets(threshold: int, events: int, total: int, protected: int, min_tokens
     floor = max(threshold, min_tokens, protected)
     if n <= floor:
         return (n,) * total
-    if reachable(n, events, protected) > threshold:
+    if not _feasible(threshold, events, protected, min_tokens, n):
         raise MergePlanError(
             f"{n} tokens cannot reach the switch threshold {threshold} in {events} merges: bipartite matching removes at "
             f"most half the tokens per merge, so {events} merges leave at least {reachable(n, events, protected)}"
