@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from maelre.layers import validation
-from maelre.layers.rope import rope_angles, rotary_kernel, row_angles
+from maelre.layers.rope import rotary_kernel
 
 
 MAX_DEPTH = 1024
@@ -155,12 +155,7 @@ class Backbone(nn.Module):
         """
         if not self.config.rope:
             return kernel
-        head_dim, base = self.config.dim // self.config.heads, self.config.rope_base
-
-        def angles(pos: Tensor) -> tuple[Tensor, Tensor]:
-            return row_angles(pos, head_dim, base) if pos.dim() == 2 else rope_angles(pos, head_dim, base)
-
-        return rotary_kernel(kernel, angles(positions), None if key_positions is None else angles(key_positions))
+        return rotary_kernel(kernel, positions, self.config.dim // self.config.heads, self.config.rope_base, key_positions)
 
     def forward(
         self,

@@ -32,7 +32,7 @@ from maelre.backbones.maelre_config import (  # noqa: F401  (re-exported)
 )
 from maelre.backbones.maelre_plan import MergeStep, merge_steps, reachable_threshold  # noqa: F401  (re-exported)
 from maelre.layers import Block, drop_path_rates, exact_attention, weighted_mean
-from maelre.layers.rope import rotary_kernel, row_angles
+from maelre.layers.rope import rotary_kernel
 from maelre.layers.linear_attention import FavorFeatureMap, LinearAttention
 from maelre.layers.merge import bipartite_soft_matching, compaction_order, take_tokens
 from maelre.layers.layout import hilbert_order
@@ -113,7 +113,7 @@ class MAELREBlock(Block):
             kernel = self.approx
         if t.positions is None:
             return kernel
-        return rotary_kernel(kernel, row_angles(t.positions, c.dim // c.heads, c.rope_base))
+        return rotary_kernel(kernel, t.positions, c.dim // c.heads, c.rope_base)
 
     def forward(self, t: TokenState) -> TokenState:
         q, k, v = self.attn.qkv(self.norm1(t.x))

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from maelre.backbones.maelre_config import MERGE_SITES, MAELREConfig
+from maelre.backbones.maelre_config import MAELREConfig
 from maelre.layers.merge_plan import AutoPlan, reachable
+
 
 def reachable_threshold(kwargs: dict, seq_len: int) -> dict:
     """``kwargs`` of a MAELRE whose ``"auto"`` plan is feasible for ``seq_len`` tokens.
@@ -79,7 +80,7 @@ class MergeStep:
 
 def merge_steps(config: MAELREConfig) -> list[list[MergeStep]]:
     """The merge steps of every block, in the order of its merge sites."""
-    sites = len(MERGE_SITES[config.merge_site])
+    sites = config.sites_per_block
     common = {"protected": int(config.pool == "cls"), "min_tokens": config.min_tokens}
     if config.merge_schedule == "auto":
         plan = config.auto_plan()

@@ -5,7 +5,7 @@ from maelre.layers.linear_attention import FavorFeatureMap, LinearAttention, elu
 from maelre.layers.merge import bipartite_soft_matching, compaction_order
 from maelre.layers.nystrom import NystromAttention, iterative_pinv, nystrom_attention, nystrom_attention_reference
 from maelre.layers.pooling import weighted_mean
-from maelre.layers.rope import apply_rope, rope_angles, rotary_kernel, row_angles
+from maelre.layers.rope import apply_rope, rope_angles, rotary_kernel
 from maelre.layers.validation import validate_tokens
 
 __all__ = [
@@ -29,7 +29,6 @@ __all__ = [
     "reference_attention",
     "rope_angles",
     "rotary_kernel",
-    "row_angles",
     "validate_tokens",
     "weighted_mean",
 ]

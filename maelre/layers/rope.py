@@ -21,23 +21,22 @@ def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return out.to(x.dtype)
 
 
-def rotary_kernel(kernel, q_angles: tuple[Tensor, Tensor], k_angles: tuple[Tensor, Tensor] | None = None):
+def rotary_kernel(kernel, positions: Tensor, head_dim: int, base: float = 10000.0, key_positions: Tensor | None = None):
     """Wrap an attention kernel (``kernel(q, k, v, **kw)``) so queries and keys are rotated by RoPE first.
 
-    ``q_angles``/``k_angles`` are ``(cos, sin)`` from ``rope_angles``, shaped to broadcast
-    against ``[B, H, N, dh/2]``: ``[N, dh/2]`` for shared positions, ``[B, 1, N, dh/2]``
-    for per-row (e.g. merged, fractional) positions. ``k_angles`` defaults to ``q_angles``
-    (self-attention).
+    ``positions``: ``[N]`` positions shared by every row, or ``[B, N]`` per-row (e.g. merged,
+    fractional) positions of the queries; ``key_positions`` (default ``positions``) those of
+    the keys, for cross-attention. Angles broadcast over the heads of ``[B, H, N, dh]``.
     """
-    k_angles = q_angles if k_angles is None else k_angles
+
+    def angles(pos: Tensor) -> tuple[Tensor, Tensor]:
+        cos, sin = rope_angles(pos, head_dim, base)
+        return (cos[:, None], sin[:, None]) if pos.dim() == 2 else (cos, sin)
+
+    q_angles = angles(positions)
+    k_angles = q_angles if key_positions is None else angles(key_positions)
 
     def rotated(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
         return kernel(apply_rope(q, *q_angles), apply_rope(k, *k_angles), v, **kwargs)
 
     return rotated
-
-
-def row_angles(positions: Tensor, dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
-    """``rope_angles`` of per-row positions ``[B, N]`` shaped ``[B, 1, N, dim/2]`` to broadcast over heads."""
-    cos, sin = rope_angles(positions, dim, base)
-    return cos[:, None], sin[:, None]
