@@ -11,6 +11,10 @@
 #                D=64 by block 2, which runs exact attention (the paper's rule, N <= D)
 #   auto2        exact_blocks=2 with switch_threshold=256: at D=64 two exact blocks cannot be
 #                reached in 3 blocks (2 merges leave >= 256), so the threshold is relaxed to 4D
+#   t128         auto1 with switch_threshold=128 (2D): gentler merging (1,024 -> 363 -> 128), exact
+#                attention in block 2 at N = 128; breaks the paper's N <= D rule by a factor of 2
+#   nystrom      auto1 with Nystrom attention (64 landmarks) instead of elu+1 linear attention in the
+#                approximate blocks
 #   raster       auto1 with grid_order=raster: merge windows along pixel rows (no 2-D neighbours)
 #   fraction     the old default: 30% merged after each attention sub-layer, never reaching D
 #   nomerge      no merging: linear attention in all 3 blocks
@@ -29,6 +33,8 @@ m=model.backbone_config.maelre
 declare -A row=(
     [auto1]="model.backbone=maelre $m.exact_blocks=1"
     [auto2]="model.backbone=maelre $m.exact_blocks=2 $m.switch_threshold=256"
+    [t128]="model.backbone=maelre $m.exact_blocks=1 $m.switch_threshold=128"
+    [nystrom]="model.backbone=maelre $m.exact_blocks=1 $m.approx=nystrom"
     [raster]="model.backbone=maelre $m.exact_blocks=1 $m.grid_order=raster"
     [fraction]="model.backbone=maelre $m.merge_schedule=fraction $m.merge_site=attn $m.merge_fraction=0.3"
     [nomerge]="model.backbone=maelre $m.merge_schedule=fraction $m.merge_fraction=0.0"

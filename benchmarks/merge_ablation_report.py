@@ -1,9 +1,10 @@
 """Collect the merge ablation (``merge_ablation.sh``) into one JSON and a markdown table.
 
-    python benchmarks/merge_ablation_report.py RESULTS_DIR [--cost COST_JSON] [--out JSON] [--table MD]
+    python benchmarks/merge_ablation_report.py RESULTS_DIR [--cost COST_JSON ...] [--out JSON] [--table MD]
 
 ``RESULTS_DIR`` holds one leaderboard JSON per run, ``scifar10_ROW_POS_sSEED.json``; ``--cost``
-is the output of ``merge_ablation_cost.py`` (train-step time and peak memory of every row).
+is the output of ``merge_ablation_cost.py`` (train-step time and peak memory of every row); give it
+once per cost file, a later file's case replacing an earlier one's.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ NAME = re.compile(r"scifar10_(?P<row>[a-z0-9]+)_(?P<pos>learned|rope)_s(?P<seed>
 ROW_TEXT = {
     "auto1": "auto plan, exact_blocks=1 (2 linear blocks, exact from block 2 at N <= D=64)",
     "auto2": "auto plan, exact_blocks=2, switch_threshold=256 (exact from block 1 at N <= 256)",
+    "t128": "auto1 with switch_threshold=128 (1024, 363, 128 tokens; exact in block 2 at N = 2D)",
+    "nystrom": "auto1 with Nystrom attention (64 landmarks) in the approximate blocks",
     "raster": "auto1 merging along pixel rows (grid_order=raster)",
     "fraction": "old default: 30% merged after each attention (1024, 717, 502 tokens; all linear)",
     "nomerge": "no merging (linear attention in all 3 blocks)",
@@ -86,7 +89,7 @@ def summarise(runs: list[dict], cost: list[dict]) -> tuple[list[dict], str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path)
-    parser.add_argument("--cost", type=Path, default=None)
+    parser.add_argument("--cost", type=Path, action="append", default=[], help="merge_ablation_cost.py output (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/merge_ablation_h200.json"))
     parser.add_argument("--table", type=Path, default=None, help="markdown file for the table (default: --out with .md)")
     args = parser.parse_args(argv)
@@ -94,7 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         print(f"no scifar10_ROW_POS_sSEED.json files in {args.results}", file=sys.stderr)
         return 2
-    cost = json.loads(args.cost.read_text())["rows"] if args.cost and args.cost.exists() else []
+    missing = [str(path) for path in args.cost if not path.exists()]
+    if missing:
+        print(f"cost file(s) not found: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    cost = [case for path in reversed(args.cost) for case in json.loads(path.read_text())["rows"]]  # latest first: cost_cells takes the first hit
     summary, table = summarise(runs, cost)
     write_json_atomic(args.out, {"runs": runs, "summary": summary, "cost": cost})
     write_text_atomic(args.table or args.out.with_suffix(".md"), table + "\n")
