@@ -301,7 +301,8 @@ def test_length_a_backbone_cannot_take_is_an_error_row(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize(
     "overrides",
-    [{}, {"merge_site": "both", "merge_schedule": "fraction", "merge_fraction": 0.3, "switch_threshold": 40}, {"merge_schedule": "target", "stage_targets": [48, 20], "stage_depths": [1, 2], "pool": "cls"}],
+    [{}, {"merge_site": "both", "merge_schedule": "fraction", "merge_fraction": 0.3, "switch_threshold": 40}, {"merge_schedule": "target", "stage_targets": [48, 20], "stage_depths": [1, 2], "pool": "cls"},
+     {"value_conv": 5}],
 )
 def test_twin_runs_maelres_token_counts_and_attention_kinds(overrides):
     """The zero-cost-merge twin sees, block by block, the N and attention kind that MAELRE's own trace records."""
@@ -316,6 +317,7 @@ def test_twin_runs_maelres_token_counts_and_attention_kinds(overrides):
     assert [(b.n_in, b.n_out, b.attention) for b in out.trace] == want
     assert out.states.shape[1] == want[-1][1] and out.pooled.shape == (2, 32)
     assert want[0][1] < want[0][0]  # it merges
+    assert sum(p.numel() for p in twin.parameters()) == sum(p.numel() for p in maelre.parameters())  # same weights, value convs too
     floor = build_variant(maelre, "floor", 96)
     assert floor(tokens).shape == (2, 32) and not any("attn" in n for n, _ in floor.named_parameters())
     with pytest.raises(ValueError, match="built for N=96"):

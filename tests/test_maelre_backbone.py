@@ -87,8 +87,9 @@ def test_sizes_sum_to_real_tokens_at_every_block(site):
         {"merge_site": "both", "pool": "cls"},
         {"approx": "nystrom", "num_landmarks": 8},
         {"feature_map": "favor", "num_features": 16, "merge_metric": "states", "match_window": None},
+        {"merge_site": "both", "value_conv": 5},
     ],
-    ids=["linear", "both-cls", "nystrom", "favor-states-global"],
+    ids=["linear", "both-cls", "nystrom", "favor-states-global", "value-conv"],
 )
 @pytest.mark.parametrize("switch", ["agreeing", "approx_everywhere", "exact_everywhere"])
 def test_padded_batch_matches_each_sequence_alone(overrides, switch):

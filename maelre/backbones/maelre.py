@@ -38,6 +38,7 @@ from maelre.layers.merge import bipartite_soft_matching, compaction_order, take_
 from maelre.layers.layout import hilbert_order
 from maelre.layers.merge_plan import MergePlanError  # noqa: F401  (re-exported)
 from maelre.layers.nystrom import NystromAttention
+from maelre.layers.value_conv import ValueConv
 from maelre.registry import register_backbone
 
 
@@ -85,6 +86,7 @@ class MAELREBlock(Block):
             self.approx = LinearAttention(head_dim, c.feature_map, c.num_features, seed=c.feature_seed + index)
         else:
             self.approx = NystromAttention(c.heads, c.num_landmarks, c.pinv_iterations, c.nystrom_conv_kernel)
+        self.value_conv = None if c.value_conv is None else ValueConv(c.dim, c.value_conv)
 
     def attention_kind(self, n: int) -> str:
         return "exact" if n <= self.config.threshold else self.config.approx
@@ -92,7 +94,7 @@ class MAELREBlock(Block):
     def attention_flops(self, n: int) -> float:
         if self.attention_kind(n) == "exact":
             return dense_attention_flops(n, n, self.config.dim)
-        return self.approx.flops(n, self.config.dim)
+        return self.approx.flops(n, self.config.dim) + (0.0 if self.value_conv is None else self.value_conv.flops(n))
 
     def planned_sizes(self, n: int, length: int) -> list[int]:
         """Token counts after each merge site of this block for ``n`` tokens of a sequence that had ``length`` before any merge."""
@@ -117,7 +119,10 @@ class MAELREBlock(Block):
 
     def forward(self, t: TokenState) -> TokenState:
         q, k, v = self.attn.qkv(self.norm1(t.x))
-        out = self.kernel(t)(q, k, v, **t.kernel_kwargs(self.config.proportional_attention))
+        kwargs = t.kernel_kwargs(self.config.proportional_attention)
+        out = self.kernel(t)(q, k, v, **kwargs)
+        if self.value_conv is not None and self.attention_kind(t.x.shape[1]) != "exact":
+            out = out + self.value_conv(v, kwargs["key_mask"])
         t = t.with_x(t.x + self.drop_path1(self.attn.output(out)))
         keys = k.detach().mean(dim=1) if self.config.merge_metric == "keys" else None  # matching needs no gradient
         t, keys = self._merge(t, "attn", keys)

@@ -31,6 +31,9 @@ class MAELREConfig(BackboneConfig):
         num_landmarks: Nystrom landmarks m.
         pinv_iterations: Nystrom pseudo-inverse iterations.
         nystrom_conv_kernel: odd kernel of Nystrom's depthwise-conv skip on V (None = off).
+        value_conv: odd kernel of a per-channel depthwise convolution over the sequence on
+            V, added to the approximate attention's output in the blocks that run it
+            (``maelre.layers.value_conv``); ``None`` (default) = off. Exact blocks never use it.
         merge_site: merge after the attention sub-layer (``"attn"``), after the MLP
             (``"mlp"``) or after both (``"both"``: two merges per block).
         merge_schedule: ``"auto"`` (the default: plan the merges from each input's length
@@ -64,6 +67,7 @@ class MAELREConfig(BackboneConfig):
     num_landmarks: int = 64
     pinv_iterations: int = 6
     nystrom_conv_kernel: int | None = None
+    value_conv: int | None = None
     merge_site: str = "both"
     merge_schedule: str = "auto"
     exact_blocks: int = 1
@@ -95,6 +99,8 @@ class MAELREConfig(BackboneConfig):
             raise ValueError(f"match_window must be >= 1 or None (global matching), got {self.match_window}")
         if self.nystrom_conv_kernel is not None and (self.nystrom_conv_kernel < 1 or self.nystrom_conv_kernel % 2 == 0):
             raise ValueError(f"nystrom_conv_kernel must be a positive odd int (the paper uses 33) or None, got {self.nystrom_conv_kernel}")
+        if self.value_conv is not None and (self.value_conv < 1 or self.value_conv % 2 == 0):
+            raise ValueError(f"value_conv must be a positive odd kernel length (e.g. 5) or None, got {self.value_conv}")
         depths = self.stages()
         if any(d < 1 for d in depths) or sum(depths) != self.depth:
             raise ValueError(f"stage_depths {self.stage_depths} must be positive and sum to depth={self.depth}")

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from maelre.backbones.base import Backbone, BackboneConfig, BackboneOutput, BlockInfo
 from maelre.backbones.maelre import MERGE_SITES, MAELRE, MAELREConfig
 from maelre.layers import Block, LinearAttention, NystromAttention, drop_path_rates, exact_attention, weighted_mean
+from maelre.layers.value_conv import ValueConv
 
 TWIN = "twin"
 FLOOR = "floor"
@@ -60,6 +61,7 @@ class ZeroCostMergeTwin(Backbone):
             else NystromAttention(c.heads, c.num_landmarks, c.pinv_iterations, c.nystrom_conv_kernel)
             for i in range(c.depth)
         )
+        self.value_convs = nn.ModuleList(ValueConv(c.dim, c.value_conv) for _ in range(c.depth)) if c.value_conv else None
         self.norm = nn.LayerNorm(c.dim, eps=c.norm_eps)
         # Where each block's counts apply: ``after_merges`` lists one count per merge site, in order.
         self.sites = [self._sites(info) for info in self.frozen_plan]
@@ -84,13 +86,16 @@ class ZeroCostMergeTwin(Backbone):
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1).to(x.dtype), x], dim=1)
         merged = False
         infos = []
-        for block, kernel, info, sites in zip(self.blocks, self.approx, self.frozen_plan, self.sites):
+        for i, (block, kernel, info, sites) in enumerate(zip(self.blocks, self.approx, self.frozen_plan, self.sites)):
             n_in = x.shape[1]
             if info.attention == "exact":
                 kernel = partial(exact_attention, dropout_p=self.config.attn_dropout if self.training else 0.0)
             q, k, v = block.attn.qkv(block.norm1(x))
             bias = x.new_zeros(x.shape[:2], dtype=torch.float32) if merged and self.config.proportional_attention else None
-            x = x + block.drop_path1(block.attn.output(kernel(q, k, v, key_bias=bias)))
+            out = kernel(q, k, v, key_bias=bias)
+            if self.value_convs is not None and info.attention != "exact":
+                out = out + self.value_convs[i](v)
+            x = x + block.drop_path1(block.attn.output(out))
             if "attn" in sites:
                 x, merged = x[:, : sites["attn"]], merged or sites["attn"] < n_in
             n_mid = x.shape[1]
