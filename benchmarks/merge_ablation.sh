@@ -15,6 +15,8 @@
 #                attention in block 2 at N = 128; breaks the paper's N <= D rule by a factor of 2
 #   nystrom      auto1 with Nystrom attention (64 landmarks) instead of elu+1 linear attention in the
 #                approximate blocks
+#   vconv        auto1 with value_conv=5: a depthwise convolution over V (5 neighbours along the Hilbert
+#                curve) added to the linear attention of the approximate blocks
 #   raster       auto1 with grid_order=raster: merge windows along pixel rows (no 2-D neighbours)
 #   fraction     the old default: 30% merged after each attention sub-layer, never reaching D
 #   nomerge      no merging: linear attention in all 3 blocks
@@ -35,6 +37,7 @@ declare -A row=(
     [auto2]="model.backbone=maelre $m.exact_blocks=2 $m.switch_threshold=256"
     [t128]="model.backbone=maelre $m.exact_blocks=1 $m.switch_threshold=128"
     [nystrom]="model.backbone=maelre $m.exact_blocks=1 $m.approx=nystrom"
+    [vconv]="model.backbone=maelre $m.exact_blocks=1 $m.value_conv=5"
     [raster]="model.backbone=maelre $m.exact_blocks=1 $m.grid_order=raster"
     [fraction]="model.backbone=maelre $m.merge_schedule=fraction $m.merge_site=attn $m.merge_fraction=0.3"
     [nomerge]="model.backbone=maelre $m.merge_schedule=fraction $m.merge_fraction=0.0"

@@ -27,6 +27,7 @@ ROW_TEXT = {
     "auto2": "auto plan, exact_blocks=2, switch_threshold=256 (exact from block 1 at N <= 256)",
     "t128": "auto1 with switch_threshold=128 (1024, 363, 128 tokens; exact in block 2 at N = 2D)",
     "nystrom": "auto1 with Nystrom attention (64 landmarks) in the approximate blocks",
+    "vconv": "auto1 with value_conv=5 (depthwise convolution over V in the linear blocks)",
     "raster": "auto1 merging along pixel rows (grid_order=raster)",
     "fraction": "old default: 30% merged after each attention (1024, 717, 502 tokens; all linear)",
     "nomerge": "no merging (linear attention in all 3 blocks)",

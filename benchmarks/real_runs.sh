@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The real-data leaderboard runs (issue 13) on one GPU, in chunks: every backbone of TASK trains
+# side by side for MINUTES, each ending with a resumable checkpoint in its run folder
+# benchmarks/results/TASK_partial_h200/NAME. A run folder that does not exist yet starts from the
+# task's recipe; one that exists resumes exactly (same schedule, data order and RNG).
+#
+#   bash benchmarks/real_runs.sh scifar10          # recipes/scifar10.yaml, 100 epochs, ECP setting
+#   bash benchmarks/real_runs.sh image             # recipes/lra_image.yaml, LRA's model and 200 epochs
+#   bash benchmarks/real_runs.sh text              # recipes/lra_text.yaml, LRA's model and 20,000 steps
+#   NAMES="maelre transformer" MINUTES=6 bash benchmarks/real_runs.sh text
+#
+# Data: carry .carry (benchmarks/make_compact_data.py --only scifar10 for scifar10 and image,
+# --only imdb for text; one data file per call fits the 64 MiB that travel, with the tree).
+# After the call: tar the run folders into $OUT, untar them here, then
+# python benchmarks/scifar10_partial_summary.py --root benchmarks/results/TASK_partial_h200 \
+#     --out benchmarks/results/TASK_partial_h200.json --concurrent <runs at once> [--budget ...]
+#
+# NAMES (default: maelre transformer transformer_rope ecp perceiver_ar):
+#   maelre            the default MAELRE with RoPE on merged positions (no absolute positions)
+#   transformer       full attention, the adapter's learned positions
+#   transformer_rope  full attention with RoPE (the ECP paper's "Transformer (with RoPE)")
+#   ecp               ECP, RoPE (its default)
+#   perceiver_ar      PerceiverAR, learned positions
+# MINUTES (8): training minutes per run in this call; SET: space-separated extra KEY=VALUE
+# overrides for every run (a smoke test: SET="data.max_train_samples=256 trainer.max_steps=2");
+# ROOT (benchmarks/results/TASK_partial_h200); PYTHON (python3).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+usage="usage: bash benchmarks/real_runs.sh scifar10|image|text"
+task=${1:?$usage}
+case $task in
+    scifar10) recipe=recipes/scifar10.yaml ;;
+    image) recipe=recipes/lra_image.yaml ;;
+    text) recipe=recipes/lra_text.yaml ;;
+    *) echo "real_runs.sh: unknown task '$task'; $usage" >&2; exit 2 ;;
+esac
+ROOT=${ROOT:-benchmarks/results/${task}_partial_h200}
+PYTHON=${PYTHON:-python3}
+export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+rope=(--set data.adapter.pos_embed=none --set model.rope=true)
+declare -A setup=(
+    [maelre]="--set model.backbone=maelre ${rope[*]}"
+    [transformer]="--set model.backbone=transformer"
+    [transformer_rope]="--set model.backbone=transformer ${rope[*]}"
+    [ecp]="--set model.backbone=ecp"
+    [perceiver_ar]="--set model.backbone=perceiver_ar"
+)
+names=(${NAMES:-maelre transformer transformer_rope ecp perceiver_ar})
+mkdir -p "$ROOT"
+for n in "${names[@]}"; do
+    [[ -n ${setup[$n]:-} ]] || { echo "real_runs.sh: unknown run '$n'; use ${!setup[*]}" >&2; exit 2; }
+    if [[ -f $ROOT/$n/recipe.yaml ]]; then
+        args=("$ROOT/$n/recipe.yaml" --resume)
+    else
+        # shellcheck disable=SC2206  # the setup strings are lists of options
+        args=("$recipe" ${setup[$n]})
+    fi
+    for item in ${SET:-}; do args+=(--set "$item"); done
+    mkdir -p "$ROOT/$n"
+    "$PYTHON" -m maelre.cli fit "${args[@]}" --no-progress --run-dir "$ROOT/$n" \
+        --set trainer.stop_after_minutes="${MINUTES:-8}" >>"$ROOT/$n/call.log" 2>&1 &
+done
+failed=0
+for job in $(jobs -p); do wait "$job" || failed=1; done
+for n in "${names[@]}"; do  # keep what the next call needs: the newest step checkpoint and the best weights
+    [[ -d $ROOT/$n/checkpoints ]] && "$PYTHON" benchmarks/lra_learn.py prune "$ROOT/$n"
+    if [[ -f $ROOT/$n/results.json ]]; then
+        "$PYTHON" -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], r['epochs'], 'epochs,', r['global_step'], 'steps,', round(100*r['metrics']['test/acc'], 2), '% test')" "$ROOT/$n/results.json" "$n"
+    else
+        echo "$n: no results.json; the end of its log:"; tail -20 "$ROOT/$n/call.log"; failed=1
+    fi
+done
+exit $failed
