@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from maelre.bench.lra_pareto import pareto_table, plot_name, points_by_task, write_task_plots
 from maelre.bench.lra_results import DONE_STATUSES, concurrent_runs, row_key
 from maelre.bench.lra_targets import evaluate_targets
 from maelre.bench.lra_tasks import DEFAULT_BACKBONES, LRA_TASKS, PUBLISHED, TASKS, PublishedResult, TaskSpec
@@ -117,6 +118,7 @@ def render_markdown(document: Mapping[str, Any], targets: Sequence[TargetCheck])
                 ("setup", "model and budget"), ("gpu", "hardware"), ("day", "date"),
             ],
         ),  # fmt: skip
+        *_cost_section(rows),
         "### Commands",
         "",
         "Each run on its own (`maelre fit`, same overrides the sweep applied):",
@@ -132,6 +134,22 @@ def render_markdown(document: Mapping[str, Any], targets: Sequence[TargetCheck])
     return "\n".join(lines) + "\n"
 
 
+def _cost_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """"Accuracy against cost": per task with results, its plot and its table (``lra_pareto``)."""
+    lines = [
+        "### Accuracy against cost",
+        "",
+        "★: on the Pareto front of that cost (no other backbone is at least as accurate for less); —: not recorded.",
+        "GPU-s from \"shared wall\": training seconds while several runs shared the GPU, longer than the run alone (hollow in the plot);",
+        "\"alone\": the run had the GPU to itself; \"alone step time\": steps times a step timed alone.",
+        "",
+    ]
+    for task, points in points_by_task(rows).items():
+        title = TASKS[task].title if task in TASKS else task
+        lines += [f"#### {title}", "", f"![{title}: accuracy against cost]({plot_name(task)})", "", pareto_table(points)]
+    return lines
+
+
 def splice_generated(text: str, block: str) -> str:
     """Put ``block`` between the markers of ``text`` (keeping the hand-written rest), or append it."""
     has_begin, has_end = BEGIN_MARKER in text, END_MARKER in text
@@ -144,9 +162,11 @@ def splice_generated(text: str, block: str) -> str:
 
 
 def write_report(document: Mapping[str, Any], table: str | Path) -> list[TargetCheck]:
-    """Render the generated part into ``table`` (created if missing); return the target checks."""
+    """Render the generated part into ``table`` (created if missing) and each task's ``pareto_<task>.png``
+    beside it; return the target checks."""
     targets = evaluate_targets(document["results"])
     table = Path(table)
     text = table.read_text(encoding="utf-8") if table.exists() else "# Accuracy leaderboard\n"
     write_text_atomic(table, splice_generated(text, render_markdown(document, targets)))
+    write_task_plots(document["results"], table.parent, {name: task.title for name, task in TASKS.items()})
     return targets
