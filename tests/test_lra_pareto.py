@@ -1,7 +1,9 @@
 """The accuracy-against-cost view of ``maelre lra``: the Pareto front, cost points, the table and the plots."""
 from __future__ import annotations
 
+import importlib.util
 import random
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +127,35 @@ def test_report_writes_a_plot_and_a_cost_table_per_task(tmp_path):
 def test_points_by_task_skips_unfinished_rows_and_keeps_order():
     rows = [row("b", 1.0), row("a", 2.0, task="fsdd"), {**row("c", None), "status": "not_run"}, row("a", 3.0)]
     assert {t: [p.backbone for p in ps] for t, ps in points_by_task(rows).items()} == {"listops": ["b", "a"], "fsdd": ["a"]}
+
+
+def load_summary_script():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scifar10_partial_summary.py"
+    spec = importlib.util.spec_from_file_location("scifar10_partial_summary", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_partial_scifar_summary_draws_its_pareto_view_with_alone_step_times(tmp_path):
+    script = load_summary_script()
+
+    def summary_row(name, acc, steps, shared_s, mib):
+        calls = [{"steps": [0, steps // 2], "train_seconds": shared_s / 2, "concurrent_runs": 5}, {"steps": [steps // 2, steps], "train_seconds": shared_s / 2, "concurrent_runs": 5}]
+        return {"name": name, "epochs_done": 10, "epochs_budget": 100, "steps": steps, "test_accuracy": acc,
+                "train_seconds_shared": shared_s, "peak_memory_mib": mib, "calls": calls}  # fmt: skip
+
+    summary = {"rows": [summary_row("maelre", 50.0, 1000, 500.0, 3000), summary_row("ecp", 52.0, 900, 500.0, 2500)]}
+    timed = {"row": "auto1", "pos": "rope", "shape": "task", "status": "ok"}
+    costs = [{**timed, "cuda_graph": True, "median_ms": 1.0}, {**timed, "cuda_graph": False, "median_ms": 20.0}, {**timed, "pos": "learned", "cuda_graph": False, "median_ms": 2.0}]
+    page = tmp_path / "page.md"
+    page.write_text(f"# Page\n\n## sCIFAR\n\nbefore\n\n{script.BEGIN}\nstale\n{script.END}\n\n## Next\n")
+    table = script.write_pareto(summary, costs, tmp_path, page)
+    assert (tmp_path / script.PLOT).stat().st_size > 1000
+    cells = table_cells(table)
+    assert (cells["maelre"]["train GPU-s"], cells["maelre"]["GPU-s from"], cells["maelre"]["on the GPU"]) == ("20", "alone step time", "shared (5 runs)")
+    assert (cells["ecp"]["train GPU-s"], cells["ecp"]["GPU-s from"], cells["ecp"]["peak MiB"]) == ("500", "shared wall", "2500")
+    assert cells["maelre"]["front: GPU-s"] == cells["ecp"]["front: GPU-s"] == "★" and cells["maelre"]["front: memory"] == ""
+    assert "ecp: not timed alone yet" in table
+    text = page.read_text()
+    assert "stale" not in text and text.index("before") < text.index(table) < text.index("## Next") and "\n\n## Next" in text

@@ -21,7 +21,7 @@ from maelre.bench.report import atomic_path, format_number, markdown_table
 MIB = 2**20
 AXES = (("gpu_seconds", "train GPU-seconds"), ("peak_mib", "peak memory (MiB)"))
 """The cost axes: point attribute, axis label."""
-FRONT_MARK, OFF_FRONT, NO_VALUE = "★", "", "—"
+FRONT_MARK, NO_VALUE = "★", "—"
 
 
 def _number(value: Any) -> float | None:
@@ -40,10 +40,8 @@ def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[bo
     the front and dominates nothing.
     """
     on = [False] * len(points)
-    valid = [(c, -a, i) for i, (a, c) in enumerate(points) if _number(a) is not None and _number(c) is not None]
-    best = -math.inf  # best accuracy among strictly cheaper points
-    k = 0
-    valid.sort()
+    valid = sorted((c, -a, i) for i, (a, c) in enumerate(points) if _number(a) is not None and _number(c) is not None)
+    best, k = -math.inf, 0  # best accuracy among strictly cheaper points; position in ``valid``
     while k < len(valid):
         cost, top = valid[k][0], -valid[k][1]  # the most accurate of this cost comes first
         while k < len(valid) and valid[k][0] == cost:
@@ -91,7 +89,7 @@ def fronts(points: Sequence[CostPoint]) -> dict[str, list[bool]]:
 
 
 def _front_cell(on: bool, value: float | None) -> str:
-    return NO_VALUE if value is None else (FRONT_MARK if on else OFF_FRONT)
+    return NO_VALUE if value is None else (FRONT_MARK if on else "")
 
 
 def pareto_table(points: Sequence[CostPoint]) -> str:

@@ -150,15 +150,16 @@ def _cost_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     return lines
 
 
-def splice_generated(text: str, block: str) -> str:
-    """Put ``block`` between the markers of ``text`` (keeping the hand-written rest), or append it."""
-    has_begin, has_end = BEGIN_MARKER in text, END_MARKER in text
+def splice_generated(text: str, block: str, begin: str = BEGIN_MARKER, end: str = END_MARKER) -> str:
+    """Put ``block`` (which starts with ``begin`` and ends with ``end``) between the markers of ``text``,
+    keeping the hand-written rest, or append it."""
+    has_begin, has_end = begin in text, end in text
     if has_begin != has_end:
-        raise ValueError(f"the leaderboard page has only one of the markers {BEGIN_MARKER!r} / {END_MARKER!r}; restore the other or remove both")
+        raise ValueError(f"the leaderboard page has only one of the markers {begin!r} / {end!r}; restore the other or remove both")
     if not has_begin:
         return text.rstrip("\n") + "\n\n" + block
-    head, rest = text.split(BEGIN_MARKER, 1)
-    return head + block + rest.split(END_MARKER, 1)[1].lstrip("\n")
+    head, rest = text.split(begin, 1)
+    return head + block + rest.split(end, 1)[1].lstrip("\n")
 
 
 def write_report(document: Mapping[str, Any], table: str | Path) -> list[TargetCheck]:
