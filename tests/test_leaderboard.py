@@ -95,6 +95,7 @@ def test_sweep_writes_rows_then_resume_skips_them(tmp_path, recipes, monkeypatch
         assert row["split"] == "test" and row["data"] == "generated" and row["gpu"] == "cpu"
         assert row["steps"] == 2 and row["budget"]["max_steps"] == 2 and row["budget"]["max_epochs"] is None
         assert row["params"] > 0 and row["train_seconds"] > 0
+        assert row["peak_memory"]["kind"] == "cpu_peak_rss" and row["peak_memory"]["bytes"] > 0
         assert row["model"] == SHARED_MODEL  # the same shape for every backbone
         # the row agrees with the run's own results.json
         results = json.loads((Path(row["run_dir"]) / "results.json").read_text())
@@ -116,6 +117,18 @@ def test_sweep_writes_rows_then_resume_skips_them(tmp_path, recipes, monkeypatch
     monkeypatch.setattr(lra_sweep, "run_recipe", no_training)
     assert lb.main([*args, "--resume"]) == 0
     assert read_json(tmp_path / "lb.json") == document  # nothing ran, nothing rewritten
+
+
+def test_a_row_takes_the_peak_memory_of_its_run(recipes):
+    recipe = load_recipe(recipes / "lra_listops.yaml")
+    results = {
+        "metrics": {"test/acc": 0.5, "val/best_acc": 0.6}, "samples": {"train": 24, "val": 8, "test": 12}, "global_step": 9,
+        "epochs": 3, "throughput": {"train_seconds": 1.5}, "environment": {"device": "cpu"}, "parameters": 10, "run_dir": "r",
+        "fit_seconds": 2.0, "peak_memory": {"kind": "cuda_max_allocated", "bytes": 3 * 2**30},
+    }  # fmt: skip
+    row = lb.fill_from_results(lb.empty_row("listops", "maelre", recipe="r", command="c"), recipe, results)
+    assert row["peak_memory"] == {"kind": "cuda_max_allocated", "bytes": 3 * 2**30}
+    assert (row["accuracy"], row["steps"], row["train_seconds"]) == (50.0, 9, 1.5)
 
 
 def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, recipes, monkeypatch):

@@ -20,6 +20,10 @@ the parent merges each child's row as it ends. Every row records ``concurrent_ru
 the N it ran under, since its ``train_seconds`` were measured while N runs shared the
 device.
 
+Beside the page, ``pareto_<task>.png`` plots each task's test accuracy against training
+GPU-seconds and peak memory, and the page gets the matching tables (``lra_pareto``): which
+backbones are on the Pareto front, and which costs are shared wall time.
+
 Run ``maelre lra --help`` (or ``python benchmarks/leaderboard.py --help``).
 """
 from __future__ import annotations
@@ -91,7 +95,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     files = parser.add_argument_group("output")
     files.add_argument("--out", default=DEFAULT_OUT, help="results JSON, rewritten after every run (default: %(default)s)")
-    files.add_argument("--table", default=DEFAULT_TABLE, help="markdown page whose generated part is rewritten (default: %(default)s)")
+    files.add_argument(
+        "--table", default=DEFAULT_TABLE,
+        help="markdown page whose generated part is rewritten, with each task's accuracy against GPU-seconds and peak memory "
+        "(Pareto table; plot pareto_<task>.png beside the page) (default: %(default)s)",
+    )  # fmt: skip
     files.add_argument("--run-root", default="runs/leaderboard", help="run directories: RUN_ROOT/<task>/<backbone>/version_N (default: %(default)s)")
     files.add_argument("--resume", action="store_true", help="skip (task, backbone) pairs already done in --out")
     files.add_argument("--report-only", action="store_true", help="only re-render --table from --out")

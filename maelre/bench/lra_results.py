@@ -20,10 +20,12 @@ ROW_KEYS = (
     "task", "backbone", "accuracy", "split", "steps", "train_seconds", "gpu", "params", "data", "dataset",
     "recipe", "command", "status", "message",
     "val_accuracy", "epochs", "samples", "full_test_split", "precision", "budget", "model", "backbone_config",
-    "run_dir", "wall_seconds", "concurrent_runs", "date",
+    "run_dir", "wall_seconds", "concurrent_runs", "peak_memory", "date",
 )  # fmt: skip
 """Every row has all of these; ``accuracy`` and ``val_accuracy`` are percent; ``concurrent_runs``:
-how many runs the sweep let share the device (``--jobs``; 1: one at a time)."""
+how many runs the sweep let share the device (``--jobs``; 1: one at a time); ``peak_memory``:
+the run's ``{"kind", "bytes"}`` (CUDA max allocated, or CPU peak RSS). A row may also carry
+``alone_step_ms``, a train step timed with the device to itself (``maelre.bench.lra_pareto``)."""
 
 
 DESCRIPTION = "maelre accuracy leaderboard; accuracy and val_accuracy are test/validation accuracy in percent"
@@ -129,6 +131,7 @@ def fill_from_results(row: dict[str, Any], recipe: Recipe, results: Mapping[str,
         # A capped test set is complete only if it came out smaller than the cap.
         full_test_split=cap is None or results["samples"]["test"] < cap,
         run_dir=results["run_dir"],
+        peak_memory=results.get("peak_memory"),
     )
     row["budget"] = {**(row["budget"] or {}), "planned_steps": planned}
     if planned is not None and steps < planned:

@@ -1,0 +1,161 @@
+"""The accuracy-against-cost view of ``maelre lra``: the Pareto front, cost points, the table and the plots."""
+from __future__ import annotations
+
+import importlib.util
+import random
+from pathlib import Path
+
+import pytest
+
+import maelre.bench.leaderboard as lb
+from maelre.bench.lra_pareto import MIB, cost_point, pareto_front, pareto_table, plot_pareto, points_by_task
+from maelre.bench.report import write_json_atomic
+
+
+def brute_force_front(points):
+    """The definition: a point with both values that no other point dominates."""
+
+    def dominates(j, i):
+        (aj, cj), (ai, ci) = points[j], points[i]
+        return aj >= ai and cj <= ci and (aj > ai or cj < ci)
+
+    complete = [i for i, (a, c) in enumerate(points) if a is not None and c is not None]
+    return [i in complete and not any(dominates(j, i) for j in complete if j != i) for i in range(len(points))]
+
+
+def test_front_matches_the_definition_on_random_points():
+    rng = random.Random(0)
+    for _ in range(300):
+        # few distinct values, so equal costs, equal accuracies and duplicates are common
+        points = [(rng.choice([None, *range(4)]), rng.choice([None, *range(4)])) for _ in range(rng.randint(0, 7))]
+        assert pareto_front(points) == brute_force_front(points), points
+        assert sorted(pareto_front(points[::-1])) == sorted(pareto_front(points))  # order does not matter
+
+
+@pytest.mark.parametrize(
+    ("points", "front"),
+    [
+        ([(90.0, 10.0), (80.0, 20.0)], [True, False]),  # dominated on both
+        ([(90.0, 10.0), (80.0, 10.0)], [True, False]),  # equal cost: the less accurate is off
+        ([(90.0, 10.0), (90.0, 20.0)], [True, False]),  # equal accuracy: the costlier is off
+        ([(90.0, 10.0), (90.0, 10.0)], [True, True]),  # identical: neither dominates
+        ([(90.0, 20.0), (80.0, 10.0)], [True, True]),  # a trade-off
+        ([(50.0, 5.0)], [True]),
+        ([(99.0, None), (50.0, 5.0)], [False, True]),  # no cost: off the front, dominates nothing
+        ([(None, 1.0), (50.0, float("nan"))], [False, False]),
+        ([], []),
+    ],
+)
+def test_front_hand_cases(points, front):
+    assert pareto_front(points) == front
+
+
+def row(backbone, accuracy, train_seconds=100.0, *, task="listops", runs=1, memory=2 * MIB, **extra):
+    """A leaderboard row (every key of ``ROW_KEYS``) with a cost."""
+    full = lb.empty_row(task, backbone, recipe=f"recipes/{task}.yaml", command="maelre fit")
+    full.update(
+        accuracy=accuracy, steps=1000, epochs=4, train_seconds=train_seconds, concurrent_runs=runs, data="generated", gpu="H200",
+        samples={"train": 10, "val": 2, "test": 20}, full_test_split=True,
+        peak_memory=None if memory is None else {"kind": "cuda_max_allocated", "bytes": memory},
+    )  # fmt: skip
+    full.update(extra)
+    return full
+
+
+def test_cost_prefers_a_step_time_measured_alone_and_flags_shared_wall_time():
+    alone = cost_point(row("a", 50.0, 400.0, runs=5, alone_step_ms=20.0))
+    assert (alone.gpu_seconds, alone.cost_source, alone.shared_runs, alone.shared_cost) == (20.0, "alone step time", 5, False)
+    shared = cost_point(row("b", 50.0, 400.0, runs=5))
+    assert (shared.gpu_seconds, shared.cost_source, shared.shared_cost) == (400.0, "shared wall", True)
+    solo = cost_point(row("c", 50.0, 30.0, concurrent_runs=None, memory=3 * MIB))  # rows from before --jobs ran alone
+    assert (solo.cost_source, solo.shared_runs, solo.peak_mib) == ("alone", 1, 3.0)
+    bare = cost_point(row("d", 50.0, None, memory=None))
+    assert bare.gpu_seconds is None and bare.peak_mib is None and bare.cost_source == "—"
+
+
+def table_cells(text):
+    """``{backbone: {header: cell}}`` of a markdown table."""
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].split("|")[1:-1]]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in lines[2:]]
+    return {cells[0]: dict(zip(header, cells)) for cells in rows}
+
+
+def test_table_marks_the_front_of_each_cost_and_keeps_rows_without_a_cost():
+    points = [
+        cost_point(row("fast", 80.0, 50.0, memory=8 * MIB)),
+        cost_point(row("slow", 70.0, 90.0, runs=3, memory=1 * MIB)),
+        cost_point(row("unmeasured", 99.0, None, memory=None)),
+    ]
+    cells = table_cells(pareto_table(points))
+    assert [cells["fast"][k] for k in ("front: GPU-s", "front: memory", "on the GPU", "GPU-s from")] == ["★", "★", "alone", "alone"]
+    assert [cells["slow"][k] for k in ("front: GPU-s", "front: memory", "on the GPU", "GPU-s from")] == ["", "★", "shared (3 runs)", "shared wall"]
+    assert [cells["unmeasured"][k] for k in ("train GPU-s", "peak MiB", "front: GPU-s", "front: memory")] == ["—"] * 4
+    assert cells["unmeasured"]["test acc %"] == "99.00" and cells["fast"]["peak MiB"] == "8"
+
+
+def test_plot_survives_a_panel_without_data(tmp_path):
+    path = plot_pareto([cost_point(row("a", 50.0, memory=None)), cost_point(row("b", 60.0, None, memory=None))], tmp_path / "p.png", "t")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob(".*"))  # no temporary left
+
+
+def test_report_writes_a_plot_and_a_cost_table_per_task(tmp_path):
+    results = [
+        row("maelre", 60.0, 100.0, runs=4, alone_step_ms=30.0),  # 30 s alone
+        row("transformer", 55.0, 40.0, runs=4),  # cheaper by shared wall time, but dominated by maelre's alone cost
+        row("ecp", 65.0, 300.0, memory=None),
+        {**row("perceiver_ar", None), "status": "error", "message": "boom"},
+        row("maelre", 90.0, 10.0, task="fsdd"),
+    ]
+    write_json_atomic(tmp_path / "lb.json", {"meta": {}, "results": results})
+    page = tmp_path / "docs" / "lb.md"
+    assert lb.main(["--report-only", "--out", str(tmp_path / "lb.json"), "--table", str(page)]) == 0
+    for task in ("listops", "fsdd"):
+        assert (page.parent / f"pareto_{task}.png").stat().st_size > 1000
+    assert not (page.parent / "pareto_pathfinder.png").exists()
+    text = page.read_text()
+    section = text.split("#### ListOps", 1)[1].split("####", 1)[0]
+    assert "![ListOps: accuracy against cost](pareto_listops.png)" in section
+    cells = table_cells(section)
+    assert set(cells) == {"maelre", "transformer", "ecp"}  # the failed run has no accuracy to place
+    assert {b: c["front: GPU-s"] for b, c in cells.items()} == {"maelre": "★", "transformer": "", "ecp": "★"}
+    assert {b: c["front: memory"] for b, c in cells.items()} == {"maelre": "★", "transformer": "", "ecp": "—"}
+    assert cells["maelre"]["GPU-s from"] == "alone step time" and cells["maelre"]["train GPU-s"] == "30"
+    assert cells["transformer"]["on the GPU"] == "shared (4 runs)" and cells["transformer"]["GPU-s from"] == "shared wall"
+
+
+def test_points_by_task_skips_unfinished_rows_and_keeps_order():
+    rows = [row("b", 1.0), row("a", 2.0, task="fsdd"), {**row("c", None), "status": "not_run"}, row("a", 3.0)]
+    assert {t: [p.backbone for p in ps] for t, ps in points_by_task(rows).items()} == {"listops": ["b", "a"], "fsdd": ["a"]}
+
+
+def load_summary_script():
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scifar10_partial_summary.py"
+    spec = importlib.util.spec_from_file_location("scifar10_partial_summary", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_partial_scifar_summary_draws_its_pareto_view_with_alone_step_times(tmp_path):
+    script = load_summary_script()
+
+    def summary_row(name, acc, steps, shared_s, mib):
+        calls = [{"steps": [0, steps // 2], "train_seconds": shared_s / 2, "concurrent_runs": 5}, {"steps": [steps // 2, steps], "train_seconds": shared_s / 2, "concurrent_runs": 5}]
+        return {"name": name, "epochs_done": 10, "epochs_budget": 100, "steps": steps, "test_accuracy": acc,
+                "train_seconds_shared": shared_s, "peak_memory_mib": mib, "calls": calls}  # fmt: skip
+
+    summary = {"rows": [summary_row("maelre", 50.0, 1000, 500.0, 3000), summary_row("ecp", 52.0, 900, 500.0, 2500)]}
+    timed = {"row": "auto1", "pos": "rope", "shape": "task", "status": "ok"}
+    costs = [{**timed, "cuda_graph": True, "median_ms": 1.0}, {**timed, "cuda_graph": False, "median_ms": 20.0}, {**timed, "pos": "learned", "cuda_graph": False, "median_ms": 2.0}]
+    page = tmp_path / "page.md"
+    page.write_text(f"# Page\n\n## sCIFAR\n\nbefore\n\n{script.BEGIN}\nstale\n{script.END}\n\n## Next\n")
+    table = script.write_pareto(summary, costs, tmp_path, page)
+    assert (tmp_path / script.PLOT).stat().st_size > 1000
+    cells = table_cells(table)
+    assert (cells["maelre"]["train GPU-s"], cells["maelre"]["GPU-s from"], cells["maelre"]["on the GPU"]) == ("20", "alone step time", "shared (5 runs)")
+    assert (cells["ecp"]["train GPU-s"], cells["ecp"]["GPU-s from"], cells["ecp"]["peak MiB"]) == ("500", "shared wall", "2500")
+    assert cells["maelre"]["front: GPU-s"] == cells["ecp"]["front: GPU-s"] == "★" and cells["maelre"]["front: memory"] == ""
+    assert "ecp: not timed alone yet" in table
+    text = page.read_text()
+    assert "stale" not in text and text.index("before") < text.index(table) < text.index("## Next") and "\n\n## Next" in text
