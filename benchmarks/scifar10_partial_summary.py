@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from maelre.bench.lra_pareto import MIB, cost_point, pareto_table, plot_pareto  # noqa: E402
+from maelre.bench.lra_pareto import MIB, pareto_table, plot_pareto, task_points  # noqa: E402
 from maelre.bench.lra_report import splice_generated  # noqa: E402
 from maelre.fileio import read_json, write_json_atomic, write_text_atomic  # noqa: E402
 
@@ -89,15 +89,17 @@ def leaderboard_row(row: dict, step_ms: float | None) -> dict:
 
 def write_pareto(summary: dict, cost_rows: list[dict], folder: Path, page: Path | None) -> str:
     """Plot the summary's accuracy against cost into ``folder``; splice its table into ``page``; return the table."""
-    points = [cost_point(leaderboard_row(r, alone_step_ms(cost_rows, r["name"]))) for r in summary["rows"]]
+    points = task_points([leaderboard_row(r, alone_step_ms(cost_rows, r["name"])) for r in summary["rows"]])
     epochs = sorted(r["epochs_done"] for r in summary["rows"])
     plot_pareto(points, folder / PLOT, f"sCIFAR-10, PARTIAL ({epochs[0]}-{epochs[-1]} of {summary['rows'][0]['epochs_budget']} epochs), shared H200")
-    untimed = [p.backbone for p in points if p.cost_source == "shared wall"]
-    table = pareto_table(points) + (
-        "\nGPU-s from \"alone step time\": steps x the median train step of the backbone with a linear head and AdamW, timed alone at this shape "
-        f"(`{ALONE_COSTS}`, eager), which leaves out the pixel embedding, augmentation and the trainer, so it is a lower bound. "
-        f"{', '.join(untimed) or 'None'}: not timed alone yet, so shared wall time (5 runs on one GPU), not comparable with the others.\n"
-    )
+    untimed = [r["name"] for r in summary["rows"] if alone_step_ms(cost_rows, r["name"]) is None]
+    if untimed:
+        note = (f"\nGPU-s are wall time while the runs shared one GPU: {', '.join(untimed)} have no step time measured alone yet "
+                f"(`{ALONE_COSTS}`), and one table never mixes the two kinds of cost.\n")
+    else:
+        note = ("\nGPU-s from \"alone step time\": steps x the median train step of the backbone with a linear head and AdamW, timed alone "
+                f"at this shape (`{ALONE_COSTS}`, eager); it leaves out the pixel embedding, augmentation and the trainer (a lower bound).\n")
+    table = pareto_table(points) + note
     if page is not None:
         block = f"{BEGIN}\n\n![sCIFAR-10 partial: accuracy against cost]({PLOT})\n\n{table}\n{END}\n\n"
         write_text_atomic(page, splice_generated(page.read_text(encoding="utf-8"), block, BEGIN, END))

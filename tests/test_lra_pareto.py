@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import maelre.bench.leaderboard as lb
-from maelre.bench.lra_pareto import MIB, cost_point, pareto_front, pareto_table, plot_pareto, points_by_task
+from maelre.bench.lra_pareto import MIB, cost_point, pareto_front, pareto_table, plot_pareto, points_by_task, task_points
 from maelre.bench.report import write_json_atomic
 
 
@@ -73,6 +73,14 @@ def test_cost_prefers_a_step_time_measured_alone_and_flags_shared_wall_time():
     assert bare.gpu_seconds is None and bare.peak_mib is None and bare.cost_source == "—"
 
 
+def test_one_task_never_mixes_alone_step_times_with_wall_times():
+    timed, untimed = row("a", 50.0, 400.0, runs=5, alone_step_ms=20.0), row("b", 52.0, 400.0, runs=5)
+    mixed = task_points([timed, untimed])
+    assert [(p.gpu_seconds, p.cost_source) for p in mixed] == [(400.0, "shared wall"), (400.0, "shared wall")]
+    both = task_points([timed, {**untimed, "alone_step_ms": 50.0}])
+    assert [(p.gpu_seconds, p.cost_source) for p in both] == [(20.0, "alone step time"), (50.0, "alone step time")]
+
+
 def table_cells(text):
     """``{backbone: {header: cell}}`` of a markdown table."""
     lines = [line for line in text.splitlines() if line.startswith("| ")]
@@ -102,8 +110,8 @@ def test_plot_survives_a_panel_without_data(tmp_path):
 def test_report_writes_a_plot_and_a_cost_table_per_task(tmp_path):
     results = [
         row("maelre", 60.0, 100.0, runs=4, alone_step_ms=30.0),  # 30 s alone
-        row("transformer", 55.0, 40.0, runs=4),  # cheaper by shared wall time, but dominated by maelre's alone cost
-        row("ecp", 65.0, 300.0, memory=None),
+        row("transformer", 55.0, 40.0, runs=4, alone_step_ms=50.0),  # cheaper by shared wall time, but 50 s alone: dominated
+        row("ecp", 65.0, 300.0, memory=None, alone_step_ms=200.0),
         {**row("perceiver_ar", None), "status": "error", "message": "boom"},
         row("maelre", 90.0, 10.0, task="fsdd"),
     ]
@@ -121,7 +129,7 @@ def test_report_writes_a_plot_and_a_cost_table_per_task(tmp_path):
     assert {b: c["front: GPU-s"] for b, c in cells.items()} == {"maelre": "★", "transformer": "", "ecp": "★"}
     assert {b: c["front: memory"] for b, c in cells.items()} == {"maelre": "★", "transformer": "", "ecp": "—"}
     assert cells["maelre"]["GPU-s from"] == "alone step time" and cells["maelre"]["train GPU-s"] == "30"
-    assert cells["transformer"]["on the GPU"] == "shared (4 runs)" and cells["transformer"]["GPU-s from"] == "shared wall"
+    assert cells["transformer"]["on the GPU"] == "shared (4 runs)" and cells["transformer"]["GPU-s from"] == "alone step time"
 
 
 def test_points_by_task_skips_unfinished_rows_and_keeps_order():
@@ -137,7 +145,7 @@ def load_summary_script():
     return module
 
 
-def test_partial_scifar_summary_draws_its_pareto_view_with_alone_step_times(tmp_path):
+def test_partial_scifar_summary_draws_its_pareto_view_on_one_kind_of_cost(tmp_path):
     script = load_summary_script()
 
     def summary_row(name, acc, steps, shared_s, mib):
@@ -152,10 +160,12 @@ def test_partial_scifar_summary_draws_its_pareto_view_with_alone_step_times(tmp_
     page.write_text(f"# Page\n\n## sCIFAR\n\nbefore\n\n{script.BEGIN}\nstale\n{script.END}\n\n## Next\n")
     table = script.write_pareto(summary, costs, tmp_path, page)
     assert (tmp_path / script.PLOT).stat().st_size > 1000
-    cells = table_cells(table)
-    assert (cells["maelre"]["train GPU-s"], cells["maelre"]["GPU-s from"], cells["maelre"]["on the GPU"]) == ("20", "alone step time", "shared (5 runs)")
+    cells = table_cells(table)  # ecp was never timed alone, so both rows fall back to the shared wall time
+    assert (cells["maelre"]["train GPU-s"], cells["maelre"]["GPU-s from"], cells["maelre"]["on the GPU"]) == ("500", "shared wall", "shared (5 runs)")
     assert (cells["ecp"]["train GPU-s"], cells["ecp"]["GPU-s from"], cells["ecp"]["peak MiB"]) == ("500", "shared wall", "2500")
-    assert cells["maelre"]["front: GPU-s"] == cells["ecp"]["front: GPU-s"] == "★" and cells["maelre"]["front: memory"] == ""
-    assert "ecp: not timed alone yet" in table
+    assert (cells["maelre"]["front: GPU-s"], cells["ecp"]["front: GPU-s"], cells["maelre"]["front: memory"]) == ("", "★", "")
+    assert "ecp have no step time measured alone yet" in table
+    only_timed = script.write_pareto({"rows": summary["rows"][:1]}, costs, tmp_path, None)
+    assert table_cells(only_timed)["maelre"]["train GPU-s"] == "20" and "alone step time" in only_timed
     text = page.read_text()
     assert "stale" not in text and text.index("before") < text.index(table) < text.index("## Next") and "\n\n## Next" in text

@@ -1,8 +1,10 @@
 """Accuracy against cost: per task, which backbones are on the Pareto front of test accuracy
 against training GPU-seconds and against peak memory (a table and a two-panel PNG).
 
-A row's GPU-seconds are ``steps x alone_step_ms / 1000`` when it carries ``alone_step_ms``
-(a train step timed with the GPU to itself), else its ``train_seconds``. Those were wall
+A row's GPU-seconds are ``steps x alone_step_ms / 1000`` when every row of its task carries
+``alone_step_ms`` (a train step timed with the GPU to itself), else its ``train_seconds``: one
+task never mixes the two, because a lower bound timed alone and a wall time on a shared GPU
+do not compare. Those were wall
 time while ``concurrent_runs`` runs shared the GPU, so with more than one they overstate the
 row's own cost: the table says "shared wall" and the plot draws the point hollow. Peak memory
 (CUDA max allocated) is per process, so sharing does not inflate it.
@@ -69,10 +71,10 @@ class CostPoint:
         return self.cost_source == "shared wall"
 
 
-def cost_point(row: Mapping[str, Any]) -> CostPoint:
-    """The cost point of a leaderboard row (``accuracy`` set); prefers an alone-measured step time."""
+def cost_point(row: Mapping[str, Any], use_alone: bool = True) -> CostPoint:
+    """The cost point of a leaderboard row (``accuracy`` set); an alone-measured step time if it has one and ``use_alone``."""
     runs, steps, alone_ms = concurrent_runs(row), row.get("steps"), _number(row.get("alone_step_ms"))
-    if alone_ms is not None and _number(steps) is not None:
+    if use_alone and alone_ms is not None and _number(steps) is not None:
         seconds, source = steps * alone_ms / 1000, "alone step time"
     else:
         seconds, source = _number(row.get("train_seconds")), "shared wall" if runs > 1 else "alone"
@@ -176,13 +178,19 @@ def _footnotes(points: Sequence[CostPoint]) -> list[str]:
     return notes
 
 
+def task_points(rows: Sequence[Mapping[str, Any]]) -> list[CostPoint]:
+    """Cost points of one task's rows, all on one cost source: alone step times only if every row has one."""
+    use_alone = all(_number(r.get("alone_step_ms")) is not None and _number(r.get("steps")) is not None for r in rows)
+    return [cost_point(row, use_alone) for row in rows]
+
+
 def points_by_task(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[CostPoint]]:
     """Cost points of the finished rows that have a test accuracy, per task in row order."""
-    tasks: dict[str, list[CostPoint]] = {}
+    tasks: dict[str, list[Mapping[str, Any]]] = {}
     for row in rows:
         if row.get("status") in DONE_STATUSES and _number(row.get("accuracy")) is not None:
-            tasks.setdefault(row["task"], []).append(cost_point(row))
-    return tasks
+            tasks.setdefault(row["task"], []).append(row)
+    return {task: task_points(group) for task, group in tasks.items()}
 
 
 def plot_name(task: str) -> str:
