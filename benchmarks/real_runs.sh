@@ -12,7 +12,7 @@
 # Data: carry .carry (benchmarks/make_compact_data.py --only scifar10 for scifar10 and image,
 # --only imdb for text; one data file per call fits the 64 MiB that travel, with the tree).
 # After the call: tar the run folders into $OUT, untar them here, then
-# python benchmarks/scifar10_partial_summary.py --root benchmarks/results/TASK_partial_h200 \
+# python benchmarks/scifar10_partial_summary.py --root benchmarks/results/TASK_partial_h200 --task "..." \
 #     --out benchmarks/results/TASK_partial_h200.json --concurrent <runs at once> [--budget ...]
 #
 # NAMES (default: maelre transformer transformer_rope ecp perceiver_ar):

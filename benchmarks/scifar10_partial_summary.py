@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrent", type=int, help="runs that shared the GPU in the latest call (needed unless --pareto)")
     parser.add_argument("--budget", type=int, default=100, help="epoch budget of every run (default: %(default)s)")
     parser.add_argument("--gpu", default="NVIDIA H200")
+    parser.add_argument("--task", default="scifar10 (real CIFAR-10, ECP setting, recipes/scifar10.yaml)",
+                        help="what the runs are, for a new summary file (default: %(default)s)")
     parser.add_argument("--pareto", type=Path, metavar="DIR", help=f"draw the summary's accuracy against cost to DIR/{PLOT} instead of summarising")
     parser.add_argument("--page", type=Path, help="with --pareto: the markdown page whose scifar10-pareto block takes the table")
     parser.add_argument("--alone-costs", type=Path, default=ALONE_COSTS, help="train-step times measured alone (default: %(default)s)")
@@ -132,8 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     minutes = max(sum(c["train_seconds"] for c in row["calls"]) for row in rows) / 60
     partial = any(row["partial"] for row in rows)
     status = (f"{'partial' if partial else 'complete'}: {minutes:.1f} GPU-minutes so far of a {args.budget}-epoch budget, "
-              f"runs sharing one GPU; resume with benchmarks/scifar10_resume.sh")
-    write_json_atomic(args.out, {"task": old.get("task", "scifar10 (real CIFAR-10, ECP setting, recipes/scifar10.yaml)"),
+              f"runs sharing one GPU; resume with bash benchmarks/real_runs.sh scifar10")
+    write_json_atomic(args.out, {"task": old.get("task", args.task),
                                  "status": status, "rows": rows})
     for row in rows:
         print(f"{row['name']:18s} {row['epochs_done']:3d}/{row['epochs_budget']} epochs  test {row['test_accuracy']:.2f}  "
