@@ -28,6 +28,8 @@ ROWS = {  # ablation row -> (backbone, extra config); the position kinds add rop
     "fraction": ("maelre", {"merge_schedule": "fraction", "merge_site": "attn", "merge_fraction": 0.3}),
     "nomerge": ("maelre", {"merge_schedule": "fraction", "merge_fraction": 0.0}),
     "transformer": ("transformer", {}),
+    "ecp": ("ecp", {"segment_size": 256}),  # not ablation rows: the leaderboard's other backbones, for its cost view
+    "perceiver_ar": ("perceiver_ar", {"num_latents": 256}),
 }
 SHAPES = {
     "task": {"seq_len": 1024, "batch": 256, "dim": 64, "depth": 3, "heads": 4, "mlp_ratio": 2.0},
