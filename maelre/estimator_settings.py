@@ -20,8 +20,12 @@ TS_TARGET_STEPS = 400
 TS_EPOCH_RANGE = (20, 80)
 TS_LARGE = 500
 #: the time-series adapter's data-derived defaults besides tokenization; series longer than
-#: TS_DEEP_STEM_MAX_LEN steps get one stem module (the stacked ones cost ~18x more per step)
-TS_ADAPTER_DEFAULTS: dict[str, Any] = {"stem": "conv", "stem_layers": 3, "augment": ("jitter", "scaling", "slice", "warp")}
+#: TS_DEEP_STEM_MAX_LEN steps get one stem module (the stacked ones cost ~18x more per step).
+#: Each series is z-normalized on its own (global statistics flatten every series far below the
+#: training set's largest scale to a constant), its scale entering as ``scale_channels``.
+TS_ADAPTER_DEFAULTS: dict[str, Any] = {
+    "normalize": "instance", "scale_channels": True, "stem": "conv", "stem_layers": 3, "augment": ("jitter", "scaling", "slice", "warp"),
+}
 TS_DEEP_STEM_MAX_LEN = 300
 
 
@@ -92,22 +96,25 @@ def _data_defaults(adapter: str, items: list, params: dict) -> dict:
 
     Time series: one token per step up to ``TARGET_TOKENS`` steps, else patches of
     ``ceil(T / TARGET_TOKENS)`` steps; ``max_len`` = the longest training series in tokens
-    (for the user's ``token``/``patch_len`` when given); ``TS_ADAPTER_DEFAULTS`` (conv stem,
-    augmentation), with one stem module above ``TS_DEEP_STEM_MAX_LEN`` steps. Audio: the data's sample rate.
+    (for the user's ``token``/``patch_len`` when given); ``TS_ADAPTER_DEFAULTS`` (per-series
+    normalization with scale channels unless ``normalize`` is given, conv stem, augmentation), with one stem module above ``TS_DEEP_STEM_MAX_LEN`` steps. Audio: the data's sample rate.
     Images: ``img_size``, ``in_chans`` and the smallest patch of at least 2x2 pixels that
     gives at most ``TARGET_TOKENS`` patches.
     """
     if adapter == "timeseries":
         longest = max(x.shape[-1] for x in items)
         stem = {**TS_ADAPTER_DEFAULTS, "stem_layers": TS_ADAPTER_DEFAULTS["stem_layers"] if longest <= TS_DEEP_STEM_MAX_LEN else 1}
+        scaling = {key: stem.pop(key) for key in ("normalize", "scale_channels")}
+        if params.get("normalize", "instance") != "instance":
+            scaling = {}  # scale channels go with instance normalization only
         default_token = "point" if longest <= TARGET_TOKENS else "patch"
         token = params.get("token", default_token)
         if token == "point":
-            return {**stem, "token": "point", "max_len": longest}
+            return {**scaling, **stem, "token": "point", "max_len": longest}
         patch = params.get("patch_len", math.ceil(longest / TARGET_TOKENS))
         stride = params.get("patch_stride") or patch
         extra = stem if stride == patch else {}  # the stem and augmentation need non-overlapping patches
-        return {**extra, "token": "patch", "patch_len": patch, "max_len": max(1, math.ceil(max(longest - patch, 0) / stride) + 1)}
+        return {**scaling, **extra, "token": "patch", "patch_len": patch, "max_len": max(1, math.ceil(max(longest - patch, 0) / stride) + 1)}
     if adapter == "audio":
         rates = {int(rate) for _, rate in items}
         return {"sample_rate": rates.pop()} if len(rates) == 1 else {}

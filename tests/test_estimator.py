@@ -398,3 +398,22 @@ def test_auto_defaults_stop_early_then_refit(gunpoint, monkeypatch, capsys):
     assert clf.predict(X_test[:5]).shape == (5,)
     again = MAELREClassifier(dim=8, depth=1, heads=2, random_state=0).fit(X[:30], y[:30])
     np.testing.assert_array_equal(again.predict_proba(X_test[:5]), clf.predict_proba(X_test[:5]))
+
+
+def test_defaults_see_the_shape_of_series_at_any_scale():
+    """Series whose scales span six decades (as in PLAID's currents): the defaults z-normalize each series,
+    so the small ones are not flattened to a constant by the large ones' statistics (they were: chance on them)."""
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 1, 32)
+
+    def panel(n: int) -> tuple[list, np.ndarray]:
+        y = np.arange(n) % 2
+        shapes = np.where(y[:, None] == 1, np.sign(np.sin(6 * t)), np.sin(6 * t))  # sine vs square wave
+        scale = 10.0 ** rng.uniform(-4, 2, size=(n, 1))
+        return list(scale * (shapes + 0.05 * rng.normal(size=(n, 32)))), y
+
+    X, y = panel(40)
+    X_test, y_test = panel(40)
+    clf = MAELREClassifier(dim=16, depth=1, heads=2, max_epochs=15, batch_size=8, random_state=0).fit(X, y)
+    assert clf.adapter_.config.normalize == "instance" and clf.adapter_.config.scale_channels
+    assert clf.score(X_test, y_test) >= 0.9
