@@ -85,7 +85,7 @@ class MAELREClassifier(_Persistence, ClassifierMixin, BaseEstimator):
     early_stopping : bool or "auto", default="auto"
         True: hold out ``validation_fraction`` of the training data (stratified), stop after
         ``n_iter_no_change`` epochs without a better validation accuracy, and keep the
-        best epoch's weights. ``"auto"``: for time series of at least 500 training series
+        best epoch's weights. ``"auto"``: for time series of at least 1000 training series
         with ``max_epochs="auto"``, the same split, stopping on the validation loss;
         otherwise off (small sets train the whole epoch budget on all their series).
     validation_fraction : float or "auto", default="auto"

@@ -18,7 +18,7 @@ GENERIC_DEFAULTS: dict[str, Any] = dict(
 #: and the training-set size from which the model is wider and training stops early on a split
 TS_TARGET_STEPS = 600
 TS_EPOCH_RANGE = (20, 200)
-TS_LARGE = 500
+TS_LARGE = 1000
 #: the time-series adapter's data-derived defaults besides tokenization; series longer than
 #: TS_DEEP_STEM_MAX_LEN steps get one stem module (the stacked ones cost ~18x more per step).
 #: Each series is z-normalized on its own (global statistics flatten every series far below the

@@ -66,8 +66,6 @@ class TimeSeriesAdapterConfig(SequenceAdapterConfig):
         stem_channels: output channels of each ``"conv"`` branch.
         stem_kernels: kernel sizes of the ``"conv"`` branches (one branch each).
         stem_layers: stacked multi-scale modules of the ``"conv"`` stem (residual from the second).
-        stem_pool: add the ``"conv"`` stem's features averaged over the whole series to every token
-            (``ConvStem``'s ``pool_shift``).
         augment: training-time augmentations, any of ``"jitter"``, ``"scaling"``,
             ``"slice"``, ``"warp"`` (``augment_steps``); off in eval mode.
     """
@@ -83,7 +81,6 @@ class TimeSeriesAdapterConfig(SequenceAdapterConfig):
     stem_channels: int = 16
     stem_kernels: tuple[int, ...] = (9, 19, 39)
     stem_layers: int = 1
-    stem_pool: bool = False
     augment: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -219,7 +216,7 @@ class TimeSeriesAdapter(SequenceAdapter):
         c = self.config
         self.scale_proj = nn.Linear(2 * channels, c.dim, device=device) if c.scale_channels else None
         if c.stem == "conv":
-            self.proj = ConvStem(channels, self.steps_per_token, c.dim, c.stem_channels, c.stem_kernels, c.stem_layers, c.stem_pool).to(device)
+            self.proj = ConvStem(channels, self.steps_per_token, c.dim, c.stem_channels, c.stem_kernels, c.stem_layers).to(device)
         else:
             self.proj = nn.Linear(channels * self.steps_per_token, c.dim, device=device)
 

@@ -59,22 +59,16 @@ class ConvStem(nn.Module):
 
     ``x [B, C, N * P]`` + step mask ``[B, N * P]`` -> tokens ``[B, N, dim]``: each patch of
     ``P`` steps of the last module's features is flattened and projected to ``dim``
-    (PatchTST's patch embedding, on convolutional features instead of raw values). With
-    ``pool_shift``, the features' masked mean over all steps (InceptionTime's global average
-    pooling) is projected to ``dim`` and added to every token, so each token also carries
-    the whole series' summary.
+    (PatchTST's patch embedding, on convolutional features instead of raw values).
     """
 
-    def __init__(
-        self, channels: int, patch_len: int, dim: int, hidden: int, kernels: Sequence[int], layers: int = 1, pool_shift: bool = False
-    ) -> None:
+    def __init__(self, channels: int, patch_len: int, dim: int, hidden: int, kernels: Sequence[int], layers: int = 1) -> None:
         super().__init__()
         self.patch_len = patch_len
         first = InceptionModule(channels, hidden, kernels, bottleneck=False)
         width = first.out_channels
         self.blocks = nn.ModuleList([first, *(InceptionModule(width, hidden, kernels, bottleneck=True) for _ in range(layers - 1))])
         self.proj = nn.Linear(width * patch_len, dim)
-        self.pool_proj = nn.Linear(width, dim) if pool_shift else None
 
     def forward(self, x: Tensor, steps: Tensor) -> Tensor:
         """``x [B, C, L]`` (``L`` a multiple of ``patch_len``), ``steps [B, L]`` bool -> ``[B, L / patch_len, dim]``."""
@@ -83,12 +77,7 @@ class ConvStem(nn.Module):
             h = h + module(h, steps)
         h = h.transpose(1, 2)  # [B, L, F]
         b, length, f = h.shape
-        tokens = self.proj(h.reshape(b, length // self.patch_len, self.patch_len * f))
-        if self.pool_proj is None:
-            return tokens
-        real = steps.to(h.dtype)
-        pooled = (h * real.unsqueeze(-1)).sum(1) / real.sum(1, keepdim=True).clamp(min=1.0)  # [B, F]; masked steps are zero
-        return tokens + self.pool_proj(pooled).unsqueeze(1)
+        return self.proj(h.reshape(b, length // self.patch_len, self.patch_len * f))
 
 
 def augment_steps(x: Tensor, steps: Tensor, kinds: Sequence[str]) -> Tensor:

@@ -378,7 +378,7 @@ def test_auto_settings_rules():
     # the user's values win; a fixed epoch count means exactly that many epochs (no stopping)
     fixed = auto_settings({**params, "max_epochs": 7, "dim": 48}, "timeseries", np.arange(2000) % 4)
     assert fixed["max_epochs"] == 7 and fixed["dim"] == 48 and not fixed["early_stopping"]
-    assert not auto_settings(params, "timeseries", np.array([0] * 600 + [1]))["early_stopping"]  # a class with one series: no split
+    assert not auto_settings(params, "timeseries", np.array([0] * 1200 + [1]))["early_stopping"]  # a class with one series: no split
 
 
 def test_auto_defaults_stop_early_on_large_sets(gunpoint, monkeypatch, capsys):
