@@ -108,8 +108,8 @@ class MAELREClassifier(_Persistence, ClassifierMixin, BaseEstimator):
     -----------------------------------
     Every ``"auto"`` follows one set of rules, read off the training set (``n`` series,
     longest ``T`` steps); ``auto_settings`` implements them and ``docs/sklearn.md`` lists
-    them. The adapter gets the convolutional stem and augmentation (``adapter_params``
-    override both).
+    them. The adapter gets per-series normalization with scale channels and the
+    convolutional stem (``adapter_params`` override both).
 
     Attributes
     ----------

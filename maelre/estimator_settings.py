@@ -84,7 +84,9 @@ def _data_defaults(adapter: str, items: list, params: dict) -> dict:
     Time series: one token per step up to ``TARGET_TOKENS`` steps, else patches of
     ``ceil(T / TARGET_TOKENS)`` steps; ``max_len`` = the longest training series in tokens
     (for the user's ``token``/``patch_len`` when given); ``TS_ADAPTER_DEFAULTS`` (per-series
-    normalization with scale channels unless ``normalize`` is given, conv stem, augmentation), with one stem module above ``TS_DEEP_STEM_MAX_LEN`` steps. Audio: the data's sample rate.
+    normalization with scale channels unless ``normalize`` is given, conv stem, no
+    augmentation), with one stem module above ``TS_DEEP_STEM_MAX_LEN`` steps. Audio: the
+    data's sample rate.
     Images: ``img_size``, ``in_chans`` and the smallest patch of at least 2x2 pixels that
     gives at most ``TARGET_TOKENS`` patches.
     """

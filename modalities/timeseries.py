@@ -1,6 +1,7 @@
 """Time-series adapter: ``[C, T]`` (or ``[T]``) float arrays, equal or variable length, with NaN.
 
 Pipeline of ``encode``: validate -> normalize (per channel) -> apply ``nan_policy`` ->
+(``scale_channels``) append the series' scale as constant rows ->
 point tokens (one per time step, ``[C] -> Linear``) or patch tokens (``patch_len``
 steps every ``patch_stride``, ``[C * patch_len] -> Linear``) -> truncate to ``max_len``
 tokens (head kept) or raise. With ``stem="conv"`` the tokens are made by a multi-scale
@@ -53,9 +54,10 @@ class TimeSeriesAdapterConfig(SequenceAdapterConfig):
             built then, so call ``fit`` or ``load_preprocessing_state`` before training).
         normalize: ``"global"`` (per-channel mean/std fitted on training series, NaN
             ignored), ``"instance"`` (per series and channel) or ``"none"``.
-        scale_channels: with ``normalize="instance"``, append two constant channels per
-            input channel: the series' log standard deviation and ``asinh`` of its mean, each
-            standardized over the training series; instance normalization then hides no amplitude information.
+        scale_channels: with ``normalize="instance"``, ``encode`` appends two constant rows per
+            channel (the series' log standard deviation and ``asinh`` of its mean, each
+            standardized over the training series) and ``embed`` projects them to a shift added
+            to every token, so instance normalization hides no amplitude information.
         nan_policy: ``"raise" | "zero" | "interpolate" | "mask"`` (see module docstring).
         token: ``"point"`` (one token per time step) or ``"patch"``.
         patch_len: steps per patch.
