@@ -31,6 +31,7 @@ from maelre.estimator_settings import (  # noqa: F401  (re-exported)
     GENERIC_DEFAULTS,
     TARGET_TOKENS,
     TS_ADAPTER_DEFAULTS,
+    TS_BUCKET_BATCHES,
     TS_DEEP_STEM_MAX_LEN,
     TS_EPOCH_RANGE,
     TS_LARGE,
@@ -44,6 +45,15 @@ logger = logging.getLogger(__name__)
 
 #: adapter name -> the kind of input it reads (``"pixels"`` reads images, one token per pixel)
 ADAPTER_INPUTS = {"timeseries": "timeseries", "text": "text", "audio": "audio", "image": "image", "pixels": "image"}
+
+
+def _varies_in_length(adapter_name: str, samples: list) -> bool:
+    """Whether training batches should be length-bucketed: time series of different lengths.
+
+    Random batches of a set whose lengths vary tenfold are nearly all padded to the longest
+    series; bucketing cuts that padding (PLAID: most of the compute).
+    """
+    return adapter_name == "timeseries" and len({x.shape[-1] for x, _ in samples}) > 1
 
 
 class MAELREClassifier(_Persistence, ClassifierMixin, BaseEstimator):
@@ -362,6 +372,7 @@ class MAELREClassifier(_Persistence, ClassifierMixin, BaseEstimator):
             return fit_classifier(
                 model, train, val, trainer_cfg, optim_cfg, batch_size=settings["batch_size"], class_weights=weights,
                 classes=[str(c) for c in classes], cache=adapter_name == "timeseries",  # its encode is deterministic
+                bucket_by_length=_varies_in_length(adapter_name, train), bucket_batches=TS_BUCKET_BATCHES,
             )
 
     def predict_proba(self, X: Any) -> np.ndarray:

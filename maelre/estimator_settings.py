@@ -27,6 +27,9 @@ TS_ADAPTER_DEFAULTS: dict[str, Any] = {
     "normalize": "instance", "scale_channels": True, "stem": "conv", "stem_layers": 3, "augment": (),
 }
 TS_DEEP_STEM_MAX_LEN = 300
+#: training series of different lengths are batched by length within chunks of this many
+#: random batches: less padding, while each batch still mixes lengths (and so classes)
+TS_BUCKET_BATCHES = 4
 
 
 def auto_settings(params: dict, modality: str, labels: np.ndarray) -> dict:

@@ -237,6 +237,21 @@ def test_class_weight_reaches_the_loss(monkeypatch, gunpoint):
     assert (heavy.predict(gunpoint[2]) == "1").mean() > 0.9
 
 
+def test_series_of_different_lengths_train_in_length_buckets(monkeypatch, gunpoint):
+    X, y = gunpoint[0][:16], gunpoint[1][:16]
+    seen = []
+    real = maelre.engine.fit_classifier
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["bucket_by_length"], kwargs["bucket_batches"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(maelre.engine, "fit_classifier", spy)
+    MAELREClassifier(**{**TINY, "max_epochs": 1}).fit(X, y)
+    MAELREClassifier(**{**TINY, "max_epochs": 1}).fit([x[: 50 + 5 * i] for i, x in enumerate(X)], y)
+    assert seen == [(False, 4), (True, 4)]
+
+
 def test_early_stopping_holds_out_and_stops(gunpoint):
     X, y = gunpoint[0], gunpoint[1]
     clf = MAELREClassifier(**{**TINY, "max_epochs": 40}, early_stopping=True, n_iter_no_change=2, validation_fraction=0.2).fit(X, y)
