@@ -31,11 +31,11 @@ from maelre.estimator_settings import (  # noqa: F401  (re-exported)
     GENERIC_DEFAULTS,
     TARGET_TOKENS,
     TS_ADAPTER_DEFAULTS,
+    TS_BUCKET_BATCHES,
     TS_DEEP_STEM_MAX_LEN,
     TS_EPOCH_RANGE,
     TS_LARGE,
     TS_TARGET_STEPS,
-    _best_epochs,
     _data_defaults,
     auto_settings,
 )
@@ -45,6 +45,15 @@ logger = logging.getLogger(__name__)
 
 #: adapter name -> the kind of input it reads (``"pixels"`` reads images, one token per pixel)
 ADAPTER_INPUTS = {"timeseries": "timeseries", "text": "text", "audio": "audio", "image": "image", "pixels": "image"}
+
+
+def _varies_in_length(adapter_name: str, samples: list) -> bool:
+    """Whether training batches should be length-bucketed: time series of different lengths.
+
+    Random batches of a set whose lengths vary tenfold are nearly all padded to the longest
+    series; bucketing cuts that padding (PLAID: most of the compute).
+    """
+    return adapter_name == "timeseries" and len({x.shape[-1] for x, _ in samples}) > 1
 
 
 class MAELREClassifier(_Persistence, ClassifierMixin, BaseEstimator):
@@ -86,9 +95,9 @@ class MAELREClassifier(_Persistence, ClassifierMixin, BaseEstimator):
     early_stopping : bool or "auto", default="auto"
         True: hold out ``validation_fraction`` of the training data (stratified), stop after
         ``n_iter_no_change`` epochs without a better validation accuracy, and keep the
-        best epoch's weights. ``"auto"``: for time series with ``max_epochs="auto"``, the
-        same split and stopping, then a refit on all the data for the best epoch count;
-        otherwise off.
+        best epoch's weights. ``"auto"``: for time series of at least 1000 training series
+        with ``max_epochs="auto"``, the same split, stopping on the validation loss;
+        otherwise off (small sets train the whole epoch budget on all their series).
     validation_fraction : float or "auto", default="auto"
         Held-out share for early stopping; ``"auto"``: 0.2 for time series, else 0.1.
     n_iter_no_change : int or "auto", default="auto"
@@ -109,8 +118,8 @@ class MAELREClassifier(_Persistence, ClassifierMixin, BaseEstimator):
     -----------------------------------
     Every ``"auto"`` follows one set of rules, read off the training set (``n`` series,
     longest ``T`` steps); ``auto_settings`` implements them and ``docs/sklearn.md`` lists
-    them. The adapter gets the convolutional stem and augmentation (``adapter_params``
-    override both).
+    them. The adapter gets per-series normalization with scale channels and the
+    convolutional stem (``adapter_params`` override both).
 
     Attributes
     ----------
@@ -129,12 +138,10 @@ class MAELREClassifier(_Persistence, ClassifierMixin, BaseEstimator):
     n_iter_ : int
         Epochs run.
     history_ : list of dict
-        Per epoch: ``epoch``, ``step``, ``train/loss`` and, with early stopping, ``val/*``
-        (with the ``"auto"`` refit: the refit's epochs; the stopping run's are in
-        ``settings_["validation_history"]``).
+        Per epoch: ``epoch``, ``step``, ``train/loss`` and, with early stopping, ``val/*``.
     settings_ : dict
         The settings ``fit`` used, every ``"auto"`` resolved (``dim``, ``depth``, ``heads``,
-        ``max_epochs``, ``batch_size``, ``lr``, ``early_stopping``, ``refit``, ...).
+        ``max_epochs``, ``batch_size``, ``lr``, ``early_stopping``, ``stop_on``, ...).
     """
 
     _parameter_constraints: dict = {
@@ -320,19 +327,11 @@ class MAELREClassifier(_Persistence, ClassifierMixin, BaseEstimator):
         samples = list(zip(items, labels.tolist()))
         settings = auto_settings(self.get_params(deep=False), adapter_name, labels)
         self._report("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
-        stopping = settings["early_stopping"] or settings["refit"]
-        train, val = split_validation(samples, settings["validation_fraction"], seed) if stopping else (samples, None)
+        train, val = split_validation(samples, settings["validation_fraction"], seed) if settings["early_stopping"] else (samples, None)
 
         caller_rng = rng_state()  # the engine seeds the global generators; give the caller's back afterwards
         try:
             result = self._train(adapter_name, train, val, settings, settings["max_epochs"], seed, len(classes), weights, classes)
-            if settings["refit"]:
-                # the stopping run chose the epoch count; train again on every sample for that many
-                settings["validation_history"] = result.history
-                settings["refit_epochs"] = _best_epochs(result.history)
-                self._report(f"early stopping chose {settings['refit_epochs']} epochs; refitting on all {len(samples)} samples")
-                train = samples
-                result = self._train(adapter_name, samples, None, settings, settings["refit_epochs"], seed, len(classes), weights, classes)
         finally:
             set_rng_state(caller_rng)
 
@@ -373,6 +372,7 @@ class MAELREClassifier(_Persistence, ClassifierMixin, BaseEstimator):
             return fit_classifier(
                 model, train, val, trainer_cfg, optim_cfg, batch_size=settings["batch_size"], class_weights=weights,
                 classes=[str(c) for c in classes], cache=adapter_name == "timeseries",  # its encode is deterministic
+                bucket_by_length=_varies_in_length(adapter_name, train), bucket_batches=TS_BUCKET_BATCHES,
             )
 
     def predict_proba(self, X: Any) -> np.ndarray:

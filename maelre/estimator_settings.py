@@ -1,5 +1,5 @@
-"""The estimator's data-derived defaults: what each ``"auto"`` parameter resolves to (``auto_settings``), the refit's
-epoch count, and the adapter settings read off the training items.
+"""The estimator's data-derived defaults: what each ``"auto"`` parameter resolves to (``auto_settings``) and
+the adapter settings read off the training items.
 """
 from __future__ import annotations
 
@@ -15,14 +15,21 @@ GENERIC_DEFAULTS: dict[str, Any] = dict(
     dim=64, depth=4, heads=4, max_epochs=20, batch_size=32, lr=1e-3, early_stopping=False, validation_fraction=0.1, n_iter_no_change=5
 )
 #: time-series rules (``auto_settings``): optimizer steps the epoch budget aims at, its clip range,
-#: and the training-set size from which the model is wider
-TS_TARGET_STEPS = 400
-TS_EPOCH_RANGE = (20, 80)
-TS_LARGE = 500
+#: and the training-set size from which the model is wider and training stops early on a split
+TS_TARGET_STEPS = 600
+TS_EPOCH_RANGE = (20, 200)
+TS_LARGE = 1000
 #: the time-series adapter's data-derived defaults besides tokenization; series longer than
-#: TS_DEEP_STEM_MAX_LEN steps get one stem module (the stacked ones cost ~18x more per step)
-TS_ADAPTER_DEFAULTS: dict[str, Any] = {"stem": "conv", "stem_layers": 3, "augment": ("jitter", "scaling", "slice", "warp")}
+#: TS_DEEP_STEM_MAX_LEN steps get one stem module (the stacked ones cost ~18x more per step).
+#: Each series is z-normalized on its own (global statistics flatten every series far below the
+#: training set's largest scale to a constant), its scale entering as ``scale_channels``.
+TS_ADAPTER_DEFAULTS: dict[str, Any] = {
+    "normalize": "instance", "scale_channels": True, "stem": "conv", "stem_layers": 3, "augment": (),
+}
 TS_DEEP_STEM_MAX_LEN = 300
+#: training series of different lengths are batched by length within chunks of this many
+#: random batches: less padding, while each batch still mixes lengths (and so classes)
+TS_BUCKET_BATCHES = 4
 
 
 def auto_settings(params: dict, modality: str, labels: np.ndarray) -> dict:
@@ -35,23 +42,23 @@ def auto_settings(params: dict, modality: str, labels: np.ndarray) -> dict:
     * ``batch_size`` = ``n // 10`` clipped to [8, 32]; ``lr`` 2e-3;
     * ``max_epochs``: enough epochs for ``TS_TARGET_STEPS`` optimizer steps on the training
       part, clipped to ``TS_EPOCH_RANGE``;
-    * ``early_stopping="auto"`` with ``max_epochs="auto"``: hold out ``validation_fraction``
-      (0.2), stop after ``n_iter_no_change`` (a quarter of the epoch budget, at least 10)
-      epochs without a lower validation loss (``stop_on``), then, when ``n < TS_LARGE``,
-      refit on all data for the epoch count of the best validation accuracy (ties: the
-      latest epoch) (``refit``); from ``TS_LARGE`` series on, keep the stopping run's best
-      weights (``early_stopping``). Skipped when some class has fewer than 2 series or the
-      held-out part would have fewer series than there are classes.
+    * ``early_stopping="auto"`` with ``max_epochs="auto"``: only from ``TS_LARGE`` series on,
+      hold out ``validation_fraction`` (0.2), stop after ``n_iter_no_change`` (a quarter of
+      the epoch budget, at least 10) epochs without a lower validation loss (``stop_on``) and
+      keep the best weights. Below ``TS_LARGE`` the whole budget trains on all series: a
+      split of fewer than 100 series chose too few epochs (see ``docs/sklearn.md``). Skipped
+      when some class has fewer than 2 series or the held-out part would have fewer series
+      than there are classes.
 
     Returns:
-        every parameter above resolved, plus ``refit`` (bool).
+        every parameter above resolved, plus ``stop_on`` (the monitored metric).
     """
     counts = np.bincount(labels)
     n = len(labels)
     resolved = {key: params[key] for key in GENERIC_DEFAULTS}
     if modality != "timeseries":
         resolved = {key: GENERIC_DEFAULTS[key] if value == "auto" else value for key, value in resolved.items()}
-        return {**resolved, "refit": False, "stop_on": "val/acc"}
+        return {**resolved, "stop_on": "val/acc"}
     small = n < TS_LARGE
     rules = {
         "dim": 32 if small else 64, "depth": 2, "heads": 2 if small else 4,
@@ -62,29 +69,16 @@ def auto_settings(params: dict, modality: str, labels: np.ndarray) -> dict:
             resolved[key] = value
     can_split = counts.min() >= 2 and math.ceil(resolved["validation_fraction"] * n) >= len(counts)
     auto_epochs = resolved["max_epochs"] == "auto"
-    auto_stop = auto_epochs and resolved["early_stopping"] == "auto" and bool(can_split)
-    refit = auto_stop and small
+    auto_stop = auto_epochs and resolved["early_stopping"] == "auto" and bool(can_split) and not small
     if resolved["early_stopping"] == "auto":
-        resolved["early_stopping"] = auto_stop and not small
+        resolved["early_stopping"] = auto_stop
     if auto_epochs:
-        train_n = n - math.ceil(resolved["validation_fraction"] * n) if refit else n
+        train_n = n - math.ceil(resolved["validation_fraction"] * n) if auto_stop else n
         steps_per_epoch = math.ceil(train_n / resolved["batch_size"])
         resolved["max_epochs"] = int(np.clip(math.ceil(TS_TARGET_STEPS / steps_per_epoch), *TS_EPOCH_RANGE))
     if resolved["n_iter_no_change"] == "auto":
         resolved["n_iter_no_change"] = max(10, resolved["max_epochs"] // 4)
-    return {**resolved, "refit": refit, "stop_on": "val/loss" if auto_stop else "val/acc"}
-
-
-def _best_epochs(history: list[dict]) -> int:
-    """Number of epochs up to the best validation epoch: highest ``val/acc``, ties to the latest.
-
-    Ties go to the latest epoch because a small validation split saturates early, while
-    training on (augmented) data keeps improving the margin after it does.
-    """
-    scored = [(row["val/acc"], i) for i, row in enumerate(history) if "val/acc" in row]
-    if not scored:
-        raise RuntimeError("the early-stopping run recorded no validation metrics; cannot choose the refit's epoch count")
-    return max(scored)[1] + 1
+    return {**resolved, "stop_on": "val/loss" if auto_stop else "val/acc"}
 
 
 def _data_defaults(adapter: str, items: list, params: dict) -> dict:
@@ -92,22 +86,27 @@ def _data_defaults(adapter: str, items: list, params: dict) -> dict:
 
     Time series: one token per step up to ``TARGET_TOKENS`` steps, else patches of
     ``ceil(T / TARGET_TOKENS)`` steps; ``max_len`` = the longest training series in tokens
-    (for the user's ``token``/``patch_len`` when given); ``TS_ADAPTER_DEFAULTS`` (conv stem,
-    augmentation), with one stem module above ``TS_DEEP_STEM_MAX_LEN`` steps. Audio: the data's sample rate.
+    (for the user's ``token``/``patch_len`` when given); ``TS_ADAPTER_DEFAULTS`` (per-series
+    normalization with scale channels unless ``normalize`` is given, conv stem, no
+    augmentation), with one stem module above ``TS_DEEP_STEM_MAX_LEN`` steps. Audio: the
+    data's sample rate.
     Images: ``img_size``, ``in_chans`` and the smallest patch of at least 2x2 pixels that
     gives at most ``TARGET_TOKENS`` patches.
     """
     if adapter == "timeseries":
         longest = max(x.shape[-1] for x in items)
         stem = {**TS_ADAPTER_DEFAULTS, "stem_layers": TS_ADAPTER_DEFAULTS["stem_layers"] if longest <= TS_DEEP_STEM_MAX_LEN else 1}
+        scaling = {key: stem.pop(key) for key in ("normalize", "scale_channels")}
+        if params.get("normalize", "instance") != "instance":
+            scaling = {}  # scale channels go with instance normalization only
         default_token = "point" if longest <= TARGET_TOKENS else "patch"
         token = params.get("token", default_token)
         if token == "point":
-            return {**stem, "token": "point", "max_len": longest}
+            return {**scaling, **stem, "token": "point", "max_len": longest}
         patch = params.get("patch_len", math.ceil(longest / TARGET_TOKENS))
         stride = params.get("patch_stride") or patch
         extra = stem if stride == patch else {}  # the stem and augmentation need non-overlapping patches
-        return {**extra, "token": "patch", "patch_len": patch, "max_len": max(1, math.ceil(max(longest - patch, 0) / stride) + 1)}
+        return {**scaling, **extra, "token": "patch", "patch_len": patch, "max_len": max(1, math.ceil(max(longest - patch, 0) / stride) + 1)}
     if adapter == "audio":
         rates = {int(rate) for _, rate in items}
         return {"sample_rate": rates.pop()} if len(rates) == 1 else {}

@@ -1,6 +1,7 @@
 """Time-series adapter: ``[C, T]`` (or ``[T]``) float arrays, equal or variable length, with NaN.
 
 Pipeline of ``encode``: validate -> normalize (per channel) -> apply ``nan_policy`` ->
+(``scale_channels``) append the series' scale as constant rows ->
 point tokens (one per time step, ``[C] -> Linear``) or patch tokens (``patch_len``
 steps every ``patch_stride``, ``[C * patch_len] -> Linear``) -> truncate to ``max_len``
 tokens (head kept) or raise. With ``stem="conv"`` the tokens are made by a multi-scale
@@ -53,6 +54,10 @@ class TimeSeriesAdapterConfig(SequenceAdapterConfig):
             built then, so call ``fit`` or ``load_preprocessing_state`` before training).
         normalize: ``"global"`` (per-channel mean/std fitted on training series, NaN
             ignored), ``"instance"`` (per series and channel) or ``"none"``.
+        scale_channels: with ``normalize="instance"``, ``encode`` appends two constant rows per
+            channel (the series' log standard deviation and ``asinh`` of its mean, each
+            standardized over the training series) and ``embed`` projects them to a shift added
+            to every token, so instance normalization hides no amplitude information.
         nan_policy: ``"raise" | "zero" | "interpolate" | "mask"`` (see module docstring).
         token: ``"point"`` (one token per time step) or ``"patch"``.
         patch_len: steps per patch.
@@ -69,6 +74,7 @@ class TimeSeriesAdapterConfig(SequenceAdapterConfig):
 
     channels: int | None = None
     normalize: str = "global"
+    scale_channels: bool = False
     nan_policy: str = "raise"
     token: str = "point"
     patch_len: int = 16
@@ -85,6 +91,8 @@ class TimeSeriesAdapterConfig(SequenceAdapterConfig):
         check_choice("timeseries", "nan_policy", self.nan_policy, NAN_POLICIES)
         check_choice("timeseries", "token", self.token, TS_TOKENS)
         check_choice("timeseries", "stem", self.stem, TS_STEMS)
+        if self.scale_channels and self.normalize != "instance":
+            raise ValueError(f"timeseries: scale_channels needs normalize='instance', got normalize={self.normalize!r}")
         if self.patch_stride is None:
             self.patch_stride = self.patch_len
         check_positive("timeseries", patch_len=self.patch_len, patch_stride=self.patch_stride, stem_channels=self.stem_channels, stem_layers=self.stem_layers)
@@ -172,7 +180,7 @@ class TimeSeriesAdapter(SequenceAdapter):
     """``[C, T]`` series -> point or patch tokens ``[B, N, dim]``.
 
     ``encode`` -> ``{"values": FloatTensor[N, F], "mask": BoolTensor[N]}`` with ``F = C``
-    (points) or ``C * patch_len`` (patches, channel-major), plus ``"steps": BoolTensor[N, P]``
+    (points) or ``C * patch_len`` (patches, channel-major), ``C`` tripled by ``scale_channels``, plus ``"steps": BoolTensor[N, P]``
     (which of a token's ``P`` steps are observed) when the stem or augmentation needs the
     step layout; ``forward`` -> ``Linear(F, dim)`` or ``ConvStem`` + positions.
     """
@@ -184,7 +192,10 @@ class TimeSeriesAdapter(SequenceAdapter):
         super().__init__(config)
         self.mean: np.ndarray | None = None  # [C] float64, set by fit (normalize="global")
         self.std: np.ndarray | None = None
+        self.scale_mean: np.ndarray | None = None  # [2C] float64, set by fit (scale_channels)
+        self.scale_std: np.ndarray | None = None
         self.proj: nn.Linear | ConvStem | None = None
+        self.scale_proj: nn.Linear | None = None  # scale_channels -> a shift added to every token
         if config.channels is not None:
             self._build_projection(config.channels)
         self.build_positions()
@@ -205,6 +216,7 @@ class TimeSeriesAdapter(SequenceAdapter):
         self.config = dataclasses.replace(self.config, channels=channels)
         device = next(self.parameters(), torch.empty(0)).device
         c = self.config
+        self.scale_proj = nn.Linear(2 * channels, c.dim, device=device) if c.scale_channels else None
         if c.stem == "conv":
             self.proj = ConvStem(channels, self.steps_per_token, c.dim, c.stem_channels, c.stem_kernels, c.stem_layers).to(device)
         else:
@@ -226,6 +238,11 @@ class TimeSeriesAdapter(SequenceAdapter):
             raise ValueError(f"timeseries: training series have different channel counts {sorted(counts)}; every series needs the same C")
         channels = counts.pop()
         self._build_projection(channels)
+        if self.config.scale_channels:
+            raw = np.stack([self._raw_scale(s) for s in series])  # [n, 2C]
+            self.scale_mean = np.nanmean(raw, axis=0)
+            spread = np.nanstd(raw, axis=0)
+            self.scale_std = np.where(spread > _STD_FLOOR, spread, 1.0)
         if self.config.normalize == "global":
             values = np.concatenate(series, axis=1)
             seen = (~np.isnan(values)).sum(axis=1)
@@ -235,6 +252,21 @@ class TimeSeriesAdapter(SequenceAdapter):
             std = np.nanstd(values, axis=1)
             self.std = np.where(std > _STD_FLOOR, std, 1.0)  # constant channels are only centred
         return self
+
+    def _raw_scale(self, x: np.ndarray) -> np.ndarray:
+        """``[C, T]`` -> ``[2C]``: per channel log std, then ``asinh(mean)``; NaN for an all-NaN channel."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(x, axis=1)
+            std = np.nanstd(x, axis=1)
+        return np.concatenate([np.log(np.maximum(std, _STD_FLOOR)), np.arcsinh(mean)])
+
+    def _scale_rows(self, x: np.ndarray, length: int) -> np.ndarray:
+        """``scale_channels``: the standardized ``_raw_scale`` of ``x [C, T]`` as constant rows ``[2C, length]`` (NaN -> 0)."""
+        if self.scale_mean is None:
+            raise ValueError("timeseries: scale_channels needs statistics; call fit(train_series) or load_preprocessing_state(state) first")
+        z = np.nan_to_num((self._raw_scale(x) - self.scale_mean) / self.scale_std)
+        return np.repeat(z[:, None], length, axis=1)
 
     def _normalized(self, x: np.ndarray) -> np.ndarray:
         mode = self.config.normalize
@@ -301,6 +333,8 @@ class TimeSeriesAdapter(SequenceAdapter):
             hint = " (a [T, C] array? pass it transposed)" if arr.shape[1] == self.channels else ""
             raise ValueError(f"timeseries: series has {arr.shape[0]} channels but the adapter was fitted on {self.channels}{hint}")
         values, steps = self._clean(self._normalized(arr))
+        if self.config.scale_channels:
+            values = np.concatenate([values, self._scale_rows(arr, values.shape[1])])
         tokens, mask, step_mask = self._tokens(values, steps)
         if not bool(mask.any()):
             raise ValueError(f"timeseries: no observed values within the first {self.config.max_len} tokens; raise max_len or use another nan_policy")
@@ -316,20 +350,36 @@ class TimeSeriesAdapter(SequenceAdapter):
     def embed(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         if self.proj is None:
             raise ValueError("timeseries: the projection is not built; call fit(train_series), load_preprocessing_state(state) or set channels")
+        values, shift = self._split_scale(batch["values"])
+        return self._embed_values(values, batch) + shift, batch["mask"]
+
+    def _split_scale(self, values: Tensor) -> tuple[Tensor, Tensor | float]:
+        """``[B, N, F]`` -> (the series' own channels ``[B, N, C * P]``, ``scale_proj`` shift ``[B, 1, dim]`` or 0).
+
+        The scale rows are constant, so the first step of the first token (never padding) holds them.
+        """
+        if self.scale_proj is None:
+            return values, 0.0
+        b, n, _ = values.shape
+        grouped = values.reshape(b, n, 3 * self.channels, self.steps_per_token)
+        own = grouped[:, :, : self.channels].reshape(b, n, -1)
+        return own, self.scale_proj(grouped[:, 0, self.channels :, 0]).unsqueeze(1)
+
+    def _embed_values(self, values: Tensor, batch: dict[str, Tensor]) -> Tensor:
+        """The series' own values ``[B, N, C * P]`` -> tokens ``[B, N, dim]`` (linear projection or conv stem, after augmentation)."""
         if not self._uses_steps:
-            return self.proj(batch["values"]), batch["mask"]
+            return self.proj(values)
         if "steps" not in batch:
             raise ValueError("timeseries: stem='conv' and augment need the batch's 'steps' entry; collate the output of this adapter's encode()")
-        values, steps = batch["values"], batch["steps"]  # [B, N, C * P] channel-major, [B, N, P]
+        steps = batch["steps"]  # values [B, N, C * P] channel-major, steps [B, N, P]
         b, n, p = steps.shape
         x = values.reshape(b, n, -1, p).permute(0, 2, 1, 3).reshape(b, -1, n * p)  # [B, C, N * P]
         steps = steps.reshape(b, n * p)
         if self.training and self.config.augment:
             x = augment_steps(x, steps, self.config.augment)
         if isinstance(self.proj, ConvStem):
-            return self.proj(x, steps), batch["mask"]
-        values = x.reshape(b, -1, n, p).permute(0, 2, 1, 3).reshape(b, n, -1)  # back to [B, N, C * P]
-        return self.proj(values), batch["mask"]
+            return self.proj(x, steps)
+        return self.proj(x.reshape(b, -1, n, p).permute(0, 2, 1, 3).reshape(b, n, -1))  # back to [B, N, C * P]
 
     # -- state ----------------------------------------------------------------------------
     def preprocessing_state(self) -> dict:
@@ -340,6 +390,10 @@ class TimeSeriesAdapter(SequenceAdapter):
             if self.mean is None:
                 raise ValueError("timeseries: nothing to save, global statistics are not fitted; call fit(train_series) first")
             state.update(mean=self.mean.tolist(), std=self.std.tolist())
+        if self.config.scale_channels:
+            if self.scale_mean is None:
+                raise ValueError("timeseries: nothing to save, scale statistics are not fitted; call fit(train_series) first")
+            state.update(scale_mean=self.scale_mean.tolist(), scale_std=self.scale_std.tolist())
         return state
 
     def load_preprocessing_state(self, state: dict) -> None:
@@ -350,6 +404,13 @@ class TimeSeriesAdapter(SequenceAdapter):
             for key in ("mean", "std"):
                 if len(state.get(key) or []) != channels:
                     raise ValueError(f"timeseries: state {key!r} must list {channels} values (one per channel), got {state.get(key)!r}")
+        if self.config.scale_channels:
+            for key in ("scale_mean", "scale_std"):
+                if len(state.get(key) or []) != 2 * channels:
+                    raise ValueError(f"timeseries: state {key!r} must list {2 * channels} values (two per channel), got {state.get(key)!r}")
         self._build_projection(channels)
         if self.config.normalize == "global":
             self.mean, self.std = np.asarray(state["mean"], dtype=np.float64), np.asarray(state["std"], dtype=np.float64)
+        if self.config.scale_channels:
+            self.scale_mean = np.asarray(state["scale_mean"], dtype=np.float64)
+            self.scale_std = np.asarray(state["scale_std"], dtype=np.float64)

@@ -117,6 +117,21 @@ def test_instance_and_no_normalization(motions):
     assert raw.preprocessing_state() == {"channels": 6}
 
 
+
+def test_scale_channels_keep_amplitude_beside_instance_normalization(motions):
+    a = ts(normalize="instance", scale_channels=True, max_len=100).fit(motions)
+    x = motions[0]
+    small, big = a.encode(x * 1e-4)["values"].numpy(), a.encode(x * 1e2)["values"].numpy()  # [T, 3C]
+    np.testing.assert_allclose(small[:, :6], big[:, :6], atol=1e-4)  # the shape channels ignore scale
+    assert np.ptp(small[:, 6:], axis=0).max() == 0 and (big[0, 6:12] > small[0, 6:12]).all()  # constant, log std grows
+    b = ts(normalize="instance", scale_channels=True, max_len=100)
+    b.load_preprocessing_state(json.loads(json.dumps(a.preprocessing_state())))
+    np.testing.assert_allclose(b.encode(x)["values"].numpy(), a.encode(x)["values"].numpy())
+    assert a(a.collate([a.encode(x)]))[0].shape == (1, 100, 16)
+    with pytest.raises(ValueError, match="needs normalize='instance'"):
+        ts(scale_channels=True)
+
+
 def test_constant_channel_is_only_centred():
     series = [np.stack([np.arange(6.0), np.full(6, 3.0)]) for _ in range(3)]
     a = ts().fit(series)

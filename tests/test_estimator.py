@@ -237,6 +237,21 @@ def test_class_weight_reaches_the_loss(monkeypatch, gunpoint):
     assert (heavy.predict(gunpoint[2]) == "1").mean() > 0.9
 
 
+def test_series_of_different_lengths_train_in_length_buckets(monkeypatch, gunpoint):
+    X, y = gunpoint[0][:16], gunpoint[1][:16]
+    seen = []
+    real = maelre.engine.fit_classifier
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs["bucket_by_length"], kwargs["bucket_batches"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(maelre.engine, "fit_classifier", spy)
+    MAELREClassifier(**{**TINY, "max_epochs": 1}).fit(X, y)
+    MAELREClassifier(**{**TINY, "max_epochs": 1}).fit([x[: 50 + 5 * i] for i, x in enumerate(X)], y)
+    assert seen == [(False, 4), (True, 4)]
+
+
 def test_early_stopping_holds_out_and_stops(gunpoint):
     X, y = gunpoint[0], gunpoint[1]
     clf = MAELREClassifier(**{**TINY, "max_epochs": 40}, early_stopping=True, n_iter_no_change=2, validation_fraction=0.2).fit(X, y)
@@ -370,31 +385,49 @@ def test_auto_settings_rules():
     params = MAELREClassifier().get_params()
     small = auto_settings(params, "timeseries", np.repeat([0, 1], 25))  # GunPoint-sized
     assert small["dim"] == 32 and small["heads"] == 2 and small["depth"] == 2 and small["batch_size"] == 8
-    assert small["refit"] and small["validation_fraction"] == 0.2 and not small["early_stopping"]
-    assert small["max_epochs"] == 80 and small["n_iter_no_change"] == 20  # 400 steps of 5 batches (40 series)
+    assert not small["early_stopping"] and small["max_epochs"] == 86  # 600 steps of 7 batches, all 50 series
     large = auto_settings(params, "timeseries", np.arange(2000) % 4)
     assert large["dim"] == 64 and large["heads"] == 4 and large["batch_size"] == 32 and large["max_epochs"] == 20
-    assert large["early_stopping"] and not large["refit"] and large["stop_on"] == "val/loss"  # large: keep the best weights
-    assert auto_settings(params, "text", np.repeat([0, 1], 25)) == {**GENERIC_DEFAULTS, "refit": False, "stop_on": "val/acc"}
-    # the user's values win; a fixed epoch count means exactly that many epochs (no stopping, no refit)
-    fixed = auto_settings({**params, "max_epochs": 7, "dim": 48}, "timeseries", np.repeat([0, 1], 25))
-    assert fixed["max_epochs"] == 7 and fixed["dim"] == 48 and not fixed["refit"] and not fixed["early_stopping"]
-    assert not auto_settings(params, "timeseries", np.array([0, 0, 0, 1]))["refit"]  # a class with one series: no split
+    assert large["early_stopping"] and large["stop_on"] == "val/loss" and large["n_iter_no_change"] == 10
+    assert auto_settings(params, "text", np.repeat([0, 1], 25)) == {**GENERIC_DEFAULTS, "stop_on": "val/acc"}
+    # the user's values win; a fixed epoch count means exactly that many epochs (no stopping)
+    fixed = auto_settings({**params, "max_epochs": 7, "dim": 48}, "timeseries", np.arange(2000) % 4)
+    assert fixed["max_epochs"] == 7 and fixed["dim"] == 48 and not fixed["early_stopping"]
+    assert not auto_settings(params, "timeseries", np.array([0] * 1200 + [1]))["early_stopping"]  # a class with one series: no split
 
 
-def test_auto_defaults_stop_early_then_refit(gunpoint, monkeypatch, capsys):
+def test_auto_defaults_stop_early_on_large_sets(gunpoint, monkeypatch, capsys):
     import maelre.estimator_settings as est
 
+    monkeypatch.setattr(est, "TS_LARGE", 20)
     monkeypatch.setattr(est, "TS_TARGET_STEPS", 2)
     monkeypatch.setattr(est, "TS_EPOCH_RANGE", (3, 3))
     X, y, X_test, _ = gunpoint
     clf = MAELREClassifier(dim=8, depth=1, heads=2, random_state=0).fit(X[:30], y[:30])
     assert capsys.readouterr().out == ""  # progress only with verbose
     s = clf.settings_
-    assert s["refit"] and s["max_epochs"] == 3 and 1 <= s["refit_epochs"] <= 3
-    assert len(s["validation_history"]) >= 1 and "val/acc" in s["validation_history"][0]
-    assert clf.n_iter_ == s["refit_epochs"] and "val/acc" not in clf.history_[-1]  # the refit trains on everything
-    assert clf.adapter_.config.stem == "conv" and set(clf.adapter_.config.augment) == {"jitter", "scaling", "slice", "warp"}
+    assert s["early_stopping"] and s["max_epochs"] == 3 and 1 <= clf.n_iter_ <= 3 and "val/acc" in clf.history_[0]
+    config = clf.adapter_.config
+    assert config.stem == "conv" and config.normalize == "instance" and config.scale_channels and config.augment == ()
     assert clf.predict(X_test[:5]).shape == (5,)
     again = MAELREClassifier(dim=8, depth=1, heads=2, random_state=0).fit(X[:30], y[:30])
     np.testing.assert_array_equal(again.predict_proba(X_test[:5]), clf.predict_proba(X_test[:5]))
+
+
+def test_defaults_see_the_shape_of_series_at_any_scale():
+    """Series whose scales span six decades (as in PLAID's currents): the defaults z-normalize each series,
+    so the small ones are not flattened to a constant by the large ones' statistics (they were: chance on them)."""
+    rng = np.random.default_rng(0)
+    t = np.linspace(0, 1, 32)
+
+    def panel(n: int) -> tuple[list, np.ndarray]:
+        y = np.arange(n) % 2
+        shapes = np.where(y[:, None] == 1, np.sign(np.sin(6 * t)), np.sin(6 * t))  # sine vs square wave
+        scale = 10.0 ** rng.uniform(-4, 2, size=(n, 1))
+        return list(scale * (shapes + 0.05 * rng.normal(size=(n, 32)))), y
+
+    X, y = panel(40)
+    X_test, y_test = panel(40)
+    clf = MAELREClassifier(dim=16, depth=1, heads=2, max_epochs=15, batch_size=8, random_state=0).fit(X, y)
+    assert clf.adapter_.config.normalize == "instance" and clf.adapter_.config.scale_channels
+    assert clf.score(X_test, y_test) >= 0.9

@@ -186,6 +186,7 @@ def make_dataloader(
     num_workers: int = 0,
     two_tower: bool = False,
     bucket_by_length: bool = False,
+    bucket_batches: int = 50,
     drop_last: bool = False,
     cache: bool = False,
     lengths: Sequence[int] | None = None,
@@ -205,6 +206,8 @@ def make_dataloader(
         two_tower: yield ``{"left": batch, "right": batch}``.
         bucket_by_length: group similar lengths into batches (training only: needs
             ``shuffle``; evaluation keeps the input order so outputs line up).
+        bucket_batches: batches per length-sorted chunk of the shuffled order (fewer: less
+            padding saved, batches less tied to length).
         drop_last: drop the last short batch.
         cache: memoise encoded samples (deterministic ``encode`` only).
         lengths: precomputed token counts for bucketing (default: ``adapter.num_tokens``).
@@ -221,7 +224,7 @@ def make_dataloader(
     if bucket_by_length and lengths is None:
         lengths = sample_lengths(samples, adapter, two_tower)
     sampler = ResumableBatchSampler(
-        len(samples), batch_size, shuffle, seed, drop_last, lengths if bucket_by_length else None,
+        len(samples), batch_size, shuffle, seed, drop_last, lengths if bucket_by_length else None, bucket_batches,
         index_offset=getattr(samples, "index_offset", None), for_eval=not shuffle, shard=shard,
     )
     return ResumableDataLoader(

@@ -83,6 +83,7 @@ def fit_classifier(
     eval_batch_size: int | None = None,
     num_workers: int = 0,
     bucket_by_length: bool = False,
+    bucket_batches: int = 50,
     cache: bool = False,
     class_weights: Sequence[float] | None = None,
     label_smoothing: float = 0.0,
@@ -108,6 +109,7 @@ def fit_classifier(
         eval_batch_size: validation batch size (default ``2 * batch_size``).
         num_workers: data-loader workers running ``adapter.encode``.
         bucket_by_length: length-bucketed training batches (less padding).
+        bucket_batches: batches per length-sorted chunk (``make_dataloader``).
         cache: memoise encoded samples (deterministic adapters only).
         class_weights: ``[C]`` cross-entropy weights.
         label_smoothing: cross-entropy label smoothing.
@@ -153,7 +155,7 @@ def fit_classifier(
             raise ValueError("augment runs on the device batches; set on_device=True (recipe: data.on_device: true)")
         train_loader = make_dataloader(
             train_samples, model.adapter, batch_size, shuffle=True, seed=trainer_cfg.seed, num_workers=num_workers,
-            two_tower=two_tower, bucket_by_length=bucket_by_length, cache=cache,
+            two_tower=two_tower, bucket_by_length=bucket_by_length, bucket_batches=bucket_batches, cache=cache,
         )
         if val_samples:
             val_loader = make_dataloader(
