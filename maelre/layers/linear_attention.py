@@ -124,10 +124,7 @@ def linear_attention(
             out = torch.bmm(phi_q, torch.bmm(phi_kw.transpose(1, 2), v1))  # [B*H, Nq, dh + 1]
             out = out[..., :-1] / (out[..., -1:] + eps)
         else:
-            cos, sin = rotary_feature_angles(positions, phi_q.shape[-1], rope_base, h)
-            num = torch.bmm(rotate_features(phi_q, cos, sin), torch.bmm(rotate_features(phi_kw, cos, sin).transpose(1, 2), v1[..., :-1]))
-            den = torch.bmm(phi_q, phi_kw.sum(dim=1, keepdim=True).transpose(1, 2))
-            out = num / (den + eps)
+            out, _, _ = _rotary_attention(phi_q, phi_kw, v1[..., :-1], *rotary_feature_angles(positions, phi_q.shape[-1], rope_base, h), eps)
     return out.view(b, h, n, dh).to(q.dtype)
 
 
@@ -180,11 +177,36 @@ def _linear_inputs(
     return phi_q.flatten(0, 1), phi_k.flatten(0, 1), v1.flatten(0, 1)
 
 
-def _recompute_features(q: Tensor, k: Tensor, key_mask: Tensor | None, feature_map: FeatureMap):
-    """float32 leaves ``qf, kf`` and their features ``phi(q), phi(k)`` ``[B, H, N, F]``, built with grad for backward."""
+def _rotary_attention(phi_q: Tensor, phi_kw: Tensor, v: Tensor, cos: Tensor, sin: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    """RoPE in feature space on head-flattened float32 inputs ``[B*H, N, *]``: ``(out, kv [B*H, F, dh], k_sum [B*H, F, 1])``.
+
+    ``out = R phi(Q) (R w phi(K))^T V / (phi(Q) sum_j w_j phi(k_j) + eps)``: the rotated
+    numerator, the unrotated (positive) normalizer.
+    """
+    kv = torch.bmm(rotate_features(phi_kw, cos, sin).transpose(1, 2), v)
+    k_sum = phi_kw.sum(dim=1, keepdim=True).transpose(1, 2)
+    return torch.bmm(rotate_features(phi_q, cos, sin), kv) / (torch.bmm(phi_q, k_sum) + eps), kv, k_sum
+
+
+def _recompute_features(q: Tensor, k: Tensor, key_bias: Tensor | None, key_mask: Tensor | None, feature_map: FeatureMap):
+    """Backward's features, recomputed from ``q, k [B, H, N, dh]``.
+
+    Returns the detached float32 ``phi(q)`` and weighted ``w * phi(k)``, heads flattened to
+    ``[B*H, N, F]`` (as ``_linear_inputs`` builds them), and ``backprop(grad_phi_q,
+    grad_phi_kw)``, which takes their gradients (``[B*H, N, F]``) back to ``q`` and ``k``.
+    """
+    weights = key_weights(key_bias, key_mask)
     with torch.enable_grad():
         qf, kf = _float32(q.detach()).requires_grad_(), _float32(k.detach()).requires_grad_()
-        return qf, kf, feature_map(qf, is_query=True, key_mask=key_mask), feature_map(kf, is_query=False, key_mask=key_mask)
+        phi_q4, phi_k4 = feature_map(qf, is_query=True, key_mask=key_mask), feature_map(kf, is_query=False, key_mask=key_mask)
+
+    def backprop(grad_phi_q: Tensor, grad_phi_kw: Tensor) -> tuple[Tensor, Tensor]:
+        grad_phi_k = _weigh(grad_phi_kw.view(phi_k4.shape), weights, key_mask)
+        grad_q, grad_k = torch.autograd.grad((phi_q4, phi_k4), (qf, kf), (grad_phi_q.view(phi_q4.shape), grad_phi_k))
+        return grad_q.to(q.dtype), grad_k.to(k.dtype)
+
+    phi_kw = _weigh(phi_k4.detach(), weights, key_mask)
+    return phi_q4.detach().flatten(0, 1), phi_kw.flatten(0, 1), backprop
 
 
 class _RecomputedLinearAttention(torch.autograd.Function):
@@ -212,11 +234,8 @@ class _RecomputedLinearAttention(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, key_bias, key_mask, kv = ctx.saved_tensors
         b, h, n, dh = q.shape
-        weights = key_weights(key_bias, key_mask)
         with torch.autocast(q.device.type, enabled=False):
-            qf, kf, phi_q4, phi_k4 = _recompute_features(q, k, key_mask, ctx.feature_map)
-            phi_q = phi_q4.detach().flatten(0, 1)
-            phi_kw = _weigh(phi_k4.detach(), weights, key_mask).flatten(0, 1)
+            phi_q, phi_kw, backprop = _recompute_features(q, k, key_bias, key_mask, ctx.feature_map)
             summed = torch.bmm(phi_q, kv)  # [num, den - eps]
             den = summed[..., -1:] + ctx.eps
             grad = grad_out.float().reshape(b * h, n, dh)
@@ -224,10 +243,8 @@ class _RecomputedLinearAttention(torch.autograd.Function):
             grad_kv = torch.bmm(phi_q.transpose(1, 2), grad_summed)
             grad_v = torch.bmm(phi_kw, grad_kv)[..., :-1]
             v1 = F.pad(_float32(v), (0, 1), value=1.0).flatten(0, 1)
-            grad_phi_k = _weigh(torch.bmm(v1, grad_kv.transpose(1, 2)).view(phi_k4.shape), weights, key_mask)
-            grad_phi_q = torch.bmm(grad_summed, kv.transpose(1, 2)).view(phi_q4.shape)
-            grad_q, grad_k = torch.autograd.grad((phi_q4, phi_k4), (qf, kf), (grad_phi_q, grad_phi_k))
-        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.view(b, h, n, dh).to(v.dtype), None, None, None, None
+            grad_q, grad_k = backprop(torch.bmm(grad_summed, kv.transpose(1, 2)), torch.bmm(v1, grad_kv.transpose(1, 2)))
+        return grad_q, grad_k, grad_v.view(b, h, n, dh).to(v.dtype), None, None, None, None
 
 
 class _RecomputedRotaryLinearAttention(torch.autograd.Function):
@@ -244,9 +261,7 @@ class _RecomputedRotaryLinearAttention(torch.autograd.Function):
         b, h, n, dh = q.shape
         with torch.autocast(q.device.type, enabled=False):
             phi_q, phi_kw, v1 = _linear_inputs(q, k, v, key_bias, key_mask, feature_map)
-            kv = torch.bmm(rotate_features(phi_kw, cos, sin).transpose(1, 2), v1[..., :-1])  # [B*H, F, dh]
-            k_sum = phi_kw.sum(dim=1, keepdim=True).transpose(1, 2)  # [B*H, F, 1]
-            out = torch.bmm(rotate_features(phi_q, cos, sin), kv) / (torch.bmm(phi_q, k_sum) + eps)
+            out, kv, k_sum = _rotary_attention(phi_q, phi_kw, v1[..., :-1], cos, sin, eps)
         ctx.save_for_backward(q, k, v, key_bias, key_mask, kv, k_sum, cos, sin)
         ctx.feature_map, ctx.eps = feature_map, eps
         return out.view(b, h, n, dh).to(q.dtype)
@@ -255,11 +270,8 @@ class _RecomputedRotaryLinearAttention(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, key_bias, key_mask, kv, k_sum, cos, sin = ctx.saved_tensors
         b, h, n, dh = q.shape
-        weights = key_weights(key_bias, key_mask)
         with torch.autocast(q.device.type, enabled=False):
-            qf, kf, phi_q4, phi_k4 = _recompute_features(q, k, key_mask, ctx.feature_map)
-            phi_q = phi_q4.detach().flatten(0, 1)
-            phi_kw = _weigh(phi_k4.detach(), weights, key_mask).flatten(0, 1)
+            phi_q, phi_kw, backprop = _recompute_features(q, k, key_bias, key_mask, ctx.feature_map)
             rot_q = rotate_features(phi_q, cos, sin)
             num, den = torch.bmm(rot_q, kv), torch.bmm(phi_q, k_sum) + ctx.eps
             grad = grad_out.float().reshape(b * h, n, dh)
@@ -269,9 +281,8 @@ class _RecomputedRotaryLinearAttention(torch.autograd.Function):
             unrotate = partial(rotate_features, cos=cos, sin=-sin)
             grad_phi_q = unrotate(torch.bmm(grad_num, kv.transpose(1, 2))) + grad_den * k_sum.transpose(1, 2)
             grad_phi_kw = unrotate(torch.bmm(_float32(v).flatten(0, 1), grad_kv.transpose(1, 2))) + torch.bmm(grad_den.transpose(1, 2), phi_q)
-            grad_phi_k = _weigh(grad_phi_kw.view(phi_k4.shape), weights, key_mask)
-            grad_q, grad_k = torch.autograd.grad((phi_q4, phi_k4), (qf, kf), (grad_phi_q.view(phi_q4.shape), grad_phi_k))
-        return grad_q.to(q.dtype), grad_k.to(k.dtype), grad_v.view(b, h, n, dh).to(v.dtype), None, None, None, None, None, None
+            grad_q, grad_k = backprop(grad_phi_q, grad_phi_kw)
+        return grad_q, grad_k, grad_v.view(b, h, n, dh).to(v.dtype), None, None, None, None, None, None
 
 
 def linear_attention_reference(
