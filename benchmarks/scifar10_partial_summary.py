@@ -18,7 +18,6 @@ a backbone's train step alone at this shape (``--alone-costs``), steps x that ti
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -43,11 +42,8 @@ END = "<!-- scifar10-pareto:end -->"
 
 def summarise_run(run_dir: Path, previous: dict | None, concurrent: int, budget: int, gpu: str) -> dict:
     """One summary row for a run folder; ``previous`` is its row from the last summary (or None)."""
-    result = json.loads((run_dir / "results.json").read_text())
+    result = read_json(run_dir / "results.json")
     calls = list((previous or {}).get("calls", []))
-    if previous and not calls:  # summaries written before the ledger existed: their one call
-        calls = [{"steps": [0, previous["steps"]], "train_seconds": previous["train_seconds_shared"],
-                  "concurrent_runs": previous.get("concurrent_runs", concurrent)}]
     start = calls[-1]["steps"][1] if calls else 0
     step = result["global_step"]
     if step > start:
@@ -127,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.concurrent is None:
         parser.error("--concurrent is required to summarise the run folders")
-    old = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
+    old = read_json(args.out) if args.out.exists() else {"rows": []}
     previous = {row["name"]: row for row in old["rows"]}
     runs = sorted(p.parent for p in args.root.glob("*/results.json"))
     if not runs:
