@@ -17,6 +17,7 @@
 #                approximate blocks
 #   vconv        auto1 with value_conv=5: a depthwise convolution over V (5 neighbours along the Hilbert
 #                curve) added to the linear attention of the approximate blocks
+#   t128v        t128 and vconv together: gentler merging and the local term in the linear blocks
 #   raster       auto1 with grid_order=raster: merge windows along pixel rows (no 2-D neighbours)
 #   fraction     the old default: 30% merged after each attention sub-layer, never reaching D
 #   nomerge      no merging: linear attention in all 3 blocks
@@ -38,6 +39,7 @@ declare -A row=(
     [t128]="model.backbone=maelre $m.exact_blocks=1 $m.switch_threshold=128"
     [nystrom]="model.backbone=maelre $m.exact_blocks=1 $m.approx=nystrom"
     [vconv]="model.backbone=maelre $m.exact_blocks=1 $m.value_conv=5"
+    [t128v]="model.backbone=maelre $m.exact_blocks=1 $m.switch_threshold=128 $m.value_conv=5"
     [raster]="model.backbone=maelre $m.exact_blocks=1 $m.grid_order=raster"
     [fraction]="model.backbone=maelre $m.merge_schedule=fraction $m.merge_site=attn $m.merge_fraction=0.3"
     [nomerge]="model.backbone=maelre $m.merge_schedule=fraction $m.merge_fraction=0.0"

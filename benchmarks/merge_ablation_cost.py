@@ -24,6 +24,7 @@ ROWS = {  # ablation row -> (backbone, extra config); the position kinds add rop
     "t128": ("maelre", {"exact_blocks": 1, "switch_threshold": 128}),
     "nystrom": ("maelre", {"exact_blocks": 1, "approx": "nystrom"}),
     "vconv": ("maelre", {"exact_blocks": 1, "value_conv": 5}),
+    "t128v": ("maelre", {"exact_blocks": 1, "switch_threshold": 128, "value_conv": 5}),
     "raster": ("maelre", {"exact_blocks": 1, "grid_order": "raster"}),
     "fraction": ("maelre", {"merge_schedule": "fraction", "merge_site": "attn", "merge_fraction": 0.3}),
     "nomerge": ("maelre", {"merge_schedule": "fraction", "merge_fraction": 0.0}),

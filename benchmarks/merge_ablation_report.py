@@ -28,6 +28,7 @@ ROW_TEXT = {
     "t128": "auto1 with switch_threshold=128 (1024, 363, 128 tokens; exact in block 2 at N = 2D)",
     "nystrom": "auto1 with Nystrom attention (64 landmarks) in the approximate blocks",
     "vconv": "auto1 with value_conv=5 (depthwise convolution over V in the linear blocks)",
+    "t128v": "t128 with value_conv=5 (gentler merging and the local term together)",
     "raster": "auto1 merging along pixel rows (grid_order=raster)",
     "fraction": "old default: 30% merged after each attention (1024, 717, 502 tokens; all linear)",
     "nomerge": "no merging (linear attention in all 3 blocks)",
