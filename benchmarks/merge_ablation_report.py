@@ -82,6 +82,8 @@ def summarise(runs: list[dict], cost: list[dict]) -> tuple[list[dict], str]:
         mean = "—" if entry["mean"] is None else f"{entry['mean']:.2f}"
         seeds = ", ".join(f"{a:.2f}" for a in accs) or "—"
         epochs = "/".join(str(e) for e in entry["epochs"])
+        if "time_limit" in entry["statuses"]:  # the run stopped before its epoch budget: the cosine schedule had not ended
+            epochs += " (time limit)"
         rows.append([ROW_TEXT.get(row, row), pos, mean, seeds, epochs, *cost_cells(cost, row, pos)])
     header = ["row", "positions", "test acc % (mean)", "per seed", "epochs",
               "N=1024 step, peak (eager)", "N=1024 step (graph)", "N=16K step, peak (eager)", "N=16K step (graph)"]
