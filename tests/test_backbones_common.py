@@ -10,7 +10,7 @@ from maelre.layers import weighted_mean
 DIM = 32
 TINY = dict(dim=DIM, depth=2, heads=2, mlp_ratio=2.0)
 # Per-backbone settings that make the tiny sequences below exercise the efficient path.
-TWEAKS = {"ecp": dict(segment_size=4), "perceiver_ar": dict(num_latents=4), "masformer": dict(window=2, full_layers=[0])}
+TWEAKS = {"maelre": dict(merge_schedule="fraction", merge_fraction=0.25, switch_threshold=4), "ecp": dict(segment_size=4), "perceiver_ar": dict(num_latents=4), "masformer": dict(window=2, full_layers=[0])}
 # Backbones whose output for a sequence must not depend on the padding around it.
 EXACT = {"transformer", "masformer", "ecp", "perceiver_ar"}
 NAMES = list_backbones()

@@ -78,6 +78,27 @@ def test_killed_fit_resumes_to_the_same_weights(recipe_file, tmp_path, crash_aft
     assert results["resumed_from"].endswith("step-0000006")
 
 
+def test_resume_rebuilds_the_backbone_the_run_started_with(tmp_path, crash_after, monkeypatch):
+    """A library default that changed between two calls (here MAELRE's value_conv) must not change the resumed model."""
+    from conftest import TINY_RECIPE
+
+    from maelre.recipe import Recipe
+
+    recipe_file = tmp_path / "tiny_maelre.yaml"
+    recipe_file.write_text(yaml.safe_dump({**TINY_RECIPE, "model": {**TINY_RECIPE["model"], "backbone": "maelre", "depth": 2}}))
+    run_dir = tmp_path / "run"
+    with monkeypatch.context() as old_library:  # the first call: a library whose default had no value convolution
+        kwargs = Recipe.backbone_kwargs
+        old_library.setattr(Recipe, "backbone_kwargs", lambda self: {**kwargs(self), "value_conv": None})
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            run_recipe(load_recipe(recipe_file), run_dir=run_dir, callbacks=[crash_after(8)], progress=False)
+    assert main(["fit", str(recipe_file), "--run-dir", str(run_dir), "--resume", "--no-progress"]) == 0
+    final = latest_checkpoint(run_dir)
+    assert final.name == "step-0000012"
+    assert json.loads((final / "model.json").read_text())["backbone_config"]["value_conv"] is None
+    assert not any("value_conv" in key for key in load_weights(final / "model.safetensors"))
+
+
 def test_resume_and_rerun_guards(recipe_file, finished_run, tmp_path, capsys):
     assert main(["fit", str(recipe_file), "--run-dir", str(finished_run), "--no-progress"]) == 2
     assert "already holds a run" in capsys.readouterr().err

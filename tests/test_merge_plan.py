@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from maelre import create_backbone
 from maelre.backbones.maelre import MAELRE
@@ -142,6 +143,11 @@ def reference_maelre(m: MAELRE, tokens: torch.Tensor) -> torch.Tensor:
             out = reference_attention(apply_rope(q, cos.double(), sin.double()), apply_rope(k, cos.double(), sin.double()), v, bias[:, None, None, :])
         else:
             out = linear_attention_reference(q, k, v, key_bias=bias, feature_map=elu_feature_map, positions=pos[None])
+            if block.value_conv is not None:  # depthwise convolution of V along the current token order, zeros past the ends
+                weight = block.value_conv.conv.weight
+                h, n, d = v.shape[1], v.shape[2], v.shape[3]
+                conv = F.conv1d(v[0].permute(0, 2, 1).reshape(1, h * d, n), weight, padding=weight.shape[-1] // 2, groups=h * d)
+                out = out + conv.reshape(1, h, d, n).permute(0, 1, 3, 2)
         x = x + block.attn.output(out)[0]
         keys = k[0].mean(0)
         x, sizes, pos, keys = merge(block, "attn", x, sizes, pos, keys)
@@ -160,7 +166,7 @@ def test_rope_maelre_with_merged_positions_matches_a_plain_implementation():
     torch.testing.assert_close(out.pooled.double(), expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name, extra", [("transformer", {}), ("maelre", {"merge_schedule": "fraction", "merge_fraction": 0.0}), ("masformer", {"window": 4, "full_layers": [1]}), ("ecp", {"segment_size": 8}), ("perceiver_ar", {"num_latents": 8})])
+@pytest.mark.parametrize("name, extra", [("transformer", {}), ("maelre", {"merge_schedule": "fraction", "merge_fraction": 0.0, "value_conv": None}), ("masformer", {"window": 4, "full_layers": [1]}), ("ecp", {"segment_size": 8}), ("perceiver_ar", {"num_latents": 8})])
 def test_every_backbone_accepts_rope_and_it_makes_order_matter(name, extra):
     common = {"dim": 16, "depth": 2, "heads": 2, "mlp_ratio": 2.0, **extra}
     tokens = torch.randn(2, 16, 16, generator=torch.Generator().manual_seed(0))

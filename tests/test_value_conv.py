@@ -51,15 +51,37 @@ def test_maelre_uses_it_only_in_approximate_blocks_and_it_learns():
     m = create_backbone("maelre", dim=32, depth=3, heads=4, value_conv=5, match_window=6)
     tokens, mask = torch.randn(2, 256, 32), torch.ones(2, 256, dtype=torch.bool)
     kinds = [b.attention for b in m.plan(256)]
-    assert kinds[0] == "linear" and kinds[-1] == "exact"
+    assert kinds == ["linear", "linear", "exact"]
     calls = []
     for block in m.blocks:
         block.value_conv.register_forward_hook(lambda mod, args, out: calls.append(mod))
     m(tokens, mask).pow(2).sum().backward()
     used = {id(c) for c in calls}
     assert [id(b.value_conv) in used for b in m.blocks] == [k != "exact" for k in kinds]
-    assert m.blocks[0].value_conv.conv.weight.grad.abs().sum() > 0
+    assert all(b.value_conv.conv.weight.grad.abs().sum() > 0 for b in m.blocks[:-1])
     assert m.blocks[-1].value_conv.conv.weight.grad is None
     with_conv = m.plan(256)[0].attn_flops
     m.blocks[0].value_conv = None
     assert with_conv > m.plan(256)[0].attn_flops
+
+
+def test_it_is_on_by_default():
+    m = create_backbone("maelre", dim=32, depth=2, heads=4)
+    assert all(b.value_conv.conv.kernel_size == (5,) for b in m.blocks)
+    assert all(b.value_conv is None for b in create_backbone("maelre", dim=32, depth=2, heads=4, value_conv=None).blocks)
+
+
+def test_ddp_looks_for_unused_parameters_when_short_inputs_skip_the_convolution():
+    from lightning.pytorch.strategies import DDPStrategy
+
+    from maelre.engine.fit import _strategy
+
+    m = create_backbone("maelre", dim=32, depth=2, heads=4)
+    assert m.skips_parameters
+    m(torch.randn(2, 16, 32), torch.ones(2, 16, dtype=torch.bool)).sum().backward()  # N=16 <= D: every block exact
+    assert m.blocks[0].value_conv.conv.weight.grad is None, "a short input leaves the convolution unused"
+    strategy = _strategy("ddp", torch.nn.Sequential(m))
+    assert isinstance(strategy, DDPStrategy) and strategy._ddp_kwargs.get("find_unused_parameters") is True
+    assert _strategy("auto", m) == "auto"
+    assert not create_backbone("maelre", dim=32, depth=2, heads=4, value_conv=None).skips_parameters
+    assert _strategy("ddp", create_backbone("transformer", dim=32, depth=2, heads=4)) == "ddp"

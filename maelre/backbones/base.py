@@ -147,6 +147,12 @@ class Backbone(nn.Module):
     def length_multiple(self) -> int:
         return 1
 
+    @property
+    def skips_parameters(self) -> bool:
+        """True when a step can leave some parameters without a gradient (a block whose kernel,
+        and so its weights, depends on the sequence length). DDP must then look for unused ones."""
+        return False
+
     def rotary(self, kernel, positions: Tensor, key_positions: Tensor | None = None):
         """``kernel`` with RoPE folded in when ``config.rope`` is set, else ``kernel`` unchanged.
 

@@ -176,6 +176,12 @@ class MAELRE(Backbone):
         if self.cls_token is not None:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
 
+    @property
+    def skips_parameters(self) -> bool:
+        """A block that can go either way leaves its approximate-only weights (``value_conv``,
+        Nystrom's conv) unused on inputs short enough for exact attention."""
+        return any(p.numel() for blk in self.blocks for m in (blk.value_conv, blk.approx) if m is not None for p in m.parameters())
+
     def _forward(self, tokens: Tensor, mask: Tensor | None, trace: bool, layout: tuple[int, int] | None = None) -> BackboneOutput:
         b, n = tokens.shape[:2]
         device = tokens.device

@@ -27,7 +27,9 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, RichProgressBar
+from lightning.pytorch.strategies import DDPStrategy
 
+from maelre.backbones.base import Backbone
 from maelre.engine.callbacks import (
     BestCheckpoint,
     CheckpointExtras,
@@ -69,6 +71,13 @@ class _BestWeightsInMemory(Callback):
 
 def _max_time(minutes: float | None) -> datetime.timedelta | None:
     return None if minutes is None else datetime.timedelta(minutes=minutes)
+
+
+def _strategy(name: str, model: torch.nn.Module) -> str | DDPStrategy:
+    """``"ddp"`` looks for unused parameters when a backbone can skip some in a step (else DDP raises)."""
+    if name == "ddp" and any(m.skips_parameters for m in model.modules() if isinstance(m, Backbone)):
+        return DDPStrategy(find_unused_parameters=True)
+    return name
 
 
 def fit_classifier(
@@ -198,7 +207,7 @@ def fit_classifier(
             precision=trainer_cfg.precision,
             accelerator=trainer_cfg.accelerator,
             devices=trainer_cfg.devices,
-            strategy=trainer_cfg.strategy,
+            strategy=_strategy(trainer_cfg.strategy, model),
             accumulate_grad_batches=trainer_cfg.accumulate_grad_batches,
             gradient_clip_val=trainer_cfg.gradient_clip,
             deterministic="warn" if trainer_cfg.deterministic else None,

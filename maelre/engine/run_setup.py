@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from maelre.engine.checkpoint import PREPROCESSING, latest_checkpoint, read_json
+from maelre.engine.checkpoint import PREPROCESSING, SPEC, latest_checkpoint, read_json
 from maelre.engine.data import split_validation, subsample
 from maelre.recipe import Recipe, RecipeError
 
@@ -150,3 +150,17 @@ def _fitted_adapter(recipe: Recipe, train: Sequence[tuple[Any, int]], modality: 
         return adapter
     return prepare_adapter(recipe.adapter_name(), recipe.adapter_kwargs(), train, recipe.model.two_tower)
 
+
+def run_backbone_kwargs(recipe: Recipe, resume_from: Path | None) -> dict[str, Any]:
+    """The backbone's settings: the recipe's, or, when resuming, those the run started with.
+
+    A resumed run rebuilds its backbone from its checkpoint's ``model.json`` (every field,
+    defaults included), so a library default that changed since the run started cannot
+    change the model under its saved weights. The recipe itself is checked to be the same.
+    """
+    if resume_from is None:
+        return recipe.backbone_kwargs()
+    spec = read_json(resume_from / SPEC)
+    if spec["backbone"] != recipe.model.backbone:
+        raise RecipeError("model.backbone", f"the run in {resume_from.parent.parent} trained {spec['backbone']!r}, not {recipe.model.backbone!r}")
+    return dict(spec["backbone_config"])
