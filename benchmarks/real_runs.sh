@@ -15,8 +15,10 @@
 # python benchmarks/scifar10_partial_summary.py --root benchmarks/results/TASK_partial_h200 --task "..." \
 #     --out benchmarks/results/TASK_partial_h200.json --concurrent <runs at once> [--budget ...]
 #
-# NAMES (default: maelre transformer transformer_rope ecp perceiver_ar):
+# NAMES (default: maelre maelre_noconv transformer transformer_rope ecp perceiver_ar):
 #   maelre            the default MAELRE with RoPE on merged positions (no absolute positions)
+#   maelre_noconv     the same without the value convolution (value_conv: null), the default
+#                     before round 4 of the merge ablation
 #   transformer       full attention, the adapter's learned positions
 #   transformer_rope  full attention with RoPE (the ECP paper's "Transformer (with RoPE)")
 #   ecp               ECP, RoPE (its default)
@@ -41,16 +43,23 @@ export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 rope=(--set data.adapter.pos_embed=none --set model.rope=true)
 declare -A setup=(
     [maelre]="--set model.backbone=maelre ${rope[*]}"
+    [maelre_noconv]="--set model.backbone=maelre ${rope[*]} --set model.backbone_config.maelre.value_conv=null"
     [transformer]="--set model.backbone=transformer"
     [transformer_rope]="--set model.backbone=transformer ${rope[*]}"
     [ecp]="--set model.backbone=ecp"
     [perceiver_ar]="--set model.backbone=perceiver_ar"
 )
-names=(${NAMES:-maelre transformer transformer_rope ecp perceiver_ar})
+# exit 0 when a run folder's last call reached the recipe's max_epochs or max_steps
+finished='import json, sys, yaml; d = sys.argv[1]; t = yaml.safe_load(open(f"{d}/recipe.yaml"))["trainer"]; r = json.load(open(f"{d}/results.json"))
+sys.exit(0 if (t.get("max_epochs") is not None and r["epochs"] >= t["max_epochs"]) or (t.get("max_steps") is not None and r["global_step"] >= t["max_steps"]) else 1)'
+names=(${NAMES:-maelre maelre_noconv transformer transformer_rope ecp perceiver_ar})
 mkdir -p "$ROOT"
 for n in "${names[@]}"; do
     [[ -n ${setup[$n]:-} ]] || { echo "real_runs.sh: unknown run '$n'; use ${!setup[*]}" >&2; exit 2; }
-    if [[ -f $ROOT/$n/recipe.yaml ]]; then
+    if [[ -f $ROOT/$n/results.json ]] && "$PYTHON" -c "$finished" "$ROOT/$n"; then
+        echo "$n: has its whole budget already"
+        continue
+    elif [[ -f $ROOT/$n/recipe.yaml ]]; then
         args=("$ROOT/$n/recipe.yaml" --resume)
     else
         # shellcheck disable=SC2206  # the setup strings are lists of options
