@@ -31,7 +31,7 @@ ROOT = Path("benchmarks/results/scifar10_partial_h200")
 OUT = Path("benchmarks/results/scifar10_partial_h200.json")
 ALONE_COSTS = Path("benchmarks/results/merge_ablation_cost_h200.json")
 ALONE_ROWS = {
-    "maelre": ("auto1", "rope"), "transformer": ("transformer", "learned"), "transformer_rope": ("transformer", "rope"),
+    "maelre": ("vconv", "rope"), "maelre_noconv": ("auto1", "rope"), "transformer": ("transformer", "learned"), "transformer_rope": ("transformer", "rope"),
     "ecp": ("ecp", "rope"), "perceiver_ar": ("perceiver_ar", "learned"),
 }
 """Run name -> (row, positions) of ``merge_ablation_cost.py`` timed alone at this shape (a run without a timing falls back to wall time)."""
