@@ -255,6 +255,8 @@ class Recipe:
 
         The optional keys ``data.augment_inputs``, ``data.curriculum`` and ``model.init_from``
         appear only when set, so runs saved before they existed still ``--resume``.
+        ``trainer.stop_at`` never does: a deadline belongs to one call, and a saved recipe
+        resumed later must not inherit a past one.
         """
         model = {"backbone": self.model.backbone, **self.shared, "backbone_config": self.model.backbone_config,
                  "head_dropout": self.model.head_dropout, "two_tower": self.model.two_tower}
@@ -270,7 +272,7 @@ class Recipe:
             "optimizer": dataclasses.asdict(self.optimizer),
             "schedule": dataclasses.asdict(self.schedule),
             "loss": dataclasses.asdict(self.loss),
-            "trainer": dataclasses.asdict(self.trainer),
+            "trainer": {k: v for k, v in dataclasses.asdict(self.trainer).items() if k != "stop_at"},
             "output": dataclasses.asdict(self.output),
             "pretrain": dataclasses.asdict(self.pretrain),
         }

@@ -65,12 +65,19 @@ class StepCheckpoint(Callback):
     Saved from ``on_train_batch_end`` (after the optimizer and scheduler step), which is
     where Lightning's loops support an exact mid-epoch restart. Only the newest ``keep``
     step checkpoints are kept; a new one is complete before an old one is deleted.
-    With ``stop_after`` (seconds), training stops once this call has trained that long,
-    right after a checkpoint, so that ``--resume`` continues exactly (a per-call limit:
-    Lightning's ``max_time`` counts the time of every call of a resumed run).
+
+    Ending a call early, so that ``--resume`` continues exactly:
+
+    - ``deadline`` (Unix seconds): at the first step end past it, save and stop training
+      (a per-call limit: Lightning's ``max_time`` counts the time of every call of a
+      resumed run). The fit then validates, and the caller tests, as after any stop.
+    - SIGTERM: Lightning notes it and ends the process after the running step (a
+      ``SIGTERMException``, exit status 0) without a checkpoint; this saves one first.
+      Under DDP only when a ``deadline`` is set, whose per-step vote every rank joins
+      (a save is a collective; a rank saving alone would hang).
     """
 
-    def __init__(self, dirpath: str | Path, every_n_steps: int | None = None, keep: int = 2, stop_after: float | None = None) -> None:
+    def __init__(self, dirpath: str | Path, every_n_steps: int | None = None, keep: int = 2, deadline: float | None = None) -> None:
         if every_n_steps is not None and every_n_steps < 1:
             raise ValueError(f"checkpoint_every_n_steps must be >= 1, got {every_n_steps}")
         if keep < 1:
@@ -78,8 +85,7 @@ class StepCheckpoint(Callback):
         self.dirpath = Path(dirpath)
         self.every_n_steps = every_n_steps
         self.keep = keep
-        self.stop_after = stop_after
-        self._started = time.monotonic()
+        self.deadline = deadline
         self._last_step = -1
 
     def _save(self, trainer: L.Trainer) -> None:
@@ -93,14 +99,19 @@ class StepCheckpoint(Callback):
             for old in steps[: -self.keep]:
                 trainer.strategy.remove_checkpoint(old)
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._started = time.monotonic()
+    def _should_end_call(self, trainer: L.Trainer) -> bool:
+        local = trainer.received_sigterm or (self.deadline is not None and time.time() > self.deadline)
+        if trainer.world_size == 1:
+            return local
+        if self.deadline is None:
+            return False
+        return trainer.strategy.reduce_boolean_decision(local, all=False)  # any rank over time or signalled: all stop alike
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
             self._save(trainer)
-        if self.stop_after is not None and trainer.strategy.reduce_boolean_decision(time.monotonic() - self._started > self.stop_after, all=False):
-            self._save(trainer)  # every rank decides alike (any rank over time), so none waits in a collective
+        if self._should_end_call(trainer):
+            self._save(trainer)
             trainer.should_stop = True
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

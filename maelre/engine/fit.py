@@ -104,6 +104,7 @@ def fit_classifier(
     on_device: bool = False,
     augment: ImageAugment | None = None,
     task_class: type[ClassificationTask] = ClassificationTask,
+    started: float | None = None,
 ) -> FitResult:
     """Train ``model`` on raw ``(x, label)`` samples with Lightning.
 
@@ -134,11 +135,15 @@ def fit_classifier(
         augment: batched on-device augmentation of training images (needs ``on_device``).
         task_class: the Lightning task; a subclass changes what is predicted (``PretrainTask``
             trains a ``MaskedTokenModel`` on masked tokens instead of labels).
+        started: when this call started (``time.time()``; default: now), the origin of
+            ``trainer_cfg.stop_after_minutes``: a caller that loaded the data passes its
+            own start so that loading counts.
 
     Returns:
         a ``FitResult``; ``result.model`` is ``model`` itself, trained.
     """
     trainer_cfg = trainer_cfg or TrainerConfig()
+    deadline = trainer_cfg.call_deadline(time.time() if started is None else started)
     optim_cfg = optim_cfg or OptimConfig()
     num_classes = num_classes_of(model)
     classes = [str(c) for c in classes] if classes is not None else [str(i) for i in range(num_classes)]
@@ -146,8 +151,8 @@ def fit_classifier(
         raise ValueError(f"got {len(classes)} class names for a model with {num_classes} outputs")
     if trainer_cfg.early_stopping_patience is not None and not val_samples:
         raise ValueError("early stopping needs validation data; pass val_samples or set early_stopping_patience=None")
-    if trainer_cfg.stop_after_minutes is not None and run_dir is None:
-        raise ValueError("stop_after_minutes ends a call with a checkpoint to resume from; give a run_dir")
+    if deadline is not None and run_dir is None:
+        raise ValueError("stop_after_minutes and stop_at end a call with a checkpoint to resume from; give a run_dir")
     ckpt_path = _resume_path(resume, run_dir)
     run_dir = None if run_dir is None else Path(run_dir)
 
@@ -184,9 +189,8 @@ def fit_classifier(
         if spec is None:
             raise ValueError("model has no .spec; build it with maelre.engine.build_model so checkpoints can rebuild it")
         ckpt_dir = run_dir / "checkpoints"
-        stop_after = None if trainer_cfg.stop_after_minutes is None else 60 * trainer_cfg.stop_after_minutes
         remove_stale_temporaries(ckpt_dir)  # left by a checkpoint write that a kill interrupted
-        cbs += [CheckpointExtras(spec, classes, recipe), StepCheckpoint(ckpt_dir, trainer_cfg.checkpoint_every_n_steps, stop_after=stop_after)]
+        cbs += [CheckpointExtras(spec, classes, recipe), StepCheckpoint(ckpt_dir, trainer_cfg.checkpoint_every_n_steps, deadline=deadline)]
         if val_loader is not None:
             best_cb = BestCheckpoint(ckpt_dir)
             cbs.append(best_cb)

@@ -20,9 +20,19 @@ class TrainerConfig:
         max_epochs: epoch budget (``None`` = unbounded; then ``max_steps`` or ``max_time`` must bound training).
         max_steps: optimizer-step budget (``None`` = unbounded).
         max_time: wall-clock budget in minutes (``None`` = unbounded), summed over all calls of a resumed run.
-        stop_after_minutes: end this call (not the run) after this many minutes of training,
-            with a resumable checkpoint; ``--resume`` continues. For budgets longer than one
-            session or device call. Needs a run directory.
+        stop_after_minutes: end this call (not the run) this many minutes after it started,
+            with a resumable checkpoint; ``--resume`` continues. The clock starts when the
+            call does (``run_recipe``/``maelre fit`` before loading data; ``fit_classifier``
+            when called, or at its ``started``), so loading data, fitting the adapter and
+            restoring a checkpoint count. For budgets longer than one session or device
+            call. Needs a run directory.
+        stop_at: end this call at this wall-clock time (Unix seconds, ``time.time()``,
+            ``date +%s``), with a resumable checkpoint; the earlier of this and
+            ``stop_after_minutes`` applies. For a script that must be done by a fixed time
+            (a device call's limit) however long setup took. Checked after every optimizer
+            step: a call trains at least one step (so every call makes progress), then
+            saves and stops at the first step end past the deadline; the call still tests
+            and writes ``results.json``. Needs a run directory.
         precision: ``"32"`` (or the int 32), ``"bf16-mixed"`` (GPU; works but is slow on CPU) or ``"16-mixed"`` (GPU).
         accelerator: ``"auto"``, ``"cpu"``, ``"gpu"``/``"cuda"``.
         devices: device count or ``"auto"``.
@@ -51,6 +61,7 @@ class TrainerConfig:
     max_steps: int | None = None
     max_time: float | None = None
     stop_after_minutes: float | None = None
+    stop_at: float | None = None
     precision: str | int = "32"
     accelerator: str = "auto"
     devices: int | str = 1
@@ -79,6 +90,8 @@ class TrainerConfig:
             raise ValueError(f"max_time must be a positive number of minutes, got {self.max_time}")
         if self.stop_after_minutes is not None and self.stop_after_minutes <= 0:
             raise ValueError(f"stop_after_minutes must be a positive number of minutes, got {self.stop_after_minutes}")
+        if self.stop_at is not None and self.stop_at <= 0:
+            raise ValueError(f"stop_at must be a wall-clock time in Unix seconds (date +%s), got {self.stop_at}")
         if self.precision == 32:  # what YAML and `--set trainer.precision=32` give
             self.precision = "32"
         if self.precision not in PRECISIONS:
@@ -97,6 +110,18 @@ class TrainerConfig:
             self.compile = "default"
         if self.compile is not False and self.compile not in COMPILE_MODES:
             raise ValueError(f"compile must be false, true or one of {COMPILE_MODES}, got {self.compile!r}")
+
+    def call_deadline(self, started: float) -> float | None:
+        """When this call stops training (Unix seconds): the earlier of ``stop_at`` and ``started`` plus ``stop_after_minutes``.
+
+        Args:
+            started: when the call started (``time.time()``).
+
+        Returns:
+            the deadline, or ``None`` when neither is set.
+        """
+        after = None if self.stop_after_minutes is None else started + 60 * self.stop_after_minutes
+        return min((t for t in (self.stop_at, after) if t is not None), default=None)
 
 
 @dataclass

@@ -65,7 +65,7 @@ def build_masked_model(adapter: nn.Module, recipe: Recipe) -> MaskedTokenModel:
 
 def pretrain_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Pretrain ``recipe``'s adapter and backbone by masked-token denoising; returns (and writes) ``results.json``'s content."""
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()  # started: the origin of trainer.stop_after_minutes
     output = dataclasses.replace(recipe.output, run_dir=str(recipe.run_dir() / "pretrain"))
     path = resolve_run_dir(dataclasses.replace(recipe, output=output), run_dir, resume)
     resolved = recipe.to_dict()
@@ -82,7 +82,7 @@ def pretrain_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: b
         model, training_samples(recipe, data), data.val, trainer_cfg, recipe.optim_config(), path,
         batch_size=recipe.data.batch_size, eval_batch_size=recipe.data.eval_batch_size, num_workers=recipe.data.num_workers,
         bucket_by_length=recipe.data.bucket_by_length, cache=recipe.data.cache, recipe=resolved,
-        resume=resume_from or False, restore_best=False, task_class=PretrainTask,
+        resume=resume_from or False, started=started, restore_best=False, task_class=PretrainTask,
     )
     results = {
         "recipe": recipe.name,

@@ -88,7 +88,7 @@ def run_recipe(
         callbacks: extra Lightning callbacks.
         progress: show progress bars and model summary.
     """
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()  # started: the origin of trainer.stop_after_minutes
     path = resolve_run_dir(recipe, run_dir, resume)
     resolved = recipe.to_dict()
     if resume:
@@ -112,7 +112,7 @@ def run_recipe(
         batch_size=recipe.data.batch_size, eval_batch_size=recipe.data.eval_batch_size, num_workers=recipe.data.num_workers,
         bucket_by_length=recipe.data.bucket_by_length, cache=recipe.data.cache,
         class_weights=_class_weights(recipe, data.train, num_classes), label_smoothing=recipe.loss.label_smoothing,
-        classes=data.classes, recipe=resolved, resume=resume_from or False, callbacks=callbacks,
+        classes=data.classes, recipe=resolved, resume=resume_from or False, started=started, callbacks=callbacks,
         on_device=recipe.data.on_device, augment=recipe.data.augment_config(),
     )
     if result.extra["global_rank"] != 0:
