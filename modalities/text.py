@@ -173,6 +173,18 @@ class TextAdapter(SequenceAdapter):
             raise self._untrained()
         return np.asarray(self.bpe.encode(text, add_special_tokens=False).ids, dtype=np.int64)
 
+    def _body_length(self, text: str) -> int:
+        """``len(self.tokenize(text))`` without building the ids (bucketing measures every training text)."""
+        text = _check_text(text)
+        if self.config.tokenizer == "byte":
+            return len(text.encode("utf-8"))
+        if self.config.tokenizer == "word":
+            if self.words is None:
+                raise self._untrained()
+            words = text.split()  # unknown words become UNK: one token each, like known ones
+            return len(words) - sum(words.count(w) for w in set(self.config.ignore_words))
+        return len(self.tokenize(text))
+
     def decode(self, ids: Sequence[int] | Tensor) -> str:
         """Text of ``ids`` with special tokens dropped (inverse of ``encode`` up to truncation)."""
         ids = [int(i) for i in ids if int(i) >= BYTE_OFFSET]
@@ -230,5 +242,5 @@ class TextAdapter(SequenceAdapter):
             self._set_bpe(Tokenizer.from_str(state["bpe"]))
 
     def num_tokens(self, x: str) -> int:
-        n = len(self.tokenize(x)) + int(self.config.add_cls) + int(self.config.add_eos)
+        n = self._body_length(x) + int(self.config.add_cls) + int(self.config.add_eos)
         return kept_length(n, self.config.max_len, self.config.truncation, owner="text")

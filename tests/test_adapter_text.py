@@ -295,3 +295,17 @@ def test_word_tokenizer_learns_listops_vocabulary_and_round_trips():
         create_adapter("text", dim=16, tokenizer="word").encode("a b")
     with pytest.raises(ValueError, match="raise vocab_size"):
         restored.load_preprocessing_state({"tokenizer": "word", "words": [str(i) for i in range(40)]})
+
+
+@pytest.mark.parametrize("tokenizer", ["byte", "word"])
+@pytest.mark.parametrize("add_cls", [False, True])
+def test_num_tokens_counts_what_encode_emits(tokenizer, add_cls):
+    """``num_tokens`` counts without building ids (bucketing measures every training text); it must agree."""
+    adapter = create_adapter("text", dim=16, tokenizer=tokenizer, vocab_size=32, min_frequency=1, max_len=40,
+                             ignore_words=["(", ")"], add_cls=add_cls, add_eos=True)
+    adapter.fit(["( ( [MAX 2 ) 3 ) ] )", "( [MIN 1 ) ]"])
+    texts = ["( ( [MAX 2 ) 3 ) ] )", "[SM 7 unseen  ( ( 4 ]", "( ( ( x", "é ( )", " ".join(["9"] * 60)]  # the last is truncated
+    for text in texts:
+        assert adapter.num_tokens(text) == len(adapter.encode(text)["ids"]), text
+    with pytest.raises(ValueError, match="not trained"):
+        create_adapter("text", dim=16, tokenizer="word").num_tokens("a b")

@@ -60,6 +60,23 @@ def test_flips_keep_the_pathfinder_label():
         AugmentedSamples(images, ["listops_shuffle"])
 
 
+def test_bucket_lengths_of_augmented_listops_come_from_the_raw_expressions():
+    """Measuring draws no augmentation (that took minutes for 96,000 examples) and leaves the random stream alone."""
+    from maelre.engine.data import make_dataloader, sample_lengths
+
+    samples = generate_listops(20, seed=5, min_len=20, max_len=200, max_args=5)
+    adapter = create_adapter("text", dim=8, tokenizer="word", vocab_size=32, min_frequency=1, max_len=256, ignore_words=["(", ")"])
+    adapter.fit([x for x, _ in samples])
+    augmented = AugmentedSamples(samples, ["listops_shuffle"])
+    draws = []
+    augmented.transforms.append(draws.append)  # records any read through the augmentations
+    state = torch.get_rng_state()
+    lengths = sample_lengths(augmented, adapter)
+    make_dataloader(augmented, adapter, 4, shuffle=True, bucket_by_length=True)
+    assert not draws and torch.equal(torch.get_rng_state(), state)
+    assert lengths == [len(adapter.encode(shuffle_operands(x, np.random.default_rng(i)))["ids"]) for i, (x, _) in enumerate(samples)]
+
+
 def test_curriculum_reads_each_stage_for_its_epochs():
     stages = [[(f"s{s}-{i}", 0) for i in range(5)] for s in range(3)]
     curriculum = CurriculumSamples(stages, [2, 1])

@@ -2,7 +2,7 @@
 
 Both wrap raw ``(x, y)`` sample sequences, so they work with every adapter and loader:
 
-* ``AugmentedSamples`` applies random, label-preserving transforms to the raw input each
+* ``AugmentedSamples`` applies random, label- and length-preserving transforms to the raw input each
   time a training sample is read (``"listops_shuffle"``: operands of every ListOps
   operator in a random order; ``"hflip"``/``"vflip"``: mirror an image, which keeps
   Pathfinder's connectivity label). Randomness comes from torch's global generator, which
@@ -91,6 +91,11 @@ class AugmentedSamples(Sequence):
         for transform in self.transforms:
             x = transform(x)
         return x, y
+
+    @property
+    def unaugmented(self) -> Sequence[Sample]:
+        """The raw samples; lengths are measured on them (every augmentation here keeps a sample's length)."""
+        return self.samples
 
     def __getattr__(self, name: str) -> Any:
         if name in ("labels", "index_offset"):
