@@ -1,7 +1,9 @@
 """The ``maelre`` command line: ``fit | pretrain | validate | test | predict | check | info | bench | lra``.
 
 Exit status: 0 on success, 2 for user errors (bad recipe, missing file, ...), printed as
-one line without a traceback; ``--debug`` shows the traceback instead.
+one line without a traceback; ``--debug`` shows the traceback instead. 143 (128 + SIGTERM)
+when a SIGTERM ended training (``fit``/``pretrain`` save a checkpoint at the step end first;
+``--resume`` continues).
 """
 from __future__ import annotations
 
@@ -365,6 +367,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"maelre {args.command}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except SystemExit as err:
+        if not _stopped_by_sigterm(err):
+            raise
+        print(f"maelre {args.command}: stopped by SIGTERM; --resume continues from the newest checkpoint", file=sys.stderr)
+        return 128 + 15
+
+
+def _stopped_by_sigterm(err: SystemExit) -> bool:
+    """Whether ``err`` is Lightning's ``SIGTERMException``: it ends training on a SIGTERM with exit status 0."""
+    exceptions = sys.modules.get("lightning.pytorch.utilities.exceptions")  # not loaded: not raised
+    return exceptions is not None and isinstance(err, exceptions.SIGTERMException)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001

@@ -163,3 +163,22 @@ def test_lra_delegates_to_the_leaderboard(tmp_path, capsys):
     assert "FSDD" in table.read_text()
     with pytest.raises(SystemExit):  # other commands still reject unknown options
         main(["info", "--bogus"])
+
+
+def test_a_sigterm_stop_exits_143_with_a_line(monkeypatch, capsys):
+    """Lightning ends training on SIGTERM with a SystemExit of status 0; scripts need to tell it from success."""
+    import maelre.cli as cli
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    def stopped(args):
+        raise SIGTERMException
+
+    def exits(args):
+        raise SystemExit(3)
+
+    monkeypatch.setattr(cli, "cmd_fit", stopped)
+    assert main(["fit", "recipe.yaml"]) == 143
+    assert "stopped by SIGTERM" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "cmd_fit", exits)
+    with pytest.raises(SystemExit, match="3"):  # any other exit passes through
+        main(["fit", "recipe.yaml"])
