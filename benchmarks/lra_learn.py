@@ -62,11 +62,17 @@ def cmd_status(run: Path, max_steps: int) -> str:
 
 
 def cmd_prune(run: Path, drop_checkpoints: bool) -> None:
-    """Keep results, CSV logs, the newest step checkpoint and the best weights (no training state)."""
+    """Keep results, CSV logs, the newest step checkpoint and the best weights (no training state).
+
+    Also drops the ``.tmp-*`` folders of a checkpoint write that a kill cut short (the run
+    has ended; ``maelre fit`` would delete them at its next start anyway).
+    """
     shutil.rmtree(run / "logs" / "tensorboard", ignore_errors=True)
     for tb in (run / "logs").glob("version_*/tensorboard"):
         shutil.rmtree(tb, ignore_errors=True)
     checkpoints = run / "checkpoints"
+    for partial in checkpoints.glob(".tmp-*"):
+        shutil.rmtree(partial, ignore_errors=True)
     if drop_checkpoints:
         shutil.rmtree(checkpoints, ignore_errors=True)
         return
@@ -90,6 +96,12 @@ def _curve(run: Path) -> list[dict]:
     return [rows[s] for s in sorted(rows)]
 
 
+def _checkpoint_step(run: Path) -> int | None:
+    """Step of the newest step checkpoint: past ``results.json``'s ``global_step`` when a SIGTERM ended the last call before testing."""
+    steps = sorted(run.glob("checkpoints/step-*"))
+    return int(steps[-1].name.removeprefix("step-")) if steps else None
+
+
 def cmd_curves(group: Path, out: Path) -> None:
     runs = {}
     for results_file in sorted(group.glob("*/*/results.json")):
@@ -99,6 +111,7 @@ def cmd_curves(group: Path, out: Path) -> None:
             "backbone": results.get("backbone"),
             "phase": run.name,
             "global_step": results.get("global_step"),
+            "checkpoint_step": _checkpoint_step(run),
             "metrics": results.get("metrics"),
             "throughput": results.get("throughput"),
             "initialised_from": results.get("initialised_from"),
@@ -111,7 +124,8 @@ def cmd_curves(group: Path, out: Path) -> None:
         metrics = run["metrics"] or {}
         key = "test/acc" if "test/acc" in metrics else "val/best_masked_acc"
         value = metrics.get(key)
-        print(f"{name}: step {run['global_step']}, {key} {value if value is None else round(value, 4)}")
+        behind = f" (checkpoint at step {run['checkpoint_step']})" if (run["checkpoint_step"] or 0) > (run["global_step"] or 0) else ""
+        print(f"{name}: step {run['global_step']}, {key} {value if value is None else round(value, 4)}{behind}")
 
 
 def main() -> None:

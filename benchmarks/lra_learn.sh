@@ -27,27 +27,42 @@
 # SEED: trainer.seed (model init, data order, dropout, augmentation); the data is the same for
 #   every seed. Run at least seeds 0 and 1; a seed stuck at chance is a result, never dropped.
 #
-# Chunks: every call trains each run for MINUTES minutes (trainer.stop_after_minutes ends it
-# with a resumable checkpoint), then tests that partial model and packs the run. What comes
-# back in $OUT, per call (at most 5 files):
-#   TASK_VARIANT_sSEED_BACKBONE.tar   the run folders to continue from (~13 MB each for these models)
+# Chunks: every call trains each run until MINUTES after the script started (trainer.stop_at, a
+# wall-clock deadline, ends it with a resumable checkpoint), then tests that partial model and
+# packs the run. A watchdog (benchmarks/call_guard.sh) stops whatever still runs CALL_SECONDS -
+# PACK_SECONDS after the start (SIGTERM: a checkpoint at the next step; then SIGKILL), so the
+# packing always runs before the call's limit. What comes back in $OUT, per call (at most 5 files):
+#   TASK_VARIANT_sSEED_BACKBONE.tar   the run folders to continue from (~13 MB each for these models:
+#                                     the newest step checkpoint and the best weights; at most 16 MiB)
 #   TASK_VARIANT_sSEED.json           curves (train loss by step, val acc/loss by validation) and
-#                                     results (test/acc of the partial model, global_step) of every run
-# Between calls, copy the .tar files into $STATE (default .lra_state: list it in
-# .git/info/exclude) and name it in the next call's `carry`; the script unpacks them and resumes.
+#                                     results (test/acc of the partial model, global_step) of every run;
+#                                     checkpoint_step is newer than global_step when the watchdog
+#                                     stopped a run before it tested
+# Between calls, copy the .tar files into $STATE (default runs/lra_state, inside the git-ignored
+# runs/: a path that is neither tracked nor ignored does not reach the device) and name it in the
+# next call's `carry`; the script unpacks them and resumes.
 # Keep the JSON (benchmarks/results/lra_learn/). One group (TASK VARIANT SEED) at a time fits
 # the 64 MiB that travel each way; when every run has its full budget, the tar holds no
 # checkpoints any more and the JSON is final.
 #
-# Environment: STATE (.lra_state), MINUTES (6: every run stops this many minutes after the
-# script started, so data generation counts: ~1.5 min for Pathfinder's 200,000 images on 16
-# cores, ~4.5 min for the curriculum's three folders, ~2 min for ListOps' 100,000 expressions;
-# a machine still warm from the last call reuses them; testing the partial models and packing
-# add ~1-2 min), BACKBONES (maelre,transformer,ecp,perceiver_ar),
+# Environment: STATE (runs/lra_state), MINUTES (6: every run stops training this many minutes
+# after the script started, so data generation, loading the data and restoring the checkpoint
+# count: ~1.5 min for Pathfinder's 200,000 images on 16 cores, ~4.5 min for the curriculum's
+# three folders, ~2 min for ListOps' 100,000 expressions; a machine still warm from the last call
+# reuses them; at most CALL_SECONDS - PACK_SECONDS - TEST_SECONDS), CALL_SECONDS (540: the script
+# has packed by then; keep it under the device call's limit), PACK_SECONDS (45), TEST_SECONDS (60),
+# GRACE_SECONDS (15) (benchmarks/call_guard.sh), MIN_PHASE_SECONDS (60: a pretraining or
+# fine-tuning phase starts only with this long left before the deadline),
+# BACKBONES (maelre,transformer,ecp,perceiver_ar),
 # PRETRAIN_FRACTION (0.25), PF_ROOT (/tmp/pathfinder32), PF_IMAGES (200000 per difficulty),
 # LISTOPS_ROOT (/tmp/listops), LISTOPS_EXAMPLES (100000; fewer PF_IMAGES or LISTOPS_EXAMPLES
 # only for a smoke test, in another root: data once written is reused), SET (space-separated extra KEY=VALUE
 # overrides for every run; then also set TAG, which names the group), PYTHON (python3).
+# A smoke test on CPU (a few minutes):
+#   OUT=/tmp/lra_smoke STATE=/tmp/lra_smoke/state LISTOPS_ROOT=/tmp/lra_smoke/listops LISTOPS_EXAMPLES=500 \
+#   BACKBONES=maelre,transformer MINUTES=1.5 CALL_SECONDS=200 TAG=smoke \
+#   SET="trainer.accelerator=cpu trainer.precision=32 data.num_workers=0 trainer.checkpoint_every_n_steps=5 trainer.val_every_n_steps=5" \
+#   bash benchmarks/lra_learn.sh listops levers 0
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -56,8 +71,9 @@ task=${1:?$usage}
 variant=${2:?$usage}
 seed=${3:?$usage}
 OUT=${OUT:-benchmarks/results/gpu_out}
-STATE=${STATE:-.lra_state}
+STATE=${STATE:-runs/lra_state}
 MINUTES=${MINUTES:-6}
+MIN_PHASE_SECONDS=${MIN_PHASE_SECONDS:-60}
 BACKBONES=${BACKBONES:-maelre,transformer,ecp,perceiver_ar}
 PRETRAIN_FRACTION=${PRETRAIN_FRACTION:-0.25}
 PF_ROOT=${PF_ROOT:-/tmp/pathfinder32}
@@ -69,6 +85,9 @@ group=${task}_${variant}_s${seed}${TAG:+_$TAG}
 mkdir -p "$OUT" "$STATE/$group"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 started=$(date +%s)
+source benchmarks/call_guard.sh
+guard_start
+train_deadline=$(guard_train_deadline "$MINUTES")  # every run's trainer.stop_at
 
 # ---------------------------------------------------------------- settings
 common=(--set "trainer.seed=$seed" --set trainer.max_epochs=null --set trainer.early_stopping_patience=null
@@ -119,30 +138,27 @@ for tarball in "$STATE"/"$group"_*.tar; do
     [[ -e $tarball ]] || continue
     tar -xf "$tarball" -C "$STATE" && rm -f "$tarball"
 done
+data_ok=1
 if [[ $task == pathfinder ]]; then
     difficulties=(curv_contour_length_14)
     [[ $variant == curriculum ]] && difficulties+=(curv_baseline curv_contour_length_9)
-    "$PYTHON" benchmarks/lra_learn.py data "$PF_ROOT" "${difficulties[@]}" --n "$PF_IMAGES"
+    guarded "$PYTHON" benchmarks/lra_learn.py data "$PF_ROOT" "${difficulties[@]}" --n "$PF_IMAGES" || data_ok=0
 else
-    "$PYTHON" benchmarks/lra_learn.py listops "$LISTOPS_ROOT" --n "$LISTOPS_EXAMPLES"
+    guarded "$PYTHON" benchmarks/lra_learn.py listops "$LISTOPS_ROOT" --n "$LISTOPS_EXAMPLES" || data_ok=0
 fi
 
-minutes_left() {  # training minutes left in this call (MINUTES counted from the script's start, less 1 for testing)
-    "$PYTHON" -c "print(max(0.0, round($MINUTES - ($(date +%s) - $started) / 60, 2)))"
-}
-
-phase() {  # phase COMMAND RUN_DIR STEPS ARGS...: train (or resume) one run for the minutes left
+phase() {  # phase COMMAND RUN_DIR STEPS ARGS...: train (or resume) one run until the deadline
     # Returns 0 when the run has all its STEPS, 1 when it has not (yet), 2 on an error. Called
     # in `|| rc=$?`, where bash ignores `set -e`, so every failure is checked here by hand.
-    local command=$1 run=$2 steps=$3 status left resume=()
+    local command=$1 run=$2 steps=$3 status resume=() rc=0
     shift 3
     status=$("$PYTHON" benchmarks/lra_learn.py status "$run" "$steps") || return 2
     [[ $status == done ]] && return 0
-    left=$(minutes_left) || return 2
-    [[ $left == 0.0 ]] && return 1
+    (( $(date +%s) + MIN_PHASE_SECONDS < train_deadline )) || return 1  # too little time for setup and a step
     [[ $status == resume ]] && resume=(--resume)
-    "$PYTHON" -m maelre.cli "$command" "$@" --run-dir "$run" "${resume[@]}" \
-        --set "trainer.max_steps=$steps" --set "trainer.stop_after_minutes=$left" || return 2
+    guarded "$PYTHON" -m maelre.cli "$command" "$@" --run-dir "$run" "${resume[@]}" \
+        --set "trainer.max_steps=$steps" --set "trainer.stop_at=$train_deadline" || rc=$?
+    (( rc == 0 || rc == 143 )) || return 2  # 143: the watchdog's SIGTERM stopped it; the next call resumes
     status=$("$PYTHON" benchmarks/lra_learn.py status "$run" "$steps") || return 2
     [[ $status == done ]] && return 0
     return 1
@@ -165,12 +181,17 @@ run_backbone() {  # run_backbone NAME: this call's share of the run (pretraining
 export OMP_NUM_THREADS=$(( $(nproc) / 4 > 0 ? $(nproc) / 4 : 1 ))
 pids=()
 IFS=, read -ra names <<<"$BACKBONES"
+failed=0
+if (( ! data_ok )); then
+    echo "lra_learn.sh: the data is not ready (see above); packing the state as it came" >&2
+    failed=1
+fi
 for backbone in "${names[@]}"; do
     mkdir -p "$STATE/$group/$backbone"
+    (( data_ok )) || continue
     run_backbone "$backbone" >"$STATE/$group/$backbone/call.log" 2>&1 &
     pids+=($!)
 done
-failed=0
 for i in "${!pids[@]}"; do
     if ! wait "${pids[$i]}"; then
         failed=1

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The real-data leaderboard runs (issue 13) on one GPU, in chunks: every backbone of TASK trains
-# side by side for MINUTES, each ending with a resumable checkpoint in its run folder
-# benchmarks/results/TASK_partial_h200/NAME. A run folder that does not exist yet starts from the
+# side by side until MINUTES after the script started (trainer.stop_at, a wall-clock deadline, so
+# loading the data and restoring the checkpoint count), each ending with a resumable checkpoint in
+# its run folder benchmarks/results/TASK_partial_h200/NAME. A run folder that does not exist yet starts from the
 # task's recipe; one that exists resumes exactly (same schedule, data order and RNG).
 #
 #   bash benchmarks/real_runs.sh scifar10          # recipes/scifar10.yaml, 100 epochs, ECP setting
 #   bash benchmarks/real_runs.sh image             # recipes/lra_image.yaml, LRA's model and 200 epochs
 #   bash benchmarks/real_runs.sh text              # recipes/lra_text.yaml, LRA's model and 20,000 steps
 #   NAMES="maelre transformer" MINUTES=6 bash benchmarks/real_runs.sh text
+#
+# A watchdog (benchmarks/call_guard.sh) stops whatever still runs CALL_SECONDS - PACK_SECONDS
+# after the start (SIGTERM: a checkpoint at the next step, then SIGKILL), so pruning and the
+# summary always run before the device call's limit.
 #
 # Data: carry .carry (benchmarks/make_compact_data.py --only scifar10 for scifar10 and image,
 # --only imdb for text; one data file per call fits the 64 MiB that travel, with the tree).
@@ -23,11 +28,14 @@
 #   transformer_rope  full attention with RoPE (the ECP paper's "Transformer (with RoPE)")
 #   ecp               ECP, RoPE (its default)
 #   perceiver_ar      PerceiverAR, learned positions
-# MINUTES (8): training minutes per run in this call; SET: space-separated extra KEY=VALUE
+# MINUTES (7): training ends this many minutes after the script started, at most
+# CALL_SECONDS - PACK_SECONDS - TEST_SECONDS (7.25 min by default); CALL_SECONDS (540: all is
+# pruned by then), PACK_SECONDS (45), TEST_SECONDS (60), GRACE_SECONDS (15); SET: space-separated extra KEY=VALUE
 # overrides for every run (a smoke test: SET="data.max_train_samples=256 trainer.max_steps=2");
 # ROOT (benchmarks/results/TASK_partial_h200); PYTHON (python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$(date +%s)
 
 usage="usage: bash benchmarks/real_runs.sh scifar10|image|text"
 task=${1:?$usage}
@@ -54,6 +62,10 @@ finished='import json, sys, yaml; d = sys.argv[1]; t = yaml.safe_load(open(f"{d}
 sys.exit(0 if (t.get("max_epochs") is not None and r["epochs"] >= t["max_epochs"]) or (t.get("max_steps") is not None and r["global_step"] >= t["max_steps"]) else 1)'
 names=(${NAMES:-maelre maelre_noconv transformer transformer_rope ecp perceiver_ar})
 mkdir -p "$ROOT"
+source benchmarks/call_guard.sh
+guard_start
+stop_at=$(guard_train_deadline "${MINUTES:-7}")
+declare -A pid_of=() status=()
 for n in "${names[@]}"; do
     [[ -n ${setup[$n]:-} ]] || { echo "real_runs.sh: unknown run '$n'; use ${!setup[*]}" >&2; exit 2; }
     if [[ -f $ROOT/$n/results.json ]] && "$PYTHON" -c "$finished" "$ROOT/$n"; then
@@ -67,14 +79,24 @@ for n in "${names[@]}"; do
     fi
     for item in ${SET:-}; do args+=(--set "$item"); done
     mkdir -p "$ROOT/$n"
-    "$PYTHON" -m maelre.cli fit "${args[@]}" --no-progress --run-dir "$ROOT/$n" \
-        --set trainer.stop_after_minutes="${MINUTES:-8}" >>"$ROOT/$n/call.log" 2>&1 &
+    # stop_after_minutes=null: a resumed recipe.yaml may carry an older call's
+    guarded "$PYTHON" -m maelre.cli fit "${args[@]}" --no-progress --run-dir "$ROOT/$n" \
+        --set trainer.stop_after_minutes=null --set trainer.stop_at="$stop_at" >>"$ROOT/$n/call.log" 2>&1 &
+    pid_of[$n]=$!
 done
 failed=0
-for job in $(jobs -p); do wait "$job" || failed=1; done
+for n in "${names[@]}"; do  # a run with its whole budget started nothing: status 0
+    rc=0
+    [[ -n ${pid_of[$n]:-} ]] && { wait "${pid_of[$n]}" || rc=$?; }
+    status[$n]=$rc
+done
 for n in "${names[@]}"; do  # keep what the next call needs: the newest step checkpoint and the best weights
     [[ -d $ROOT/$n/checkpoints ]] && "$PYTHON" benchmarks/lra_learn.py prune "$ROOT/$n"
-    if [[ -f $ROOT/$n/results.json ]]; then
+    if (( status[$n] == 143 )); then  # the watchdog's SIGTERM: this call's results.json was not written
+        echo "$n: stopped by the call's watchdog before testing; it resumes from its newest checkpoint"
+    elif (( status[$n] != 0 )); then
+        echo "$n: exited with status ${status[$n]}; the end of its log:"; tail -20 "$ROOT/$n/call.log"; failed=1
+    elif [[ -f $ROOT/$n/results.json ]]; then
         "$PYTHON" -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], r['epochs'], 'epochs,', r['global_step'], 'steps,', round(100*r['metrics']['test/acc'], 2), '% test')" "$ROOT/$n/results.json" "$n"
     else
         echo "$n: no results.json; the end of its log:"; tail -20 "$ROOT/$n/call.log"; failed=1

@@ -32,6 +32,7 @@ def run(tmp_path: Path) -> Path:
 def test_status_prune_and_curves(run, tmp_path):
     assert lra_learn.cmd_status(run, 30) == "resume" and lra_learn.cmd_status(run, 20) == "done"
     assert lra_learn.cmd_status(tmp_path / "absent", 5) == "new"
+    (run / "checkpoints" / ".tmp-step-0000030").mkdir()  # a write the watchdog's SIGKILL cut short
     lra_learn.cmd_prune(run, drop_checkpoints=False)
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["best", "step-0000020"]
     assert not (run / "checkpoints" / "best" / "training_state.pt").exists()
@@ -39,8 +40,39 @@ def test_status_prune_and_curves(run, tmp_path):
     assert not list(run.glob("logs/*/tensorboard"))
     out = tmp_path / "curves.json"
     lra_learn.cmd_curves(run.parents[1], out)
-    curve = json.loads(out.read_text())["runs"]["maelre/fit"]["curve"]
+    summary = json.loads(out.read_text())["runs"]["maelre/fit"]
+    assert summary["global_step"] == summary["checkpoint_step"] == 20
+    curve = summary["curve"]
     assert curve == [{"step": 4, "train/loss": 1.0}, {"step": 9, "val/acc": 0.5, "val/loss": 0.9},
                      {"step": 14, "train/loss": 0.7}, {"step": 19, "val/acc": 0.6, "val/loss": 0.8}]
     lra_learn.cmd_prune(run, drop_checkpoints=True)
     assert not (run / "checkpoints").exists() and (run / "results.json").exists()
+
+
+def test_call_guard_stops_the_runs_in_time_and_lets_the_script_go_on(tmp_path):
+    """benchmarks/call_guard.sh: SIGTERM at CALL_SECONDS - PACK_SECONDS, SIGKILL GRACE_SECONDS later, then nothing starts."""
+    import subprocess
+    import sys
+    import time
+
+    guard = _PATH.with_name("call_guard.sh")
+    ignores_term = f"{sys.executable} -c 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(30)'"
+    script = f"""
+        set -euo pipefail
+        started=$(date +%s)
+        source {guard}
+        guard_start
+        echo "deadline $(guard_train_deadline 10) $(( started + 1 ))"
+        rc=0; guarded sleep 30 & a=$!
+        guarded {ignores_term} & b=$!
+        wait $a || rc=$?; echo "term $rc"
+        rc=0; wait $b || rc=$?; echo "kill $rc"
+        rc=0; guarded true 2>/dev/null || rc=$?; echo "late $rc"
+    """
+    env = {"PATH": "/usr/bin:/bin", "CALL_SECONDS": "4", "PACK_SECONDS": "2", "GRACE_SECONDS": "2", "TEST_SECONDS": "1"}
+    began = time.monotonic()
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, env=env, timeout=25, check=True).stdout.split("\n")
+    assert time.monotonic() - began < 10
+    deadline, expected = out[0].split()[1:]
+    assert deadline == expected  # clamped: TEST_SECONDS before the watchdog, not 10 minutes
+    assert out[1:4] == ["term 143", "kill 137", "late 143"]
