@@ -33,6 +33,10 @@ TS_DEEP_STEM_MAX_LEN = 300
 #: training series of different lengths are batched by length within chunks of this many
 #: random batches: less padding, while each batch still mixes lengths (and so classes)
 TS_BUCKET_BATCHES = 4
+#: MAELRE backbone settings under the time-series defaults (``backbone_params`` win): no value
+#: convolution (the library default since the sCIFAR-10 merge ablation); on 3-fold CV of the
+#: ArrowHead and OSULeaf training splits it lowered accuracy (docs/sklearn.md)
+TS_MAELRE_DEFAULTS: dict[str, Any] = {"value_conv": None}
 
 
 def auto_settings(params: dict, modality: str, labels: np.ndarray) -> dict:
