@@ -35,6 +35,7 @@ from maelre.estimator_settings import (  # noqa: F401  (re-exported)
     TS_DEEP_STEM_MAX_LEN,
     TS_EPOCH_RANGE,
     TS_LARGE,
+    TS_MAELRE_DEFAULTS,
     TS_TARGET_STEPS,
     _data_defaults,
     auto_settings,
@@ -277,7 +278,8 @@ class MAELREClassifier(_Persistence, ClassifierMixin, BaseEstimator):
         return config
 
     def _backbone_config(self, settings: dict, adapter: Any = None) -> dict:
-        """Backbone kwargs; with the fitted ``adapter``, MAELRE's switch threshold is raised where the depth cannot reach ``dim``."""
+        """Backbone kwargs; with the fitted ``adapter``, MAELRE gets ``TS_MAELRE_DEFAULTS`` for time series (under
+        ``backbone_params``) and its switch threshold is raised where the depth cannot reach ``dim``."""
         params = dict(self.backbone_params or {})
         clash = sorted({"dim", "depth", "heads"} & set(params))
         if clash:
@@ -286,6 +288,8 @@ class MAELREClassifier(_Persistence, ClassifierMixin, BaseEstimator):
         if adapter is not None and self.backbone == "maelre":
             from maelre.backbones.maelre import reachable_threshold
 
+            if adapter.modality == "timeseries":
+                config = {**TS_MAELRE_DEFAULTS, **config}
             c = adapter.config
             config = reachable_threshold(config, -(-c.max_len // c.pad_to_multiple) * c.pad_to_multiple)
         return config

@@ -19,6 +19,9 @@ GENERIC_DEFAULTS: dict[str, Any] = dict(
 TS_TARGET_STEPS = 600
 TS_EPOCH_RANGE = (20, 200)
 TS_LARGE = 1000
+#: time-series batch size: n // TS_BATCH_DIVISOR training series, clipped to TS_BATCH_RANGE
+TS_BATCH_DIVISOR = 10
+TS_BATCH_RANGE = (8, 32)
 #: the time-series adapter's data-derived defaults besides tokenization; series longer than
 #: TS_DEEP_STEM_MAX_LEN steps get one stem module (the stacked ones cost ~18x more per step).
 #: Each series is z-normalized on its own (global statistics flatten every series far below the
@@ -30,6 +33,10 @@ TS_DEEP_STEM_MAX_LEN = 300
 #: training series of different lengths are batched by length within chunks of this many
 #: random batches: less padding, while each batch still mixes lengths (and so classes)
 TS_BUCKET_BATCHES = 4
+#: MAELRE backbone settings under the time-series defaults (``backbone_params`` win): no value
+#: convolution (the library default since the sCIFAR-10 merge ablation); on 3-fold CV of the
+#: ArrowHead and OSULeaf training splits it lowered accuracy (docs/sklearn.md)
+TS_MAELRE_DEFAULTS: dict[str, Any] = {"value_conv": None}
 
 
 def auto_settings(params: dict, modality: str, labels: np.ndarray) -> dict:
@@ -62,7 +69,7 @@ def auto_settings(params: dict, modality: str, labels: np.ndarray) -> dict:
     small = n < TS_LARGE
     rules = {
         "dim": 32 if small else 64, "depth": 2, "heads": 2 if small else 4,
-        "batch_size": int(np.clip(n // 10, 8, 32)), "lr": 2e-3, "validation_fraction": 0.2,
+        "batch_size": int(np.clip(n // TS_BATCH_DIVISOR, *TS_BATCH_RANGE)), "lr": 2e-3, "validation_fraction": 0.2,
     }
     for key, value in rules.items():
         if resolved[key] == "auto":

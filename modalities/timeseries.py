@@ -1,7 +1,7 @@
 """Time-series adapter: ``[C, T]`` (or ``[T]``) float arrays, equal or variable length, with NaN.
 
 Pipeline of ``encode``: validate -> normalize (per channel) -> apply ``nan_policy`` ->
-(``scale_channels``) append the series' scale as constant rows ->
+(``scale_channels``) the series' scale as a per-sample ``"scale"`` entry ->
 point tokens (one per time step, ``[C] -> Linear``) or patch tokens (``patch_len``
 steps every ``patch_stride``, ``[C * patch_len] -> Linear``) -> truncate to ``max_len``
 tokens (head kept) or raise. With ``stem="conv"`` the tokens are made by a multi-scale
@@ -54,10 +54,10 @@ class TimeSeriesAdapterConfig(SequenceAdapterConfig):
             built then, so call ``fit`` or ``load_preprocessing_state`` before training).
         normalize: ``"global"`` (per-channel mean/std fitted on training series, NaN
             ignored), ``"instance"`` (per series and channel) or ``"none"``.
-        scale_channels: with ``normalize="instance"``, ``encode`` appends two constant rows per
-            channel (the series' log standard deviation and ``asinh`` of its mean, each
-            standardized over the training series) and ``embed`` projects them to a shift added
-            to every token, so instance normalization hides no amplitude information.
+        scale_channels: with ``normalize="instance"``, ``encode`` adds a ``"scale"`` entry of two
+            numbers per channel (the series' log standard deviation and ``asinh`` of its mean,
+            each standardized over the training series) and ``embed`` projects them to a shift
+            added to every token, so instance normalization hides no amplitude information.
         nan_policy: ``"raise" | "zero" | "interpolate" | "mask"`` (see module docstring).
         token: ``"point"`` (one token per time step) or ``"patch"``.
         patch_len: steps per patch.
@@ -180,9 +180,10 @@ class TimeSeriesAdapter(SequenceAdapter):
     """``[C, T]`` series -> point or patch tokens ``[B, N, dim]``.
 
     ``encode`` -> ``{"values": FloatTensor[N, F], "mask": BoolTensor[N]}`` with ``F = C``
-    (points) or ``C * patch_len`` (patches, channel-major), ``C`` tripled by ``scale_channels``, plus ``"steps": BoolTensor[N, P]``
+    (points) or ``C * patch_len`` (patches, channel-major), plus ``"steps": BoolTensor[N, P]``
     (which of a token's ``P`` steps are observed) when the stem or augmentation needs the
-    step layout; ``forward`` -> ``Linear(F, dim)`` or ``ConvStem`` + positions.
+    step layout, and ``"scale": FloatTensor[2C]`` (one per sample, not per token) with
+    ``scale_channels``; ``forward`` -> ``Linear(F, dim)`` or ``ConvStem`` + positions.
     """
 
     modality = "timeseries"
@@ -261,12 +262,12 @@ class TimeSeriesAdapter(SequenceAdapter):
             std = np.nanstd(x, axis=1)
         return np.concatenate([np.log(np.maximum(std, _STD_FLOOR)), np.arcsinh(mean)])
 
-    def _scale_rows(self, x: np.ndarray, length: int) -> np.ndarray:
-        """``scale_channels``: the standardized ``_raw_scale`` of ``x [C, T]`` as constant rows ``[2C, length]`` (NaN -> 0)."""
+    def _scale(self, x: np.ndarray) -> Tensor:
+        """``scale_channels``: the standardized ``_raw_scale`` of ``x [C, T]`` -> ``[2C]`` float32 (NaN -> 0)."""
         if self.scale_mean is None:
             raise ValueError("timeseries: scale_channels needs statistics; call fit(train_series) or load_preprocessing_state(state) first")
         z = np.nan_to_num((self._raw_scale(x) - self.scale_mean) / self.scale_std)
-        return np.repeat(z[:, None], length, axis=1)
+        return torch.from_numpy(z.astype(np.float32))
 
     def _normalized(self, x: np.ndarray) -> np.ndarray:
         mode = self.config.normalize
@@ -332,15 +333,23 @@ class TimeSeriesAdapter(SequenceAdapter):
         if arr.shape[0] != self.channels:
             hint = " (a [T, C] array? pass it transposed)" if arr.shape[1] == self.channels else ""
             raise ValueError(f"timeseries: series has {arr.shape[0]} channels but the adapter was fitted on {self.channels}{hint}")
-        values, steps = self._clean(self._normalized(arr))
-        if self.config.scale_channels:
-            values = np.concatenate([values, self._scale_rows(arr, values.shape[1])])
-        tokens, mask, step_mask = self._tokens(values, steps)
+        tokens, mask, step_mask = self._tokens(*self._clean(self._normalized(arr)))
         if not bool(mask.any()):
             raise ValueError(f"timeseries: no observed values within the first {self.config.max_len} tokens; raise max_len or use another nan_policy")
+        encoded = {"values": tokens, "mask": mask}
         if self._uses_steps:
-            return {"values": tokens, "mask": mask, "steps": step_mask}
-        return {"values": tokens, "mask": mask}
+            encoded["steps"] = step_mask
+        if self.config.scale_channels:
+            encoded["scale"] = self._scale(arr)
+        return encoded
+
+    def collate(self, items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        """``pad_batch`` over the per-token entries; the per-sample ``"scale"`` entries are stacked to ``[B, 2C]``."""
+        if not items or "scale" not in items[0]:
+            return super().collate(items)
+        scale = torch.stack([item["scale"] for item in items])
+        batch = super().collate([{key: value for key, value in item.items() if key != "scale"} for item in items])
+        return {**batch, "scale": scale}
 
     def num_tokens(self, x: Any) -> int:
         """Sequence length of ``x`` in tokens, including steps masked by ``nan_policy="mask"``."""
@@ -350,20 +359,12 @@ class TimeSeriesAdapter(SequenceAdapter):
     def embed(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         if self.proj is None:
             raise ValueError("timeseries: the projection is not built; call fit(train_series), load_preprocessing_state(state) or set channels")
-        values, shift = self._split_scale(batch["values"])
-        return self._embed_values(values, batch) + shift, batch["mask"]
-
-    def _split_scale(self, values: Tensor) -> tuple[Tensor, Tensor | float]:
-        """``[B, N, F]`` -> (the series' own channels ``[B, N, C * P]``, ``scale_proj`` shift ``[B, 1, dim]`` or 0).
-
-        The scale rows are constant, so the first step of the first token (never padding) holds them.
-        """
-        if self.scale_proj is None:
-            return values, 0.0
-        b, n, _ = values.shape
-        grouped = values.reshape(b, n, 3 * self.channels, self.steps_per_token)
-        own = grouped[:, :, : self.channels].reshape(b, n, -1)
-        return own, self.scale_proj(grouped[:, 0, self.channels :, 0]).unsqueeze(1)
+        tokens = self._embed_values(batch["values"], batch)
+        if self.scale_proj is not None:
+            if "scale" not in batch:
+                raise ValueError("timeseries: scale_channels needs the batch's 'scale' entry; collate the output of this adapter's encode()")
+            tokens = tokens + self.scale_proj(batch["scale"]).unsqueeze(1)
+        return tokens, batch["mask"]
 
     def _embed_values(self, values: Tensor, batch: dict[str, Tensor]) -> Tensor:
         """The series' own values ``[B, N, C * P]`` -> tokens ``[B, N, dim]`` (linear projection or conv stem, after augmentation)."""

@@ -121,13 +121,19 @@ def test_instance_and_no_normalization(motions):
 def test_scale_channels_keep_amplitude_beside_instance_normalization(motions):
     a = ts(normalize="instance", scale_channels=True, max_len=100).fit(motions)
     x = motions[0]
-    small, big = a.encode(x * 1e-4)["values"].numpy(), a.encode(x * 1e2)["values"].numpy()  # [T, 3C]
-    np.testing.assert_allclose(small[:, :6], big[:, :6], atol=1e-4)  # the shape channels ignore scale
-    assert np.ptp(small[:, 6:], axis=0).max() == 0 and (big[0, 6:12] > small[0, 6:12]).all()  # constant, log std grows
+    small, big = a.encode(x * 1e-4), a.encode(x * 1e2)
+    assert small["values"].shape == (100, 6) and small["scale"].shape == (12,)  # one scale entry per sample, not per step
+    np.testing.assert_allclose(small["values"].numpy(), big["values"].numpy(), atol=1e-4)  # the shape channels ignore scale
+    assert (big["scale"][:6] > small["scale"][:6]).all()  # log std grows
     b = ts(normalize="instance", scale_channels=True, max_len=100)
     b.load_preprocessing_state(json.loads(json.dumps(a.preprocessing_state())))
-    np.testing.assert_allclose(b.encode(x)["values"].numpy(), a.encode(x)["values"].numpy())
-    assert a(a.collate([a.encode(x)]))[0].shape == (1, 100, 16)
+    np.testing.assert_allclose(b.encode(x)["scale"].numpy(), a.encode(x)["scale"].numpy())
+    batch = a.collate([a.encode(x), a.encode(x[:, :50] * 1e2)])
+    assert batch["values"].shape == (2, 100, 6) and batch["scale"].shape == (2, 12)
+    tokens, mask = a(batch)
+    assert tokens.shape == (2, 100, 16) and mask.sum(1).tolist() == [100, 50]
+    with pytest.raises(ValueError, match="'scale' entry"):
+        a({key: value for key, value in batch.items() if key != "scale"})
     with pytest.raises(ValueError, match="needs normalize='instance'"):
         ts(scale_channels=True)
 

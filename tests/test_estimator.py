@@ -431,3 +431,6 @@ def test_defaults_see_the_shape_of_series_at_any_scale():
     clf = MAELREClassifier(dim=16, depth=1, heads=2, max_epochs=15, batch_size=8, random_state=0).fit(X, y)
     assert clf.adapter_.config.normalize == "instance" and clf.adapter_.config.scale_channels
     assert clf.score(X_test, y_test) >= 0.9
+    assert clf.model_.backbone.config.value_conv is None  # TS_MAELRE_DEFAULTS; backbone_params win:
+    own = MAELREClassifier(dim=16, depth=1, heads=2, max_epochs=1, batch_size=8, backbone_params={"value_conv": 3}, random_state=0).fit(X, y)
+    assert own.model_.backbone.config.value_conv == 3
