@@ -58,6 +58,15 @@ def test_call_deadline_is_the_earlier_of_stop_at_and_stop_after_minutes():
         TrainerConfig(stop_at=0)
 
 
+def _assert_resume_matches_an_uninterrupted_run(tmp_path) -> None:
+    """Resuming ``tmp_path/chunks`` to the end gives the weights of one uninterrupted run."""
+    raw = _recipe()
+    rest = runner.run_recipe(parse_recipe(raw), run_dir=tmp_path / "chunks", resume=True, progress=False)
+    whole = runner.run_recipe(parse_recipe(raw), run_dir=tmp_path / "whole", progress=False)
+    assert rest["global_step"] == whole["global_step"] == 4
+    assert _same_weights(tmp_path / "chunks", tmp_path / "whole")
+
+
 @pytest.mark.parametrize("limit", ["stop_at", "stop_after_minutes"])
 def test_slow_setup_counts_so_the_call_stops_by_its_deadline_and_resumes_exactly(tmp_path, slow_setup, limit):
     deadline = time.time() + SETUP_SECONDS / 2  # passes while the data is still loading
@@ -68,11 +77,7 @@ def test_slow_setup_counts_so_the_call_stops_by_its_deadline_and_resumes_exactly
     assert first["global_step"] == 1 and first["metrics"]["test/acc"] is not None
     assert latest_checkpoint(tmp_path / "chunks").name == "step-0000001"
 
-    raw = _recipe()
-    rest = runner.run_recipe(parse_recipe(raw), run_dir=tmp_path / "chunks", resume=True, progress=False)
-    whole = runner.run_recipe(parse_recipe(raw), run_dir=tmp_path / "whole", progress=False)
-    assert rest["global_step"] == whole["global_step"] == 4
-    assert _same_weights(tmp_path / "chunks", tmp_path / "whole")
+    _assert_resume_matches_an_uninterrupted_run(tmp_path)
 
 
 class _SigtermAt(Callback):
@@ -94,11 +99,7 @@ def test_sigterm_saves_a_checkpoint_that_resume_continues_exactly(tmp_path):
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert latest_checkpoint(tmp_path / "chunks").name == "step-0000003"  # mid-epoch, not only the epoch end's step 2
-    raw = _recipe()
-    rest = runner.run_recipe(parse_recipe(raw), run_dir=tmp_path / "chunks", resume=True, progress=False)
-    whole = runner.run_recipe(parse_recipe(raw), run_dir=tmp_path / "whole", progress=False)
-    assert rest["global_step"] == whole["global_step"] == 4
-    assert _same_weights(tmp_path / "chunks", tmp_path / "whole")
+    _assert_resume_matches_an_uninterrupted_run(tmp_path)
 
 
 def test_a_saved_recipe_keeps_no_deadline_for_a_later_call(tmp_path):
