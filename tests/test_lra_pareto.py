@@ -154,7 +154,7 @@ def test_partial_scifar_summary_draws_its_pareto_view_on_one_kind_of_cost(tmp_pa
                 "train_seconds_shared": shared_s, "peak_memory_mib": mib, "calls": calls}  # fmt: skip
 
     summary = {"rows": [summary_row("maelre", 50.0, 1000, 500.0, 3000), summary_row("ecp", 52.0, 900, 500.0, 2500)]}
-    timed = {"row": "auto1", "pos": "rope", "shape": "task", "status": "ok"}
+    timed = {"row": "vconv", "pos": "rope", "shape": "task", "status": "ok"}  # the row of the default MAELRE
     costs = [{**timed, "cuda_graph": True, "median_ms": 1.0}, {**timed, "cuda_graph": False, "median_ms": 20.0}, {**timed, "pos": "learned", "cuda_graph": False, "median_ms": 2.0}]
     page = tmp_path / "page.md"
     page.write_text(f"# Page\n\n## sCIFAR\n\nbefore\n\n{script.BEGIN}\nstale\n{script.END}\n\n## Next\n")
