@@ -134,3 +134,23 @@ def test_pretraining_resumes_with_a_larger_budget(pretrained, tmp_path):
                  "--set", "trainer.max_epochs=11"]) == 0
     results = json.loads((copy / "results.json").read_text())
     assert results["global_step"] == 66 and results["resumed_from"].endswith("step-0000060")
+
+
+def test_a_resumed_pretraining_keeps_the_backbone_it_started_with(tmp_path, monkeypatch):
+    """A library default that changed between two calls (here MAELRE's value_conv) must not change the resumed model."""
+    from maelre.recipe import Recipe
+
+    recipe = tmp_path / "tiny_listops.yaml"
+    recipe.write_text(yaml.safe_dump({**RECIPE, "output": {"run_dir": str(tmp_path / "runs")}}))
+    run = tmp_path / "run"
+    common = [str(recipe), "--no-progress", "--run-dir", str(run), "--set", "model.backbone=maelre"]
+    with monkeypatch.context() as old_library:  # the first call: a library whose default had no value convolution
+        kwargs = Recipe.backbone_kwargs
+        old_library.setattr(Recipe, "backbone_kwargs", lambda self: {**kwargs(self), "value_conv": None})
+        assert main(["pretrain", *common, "--set", "trainer.max_epochs=1"]) == 0
+    assert main(["pretrain", *common, "--resume", "--set", "trainer.max_epochs=2"]) == 0
+    final = resolve_checkpoint(run)
+    assert json.loads((run / "results.json").read_text())["global_step"] == 12
+    assert json.loads((final / "model.json").read_text())["backbone_config"]["value_conv"] is None
+    assert not any("value_conv" in key for key in load_weights(final / "model.safetensors"))
+

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from maelre.engine.callbacks import environment, write_results
 from maelre.engine.checkpoint import WEIGHTS, latest_checkpoint, load_weights, resolve_checkpoint, write_text_atomic
 from maelre.engine.fit import build_model, fit_classifier
-from maelre.engine.run_setup import _check_same_run, _fitted_adapter, load_run_data, resolve_run_dir, training_samples
+from maelre.engine.run_setup import _check_same_run, _fitted_adapter, load_run_data, resolve_run_dir, run_backbone_kwargs, training_samples
 from maelre.engine.seed import seed_everything
 from maelre.engine.task import ClassificationTask
 from maelre.pretrain import DEFAULT_MASK_RATIOS, FALLBACK_MASK_RATIO, MaskedTokenModel, pretraining_config, token_ids_of
@@ -48,15 +48,18 @@ def mask_ratio_of(recipe: Recipe) -> float:
     return DEFAULT_MASK_RATIOS.get(recipe.adapter_name(), FALLBACK_MASK_RATIO)
 
 
-def build_masked_model(adapter: nn.Module, recipe: Recipe) -> MaskedTokenModel:
-    """A ``MaskedTokenModel`` for the recipe's backbone (token-keeping config) with a checkpoint ``spec``."""
+def build_masked_model(adapter: nn.Module, recipe: Recipe, backbone_kwargs: dict[str, Any] | None = None) -> MaskedTokenModel:
+    """A ``MaskedTokenModel`` for the recipe's backbone (token-keeping config) with a checkpoint ``spec``.
+
+    ``backbone_kwargs`` (default: the recipe's) are the backbone settings before the token-keeping overrides.
+    """
     try:
         _, vocab = token_ids_of(adapter)
     except ValueError as err:
         raise RecipeError("data.adapter.name", str(err)) from err
     if recipe.model.two_tower:
         raise RecipeError("model.two_tower", "masked-token pretraining reads single sequences; pretrain on a dataset without pairs")
-    config = pretraining_config(recipe.model.backbone, recipe.backbone_kwargs())
+    config = pretraining_config(recipe.model.backbone, recipe.backbone_kwargs() if backbone_kwargs is None else backbone_kwargs)
     classifier = build_model(adapter, recipe.model.backbone, config, num_classes=vocab)
     model = MaskedTokenModel(classifier.adapter, classifier.backbone, mask_ratio_of(recipe))
     model.spec = dataclasses.replace(classifier.spec, extra={"pretrain": {"mask_ratio": model.mask_ratio, "token_ids": model.token_key}})
@@ -75,7 +78,7 @@ def pretrain_recipe(recipe: Recipe, run_dir: str | Path | None = None, resume: b
     seed_everything(recipe.trainer.seed, recipe.trainer.deterministic)
     data = load_run_data(recipe)
     adapter = _fitted_adapter(recipe, data.train, data.modality, resume_from)
-    model = build_masked_model(adapter, recipe)
+    model = build_masked_model(adapter, recipe, run_backbone_kwargs(recipe, resume_from))
     write_text_atomic(path / "recipe.yaml", yaml.safe_dump(resolved, sort_keys=False))
     trainer_cfg = dataclasses.replace(recipe.trainer, enable_progress_bar=recipe.trainer.enable_progress_bar and progress)
     result = fit_classifier(
