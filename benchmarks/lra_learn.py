@@ -5,6 +5,7 @@
     python benchmarks/lra_learn.py status RUN_DIR MAX_STEPS              # prints new | resume | done
     python benchmarks/lra_learn.py prune RUN_DIR [--drop-checkpoints]    # keep what a later call needs, nothing more
     python benchmarks/lra_learn.py curves GROUP_DIR OUT_JSON             # one JSON of every run's curves and results
+    python benchmarks/lra_learn.py pack OUT_PREFIX PATH [PATH ...] [--base DIR]  # as few tars under 15 MiB as hold them
 
 A run directory is what ``maelre fit/pretrain --run-dir`` writes. Curves come from the CSV
 logs of every call (one ``logs/version_N`` per call), merged by step.
@@ -17,9 +18,11 @@ import json
 import math
 import os
 import shutil
+import tarfile
 from pathlib import Path
 
 LRA_PATHFINDER_IMAGES = 200_000  # LRA's pathfinder32 folder per difficulty (split 80/10/10 when read)
+PACK_LIMIT = 15 * 2**20  # a device call returns at most 8 files of 16 MiB; leave room for the tar headers
 
 
 def cmd_data(root: Path, difficulties: list[str], n: int, seed: int) -> None:
@@ -128,6 +131,42 @@ def cmd_curves(group: Path, out: Path) -> None:
         print(f"{name}: step {run['global_step']}, {key} {value if value is None else round(value, 4)}{behind}")
 
 
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def cmd_pack(prefix: Path, paths: list[Path], base: Path | None = None, limit: int = PACK_LIMIT) -> list[Path]:
+    """Pack ``paths`` (each kept whole) into ``PREFIX_1.tar``, ``PREFIX_2.tar``, ...
+
+    Members are stored under their path relative to ``base``, else under their own name.
+    First-fit by decreasing size, so that few files come back from a device call. A path
+    larger than ``limit`` alone is an error: it could not come back, and saying so before
+    the call ends is better than losing it silently.
+    """
+    paths = [p for p in paths if p.exists()]
+    too_big = [f"{p} ({_size(p) / 2**20:.1f} MiB)" for p in paths if _size(p) > limit]
+    if too_big:
+        raise SystemExit(f"lra_learn.py pack: over the {limit / 2**20:.0f} MiB a returned file may have: {', '.join(too_big)}; prune it first")
+    bins: list[tuple[int, list[Path]]] = []
+    for path in sorted(paths, key=_size, reverse=True):
+        for i, (used, members) in enumerate(bins):
+            if used + _size(path) <= limit:
+                bins[i] = (used + _size(path), members + [path])
+                break
+        else:
+            bins.append((_size(path), [path]))
+    written = []
+    for i, (_, members) in enumerate(bins, start=1):
+        out = prefix.with_name(f"{prefix.name}_{i}.tar")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(out, "w") as tar:
+            for member in members:
+                tar.add(member, arcname=str(member.relative_to(base)) if base else member.name)
+        written.append(out)
+        print(f"{out}: {', '.join(m.name for m in members)}")
+    return written
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -149,6 +188,10 @@ def main() -> None:
     p = sub.add_parser("curves")
     p.add_argument("group", type=Path)
     p.add_argument("out", type=Path)
+    p = sub.add_parser("pack")
+    p.add_argument("prefix", type=Path)
+    p.add_argument("paths", type=Path, nargs="+")
+    p.add_argument("--base", type=Path, default=None, help="store members relative to this folder (default: by their own name)")
     args = parser.parse_args()
     if args.command == "data":
         cmd_data(args.root, args.difficulties, args.n, args.seed)
@@ -158,8 +201,10 @@ def main() -> None:
         print(cmd_status(args.run, args.max_steps))
     elif args.command == "prune":
         cmd_prune(args.run, args.drop_checkpoints)
-    else:
+    elif args.command == "curves":
         cmd_curves(args.group, args.out)
+    else:
+        cmd_pack(args.prefix, args.paths, args.base)
 
 
 if __name__ == "__main__":

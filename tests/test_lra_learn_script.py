@@ -76,3 +76,23 @@ def test_call_guard_stops_the_runs_in_time_and_lets_the_script_go_on(tmp_path):
     deadline, expected = out[0].split()[1:]
     assert deadline == expected  # clamped: TEST_SECONDS before the watchdog, not 10 minutes
     assert out[1:4] == ["term 143", "kill 137", "late 143"]
+
+
+def test_pack_fills_few_tars_under_the_limit_and_refuses_an_oversized_folder(tmp_path):
+    import tarfile
+
+    for name, sizes in {"a": [600, 300], "b": [700], "c": [200], "d": [250]}.items():
+        (tmp_path / name).mkdir()
+        for i, size in enumerate(sizes):
+            (tmp_path / name / f"f{i}").write_bytes(b"x" * size)
+    out = tmp_path / "out" / "lb"
+    written = lra_learn.cmd_pack(out, [tmp_path / n for n in "abcd"] + [tmp_path / "missing"], limit=1000)
+    members = [sorted({m.split("/")[0] for m in tarfile.open(w).getnames()}) for w in written]
+    assert members == [["a"], ["b", "d"], ["c"]]  # first fit by decreasing size: a=900, b=700, d=250, c=200
+    assert all(w.stat().st_size < 1000 + 10 * 1024 for w in written)  # tar headers and padding only
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "f").write_bytes(b"x" * 1001)
+    (written,) = lra_learn.cmd_pack(out, [tmp_path / "c"], base=tmp_path.parent, limit=1000)
+    assert tarfile.open(written).getnames()[0] == f"{tmp_path.name}/c"
+    with pytest.raises(SystemExit, match="big"):
+        lra_learn.cmd_pack(out, [tmp_path / "big"], limit=1000)
