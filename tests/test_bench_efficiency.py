@@ -159,7 +159,7 @@ def test_report_only_rerenders_from_the_json(cpu_run, tmp_path):
 
 
 def fake_measure(name, seq_len, batch, mode, cfg):
-    return {"tokens_per_s": 1e3 * seq_len, "peak_mem_gib": None, "median_ms": 1.0, "min_ms": 0.5, "max_ms": 2.0, "compile_s": None}
+    return {"tokens_per_s": 1e3 * seq_len, "peak_mem_gib": None, "resident_before_gib": None, "median_ms": 1.0, "min_ms": 0.5, "max_ms": 2.0, "compile_s": None}
 
 
 def noop_make_step(name, seq_len, batch, mode, cfg):
@@ -536,3 +536,26 @@ def test_markdown_table_rendering():
     ]
     with pytest.raises(ValueError):
         markdown_table(rows, [])
+
+
+def test_peak_memory_counts_the_case_alone_not_what_earlier_cases_left(monkeypatch):
+    """3 GiB left resident by earlier cases must not show in this case's 1 GiB peak (allocator mocked: no GPU here)."""
+    import maelre.bench.efficiency_case as case
+    from maelre.bench.efficiency_config import BenchConfig
+
+    gib = 2**30
+    mem = {"now": 3 * gib, "peak": 3 * gib}
+    monkeypatch.setattr(case.torch.cuda, "reset_peak_memory_stats", lambda device=None: mem.update(peak=mem["now"]))
+    monkeypatch.setattr(case.torch.cuda, "memory_allocated", lambda device=None: mem["now"])
+    monkeypatch.setattr(case.torch.cuda, "max_memory_allocated", lambda device=None: mem["peak"])
+    monkeypatch.setattr(case, "release_memory", lambda device: None)
+    monkeypatch.setattr(case.torch.cuda, "is_available", lambda: True)
+
+    def make_step(*args):
+        return lambda: mem.update(peak=max(mem["peak"], mem["now"] + gib))
+
+    monkeypatch.setattr(case, "make_step", make_step)
+    monkeypatch.setattr(case, "time_step", lambda step, **kwargs: [step(), 1.0][1:])
+    row = case.measure_case("maelre", 64, 2, "train", BenchConfig(device="cuda"))
+    assert row["peak_mem_gib"] == pytest.approx(1.0)
+    assert row["resident_before_gib"] == pytest.approx(3.0)

@@ -130,13 +130,19 @@ def time_step(step: Step, *, warmup: int, repeats: int, device: torch.device) ->
 def measure_case(name: str, seq_len: int, batch: int, mode: str, config: BenchConfig) -> dict[str, Any]:
     """Build, (compile), warm up and time one case; return its measured fields.
 
-    Peak memory is reset before the model is built, so it counts weights, optimizer
-    state, inputs and activations of this case alone (``None`` on CPU).
+    Peak memory counts weights, optimizer state, inputs and activations of this case
+    alone (``None`` on CPU): the peak above what was already allocated when the case
+    began. Tensors an earlier case left alive (a CUDA graph's pool, a reference cycle
+    not yet collected) would otherwise add to this one's peak, and then a row's memory
+    depended on the rows timed before it; ``resident_before_gib`` reports them.
     """
     device = torch.device(config.device)
     cuda = device.type == "cuda"
+    resident = 0
     if cuda:
+        release_memory(device)
         torch.cuda.reset_peak_memory_stats(device)
+        resident = torch.cuda.memory_allocated(device)
     step = make_step(name, seq_len, batch, mode, config)
     compile_s = None
     if config.compile or config.cuda_graph:
@@ -152,7 +158,8 @@ def measure_case(name: str, seq_len: int, batch: int, mode: str, config: BenchCo
     median = statistics.median(times)
     return {
         "tokens_per_s": batch * seq_len / (median / 1e3),
-        "peak_mem_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+        "peak_mem_gib": (torch.cuda.max_memory_allocated(device) - resident) / 2**30 if cuda else None,
+        "resident_before_gib": resident / 2**30 if cuda else None,
         "median_ms": median,
         "min_ms": min(times),
         "max_ms": max(times),
