@@ -29,7 +29,8 @@ from maelre.fileio import read_json, write_json_atomic, write_text_atomic  # noq
 
 ROOT = Path("benchmarks/results/scifar10_partial_h200")
 OUT = Path("benchmarks/results/scifar10_partial_h200.json")
-ALONE_COSTS = Path("benchmarks/results/merge_ablation_cost_h200.json")
+ALONE_COSTS = [Path("benchmarks/results/merge_ablation_cost_h200_round4.json"), Path("benchmarks/results/merge_ablation_cost_h200.json")]
+"""Train-step times measured alone, the first file that has a row winning (round 4 timed every backbone in one call)."""
 ALONE_ROWS = {
     "maelre": ("vconv", "rope"), "maelre_noconv": ("auto1", "rope"), "transformer": ("transformer", "learned"), "transformer_rope": ("transformer", "rope"),
     "ecp": ("ecp", "rope"), "perceiver_ar": ("perceiver_ar", "learned"),
@@ -94,10 +95,10 @@ def write_pareto(summary: dict, cost_rows: list[dict], folder: Path, page: Path 
     untimed = [r["name"] for r in summary["rows"] if alone_step_ms(cost_rows, r["name"]) is None]
     if untimed:
         note = (f"\nGPU-s are wall time while the runs shared one GPU: {', '.join(untimed)} have no step time measured alone yet "
-                f"(`{ALONE_COSTS}`), and one table never mixes the two kinds of cost.\n")
+                f"({', '.join(f'`{p}`' for p in ALONE_COSTS)}), and one table never mixes the two kinds of cost.\n")
     else:
         note = ("\nGPU-s from \"alone step time\": steps x the median train step of the backbone with a linear head and AdamW, timed alone "
-                f"at this shape (`{ALONE_COSTS}`, eager); it leaves out the pixel embedding, augmentation and the trainer (a lower bound).\n")
+                f"at this shape ({', '.join(f'`{p}`' for p in ALONE_COSTS)}, eager, the first file that has the row); it leaves out the pixel embedding, augmentation and the trainer (a lower bound).\n")
     table = pareto_table(points) + note
     if page is not None:
         block = f"{BEGIN}\n\n![sCIFAR-10 partial: accuracy against cost]({PLOT})\n\n{table}\n{END}\n\n"
@@ -116,10 +117,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="what the runs are, for a new summary file (default: %(default)s)")
     parser.add_argument("--pareto", type=Path, metavar="DIR", help=f"draw the summary's accuracy against cost to DIR/{PLOT} instead of summarising")
     parser.add_argument("--page", type=Path, help="with --pareto: the markdown page whose scifar10-pareto block takes the table")
-    parser.add_argument("--alone-costs", type=Path, default=ALONE_COSTS, help="train-step times measured alone (default: %(default)s)")
+    parser.add_argument("--alone-costs", type=Path, action="append", default=None,
+                        help="train-step times measured alone, repeatable, the first file with a row wins (default: " + ", ".join(map(str, ALONE_COSTS)) + ")")
     args = parser.parse_args(argv)
     if args.pareto is not None:
-        print(write_pareto(read_json(args.out), read_json(args.alone_costs)["rows"], args.pareto, args.page))
+        cost_rows = [row for path in args.alone_costs or ALONE_COSTS for row in read_json(path)["rows"]]
+        print(write_pareto(read_json(args.out), cost_rows, args.pareto, args.page))
         return 0
     if args.concurrent is None:
         parser.error("--concurrent is required to summarise the run folders")
