@@ -6,7 +6,8 @@
 #   bash benchmarks/merge_ablation.sh                 # all rows, both position kinds, seeds 0 1
 #   ROWS="auto1 transformer" POS=rope SEEDS=0 EPOCHS=2 bash benchmarks/merge_ablation.sh   # a smoke run
 #
-# ROWS (default: all):
+# ROWS (default: auto1 auto2 raster fraction nomerge transformer; every row is defined in
+# benchmarks/ablation_rows.py, which the cost benchmark and the report read too):
 #   auto1        the auto plan, exact_blocks=1: merges after both sub-layers take 1,024 tokens to
 #                D=64 by block 2, which runs exact attention (the paper's rule, N <= D)
 #   auto2        exact_blocks=2 with switch_threshold=256: at D=64 two exact blocks cannot be
@@ -32,38 +33,25 @@ OUT=${OUT:-benchmarks/results/merge_ablation}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT" runs
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-m=model.backbone_config.maelre
-declare -A row=(
-    [auto1]="model.backbone=maelre $m.exact_blocks=1"
-    [auto2]="model.backbone=maelre $m.exact_blocks=2 $m.switch_threshold=256"
-    [t128]="model.backbone=maelre $m.exact_blocks=1 $m.switch_threshold=128"
-    [nystrom]="model.backbone=maelre $m.exact_blocks=1 $m.approx=nystrom"
-    [vconv]="model.backbone=maelre $m.exact_blocks=1 $m.value_conv=5"
-    [t128v]="model.backbone=maelre $m.exact_blocks=1 $m.switch_threshold=128 $m.value_conv=5"
-    [raster]="model.backbone=maelre $m.exact_blocks=1 $m.grid_order=raster"
-    [fraction]="model.backbone=maelre $m.merge_schedule=fraction $m.merge_site=attn $m.merge_fraction=0.3"
-    [nomerge]="model.backbone=maelre $m.merge_schedule=fraction $m.merge_fraction=0.0"
-    [transformer]="model.backbone=transformer"
-)
-declare -A pos=(
-    [learned]="data.adapter.pos_embed=learned model.rope=false"
-    [rope]="data.adapter.pos_embed=none model.rope=true"
-)
 rows=(${ROWS:-auto1 auto2 raster fraction nomerge transformer})
 kinds=(${POS:-learned rope})
 seeds=(${SEEDS:-0 1})
 runs=$(( ${#rows[@]} * ${#kinds[@]} * ${#seeds[@]} ))
 share=$(( $(nproc) / runs ))
 export OMP_NUM_THREADS=${THREADS:-$(( share > 0 ? share : 1 ))} MKL_NUM_THREADS=${THREADS:-$(( share > 0 ? share : 1 ))}
-for r in "${rows[@]}"; do
-    [[ -n ${row[$r]:-} ]] || { echo "unknown row '$r'; use ${!row[*]}" >&2; exit 2; }
+declare -A items=()
+for r in "${rows[@]}"; do  # every row and position kind checked before any run starts
     for p in "${kinds[@]}"; do
-        [[ -n ${pos[$p]:-} ]] || { echo "unknown position kind '$p'; use ${!pos[*]}" >&2; exit 2; }
+        items[$r/$p]=$("$PYTHON" benchmarks/ablation_rows.py overrides "$r" "$p") || exit 2
+    done
+done
+for r in "${rows[@]}"; do
+    for p in "${kinds[@]}"; do
         for s in "${seeds[@]}"; do
             name="scifar10_${r}_${p}_s$s"
             args=(--tasks scifar10 --max-minutes "${MINUTES:-8.5}" --set "trainer.max_epochs=${EPOCHS:-20}" --set "trainer.seed=$s")
             backbone=""
-            for item in ${row[$r]} ${pos[$p]} ${SET:-}; do
+            for item in ${items[$r/$p]} ${SET:-}; do
                 if [[ $item == model.backbone=* ]]; then backbone=${item#model.backbone=}; else args+=(--set "$item"); fi
             done
             "$PYTHON" -m maelre.bench.leaderboard "${args[@]}" --backbones "$backbone" --run-root "runs/$name" \

@@ -15,23 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.ablation_rows import ROWS  # noqa: E402
 from maelre.bench.efficiency import BenchConfig, measure_case, release_memory  # noqa: E402
 from maelre.bench.report import write_json_atomic  # noqa: E402
 
-ROWS = {  # ablation row -> (backbone, extra config); the position kinds add rope on/off
-    "auto1": ("maelre", {"exact_blocks": 1}),
-    "auto2": ("maelre", {"exact_blocks": 2, "switch_threshold": 256}),
-    "t128": ("maelre", {"exact_blocks": 1, "switch_threshold": 128}),
-    "nystrom": ("maelre", {"exact_blocks": 1, "approx": "nystrom"}),
-    "vconv": ("maelre", {"exact_blocks": 1, "value_conv": 5}),
-    "t128v": ("maelre", {"exact_blocks": 1, "switch_threshold": 128, "value_conv": 5}),
-    "raster": ("maelre", {"exact_blocks": 1, "grid_order": "raster"}),
-    "fraction": ("maelre", {"merge_schedule": "fraction", "merge_site": "attn", "merge_fraction": 0.3}),
-    "nomerge": ("maelre", {"merge_schedule": "fraction", "merge_fraction": 0.0}),
-    "transformer": ("transformer", {}),
-    "ecp": ("ecp", {"segment_size": 256}),  # not ablation rows: the leaderboard's other backbones, for its cost view
-    "perceiver_ar": ("perceiver_ar", {"num_latents": 256}),
-}
 SHAPES = {
     "task": {"seq_len": 1024, "batch": 256, "dim": 64, "depth": 3, "heads": 4, "mlp_ratio": 2.0},
     "bench16k": {"seq_len": 16384, "batch": 4, "dim": 256, "depth": 8, "heads": 8, "mlp_ratio": 4.0},
@@ -49,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     results = []
     for row in args.rows.split(","):
-        backbone, extra = ROWS[row]
+        backbone, extra = ROWS[row].backbone, ROWS[row].config
         for rope in (False, True):
             for shape_name in args.shapes.split(","):
                 shape = SHAPES[shape_name]

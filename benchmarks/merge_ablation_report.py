@@ -18,22 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.ablation_rows import ROWS  # noqa: E402
 from maelre.bench.report import markdown_table  # noqa: E402
 from maelre.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 
 NAME = re.compile(r"scifar10_(?P<row>[a-z0-9]+)_(?P<pos>learned|rope)_s(?P<seed>\d+)\.json$")
-ROW_TEXT = {
-    "auto1": "auto plan, exact_blocks=1 (2 linear blocks, exact from block 2 at N <= D=64)",
-    "auto2": "auto plan, exact_blocks=2, switch_threshold=256 (exact from block 1 at N <= 256)",
-    "t128": "auto1 with switch_threshold=128 (1024, 363, 128 tokens; exact in block 2 at N = 2D)",
-    "nystrom": "auto1 with Nystrom attention (64 landmarks) in the approximate blocks",
-    "vconv": "auto1 with value_conv=5 (depthwise convolution over V in the linear blocks)",
-    "t128v": "t128 with value_conv=5 (gentler merging and the local term together)",
-    "raster": "auto1 merging along pixel rows (grid_order=raster)",
-    "fraction": "old default: 30% merged after each attention (1024, 717, 502 tokens; all linear)",
-    "nomerge": "no merging (linear attention in all 3 blocks)",
-    "transformer": "transformer (exact attention, no merging)",
-}
+ROW_TEXT = {name: row.text for name, row in ROWS.items() if row.ablation}
 
 
 def collect(folder: Path) -> list[dict]:
