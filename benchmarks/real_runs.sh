@@ -14,8 +14,10 @@
 # after the start (SIGTERM: a checkpoint at the next step, then SIGKILL), so pruning and the
 # summary always run before the device call's limit.
 #
-# Data: carry .carry (benchmarks/make_compact_data.py --only scifar10 for scifar10 and image,
-# --only imdb for text; one data file per call fits the 64 MiB that travel, with the tree).
+# Data: carry the one file the task reads, .carry/data/scifar10_gray.npz (scifar10, image) or
+# .carry/data/imdb_bytes.npz (text) (benchmarks/make_compact_data.py --only scifar10|imdb); both
+# with the tree are over the 64 MiB a call carries. benchmarks/device_call.sh runs several tasks
+# and the LRA groups in one call.
 # After the call: tar the run folders into $OUT, untar them here, then
 # python benchmarks/scifar10_partial_summary.py --root benchmarks/results/TASK_partial_h200 --task "..." \
 #     --out benchmarks/results/TASK_partial_h200.json --concurrent <runs at once> [--budget ...]
