@@ -369,10 +369,16 @@ def test_targets_pass_miss_and_not_run():
     failed = make_row("listops", "maelre", None, status="error", message="RuntimeError: boom")
     standin = make_row("pathfinder", "maelre", 90.0, data="standin")
     checks = lb.evaluate_targets([capped, failed, standin])
-    assert [c.verdict for c in checks] == ["not run", "not run", "not run"]
+    assert [c.verdict for c in checks] == ["not run"] * len(lb.TARGETS)
     assert "boom" in checks[0].detail and "stand-in" in checks[1].detail and "official test split" in checks[2].detail
     assert all(c.verdict == "not run" for c in lb.evaluate_targets([]))
     assert lb.evaluate_targets([make_row("listops", "maelre", 40.0)])[0].verdict == "PASS"  # the bound is inclusive
+
+    scifar = {t.name.split(",")[1].strip(): t for t in lb.evaluate_targets(
+        [make_row("scifar10", "ecp", 57.2, data="real"), make_row("scifar10", "transformer_rope", 49.3, data="real")]) if t.name.startswith("sCIFAR")}
+    assert scifar["ECP test accuracy (paper: 59.32)"].verdict == "MISS"  # 2 points under the paper, not 2.12
+    assert scifar["transformer with RoPE (paper: 51.32)"].verdict == "PASS"
+    assert scifar["maelre test accuracy"].verdict == "not run"
 
 
 def test_report_puts_published_numbers_beside_ours_with_provenance(tmp_path):

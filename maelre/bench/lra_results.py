@@ -110,11 +110,26 @@ def planned_steps(recipe: Recipe, n_train: int) -> int | None:
     return min(limits) if limits else None
 
 
-def fill_from_results(row: dict[str, Any], recipe: Recipe, results: Mapping[str, Any]) -> dict[str, Any]:
+def fill_from_recipe(row: dict[str, Any], task: TaskSpec, recipe: Recipe) -> dict[str, Any]:
+    """Copy what ``recipe`` says about a run (data, precision, budget, model) into ``row``."""
+    trainer = recipe.trainer
+    row.update(
+        data=data_provenance(task, recipe),
+        dataset=dataset_label(task, recipe),
+        precision=trainer.precision,
+        budget={"max_steps": trainer.max_steps, "max_epochs": trainer.max_epochs, "max_time_minutes": trainer.max_time},
+        model=dict(recipe.shared),
+        backbone_config=recipe.model.backbone_config.get(recipe.model.backbone, {}),
+    )
+    return row
+
+
+def fill_from_results(row: dict[str, Any], recipe: Recipe, results: Mapping[str, Any], gpu: str | None = None) -> dict[str, Any]:
     """Copy the leaderboard fields of a finished run (``run_recipe``'s ``results.json``) into ``row``.
 
     A run that took fewer steps than planned is ``"time_limit"`` when its training used
-    up ``trainer.max_time``, else (early stopping) ``"ok"`` with a note.
+    up ``trainer.max_time``, else (early stopping) ``"ok"`` with a note. ``gpu`` names the
+    device for results read on another machine (default: asked of this one's CUDA).
     """
     metrics, trainer = results["metrics"], recipe.trainer
     cap = recipe.data.max_eval_samples
@@ -125,7 +140,7 @@ def fill_from_results(row: dict[str, Any], recipe: Recipe, results: Mapping[str,
         steps=results["global_step"],
         epochs=results["epochs"],
         train_seconds=results["throughput"]["train_seconds"],
-        gpu=gpu_name(results["environment"]["device"]),
+        gpu=gpu or gpu_name(results["environment"]["device"]),
         params=results["parameters"],
         samples=results["samples"],
         # A capped test set is complete only if it came out smaller than the cap.

@@ -16,7 +16,7 @@ import torch
 from maelre.bench.efficiency_case import release_memory
 from maelre.bench.lra_children import POLL_SECONDS, ChildRun, PlannedRun
 from maelre.bench.lra_config import SweepConfig
-from maelre.bench.lra_results import DESCRIPTION, DONE_STATUSES, data_provenance, dataset_label, describe_row, fill_from_results, row_key, utc_now
+from maelre.bench.lra_results import DESCRIPTION, DONE_STATUSES, describe_row, fill_from_recipe, fill_from_results, row_key, utc_now
 from maelre.bench.lra_tasks import TASKS
 from maelre.bench.report import read_json, write_json_atomic
 from maelre.engine.runner import run_recipe
@@ -60,15 +60,7 @@ def run_one(config: SweepConfig, task: str, backbone: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         recipe = load_recipe(config.recipe_path(task), config.run_overrides(task, backbone))
-        trainer = recipe.trainer
-        row.update(
-            data=data_provenance(spec, recipe),
-            dataset=dataset_label(spec, recipe),
-            precision=trainer.precision,
-            budget={"max_steps": trainer.max_steps, "max_epochs": trainer.max_epochs, "max_time_minutes": trainer.max_time},
-            model=dict(recipe.shared),
-            backbone_config=recipe.model.backbone_config.get(backbone, {}),
-        )
+        fill_from_recipe(row, spec, recipe)
         fill_from_results(row, recipe, run_recipe(recipe, progress=config.progress))
     except Exception as err:  # noqa: BLE001  (a failing run must not end the sweep)
         row["status"] = "error"

@@ -28,6 +28,10 @@ TARGETS: tuple[AccuracyTarget, ...] = (
     AccuracyTarget("listops", "maelre", 40.0, "ListOps (generated), maelre test accuracy"),
     AccuracyTarget("pathfinder", "maelre", 75.0, "Pathfinder-32 (generated), maelre test accuracy"),
     AccuracyTarget("fsdd", "maelre", 97.0, "FSDD, maelre on the official test split", official_test=True),
+    # issue 13, real sCIFAR-10 in the ECP setting: within 2 points of the ECP paper's Table 5
+    AccuracyTarget("scifar10", "maelre", 55.0, "sCIFAR-10 (real), maelre test accuracy", official_test=True),
+    AccuracyTarget("scifar10", "ecp", 57.3, "sCIFAR-10 (real), ECP test accuracy (paper: 59.32)", official_test=True),
+    AccuracyTarget("scifar10", "transformer_rope", 49.3, "sCIFAR-10 (real), transformer with RoPE (paper: 51.32)", official_test=True),
 )
 
 
