@@ -169,3 +169,18 @@ def test_partial_scifar_summary_draws_its_pareto_view_on_one_kind_of_cost(tmp_pa
     assert table_cells(only_timed)["maelre"]["train GPU-s"] == "20" and "alone step time" in only_timed
     text = page.read_text()
     assert "stale" not in text and text.index("before") < text.index(table) < text.index("## Next") and "\n\n## Next" in text
+
+
+def test_leaderboard_rows_describe_the_model_each_run_built_not_todays_defaults():
+    """maelre_noconv started before value_conv became 5: its recipe says nothing of it, its checkpoint does."""
+    script = load_summary_script()
+    runs = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "scifar10_partial_h200"
+    assert script.built_differently(runs / "maelre_noconv") == {"value_conv": None}
+    assert script.built_differently(runs / "maelre") == {}
+    summary = {"rows": [{"name": "maelre_noconv", "run_dir": str(runs / "maelre_noconv"), "gpu": "NVIDIA H200", "partial": True,
+                         "epochs_done": 60, "epochs_budget": 100, "train_seconds_shared": 900.0,
+                         "calls": [{"steps": [0, 10], "train_seconds": 900.0, "concurrent_runs": 8}]}]}  # fmt: skip
+    (row,) = script.results_rows(summary, [])["results"]
+    assert (row["task"], row["data"], row["gpu"], row["backbone_config"]["value_conv"]) == ("scifar10", "real", "NVIDIA H200", None)
+    assert row["status"] == "time_limit" and "60 of 100 epochs" in row["message"]
+    assert (row["train_seconds"], row["concurrent_runs"], row["alone_step_ms"]) == (900.0, 8, None)
