@@ -96,9 +96,10 @@ def _match_window_eager(a: Tensor, b: Tensor, b_real: Tensor | None, window: int
     else:
         outside = F.pad(~b_real, pad, value=True).unfold(1, width, 1)  # [B, Na, W]
     scores = (a.unsqueeze(-1) * windows).sum(dim=-2)
-    score, which = scores.masked_fill_(outside, float("-inf")).max(dim=-1)  # in place: scores is our own
-    index = which + _window_offsets(na, before, a.device)
-    return score, index.clamp(0, nb - 1)  # out-of-range only where score is -inf
+    # in place (scores is our own); keepdim: one dispatch, where max without it squeezes internally (8 more)
+    score, which = scores.masked_fill_(outside, float("-inf")).max(dim=-1, keepdim=True)
+    index = which.view(-1, na) + _window_offsets(na, before, a.device)
+    return score.view(-1, na), index.clamp(0, nb - 1)  # out-of-range only where score is -inf
 
 
 @shape_cache.shape_cached
@@ -252,5 +253,5 @@ def _slots(sizes: Tensor, real: Tensor | None, src: Tensor, dst: Tensor, chosen:
 
 def _scatter_to_slots(x: Tensor, slot: Tensor, n_out: int) -> Tensor:
     """Sum of the tokens of ``x [B, N, ...]`` that share a slot: ``[B, n_out, ...]`` (slot ``n_out`` is dropped)."""
-    index = slot.view(*slot.shape, *[1] * (x.dim() - 2)).expand_as(x)
+    index = slot.view(*slot.shape, *[1] * (x.dim() - 2)).expand(x.shape)
     return x.new_zeros(x.shape[0], n_out + 1, *x.shape[2:]).scatter_add_(1, index, x)[:, :n_out]
