@@ -23,6 +23,15 @@ def test_profile_case_counts_operators(torch_single_thread):
     assert case["top_ops_by_calls"][0]["calls"] >= case["top_ops_by_calls"][-1]["calls"]
 
 
+def test_profile_case_by_source_attributes_every_call(torch_single_thread):
+    case = prof.profile_case("maelre", 64, "train", tiny(), steps=1, by_source=True)
+    sources = {s["source"]: s["calls"] for s in case["top_sources"]}
+    assert "optimizer" in sources and any(k.startswith("backward: ") for k in sources)
+    assert any(k.startswith("layers/merge.py: ") for k in sources)  # forward calls land on the maelre function that made them
+    assert 0 < case["cpu_scalar_casts"] < case["aten_ops"]
+    assert "top_sources" not in prof.profile_case("transformer", 64, "train", tiny(), steps=1)
+
+
 def test_saved_activations_shrink_with_merging(torch_single_thread):
     config = tiny(backbone_configs={"maelre": {"switch_threshold": 64}})  # 2 blocks reach 64 of 256 tokens, not dim=16
     maelre = prof.saved_activations("maelre", 256, config)
@@ -36,13 +45,13 @@ def test_saved_activations_shrink_with_merging(torch_single_thread):
 def test_main_writes_json_and_markdown(tmp_path, torch_single_thread):
     out, table = tmp_path / "p.json", tmp_path / "p.md"
     argv = ["--backbones", "transformer", "--seq-lens", "32", "--tokens-per-batch", "64", "--dim", "16", "--depth", "1",
-            "--heads", "2", "--dtype", "fp32", "--device", "cpu", "--steps", "1", "--saved", "--saved-len", "32",
+            "--heads", "2", "--dtype", "fp32", "--device", "cpu", "--steps", "1", "--saved", "--saved-len", "32", "--by-source",
             "--out", str(out), "--table", str(table)]  # fmt: skip
     assert prof.main(argv) == 0
     doc = json.loads(out.read_text())
     assert [c["backbone"] for c in doc["cases"]] == ["transformer"] and doc["saved"][0]["saved_mib"] > 0
     text = table.read_text()
-    assert "aten ops/step" in text and "Activations saved for backward" in text
+    assert "aten ops/step" in text and "Activations saved for backward" in text and "by source" in text
 
 
 @pytest.mark.slow

@@ -125,13 +125,14 @@ class MAELREBlock(Block):
             out = out + self.value_conv(v, kwargs["key_mask"])
         t = t.with_x(t.x + self.drop_path1(self.attn.output(out)))
         keys = k.detach().mean(dim=1) if self.config.merge_metric == "keys" else None  # matching needs no gradient
-        t, keys = self._merge(t, "attn", keys)
+        t, keys = self._merge(t, "attn", keys, keys_needed="mlp" in self.sites)
         t = t.with_x(self.mlp_residual(t.x))
-        t, _ = self._merge(t, "mlp", keys)
+        t, _ = self._merge(t, "mlp", keys, keys_needed=False)
         return t
 
-    def _merge(self, t: TokenState, site: str, keys: Tensor | None) -> tuple[TokenState, Tensor | None]:
-        """Merge at ``site`` if this block has a step there; keys (if used) are merged along to stay aligned."""
+    def _merge(self, t: TokenState, site: str, keys: Tensor | None, keys_needed: bool) -> tuple[TokenState, Tensor | None]:
+        """Merge at ``site`` if this block has a step there; keys (if used) are merged along to stay aligned
+        when a later site of this block still matches by them (``keys_needed``), else dropped."""
         step = self.sites.get(site)
         n = t.x.shape[1]
         removed = 0 if step is None or n < 2 else step.static_count(n, t.length)
@@ -143,11 +144,11 @@ class MAELREBlock(Block):
             r = removed  # unpadded rows all remove r(N)
         metric = t.x if keys is None else keys
         plan = bipartite_soft_matching(
-            metric, t.sizes, r, n - removed, protect_first=self.config.pool == "cls", window=self.config.match_window
+            metric, t.sizes, r, n - removed, protect_first=self.config.pool == "cls", window=self.config.match_window, padded=t.padded
         )
         positions = None if t.positions is None else plan.merge(t.positions)
         merged = replace(t, x=plan.merge(t.x), sizes=plan.sizes, positions=positions, merged=True)
-        return merged, None if keys is None else plan.merge(keys)
+        return merged, plan.merge(keys) if keys is not None and keys_needed else None
 
 
 @register_backbone("maelre")

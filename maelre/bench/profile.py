@@ -12,6 +12,14 @@ with ``torch.profiler`` and reports per step:
 - ``aten_ops``: operator calls dispatched on the host;
 - the kernels and operators that take the most GPU time.
 
+``--by-source`` also attributes every operator call to where it came from: the
+innermost source function of the package that called it in the forward, the autograd
+node that ran it in the backward, or the optimizer. It records Python stacks, so its
+step times are slower; the counts are exact. It also counts ``cpu_scalar_casts``: on
+the CPU only, an operator that mixes a tensor with a Python number (``x + 1.0``,
+``x > 0``) first converts the number with ``aten::to`` (4 calls); the same step on a
+GPU dispatches none of them.
+
 ``--saved`` adds what each backbone keeps for backward (its activation memory), by
 the source line that saved it: tensors recorded through
 ``torch.autograd.graph.saved_tensors_hooks`` during one forward, each storage counted
@@ -50,14 +58,42 @@ def _short(name: str, width: int = 90) -> str:
     return name if len(name) <= width else name[: width - 3] + "..."
 
 
-def profile_case(name: str, seq_len: int, mode: str, config: BenchConfig, steps: int = 2) -> dict[str, Any]:
-    """Profile ``steps`` steps of one case after warm-up; per-step numbers and the top consumers."""
+def _source(event: Any) -> str:
+    """Where an operator call came from: the optimizer, a backward node, or the innermost maelre function (forward)."""
+    parent = event
+    while parent is not None:
+        if parent.name.startswith("Optimizer."):
+            return "optimizer"
+        if parent.name.startswith("autograd::engine::evaluate_function: "):
+            return "backward: " + parent.name.split(": ", 1)[1]
+        parent = parent.cpu_parent
+    for frame in event.stack or []:  # innermost first, as "[dirs/]maelre/file.py(line): function"
+        path, _, function = frame.partition(": ")
+        path = "/" + path
+        if "/maelre/" in path and "/maelre/bench/" not in path:
+            return f"{path.rsplit('/maelre/', 1)[1].split('(')[0]}: {function}"
+    return "other"
+
+
+def _is_cpu_scalar_cast(event: Any) -> bool:
+    """An ``aten::to`` (or a call inside one) that converts a 0-dim Python number for the operator that called it."""
+    while event is not None:
+        parent = event.cpu_parent
+        if event.name == "aten::to" and parent is not None and parent.name.startswith("aten::") and parent.name != "aten::to":
+            return bool(event.input_shapes) and event.input_shapes[0] == []
+        event = parent
+    return False
+
+
+def profile_case(name: str, seq_len: int, mode: str, config: BenchConfig, steps: int = 2, by_source: bool = False) -> dict[str, Any]:
+    """Profile ``steps`` steps of one case after warm-up; per-step numbers and the top consumers (and sources, ``by_source``)."""
     device = torch.device(config.device)
     batch = config.batch_for(seq_len)
     step = make_step(name, seq_len, batch, mode, config)
     times = time_step(step, warmup=config.warmup, repeats=max(3, config.repeats), device=device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities, acc_events=True) as prof:
+    stacks = {"with_stack": True, "record_shapes": True, "experimental_config": torch._C._profiler._ExperimentalConfig(verbose=True)}
+    with profile(activities=activities, acc_events=True, **(stacks if by_source else {})) as prof:
         for _ in range(steps):
             step()
         if device.type == "cuda":
@@ -65,17 +101,23 @@ def profile_case(name: str, seq_len: int, mode: str, config: BenchConfig, steps:
     kernel_time: Counter[str] = Counter()
     kernel_count: Counter[str] = Counter()
     op_count: Counter[str] = Counter()
+    source_count: Counter[str] = Counter()
+    scalar_casts = 0
     for event in prof.events():
         if event.device_type == DeviceType.CUDA:
             kernel_time[event.name] += event.device_time_total / 1e3  # us -> ms
             kernel_count[event.name] += 1
         elif event.name.startswith("aten::"):
             op_count[event.name] += 1
+            if by_source:
+                source_count[_source(event)] += 1
+                scalar_casts += device.type == "cpu" and _is_cpu_scalar_cast(event)
     op_time = {
         a.key: a.self_device_time_total / 1e3 for a in prof.key_averages() if a.key.startswith("aten::") and a.self_device_time_total > 0
     }
     wall = statistics.median(times)
     kernel_ms = sum(kernel_time.values()) / steps
+    sources = {"top_sources": [{"source": k, "calls": c // steps} for k, c in source_count.most_common(2 * TOP)], "cpu_scalar_casts": scalar_casts // steps}
     return {
         "backbone": name,
         "seq_len": seq_len,
@@ -91,6 +133,7 @@ def profile_case(name: str, seq_len: int, mode: str, config: BenchConfig, steps:
         ],
         "top_ops_by_gpu_time": [{"name": k, "ms": t / steps} for k, t in sorted(op_time.items(), key=lambda kv: -kv[1])[:TOP]],
         "top_ops_by_calls": [{"name": k, "calls": c // steps} for k, c in op_count.most_common(TOP)],
+        **(sources if by_source else {}),
     }
 
 
@@ -166,6 +209,9 @@ def render_markdown(document: Mapping[str, Any]) -> str:
             lines.append(markdown_table([{**o, "ms": f"{o['ms']:.2f}"} for o in case["top_ops_by_gpu_time"]], [("name", "operator"), ("ms", "ms")]))
         lines += ["Operators by calls per step:", ""]
         lines.append(markdown_table(case["top_ops_by_calls"], [("name", "operator"), ("calls", "calls")]))
+        if case.get("top_sources"):
+            lines += [f"Operator calls by source per step ({case['cpu_scalar_casts']} of all calls are CPU-only scalar conversions):", ""]
+            lines.append(markdown_table(case["top_sources"], [("source", "source"), ("calls", "calls")]))
     if document.get("saved"):
         base = next((s["saved_mib"] for s in document["saved"] if s["backbone"] == "transformer"), None)
         lines += ["## Activations saved for backward (one forward)", ""]
@@ -203,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="default: cuda if available")
     parser.add_argument("--compile", action="store_true", help="profile torch.compile(backbone)")
     parser.add_argument("--steps", type=int, default=2, help="profiled steps per case (default: %(default)s)")
+    parser.add_argument("--by-source", action="store_true", help="also count operator calls by source function / backward node / optimizer")
     parser.add_argument("--check-compile", action="store_true", help="also compare compiled with eager output")
     parser.add_argument("--check-len", type=int, default=2048, help="sequence length of the compile check (default: %(default)s)")
     parser.add_argument("--saved", action="store_true", help="also account the activations saved for backward")
@@ -234,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in backbones:
         for seq_len in [] if args.skip_timing else config.seq_lens:
             for mode in config.modes:
-                case = profile_case(name, seq_len, mode, config, steps=args.steps)
+                case = profile_case(name, seq_len, mode, config, steps=args.steps, by_source=args.by_source)
                 print(f"{name} N={seq_len} {mode}: {case['wall_ms']:.1f} ms, {case['kernels']} kernels ({case['kernel_ms']:.1f} ms), {case['aten_ops']} aten ops", flush=True)
                 document["cases"].append(case)
                 release_memory(device)

@@ -159,7 +159,7 @@ def _weigh(x: Tensor, weights: Tensor | None, key_mask: Tensor | None) -> Tensor
     """Per-key ``weights [B, Nk]`` times ``x [B, H, Nk, F]``, exactly 0 at padded keys."""
     if weights is None:
         return x
-    w = weights[:, None, :, None]
+    w = weights.view(weights.shape[0], 1, weights.shape[1], 1)
     return x * w if key_mask is None else torch.where(w > 0, x * w, 0.0)  # a padded key may hold anything, even NaN
 
 

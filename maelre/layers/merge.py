@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+import maelre.layers.shape_cache as shape_cache
 import maelre.layers.triton_merge as triton_merge
 
 MergeFn = Callable[..., Tensor]
@@ -48,24 +49,25 @@ def compaction_order(keep: Tensor) -> Tensor:
 # per merge); tests/test_merge.py checks compiled merging against eager. On CUDA the
 # window matcher is a fused Triton custom op instead, which compiles as one opaque op.
 @torch.compiler.disable
-def match_global(a: Tensor, b: Tensor, b_real: Tensor) -> tuple[Tensor, Tensor]:
+def match_global(a: Tensor, b: Tensor, b_real: Tensor | None) -> tuple[Tensor, Tensor]:
     """Best B match of every A token over all of B.
 
     Args:
         a: ``[B, Na, C]`` unit-norm metric of the A tokens.
         b: ``[B, Nb, C]`` unit-norm metric of the B tokens.
-        b_real: ``[B, Nb]`` bool, False for padded B tokens (never matched).
+        b_real: ``[B, Nb]`` bool, False for padded B tokens (never matched); ``None``: no padding.
 
     Returns:
         ``(score, index)``, each ``[B, Na]``: the best cosine similarity (``-inf`` when no
         real B token exists) and the B index it belongs to.
     """
     scores = a @ b.transpose(-1, -2)
-    scores = scores.masked_fill(~b_real[:, None, :], float("-inf"))
+    if b_real is not None:
+        scores = scores.masked_fill(~b_real[:, None, :], float("-inf"))
     return scores.max(dim=-1)
 
 
-def match_window(a: Tensor, b: Tensor, b_real: Tensor, window: int) -> tuple[Tensor, Tensor]:
+def match_window(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
     """Like ``match_global``, but A token ``j`` (position ``2j``) only sees B tokens within ``window`` positions.
 
     B token ``j + o`` sits at position ``2j + 2o + 1``, so ``|2o + 1| <= window`` gives the
@@ -76,40 +78,49 @@ def match_window(a: Tensor, b: Tensor, b_real: Tensor, window: int) -> tuple[Ten
     if window < 1:
         raise ValueError(f"match window must be >= 1 position, got {window}; use None for global matching")
     if triton_merge.available(a):  # the same band as one fused kernel (CUDA): a custom op, no graph break
+        b_real = b.new_ones(b.shape[:2], dtype=torch.bool) if b_real is None else b_real
         return triton_merge.match_window(a, b, b_real, window)
     return _match_window_eager(a, b, b_real, window)
 
 
 @torch.compiler.disable
-def _match_window_eager(a: Tensor, b: Tensor, b_real: Tensor, window: int) -> tuple[Tensor, Tensor]:
+def _match_window_eager(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
     na, nb = a.shape[1], b.shape[1]
     before = min((window + 1) // 2, na)  # offsets beyond the sequence cannot match anything
     after = min((window - 1) // 2, nb - 1)
     width = before + after + 1
     pad = (before, na + after - nb)
     windows = F.pad(b, (0, 0, *pad)).unfold(1, width, 1)  # [B, Na, C, W]; slot s = offset s - before
-    valid = F.pad(b_real, pad, value=False).unfold(1, width, 1)  # [B, Na, W]
+    if b_real is None:  # only the ends of the sequence: the same for every row and every call
+        outside = _window_outside(nb, width, *pad, a.device)  # [Na, W]
+    else:
+        outside = F.pad(~b_real, pad, value=True).unfold(1, width, 1)  # [B, Na, W]
     scores = (a.unsqueeze(-1) * windows).sum(dim=-2)
-    score, which = scores.masked_fill(~valid, float("-inf")).max(dim=-1)
-    index = torch.arange(na, device=a.device) + which - before
-    return score, index.clamp(0, nb - 1)  # out-of-range only where score is -inf
+    # in place (scores is our own); keepdim: one dispatch, where max without it squeezes internally (8 more)
+    score, which = scores.masked_fill_(outside, float("-inf")).max(dim=-1, keepdim=True)
+    index = which.view(-1, na) + _window_offsets(na, before, a.device)
+    return score.view(-1, na), index.clamp(0, nb - 1)  # out-of-range only where score is -inf
+
+
+@shape_cache.shape_cached
+def _window_outside(nb: int, width: int, pad_before: int, pad_after: int, device: torch.device) -> Tensor:
+    """``[Na, W]`` bool: window slots that fall off either end of ``nb`` B tokens."""
+    return F.pad(torch.zeros(nb, dtype=torch.bool, device=device), (pad_before, pad_after), value=True).unfold(0, width, 1)
+
+
+@shape_cache.shape_cached
+def _window_offsets(na: int, before: int, device: torch.device) -> Tensor:
+    """B index of window slot 0 for every A token: ``arange(na) - before``."""
+    return torch.arange(na, device=device) - before
 
 
 def take_tokens(x: Tensor, index: Tensor) -> Tensor:
     """``x[b, index[b, j]]`` for ``x [B, N, ...]`` and ``index [B, M]`` -> ``[B, M, ...]``.
 
-    Advanced indexing rather than ``gather`` (here and in the merge): its backward keeps
-    only the index, while ``gather`` keeps all of ``x`` alive for backward.
+    Advanced indexing rather than ``gather``: its backward keeps only the index, while
+    ``gather`` keeps all of ``x`` alive for backward.
     """
-    return x[torch.arange(x.shape[0], device=x.device)[:, None], index]
-
-
-def _interleave(even: Tensor, odd: Tensor) -> Tensor:
-    """Inverse of ``x[:, ::2], x[:, 1::2]`` for ``[B, *]`` tensors."""
-    out = even.new_empty(even.shape[0], even.shape[1] + odd.shape[1])
-    out[:, ::2] = even
-    out[:, 1::2] = odd
-    return out
+    return x[shape_cache.arange(x.shape[0], x.device)[:, None], index]
 
 
 class TokenMerge(NamedTuple):
@@ -137,13 +148,20 @@ def bipartite_soft_matching(
     *,
     protect_first: bool = False,
     window: int | None = None,
+    padded: bool = True,
 ) -> TokenMerge:
     """Plan one ToMe merge of a padded batch.
+
+    The plan gives every input column its output column, ``slot [B, N]``: kept tokens
+    fill the first columns in their order, a merged A token joins its B match, and
+    padding goes to column ``n_out``, which is cut off. A merge is then one scatter-add
+    into the slots, size-weighted as in ToMe's ``merge_wavg``:
+    ``merge(x) = scatter(size * x) / scatter(size)``.
 
     Args:
         metric: ``[B, N, C]`` similarity features (keys averaged over heads, or states).
         sizes: ``[B, N]`` float token sizes, 0 = padding. Padded entries of any tensor
-            passed to ``merge`` may hold any finite value.
+            passed to ``merge`` may hold any value; they never reach a real token.
         r: tokens to remove per row, ``[B]`` long or one int for every row. Row ``i``
             needs ``r_i <= N - n_out`` and at most its number of real A tokens that have
             a real B match (``floor(n_i / 2)``, less one with ``protect_first``), else
@@ -152,6 +170,8 @@ def bipartite_soft_matching(
         protect_first: never merge token 0 (a CLS token) away.
         window: match within this many positions (``O(N window)``); ``None`` = global
             ToMe matching, whose ``(N/2)^2`` score matrix is kept in ``metric``'s dtype.
+        padded: False promises that every size is positive (no padding), which skips
+            the padding masks; a caller knows it from the shapes (MAELRE: no input mask).
 
     Returns:
         ``TokenMerge(merge, unmerge, sizes)``: closures applying the merge to any
@@ -163,37 +183,12 @@ def bipartite_soft_matching(
         raise ValueError(f"sizes must be [B, N]={b, n} and r [B]={b,} or an int, got {tuple(sizes.shape)} and {shape_r}")
     if n < 2 or not 1 <= n_out <= n:
         raise ValueError(f"need N >= 2 tokens and 1 <= n_out <= N to merge, got N={n}, n_out={n_out}")
-    device = sizes.device
-    real = sizes > 0
-    real_a, real_b = real[:, ::2], real[:, 1::2]
-    size_a, size_b = sizes[:, ::2], sizes[:, 1::2]
-    na = real_a.shape[1]
-    candidates = min(n - n_out, na)  # static bound on every r_i
-    rows = torch.arange(b, device=device)[:, None]
+    real = sizes > 0 if padded else None
     with torch.no_grad():
-        unit = F.normalize(metric, dim=-1)
-        a, bb = unit[:, ::2], unit[:, 1::2]
-        score, dst = match_global(a, bb, real_b) if window is None else match_window(a, bb, real_b, window)
-        padded_a = ~real_a
-        score = score.masked_fill(padded_a, float("-inf"))
-        if protect_first:
-            score[:, 0] = float("-inf")
-        best, src = score.topk(candidates, dim=1)  # [B, k] A tokens, most similar first
-        chosen = best > float("-inf")
-        if isinstance(r, Tensor):
-            chosen &= torch.arange(candidates, device=device) < r[:, None]
-        elif r < candidates:
-            chosen[:, r:] = False
-        dst = dst[rows, src]  # [B, k] B token of each candidate
-        src_size = size_a[rows, src] * chosen  # 0 for candidates that do not merge
-        new_size_b = size_b.scatter_add(1, dst, src_size)
-        merged_a = torch.zeros_like(real_a).scatter_(1, src, chosen)
-        # kept tokens first, in sequence order: sort the columns of cat([A, B]) by position, dropped ones last
-        dropped = torch.cat([padded_a | merged_a, ~real_b], dim=1)
-        position = torch.cat([torch.arange(0, n, 2, device=device), torch.arange(1, n, 2, device=device)])
-        keep = torch.sort(position + n * dropped, dim=1).indices[:, :n_out]
-        denom = new_size_b.clamp_min(1e-12)  # only padded B tokens have size 0
-        merged_sizes = torch.cat([size_a.masked_fill(merged_a, 0), new_size_b], dim=1)[rows, keep]
+        src, dst, chosen = _choose(metric, real, r, min(n - n_out, (n + 1) // 2), protect_first, window)
+        slot = _slots(sizes, real, src, dst, chosen, n_out)
+        merged_sizes = _scatter_to_slots(sizes, slot, n_out)
+        denom = merged_sizes.clamp_min(1e-12)  # 0 only at padded output columns
 
     def per_token(t: Tensor, like: Tensor) -> Tensor:
         """``[B, k]`` viewed to broadcast against ``like [B, k, ...]``."""
@@ -204,25 +199,59 @@ def bipartite_soft_matching(
             raise ValueError(f"merge expects a per-token tensor [B, N, ...]=[{b}, {n}, ...], got {tuple(x.shape)}")
         if mode not in ("mean", "sum"):
             raise ValueError(f"merge mode must be 'mean' (size-weighted) or 'sum', got {mode!r}")
-        x_a, x_b = x[:, ::2], x[:, 1::2]
-        if mode == "mean":  # sum(size * x) / sum(size); padded B columns become 0
-            src_x = x_a[rows, src] * per_token(src_size, x)
-            total = (x_b * per_token(size_b, x)).scatter_add(1, per_token(dst, x).expand_as(src_x), src_x)
-            new_a, new_b = x_a, (total / per_token(denom, x)).to(x.dtype)
-        else:
-            src_x = torch.where(per_token(chosen, x), x_a[rows, src], 0)
-            new_a = torch.where(per_token(merged_a, x), 0, x_a)
-            new_b = x_b.scatter_add(1, per_token(dst, x).expand_as(src_x), src_x)
-        return torch.cat([new_a, new_b], dim=1)[rows, keep]
+        if mode == "sum":
+            return _scatter_to_slots(x, slot, n_out)
+        return (_scatter_to_slots(x * per_token(sizes, x), slot, n_out) / per_token(denom, x)).to(x.dtype)
 
     def unmerge(y: Tensor) -> Tensor:
         if y.shape[:2] != (b, n_out):
             raise ValueError(f"unmerge expects a merged tensor [B, n_out, ...]=[{b}, {n_out}, ...], got {tuple(y.shape)}")
-        # merged column of every column of cat([A, B]); dropped padding points at the last column
-        slot = torch.full((b, n), n_out - 1, device=device).scatter_(1, keep, torch.arange(n_out, device=device).expand(b, -1))
-        slot_a, slot_b = slot[:, :na], slot[:, na:]
-        slot_a = slot_a.scatter(1, src, torch.where(chosen, slot_b[rows, dst], slot_a[rows, src]))
-        out = y[rows, _interleave(slot_a, slot_b)]
-        return torch.where(per_token(real, out), out, 0)
+        out = take_tokens(y, slot.clamp_max(n_out - 1))  # padding points past the end
+        return out if real is None else torch.where(per_token(real, out), out, 0)
 
     return TokenMerge(merge, unmerge, merged_sizes)
+
+
+def _choose(
+    metric: Tensor, real: Tensor | None, r: Tensor | int, candidates: int, protect_first: bool, window: int | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """ToMe's choice of merges, in columns of the padded sequence (A token ``j`` sits at ``2j``, B token ``j`` at ``2j + 1``).
+
+    ``real [B, N]`` marks real tokens (``None``: all are). Returns ``(src, dst, chosen)``,
+    each ``[B, candidates]``: the A columns most similar to their best B match, most
+    similar first; that match's column; and whether the pair merges (the first ``r_i``
+    of row ``i`` with a real match).
+    """
+    unit = F.normalize(metric, dim=-1)
+    a, b, b_real = unit[:, ::2], unit[:, 1::2], None if real is None else real[:, 1::2]
+    score, dst = match_global(a, b, b_real) if window is None else match_window(a, b, b_real, window)
+    if real is not None:
+        score = score.masked_fill_(~real[:, ::2], float("-inf"))  # in place: the matcher's own output
+    if protect_first:
+        score[:, 0] = float("-inf")
+    best, src = score.topk(candidates, dim=1)
+    chosen = best > float("-inf")
+    if isinstance(r, Tensor):
+        chosen &= shape_cache.arange(candidates, metric.device) < r[:, None]
+    elif r < candidates:
+        chosen[:, r:] = False
+    return 2 * src, 2 * dst.gather(1, src) + 1, chosen
+
+
+def _slots(sizes: Tensor, real: Tensor | None, src: Tensor, dst: Tensor, chosen: Tensor, n_out: int) -> Tensor:
+    """Output column of every input column ``[B, N]``: kept tokens in order, merged sources with their match, padding ``n_out``.
+
+    ``real [B, N]`` marks real tokens (``None``: all are). A row that keeps more than
+    ``n_out`` tokens (an ``r`` too small) loses the last ones.
+    """
+    dropped = torch.zeros_like(sizes, dtype=torch.bool).scatter_(1, src, chosen)  # merged away
+    if real is not None:
+        dropped |= ~real
+    slot = ((~dropped).cumsum(1) - 1).masked_fill_(dropped, n_out).clamp_max_(n_out)
+    return slot.scatter_(1, src, torch.where(chosen, slot.gather(1, dst), slot.gather(1, src)))
+
+
+def _scatter_to_slots(x: Tensor, slot: Tensor, n_out: int) -> Tensor:
+    """Sum of the tokens of ``x [B, N, ...]`` that share a slot: ``[B, n_out, ...]`` (slot ``n_out`` is dropped)."""
+    index = slot.view(*slot.shape, *[1] * (x.dim() - 2)).expand(x.shape)
+    return x.new_zeros(x.shape[0], n_out + 1, *x.shape[2:]).scatter_add_(1, index, x)[:, :n_out]

@@ -4,14 +4,21 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from maelre.layers.shape_cache import shape_cached
+
 
 def rope_angles(positions: Tensor, head_dim: int, base: float = 10000.0) -> tuple[Tensor, Tensor]:
     """``cos, sin`` of shape ``[*positions.shape, head_dim // 2]`` for ``positions`` of any shape."""
     if head_dim % 2:
         raise ValueError(f"RoPE needs an even head dimension, got {head_dim}; choose dim/heads even")
-    inv_freq = base ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = positions.float().unsqueeze(-1) * inv_freq
+    angles = positions.float().unsqueeze(-1) * inverse_frequencies(head_dim, base, positions.device)
     return angles.cos(), angles.sin()
+
+
+@shape_cached
+def inverse_frequencies(head_dim: int, base: float, device: torch.device) -> Tensor:
+    """``base ** (-2i / head_dim)`` for ``i < head_dim // 2`` (float32), built once per setting and device."""
+    return base ** (-torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
