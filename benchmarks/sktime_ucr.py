@@ -56,7 +56,7 @@ MAELRE_TUNED: dict[str, Any] = dict(
     backbone="maelre", dim=32, depth=2, heads=2, max_epochs=100, batch_size=8, lr=2e-3, weight_decay=0.05, random_state=0, device="cpu"
 )
 #: resolved settings reported per set for the defaults column
-SETTINGS_REPORTED = ("dim", "depth", "batch_size", "max_epochs", "early_stopping")
+SETTINGS_REPORTED = ("dim", "depth", "batch_size", "max_epochs", "early_stopping", "n_models")
 #: accuracy differences below this count as ties in the win/tie/loss summary (one test series in 1000)
 TIE = 1e-3
 WARMUP_SERIES = 4
@@ -502,7 +502,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="keep the finished (dataset, model) rows of --out")
     parser.add_argument("--report-only", action="store_true", help="only re-render --doc from --out")
     parser.add_argument("--merge", nargs="+", type=Path, default=None, help="join these result files (runs over disjoint sets) into --out and render --doc")
-    parser.add_argument("--note", action="append", default=[], help="with --merge: a line for the report's Notes section (repeatable)")
+    parser.add_argument("--note", action="append", default=[], help="with --merge or --report-only: a line for the report's Notes section (repeatable; replaces the stored notes)")
     args = parser.parse_args(argv)
     if args.budget <= 0 or args.threads < 1 or (args.max_epochs is not None and args.max_epochs < 1):
         parser.error("--budget must be positive, --threads and --max-epochs at least 1")
@@ -536,7 +536,11 @@ def _has_class_labels(path: Path) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report_only:
-        write_text_atomic(args.doc, render_markdown(read_json(args.out)))
+        document = read_json(args.out)
+        if args.note:  # replaces the notes of the results file
+            document["meta"]["notes"] = list(args.note)
+            write_json_atomic(args.out, document)
+        write_text_atomic(args.doc, render_markdown(document))
         return 0
     if args.merge:
         document = merge_runs([read_json(p) for p in args.merge])
