@@ -56,7 +56,7 @@ MAELRE_TUNED: dict[str, Any] = dict(
     backbone="maelre", dim=32, depth=2, heads=2, max_epochs=100, batch_size=8, lr=2e-3, weight_decay=0.05, random_state=0, device="cpu"
 )
 #: resolved settings reported per set for the defaults column
-SETTINGS_REPORTED = ("dim", "depth", "batch_size", "max_epochs", "early_stopping", "n_models")
+SETTINGS_REPORTED = ("dim", "depth", "batch_size", "max_epochs", "early_stopping")
 #: accuracy differences below this count as ties in the win/tie/loss summary (one test series in 1000)
 TIE = 1e-3
 WARMUP_SERIES = 4

@@ -48,11 +48,6 @@ logger = logging.getLogger(__name__)
 ADAPTER_INPUTS = {"timeseries": "timeseries", "text": "text", "audio": "audio", "image": "image", "pixels": "image"}
 
 
-def _member_seed(seed: int, k: int) -> int:
-    """Seed of the ``k``-th network of a seed ensemble (``k = 0``: the estimator's own seed)."""
-    return (seed + 7919 * k) % np.iinfo(np.int32).max
-
-
 def _varies_in_length(adapter_name: str, samples: list) -> bool:
     """Whether training batches should be length-bucketed: time series of different lengths.
 
@@ -139,16 +134,12 @@ class MAELREClassifier(_Persistence, ClassifierMixin, BaseEstimator):
         Column names, when ``X`` was a DataFrame with string column names.
     model_ : maelre.SequenceClassifier
         The trained network (adapter + backbone + head), on CPU, in eval mode.
-    members_ : list of maelre.SequenceClassifier
-        The further networks of a seed ensemble (``settings_["n_models"] - 1`` of them, the
-        same architecture trained from other seeds; empty for one network).
-        ``predict_proba`` averages the probabilities of ``model_`` and ``members_``.
     adapter_ : modalities.base.ModalityAdapter
         ``model_.adapter`` (with its fitted preprocessing state).
     n_iter_ : int
-        Epochs run (by ``model_``).
+        Epochs run.
     history_ : list of dict
-        Per epoch of ``model_``: ``epoch``, ``step``, ``train/loss`` and, with early stopping, ``val/*``.
+        Per epoch: ``epoch``, ``step``, ``train/loss`` and, with early stopping, ``val/*``.
     settings_ : dict
         The settings ``fit`` used, every ``"auto"`` resolved (``dim``, ``depth``, ``heads``,
         ``max_epochs``, ``batch_size``, ``lr``, ``early_stopping``, ``stop_on``, ...).
@@ -344,24 +335,18 @@ class MAELREClassifier(_Persistence, ClassifierMixin, BaseEstimator):
 
         caller_rng = rng_state()  # the engine seeds the global generators; give the caller's back afterwards
         try:
-            results = [
-                self._train(adapter_name, train, val, settings, settings["max_epochs"], _member_seed(seed, k), len(classes), weights, classes)
-                for k in range(settings["n_models"])
-            ]
+            result = self._train(adapter_name, train, val, settings, settings["max_epochs"], seed, len(classes), weights, classes)
         finally:
             set_rng_state(caller_rng)
-        result = results[0]
 
         self.classes_ = classes
         self.modality_ = adapter_name
         self.settings_ = settings
         self.model_ = result.model
-        self.members_ = [r.model for r in results[1:]]
         self.adapter_ = result.model.adapter
         self.history_ = result.history
         self.n_iter_ = len(result.history)
-        seconds = sum(r.fit_seconds for r in results)
-        self._report(f"trained {len(results)} x {self.n_iter_} epochs on {len(train)} samples in {seconds:.1f} s")
+        self._report(f"trained {self.n_iter_} epochs on {len(train)} samples in {result.fit_seconds:.1f} s")
         return self
 
     def _train(
@@ -402,11 +387,8 @@ class MAELREClassifier(_Persistence, ClassifierMixin, BaseEstimator):
         check_is_fitted(self)
         items, _, _ = self._items(X, reset=False)
         batch_size = 2 * getattr(self, "settings_", GENERIC_DEFAULTS)["batch_size"]
-        proba = np.zeros((len(items), len(self.classes_)))
-        networks = [self.model_, *getattr(self, "members_", [])]
-        for network in networks:  # a seed ensemble averages its members' probabilities
-            proba += predict_proba(network, items, batch_size=batch_size, device=self._torch_device()).astype(np.float64)
-            network.cpu()
+        proba = predict_proba(self.model_, items, batch_size=batch_size, device=self._torch_device()).astype(np.float64)
+        self.model_.cpu()
         return proba / proba.sum(axis=1, keepdims=True)
 
     def predict(self, X: Any) -> np.ndarray:

@@ -16,8 +16,6 @@ from sklearn.utils.validation import check_is_fitted
 _FORMAT = "maelre.MAELREClassifier/1"
 _METADATA_KEY = "maelre_estimator"
 # learned state besides the network itself, as JSON-able values (``save``/``load`` and pickling)
-#: weights of the further networks of a seed ensemble (``members_``) are stored as ``members.{i}.{name}``
-_MEMBER_PREFIX = "members."
 _FITTED_ATTRS = ("modality_", "n_iter_", "history_", "settings_", "n_features_in_", "feature_names_in_")
 
 
@@ -31,7 +29,6 @@ class _Persistence:
             "classes": {"dtype": "object" if self.classes_.dtype == object else self.classes_.dtype.str, "values": self.classes_.tolist()},
             "spec": self.model_.spec.to_dict(),
             "preprocessing": self.adapter_.preprocessing_state(),
-            "members": len(getattr(self, "members_", [])),
         }
         for attr in _FITTED_ATTRS:
             if hasattr(self, attr):
@@ -45,18 +42,10 @@ class _Persistence:
         from modalities import create_adapter
 
         spec = ModelSpec.from_dict(state["spec"])
-
-        def network(prefix: str):
-            adapter = create_adapter(spec.adapter, **spec.adapter_config)
-            adapter.load_preprocessing_state(state["preprocessing"])
-            model = build_model(adapter, spec.backbone, spec.backbone_config, spec.num_classes, spec.head_dropout, spec.two_tower)
-            own = {k[len(prefix):]: v for k, v in weights.items() if k.startswith(prefix) and (prefix or not k.startswith(_MEMBER_PREFIX))}
-            model.load_state_dict(own, strict=True)
-            return model.eval()
-
-        n_members = int(state.get("members", 0))
-        model = network("")
-        self.members_ = [network(f"{_MEMBER_PREFIX}{i}.") for i in range(n_members)]
+        adapter = create_adapter(spec.adapter, **spec.adapter_config)
+        adapter.load_preprocessing_state(state["preprocessing"])
+        model = build_model(adapter, spec.backbone, spec.backbone_config, spec.num_classes, spec.head_dropout, spec.two_tower)
+        model.load_state_dict(weights, strict=True)
         classes = state["classes"]
         self.classes_ = np.asarray(classes["values"], dtype=object if classes["dtype"] == "object" else np.dtype(classes["dtype"]))
         self.model_ = model.eval()
@@ -69,8 +58,7 @@ class _Persistence:
     def _to_safetensors(self, extra: dict | None = None) -> bytes:
         """Weights as safetensors bytes; ``_fitted_state()`` (plus ``extra``) as JSON in the metadata."""
         # clones: safetensors refuses tensors that share storage
-        networks = {"": self.model_, **{f"{_MEMBER_PREFIX}{i}.": m for i, m in enumerate(getattr(self, "members_", []))}}
-        weights = {prefix + k: v.detach().cpu().clone().contiguous() for prefix, m in networks.items() for k, v in m.state_dict().items()}
+        weights = {k: v.detach().cpu().clone().contiguous() for k, v in self.model_.state_dict().items()}
         try:
             meta = json.dumps({**self._fitted_state(), **(extra or {})})
         except TypeError as err:
@@ -123,7 +111,7 @@ class _Persistence:
         # the network travels as safetensors bytes, not as pickled nn.Module objects
         state = super().__getstate__()
         if "model_" in state:
-            state = {k: v for k, v in state.items() if k not in ("model_", "members_", "adapter_", "classes_", *_FITTED_ATTRS)}
+            state = {k: v for k, v in state.items() if k not in ("model_", "adapter_", "classes_", *_FITTED_ATTRS)}
             state["_fitted_safetensors"] = self._to_safetensors()
         return state
 

@@ -41,10 +41,6 @@ TS_BUCKET_BATCHES = 4
 #: convolution (the library default since the sCIFAR-10 merge ablation); on 3-fold CV of the
 #: ArrowHead and OSULeaf training splits it lowered accuracy (docs/sklearn.md)
 TS_MAELRE_DEFAULTS: dict[str, Any] = {"value_conv": None}
-#: time series of fewer than TS_ENSEMBLE_BELOW training series train a seed ensemble of
-#: TS_ENSEMBLE_MODELS networks (same rules, other seeds) whose probabilities are averaged
-TS_ENSEMBLE_BELOW = 0
-TS_ENSEMBLE_MODELS = 1
 
 
 def auto_settings(params: dict, modality: str, labels: np.ndarray) -> dict:
@@ -73,7 +69,7 @@ def auto_settings(params: dict, modality: str, labels: np.ndarray) -> dict:
     resolved = {key: params[key] for key in GENERIC_DEFAULTS}
     if modality != "timeseries":
         resolved = {key: GENERIC_DEFAULTS[key] if value == "auto" else value for key, value in resolved.items()}
-        return {**resolved, "stop_on": "val/acc", "n_models": 1}
+        return {**resolved, "stop_on": "val/acc"}
     small = n < TS_LARGE
     rules = {
         "dim": 32 if small else 64, "depth": 2, "heads": 2 if small else 4,
@@ -93,8 +89,7 @@ def auto_settings(params: dict, modality: str, labels: np.ndarray) -> dict:
         resolved["max_epochs"] = int(np.clip(math.ceil(TS_TARGET_STEPS / steps_per_epoch), *TS_EPOCH_RANGE))
     if resolved["n_iter_no_change"] == "auto":
         resolved["n_iter_no_change"] = max(10, resolved["max_epochs"] // 4)
-    n_models = TS_ENSEMBLE_MODELS if n < TS_ENSEMBLE_BELOW and not resolved["early_stopping"] else 1
-    return {**resolved, "stop_on": "val/loss" if auto_stop else "val/acc", "n_models": n_models}
+    return {**resolved, "stop_on": "val/loss" if auto_stop else "val/acc"}
 
 
 def _data_defaults(adapter: str, items: list, params: dict) -> dict:

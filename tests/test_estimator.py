@@ -389,7 +389,7 @@ def test_auto_settings_rules():
     large = auto_settings(params, "timeseries", np.arange(2000) % 4)
     assert large["dim"] == 64 and large["heads"] == 4 and large["batch_size"] == 32 and large["max_epochs"] == 20
     assert large["early_stopping"] and large["stop_on"] == "val/loss" and large["n_iter_no_change"] == 10
-    assert auto_settings(params, "text", np.repeat([0, 1], 25)) == {**GENERIC_DEFAULTS, "stop_on": "val/acc", "n_models": 1}
+    assert auto_settings(params, "text", np.repeat([0, 1], 25)) == {**GENERIC_DEFAULTS, "stop_on": "val/acc"}
     # the user's values win; a fixed epoch count means exactly that many epochs (no stopping)
     fixed = auto_settings({**params, "max_epochs": 7, "dim": 48}, "timeseries", np.arange(2000) % 4)
     assert fixed["max_epochs"] == 7 and fixed["dim"] == 48 and not fixed["early_stopping"]
@@ -413,28 +413,6 @@ def test_auto_defaults_stop_early_on_large_sets(gunpoint, monkeypatch, capsys):
     assert clf.predict(X_test[:5]).shape == (5,)
     again = MAELREClassifier(dim=8, depth=1, heads=2, random_state=0).fit(X[:30], y[:30])
     np.testing.assert_array_equal(again.predict_proba(X_test[:5]), clf.predict_proba(X_test[:5]))
-
-
-def test_tiny_sets_train_a_seed_ensemble_that_saves_and_loads(gunpoint, monkeypatch, tmp_path):
-    import maelre.estimator_settings as est
-    from maelre.engine import predict_proba
-
-    monkeypatch.setattr(est, "TS_ENSEMBLE_BELOW", 30)
-    monkeypatch.setattr(est, "TS_ENSEMBLE_MODELS", 2)
-    X, y, X_test, _ = gunpoint
-    params = dict(dim=8, depth=1, heads=2, max_epochs=2, random_state=0)
-    clf = MAELREClassifier(**params).fit(X[:20], y[:20])
-    assert clf.settings_["n_models"] == 2 and len(clf.members_) == 1
-    single = predict_proba(clf.model_, list(X_test[:6, None]), device="cpu")
-    other = predict_proba(clf.members_[0], list(X_test[:6, None]), device="cpu")
-    assert not np.allclose(single, other)  # another seed, another network
-    np.testing.assert_allclose(clf.predict_proba(X_test[:6]), (single + other) / 2, atol=1e-6)
-    loaded = MAELREClassifier.load(clf.save(tmp_path / "ensemble.safetensors"))
-    assert len(loaded.members_) == 1
-    np.testing.assert_allclose(loaded.predict_proba(X_test[:6]), clf.predict_proba(X_test[:6]), atol=1e-6)
-    np.testing.assert_allclose(pickle.loads(pickle.dumps(clf)).predict_proba(X_test[:6]), clf.predict_proba(X_test[:6]), atol=1e-6)
-    # from the threshold on, and with a split for early stopping, one network
-    assert MAELREClassifier(**params).fit(X[:30], y[:30]).members_ == []
 
 
 def test_own_stem_kernels_drop_the_default_dilations(gunpoint):
