@@ -23,7 +23,7 @@ TS_LARGE = 1000
 TS_BATCH_DIVISOR = 10
 TS_BATCH_RANGE = (8, 32)
 #: the time-series adapter's data-derived defaults besides tokenization; series longer than
-#: TS_DEEP_STEM_MAX_LEN steps get one stem module (the stacked ones cost ~18x more per step).
+#: TS_DEEP_STEM_MAX_LEN steps get one stem module (the stacked ones cost several times more per step).
 #: Each series is z-normalized on its own (global statistics flatten every series far below the
 #: training set's largest scale to a constant), its scale entering as ``scale_channels``. The stem's
 #: branches are kernels of 9 taps at dilations 1, 2, 4 (receptive fields 9, 17, 33, near the
