@@ -502,7 +502,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="keep the finished (dataset, model) rows of --out")
     parser.add_argument("--report-only", action="store_true", help="only re-render --doc from --out")
     parser.add_argument("--merge", nargs="+", type=Path, default=None, help="join these result files (runs over disjoint sets) into --out and render --doc")
-    parser.add_argument("--note", action="append", default=[], help="with --merge: a line for the report's Notes section (repeatable)")
+    parser.add_argument("--note", action="append", default=[], help="with --merge or --report-only: a line for the report's Notes section (repeatable; replaces the stored notes)")
     args = parser.parse_args(argv)
     if args.budget <= 0 or args.threads < 1 or (args.max_epochs is not None and args.max_epochs < 1):
         parser.error("--budget must be positive, --threads and --max-epochs at least 1")
@@ -536,7 +536,11 @@ def _has_class_labels(path: Path) -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.report_only:
-        write_text_atomic(args.doc, render_markdown(read_json(args.out)))
+        document = read_json(args.out)
+        if args.note:  # replaces the notes of the results file
+            document["meta"]["notes"] = list(args.note)
+            write_json_atomic(args.out, document)
+        write_text_atomic(args.doc, render_markdown(document))
         return 0
     if args.merge:
         document = merge_runs([read_json(p) for p in args.merge])

@@ -369,7 +369,8 @@ class MAELREClassifier(_Persistence, ClassifierMixin, BaseEstimator):
             enable_progress_bar=self.verbose >= 2,
             **self._trainer_device(),
         )
-        optim_cfg = OptimConfig(lr=float(settings["lr"]), weight_decay=float(self.weight_decay))
+        fused = self._torch_device().type in ("cpu", "cuda")  # one kernel for all parameters: faster for small models
+        optim_cfg = OptimConfig(lr=float(settings["lr"]), weight_decay=float(self.weight_decay), fused=fused)
         with warnings.catch_warnings():
             # without early stopping there is deliberately no validation loader
             warnings.filterwarnings("ignore", message=".*validation_step.*val_dataloader")

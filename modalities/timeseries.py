@@ -42,6 +42,7 @@ NAN_POLICIES = ("raise", "zero", "interpolate", "mask")
 TS_NORMALIZATIONS = ("global", "instance", "none")
 TS_TOKENS = ("point", "patch")
 TS_STEMS = ("linear", "conv")
+TS_STEM_POOLS = ("input", "bottleneck")
 _STD_FLOOR = 1e-8
 
 
@@ -67,7 +68,10 @@ class TimeSeriesAdapterConfig(SequenceAdapterConfig):
             and ``augment`` need non-overlapping patches.
         stem_channels: output channels of each ``"conv"`` branch.
         stem_kernels: kernel sizes of the ``"conv"`` branches (one branch each).
+        stem_dilations: dilation of each ``"conv"`` branch (``None``: 1 for every kernel).
         stem_layers: stacked multi-scale modules of the ``"conv"`` stem (residual from the second).
+        stem_pool: what the max-pool branch of the stacked modules pools: ``"input"`` (the
+            module's input, as InceptionTime) or ``"bottleneck"`` (the bottleneck's output, cheaper).
         augment: training-time augmentations, any of ``"jitter"``, ``"scaling"``,
             ``"slice"``, ``"warp"`` (``augment_steps``); off in eval mode.
     """
@@ -82,7 +86,9 @@ class TimeSeriesAdapterConfig(SequenceAdapterConfig):
     stem: str = "linear"
     stem_channels: int = 16
     stem_kernels: tuple[int, ...] = (9, 19, 39)
+    stem_dilations: tuple[int, ...] | None = None
     stem_layers: int = 1
+    stem_pool: str = "input"
     augment: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -100,6 +106,14 @@ class TimeSeriesAdapterConfig(SequenceAdapterConfig):
             raise ValueError(f"timeseries: stem_kernels must be a non-empty list of kernel sizes, got {self.stem_kernels!r}")
         self.stem_kernels = tuple(self.stem_kernels)
         check_positive("timeseries", **{f"stem_kernels[{i}]": k for i, k in enumerate(self.stem_kernels)})
+        if self.stem_dilations is not None:
+            if isinstance(self.stem_dilations, int) or len(self.stem_dilations) != len(self.stem_kernels):
+                raise ValueError(
+                    f"timeseries: stem_dilations must list one dilation per kernel ({len(self.stem_kernels)}), got {self.stem_dilations!r}"
+                )
+            self.stem_dilations = tuple(self.stem_dilations)
+            check_positive("timeseries", **{f"stem_dilations[{i}]": d for i, d in enumerate(self.stem_dilations)})
+        check_choice("timeseries", "stem_pool", self.stem_pool, TS_STEM_POOLS)
         if isinstance(self.augment, str):
             raise ValueError(f"timeseries: augment must be a list of names, e.g. [{self.augment!r}], got the string {self.augment!r}")
         self.augment = tuple(self.augment)
@@ -219,7 +233,9 @@ class TimeSeriesAdapter(SequenceAdapter):
         c = self.config
         self.scale_proj = nn.Linear(2 * channels, c.dim, device=device) if c.scale_channels else None
         if c.stem == "conv":
-            self.proj = ConvStem(channels, self.steps_per_token, c.dim, c.stem_channels, c.stem_kernels, c.stem_layers).to(device)
+            self.proj = ConvStem(
+                channels, self.steps_per_token, c.dim, c.stem_channels, c.stem_kernels, c.stem_layers, c.stem_dilations, c.stem_pool
+            ).to(device)
         else:
             self.proj = nn.Linear(channels * self.steps_per_token, c.dim, device=device)
 

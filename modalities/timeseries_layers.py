@@ -24,20 +24,28 @@ RESAMPLE_PROB = 0.5
 
 class InceptionModule(nn.Module):
     """One InceptionTime module: an optional 1x1 bottleneck, one ``Conv1d`` branch per kernel
-    size plus a max-pool(3) -> 1x1 branch, concatenated, per-step LayerNorm, GELU.
+    size (and dilation) plus a max-pool(3) -> 1x1 branch, concatenated, per-step LayerNorm, GELU.
+
+    ``pool="input"`` max-pools the module's input (InceptionTime); ``"bottleneck"`` pools the
+    bottleneck's output instead, ``hidden`` channels rather than all the input's (cheaper).
 
     ``x [B, C_in, L]`` + step mask ``[B, L]`` -> ``[B, hidden * (len(kernels) + 1), L]``,
     zero at masked steps. Edges are zero-padded explicitly and masked steps are zeroed
     first, so a series' output does not depend on how much padding its batch adds.
     """
 
-    def __init__(self, in_channels: int, hidden: int, kernels: Sequence[int], bottleneck: bool) -> None:
+    def __init__(
+        self, in_channels: int, hidden: int, kernels: Sequence[int], bottleneck: bool,
+        dilations: Sequence[int] | None = None, pool: str = "input",
+    ) -> None:
         super().__init__()
         self.kernels = tuple(kernels)
+        self.dilations = tuple(dilations) if dilations is not None else (1,) * len(self.kernels)
         self.bottleneck = nn.Conv1d(in_channels, hidden, 1, bias=False) if bottleneck else None
         width = hidden if bottleneck else in_channels
-        self.branches = nn.ModuleList(nn.Conv1d(width, hidden, k) for k in self.kernels)
-        self.pool_branch = nn.Conv1d(in_channels, hidden, 1)
+        self.branches = nn.ModuleList(nn.Conv1d(width, hidden, k, dilation=d) for k, d in zip(self.kernels, self.dilations))
+        self.pool_bottleneck = pool == "bottleneck" and bottleneck
+        self.pool_branch = nn.Conv1d(width if self.pool_bottleneck else in_channels, hidden, 1)
         self.out_channels = hidden * (len(self.kernels) + 1)
         self.norm = nn.LayerNorm(self.out_channels)
 
@@ -46,10 +54,12 @@ class InceptionModule(nn.Module):
         x = x * real
         z = x if self.bottleneck is None else self.bottleneck(x)
         outs = []
-        for k, conv in zip(self.kernels, self.branches):
-            left = (k - 1) // 2  # "same" length for odd and even k
-            outs.append(conv(F.pad(z, (left, k - 1 - left))))
-        outs.append(self.pool_branch(F.max_pool1d(F.pad(x, (1, 1)), 3, stride=1)))
+        for k, d, conv in zip(self.kernels, self.dilations, self.branches):
+            span = d * (k - 1)
+            left = span // 2  # "same" length for odd and even spans
+            outs.append(conv(F.pad(z, (left, span - left))))
+        pooled = z if self.pool_bottleneck else x
+        outs.append(self.pool_branch(F.max_pool1d(F.pad(pooled, (1, 1)), 3, stride=1)))
         h = F.gelu(self.norm(torch.cat(outs, dim=1).transpose(1, 2))).transpose(1, 2)
         return h * real
 
@@ -62,12 +72,16 @@ class ConvStem(nn.Module):
     (PatchTST's patch embedding, on convolutional features instead of raw values).
     """
 
-    def __init__(self, channels: int, patch_len: int, dim: int, hidden: int, kernels: Sequence[int], layers: int = 1) -> None:
+    def __init__(
+        self, channels: int, patch_len: int, dim: int, hidden: int, kernels: Sequence[int], layers: int = 1,
+        dilations: Sequence[int] | None = None, pool: str = "input",
+    ) -> None:
         super().__init__()
         self.patch_len = patch_len
-        first = InceptionModule(channels, hidden, kernels, bottleneck=False)
+        first = InceptionModule(channels, hidden, kernels, bottleneck=False, dilations=dilations)
         width = first.out_channels
-        self.blocks = nn.ModuleList([first, *(InceptionModule(width, hidden, kernels, bottleneck=True) for _ in range(layers - 1))])
+        more = (InceptionModule(width, hidden, kernels, bottleneck=True, dilations=dilations, pool=pool) for _ in range(layers - 1))
+        self.blocks = nn.ModuleList([first, *more])
         self.proj = nn.Linear(width * patch_len, dim)
 
     def forward(self, x: Tensor, steps: Tensor) -> Tensor:

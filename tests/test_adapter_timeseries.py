@@ -291,11 +291,17 @@ def test_config_errors():
 
 
 # -- convolutional stem and augmentation ----------------------------------------------------
-@pytest.mark.parametrize("token", [{"token": "point"}, {"token": "patch", "patch_len": 4}])
-def test_conv_stem_shapes_masks_and_gradients(token):
+CHEAP_STEM = {"stem_kernels": (9, 9, 9), "stem_dilations": (1, 2, 4), "stem_pool": "bottleneck"}
+
+
+@pytest.mark.parametrize(
+    ("token", "stem"),
+    [({"token": "point"}, {}), ({"token": "patch", "patch_len": 4}, {}), ({"token": "point"}, CHEAP_STEM), ({"token": "patch", "patch_len": 4}, CHEAP_STEM)],
+)
+def test_conv_stem_shapes_masks_and_gradients(token, stem):
     rng = np.random.default_rng(0)
     series = [rng.normal(size=(2, 37)), rng.normal(size=(2, 80))]
-    a = ts(max_len=100, stem="conv", stem_layers=2, pad_to_multiple=8, **token).fit(series).eval()
+    a = ts(max_len=100, stem="conv", stem_layers=2, pad_to_multiple=8, **token, **stem).fit(series).eval()
     alone, alone_mask = a(a.collate([a.encode(series[0])]))
     both, both_mask = a(a.collate([a.encode(s) for s in series]))
     steps = 1 if token["token"] == "point" else 4
@@ -338,8 +344,37 @@ def test_augmentation_only_in_training_and_seeded():
         ({"augment": ["mixup"]}, "augment must be one of"),
         ({"stem": "conv", "token": "patch", "patch_len": 4, "patch_stride": 2}, "non-overlapping"),
         ({"stem_kernels": []}, "non-empty"),
+        ({"stem_kernels": [9, 9], "stem_dilations": [1]}, "one dilation per kernel"),
+        ({"stem_dilations": [1, 0, 2]}, "stem_dilations\\[1\\] must be a positive"),
+        ({"stem_pool": "avg"}, "stem_pool must be one of"),
     ],
 )
 def test_stem_config_errors(kw, match):
     with pytest.raises(ValueError, match=match):
         ts(**kw)
+
+
+def test_dilated_stem_branch_sees_the_dilated_neighbourhood():
+    """A branch of kernel 3 and dilation 4 reads steps t-4, t, t+4 ("same" padding): an impulse
+    at step 10 reaches exactly steps 6, 10 and 14 of its output."""
+    from modalities.timeseries_layers import InceptionModule
+
+    module = InceptionModule(1, 1, kernels=(3,), bottleneck=False, dilations=(4,))
+    x = torch.zeros(1, 1, 21)
+    x[0, 0, 10] = 1.0
+    out = module.branches[0](torch.nn.functional.pad(x, (4, 4)))
+    bias = module.branches[0].bias
+    assert out.shape == (1, 1, 21)
+    assert torch.nonzero((out - bias).abs()[0, 0] > 1e-7).flatten().tolist() == [6, 10, 14]
+    full = module(x, torch.ones(1, 21, dtype=torch.bool))
+    assert full.shape == (1, 2, 21)
+
+
+def test_bottleneck_pool_reads_the_bottleneck():
+    from modalities.timeseries_layers import InceptionModule
+
+    cheap = InceptionModule(64, 16, (9, 9, 9), bottleneck=True, dilations=(1, 2, 4), pool="bottleneck")
+    classic = InceptionModule(64, 16, (9, 9, 9), bottleneck=True)
+    assert cheap.pool_branch.in_channels == 16 and classic.pool_branch.in_channels == 64
+    first = InceptionModule(1, 16, (9, 9, 9), bottleneck=False, pool="bottleneck")  # no bottleneck: pools the input
+    assert first.pool_branch.in_channels == 1

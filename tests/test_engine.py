@@ -319,6 +319,14 @@ def test_in_memory_fit_learns_and_predicts_in_order():
     assert result.throughput["samples_seen"] == 6 * 90 and result.peak_memory["bytes"] > 0
 
 
+def test_fused_adamw_is_an_option():
+    model = tiny_model(sine_samples(6))
+    from maelre.engine.task import build_optimizer
+
+    assert build_optimizer(model, OptimConfig(fused=True)).defaults["fused"] is True
+    assert not build_optimizer(model, OptimConfig()).defaults.get("fused")
+
+
 def _fit_to(run_dir, train, val, resume=False, crash=None):
     seed_everything(0)
     model = tiny_model(train, dropout=0.2)

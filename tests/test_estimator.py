@@ -409,9 +409,16 @@ def test_auto_defaults_stop_early_on_large_sets(gunpoint, monkeypatch, capsys):
     assert s["early_stopping"] and s["max_epochs"] == 3 and 1 <= clf.n_iter_ <= 3 and "val/acc" in clf.history_[0]
     config = clf.adapter_.config
     assert config.stem == "conv" and config.normalize == "instance" and config.scale_channels and config.augment == ()
+    assert config.stem_kernels == (9, 9, 9) and config.stem_dilations == (1, 2, 4) and config.stem_pool == "input"
     assert clf.predict(X_test[:5]).shape == (5,)
     again = MAELREClassifier(dim=8, depth=1, heads=2, random_state=0).fit(X[:30], y[:30])
     np.testing.assert_array_equal(again.predict_proba(X_test[:5]), clf.predict_proba(X_test[:5]))
+
+
+def test_own_stem_kernels_drop_the_default_dilations(gunpoint):
+    X, y = gunpoint[0][:12], gunpoint[1][:12]
+    clf = MAELREClassifier(dim=8, depth=1, heads=2, max_epochs=1, random_state=0, adapter_params={"stem_kernels": [5, 11]}).fit(X, y)
+    assert clf.adapter_.config.stem_kernels == (5, 11) and clf.adapter_.config.stem_dilations is None
 
 
 def test_defaults_see_the_shape_of_series_at_any_scale():

@@ -108,6 +108,12 @@ def test_benchmark_records_ok_timeout_and_error_rows(bench, monkeypatch, tmp_pat
     text = bench.render_markdown(doc)
     assert "| GunPoint | 50/150 x 1 x 150 | 2 | 0.800 | 0.493 | timeout | +0.307 |" in text
     assert "1NN-DTW on GunPoint: **timeout**" in text
+    # --report-only re-renders the page from the results file; --note replaces its notes
+    out, page = tmp_path / "r.json", tmp_path / "r.md"
+    bench.write_json_atomic(out, doc)
+    assert bench.main(["--report-only", "--out", str(out), "--doc", str(page), "--note", "load 1.0 to 1.2"]) == 0
+    assert "## Notes\n\n- load 1.0 to 1.2\n" in page.read_text()
+    assert bench.read_json(out)["meta"]["notes"] == ["load 1.0 to 1.2"]
 
 
 def test_benchmark_rejects_unknown_datasets(bench):
