@@ -293,7 +293,7 @@ def preload_modules() -> None:
 def run(args: argparse.Namespace, command: str) -> dict[str, Any]:
     if any(not m.startswith("MAELRE") for m in args.models) and package_version("numba") is None:
         raise SystemExit("the MiniRocket and 1NN-DTW baselines need numba (sktime compiles them with it): pip install numba")
-    settings = {**MAELRE_DEFAULTS, **({"max_epochs": args.max_epochs} if args.max_epochs else {})}
+    settings = {**MAELRE_DEFAULTS, "random_state": args.seed, **({"max_epochs": args.max_epochs} if args.max_epochs else {})}
     document = {"meta": collect_meta(args, settings, command), "results": []}
     if args.resume and Path(args.out).is_file():
         document["results"] = read_json(args.out)["results"]
@@ -497,6 +497,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--budget", type=float, default=300.0, help="seconds per (dataset, model) before it counts as a timeout")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per model (sktime's baselines run single-threaded)")
     parser.add_argument("--max-epochs", type=int, default=None, help="set max_epochs of the defaults column (instead of 'auto'), e.g. for a smoke run")
+    parser.add_argument("--seed", type=int, default=0, help="random_state of the defaults column (another seed shows the spread of one result)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--doc", type=Path, default=DOC)
     parser.add_argument("--resume", action="store_true", help="keep the finished (dataset, model) rows of --out")
