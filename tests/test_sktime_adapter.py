@@ -119,3 +119,13 @@ def test_benchmark_records_ok_timeout_and_error_rows(bench, monkeypatch, tmp_pat
 def test_benchmark_rejects_unknown_datasets(bench):
     with pytest.raises(SystemExit):
         bench.parse_args(["--datasets", "NotAUCRSet"])
+
+
+def test_benchmark_reports_the_mean_over_seeds_with_their_range(bench):
+    runs = [{"status": "ok", "accuracy": a, "fit_seconds": f, "predict_seconds": 0.5} for a, f in ((0.6, 10.0), (0.8, 20.0), (0.7, 30.0))]
+    row = bench.over_seeds(runs, [0, 1, 2])
+    assert (row["accuracy"], row["fit_seconds"], row["seed_accuracies"]) == (pytest.approx(0.7), pytest.approx(20.0), [0.6, 0.8, 0.7])
+    assert bench._cell(row) == "0.700 (0.600-0.800)"
+    failed = bench.over_seeds([runs[0], {"status": "timeout", "error": "slow"}], [0, 1])
+    assert failed["status"] == "timeout" and failed["seeds"] == [0, 1]  # one seed that did not finish fails the row
+    assert bench.parse_args([]).seeds == [0, 1, 2]
