@@ -143,18 +143,18 @@ def cmd_pack(prefix: Path, paths: list[Path], base: Path | None = None, limit: i
     larger than ``limit`` alone is an error: it could not come back, and saying so before
     the call ends is better than losing it silently.
     """
-    paths = [p for p in paths if p.exists()]
-    too_big = [f"{p} ({_size(p) / 2**20:.1f} MiB)" for p in paths if _size(p) > limit]
+    size = {p: _size(p) for p in paths if p.exists()}  # each folder walked once
+    too_big = [f"{p} ({s / 2**20:.1f} MiB)" for p, s in size.items() if s > limit]
     if too_big:
         raise SystemExit(f"lra_learn.py pack: over the {limit / 2**20:.0f} MiB a returned file may have: {', '.join(too_big)}; prune it first")
     bins: list[tuple[int, list[Path]]] = []
-    for path in sorted(paths, key=_size, reverse=True):
+    for path in sorted(size, key=size.get, reverse=True):
         for i, (used, members) in enumerate(bins):
-            if used + _size(path) <= limit:
-                bins[i] = (used + _size(path), members + [path])
+            if used + size[path] <= limit:
+                bins[i] = (used + size[path], members + [path])
                 break
         else:
-            bins.append((_size(path), [path]))
+            bins.append((size[path], [path]))
     written = []
     for i, (_, members) in enumerate(bins, start=1):
         out = prefix.with_name(f"{prefix.name}_{i}.tar")

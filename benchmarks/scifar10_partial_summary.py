@@ -25,17 +25,18 @@ import argparse
 import dataclasses
 import datetime as dt
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from maelre.bench.lra_pareto import MIB, pareto_table, plot_pareto, task_points  # noqa: E402
+from maelre.bench.lra_report import splice_generated  # noqa: E402
 from maelre.bench.lra_results import DESCRIPTION, empty_row, fill_from_recipe, fill_from_results  # noqa: E402
 from maelre.bench.lra_tasks import TASKS  # noqa: E402
+from maelre.fileio import read_json, write_json_atomic, write_text_atomic  # noqa: E402
 from maelre.recipe import load_recipe  # noqa: E402
 from maelre.registry import make_config  # noqa: E402
-from maelre.bench.lra_report import splice_generated  # noqa: E402
-from maelre.fileio import read_json, write_json_atomic, write_text_atomic  # noqa: E402
 
 ROOT = Path("benchmarks/results/scifar10_partial_h200")
 OUT = Path("benchmarks/results/scifar10_partial_h200.json")
@@ -132,18 +133,22 @@ def results_rows(summary: dict, cost_rows: list[dict]) -> dict:
             "results": rows}
 
 
-def write_pareto(summary: dict, cost_rows: list[dict], folder: Path, page: Path | None) -> str:
-    """Plot the summary's accuracy against cost into ``folder``; splice its table into ``page``; return the table."""
+def write_pareto(summary: dict, cost_rows: list[dict], folder: Path, page: Path | None, cost_files: Sequence[Path] = tuple(ALONE_COSTS)) -> str:
+    """Plot the summary's accuracy against cost into ``folder``; splice its table into ``page``; return the table.
+
+    ``cost_files``: where ``cost_rows`` came from, named in the table's note.
+    """
+    sources = ", ".join(f"`{p}`" for p in cost_files)
     points = task_points([leaderboard_row(r, alone_step_ms(cost_rows, r["name"])) for r in summary["rows"]])
     epochs = sorted(r["epochs_done"] for r in summary["rows"])
     plot_pareto(points, folder / PLOT, f"sCIFAR-10, PARTIAL ({epochs[0]}-{epochs[-1]} of {summary['rows'][0]['epochs_budget']} epochs), shared H200")
     untimed = [r["name"] for r in summary["rows"] if alone_step_ms(cost_rows, r["name"]) is None]
     if untimed:
         note = (f"\nGPU-s are wall time while the runs shared one GPU: {', '.join(untimed)} have no step time measured alone yet "
-                f"({', '.join(f'`{p}`' for p in ALONE_COSTS)}), and one table never mixes the two kinds of cost.\n")
+                f"({sources}), and one table never mixes the two kinds of cost.\n")
     else:
         note = ("\nGPU-s from \"alone step time\": steps x the median train step of the backbone with a linear head and AdamW, timed alone "
-                f"at this shape ({', '.join(f'`{p}`' for p in ALONE_COSTS)}, eager, the first file that has the row); it leaves out the pixel embedding, augmentation and the trainer (a lower bound).\n")
+                f"at this shape ({sources}, eager, the first file that has the row); it leaves out the pixel embedding, augmentation and the trainer (a lower bound).\n")
     table = pareto_table(points) + note
     if page is not None:
         block = f"{BEGIN}\n\n![sCIFAR-10 partial: accuracy against cost]({PLOT})\n\n{table}\n{END}\n\n"
@@ -166,12 +171,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="train-step times measured alone, repeatable, the first file with a row wins (default: " + ", ".join(map(str, ALONE_COSTS)) + ")")
     parser.add_argument("--leaderboard-rows", type=Path, metavar="OUT", help="write the summary's runs as leaderboard result rows to OUT instead of summarising")
     args = parser.parse_args(argv)
-    cost_rows = [row for path in args.alone_costs or ALONE_COSTS for row in read_json(path)["rows"]]
+    cost_files = args.alone_costs or ALONE_COSTS
+    cost_rows = [row for path in cost_files for row in read_json(path)["rows"]]
     if args.leaderboard_rows is not None:
         write_json_atomic(args.leaderboard_rows, results_rows(read_json(args.out), cost_rows))
         return 0
     if args.pareto is not None:
-        print(write_pareto(read_json(args.out), cost_rows, args.pareto, args.page))
+        print(write_pareto(read_json(args.out), cost_rows, args.pareto, args.page, cost_files))
         return 0
     if args.concurrent is None:
         parser.error("--concurrent is required to summarise the run folders")
