@@ -19,7 +19,7 @@
 # with the tree are over the 64 MiB a call carries. benchmarks/device_call.sh runs several tasks
 # and the LRA groups in one call.
 # After the call: tar the run folders into $OUT, untar them here, then
-# python benchmarks/scifar10_partial_summary.py --root benchmarks/results/TASK_partial_h200 --task "..." \
+# python benchmarks/real_runs_summary.py --root benchmarks/results/TASK_partial_h200 --task "..." \
 #     --out benchmarks/results/TASK_partial_h200.json --concurrent <runs at once> [--budget ...]
 #
 # NAMES (default: maelre maelre_noconv transformer transformer_rope ecp perceiver_ar):
@@ -59,9 +59,11 @@ declare -A setup=(
     [ecp]="--set model.backbone=ecp"
     [perceiver_ar]="--set model.backbone=perceiver_ar"
 )
-# exit 0 when a run folder's last call reached the recipe's max_epochs or max_steps
+# exit 0 when a run folder's last call reached the recipe's max_epochs or max_steps; a call whose
+# deadline cut its last epoch short counts that epoch as started (call_ended_early), so it is not done
 finished='import json, sys, yaml; d = sys.argv[1]; t = yaml.safe_load(open(f"{d}/recipe.yaml"))["trainer"]; r = json.load(open(f"{d}/results.json"))
-sys.exit(0 if (t.get("max_epochs") is not None and r["epochs"] >= t["max_epochs"]) or (t.get("max_steps") is not None and r["global_step"] >= t["max_steps"]) else 1)'
+done = (t.get("max_epochs") is not None and r["epochs"] >= t["max_epochs"]) or (t.get("max_steps") is not None and r["global_step"] >= t["max_steps"])
+sys.exit(0 if done and not r.get("call_ended_early", False) else 1)'
 names=(${NAMES:-maelre maelre_noconv transformer transformer_rope ecp perceiver_ar})
 mkdir -p "$ROOT"
 source benchmarks/call_guard.sh

@@ -108,3 +108,11 @@ def test_a_saved_recipe_keeps_no_deadline_for_a_later_call(tmp_path):
     runner.run_recipe(parse_recipe(_recipe(stop_at=time.time() + 600, max_epochs=1)), run_dir=tmp_path / "run", progress=False)
     saved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
     assert "stop_at" not in saved["trainer"] and parse_recipe(saved).trainer.stop_at is None
+
+
+def test_results_say_when_the_calls_deadline_cut_the_budget_short(tmp_path):
+    """An epoch the deadline cut counts as started, so 'epochs' alone would call a cut run finished."""
+    cut = runner.run_recipe(parse_recipe(_recipe(stop_at=time.time() + 0.001)), run_dir=tmp_path / "cut", progress=False)
+    assert cut["call_ended_early"] is True and cut["global_step"] == 1
+    whole = runner.run_recipe(parse_recipe(_recipe()), run_dir=tmp_path / "whole", progress=False)
+    assert whole["call_ended_early"] is False and whole["global_step"] == 4

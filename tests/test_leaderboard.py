@@ -129,6 +129,9 @@ def test_a_row_takes_the_peak_memory_of_its_run(recipes):
     row = lb.fill_from_results(lb.empty_row("listops", "maelre", recipe="r", command="c"), recipe, results)
     assert row["peak_memory"] == {"kind": "cuda_max_allocated", "bytes": 3 * 2**30}
     assert (row["accuracy"], row["steps"], row["train_seconds"]) == (50.0, 9, 1.5)
+    # a call's deadline cut the last epoch: 'epochs' counts it as started, the row still says partial
+    cut = lb.fill_from_results(lb.empty_row("listops", "maelre", recipe="r", command="c"), recipe, {**results, "global_step": 2, "call_ended_early": True})
+    assert cut["status"] == "time_limit" and "deadline stopped it after 2 of" in cut["message"]
 
 
 def test_failing_run_is_recorded_and_the_sweep_goes_on(tmp_path, recipes, monkeypatch):

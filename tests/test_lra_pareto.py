@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import random
 from pathlib import Path
 
@@ -138,8 +139,8 @@ def test_points_by_task_skips_unfinished_rows_and_keeps_order():
 
 
 def load_summary_script():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "scifar10_partial_summary.py"
-    spec = importlib.util.spec_from_file_location("scifar10_partial_summary", path)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "real_runs_summary.py"
+    spec = importlib.util.spec_from_file_location("real_runs_summary", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -157,9 +158,10 @@ def test_partial_scifar_summary_draws_its_pareto_view_on_one_kind_of_cost(tmp_pa
     timed = {"row": "vconv", "pos": "rope", "shape": "task", "status": "ok"}  # the row of the default MAELRE
     costs = [{**timed, "cuda_graph": True, "median_ms": 1.0}, {**timed, "cuda_graph": False, "median_ms": 20.0}, {**timed, "pos": "learned", "cuda_graph": False, "median_ms": 2.0}]
     page = tmp_path / "page.md"
-    page.write_text(f"# Page\n\n## sCIFAR\n\nbefore\n\n{script.BEGIN}\nstale\n{script.END}\n\n## Next\n")
+    begin, end = script.markers("scifar10")
+    page.write_text(f"# Page\n\n## sCIFAR\n\nbefore\n\n{begin}\nstale\n{end}\n\n## Next\n")
     table = script.write_pareto(summary, costs, tmp_path, page)
-    assert (tmp_path / script.PLOT).stat().st_size > 1000
+    assert (tmp_path / script.plot_name("scifar10")).stat().st_size > 1000
     cells = table_cells(table)  # ecp was never timed alone, so both rows fall back to the shared wall time
     assert (cells["maelre"]["train GPU-s"], cells["maelre"]["GPU-s from"], cells["maelre"]["on the GPU"]) == ("500", "shared wall", "shared (5 runs)")
     assert (cells["ecp"]["train GPU-s"], cells["ecp"]["GPU-s from"], cells["ecp"]["peak MiB"]) == ("500", "shared wall", "2500")
@@ -184,3 +186,20 @@ def test_leaderboard_rows_describe_the_model_each_run_built_not_todays_defaults(
     assert (row["task"], row["data"], row["gpu"], row["backbone_config"]["value_conv"]) == ("scifar10", "real", "NVIDIA H200", None)
     assert row["status"] == "time_limit" and "60 of 100 epochs" in row["message"]
     assert (row["train_seconds"], row["concurrent_runs"], row["alone_step_ms"]) == (900.0, 8, None)
+
+
+def test_a_step_budget_run_is_summarised_against_its_own_recipe(tmp_path):
+    """LRA Text counts steps, not epochs: its budget comes from the run's recipe.yaml, and rows say 'steps'."""
+    script = load_summary_script()
+    run = tmp_path / "text" / "maelre"
+    run.mkdir(parents=True)
+    (run / "recipe.yaml").write_text((Path(__file__).resolve().parents[1] / "recipes" / "lra_text.yaml").read_text())
+    result = {"global_step": 1500, "epochs": 2, "metrics": {"test/acc": 0.61, "val/best_acc": 0.62},
+              "history": [{"epoch": 1, "val/acc": 0.55}, {"epoch": 2, "val/acc": 0.62}],
+              "throughput": {"train_seconds": 300.0}, "peak_memory": {"bytes": 3 * 2**30}}  # fmt: skip
+    (run / "results.json").write_text(json.dumps(result))
+    row = script.summarise_run(run, None, concurrent=10, gpu="NVIDIA H200")
+    assert (row["partial"], row["steps_budget"], row["steps"], row["test_accuracy"]) == (True, 20000, 1500, 61.0)
+    assert "epochs_budget" not in row and script.budget_of(row) == (20000, "steps")
+    begin, end = script.markers("text")
+    assert "--key text" in begin and end == "<!-- text-pareto:end -->" and script.plot_name("text") == "pareto_text_partial.png"

@@ -150,7 +150,10 @@ def fill_from_results(row: dict[str, Any], recipe: Recipe, results: Mapping[str,
     )
     row["budget"] = {**(row["budget"] or {}), "planned_steps": planned}
     if planned is not None and steps < planned:
-        if trainer.max_time is not None and results["fit_seconds"] >= 60 * trainer.max_time:
+        if results.get("call_ended_early"):
+            row["status"] = "time_limit"
+            row["message"] = f"a call's deadline stopped it after {steps} of {planned} steps; it resumes with --resume"
+        elif trainer.max_time is not None and results["fit_seconds"] >= 60 * trainer.max_time:
             row["status"] = "time_limit"
             row["message"] = f"stopped by the {trainer.max_time:g}-minute limit after {steps} of {planned} steps"
         else:

@@ -86,6 +86,8 @@ class StepCheckpoint(Callback):
         self.every_n_steps = every_n_steps
         self.keep = keep
         self.deadline = deadline
+        self.ended_call = False
+        """Whether this callback stopped training before the budget (deadline or SIGTERM): the run resumes."""
         self._last_step = -1
 
     def _save(self, trainer: L.Trainer) -> None:
@@ -112,6 +114,7 @@ class StepCheckpoint(Callback):
             self._save(trainer)
         if self._should_end_call(trainer):
             self._save(trainer)
+            self.ended_call = True
             trainer.should_stop = True
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

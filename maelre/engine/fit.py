@@ -183,6 +183,7 @@ def fit_classifier(
     throughput, history = ThroughputMonitor(), HistoryRecorder()
     cbs: list[Callback] = [throughput, history, LoaderStateRestore(), *callbacks]
     best_cb: BestCheckpoint | None = None
+    step_ckpt: StepCheckpoint | None = None
     memory_best: _BestWeightsInMemory | None = None
     spec = getattr(model, "spec", None)
     if run_dir is not None:
@@ -190,7 +191,8 @@ def fit_classifier(
             raise ValueError("model has no .spec; build it with maelre.engine.build_model so checkpoints can rebuild it")
         ckpt_dir = run_dir / "checkpoints"
         remove_stale_temporaries(ckpt_dir)  # left by a checkpoint write that a kill interrupted
-        cbs += [CheckpointExtras(spec, classes, recipe), StepCheckpoint(ckpt_dir, trainer_cfg.checkpoint_every_n_steps, deadline=deadline)]
+        step_ckpt = StepCheckpoint(ckpt_dir, trainer_cfg.checkpoint_every_n_steps, deadline=deadline)
+        cbs += [CheckpointExtras(spec, classes, recipe), step_ckpt]
         if val_loader is not None:
             best_cb = BestCheckpoint(ckpt_dir)
             cbs.append(best_cb)
@@ -253,7 +255,7 @@ def fit_classifier(
         throughput=throughput.summary(),
         fit_seconds=fit_seconds,
         peak_memory=peak_memory_bytes(trainer.strategy.root_device),
-        extra={"interrupted": trainer.interrupted, "device": str(trainer.strategy.root_device), "world_size": trainer.world_size, "global_rank": trainer.global_rank},
+        extra={"interrupted": trainer.interrupted, "call_ended_early": step_ckpt is not None and step_ckpt.ended_call, "device": str(trainer.strategy.root_device), "world_size": trainer.world_size, "global_rank": trainer.global_rank},
     )
 
 

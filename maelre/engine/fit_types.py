@@ -136,7 +136,7 @@ class FitResult:
         best_checkpoint: ``run_dir/checkpoints/best`` when written.
         last_checkpoint: newest resumable checkpoint when a ``run_dir`` was given.
         global_step: optimizer steps done (including those before a resume).
-        epochs: epochs started.
+        epochs: epochs started (an epoch a call's deadline cut short counts).
         throughput: ``samples_per_second``, ``tokens_per_second``, ``train_seconds`` ...
         fit_seconds: wall time of ``trainer.fit``.
         peak_memory: ``{"kind", "bytes"}`` (CUDA max allocated, or CPU peak RSS).

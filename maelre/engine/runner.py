@@ -139,6 +139,8 @@ def run_recipe(
         "peak_memory": result.peak_memory,
         "global_step": result.global_step,
         "epochs": result.epochs,
+        # the call's deadline stopped training short of the budget (epochs counts the cut epoch as started)
+        "call_ended_early": result.extra.get("call_ended_early", False),
         "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
         "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
         "resumed_from": str(resume_from) if resume_from else None,
