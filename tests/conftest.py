@@ -78,3 +78,20 @@ def crash_after():
     from crash_after import CrashAfter
 
     return CrashAfter
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """``benchmark_script("compile_ab")``: a script of ``benchmarks/`` imported as a module (scripts are not a package)."""
+    import importlib.util
+    import sys
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+        spec.loader.exec_module(module)
+        return module
+
+    return load

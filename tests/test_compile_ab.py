@@ -1,19 +1,14 @@
 """benchmarks/compile_ab.py: the eager-against-compiled table (the runs themselves need a device)."""
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
 
 @pytest.fixture(scope="module")
-def script():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "compile_ab.py"
-    spec = importlib.util.spec_from_file_location("compile_ab", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def script(benchmark_script):
+    return benchmark_script("compile_ab")
 
 
 def _results(steady, test_acc):

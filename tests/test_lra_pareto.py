@@ -1,7 +1,6 @@
 """The accuracy-against-cost view of ``maelre lra``: the Pareto front, cost points, the table and the plots."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 from pathlib import Path
@@ -138,16 +137,12 @@ def test_points_by_task_skips_unfinished_rows_and_keeps_order():
     assert {t: [p.backbone for p in ps] for t, ps in points_by_task(rows).items()} == {"listops": ["b", "a"], "fsdd": ["a"]}
 
 
-def load_summary_script():
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "real_runs_summary.py"
-    spec = importlib.util.spec_from_file_location("real_runs_summary", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+@pytest.fixture
+def script(benchmark_script):
+    return benchmark_script("real_runs_summary")
 
 
-def test_partial_scifar_summary_draws_its_pareto_view_on_one_kind_of_cost(tmp_path):
-    script = load_summary_script()
+def test_partial_scifar_summary_draws_its_pareto_view_on_one_kind_of_cost(tmp_path, script):
 
     def summary_row(name, acc, steps, shared_s, mib):
         calls = [{"steps": [0, steps // 2], "train_seconds": shared_s / 2, "concurrent_runs": 5}, {"steps": [steps // 2, steps], "train_seconds": shared_s / 2, "concurrent_runs": 5}]
@@ -173,9 +168,8 @@ def test_partial_scifar_summary_draws_its_pareto_view_on_one_kind_of_cost(tmp_pa
     assert "stale" not in text and text.index("before") < text.index(table) < text.index("## Next") and "\n\n## Next" in text
 
 
-def test_leaderboard_rows_describe_the_model_each_run_built_not_todays_defaults():
+def test_leaderboard_rows_describe_the_model_each_run_built_not_todays_defaults(script):
     """maelre_noconv started before value_conv became 5: its recipe says nothing of it, its checkpoint does."""
-    script = load_summary_script()
     runs = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "scifar10_partial_h200"
     assert script.built_differently(runs / "maelre_noconv") == {"value_conv": None}
     assert script.built_differently(runs / "maelre") == {}
@@ -188,9 +182,8 @@ def test_leaderboard_rows_describe_the_model_each_run_built_not_todays_defaults(
     assert (row["train_seconds"], row["concurrent_runs"], row["alone_step_ms"]) == (900.0, 8, None)
 
 
-def test_a_step_budget_run_is_summarised_against_its_own_recipe(tmp_path):
+def test_a_step_budget_run_is_summarised_against_its_own_recipe(tmp_path, script):
     """LRA Text counts steps, not epochs: its budget comes from the run's recipe.yaml, and rows say 'steps'."""
-    script = load_summary_script()
     run = tmp_path / "text" / "maelre"
     run.mkdir(parents=True)
     (run / "recipe.yaml").write_text((Path(__file__).resolve().parents[1] / "recipes" / "lra_text.yaml").read_text())
