@@ -96,3 +96,39 @@ def test_pack_fills_few_tars_under_the_limit_and_refuses_an_oversized_folder(tmp
     assert tarfile.open(written).getnames()[0] == f"{tmp_path.name}/c"
     with pytest.raises(SystemExit, match="big"):
         lra_learn.cmd_pack(out, [tmp_path / "big"], limit=1000)
+
+
+def test_listops_sky_settings_validate_for_every_backbone(tmp_path):
+    """lra_learn.sh CHECK=1 hands each run's settings to `maelre check`; a stub records them, load_recipe validates them.
+
+    Skyformer's depth 2 leaves MAELRE one merging block: 2,048 tokens reach 512 at best, so the
+    task sets switch_threshold=512 (the default, dim=64, made the recipe invalid for maelre).
+    """
+    import subprocess
+    import sys
+    import warnings
+
+    from maelre.recipe import RecipeError, RecipeWarning, load_recipe
+
+    stub = tmp_path / "python"
+    stub.write_text(f"#!{sys.executable}\nimport json, os, sys\nopen(os.environ['ARGS_FILE'], 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    stub.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(stub), "ARGS_FILE": str(tmp_path / "args"), "CHECK": "1"}
+    done = subprocess.run(["bash", str(_PATH.with_name("lra_learn.sh")), "listops_sky", "levers", "0"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = [json.loads(line) for line in (tmp_path / "args").read_text().splitlines()]
+    assert [c[:3] for c in calls] == [["-m", "maelre.cli", "check"]] * 4
+    for call in calls:
+        rest = call[4:]
+        overrides = [rest[i + 1] for i in range(len(rest)) if rest[i] == "--set"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RecipeWarning)  # bf16 on this CPU
+            recipe = load_recipe(_PATH.parents[1] / call[3], overrides)
+        assert (recipe.backbone_kwargs()["depth"], recipe.trainer.max_steps) == (2, 50_000)
+        if recipe.model.backbone == "maelre":
+            assert recipe.backbone_kwargs()["switch_threshold"] == 512
+            without = [o for o in overrides if "switch_threshold" not in o]
+            with pytest.raises(RecipeError, match="switch_threshold >= 512"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RecipeWarning)
+                load_recipe(_PATH.parents[1] / call[3], without)
