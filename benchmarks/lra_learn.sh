@@ -46,7 +46,8 @@
 # next call's `carry`; the script unpacks them and resumes.
 # Keep the JSON (benchmarks/results/lra_learn/). One group (TASK VARIANT SEED) at a time fits
 # the 64 MiB that travel each way; when every run has its full budget, the tar holds no
-# checkpoints any more and the JSON is final.
+# checkpoints any more and the JSON is final. benchmarks/device_call.sh runs this script with
+# PACK=0 and returns the run folders itself (split into parts when one is over 15 MiB).
 #
 # Environment: STATE (runs/lra_state), MINUTES (6: every run stops training this many minutes
 # after the script started, so data generation, loading the data and restoring the checkpoint
@@ -61,6 +62,7 @@
 # LISTOPS_ROOT (/tmp/listops), LISTOPS_EXAMPLES (100000; fewer PF_IMAGES or LISTOPS_EXAMPLES
 # only for a smoke test, in another root: data once written is reused), SET (space-separated extra KEY=VALUE
 # overrides for every run; then also set TAG, which names the group), PYTHON (python3),
+# PACK (1: tar each run folder into $OUT; 0: leave them in $STATE for the caller to pack),
 # CHECK (0: 1 validates every backbone's settings with `maelre check`, without data or training,
 # and exits: `CHECK=1 bash benchmarks/lra_learn.sh listops_sky levers 0`).
 # A smoke test on CPU (a few minutes):
@@ -232,6 +234,7 @@ for backbone in "${names[@]}"; do
         [[ $("$PYTHON" benchmarks/lra_learn.py status "$dir/fit" "$finetune_steps") == done ]] && drop=(--drop-checkpoints)
         "$PYTHON" benchmarks/lra_learn.py prune "$dir/fit" "${drop[@]}"
     fi
+    [[ ${PACK:-1} == 1 ]] || continue
     tar -cf "$OUT/${group}_$backbone.tar" -C "$STATE" "$group/$backbone"
     size=$(stat -c %s "$OUT/${group}_$backbone.tar")
     if (( size > 16 * 1024 * 1024 )); then
