@@ -119,7 +119,8 @@ def test_an_older_set_never_replaces_a_newer_folder(runs, tmp_path):
     assert xfer.receive(store, to_dest, ledger_path=ledger, force=True).placed
 
 
-def test_outbox_drains_evidence_first_within_the_limits(runs, tmp_path):
+def test_outbox_drains_evidence_first_within_the_limits(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # unpack's ledger: runs/xfer_ledger.json
     outbox, ledger = tmp_path / "outbox", tmp_path / "ledger.json"
     (runs / "logs").mkdir()
     (runs / "logs" / "lb_text.log").write_text("maelre 1 epochs\n")
