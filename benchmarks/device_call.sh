@@ -7,16 +7,47 @@
 #       bash benchmarks/device_call.sh        # then, side by side: real-data leaderboard runs
 #                                             # (real_runs.sh), LRA groups (lra_learn.sh) and, with
 #                                             # KERNEL_TESTS=1, the fused-kernel tests on CUDA
-#   RETURN_STATE=1 bash benchmarks/device_call.sh   # a session's last call: the LRA run folders come back too
+#   RETURN_STATE=1 LB=... LRA=... bash benchmarks/device_call.sh   # a session's last training call:
+#                                             # the LRA run folders are packed too
+#   DRAIN=1 bash benchmarks/device_call.sh    # no training: collect what was carried in, return the
+#                                             # next batch of the outbox (a minute or less)
 #
-# State stays on the (warm) machine between calls, in the git-ignored runs/: runs/lb/TASK (a copy
-# of the committed benchmarks/results/TASK_partial_h200, made by the first call that lacks it)
-# and runs/lra_state. Every call returns the leaderboard folders, the logs and the LRA curves in
-# tars under 15 MiB (members lb/TASK/NAME, logs/, lra_out/GROUP.json: untar, then copy
-# lb/TASK/* into benchmarks/results/TASK_partial_h200/); with RETURN_STATE=1 also the LRA run
-# folders (GROUP/BACKBONE: untar into runs/lra_state to resume in a later session). A fresh
-# machine, where runs/lb is missing, starts again from the committed folders, so commit the
-# leaderboard folders before a call on a cold machine.
+# State stays on the (warm) machine between calls, in the git-ignored runs/: runs/lb/TASK/NAME
+# (copied from the committed benchmarks/results/TASK_partial_h200/NAME by the first call that
+# lacks it) and runs/lra_state/GROUP/BACKBONE. Run folders can be larger than a returned file
+# (16 MiB; LRA Text's are ~67 MB), so what comes back goes through an outbox
+# (benchmarks/device_xfer.py, its docstring has the formats):
+#   1. at its start a call collects the sets carried in .carry/inbox_*/ (made here by
+#      `python benchmarks/device_xfer.py carry ...`) into runs/inbox, checks their sha256, and
+#      unpacks every complete set into runs/ (into a temporary folder, then renamed into place); a
+#      set the machine already has as new (runs/xfer_ledger.json) is skipped. While runs/inbox
+#      still holds an incomplete or corrupt set, nothing trains (its run would start afresh):
+#      carry the rest with DRAIN=1 calls first (INBOX_PARTIAL_OK=1 trains anyway);
+#   2. after the runs it packs into runs/outbox what changed since it was last packed: the logs
+#      and LRA curves (evidence: runs/logs, runs/lra_out/GROUP.json; not in a DRAIN=1 call, which
+#      prints its inbox report instead), the leaderboard run folders
+#      (lb/TASK/NAME) and, with RETURN_STATE=1 or while older ones still wait in the outbox, the
+#      LRA run folders (lra_state/GROUP/BACKBONE). Folders under 15 MiB share tars; a bigger one is
+#      cut into 15 MiB parts with a manifest (sizes and sha256). A new copy of a folder supersedes
+#      the one waiting;
+#   3. it moves at most 8 files and 62 MiB into $OUT, what $OUT holds already counted: the
+#      evidence first, then whole tars, then (only with RETURN_STATE=1 or DRAIN=1: a training
+#      call's parts would be stale by the next call) the parts of split folders. It prints what
+#      is left: "about K more calls" of DRAIN=1.
+# Here, after each call: `python benchmarks/device_xfer.py unpack FILES_AT` puts complete sets in
+# place (lb/TASK/NAME into benchmarks/results/TASK_partial_h200/NAME, lra_state/... into
+# runs/lra_state/..., the logs and curves into runs/returned/SET/) and keeps parts until their
+# set is complete. A session, step by step:
+#   a. a fresh machine lacks the big folders: `python benchmarks/device_xfer.py carry
+#      benchmarks/results/text_partial_h200/*/ runs/lra_state/*/*/ --also-first .carry/data/imdb_bytes.npz`
+#      prints one carry list per call (.carry/inbox_1, .carry/inbox_2, ...: each under 64 MiB with
+#      the tree); make every call but the last DRAIN=1 (nothing trains while a set is incomplete).
+#      Do not carry runs/lra_state itself any more: a carried path replaces the machine's copy;
+#   b. training calls (LB=..., LRA=...), `unpack` after each (logs, curves, small folders);
+#   c. the last training call with RETURN_STATE=1, then DRAIN=1 calls until the output says
+#      "outbox: empty", `unpack` after each.
+# Small committed folders (sCIFAR-10's) need no carrying: a machine lacking runs/lb/TASK/NAME
+# copies benchmarks/results/TASK_partial_h200/NAME (commit them before a call on a cold machine).
 #
 # Data: scifar10 and image read .carry/data/scifar10_gray.npz, text .carry/data/imdb_bytes.npz
 # (benchmarks/make_compact_data.py). Both with the tree are over the 64 MiB a call carries, so
@@ -27,17 +58,40 @@
 # LB ("scifar10": TASK[:NAME,NAME...] items for real_runs.sh, no names = all of its runs; empty: none);
 # LRA ("": TASK:VARIANT:SEED[:TAG] groups of lra_learn.sh; TAG noconv = MAELRE alone with
 # value_conv off, the merge ablation's row on that task); KERNEL_TESTS (0); RETURN_STATE (0);
+# DRAIN (0); INBOX_PARTIAL_OK (0); INBOX_FORCE (0: 1 replaces the machine's folders even where
+# they are newer than the carried set); PART_MIB (15: the largest returned file, less tar
+# headers); RETURN_FILES (8), RETURN_MIB (62);
 # CALL_SECONDS (570: everything packed by then); PYTHON (python3); LISTOPS_ROOT, LISTOPS_EXAMPLES,
 # PF_ROOT, PF_IMAGES, STATE, SET as lra_learn.sh reads them (a CPU smoke test: small data in another root).
+# A smoke test on CPU of the way back (no training; tests/test_device_xfer.py runs it in a copy):
+#   mkdir -p /tmp/xo && DRAIN=1 RETURN_STATE=1 OUT=/tmp/xo bash benchmarks/device_call.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 : "${OUT:?set OUT to the folder that comes back}"
 PYTHON=${PYTHON:-python3}
 CALL_SECONDS=${CALL_SECONDS:-570}
+STATE=${STATE:-runs/lra_state}
+stamp=$(date -u +%Y%m%dT%H%M%S)  # names this call's sets: the time their state was packed
 mkdir -p "$OUT" runs/lb runs/logs runs/lra_out
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 left() { echo $(( CALL_SECONDS - ($(date +%s) - started) )); }
+xfer() { "$PYTHON" benchmarks/device_xfer.py "$@"; }
+
+# the sets carried in, unpacked into runs/ before anything reads it
+shopt -s nullglob
+force=()
+[[ ${INBOX_FORCE:-0} == 1 ]] && force=(--force)
+xfer collect .carry/inbox_*/ --store runs/inbox --into runs "${force[@]}" 2>&1 | tee runs/logs/inbox.log
+inbox_rc=${PIPESTATUS[0]}
+train=1
+[[ ${DRAIN:-0} == 1 ]] && train=0
+if (( inbox_rc != 0 && train )) && [[ ${INBOX_PARTIAL_OK:-0} != 1 ]]; then
+    echo "device_call.sh: runs/inbox holds an incomplete or corrupt set (above): nothing trains in this call;" \
+         "carry the rest (or INBOX_PARTIAL_OK=1 to train anyway)"
+    train=0
+fi
+if (( ! train )); then COST=0 LB="" LRA="" KERNEL_TESTS=0; fi
 
 if [[ ${COST:-0} == 1 ]]; then  # alone: nothing else has started yet
     timeout "${COST_SECONDS:-250}" "$PYTHON" benchmarks/merge_ablation_cost.py --repeats 5 \
@@ -49,7 +103,14 @@ fi
 pids=()
 for item in ${LB-scifar10}; do
     IFS=: read -r task names <<<"$item"
-    [[ -d runs/lb/$task ]] || { mkdir -p "runs/lb/$task"; cp -r "benchmarks/results/${task}_partial_h200/." "runs/lb/$task/" 2>/dev/null; }
+    mkdir -p "runs/lb/$task"
+    for dir in benchmarks/results/"${task}"_partial_h200/*/; do  # committed runs the machine lacks
+        name=$(basename "$dir")
+        [[ -d runs/lb/$task/$name ]] || cp -r "$dir" "runs/lb/$task/$name"
+        if [[ -f runs/lb/$task/$name/recipe.yaml && ! -d runs/lb/$task/$name/checkpoints ]]; then
+            echo "device_call.sh: runs/lb/$task/$name has no checkpoints (kept out of git: too big); carry it (device_xfer.py carry)" >&2
+        fi
+    done
     vars=(CALL_SECONDS=$(( $(left) - 30 )) ROOT=runs/lb/$task MINUTES=10)
     [[ -n $names ]] && vars+=("NAMES=${names//,/ }")
     env "${vars[@]}" bash benchmarks/real_runs.sh "$task" >"runs/logs/lb_$task.log" 2>&1 &
@@ -70,18 +131,23 @@ for group in ${LRA:-}; do
     IFS=: read -r task variant seed tag <<<"$group"
     extra=()
     [[ $tag == noconv ]] && extra=(BACKBONES=maelre "SET=${SET:-} model.backbone_config.maelre.value_conv=null")
-    env "${extra[@]}" TAG="$tag" OUT=runs/lra_out CALL_SECONDS=$(( $(left) - 30 )) MINUTES=10 \
+    env "${extra[@]}" TAG="$tag" PACK=0 STATE="$STATE" OUT=runs/lra_out CALL_SECONDS=$(( $(left) - 30 )) MINUTES=10 \
         bash benchmarks/lra_learn.sh "$task" "$variant" "$seed" >"runs/logs/${task}_${variant}_s${seed}${tag:+_$tag}.log" 2>&1 &
     pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid"; done
 
-# a call returns at most 8 files: the cost JSON, the leaderboard tars (with the logs and the
-# LRA curves) and, when asked, the LRA run folders (GROUP/BACKBONE)
-shopt -s nullglob
-"$PYTHON" benchmarks/lra_learn.py pack "$OUT/leaderboard" runs/lb/*/*/ runs/logs runs/lra_out/*.json --base runs
-if [[ ${RETURN_STATE:-0} == 1 ]]; then
-    "$PYTHON" benchmarks/lra_learn.py pack "$OUT/lra_state" "${STATE:-runs/lra_state}"/*/*/ --base "${STATE:-runs/lra_state}"
-fi
-tail -n 12 runs/logs/*.log
+# the outbox: what changed since it was last packed, then the next batch into $OUT
+# (at most 8 files, 16 MiB each, 64 MiB in all come back; the cost JSON already there counts)
+state_base=$(dirname "$STATE")
+part=(--stamp "$stamp" --limit-mib "${PART_MIB:-15}")
+(( train )) && xfer outbox add runs/outbox evidence runs/logs runs/lra_out/*.json --base runs --evidence "${part[@]}"
+xfer outbox add runs/outbox lb runs/lb/*/*/ --base runs "${part[@]}"
+refresh=(--refresh)
+[[ ${RETURN_STATE:-0} == 1 ]] && refresh=()
+xfer outbox add runs/outbox "$(basename "$STATE")" "$STATE"/*/*/ --base "$state_base" "${part[@]}" "${refresh[@]}"
+whole=(--whole-only)
+[[ ${RETURN_STATE:-0} == 1 || ${DRAIN:-0} == 1 ]] && whole=()
+xfer outbox drain runs/outbox "$OUT" --files "${RETURN_FILES:-8}" --mib "${RETURN_MIB:-62}" "${whole[@]}"
+(( train )) && tail -n 12 runs/logs/*.log
 echo "device_call.sh: done after $(( $(date +%s) - started )) s"

@@ -5,7 +5,7 @@
     python benchmarks/lra_learn.py status RUN_DIR MAX_STEPS              # prints new | resume | done
     python benchmarks/lra_learn.py prune RUN_DIR [--drop-checkpoints]    # keep what a later call needs, nothing more
     python benchmarks/lra_learn.py curves GROUP_DIR OUT_JSON             # one JSON of every run's curves and results
-    python benchmarks/lra_learn.py pack OUT_PREFIX PATH [PATH ...] [--base DIR]  # as few tars under 15 MiB as hold them
+    python benchmarks/lra_learn.py pack OUT_PREFIX PATH [PATH ...] [--base DIR]  # tars under 15 MiB; a bigger folder in parts
 
 A run directory is what ``maelre fit/pretrain --run-dir`` writes. Curves come from the CSV
 logs of every call (one ``logs/version_N`` per call), merged by step.
@@ -18,7 +18,6 @@ import json
 import math
 import os
 import shutil
-import tarfile
 from pathlib import Path
 
 LRA_PATHFINDER_IMAGES = 200_000  # LRA's pathfinder32 folder per difficulty (split 80/10/10 when read)
@@ -131,40 +130,29 @@ def cmd_curves(group: Path, out: Path) -> None:
         print(f"{name}: step {run['global_step']}, {key} {value if value is None else round(value, 4)}{behind}")
 
 
-def _size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+def _device_xfer():
+    """benchmarks/device_xfer.py, loaded by path (benchmarks/ is no package)."""
+    import importlib.util
+    import sys
+
+    if "device_xfer" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("device_xfer", Path(__file__).with_name("device_xfer.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["device_xfer"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["device_xfer"]
 
 
 def cmd_pack(prefix: Path, paths: list[Path], base: Path | None = None, limit: int = PACK_LIMIT) -> list[Path]:
-    """Pack ``paths`` (each kept whole) into ``PREFIX_1.tar``, ``PREFIX_2.tar``, ...
+    """Pack ``paths`` into ``PREFIX_1.tar``, ``PREFIX_2.tar``, ... (``benchmarks/device_xfer.py pack``).
 
     Members are stored under their path relative to ``base``, else under their own name.
-    First-fit by decreasing size, so that few files come back from a device call. A path
-    larger than ``limit`` alone is an error: it could not come back, and saying so before
-    the call ends is better than losing it silently.
+    Folders under ``limit`` share tars, first fit by decreasing size, so that few files come
+    back from a device call; a larger folder becomes one tar cut into parts of at most
+    ``limit`` (``PREFIX_N.tar.001``, ...) and a manifest of their sizes and sha256
+    (``device_xfer.py unpack`` checks and joins them). Returns the files written.
     """
-    size = {p: _size(p) for p in paths if p.exists()}  # each folder walked once
-    too_big = [f"{p} ({s / 2**20:.1f} MiB)" for p, s in size.items() if s > limit]
-    if too_big:
-        raise SystemExit(f"lra_learn.py pack: over the {limit / 2**20:.0f} MiB a returned file may have: {', '.join(too_big)}; prune it first")
-    bins: list[tuple[int, list[Path]]] = []
-    for path in sorted(size, key=size.get, reverse=True):
-        for i, (used, members) in enumerate(bins):
-            if used + size[path] <= limit:
-                bins[i] = (used + size[path], members + [path])
-                break
-        else:
-            bins.append((size[path], [path]))
-    written = []
-    for i, (_, members) in enumerate(bins, start=1):
-        out = prefix.with_name(f"{prefix.name}_{i}.tar")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tarfile.open(out, "w") as tar:
-            for member in members:
-                tar.add(member, arcname=str(member.relative_to(base)) if base else member.name)
-        written.append(out)
-        print(f"{out}: {', '.join(m.name for m in members)}")
-    return written
+    return [f for s in _device_xfer().pack(prefix, [p for p in paths if p.exists()], base, limit) for f in s.files]
 
 
 def main() -> None:

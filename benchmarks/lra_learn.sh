@@ -10,7 +10,10 @@
 #                LRA's TSV files, then read by all four runs)
 #   listops_sky  Skyformer's LRA config (pkuzengqi/Skyformer code/config.py): 50,000 steps at batch 32,
 #                dim 64, 2 layers, 2 heads, MLP 128, dropout 0.1 and attention dropout 0.1, lr 1e-4,
-#                1,000 warmup steps then linear decay, no weight decay, learned positions, mean pooling
+#                1,000 warmup steps then linear decay, no weight decay, learned positions, mean pooling.
+#                MAELRE's switch_threshold is 512 here (only maelre reads backbone_config.maelre): at
+#                depth 2 its one merging block halves 2,048 tokens twice at most, to 512, so the
+#                default threshold (dim = 64) is out of reach and the recipe would not validate
 #   pathfinder   50,000 steps at batch 128, the lra_pathfinder recipe, on LRA's 200,000 images of
 #                curv_contour_length_14 split 160,000 / 20,000 / 20,000 (generated once per call
 #                with every core into $PF_ROOT, then read by all four runs)
@@ -43,7 +46,8 @@
 # next call's `carry`; the script unpacks them and resumes.
 # Keep the JSON (benchmarks/results/lra_learn/). One group (TASK VARIANT SEED) at a time fits
 # the 64 MiB that travel each way; when every run has its full budget, the tar holds no
-# checkpoints any more and the JSON is final.
+# checkpoints any more and the JSON is final. benchmarks/device_call.sh runs this script with
+# PACK=0 and returns the run folders itself (split into parts when one is over 15 MiB).
 #
 # Environment: STATE (runs/lra_state), MINUTES (6: every run stops training this many minutes
 # after the script started, so data generation, loading the data and restoring the checkpoint
@@ -57,7 +61,10 @@
 # PRETRAIN_FRACTION (0.25), PF_ROOT (/tmp/pathfinder32), PF_IMAGES (200000 per difficulty),
 # LISTOPS_ROOT (/tmp/listops), LISTOPS_EXAMPLES (100000; fewer PF_IMAGES or LISTOPS_EXAMPLES
 # only for a smoke test, in another root: data once written is reused), SET (space-separated extra KEY=VALUE
-# overrides for every run; then also set TAG, which names the group), PYTHON (python3).
+# overrides for every run; then also set TAG, which names the group), PYTHON (python3),
+# PACK (1: tar each run folder into $OUT; 0: leave them in $STATE for the caller to pack),
+# CHECK (0: 1 validates every backbone's settings with `maelre check`, without data or training,
+# and exits: `CHECK=1 bash benchmarks/lra_learn.sh listops_sky levers 0`).
 # A smoke test on CPU (a few minutes):
 #   OUT=/tmp/lra_smoke STATE=/tmp/lra_smoke/state LISTOPS_ROOT=/tmp/lra_smoke/listops LISTOPS_EXAMPLES=500 \
 #   BACKBONES=maelre,transformer MINUTES=1.5 CALL_SECONDS=200 TAG=smoke \
@@ -82,7 +89,6 @@ LISTOPS_ROOT=${LISTOPS_ROOT:-/tmp/listops}
 LISTOPS_EXAMPLES=${LISTOPS_EXAMPLES:-100000}
 PYTHON=${PYTHON:-python3}
 group=${task}_${variant}_s${seed}${TAG:+_$TAG}
-mkdir -p "$OUT" "$STATE/$group"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 started=$(date +%s)
 source benchmarks/call_guard.sh
@@ -105,7 +111,8 @@ case $task in
             settings+=(--set model.dim=64 --set model.depth=2 --set model.heads=2 --set model.mlp_ratio=2.0
                        --set model.dropout=0.1 --set model.attn_dropout=0.1 --set optimizer.lr=0.0001
                        --set optimizer.weight_decay=0.0 --set schedule.kind=linear --set schedule.warmup_steps=1000
-                       --set trainer.val_every_n_steps=500)
+                       --set trainer.val_every_n_steps=500
+                       --set model.backbone_config.maelre.switch_threshold=512)  # 2,048 tokens reach 512 at depth 2 (header)
         fi
         ;;
     pathfinder)
@@ -132,6 +139,17 @@ if [[ $variant == pretrain ]]; then
     pretrain_steps=$("$PYTHON" -c "print(round($PRETRAIN_FRACTION * $total))")
 fi
 finetune_steps=$(( total - pretrain_steps ))
+IFS=, read -ra names <<<"$BACKBONES"
+if [[ ${CHECK:-0} == 1 ]]; then  # the settings as every run gets them, validated; no data, no training
+    rc=0
+    for backbone in "${names[@]}"; do
+        "$PYTHON" -m maelre.cli check "$recipe" --set "model.backbone=$backbone" "${common[@]}" "${settings[@]}" \
+            --set "trainer.max_steps=$finetune_steps" >/dev/null || { echo "lra_learn.sh: $backbone's settings do not validate (above)" >&2; rc=1; }
+    done
+    (( rc == 0 )) && echo "lra_learn.sh: $group's settings validate for ${names[*]}"
+    exit $rc
+fi
+mkdir -p "$OUT" "$STATE/$group"
 
 # ---------------------------------------------------------------- state and data
 for tarball in "$STATE"/"$group"_*.tar; do
@@ -154,7 +172,10 @@ phase() {  # phase COMMAND RUN_DIR STEPS ARGS...: train (or resume) one run unti
     shift 3
     status=$("$PYTHON" benchmarks/lra_learn.py status "$run" "$steps") || return 2
     [[ $status == done ]] && return 0
-    (( $(date +%s) + MIN_PHASE_SECONDS < train_deadline )) || return 1  # too little time for setup and a step
+    if (( $(date +%s) + MIN_PHASE_SECONDS >= train_deadline )); then  # too little time for setup and a step
+        echo "lra_learn.sh: $run: $(( train_deadline - $(date +%s) )) s left before the deadline, under MIN_PHASE_SECONDS; a later call continues"
+        return 1
+    fi
     [[ $status == resume ]] && resume=(--resume)
     guarded "$PYTHON" -m maelre.cli "$command" "$@" --run-dir "$run" "${resume[@]}" \
         --set "trainer.max_steps=$steps" --set "trainer.stop_at=$train_deadline" || rc=$?
@@ -180,7 +201,6 @@ run_backbone() {  # run_backbone NAME: this call's share of the run (pretraining
 # ---------------------------------------------------------------- the runs, side by side
 export OMP_NUM_THREADS=$(( $(nproc) / 4 > 0 ? $(nproc) / 4 : 1 ))
 pids=()
-IFS=, read -ra names <<<"$BACKBONES"
 failed=0
 if (( ! data_ok )); then
     echo "lra_learn.sh: the data is not ready (see above); packing the state as it came" >&2
@@ -214,6 +234,7 @@ for backbone in "${names[@]}"; do
         [[ $("$PYTHON" benchmarks/lra_learn.py status "$dir/fit" "$finetune_steps") == done ]] && drop=(--drop-checkpoints)
         "$PYTHON" benchmarks/lra_learn.py prune "$dir/fit" "${drop[@]}"
     fi
+    [[ ${PACK:-1} == 1 ]] || continue
     tar -cf "$OUT/${group}_$backbone.tar" -C "$STATE" "$group/$backbone"
     size=$(stat -c %s "$OUT/${group}_$backbone.tar")
     if (( size > 16 * 1024 * 1024 )); then

@@ -18,9 +18,11 @@
 # .carry/data/imdb_bytes.npz (text) (benchmarks/make_compact_data.py --only scifar10|imdb); both
 # with the tree are over the 64 MiB a call carries. benchmarks/device_call.sh runs several tasks
 # and the LRA groups in one call.
-# After the call: tar the run folders into $OUT, untar them here, then
-# python benchmarks/real_runs_summary.py --root benchmarks/results/TASK_partial_h200 --task "..." \
-#     --out benchmarks/results/TASK_partial_h200.json --concurrent <runs at once> [--budget ...]
+# After the call: device_call.sh returns the run folders (one LRA Text folder is ~67 MB: in 15 MiB
+# parts over several calls), `python benchmarks/device_xfer.py unpack FILES_AT` puts them in
+# benchmarks/results/TASK_partial_h200/NAME (a folder over 15 MiB keeps checkpoints/ out of git;
+# `device_xfer.py carry` takes it back to a fresh machine), then
+# python benchmarks/real_runs_summary.py --key TASK --concurrent <runs at once>
 #
 # NAMES (default: maelre maelre_noconv transformer transformer_rope ecp perceiver_ar):
 #   maelre            the default MAELRE with RoPE on merged positions (no absolute positions)

@@ -78,21 +78,60 @@ def test_call_guard_stops_the_runs_in_time_and_lets_the_script_go_on(tmp_path):
     assert out[1:4] == ["term 143", "kill 137", "late 143"]
 
 
-def test_pack_fills_few_tars_under_the_limit_and_refuses_an_oversized_folder(tmp_path):
+def test_pack_fills_few_tars_under_the_limit_and_splits_an_oversized_folder(tmp_path):
     import tarfile
 
-    for name, sizes in {"a": [600, 300], "b": [700], "c": [200], "d": [250]}.items():
+    # sizes as a tar holds them: a 512-byte header per entry, data in 512-byte blocks
+    for name, sizes in {"a": [3072, 1536], "b": [3584], "c": [1536], "d": [1024]}.items():
         (tmp_path / name).mkdir()
         for i, size in enumerate(sizes):
             (tmp_path / name / f"f{i}").write_bytes(b"x" * size)
+    limit = 13 * 512
     out = tmp_path / "out" / "lb"
-    written = lra_learn.cmd_pack(out, [tmp_path / n for n in "abcd"] + [tmp_path / "missing"], limit=1000)
+    written = lra_learn.cmd_pack(out, [tmp_path / n for n in "abcd"] + [tmp_path / "missing"], limit=limit)
     members = [sorted({m.split("/")[0] for m in tarfile.open(w).getnames()}) for w in written]
-    assert members == [["a"], ["b", "d"], ["c"]]  # first fit by decreasing size: a=900, b=700, d=250, c=200
-    assert all(w.stat().st_size < 1000 + 10 * 1024 for w in written)  # tar headers and padding only
+    assert members == [["a"], ["b", "d"], ["c"]]  # first fit by decreasing size: a=12 blocks, b=9, c=5, d=4
+    assert all(w.stat().st_size <= limit + 10240 for w in written)  # tar pads to 10 KiB records
     (tmp_path / "big").mkdir()
-    (tmp_path / "big" / "f").write_bytes(b"x" * 1001)
-    (written,) = lra_learn.cmd_pack(out, [tmp_path / "c"], base=tmp_path.parent, limit=1000)
+    (tmp_path / "big" / "f").write_bytes(b"x" * 7000)
+    (written,) = lra_learn.cmd_pack(out, [tmp_path / "c"], base=tmp_path.parent, limit=limit)
     assert tarfile.open(written).getnames()[0] == f"{tmp_path.name}/c"
-    with pytest.raises(SystemExit, match="big"):
-        lra_learn.cmd_pack(out, [tmp_path / "big"], limit=1000)
+    written = lra_learn.cmd_pack(out, [tmp_path / "big"], limit=limit)  # parts and a manifest: tests/test_device_xfer.py
+    assert [w.name for w in written][:2] == ["lb_1.tar.manifest.json", "lb_1.tar.001"]
+    assert all(w.stat().st_size <= limit for w in written[1:])
+
+
+def test_listops_sky_settings_validate_for_every_backbone(tmp_path):
+    """lra_learn.sh CHECK=1 hands each run's settings to `maelre check`; a stub records them, load_recipe validates them.
+
+    Skyformer's depth 2 leaves MAELRE one merging block: 2,048 tokens reach 512 at best, so the
+    task sets switch_threshold=512 (the default, dim=64, made the recipe invalid for maelre).
+    """
+    import subprocess
+    import sys
+    import warnings
+
+    from maelre.recipe import RecipeError, RecipeWarning, load_recipe
+
+    stub = tmp_path / "python"
+    stub.write_text(f"#!{sys.executable}\nimport json, os, sys\nopen(os.environ['ARGS_FILE'], 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    stub.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(stub), "ARGS_FILE": str(tmp_path / "args"), "CHECK": "1"}
+    done = subprocess.run(["bash", str(_PATH.with_name("lra_learn.sh")), "listops_sky", "levers", "0"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    calls = [json.loads(line) for line in (tmp_path / "args").read_text().splitlines()]
+    assert [c[:3] for c in calls] == [["-m", "maelre.cli", "check"]] * 4
+    for call in calls:
+        rest = call[4:]
+        overrides = [rest[i + 1] for i in range(len(rest)) if rest[i] == "--set"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RecipeWarning)  # bf16 on this CPU
+            recipe = load_recipe(_PATH.parents[1] / call[3], overrides)
+        assert (recipe.backbone_kwargs()["depth"], recipe.trainer.max_steps) == (2, 50_000)
+        if recipe.model.backbone == "maelre":
+            assert recipe.backbone_kwargs()["switch_threshold"] == 512
+            without = [o for o in overrides if "switch_threshold" not in o]
+            with pytest.raises(RecipeError, match="switch_threshold >= 512"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RecipeWarning)
+                load_recipe(_PATH.parents[1] / call[3], without)

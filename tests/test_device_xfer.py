@@ -1,0 +1,258 @@
+"""benchmarks/device_xfer.py: run folders over the device calls' limits (parts, outbox, carry) and back, atomically."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+_ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("device_xfer", _ROOT / "benchmarks" / "device_xfer.py")
+xfer = importlib.util.module_from_spec(_spec)
+sys.modules["device_xfer"] = xfer
+_spec.loader.exec_module(xfer)
+
+
+def make_run(folder: Path, size: int, seed: int = 0) -> Path:
+    """A run folder: a results file, a log and 'weights' of ``size`` incompressible bytes."""
+    (folder / "checkpoints" / "step-0000010").mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"global_step": 10, "seed": seed}))
+    (folder / "logs").mkdir()
+    (folder / "logs" / "metrics.csv").write_text("step,val/acc\n10,0.5\n")
+    (folder / "checkpoints" / "step-0000010" / "training_state.pt").write_bytes(os.urandom(size))
+    return folder
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    return {str(f.relative_to(folder)): f.read_bytes() for f in sorted(folder.rglob("*")) if f.is_file()}
+
+
+@pytest.fixture
+def runs(tmp_path: Path) -> Path:
+    """A device's runs/: one big leaderboard run, two small ones, one LRA backbone."""
+    root = tmp_path / "runs"
+    make_run(root / "lb" / "text" / "maelre", 30000, 1)
+    make_run(root / "lb" / "text" / "ecp", 300, 2)
+    make_run(root / "lb" / "text" / "transformer", 400, 3)
+    make_run(root / "lra_state" / "listops_sky_levers_s0" / "maelre" / "fit", 200, 4)
+    return root
+
+
+def test_split_round_trip_with_a_small_limit(runs, tmp_path):
+    paths = sorted(runs.glob("lb/*/*")) + sorted(runs.glob("lra_state/*/*"))
+    limit = 8192
+    packed = xfer.pack(tmp_path / "out" / "20261202T101500_lb", paths, base=runs, limit=limit)
+    split = [p for p in packed if p.split]
+    assert [p.members for p in split] == [["lb/text/maelre"]]
+    manifest = json.loads(split[0].files[0].read_text())
+    assert len(manifest["parts"]) >= 4 and all(p["size"] <= limit for p in manifest["parts"])
+    assert sum(p["size"] for p in manifest["parts"]) == manifest["size"] == split[0].size
+    for p in packed:  # every file under the limit, but for tar's padding of a whole tar to 10 KiB records
+        assert all(f.stat().st_size <= limit + 10240 for f in p.files)
+    assert sorted(m for p in packed if not p.split for m in p.members) == [
+        "lb/text/ecp", "lb/text/transformer", "lra_state/listops_sky_levers_s0/maelre"]
+    # the receiver: files in any order, into another root
+    store = tmp_path / "store"
+    store.mkdir()
+    for p in packed:
+        for f in reversed(p.files):
+            shutil.copy(f, store / f.name)
+    got = xfer.receive(store, lambda unit, s: tmp_path / "device" / unit, ledger_path=tmp_path / "ledger.json")
+    assert sorted(u for u, _ in got.placed) == sorted(str(p.relative_to(runs)) for p in paths)
+    assert not got.incomplete and not got.corrupt and not list(store.glob("*.tar*"))
+    for p in paths:
+        assert tree(tmp_path / "device" / p.relative_to(runs)) == tree(p)
+    assert json.loads((tmp_path / "ledger.json").read_text())  # stamps kept: the same set again is skipped
+    assert not list((tmp_path / "device").rglob(".xfer-*"))
+
+
+def test_corrupt_or_incomplete_sets_are_left_alone(runs, tmp_path):
+    (packed,) = xfer.pack(tmp_path / "out" / "20261202T101500_lb", [runs / "lb/text/maelre"], base=runs, limit=8192)
+    dest = tmp_path / "device" / "lb" / "text" / "maelre"
+    dest.mkdir(parents=True)
+    (dest / "old.txt").write_text("the state before")
+    store = tmp_path / "store"
+    store.mkdir()
+    manifest, *parts = packed.files
+    for f in [manifest] + parts[:-1]:
+        shutil.copy(f, store / f.name)
+    to_dest = lambda unit, s: tmp_path / "device" / unit  # noqa: E731
+    got = xfer.receive(store, to_dest, ledger_path=tmp_path / "ledger.json")
+    assert got.incomplete == [packed.name] and tree(dest) == {"old.txt": b"the state before"}
+    assert xfer.missing_parts(xfer.group_sets(store.iterdir())[packed.name]) == [parts[-1].name]
+    bad = bytearray(parts[-1].read_bytes())
+    bad[100] ^= 0xFF  # one flipped bit in transit
+    (store / parts[-1].name).write_bytes(bytes(bad))
+    got = xfer.receive(store, to_dest, ledger_path=tmp_path / "ledger.json")
+    assert got.corrupt == [packed.name] and tree(dest) == {"old.txt": b"the state before"}
+    assert len(list(store.glob("*.tar.*"))) == len(packed.files)  # nothing deleted: send the bad part again
+    shutil.copy(parts[-1], store / parts[-1].name)
+    got = xfer.receive(store, to_dest, ledger_path=tmp_path / "ledger.json")
+    assert [u for u, _ in got.placed] == ["lb/text/maelre"]
+    assert tree(dest) == tree(runs / "lb/text/maelre")  # replaced as a whole: old.txt is gone
+    assert not list(dest.parent.glob(".*old*"))
+    # a truncated whole tar fails before anything moves
+    (small,) = xfer.pack(tmp_path / "out2" / "20261202T101600_lb", [runs / "lb/text/ecp"], base=runs, limit=10**6)
+    (store / small.name).write_bytes(small.files[0].read_bytes()[:700])
+    got = xfer.receive(store, to_dest, ledger_path=tmp_path / "ledger.json")
+    assert got.corrupt == [small.name] and not (tmp_path / "device" / "lb" / "text" / "ecp").exists()
+
+
+def test_an_older_set_never_replaces_a_newer_folder(runs, tmp_path):
+    ledger = tmp_path / "ledger.json"
+    old = xfer.pack(tmp_path / "a" / "20261201T000000_lb", [runs / "lb/text/ecp"], base=runs)[0]
+    new = xfer.pack(tmp_path / "b" / "20261202T000000_lb", [runs / "lb/text/ecp"], base=runs)[0]
+    store = tmp_path / "store"
+    store.mkdir()
+    to_dest = lambda unit, s: tmp_path / "device" / unit  # noqa: E731
+    shutil.copy(new.files[0], store)
+    xfer.receive(store, to_dest, ledger_path=ledger)
+    shutil.copy(old.files[0], store)
+    got = xfer.receive(store, to_dest, ledger_path=ledger)
+    assert got.skipped == ["lb/text/ecp"] and not got.placed and not list(store.iterdir())
+    shutil.copy(old.files[0], store)
+    assert xfer.receive(store, to_dest, ledger_path=ledger, force=True).placed
+
+
+def test_outbox_drains_evidence_first_within_the_limits(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # unpack's ledger: runs/xfer_ledger.json
+    outbox, ledger = tmp_path / "outbox", tmp_path / "ledger.json"
+    (runs / "logs").mkdir()
+    (runs / "logs" / "lb_text.log").write_text("maelre 1 epochs\n")
+    kib = 1024
+    add = lambda name, paths, **kw: xfer.outbox_add(outbox, name, paths, base=runs, limit=8 * kib, ledger_path=ledger, **kw)  # noqa: E731
+    add("lb", sorted(runs.glob("lb/*/*")), stamp="20261202T100000")
+    add("evidence", [runs / "logs"], evidence=True, stamp="20261202T100000")
+    assert json.loads(ledger.read_text())[xfer._key(runs / "lb/text/maelre")] == "20261202T100000"
+    index = xfer._index(outbox)
+    assert [s["kind"] for s in index["sets"]] == ["state"] * 3 + ["evidence"]  # ecp and transformer do not fit one tar
+    split = next(s for s in index["sets"] if len(s["files"]) > 1)
+    out = tmp_path / "OUT1"
+    out.mkdir()
+    (out / "cost.json").write_text("{}")  # already in OUT: counts
+    batch = xfer.outbox_drain(outbox, out, files=4, budget=40 * kib, whole_only=True)  # a tar is at least 10 KiB
+    assert batch[0].startswith("20261202T100000_evidence") and len(batch) == 3  # evidence, then the whole tars
+    assert not set(batch) & set(split["files"])
+    batch = xfer.outbox_drain(outbox, tmp_path / "OUT2", files=3, budget=20 * kib)
+    assert batch == split["files"][:3]  # the manifest first, then parts in order
+    batch = xfer.outbox_drain(outbox, tmp_path / "OUT3", files=8, budget=17 * kib)
+    assert batch == split["files"][3:5] and sum((tmp_path / "OUT3" / f).stat().st_size for f in batch) <= 17 * kib
+    while batch:
+        batch = xfer.outbox_drain(outbox, tmp_path / f"OUT{len(os.listdir(tmp_path))}", files=8, budget=17 * kib)
+    assert xfer.outbox_status(outbox) == (0, 0)
+    # everything that came back unpacks to the same folders
+    returned = [f for d in tmp_path.glob("OUT*") for f in d.iterdir()]
+    got = xfer.cmd_unpack(returned, tmp_path / "pending", tmp_path / "here", force=False)
+    assert sorted(u for u, _ in got.placed) == ["lb/text/ecp", "lb/text/maelre", "lb/text/transformer", "logs"]
+    assert tree(tmp_path / "here" / "lb/text/maelre") == tree(runs / "lb/text/maelre")
+    # nothing changed: nothing packed; a changed run supersedes its waiting copy, sent or not
+    assert add("lb", sorted(runs.glob("lb/*/*")), stamp="20261202T100100") == []
+    (runs / "lb/text/maelre/results.json").write_text("{}")
+    (new,) = add("lb", sorted(runs.glob("lb/*/*")), stamp="20261202T100200")
+    assert [s["name"] for s in xfer._index(outbox)["sets"] if "lb/text/maelre" in s["members"]] == [new]
+    assert not (outbox / "sent" / split["files"][1]).exists()
+    # --again queues the last batch again (a transfer that broke off)
+    first = xfer.outbox_drain(outbox, tmp_path / "X1", files=2, budget=20 * kib)
+    assert len(first) == 2 and xfer.outbox_drain(outbox, tmp_path / "X2", files=2, budget=20 * kib, again=True) == first
+
+
+def test_carry_lays_sets_into_inboxes_under_the_budget(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    local = tmp_path / "benchmarks" / "results" / "text_partial_h200"
+    shutil.copytree(runs / "lb" / "text", local)
+    (tmp_path / ".carry" / "inbox_3").mkdir(parents=True)  # an earlier call's: not reused
+    data = tmp_path / ".carry" / "data.npz"
+    data.write_bytes(b"d" * 3000)
+    budget = 24 * 1024  # a whole tar is at least 10 KiB (tar's record size)
+    folders = sorted(local.iterdir()) + [tmp_path / "runs/lra_state/listops_sky_levers_s0/maelre"]
+    plan = xfer.cmd_carry([f.relative_to(tmp_path) for f in folders], budget=budget, also_first=[Path(".carry/data.npz")])
+    assert plan[0][0] == ".carry/data.npz" and [c[-1] for c in plan] == [f".carry/inbox_{4 + i}" for i in range(len(plan))]
+    sizes = [sum(xfer._size(Path(p)) for p in carry) for carry in plan]
+    assert len(plan) >= 3 and max(sizes) <= budget
+    assert min(sizes[:-1]) >= budget - budget // 16 - 10240  # cut to fill each call (a whole tar may leave a gap)
+    # the device: each call collects its inbox; sets that span two inboxes wait in the store
+    device = tmp_path / "device"
+    placed = []
+    for carry in plan:
+        got = xfer.cmd_collect([Path(carry[-1])], device / "inbox", device / "runs", force=False)
+        placed += [u for u, _ in got.placed]
+    assert sorted(placed) == ["lb/text/ecp", "lb/text/maelre", "lb/text/transformer", "lra_state/listops_sky_levers_s0/maelre"]
+    assert tree(device / "runs/lb/text/maelre") == tree(runs / "lb/text/maelre")
+    assert not [f for f in (device / "inbox").iterdir() if f.name != ".tmp"]
+    with pytest.raises(SystemExit, match="cannot tell where"):
+        xfer.cmd_carry([Path(".carry")], budget=budget)
+
+
+def test_tree_size_counts_what_travels(tmp_path):
+    git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (tmp_path / ".gitignore").write_text("/runs/\n")
+    (tmp_path / "tracked").write_bytes(b"t" * 100)
+    git("add", ".")
+    (tmp_path / "untracked").write_bytes(b"u" * 30)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "ignored").write_bytes(b"i" * 1000)
+    assert xfer.tree_size(tmp_path) == 100 + 30 + len("/runs/\n")
+
+
+def test_unpack_places_members_where_this_checkout_keeps_them(runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(xfer, "GIT_LIMIT", 2048)
+    assert xfer.local_dest("lb/text/maelre", "s.tar") == Path("benchmarks/results/text_partial_h200/maelre")
+    assert xfer.local_dest("lra_state/g/ecp", "s.tar") == Path("runs/lra_state/g/ecp")
+    assert xfer.local_dest("logs", "20261202T100000_evidence_1.tar") == Path("runs/returned/20261202T100000_evidence_1/logs")
+    packed = xfer.pack(tmp_path / "got" / "20261202T100000_lb", [runs / "lb/text/maelre", runs / "lb/text/ecp"], base=runs, limit=8192)
+    xfer.cmd_unpack([tmp_path / "got"], Path("runs/returned/pending"), None, force=False)
+    big, small = Path("benchmarks/results/text_partial_h200/maelre"), Path("benchmarks/results/text_partial_h200/ecp")
+    assert tree(big) == {**tree(runs / "lb/text/maelre"), ".gitignore": (big / ".gitignore").read_bytes()}
+    assert (big / ".gitignore").read_text().splitlines()[-1] == "checkpoints/"  # over the limit: weights stay out of git
+    assert tree(small) == tree(runs / "lb/text/ecp") and len(packed) == 2
+    # and back: carry stamps the folder with the set it came from, so the device keeps a copy as new
+    plan = xfer.cmd_carry([big], budget=10**6)
+    assert all(f.name.startswith("20261202T100000_carry") for f in Path(plan[0][-1]).iterdir())
+
+
+def test_lra_learn_pack_splits_what_it_used_to_refuse(tmp_path):
+    spec = importlib.util.spec_from_file_location("lra_learn", _ROOT / "benchmarks" / "lra_learn.py")
+    lra_learn = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(lra_learn)
+    (tmp_path / "big").mkdir()
+    (tmp_path / "big" / "f").write_bytes(os.urandom(3000))
+    written = lra_learn.cmd_pack(tmp_path / "out" / "lb", [tmp_path / "big"], limit=1000)
+    assert [f.name for f in written][:2] == ["lb_1.tar.manifest.json", "lb_1.tar.001"] and len(written) >= 5
+
+
+def test_device_call_drain_round_trip_on_cpu(runs, tmp_path):
+    """device_call.sh with DRAIN=1 in a copy of the scripts: carried sets in, the outbox out, nothing trains."""
+    repo = tmp_path / "repo"
+    (repo / "benchmarks").mkdir(parents=True)
+    for name in ("device_call.sh", "device_xfer.py", "lra_learn.py"):
+        shutil.copy(_ROOT / "benchmarks" / name, repo / "benchmarks" / name)
+    here = tmp_path / "here"
+    shutil.copytree(runs / "lb" / "text", here / "benchmarks/results/text_partial_h200")
+    env = {**os.environ, "PYTHON": sys.executable, "DRAIN": "1", "RETURN_STATE": "1", "RETURN_MIB": "0.02", "PART_MIB": "0.008"}
+    # here: carry the folder in (one inbox, as the tool would copy it into the device's tree)
+    subprocess.run([sys.executable, str(repo / "benchmarks/device_xfer.py"), "carry", "benchmarks/results/text_partial_h200/maelre",
+                    "--budget-mib", "1", "--limit-mib", "0.008"], cwd=here, check=True, capture_output=True)
+    shutil.copytree(here / ".carry", repo / ".carry")
+    logs = []
+    for call in range(12):
+        out = tmp_path / f"OUT{call}"
+        out.mkdir()
+        done = subprocess.run(["bash", str(repo / "benchmarks/device_call.sh")], env={**env, "OUT": str(out)},
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        logs.append(done.stdout)
+        assert len(list(out.iterdir())) <= 8 and sum(f.stat().st_size for f in out.iterdir()) <= 0.02 * 2**20
+        if "outbox: empty" in done.stdout:
+            break
+    assert "lb/text/maelre -> runs/lb/text/maelre" in logs[0] and len(logs) >= 3
+    assert not (repo / "runs/lb/text/ecp").exists()  # DRAIN=1: no copy of the committed runs, no training
+    subprocess.run([sys.executable, str(repo / "benchmarks/device_xfer.py"), "unpack", *(str(tmp_path / f"OUT{i}") for i in range(len(logs))),
+                    "--into", str(tmp_path / "back")], cwd=here, check=True, capture_output=True)
+    assert tree(tmp_path / "back/lb/text/maelre") == tree(runs / "lb/text/maelre")
