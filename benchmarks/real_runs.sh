@@ -98,6 +98,8 @@ for n in "${names[@]}"; do  # a run with its whole budget started nothing: statu
 done
 for n in "${names[@]}"; do  # keep what the next call needs: the newest step checkpoint and the best weights
     [[ -d $ROOT/$n/checkpoints ]] && "$PYTHON" benchmarks/lra_learn.py prune "$ROOT/$n"
+    # a run with its whole budget resumes no more: its best weights are all it keeps (less to carry)
+    if [[ -f $ROOT/$n/results.json ]] && "$PYTHON" -c "$finished" "$ROOT/$n"; then rm -rf "$ROOT/$n"/checkpoints/step-*; fi
     if (( status[$n] == 143 )); then  # the watchdog's SIGTERM: this call's results.json was not written
         echo "$n: stopped by the call's watchdog before testing; it resumes from its newest checkpoint"
     elif (( status[$n] != 0 )); then
