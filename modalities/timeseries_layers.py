@@ -31,7 +31,9 @@ class MaskedBatchNorm(nn.Module):
     Training: each channel is normalized by the mean and (biased) variance of its real steps in
     the batch, and the running statistics are updated from them (``momentum``, unbiased
     variance, as ``BatchNorm1d``); evaluation uses the running statistics. With every step real
-    it computes what ``BatchNorm1d`` computes, so padding never changes a series' features.
+    it computes what ``BatchNorm1d`` computes, so padding never changes a series' features
+    (padded steps come out zero when the padding is a tail shared by the whole batch, and are
+    left to the caller's mask otherwise).
     """
 
     def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
@@ -44,8 +46,13 @@ class MaskedBatchNorm(nn.Module):
 
     def forward(self, x: Tensor, real: Tensor) -> Tensor:
         """``x [B, C, L]``, ``real [B, 1, L]`` (1.0 at real steps) -> ``[B, C, L]``."""
-        if self.training and bool(real.all()):  # no padding: BatchNorm1d's own fused kernel
-            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, True, self.momentum, self.eps)
+        if self.training:
+            # padding only at the end, the same for every series (equal lengths padded to a token
+            # multiple): BatchNorm1d's own fused kernel on the real steps; the tail stays zero
+            n = int(real.amax(dim=(0, 1)).nonzero().max()) + 1 if real.any() else 0
+            if x.shape[0] * n > 1 and bool(real[..., :n].all()):
+                out = F.batch_norm(x[..., :n], self.running_mean, self.running_var, self.weight, self.bias, True, self.momentum, self.eps)
+                return out if n == x.shape[-1] else F.pad(out, (0, x.shape[-1] - n))
         if self.training:
             count = real.sum().clamp(min=1.0)
             mean = (x * real).sum(dim=(0, 2)) / count
