@@ -495,7 +495,9 @@ def render_markdown(document: Mapping[str, Any]) -> str:
         "",
         *(f"- **{m}**: `{meta['models'][m]}`" for m in models),
         "- **MAELRE** uses the estimator's defaults: every `\"auto\"` is resolved from the training set by the rules in "
-        "[docs/sklearn.md](../sklearn.md) (per-series normalization with scale channels, convolutional stem, MAELRE without value convolution, no augmentation, model size and "
+        "[docs/sklearn.md](../sklearn.md) (per-series normalization with scale channels, batch-normalized convolutional stem with one module "
+        "over the steps and two at token resolution, "
+        "MAELRE without value convolution, no augmentation, model size and "
         "step budget by training-set size; from 1000 training series on, early stopping on a stratified 20% split). No per-dataset tuning. "
         "Resolved per set: " + "; ".join(f"{r['dataset']}: {r['settings']}" for r in rows if r["settings"] != "—") + ".",
         "- Data: sktime's bundled copies of the UCR/UEA archive, official train/test splits; labels never leave the training split.",

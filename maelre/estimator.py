@@ -32,7 +32,6 @@ from maelre.estimator_settings import (  # noqa: F401  (re-exported)
     TARGET_TOKENS,
     TS_ADAPTER_DEFAULTS,
     TS_BUCKET_BATCHES,
-    TS_DEEP_STEM_MAX_LEN,
     TS_EPOCH_RANGE,
     TS_LARGE,
     TS_MAELRE_DEFAULTS,

@@ -15,25 +15,26 @@ GENERIC_DEFAULTS: dict[str, Any] = dict(
     dim=64, depth=4, heads=4, max_epochs=20, batch_size=32, lr=1e-3, early_stopping=False, validation_fraction=0.1, n_iter_no_change=5
 )
 #: time-series rules (``auto_settings``): optimizer steps the epoch budget aims at, its clip range,
-#: and the training-set size from which the model is wider and training stops early on a split
-TS_TARGET_STEPS = 600
+#: and the training-set size from which the model is wider and training stops early on a split.
+#: 400 steps since round 5 (600 before): with the batch-normalized stem the models fit their
+#: training data sooner, and the cheaper schedule pays for the stem's token-level modules
+TS_TARGET_STEPS = 400
 TS_EPOCH_RANGE = (20, 200)
 TS_LARGE = 1000
 #: time-series batch size: n // TS_BATCH_DIVISOR training series, clipped to TS_BATCH_RANGE
 TS_BATCH_DIVISOR = 10
 TS_BATCH_RANGE = (8, 32)
-#: the time-series adapter's data-derived defaults besides tokenization; series longer than
-#: TS_DEEP_STEM_MAX_LEN steps get one stem module (the stacked ones cost several times more per step).
-#: Each series is z-normalized on its own (global statistics flatten every series far below the
-#: training set's largest scale to a constant), its scale entering as ``scale_channels``. The stem's
-#: branches are kernels of 9 taps at dilations 1, 2, 4 (receptive fields 9, 17, 33, near the
-#: InceptionTime-style 9, 19, 39): the stem's training step costs about a third less, at a
-#: cross-validated accuracy as good or better (docs/sklearn.md, round 4).
+#: the time-series adapter's data-derived defaults besides tokenization. Each series is
+#: z-normalized on its own (global statistics flatten every series far below the training set's
+#: largest scale to a constant), its scale entering as ``scale_channels``. The stem (round 5,
+#: docs/sklearn.md): one InceptionTime-style module over the steps, two more at token resolution
+#: on each patch's max-pooled features (they see ``patch_len`` times further, at a
+#: ``patch_len``-th of the cost of a step-level module), each batch-normalized over the real
+#: steps; branches of 9 taps at dilations 1, 2, 4 (receptive fields 9, 17, 33 steps or tokens).
 TS_ADAPTER_DEFAULTS: dict[str, Any] = {
-    "normalize": "instance", "scale_channels": True, "stem": "conv", "stem_layers": 3, "augment": (),
-    "stem_kernels": (9, 9, 9), "stem_dilations": (1, 2, 4),
+    "normalize": "instance", "scale_channels": True, "stem": "conv", "stem_layers": 1, "stem_token_layers": 2,
+    "stem_norm": "batch", "augment": (), "stem_kernels": (9, 9, 9), "stem_dilations": (1, 2, 4),
 }
-TS_DEEP_STEM_MAX_LEN = 300
 #: training series of different lengths are batched by length within chunks of this many
 #: random batches: less padding, while each batch still mixes lengths (and so classes)
 TS_BUCKET_BATCHES = 4
@@ -99,15 +100,14 @@ def _data_defaults(adapter: str, items: list, params: dict) -> dict:
     ``ceil(T / TARGET_TOKENS)`` steps; ``max_len`` = the longest training series in tokens
     (for the user's ``token``/``patch_len`` when given); ``TS_ADAPTER_DEFAULTS`` (per-series
     normalization with scale channels unless ``normalize`` is given, conv stem with dilated
-    branches, unless the user gives ``stem_kernels`` alone, no augmentation), with one stem
-    module above ``TS_DEEP_STEM_MAX_LEN`` steps. Audio: the
+    branches, unless the user gives ``stem_kernels`` alone, no augmentation). Audio: the
     data's sample rate.
     Images: ``img_size``, ``in_chans`` and the smallest patch of at least 2x2 pixels that
     gives at most ``TARGET_TOKENS`` patches.
     """
     if adapter == "timeseries":
         longest = max(x.shape[-1] for x in items)
-        stem = {**TS_ADAPTER_DEFAULTS, "stem_layers": TS_ADAPTER_DEFAULTS["stem_layers"] if longest <= TS_DEEP_STEM_MAX_LEN else 1}
+        stem = dict(TS_ADAPTER_DEFAULTS)
         if "stem_kernels" in params and "stem_dilations" not in params:
             stem.pop("stem_dilations")  # the default dilations go with the default kernels only
         scaling = {key: stem.pop(key) for key in ("normalize", "scale_channels")}

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from modalities.base import register_adapter
 from modalities.common import SequenceAdapter, SequenceAdapterConfig, check_choice, check_positive, kept_length
-from modalities.timeseries_layers import TS_AUGMENTATIONS, ConvStem, augment_steps
+from modalities.timeseries_layers import STEM_NORMS, TS_AUGMENTATIONS, ConvStem, augment_steps
 
 NAN_POLICIES = ("raise", "zero", "interpolate", "mask")
 TS_NORMALIZATIONS = ("global", "instance", "none")
@@ -72,6 +72,11 @@ class TimeSeriesAdapterConfig(SequenceAdapterConfig):
         stem_layers: stacked multi-scale modules of the ``"conv"`` stem (residual from the second).
         stem_pool: what the max-pool branch of the stacked modules pools: ``"input"`` (the
             module's input, as InceptionTime) or ``"bottleneck"`` (the bottleneck's output, cheaper).
+        stem_norm: what normalizes each stem module: ``"layer"`` (``LayerNorm`` over the
+            channels of each step) or ``"batch"`` (``MaskedBatchNorm``: batch statistics of each
+            channel over the real steps, running statistics at evaluation, as InceptionTime).
+        stem_token_layers: further stem modules at token resolution, on each patch's max-pooled
+            features (``ConvStem``'s ``token_layers``).
         augment: training-time augmentations, any of ``"jitter"``, ``"scaling"``,
             ``"slice"``, ``"warp"`` (``augment_steps``); off in eval mode.
     """
@@ -89,6 +94,8 @@ class TimeSeriesAdapterConfig(SequenceAdapterConfig):
     stem_dilations: tuple[int, ...] | None = None
     stem_layers: int = 1
     stem_pool: str = "input"
+    stem_norm: str = "layer"
+    stem_token_layers: int = 0
     augment: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -114,6 +121,9 @@ class TimeSeriesAdapterConfig(SequenceAdapterConfig):
             self.stem_dilations = tuple(self.stem_dilations)
             check_positive("timeseries", **{f"stem_dilations[{i}]": d for i, d in enumerate(self.stem_dilations)})
         check_choice("timeseries", "stem_pool", self.stem_pool, TS_STEM_POOLS)
+        check_choice("timeseries", "stem_norm", self.stem_norm, STEM_NORMS)
+        if isinstance(self.stem_token_layers, bool) or not isinstance(self.stem_token_layers, int) or self.stem_token_layers < 0:
+            raise ValueError(f"timeseries: stem_token_layers must be an integer >= 0, got {self.stem_token_layers!r}")
         if isinstance(self.augment, str):
             raise ValueError(f"timeseries: augment must be a list of names, e.g. [{self.augment!r}], got the string {self.augment!r}")
         self.augment = tuple(self.augment)
@@ -234,7 +244,8 @@ class TimeSeriesAdapter(SequenceAdapter):
         self.scale_proj = nn.Linear(2 * channels, c.dim, device=device) if c.scale_channels else None
         if c.stem == "conv":
             self.proj = ConvStem(
-                channels, self.steps_per_token, c.dim, c.stem_channels, c.stem_kernels, c.stem_layers, c.stem_dilations, c.stem_pool
+                channels, self.steps_per_token, c.dim, c.stem_channels, c.stem_kernels, c.stem_layers, c.stem_dilations, c.stem_pool,
+                c.stem_norm, c.stem_token_layers,
             ).to(device)
         else:
             self.proj = nn.Linear(channels * self.steps_per_token, c.dim, device=device)

@@ -20,11 +20,58 @@ WARP_STD = 0.2
 WARP_KNOTS = 4
 #: chance that a sample is resampled by ``slice`` / ``warp`` (jitter and scaling always apply)
 RESAMPLE_PROB = 0.5
+#: what normalizes each stem module's concatenated branches: per-step ``LayerNorm`` over the
+#: channels, or ``MaskedBatchNorm`` (per channel over the batch's real steps)
+STEM_NORMS = ("layer", "batch")
+
+
+class MaskedBatchNorm(nn.Module):
+    """``BatchNorm1d`` over ``[B, C, L]`` whose batch statistics count only real steps (step mask ``[B, L]``).
+
+    Training: each channel is normalized by the mean and (biased) variance of its real steps in
+    the batch, and the running statistics are updated from them (``momentum``, unbiased
+    variance, as ``BatchNorm1d``); evaluation uses the running statistics. With every step real
+    it computes what ``BatchNorm1d`` computes, so padding never changes a series' features
+    (padded steps come out zero when the padding is a tail shared by the whole batch, and are
+    left to the caller's mask otherwise).
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.register_buffer("running_mean", torch.zeros(channels))
+        self.register_buffer("running_var", torch.ones(channels))
+
+    def forward(self, x: Tensor, real: Tensor) -> Tensor:
+        """``x [B, C, L]``, ``real [B, 1, L]`` (1.0 at real steps) -> ``[B, C, L]``."""
+        if self.training:
+            # padding only at the end, the same for every series (equal lengths padded to a token
+            # multiple): BatchNorm1d's own fused kernel on the real steps; the tail stays zero
+            n = int(real.amax(dim=(0, 1)).nonzero().max()) + 1 if real.any() else 0
+            if x.shape[0] * n > 1 and bool(real[..., :n].all()):
+                out = F.batch_norm(x[..., :n], self.running_mean, self.running_var, self.weight, self.bias, True, self.momentum, self.eps)
+                return out if n == x.shape[-1] else F.pad(out, (0, x.shape[-1] - n))
+        if self.training:
+            count = real.sum().clamp(min=1.0)
+            mean = (x * real).sum(dim=(0, 2)) / count
+            centred = (x - mean[:, None]) * real
+            var = (centred * centred).sum(dim=(0, 2)) / count
+            with torch.no_grad():
+                unbiased = var * (count / (count - 1).clamp(min=1.0))
+                self.running_mean.lerp_(mean.detach(), self.momentum)
+                self.running_var.lerp_(unbiased.detach(), self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        scale = self.weight * torch.rsqrt(var + self.eps)
+        return x * scale[:, None] + (self.bias - mean * scale)[:, None]
 
 
 class InceptionModule(nn.Module):
     """One InceptionTime module: an optional 1x1 bottleneck, one ``Conv1d`` branch per kernel
-    size (and dilation) plus a max-pool(3) -> 1x1 branch, concatenated, per-step LayerNorm, GELU.
+    size (and dilation) plus a max-pool(3) -> 1x1 branch, concatenated, normalized (``norm``:
+    per-step ``LayerNorm`` over the channels, or ``MaskedBatchNorm``), GELU.
 
     ``pool="input"`` max-pools the module's input (InceptionTime); ``"bottleneck"`` pools the
     bottleneck's output instead, ``hidden`` channels rather than all the input's (cheaper).
@@ -36,9 +83,11 @@ class InceptionModule(nn.Module):
 
     def __init__(
         self, in_channels: int, hidden: int, kernels: Sequence[int], bottleneck: bool,
-        dilations: Sequence[int] | None = None, pool: str = "input",
+        dilations: Sequence[int] | None = None, pool: str = "input", norm: str = "layer",
     ) -> None:
         super().__init__()
+        if norm not in STEM_NORMS:
+            raise ValueError(f"stem norm must be one of {STEM_NORMS}, got {norm!r}")
         self.kernels = tuple(kernels)
         self.dilations = tuple(dilations) if dilations is not None else (1,) * len(self.kernels)
         self.bottleneck = nn.Conv1d(in_channels, hidden, 1, bias=False) if bottleneck else None
@@ -47,7 +96,7 @@ class InceptionModule(nn.Module):
         self.pool_bottleneck = pool == "bottleneck" and bottleneck
         self.pool_branch = nn.Conv1d(width if self.pool_bottleneck else in_channels, hidden, 1)
         self.out_channels = hidden * (len(self.kernels) + 1)
-        self.norm = nn.LayerNorm(self.out_channels)
+        self.norm = nn.LayerNorm(self.out_channels) if norm == "layer" else MaskedBatchNorm(self.out_channels)
 
     def forward(self, x: Tensor, steps: Tensor) -> Tensor:
         real = steps.unsqueeze(1).to(x.dtype)
@@ -60,7 +109,10 @@ class InceptionModule(nn.Module):
             outs.append(conv(F.pad(z, (left, span - left))))
         pooled = z if self.pool_bottleneck else x
         outs.append(self.pool_branch(F.max_pool1d(F.pad(pooled, (1, 1)), 3, stride=1)))
-        h = F.gelu(self.norm(torch.cat(outs, dim=1).transpose(1, 2))).transpose(1, 2)
+        h = torch.cat(outs, dim=1)
+        if isinstance(self.norm, MaskedBatchNorm):
+            return F.gelu(self.norm(h, real)) * real
+        h = F.gelu(self.norm(h.transpose(1, 2))).transpose(1, 2)
         return h * real
 
 
@@ -70,28 +122,49 @@ class ConvStem(nn.Module):
     ``x [B, C, N * P]`` + step mask ``[B, N * P]`` -> tokens ``[B, N, dim]``: each patch of
     ``P`` steps of the last module's features is flattened and projected to ``dim``
     (PatchTST's patch embedding, on convolutional features instead of raw values).
+
+    ``token_layers`` further modules (residual) run at token resolution: the last step-level
+    module's features are max-pooled over each patch's real steps, and what these modules
+    make of them is projected to ``dim`` and added to the tokens. Their dilations count
+    tokens, so they see ``patch_len`` times further than a step-level module, at a
+    ``patch_len``-th of its cost.
     """
 
     def __init__(
         self, channels: int, patch_len: int, dim: int, hidden: int, kernels: Sequence[int], layers: int = 1,
-        dilations: Sequence[int] | None = None, pool: str = "input",
+        dilations: Sequence[int] | None = None, pool: str = "input", norm: str = "layer", token_layers: int = 0,
     ) -> None:
         super().__init__()
         self.patch_len = patch_len
-        first = InceptionModule(channels, hidden, kernels, bottleneck=False, dilations=dilations)
+        first = InceptionModule(channels, hidden, kernels, bottleneck=False, dilations=dilations, norm=norm)
         width = first.out_channels
-        more = (InceptionModule(width, hidden, kernels, bottleneck=True, dilations=dilations, pool=pool) for _ in range(layers - 1))
+        more = (
+            InceptionModule(width, hidden, kernels, bottleneck=True, dilations=dilations, pool=pool, norm=norm) for _ in range(layers - 1)
+        )
         self.blocks = nn.ModuleList([first, *more])
         self.proj = nn.Linear(width * patch_len, dim)
+        self.token_blocks = nn.ModuleList(
+            InceptionModule(width, hidden, kernels, bottleneck=True, dilations=dilations, pool=pool, norm=norm) for _ in range(token_layers)
+        )
+        self.token_proj = nn.Linear(width, dim) if token_layers else None
 
     def forward(self, x: Tensor, steps: Tensor) -> Tensor:
         """``x [B, C, L]`` (``L`` a multiple of ``patch_len``), ``steps [B, L]`` bool -> ``[B, L / patch_len, dim]``."""
         h = self.blocks[0](x, steps)
         for module in self.blocks[1:]:
             h = h + module(h, steps)
-        h = h.transpose(1, 2)  # [B, L, F]
-        b, length, f = h.shape
-        return self.proj(h.reshape(b, length // self.patch_len, self.patch_len * f))
+        b, f, length = h.shape
+        n = length // self.patch_len
+        tokens = self.proj(h.transpose(1, 2).reshape(b, n, self.patch_len * f))
+        if self.token_proj is None:
+            return tokens
+        real = steps.reshape(b, 1, n, self.patch_len)
+        pooled = h.reshape(b, f, n, self.patch_len).masked_fill(~real, float("-inf")).amax(-1)  # [B, F, N]
+        token_steps = real[:, 0].any(-1)  # [B, N]
+        pooled = pooled.masked_fill(~token_steps[:, None], 0.0)
+        for module in self.token_blocks:
+            pooled = pooled + module(pooled, token_steps)
+        return tokens + self.token_proj(pooled.transpose(1, 2))
 
 
 def augment_steps(x: Tensor, steps: Tensor, kinds: Sequence[str]) -> Tensor:
@@ -145,4 +218,4 @@ def _resample(x: Tensor, steps: Tensor, slice_: bool, warp: bool) -> Tensor:
     return gather(lo) * (1 - w) + gather(hi) * w
 
 
-__all__ = ["ConvStem", "TS_AUGMENTATIONS", "augment_steps"]
+__all__ = ["ConvStem", "MaskedBatchNorm", "STEM_NORMS", "TS_AUGMENTATIONS", "augment_steps"]

@@ -292,11 +292,16 @@ def test_config_errors():
 
 # -- convolutional stem and augmentation ----------------------------------------------------
 CHEAP_STEM = {"stem_kernels": (9, 9, 9), "stem_dilations": (1, 2, 4), "stem_pool": "bottleneck"}
+#: the estimator's stem since round 5: batch norm, one step-level module, two at token resolution
+TOKEN_STEM = {"stem_kernels": (9, 9, 9), "stem_dilations": (1, 2, 4), "stem_norm": "batch", "stem_token_layers": 2}
 
 
 @pytest.mark.parametrize(
     ("token", "stem"),
-    [({"token": "point"}, {}), ({"token": "patch", "patch_len": 4}, {}), ({"token": "point"}, CHEAP_STEM), ({"token": "patch", "patch_len": 4}, CHEAP_STEM)],
+    [
+        ({"token": "point"}, {}), ({"token": "patch", "patch_len": 4}, {}), ({"token": "point"}, CHEAP_STEM),
+        ({"token": "patch", "patch_len": 4}, CHEAP_STEM), ({"token": "point"}, TOKEN_STEM), ({"token": "patch", "patch_len": 4}, TOKEN_STEM),
+    ],
 )
 def test_conv_stem_shapes_masks_and_gradients(token, stem):
     rng = np.random.default_rng(0)
@@ -347,6 +352,8 @@ def test_augmentation_only_in_training_and_seeded():
         ({"stem_kernels": [9, 9], "stem_dilations": [1]}, "one dilation per kernel"),
         ({"stem_dilations": [1, 0, 2]}, "stem_dilations\\[1\\] must be a positive"),
         ({"stem_pool": "avg"}, "stem_pool must be one of"),
+        ({"stem_norm": "group"}, "stem_norm must be one of"),
+        ({"stem_token_layers": -1}, "stem_token_layers must be an integer"),
     ],
 )
 def test_stem_config_errors(kw, match):
@@ -378,3 +385,43 @@ def test_bottleneck_pool_reads_the_bottleneck():
     assert cheap.pool_branch.in_channels == 16 and classic.pool_branch.in_channels == 64
     first = InceptionModule(1, 16, (9, 9, 9), bottleneck=False, pool="bottleneck")  # no bottleneck: pools the input
     assert first.pool_branch.in_channels == 1
+
+
+def test_masked_batch_norm_is_batch_norm_over_the_real_steps():
+    """All steps real: ``BatchNorm1d`` exactly (outputs and running statistics, train and eval).
+    With padding: the statistics of the real steps only, so padding changes nothing."""
+    from modalities.timeseries_layers import MaskedBatchNorm
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, 11)
+    ours, reference = MaskedBatchNorm(6), torch.nn.BatchNorm1d(6)
+    for _ in range(3):
+        torch.testing.assert_close(ours(x, torch.ones(4, 1, 11)), reference(x))
+    torch.testing.assert_close(ours.running_var, reference.running_var)
+    ours.eval(), reference.eval()
+    torch.testing.assert_close(ours(x, torch.ones(4, 1, 11)), reference(x))
+    padded = torch.cat([x, torch.randn(4, 6, 5)], dim=-1)
+    real = torch.ones(4, 1, 16)
+    real[..., 11:] = 0
+    a, b = MaskedBatchNorm(6).train(), MaskedBatchNorm(6).train()
+    torch.testing.assert_close(a(padded * real, real)[..., :11], b(x, torch.ones(4, 1, 11)), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.running_mean, b.running_mean)
+    torch.testing.assert_close(a.running_var, b.running_var)
+
+
+def test_token_layers_see_further_than_the_step_modules():
+    """The token-resolution modules widen the receptive field by the patch length: an impulse at step 0
+    (33 steps, so tokens 0-2 of 8 steps) moves tokens far beyond it."""
+    from modalities.timeseries_layers import ConvStem
+
+    torch.manual_seed(0)
+    steps = torch.ones(1, 256, dtype=torch.bool)
+    x = torch.zeros(1, 1, 256)
+    impulse = x.clone()
+    impulse[0, 0, 0] = 5.0
+    reached = {}
+    for token_layers in (0, 2):
+        stem = ConvStem(1, 8, 16, 8, (9, 9, 9), 1, (1, 2, 4), norm="batch", token_layers=token_layers).eval()
+        moved = (stem(impulse, steps) - stem(x, steps)).abs().amax(-1)[0] > 1e-6
+        reached[token_layers] = int(torch.nonzero(moved).max())
+    assert reached[0] == 2 and reached[2] >= 20

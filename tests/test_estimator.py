@@ -385,7 +385,7 @@ def test_auto_settings_rules():
     params = MAELREClassifier().get_params()
     small = auto_settings(params, "timeseries", np.repeat([0, 1], 25))  # GunPoint-sized
     assert small["dim"] == 32 and small["heads"] == 2 and small["depth"] == 2 and small["batch_size"] == 8
-    assert not small["early_stopping"] and small["max_epochs"] == 86  # 600 steps of 7 batches, all 50 series
+    assert not small["early_stopping"] and small["max_epochs"] == 58  # 400 steps of 7 batches, all 50 series
     large = auto_settings(params, "timeseries", np.arange(2000) % 4)
     assert large["dim"] == 64 and large["heads"] == 4 and large["batch_size"] == 32 and large["max_epochs"] == 20
     assert large["early_stopping"] and large["stop_on"] == "val/loss" and large["n_iter_no_change"] == 10
@@ -410,6 +410,7 @@ def test_auto_defaults_stop_early_on_large_sets(gunpoint, monkeypatch, capsys):
     config = clf.adapter_.config
     assert config.stem == "conv" and config.normalize == "instance" and config.scale_channels and config.augment == ()
     assert config.stem_kernels == (9, 9, 9) and config.stem_dilations == (1, 2, 4) and config.stem_pool == "input"
+    assert config.stem_layers == 1 and config.stem_token_layers == 2 and config.stem_norm == "batch"
     assert clf.predict(X_test[:5]).shape == (5,)
     again = MAELREClassifier(dim=8, depth=1, heads=2, random_state=0).fit(X[:30], y[:30])
     np.testing.assert_array_equal(again.predict_proba(X_test[:5]), clf.predict_proba(X_test[:5]))
