@@ -149,7 +149,7 @@ def test_kernels_compile_for_hopper(favor, dtype, tmp_path, monkeypatch):
     ]
     if not favor:
         kernels.append((triton_merge._match_window_kernel, dict(a_ptr=ptr, b_ptr=ptr, real_ptr="*u8", score_ptr=ptr, index_ptr="*i64")))
-        consts.update(BA=triton_merge.BLOCK_A, CP=16)
+        consts.update(BA=triton_merge.BLOCK_A, CP=16, HAS_REAL=dtype == "fp32")  # both specializations over the two dtypes
     for kernel, pointers in kernels:
         own = {name: consts[name] for name in kernel.arg_names if name in consts}
         signature = {name: "constexpr" if name in own else pointers.get(name, "i32") for name in kernel.arg_names}
