@@ -48,7 +48,7 @@ def test_kernels_under_the_interpreter():
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpret and not under_the"]
     run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "11 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
+    assert "12 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
 
 
 def inputs(device: str, dtype: torch.dtype = torch.float32, n: int = N):
@@ -149,7 +149,9 @@ def test_kernels_compile_for_hopper(favor, dtype, tmp_path, monkeypatch):
     ]
     if not favor:
         kernels.append((triton_merge._match_window_kernel, dict(a_ptr=ptr, b_ptr=ptr, real_ptr="*u8", score_ptr=ptr, index_ptr="*i64")))
-        consts.update(BA=triton_merge.BLOCK_A, CP=16, HAS_REAL=dtype == "fp32")  # both specializations over the two dtypes
+        slot_pointers = dict(src_ptr="*i64", chosen_ptr="*u8", dst_ptr="*i64", real_ptr="*u8", flag_ptr="*i8", slot_ptr="*i64")
+        kernels.append((triton_merge._slots_kernel, slot_pointers))
+        consts.update(BA=triton_merge.BLOCK_A, CP=16, BLOCK=triton_merge.BLOCK_SLOTS, HAS_REAL=dtype == "fp32")  # both specializations over the two dtypes
     for kernel, pointers in kernels:
         own = {name: consts[name] for name in kernel.arg_names if name in consts}
         signature = {name: "constexpr" if name in own else pointers.get(name, "i32") for name in kernel.arg_names}
@@ -198,6 +200,27 @@ def test_fused_window_matching_matches_reference(kernels, monkeypatch, window):
     assert torch.equal(score > float("-inf"), finite) and torch.equal(index[finite], want_index[finite])
     torch.testing.assert_close(score[finite], want_score[finite], atol=1e-6, rtol=1e-6)
     assert index.dtype == torch.long and ((index >= 0) & (index < b.shape[1])).all()
+
+
+def test_fused_slots_equal_the_reference(kernels, monkeypatch):
+    """The merge plan's slot kernel gives merge._slots' columns exactly: padded or not, odd N, CLS kept, rows of several tiles."""
+    from maelre.layers import merge, triton_merge
+
+    _, device = kernels
+    g = torch.Generator().manual_seed(0)
+    for n, padded, protect_first, window in [(2, False, False, None), (21, False, True, 4), (21, True, False, None), (2500, True, True, 32), (2049, False, False, 8)]:
+        metric = torch.randn(3, n, 6, generator=g).to(device)
+        lengths = torch.tensor([n, max(2, n // 2), max(2, n // 3)])
+        sizes = (torch.arange(n) < lengths[:, None]).float().to(device) if padded else torch.ones(3, n, device=device)
+        real = sizes > 0 if padded else None
+        r = (lengths // 3 - int(protect_first)).clamp_min(0).to(device) if padded else max(1, n // 3 - int(protect_first))
+        n_out = n - (int(r.max()) if padded else r)
+        src, dst, chosen = merge._choose(metric, real, r, min(n - n_out, (n + 1) // 2), protect_first, window)
+        got = triton_merge.slots(real, src, dst, chosen, n, n_out)
+        monkeypatch.setattr(_triton, "ENABLED", False)
+        want = merge._slots(real, src, dst, chosen, n, n_out)
+        monkeypatch.setattr(_triton, "ENABLED", True)
+        assert got.dtype == torch.long and torch.equal(got, want), (n, padded, protect_first, window)
 
 
 @pytest.mark.parametrize("padded", [True, False])

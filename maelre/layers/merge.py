@@ -244,7 +244,10 @@ def _slots(real: Tensor | None, src: Tensor, dst: Tensor, chosen: Tensor, n: int
     than ``n_out`` tokens (an ``r`` too small) loses the last ones. Unpadded rows keep
     exactly ``n_out`` (more only if some scores are NaN: the extra tokens then join the
     last column), so they need no column ``n_out`` and no slicing after the scatter.
+    On CUDA one fused kernel does the same (``triton_merge.slots``).
     """
+    if triton_merge.available(src):
+        return triton_merge.slots(real, src, dst, chosen, n, n_out)
     gone = torch.zeros(dst.shape[0], n, dtype=torch.bool, device=dst.device)
     merged = gone[:, ::2].scatter_(1, src, chosen)  # [B, Na], a view: the A tokens merged away
     if real is not None:

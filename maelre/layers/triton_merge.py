@@ -1,4 +1,4 @@
-"""Fused Triton kernel for ToMe's windowed matching (``maelre.layers.merge.match_window``).
+"""Fused Triton kernels for ToMe's windowed matching and merge plan (``maelre.layers.merge``).
 
 ``match_window`` scores each A token against the B tokens within ``window`` positions and
 keeps the best (cosine argmax). The PyTorch path (the reference and the CPU path)
@@ -10,7 +10,14 @@ metric. It runs under ``no_grad`` (matching has no gradient), so there is no bac
 Scores accumulate in float32 and are returned in the metric's dtype, as the reference
 returns them.
 
-When it runs: ``maelre.layers._triton.available``.
+``slots`` is the rest of the plan, ``merge._slots``: which column each input token goes
+to. The PyTorch path builds it from eight operators (flags, a cumsum, a rank, a clamp,
+the match's slot through a gather, a where, a copy); this kernel does it in one launch,
+one program per row, in three passes over the row (flags of the merged A tokens; the kept
+tokens' running rank; merged A tokens take their match's slot), each pass in tiles
+separated by a block barrier. The slots are integers, so it equals the reference exactly.
+
+When they run: ``maelre.layers._triton.available``.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from maelre.layers._triton import available, tl, triton
 __all__ = ["available", "match_window"]
 
 BLOCK_A = 32  # A tokens per program
+BLOCK_SLOTS = 1024  # columns per tile of the slot kernel (one program walks its whole row)
 
 if triton is not None:
 
@@ -56,6 +64,52 @@ if triton is not None:
         index = tl.minimum(tl.maximum(j + which - BEFORE, 0), NB - 1)  # out of range only where best is -inf
         tl.store(score_ptr + row * NA + j, best.to(score_ptr.dtype.element_ty), mask=real_j)
         tl.store(index_ptr + row * NA + j, index.to(tl.int64), mask=real_j)
+
+
+    @triton.jit
+    def _slots_kernel(
+        src_ptr, chosen_ptr, dst_ptr, real_ptr, flag_ptr, slot_ptr,
+        N, NA, CAND, N_OUT, LIMIT,
+        BLOCK: tl.constexpr, HAS_REAL: tl.constexpr,
+    ):  # fmt: skip
+        row = tl.program_id(0).to(tl.int64)
+        offs = tl.arange(0, BLOCK)
+        start = 0
+        while start < NA:  # 1. flags of the A tokens merged away: cleared, then set from the chosen candidates
+            j = start + offs
+            tl.store(flag_ptr + row * NA + j, tl.zeros((BLOCK,), tl.int8), mask=j < NA)
+            start += BLOCK
+        tl.debug_barrier()
+        start = 0
+        while start < CAND:
+            k = start + offs
+            inside = k < CAND
+            src = tl.load(src_ptr + row * CAND + k, mask=inside, other=0)
+            chosen = tl.load(chosen_ptr + row * CAND + k, mask=inside, other=0)
+            tl.store(flag_ptr + row * NA + src, chosen.to(tl.int8), mask=inside)  # top-k indices are distinct
+            start += BLOCK
+        tl.debug_barrier()
+        start = 0
+        carry = tl.zeros((), tl.int32)
+        while start < N:  # 2. rank among the kept tokens; merged A tokens and padding to N_OUT
+            col = start + offs
+            inside = col < N
+            gone = tl.load(flag_ptr + row * NA + col // 2, mask=inside & (col % 2 == 0), other=0) != 0
+            if HAS_REAL:
+                gone = gone | (tl.load(real_ptr + row * N + col, mask=inside, other=1) == 0)
+            keep = (inside & ~gone).to(tl.int32)
+            rank = carry + tl.cumsum(keep, 0) - 1
+            tl.store(slot_ptr + row * N + col, tl.where(gone, N_OUT, tl.minimum(rank, LIMIT)).to(tl.int64), mask=inside)
+            carry += tl.sum(keep, 0)
+            start += BLOCK
+        tl.debug_barrier()
+        start = 0
+        while start < NA:  # 3. a merged A token joins its B match (B tokens never move, so no tile reads a slot this pass writes)
+            j = start + offs
+            merged = tl.load(flag_ptr + row * NA + j, mask=j < NA, other=0) != 0
+            dst = tl.load(dst_ptr + row * NA + j, mask=merged, other=0)
+            tl.store(slot_ptr + row * N + 2 * j, tl.load(slot_ptr + row * N + 2 * dst + 1, mask=merged, other=0), mask=merged)
+            start += BLOCK
 
 
 def match_window(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
@@ -97,3 +151,37 @@ def _match_window_op(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -
 @_match_window_op.register_fake
 def _(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
     return a.new_empty(a.shape[:2]), a.new_empty(a.shape[:2], dtype=torch.long)
+
+
+def slots(real: Tensor | None, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> Tensor:
+    """``merge._slots`` as one kernel: the output column ``[B, N]`` (long) of every input column.
+
+    ``src, chosen [B, candidates]`` (the top-k A tokens and whether each merges), ``dst [B, Na]``
+    (every A token's B match), ``real [B, N]`` bool or ``None`` (no padding). A custom op, like
+    ``match_window``.
+    """
+    return _slots_op(real, src, dst, chosen, n, n_out)
+
+
+@torch.library.custom_op("maelre::merge_slots", mutates_args=())
+def _slots_op(real: Tensor | None, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> Tensor:
+    if triton is None:
+        raise RuntimeError("the fused merge plan needs triton (it ships with torch's CUDA wheels); use merge._slots on this machine")
+    batch, candidates = src.shape
+    na = dst.shape[1]
+    if chosen.shape != src.shape or dst.shape[0] != batch or na != (n + 1) // 2 or (real is not None and real.shape != (batch, n)):
+        raise ValueError(f"src, chosen [B, C], dst [B, (N + 1) // 2] and real [B, N] must agree with N={n}, got {tuple(src.shape)}, {tuple(chosen.shape)}, {tuple(dst.shape)}")
+    slot = torch.empty(batch, n, device=src.device, dtype=torch.long)
+    flags = torch.empty(batch, na, device=src.device, dtype=torch.int8)
+    real_u8 = slot if real is None else real.contiguous().view(torch.uint8)  # without padding the kernel never reads it
+    limit = n_out if real is not None else n_out - 1  # as merge._slots: unpadded rows have no dropped column
+    _slots_kernel[(batch,)](
+        src.contiguous(), chosen.contiguous().view(torch.uint8), dst.contiguous(), real_u8, flags, slot,
+        n, na, candidates, n_out, limit, BLOCK=BLOCK_SLOTS, HAS_REAL=real is not None,
+    )  # fmt: skip
+    return slot
+
+
+@_slots_op.register_fake
+def _(real: Tensor | None, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> Tensor:
+    return src.new_empty(src.shape[0], n)
