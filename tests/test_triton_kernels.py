@@ -149,8 +149,9 @@ def test_kernels_compile_for_hopper(favor, dtype, tmp_path, monkeypatch):
     ]
     if not favor:
         kernels.append((triton_merge._match_window_kernel, dict(a_ptr=ptr, b_ptr=ptr, real_ptr="*u8", score_ptr=ptr, index_ptr="*i64")))
-        slot_pointers = dict(src_ptr="*i64", chosen_ptr="*u8", dst_ptr="*i64", real_ptr="*u8", flag_ptr="*i8", slot_ptr="*i64")
-        kernels.append((triton_merge._slots_kernel, slot_pointers))
+        plan_pointers = dict(src_ptr="*i64", chosen_ptr="*u8", dst_ptr="*i64", real_ptr="*u8", sizes_ptr=f32, flag_ptr="*i8", slot_ptr="*i64",
+                             total_ptr=f32, share_ptr=f32)  # fmt: skip
+        kernels.append((triton_merge._plan_kernel, plan_pointers))
         consts.update(BA=triton_merge.BLOCK_A, CP=16, BLOCK=triton_merge.BLOCK_SLOTS, HAS_REAL=dtype == "fp32")  # both specializations over the two dtypes
     for kernel, pointers in kernels:
         own = {name: consts[name] for name in kernel.arg_names if name in consts}
@@ -202,8 +203,9 @@ def test_fused_window_matching_matches_reference(kernels, monkeypatch, window):
     assert index.dtype == torch.long and ((index >= 0) & (index < b.shape[1])).all()
 
 
-def test_fused_slots_equal_the_reference(kernels, monkeypatch):
-    """The merge plan's slot kernel gives merge._slots' columns exactly: padded or not, odd N, CLS kept, rows of several tiles."""
+def test_fused_plan_equals_the_reference(kernels, monkeypatch):
+    """The merge plan kernel gives merge._plan's slots and sizes exactly and its shares: padded or not, odd N, CLS kept,
+    rows of several tiles, sizes above 1."""
     from maelre.layers import merge, triton_merge
 
     _, device = kernels
@@ -211,16 +213,19 @@ def test_fused_slots_equal_the_reference(kernels, monkeypatch):
     for n, padded, protect_first, window in [(2, False, False, None), (21, False, True, 4), (21, True, False, None), (2500, True, True, 32), (2049, False, False, 8)]:
         metric = torch.randn(3, n, 6, generator=g).to(device)
         lengths = torch.tensor([n, max(2, n // 2), max(2, n // 3)])
-        sizes = (torch.arange(n) < lengths[:, None]).float().to(device) if padded else torch.ones(3, n, device=device)
+        sizes = torch.randint(1, 5, (3, n), generator=g).float()  # tokens merged earlier
+        sizes = (sizes * (torch.arange(n) < lengths[:, None]) if padded else sizes).to(device)
         real = sizes > 0 if padded else None
         r = (lengths // 3 - int(protect_first)).clamp_min(0).to(device) if padded else max(1, n // 3 - int(protect_first))
         n_out = n - (int(r.max()) if padded else r)
         src, dst, chosen = merge._choose(metric, real, r, min(n - n_out, (n + 1) // 2), protect_first, window)
-        got = triton_merge.slots(real, src, dst, chosen, n, n_out)
+        got = triton_merge.plan(real, sizes, src, dst, chosen, n, n_out)
         monkeypatch.setattr(_triton, "ENABLED", False)
-        want = merge._slots(real, src, dst, chosen, n, n_out)
+        want = merge._plan(real, sizes, src, dst, chosen, n, n_out)
         monkeypatch.setattr(_triton, "ENABLED", True)
-        assert got.dtype == torch.long and torch.equal(got, want), (n, padded, protect_first, window)
+        assert got[0].dtype == torch.long and torch.equal(got[0], want[0]), (n, padded, protect_first, window)
+        assert torch.equal(got[1], want[1]) and got[1].shape == (3, n_out)
+        torch.testing.assert_close(got[2], want[2], rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("padded", [True, False])

@@ -149,8 +149,10 @@ def bipartite_soft_matching(
     The plan gives every input column its output column, ``slot [B, N]``: kept tokens
     fill the first columns in their order, a merged A token joins its B match, and
     padding goes to column ``n_out``, which is cut off. A merge is then one scatter-add
-    into the slots, size-weighted as in ToMe's ``merge_wavg``:
-    ``merge(x) = scatter(size * x) / scatter(size)``.
+    into the slots, size-weighted as in ToMe's ``merge_wavg``
+    (``scatter(size * x) / scatter(size)``): the plan holds every token's share of its
+    merged token's size, ``share = size / scatter(size)[slot]``, and
+    ``merge(x) = scatter(share * x)``.
 
     Args:
         metric: ``[B, N, C]`` similarity features (keys averaged over heads, or states).
@@ -180,10 +182,7 @@ def bipartite_soft_matching(
     real = sizes > 0 if padded else None
     with torch.no_grad():
         src, dst, chosen = _choose(metric, real, r, min(n - n_out, (n + 1) // 2), protect_first, window)
-        slot = _slots(real, src, dst, chosen, n, n_out)
-        merged_sizes = _scatter_to_slots(sizes, slot, n_out, padded)
-        # a padded output column has size 0; unpadded rows fill every column (at least n_out tokens stay)
-        denom = merged_sizes.clamp_min(1e-12) if padded else merged_sizes
+        slot, merged_sizes, share = _plan(real, sizes, src, dst, chosen, n, n_out)
 
     def per_token(t: Tensor, like: Tensor) -> Tensor:
         """``[B, k]`` viewed to broadcast against ``like [B, k, ...]``."""
@@ -196,7 +195,7 @@ def bipartite_soft_matching(
             raise ValueError(f"merge mode must be 'mean' (size-weighted) or 'sum', got {mode!r}")
         if mode == "sum":
             return _scatter_to_slots(x, slot, n_out, padded)
-        return (_scatter_to_slots(x * per_token(sizes, x), slot, n_out, padded) / per_token(denom, x)).to(x.dtype)
+        return _scatter_to_slots(x * per_token(share, x), slot, n_out, padded).to(x.dtype)
 
     def unmerge(y: Tensor) -> Tensor:
         if y.shape[:2] != (b, n_out):
@@ -237,6 +236,21 @@ def _choose(
     return src, dst, chosen
 
 
+def _plan(real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(slot [B, N], merged sizes [B, n_out], share [B, N])``: ``_slots``, the sizes summed
+    into their slots, and every token's share of its merged token's size (0 for padding).
+
+    On CUDA one fused kernel computes all three (``triton_merge.plan``).
+    """
+    if triton_merge.available(src):
+        return triton_merge.plan(real, sizes, src, dst, chosen, n, n_out)
+    slot = _slots(real, src, dst, chosen, n, n_out)
+    total = _scatter_to_slots(sizes, slot, n_out + (real is not None), padded=False)  # padding's column kept, for the gather
+    per_slot = total.gather(1, slot)  # >= 1 for a real token; 0 for padding only
+    share = sizes / (per_slot if real is None else per_slot.clamp_min(1e-12))
+    return slot, total[:, :n_out], share
+
+
 def _slots(real: Tensor | None, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> Tensor:
     """Output column of every input column ``[B, N]``: kept tokens in order, merged A tokens with their match, padding ``n_out``.
 
@@ -244,10 +258,7 @@ def _slots(real: Tensor | None, src: Tensor, dst: Tensor, chosen: Tensor, n: int
     than ``n_out`` tokens (an ``r`` too small) loses the last ones. Unpadded rows keep
     exactly ``n_out`` (more only if some scores are NaN: the extra tokens then join the
     last column), so they need no column ``n_out`` and no slicing after the scatter.
-    On CUDA one fused kernel does the same (``triton_merge.slots``).
     """
-    if triton_merge.available(src):
-        return triton_merge.slots(real, src, dst, chosen, n, n_out)
     gone = torch.zeros(dst.shape[0], n, dtype=torch.bool, device=dst.device)
     merged = gone[:, ::2].scatter_(1, src, chosen)  # [B, Na], a view: the A tokens merged away
     if real is not None:

@@ -10,12 +10,15 @@ metric. It runs under ``no_grad`` (matching has no gradient), so there is no bac
 Scores accumulate in float32 and are returned in the metric's dtype, as the reference
 returns them.
 
-``slots`` is the rest of the plan, ``merge._slots``: which column each input token goes
-to. The PyTorch path builds it from eight operators (flags, a cumsum, a rank, a clamp,
-the match's slot through a gather, a where, a copy); this kernel does it in one launch,
-one program per row, in three passes over the row (flags of the merged A tokens; the kept
-tokens' running rank; merged A tokens take their match's slot), each pass in tiles
-separated by a block barrier. The slots are integers, so it equals the reference exactly.
+``plan`` is the rest of the merge plan, ``merge._plan``: the column each input token goes
+to, the merged sizes, and each token's share of its merged token's size. The PyTorch path
+builds them from a dozen operators (flags, a cumsum, a rank, a clamp, the match's slot
+through a gather, a where, a copy, a scatter of the sizes, a gather and a division); this
+kernel does it in one launch, one program per row, in passes over the row separated by
+block barriers: flags of the merged A tokens; the kept tokens' running rank; merged A
+tokens take their match's slot; the sizes are added into their slots; each token's share.
+Slots are integers and sizes integer counts (exact in float32 in any order), so it equals
+the reference up to the rounding of the one division.
 
 When they run: ``maelre.layers._triton.available``.
 """
@@ -67,9 +70,9 @@ if triton is not None:
 
 
     @triton.jit
-    def _slots_kernel(
-        src_ptr, chosen_ptr, dst_ptr, real_ptr, flag_ptr, slot_ptr,
-        N, NA, CAND, N_OUT, LIMIT,
+    def _plan_kernel(
+        src_ptr, chosen_ptr, dst_ptr, real_ptr, sizes_ptr, flag_ptr, slot_ptr, total_ptr, share_ptr,
+        N, NA, CAND, N_OUT, LIMIT, WIDTH,
         BLOCK: tl.constexpr, HAS_REAL: tl.constexpr,
     ):  # fmt: skip
         row = tl.program_id(0).to(tl.int64)
@@ -78,6 +81,11 @@ if triton is not None:
         while start < NA:  # 1. flags of the A tokens merged away: cleared, then set from the chosen candidates
             j = start + offs
             tl.store(flag_ptr + row * NA + j, tl.zeros((BLOCK,), tl.int8), mask=j < NA)
+            start += BLOCK
+        start = 0
+        while start < WIDTH:  # (and the output sizes cleared for step 4)
+            j = start + offs
+            tl.store(total_ptr + row * WIDTH + j, tl.zeros((BLOCK,), tl.float32), mask=j < WIDTH)
             start += BLOCK
         tl.debug_barrier()
         start = 0
@@ -109,6 +117,23 @@ if triton is not None:
             merged = tl.load(flag_ptr + row * NA + j, mask=j < NA, other=0) != 0
             dst = tl.load(dst_ptr + row * NA + j, mask=merged, other=0)
             tl.store(slot_ptr + row * N + 2 * j, tl.load(slot_ptr + row * N + 2 * dst + 1, mask=merged, other=0), mask=merged)
+            start += BLOCK
+        tl.debug_barrier()
+        start = 0
+        while start < N:  # 4. output sizes: sums of integer counts, so the atomics' order cannot change them
+            col = start + offs
+            inside = col < N
+            slot = tl.load(slot_ptr + row * N + col, mask=inside, other=0)
+            tl.atomic_add(total_ptr + row * WIDTH + slot, tl.load(sizes_ptr + row * N + col, mask=inside, other=0.0), mask=inside)
+            start += BLOCK
+        tl.debug_barrier()
+        start = 0
+        while start < N:  # 5. every token's share of its output token's size (0 for padding)
+            col = start + offs
+            inside = col < N
+            total = tl.load(total_ptr + row * WIDTH + tl.load(slot_ptr + row * N + col, mask=inside, other=0), mask=inside, other=1.0)
+            size = tl.load(sizes_ptr + row * N + col, mask=inside, other=0.0)
+            tl.store(share_ptr + row * N + col, size / tl.maximum(total, 1e-12), mask=inside)
             start += BLOCK
 
 
@@ -153,35 +178,40 @@ def _(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor,
     return a.new_empty(a.shape[:2]), a.new_empty(a.shape[:2], dtype=torch.long)
 
 
-def slots(real: Tensor | None, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> Tensor:
-    """``merge._slots`` as one kernel: the output column ``[B, N]`` (long) of every input column.
+def plan(real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``merge._plan`` as one kernel: ``(slot [B, N] long, merged sizes [B, n_out], share [B, N] float32)``.
 
     ``src, chosen [B, candidates]`` (the top-k A tokens and whether each merges), ``dst [B, Na]``
-    (every A token's B match), ``real [B, N]`` bool or ``None`` (no padding). A custom op, like
-    ``match_window``.
+    (every A token's B match), ``sizes [B, N]`` (integer counts, 0 = padding) and ``real [B, N]``
+    bool or ``None`` (no padding). A custom op, like ``match_window``.
     """
-    return _slots_op(real, src, dst, chosen, n, n_out)
+    return _plan_op(real, sizes, src, dst, chosen, n, n_out)
 
 
-@torch.library.custom_op("maelre::merge_slots", mutates_args=())
-def _slots_op(real: Tensor | None, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> Tensor:
+@torch.library.custom_op("maelre::merge_plan", mutates_args=())
+def _plan_op(real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> tuple[Tensor, Tensor, Tensor]:
     if triton is None:
-        raise RuntimeError("the fused merge plan needs triton (it ships with torch's CUDA wheels); use merge._slots on this machine")
+        raise RuntimeError("the fused merge plan needs triton (it ships with torch's CUDA wheels); use merge._plan on this machine")
     batch, candidates = src.shape
     na = dst.shape[1]
-    if chosen.shape != src.shape or dst.shape[0] != batch or na != (n + 1) // 2 or (real is not None and real.shape != (batch, n)):
-        raise ValueError(f"src, chosen [B, C], dst [B, (N + 1) // 2] and real [B, N] must agree with N={n}, got {tuple(src.shape)}, {tuple(chosen.shape)}, {tuple(dst.shape)}")
-    slot = torch.empty(batch, n, device=src.device, dtype=torch.long)
-    flags = torch.empty(batch, na, device=src.device, dtype=torch.int8)
-    real_u8 = slot if real is None else real.contiguous().view(torch.uint8)  # without padding the kernel never reads it
-    limit = n_out if real is not None else n_out - 1  # as merge._slots: unpadded rows have no dropped column
-    _slots_kernel[(batch,)](
-        src.contiguous(), chosen.contiguous().view(torch.uint8), dst.contiguous(), real_u8, flags, slot,
-        n, na, candidates, n_out, limit, BLOCK=BLOCK_SLOTS, HAS_REAL=real is not None,
+    if chosen.shape != src.shape or dst.shape[0] != batch or na != (n + 1) // 2 or sizes.shape != (batch, n) or (real is not None and real.shape != (batch, n)):
+        raise ValueError(
+            f"src, chosen [B, C], dst [B, (N + 1) // 2], sizes and real [B, N] must agree with N={n}, "
+            f"got {tuple(src.shape)}, {tuple(chosen.shape)}, {tuple(dst.shape)}, {tuple(sizes.shape)}"
+        )
+    width = n_out + (real is not None)  # as merge._plan: padding goes to one extra column, cut off
+    new = dict(device=src.device)
+    slot, share = torch.empty(batch, n, dtype=torch.long, **new), torch.empty(batch, n, dtype=torch.float32, **new)
+    flags, total = torch.empty(batch, na, dtype=torch.int8, **new), torch.empty(batch, width, dtype=torch.float32, **new)
+    real_u8 = flags if real is None else real.contiguous().view(torch.uint8)  # without padding the kernel never reads it
+    _plan_kernel[(batch,)](
+        src.contiguous(), chosen.contiguous().view(torch.uint8), dst.contiguous(), real_u8, sizes.float().contiguous(),
+        flags, slot, total, share, n, na, candidates, n_out, width - 1, width, BLOCK=BLOCK_SLOTS, HAS_REAL=real is not None,
     )  # fmt: skip
-    return slot
+    return slot, total[:, :n_out].to(sizes.dtype), share
 
 
-@_slots_op.register_fake
-def _(real: Tensor | None, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> Tensor:
-    return src.new_empty(src.shape[0], n)
+@_plan_op.register_fake
+def _(real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> tuple[Tensor, Tensor, Tensor]:
+    b = src.shape[0]
+    return src.new_empty(b, n), sizes.new_empty(b, n_out), sizes.new_empty(b, n, dtype=torch.float32)
