@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from maelre.bench import profile as prof
 from maelre.bench.efficiency import BenchConfig
@@ -29,7 +30,14 @@ def test_profile_case_by_source_attributes_every_call(torch_single_thread):
     assert "optimizer" in sources and any(k.startswith("backward: ") for k in sources)
     assert any(k.startswith("layers/merge.py: ") for k in sources)  # forward calls land on the maelre function that made them
     assert 0 < case["cpu_scalar_casts"] < case["aten_ops"]
+    assert 0 < case["kernel_ops"]["float32"] <= sum(case["kernel_ops"].values()) < case["aten_ops"]  # no views, no scalar casts
     assert "top_sources" not in prof.profile_case("transformer", 64, "train", tiny(), steps=1)
+
+
+def test_kernel_ops_skip_views_and_count_by_dtype():
+    x = torch.randn(4, 4)
+    counts = prof.count_kernel_ops(lambda: (x.view(16).t().bfloat16() * 2).sum())  # view and t launch nothing
+    assert counts == {"bfloat16": 3}  # the cast, the multiply, the sum
 
 
 def test_saved_activations_shrink_with_merging(torch_single_thread):
@@ -52,6 +60,18 @@ def test_main_writes_json_and_markdown(tmp_path, torch_single_thread):
     assert [c["backbone"] for c in doc["cases"]] == ["transformer"] and doc["saved"][0]["saved_mib"] > 0
     text = table.read_text()
     assert "aten ops/step" in text and "Activations saved for backward" in text and "by source" in text
+    assert "Kernel-launching operators per step" in text
+
+
+def test_main_profiles_the_zero_cost_merge_twin(tmp_path, torch_single_thread):
+    out = tmp_path / "p.json"
+    argv = ["--backbones", "maelre,maelre.twin", "--seq-lens", "64", "--tokens-per-batch", "128", "--dim", "16", "--depth", "2",
+            "--heads", "2", "--dtype", "fp32", "--device", "cpu", "--steps", "1", "--saved", "--saved-len", "64", "--out", str(out)]  # fmt: skip
+    assert prof.main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert [c["backbone"] for c in doc["cases"]] == ["maelre", "maelre.twin"] and len(doc["saved"]) == 2
+    maelre, twin = doc["cases"]
+    assert twin["aten_ops"] < maelre["aten_ops"]  # no matching, no scatter
 
 
 @pytest.mark.slow

@@ -68,6 +68,20 @@ def test_merge_matches_naive_tome(window, protect_first):
         assert (new_sizes[row, kept:] == 0).all()
 
 
+@pytest.mark.parametrize("window", [None, 3])
+@pytest.mark.parametrize("protect_first", [False, True])
+def test_unpadded_merge_matches_naive_tome(window, protect_first):
+    """``padded=False`` with one int ``r`` (MAELRE without an input mask): no padding masks, same merges."""
+    n, r = 21, 7  # odd: one more A token than B tokens
+    x, metric, sizes = padded_batch([n, n], n)
+    merge, _, new_sizes = bipartite_soft_matching(metric, sizes, r, n - r, protect_first=protect_first, window=window, padded=False)
+    states = merge(x)
+    for row in range(2):
+        ref_states, ref_sizes = naive_merge(x[row], metric[row], sizes[row], r, protect_first, window)
+        torch.testing.assert_close(new_sizes[row].double(), ref_sizes)
+        torch.testing.assert_close(states[row].double(), ref_states, rtol=1e-5, atol=1e-6)
+
+
 def test_sizes_add_up_and_weighted_mean_is_preserved():
     x, metric, sizes = padded_batch([32, 25, 10], 32, c=16)
     r = torch.tensor([16, 12, 5])

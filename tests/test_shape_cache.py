@@ -29,7 +29,7 @@ def test_cached_tensors_are_right_for_every_shape_and_device_in_one_process():
 @pytest.mark.parametrize("na, nb, window", [(8, 8, 4), (9, 8, 4), (5, 4, 32), (12, 12, 1)])
 def test_window_ends_match_a_padded_all_real_mask(na, nb, window):
     """The cached band of slots off the sequence ends equals the mask built from an all-real row."""
-    before, after = min((window + 1) // 2, na), min((window - 1) // 2, nb - 1)  # as _match_window_eager
+    before, after = min((window + 1) // 2, na), min((window - 1) // 2, nb - 1)  # as match_window
     width, pad = before + after + 1, (before, na + after - nb)
     built = torch.nn.functional.pad(torch.ones(1, nb, dtype=torch.bool), pad, value=False).unfold(1, width, 1)[0]
     assert torch.equal(_window_outside(nb, width, *pad, torch.device("cpu")), ~built)

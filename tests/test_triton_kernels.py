@@ -48,7 +48,7 @@ def test_kernels_under_the_interpreter():
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpret and not under_the"]
     run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "10 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
+    assert "12 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
 
 
 def inputs(device: str, dtype: torch.dtype = torch.float32, n: int = N):
@@ -149,7 +149,10 @@ def test_kernels_compile_for_hopper(favor, dtype, tmp_path, monkeypatch):
     ]
     if not favor:
         kernels.append((triton_merge._match_window_kernel, dict(a_ptr=ptr, b_ptr=ptr, real_ptr="*u8", score_ptr=ptr, index_ptr="*i64")))
-        consts.update(BA=triton_merge.BLOCK_A, CP=16)
+        plan_pointers = dict(src_ptr="*i64", chosen_ptr="*u8", dst_ptr="*i64", real_ptr="*u8", sizes_ptr=f32, flag_ptr="*i8", slot_ptr="*i64",
+                             total_ptr=f32, share_ptr=f32)  # fmt: skip
+        kernels.append((triton_merge._plan_kernel, plan_pointers))
+        consts.update(BA=triton_merge.BLOCK_A, CP=16, BLOCK=triton_merge.BLOCK_SLOTS, HAS_REAL=dtype == "fp32")  # both specializations over the two dtypes
     for kernel, pointers in kernels:
         own = {name: consts[name] for name in kernel.arg_names if name in consts}
         signature = {name: "constexpr" if name in own else pointers.get(name, "i32") for name in kernel.arg_names}
@@ -183,11 +186,16 @@ def test_fused_window_matching_matches_reference(kernels, monkeypatch, window):
 
     module, device = kernels
     g = torch.Generator().manual_seed(window)
-    unit = torch.nn.functional.normalize(torch.randn(3, 75, 12, generator=g), dim=-1).to(device)
+    metric = (torch.randn(3, 75, 12, generator=g) * torch.rand(3, 75, 1, generator=g).mul(9).add(0.1)).to(device)  # rows of any norm
+    unit = torch.nn.functional.normalize(metric, dim=-1)
     sizes = (torch.arange(75) < torch.tensor([75, 40, 3])[:, None]).float().to(device)  # one row with a single real B token
-    a, b, b_real = unit[:, ::2], unit[:, 1::2], sizes[:, 1::2] > 0  # strided, as bipartite_soft_matching passes them
-    score, index = triton_merge.match_window(a, b, b_real, window)
+    # strided, as bipartite_soft_matching passes them; the kernel normalizes the raw metric itself
+    score, index = triton_merge.match_window(metric[:, ::2], metric[:, 1::2], sizes[:, 1::2] > 0, window)
+    all_real = triton_merge.match_window(metric[:, ::2], metric[:, 1::2], None, window)  # no padding: no mask read
     monkeypatch.setattr(_triton, "ENABLED", False)
+    a, b, b_real = unit[:, ::2], unit[:, 1::2], sizes[:, 1::2] > 0
+    for got, want in zip(all_real, merge.match_window(a, b, None, window)):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
     want_score, want_index = merge.match_window(a, b, b_real, window)
     finite = want_score > float("-inf")
     assert torch.equal(score > float("-inf"), finite) and torch.equal(index[finite], want_index[finite])
@@ -195,15 +203,41 @@ def test_fused_window_matching_matches_reference(kernels, monkeypatch, window):
     assert index.dtype == torch.long and ((index >= 0) & (index < b.shape[1])).all()
 
 
-def test_maelre_through_the_kernels_matches_the_pytorch_path_and_compiles_whole(kernels, monkeypatch):
-    """The dispatch hooks end to end: a padded MAELRE batch (FAVOR+, windowed merging, proportional attention),
-    forward and backward, eager and compiled with ``fullgraph=True`` (both kernels are custom ops: no graph break)."""
+def test_fused_plan_equals_the_reference(kernels, monkeypatch):
+    """The merge plan kernel gives merge._plan's slots and sizes exactly and its shares: padded or not, odd N, CLS kept,
+    rows of several tiles, sizes above 1."""
+    from maelre.layers import merge, triton_merge
+
+    _, device = kernels
+    g = torch.Generator().manual_seed(0)
+    for n, padded, protect_first, window in [(2, False, False, None), (21, False, True, 4), (21, True, False, None), (2500, True, True, 32), (2049, False, False, 8)]:
+        metric = torch.randn(3, n, 6, generator=g).to(device)
+        lengths = torch.tensor([n, max(2, n // 2), max(2, n // 3)])
+        sizes = torch.randint(1, 5, (3, n), generator=g).float()  # tokens merged earlier
+        sizes = (sizes * (torch.arange(n) < lengths[:, None]) if padded else sizes).to(device)
+        real = sizes > 0 if padded else None
+        r = (lengths // 3 - int(protect_first)).clamp_min(0).to(device) if padded else max(1, n // 3 - int(protect_first))
+        n_out = n - (int(r.max()) if padded else r)
+        src, dst, chosen = merge._choose(metric, real, r, min(n - n_out, (n + 1) // 2), protect_first, window)
+        got = triton_merge.plan(real, sizes, src, dst, chosen, n, n_out)
+        monkeypatch.setattr(_triton, "ENABLED", False)
+        want = merge._plan(real, sizes, src, dst, chosen, n, n_out)
+        monkeypatch.setattr(_triton, "ENABLED", True)
+        assert got[0].dtype == torch.long and torch.equal(got[0], want[0]), (n, padded, protect_first, window)
+        assert torch.equal(got[1], want[1]) and got[1].shape == (3, n_out)
+        torch.testing.assert_close(got[2], want[2], rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_maelre_through_the_kernels_matches_the_pytorch_path_and_compiles_whole(kernels, monkeypatch, padded):
+    """The dispatch hooks end to end: a MAELRE batch (FAVOR+, windowed merging, proportional attention), padded
+    or not, forward and backward, eager and compiled with ``fullgraph=True`` (both kernels are custom ops: no graph break)."""
     from maelre import create_backbone
 
     _, device = kernels
     model = create_backbone("maelre", dim=32, depth=2, heads=2, feature_map="favor", switch_threshold=8, merge_schedule="fraction", merge_fraction=0.3).to(device)
     tokens = torch.randn(2, 64, 32, device=device)
-    mask = torch.arange(64, device=device) < torch.tensor([64, 41], device=device)[:, None]
+    mask = torch.arange(64, device=device) < torch.tensor([64, 41], device=device)[:, None] if padded else None
     torch._dynamo.reset()
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
     results = []

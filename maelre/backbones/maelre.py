@@ -65,7 +65,7 @@ class TokenState:
 
     def kernel_kwargs(self, proportional: bool) -> dict[str, Tensor | None]:
         return {
-            "key_bias": self.sizes.clamp_min(1.0).log() if proportional and self.merged else None,  # 0 at padding (masked)
+            "key_bias": self.sizes.log() if proportional and self.merged else None,  # -inf at padding (masked anyway)
             "key_mask": self.sizes > 0 if self.padded else None,
         }
 
@@ -148,7 +148,10 @@ class MAELREBlock(Block):
         )
         positions = None if t.positions is None else plan.merge(t.positions)
         merged = replace(t, x=plan.merge(t.x), sizes=plan.sizes, positions=positions, merged=True)
-        return merged, plan.merge(keys) if keys is not None and keys_needed else None
+        if keys is None or not keys_needed:
+            return merged, None
+        # matching needs only the keys' direction, and the size-weighted sum points where the weighted mean does
+        return merged, plan.merge(keys * t.sizes[..., None], mode="sum")
 
 
 @register_backbone("maelre")

@@ -18,7 +18,14 @@ node that ran it in the backward, or the optimizer. It records Python stacks, so
 step times are slower; the counts are exact. It also counts ``cpu_scalar_casts``: on
 the CPU only, an operator that mixes a tensor with a Python number (``x + 1.0``,
 ``x > 0``) first converts the number with ``aten::to`` (4 calls); the same step on a
-GPU dispatches none of them.
+GPU dispatches none of them. And it counts ``kernel_ops``, one more step seen below
+autograd (a ``TorchDispatchMode``): the operators that would launch a kernel on a GPU
+(views, ``detach`` and allocations excluded, no scalar conversions), by the dtype of
+their output. That is the GPU's kernel count without a GPU (an operator may launch
+more than one kernel, and the fused Triton paths run only on CUDA).
+
+``--backbones`` also takes ``maelre.twin`` (the zero-cost-merge twin) and
+``maelre.floor`` (the attention-free network) of ``maelre.bench.ideal``.
 
 ``--saved`` adds what each backbone keeps for backward (its activation memory), by
 the source line that saved it: tensors recorded through
@@ -45,10 +52,12 @@ from typing import Any
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from maelre.bench.efficiency import parse_name_list, parse_seq_lens
 from maelre.bench.efficiency_case import bench_autocast, build_backbone, make_step, release_memory, time_step
 from maelre.bench.efficiency_config import DTYPES, BenchConfig
+from maelre.bench.ideal import split_variant
 from maelre.bench.report import markdown_table, write_json_atomic, write_text_atomic
 
 TOP = 12
@@ -85,6 +94,32 @@ def _is_cpu_scalar_cast(event: Any) -> bool:
     return False
 
 
+#: Operators that launch no kernel (besides views, which ``OpOverload.is_view`` names).
+_NO_KERNEL = {"detach", "alias", "empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "_unsafe_view", "lift_fresh", "resolve_conj", "resolve_neg"}
+
+
+class _KernelCount(TorchDispatchMode):
+    """Operators below autograd that would launch a kernel, by the dtype of their (first) output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_dtype: Counter[str] = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if not func.is_view and func.overloadpacket.__name__ not in _NO_KERNEL:
+            first = out[0] if isinstance(out, (tuple, list)) and out else out
+            self.by_dtype[str(first.dtype).removeprefix("torch.") if isinstance(first, torch.Tensor) else "none"] += 1
+        return out
+
+
+def count_kernel_ops(step) -> dict[str, int]:
+    """``{dtype: calls}`` of one ``step``'s kernel-launching operators (see the module docstring), most first."""
+    with _KernelCount() as count:
+        step()
+    return dict(count.by_dtype.most_common())
+
+
 def profile_case(name: str, seq_len: int, mode: str, config: BenchConfig, steps: int = 2, by_source: bool = False) -> dict[str, Any]:
     """Profile ``steps`` steps of one case after warm-up; per-step numbers and the top consumers (and sources, ``by_source``)."""
     device = torch.device(config.device)
@@ -117,7 +152,11 @@ def profile_case(name: str, seq_len: int, mode: str, config: BenchConfig, steps:
     }
     wall = statistics.median(times)
     kernel_ms = sum(kernel_time.values()) / steps
-    sources = {"top_sources": [{"source": k, "calls": c // steps} for k, c in source_count.most_common(2 * TOP)], "cpu_scalar_casts": scalar_casts // steps}
+    sources = {
+        "top_sources": [{"source": k, "calls": c // steps} for k, c in source_count.most_common(2 * TOP)],
+        "cpu_scalar_casts": scalar_casts // steps,
+        "kernel_ops": count_kernel_ops(step) if by_source else None,
+    }
     return {
         "backbone": name,
         "seq_len": seq_len,
@@ -139,7 +178,7 @@ def profile_case(name: str, seq_len: int, mode: str, config: BenchConfig, steps:
 
 def saved_activations(name: str, seq_len: int, config: BenchConfig, batch: int = 1) -> dict[str, Any]:
     """MiB that one forward of ``batch`` x ``seq_len`` tokens saves for backward, total and by source line."""
-    backbone = build_backbone(name, config).train()
+    backbone = build_backbone(name, config, seq_len).train()
     tokens = torch.randn(batch, seq_len, config.dim, device=config.device)
     storages: dict[int, int] = {}
     by_source: Counter[str] = Counter()
@@ -209,6 +248,9 @@ def render_markdown(document: Mapping[str, Any]) -> str:
             lines.append(markdown_table([{**o, "ms": f"{o['ms']:.2f}"} for o in case["top_ops_by_gpu_time"]], [("name", "operator"), ("ms", "ms")]))
         lines += ["Operators by calls per step:", ""]
         lines.append(markdown_table(case["top_ops_by_calls"], [("name", "operator"), ("calls", "calls")]))
+        if case.get("kernel_ops"):
+            kernel_ops = ", ".join(f"{dtype} {calls}" for dtype, calls in case["kernel_ops"].items())
+            lines += [f"Kernel-launching operators per step (below autograd): {sum(case['kernel_ops'].values())} ({kernel_ops}).", ""]
         if case.get("top_sources"):
             lines += [f"Operator calls by source per step ({case['cpu_scalar_casts']} of all calls are CPU-only scalar conversions):", ""]
             lines.append(markdown_table(case["top_sources"], [("source", "source"), ("calls", "calls")]))
@@ -259,8 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--table", default=None, help="markdown output")
     args = parser.parse_args(argv)
     backbones = parse_name_list(args.backbones)
+    bases = list(dict.fromkeys(split_variant(name)[0] for name in backbones))  # "maelre.twin" profiles a variant of "maelre"
     config = BenchConfig(
-        backbones=backbones, seq_lens=parse_seq_lens(args.seq_lens), modes=parse_name_list(args.modes), dim=args.dim,
+        backbones=bases, seq_lens=parse_seq_lens(args.seq_lens), modes=parse_name_list(args.modes), dim=args.dim,
         depth=args.depth, heads=args.heads, mlp_ratio=args.mlp_ratio, tokens_per_batch=args.tokens_per_batch,
         dtype=args.dtype, compile=args.compile, repeats=5, time_budget_s=None, case_timeout_s=None,
         **({"device": args.device} if args.device else {}),
@@ -282,10 +325,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seq_len in [] if args.skip_timing else config.seq_lens:
             for mode in config.modes:
                 case = profile_case(name, seq_len, mode, config, steps=args.steps, by_source=args.by_source)
-                print(f"{name} N={seq_len} {mode}: {case['wall_ms']:.1f} ms, {case['kernels']} kernels ({case['kernel_ms']:.1f} ms), {case['aten_ops']} aten ops", flush=True)
+                kernel_ops = "" if case.get("kernel_ops") is None else f", {sum(case['kernel_ops'].values())} kernel-launching ops {case['kernel_ops']}"
+                print(
+                    f"{name} N={seq_len} {mode}: {case['wall_ms']:.1f} ms, {case['kernels']} kernels ({case['kernel_ms']:.1f} ms), "
+                    f"{case['aten_ops']} aten ops{kernel_ops}",
+                    flush=True,
+                )
                 document["cases"].append(case)
                 release_memory(device)
-        if args.check_compile:
+        if args.check_compile and split_variant(name)[1] is None:  # a twin runs one N, unpadded: nothing to check
             check = check_compile(name, config, args.check_len)
             print(f"{name}: compiled vs eager max abs diff {check['max_abs_diff']:.2e}", flush=True)
             document["compile_checks"].append(check)

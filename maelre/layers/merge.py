@@ -46,8 +46,9 @@ def compaction_order(keep: Tensor) -> Tensor:
 # Inductor (torch 2.11, CPU) miscompiles the fused "mask the scores, then max with
 # index" of the matching: values right, indices wrong for most rows. The two matchers
 # therefore always run eagerly, also inside a torch.compile'd backbone (a graph break
-# per merge); tests/test_merge.py checks compiled merging against eager. On CUDA the
-# window matcher is a fused Triton custom op instead, which compiles as one opaque op.
+# per merge); tests/test_merge.py checks compiled merging against eager. On CUDA,
+# windowed matching runs the fused Triton custom op instead (``_choose``), which
+# compiles as one opaque op.
 @torch.compiler.disable
 def match_global(a: Tensor, b: Tensor, b_real: Tensor | None) -> tuple[Tensor, Tensor]:
     """Best B match of every A token over all of B.
@@ -67,6 +68,7 @@ def match_global(a: Tensor, b: Tensor, b_real: Tensor | None) -> tuple[Tensor, T
     return scores.max(dim=-1)
 
 
+@torch.compiler.disable
 def match_window(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
     """Like ``match_global``, but A token ``j`` (position ``2j``) only sees B tokens within ``window`` positions.
 
@@ -77,14 +79,6 @@ def match_window(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tu
     """
     if window < 1:
         raise ValueError(f"match window must be >= 1 position, got {window}; use None for global matching")
-    if triton_merge.available(a):  # the same band as one fused kernel (CUDA): a custom op, no graph break
-        b_real = b.new_ones(b.shape[:2], dtype=torch.bool) if b_real is None else b_real
-        return triton_merge.match_window(a, b, b_real, window)
-    return _match_window_eager(a, b, b_real, window)
-
-
-@torch.compiler.disable
-def _match_window_eager(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
     na, nb = a.shape[1], b.shape[1]
     before = min((window + 1) // 2, na)  # offsets beyond the sequence cannot match anything
     after = min((window - 1) // 2, nb - 1)
@@ -155,8 +149,10 @@ def bipartite_soft_matching(
     The plan gives every input column its output column, ``slot [B, N]``: kept tokens
     fill the first columns in their order, a merged A token joins its B match, and
     padding goes to column ``n_out``, which is cut off. A merge is then one scatter-add
-    into the slots, size-weighted as in ToMe's ``merge_wavg``:
-    ``merge(x) = scatter(size * x) / scatter(size)``.
+    into the slots, size-weighted as in ToMe's ``merge_wavg``
+    (``scatter(size * x) / scatter(size)``): the plan holds every token's share of its
+    merged token's size, ``share = size / scatter(size)[slot]``, and
+    ``merge(x) = scatter(share * x)``.
 
     Args:
         metric: ``[B, N, C]`` similarity features (keys averaged over heads, or states).
@@ -186,9 +182,7 @@ def bipartite_soft_matching(
     real = sizes > 0 if padded else None
     with torch.no_grad():
         src, dst, chosen = _choose(metric, real, r, min(n - n_out, (n + 1) // 2), protect_first, window)
-        slot = _slots(sizes, real, src, dst, chosen, n_out)
-        merged_sizes = _scatter_to_slots(sizes, slot, n_out)
-        denom = merged_sizes.clamp_min(1e-12)  # 0 only at padded output columns
+        slot, merged_sizes, share = _plan(real, sizes, src, dst, chosen, n, n_out)
 
     def per_token(t: Tensor, like: Tensor) -> Tensor:
         """``[B, k]`` viewed to broadcast against ``like [B, k, ...]``."""
@@ -200,8 +194,8 @@ def bipartite_soft_matching(
         if mode not in ("mean", "sum"):
             raise ValueError(f"merge mode must be 'mean' (size-weighted) or 'sum', got {mode!r}")
         if mode == "sum":
-            return _scatter_to_slots(x, slot, n_out)
-        return (_scatter_to_slots(x * per_token(sizes, x), slot, n_out) / per_token(denom, x)).to(x.dtype)
+            return _scatter_to_slots(x, slot, n_out, padded)
+        return _scatter_to_slots(x * per_token(share, x), slot, n_out, padded).to(x.dtype)
 
     def unmerge(y: Tensor) -> Tensor:
         if y.shape[:2] != (b, n_out):
@@ -215,16 +209,20 @@ def bipartite_soft_matching(
 def _choose(
     metric: Tensor, real: Tensor | None, r: Tensor | int, candidates: int, protect_first: bool, window: int | None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """ToMe's choice of merges, in columns of the padded sequence (A token ``j`` sits at ``2j``, B token ``j`` at ``2j + 1``).
+    """ToMe's choice of merges, in A/B indices (A token ``j`` is column ``2j``, B token ``j`` column ``2j + 1``).
 
-    ``real [B, N]`` marks real tokens (``None``: all are). Returns ``(src, dst, chosen)``,
-    each ``[B, candidates]``: the A columns most similar to their best B match, most
-    similar first; that match's column; and whether the pair merges (the first ``r_i``
-    of row ``i`` with a real match).
+    ``real [B, N]`` marks real tokens (``None``: all are). Returns ``(src, dst, chosen)``:
+    ``src [B, candidates]`` the A tokens most similar to their best B match, most similar
+    first; ``dst [B, Na]`` every A token's best B match; ``chosen [B, candidates]`` whether
+    the pair merges (the first ``r_i`` of row ``i`` with a real match).
     """
-    unit = F.normalize(metric, dim=-1)
-    a, b, b_real = unit[:, ::2], unit[:, 1::2], None if real is None else real[:, 1::2]
-    score, dst = match_global(a, b, b_real) if window is None else match_window(a, b, b_real, window)
+    b_real = None if real is None else real[:, 1::2]
+    if window is not None and triton_merge.available(metric):  # one kernel, normalizing as it reads
+        score, dst = triton_merge.match_window(metric[:, ::2], metric[:, 1::2], b_real, window)
+    else:
+        unit = F.normalize(metric, dim=-1)
+        a, b = unit[:, ::2], unit[:, 1::2]
+        score, dst = match_global(a, b, b_real) if window is None else match_window(a, b, b_real, window)
     if real is not None:
         score = score.masked_fill_(~real[:, ::2], float("-inf"))  # in place: the matcher's own output
     if protect_first:
@@ -235,23 +233,47 @@ def _choose(
         chosen &= shape_cache.arange(candidates, metric.device) < r[:, None]
     elif r < candidates:
         chosen[:, r:] = False
-    return 2 * src, 2 * dst.gather(1, src) + 1, chosen
+    return src, dst, chosen
 
 
-def _slots(sizes: Tensor, real: Tensor | None, src: Tensor, dst: Tensor, chosen: Tensor, n_out: int) -> Tensor:
-    """Output column of every input column ``[B, N]``: kept tokens in order, merged sources with their match, padding ``n_out``.
+def _plan(real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(slot [B, N], merged sizes [B, n_out], share [B, N])``: ``_slots``, the sizes summed
+    into their slots, and every token's share of its merged token's size (0 for padding).
 
-    ``real [B, N]`` marks real tokens (``None``: all are). A row that keeps more than
-    ``n_out`` tokens (an ``r`` too small) loses the last ones.
+    On CUDA one fused kernel computes all three (``triton_merge.plan``).
     """
-    dropped = torch.zeros_like(sizes, dtype=torch.bool).scatter_(1, src, chosen)  # merged away
+    if triton_merge.available(src):
+        return triton_merge.plan(real, sizes, src, dst, chosen, n, n_out)
+    slot = _slots(real, src, dst, chosen, n, n_out)
+    total = _scatter_to_slots(sizes, slot, n_out + (real is not None), padded=False)  # padding's column kept, for the gather
+    per_slot = total.gather(1, slot)  # >= 1 for a real token; 0 for padding only
+    share = sizes / (per_slot if real is None else per_slot.clamp_min(1e-12))
+    return slot, total[:, :n_out], share
+
+
+def _slots(real: Tensor | None, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> Tensor:
+    """Output column of every input column ``[B, N]``: kept tokens in order, merged A tokens with their match, padding ``n_out``.
+
+    ``real [B, N]`` marks real tokens (``None``: all are). A padded row that keeps more
+    than ``n_out`` tokens (an ``r`` too small) loses the last ones. Unpadded rows keep
+    exactly ``n_out`` (more only if some scores are NaN: the extra tokens then join the
+    last column), so they need no column ``n_out`` and no slicing after the scatter.
+    """
+    gone = torch.zeros(dst.shape[0], n, dtype=torch.bool, device=dst.device)
+    merged = gone[:, ::2].scatter_(1, src, chosen)  # [B, Na], a view: the A tokens merged away
     if real is not None:
-        dropped |= ~real
-    slot = ((~dropped).cumsum(1) - 1).masked_fill_(dropped, n_out).clamp_max_(n_out)
-    return slot.scatter_(1, src, torch.where(chosen, slot.gather(1, dst), slot.gather(1, src)))
+        gone = gone | ~real
+    slot = shape_cache.arange(n, dst.device) - gone.cumsum(1)  # kept token's rank among the kept ones
+    if real is not None:
+        slot.masked_fill_(gone, n_out)
+    slot.clamp_max_(n_out if real is not None else n_out - 1)
+    slot_a = slot[:, ::2]
+    slot_a.copy_(torch.where(merged, slot[:, 1::2].gather(1, dst), slot_a))  # B tokens always stay
+    return slot
 
 
-def _scatter_to_slots(x: Tensor, slot: Tensor, n_out: int) -> Tensor:
-    """Sum of the tokens of ``x [B, N, ...]`` that share a slot: ``[B, n_out, ...]`` (slot ``n_out`` is dropped)."""
+def _scatter_to_slots(x: Tensor, slot: Tensor, n_out: int, padded: bool) -> Tensor:
+    """Sum of the tokens of ``x [B, N, ...]`` that share a slot: ``[B, n_out, ...]`` (``padded``: slot ``n_out`` is dropped)."""
     index = slot.view(*slot.shape, *[1] * (x.dim() - 2)).expand(x.shape)
-    return x.new_zeros(x.shape[0], n_out + 1, *x.shape[2:]).scatter_add_(1, index, x)[:, :n_out]
+    out = x.new_zeros(x.shape[0], n_out + padded, *x.shape[2:]).scatter_add_(1, index, x)
+    return out[:, :n_out] if padded else out  # no slice (nor its backward) without padding

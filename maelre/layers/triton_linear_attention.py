@@ -36,6 +36,7 @@ import math
 import torch
 from torch import Tensor
 
+import maelre.layers.shape_cache as shape_cache
 from maelre.layers._triton import available, tl, triton
 
 __all__ = ["available", "fused_linear_attention"]
@@ -221,6 +222,11 @@ if triton is not None:
         tl.store(dv_ptr + offs, tl.where(store, dv, 0.0).to(dv_ptr.dtype.element_ty), mask=pad)
 
 
+@shape_cache.shape_cached
+def _placeholder(device: torch.device) -> Tensor:
+    return torch.zeros(1, dtype=torch.float32, device=device)
+
+
 def _pow2(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
@@ -242,8 +248,8 @@ class _Setup:
         self.favor = projection is not None
         self.f = projection.shape[0] if self.favor else dh
         self.dhp, self.fp = _pow2(dh), _pow2(self.f)
-        # A placeholder pointer for elu (never read: the feature branch is compiled out).
-        self.proj = projection.float().contiguous() if self.favor else q.new_zeros(1, dtype=torch.float32)
+        # A placeholder pointer for elu (never read: the feature branch is compiled out), built once per device.
+        self.proj = projection.float().contiguous() if self.favor else _placeholder(q.device)
         self.consts = dict(
             IS_FAVOR=self.favor,
             SCALE=dh**-0.25,

@@ -1,14 +1,26 @@
-"""Fused Triton kernel for ToMe's windowed matching (``maelre.layers.merge.match_window``).
+"""Fused Triton kernels for ToMe's windowed matching and merge plan (``maelre.layers.merge``).
 
 ``match_window`` scores each A token against the B tokens within ``window`` positions and
-keeps the best (cosine argmax). The PyTorch path (the reference and the CPU path) builds
-``[B, Na, C, W]`` windows with ``unfold`` and runs about ten operators; this kernel reads
-each A tile once and streams the ``W`` candidate B rows through it, keeping the running
-max and its slot: one launch, no ``O(N C W)`` intermediate. It runs under ``no_grad``
-(matching has no gradient), so there is no backward. Scores accumulate in float32 and are
-returned in the metric's dtype, as the reference returns them.
+keeps the best (cosine argmax). The PyTorch path (the reference and the CPU path)
+normalizes the metric, then builds ``[B, Na, C, W]`` windows with ``unfold`` and runs
+about ten operators; this kernel reads each A tile once, normalizes it, and streams the
+``W`` candidate B rows through it (each divided by its own norm), keeping the running max
+and its slot: one launch, no ``O(N C W)`` intermediate and no normalized copy of the
+metric. It runs under ``no_grad`` (matching has no gradient), so there is no backward.
+Scores accumulate in float32 and are returned in the metric's dtype, as the reference
+returns them.
 
-When it runs: ``maelre.layers._triton.available``.
+``plan`` is the rest of the merge plan, ``merge._plan``: the column each input token goes
+to, the merged sizes, and each token's share of its merged token's size. The PyTorch path
+builds them from a dozen operators (flags, a cumsum, a rank, a clamp, the match's slot
+through a gather, a where, a copy, a scatter of the sizes, a gather and a division); this
+kernel does it in one launch, one program per row, in passes over the row separated by
+block barriers: flags of the merged A tokens; the kept tokens' running rank; merged A
+tokens take their match's slot; the sizes are added into their slots; each token's share.
+Slots are integers and sizes integer counts (exact in float32 in any order), so it equals
+the reference up to the rounding of the one division.
+
+When they run: ``maelre.layers._triton.available``.
 """
 from __future__ import annotations
 
@@ -20,6 +32,7 @@ from maelre.layers._triton import available, tl, triton
 __all__ = ["available", "match_window"]
 
 BLOCK_A = 32  # A tokens per program
+BLOCK_SLOTS = 1024  # columns per tile of the slot kernel (one program walks its whole row)
 
 if triton is not None:
 
@@ -28,22 +41,25 @@ if triton is not None:
         a_ptr, b_ptr, real_ptr, score_ptr, index_ptr,
         NA, NB, C, BEFORE, WIDTH,
         sab, san, sac, sbb, sbn, sbc, srb, srn,
-        BA: tl.constexpr, CP: tl.constexpr,
+        BA: tl.constexpr, CP: tl.constexpr, HAS_REAL: tl.constexpr,
     ):  # fmt: skip
         row, tile = tl.program_id(0), tl.program_id(1)
         j = tile * BA + tl.arange(0, BA)
         cols = tl.arange(0, CP)
         real_j, real_c = j < NA, cols < C
         a = tl.load(a_ptr + row * sab + j[:, None] * san + cols[None, :] * sac, mask=real_j[:, None] & real_c[None, :], other=0.0).to(tl.float32)
+        a = a / tl.maximum(tl.sqrt(tl.sum(a * a, 1)), 1e-12)[:, None]  # as F.normalize: x / max(|x|, 1e-12)
         best = tl.full((BA,), float("-inf"), tl.float32)
         which = tl.zeros((BA,), tl.int32)
         s = 0
         while s < WIDTH:  # slot s = offset s - BEFORE; not range(): the interpreter needs a while for a runtime bound
             idx = j + s - BEFORE
             inside = real_j & (idx >= 0) & (idx < NB)
-            valid = inside & (tl.load(real_ptr + row * srb + idx * srn, mask=inside, other=0) != 0)
-            b = tl.load(b_ptr + row * sbb + idx[:, None] * sbn + cols[None, :] * sbc, mask=inside[:, None] & real_c[None, :], other=0.0)
-            score = tl.where(valid, tl.sum(a * b.to(tl.float32), 1), float("-inf"))
+            valid = inside
+            if HAS_REAL:
+                valid = inside & (tl.load(real_ptr + row * srb + idx * srn, mask=inside, other=0) != 0)
+            b = tl.load(b_ptr + row * sbb + idx[:, None] * sbn + cols[None, :] * sbc, mask=inside[:, None] & real_c[None, :], other=0.0).to(tl.float32)
+            score = tl.where(valid, tl.sum(a * b, 1) / tl.maximum(tl.sqrt(tl.sum(b * b, 1)), 1e-12), float("-inf"))
             better = score > best  # strict: ties keep the first slot, as torch.max does
             best = tl.where(better, score, best)
             which = tl.where(better, s, which)
@@ -53,8 +69,78 @@ if triton is not None:
         tl.store(index_ptr + row * NA + j, index.to(tl.int64), mask=real_j)
 
 
-def match_window(a: Tensor, b: Tensor, b_real: Tensor, window: int) -> tuple[Tensor, Tensor]:
-    """``merge.match_window`` as one kernel: ``a [B, Na, C]``, ``b [B, Nb, C]`` unit-norm, ``b_real [B, Nb]`` bool.
+    @triton.jit
+    def _plan_kernel(
+        src_ptr, chosen_ptr, dst_ptr, real_ptr, sizes_ptr, flag_ptr, slot_ptr, total_ptr, share_ptr,
+        N, NA, CAND, N_OUT, LIMIT, WIDTH,
+        BLOCK: tl.constexpr, HAS_REAL: tl.constexpr,
+    ):  # fmt: skip
+        row = tl.program_id(0).to(tl.int64)
+        offs = tl.arange(0, BLOCK)
+        start = 0
+        while start < NA:  # 1. flags of the A tokens merged away: cleared, then set from the chosen candidates
+            j = start + offs
+            tl.store(flag_ptr + row * NA + j, tl.zeros((BLOCK,), tl.int8), mask=j < NA)
+            start += BLOCK
+        start = 0
+        while start < WIDTH:  # (and the output sizes cleared for step 4)
+            j = start + offs
+            tl.store(total_ptr + row * WIDTH + j, tl.zeros((BLOCK,), tl.float32), mask=j < WIDTH)
+            start += BLOCK
+        tl.debug_barrier()
+        start = 0
+        while start < CAND:
+            k = start + offs
+            inside = k < CAND
+            src = tl.load(src_ptr + row * CAND + k, mask=inside, other=0)
+            chosen = tl.load(chosen_ptr + row * CAND + k, mask=inside, other=0)
+            tl.store(flag_ptr + row * NA + src, chosen.to(tl.int8), mask=inside)  # top-k indices are distinct
+            start += BLOCK
+        tl.debug_barrier()
+        start = 0
+        carry = tl.zeros((), tl.int32)
+        while start < N:  # 2. rank among the kept tokens; merged A tokens and padding to N_OUT
+            col = start + offs
+            inside = col < N
+            gone = tl.load(flag_ptr + row * NA + col // 2, mask=inside & (col % 2 == 0), other=0) != 0
+            if HAS_REAL:
+                gone = gone | (tl.load(real_ptr + row * N + col, mask=inside, other=1) == 0)
+            keep = (inside & ~gone).to(tl.int32)
+            rank = carry + tl.cumsum(keep, 0) - 1
+            tl.store(slot_ptr + row * N + col, tl.where(gone, N_OUT, tl.minimum(rank, LIMIT)).to(tl.int64), mask=inside)
+            carry += tl.sum(keep, 0)
+            start += BLOCK
+        tl.debug_barrier()
+        start = 0
+        while start < NA:  # 3. a merged A token joins its B match (B tokens never move, so no tile reads a slot this pass writes)
+            j = start + offs
+            merged = tl.load(flag_ptr + row * NA + j, mask=j < NA, other=0) != 0
+            dst = tl.load(dst_ptr + row * NA + j, mask=merged, other=0)
+            tl.store(slot_ptr + row * N + 2 * j, tl.load(slot_ptr + row * N + 2 * dst + 1, mask=merged, other=0), mask=merged)
+            start += BLOCK
+        tl.debug_barrier()
+        start = 0
+        while start < N:  # 4. output sizes: sums of integer counts, so the atomics' order cannot change them
+            col = start + offs
+            inside = col < N
+            slot = tl.load(slot_ptr + row * N + col, mask=inside, other=0)
+            tl.atomic_add(total_ptr + row * WIDTH + slot, tl.load(sizes_ptr + row * N + col, mask=inside, other=0.0), mask=inside)
+            start += BLOCK
+        tl.debug_barrier()
+        start = 0
+        while start < N:  # 5. every token's share of its output token's size (0 for padding)
+            col = start + offs
+            inside = col < N
+            total = tl.load(total_ptr + row * WIDTH + tl.load(slot_ptr + row * N + col, mask=inside, other=0), mask=inside, other=1.0)
+            size = tl.load(sizes_ptr + row * N + col, mask=inside, other=0.0)
+            tl.store(share_ptr + row * N + col, size / tl.maximum(total, 1e-12), mask=inside)
+            start += BLOCK
+
+
+def match_window(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
+    """``merge.match_window`` of the normalized rows as one kernel: ``a [B, Na, C]`` and ``b [B, Nb, C]``
+    of any norm (each row is divided by ``max(|row|, 1e-12)`` as it is read, as ``F.normalize`` does),
+    ``b_real [B, Nb]`` bool or ``None`` (every B token is real).
 
     Returns ``(score, index)``, each ``[B, Na]``: the best cosine similarity within the
     window (``a``'s dtype, ``-inf`` without a real candidate) and its B index (long).
@@ -65,27 +151,67 @@ def match_window(a: Tensor, b: Tensor, b_real: Tensor, window: int) -> tuple[Ten
 
 
 @torch.library.custom_op("maelre::match_window", mutates_args=())
-def _match_window_op(a: Tensor, b: Tensor, b_real: Tensor, window: int) -> tuple[Tensor, Tensor]:
+def _match_window_op(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
     if triton is None:
         raise RuntimeError("the fused matching needs triton (it ships with torch's CUDA wheels); use merge.match_window on this machine")
     if window < 1:
         raise ValueError(f"match window must be >= 1 position, got {window}; use None for global matching")
     batch, na, c = a.shape
     nb = b.shape[1]
-    if b.shape[0] != batch or b.shape[2] != c or b_real.shape != (batch, nb):
-        raise ValueError(f"a [B, Na, C], b [B, Nb, C] and b_real [B, Nb] must agree, got {tuple(a.shape)}, {tuple(b.shape)}, {tuple(b_real.shape)}")
+    if b.shape[0] != batch or b.shape[2] != c or (b_real is not None and b_real.shape != (batch, nb)):
+        real_shape = None if b_real is None else tuple(b_real.shape)
+        raise ValueError(f"a [B, Na, C], b [B, Nb, C] and b_real [B, Nb] must agree, got {tuple(a.shape)}, {tuple(b.shape)}, {real_shape}")
     before = min((window + 1) // 2, na)  # the reference's band of offsets, [-before, after]
     after = min((window - 1) // 2, nb - 1)
     score = torch.empty(batch, na, device=a.device, dtype=a.dtype)
     index = torch.empty(batch, na, device=a.device, dtype=torch.long)
-    real = b_real.view(torch.uint8)
+    real = index if b_real is None else b_real.view(torch.uint8)  # without b_real the kernel never reads it
     _match_window_kernel[(batch, triton.cdiv(na, BLOCK_A))](
         a, b, real, score, index, na, nb, c, before, before + after + 1,
-        *a.stride(), *b.stride(), *real.stride(), BA=BLOCK_A, CP=max(16, triton.next_power_of_2(c)),
+        *a.stride(), *b.stride(), *real.stride()[:2], BA=BLOCK_A, CP=max(16, triton.next_power_of_2(c)), HAS_REAL=b_real is not None,
     )  # fmt: skip
     return score, index
 
 
 @_match_window_op.register_fake
-def _(a: Tensor, b: Tensor, b_real: Tensor, window: int) -> tuple[Tensor, Tensor]:
+def _(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
     return a.new_empty(a.shape[:2]), a.new_empty(a.shape[:2], dtype=torch.long)
+
+
+def plan(real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``merge._plan`` as one kernel: ``(slot [B, N] long, merged sizes [B, n_out], share [B, N] float32)``.
+
+    ``src, chosen [B, candidates]`` (the top-k A tokens and whether each merges), ``dst [B, Na]``
+    (every A token's B match), ``sizes [B, N]`` (integer counts, 0 = padding) and ``real [B, N]``
+    bool or ``None`` (no padding). A custom op, like ``match_window``.
+    """
+    return _plan_op(real, sizes, src, dst, chosen, n, n_out)
+
+
+@torch.library.custom_op("maelre::merge_plan", mutates_args=())
+def _plan_op(real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> tuple[Tensor, Tensor, Tensor]:
+    if triton is None:
+        raise RuntimeError("the fused merge plan needs triton (it ships with torch's CUDA wheels); use merge._plan on this machine")
+    batch, candidates = src.shape
+    na = dst.shape[1]
+    if chosen.shape != src.shape or dst.shape[0] != batch or na != (n + 1) // 2 or sizes.shape != (batch, n) or (real is not None and real.shape != (batch, n)):
+        raise ValueError(
+            f"src, chosen [B, C], dst [B, (N + 1) // 2], sizes and real [B, N] must agree with N={n}, "
+            f"got {tuple(src.shape)}, {tuple(chosen.shape)}, {tuple(dst.shape)}, {tuple(sizes.shape)}"
+        )
+    width = n_out + (real is not None)  # as merge._plan: padding goes to one extra column, cut off
+    new = dict(device=src.device)
+    slot, share = torch.empty(batch, n, dtype=torch.long, **new), torch.empty(batch, n, dtype=torch.float32, **new)
+    flags, total = torch.empty(batch, na, dtype=torch.int8, **new), torch.empty(batch, width, dtype=torch.float32, **new)
+    real_u8 = flags if real is None else real.contiguous().view(torch.uint8)  # without padding the kernel never reads it
+    _plan_kernel[(batch,)](
+        src.contiguous(), chosen.contiguous().view(torch.uint8), dst.contiguous(), real_u8, sizes.float().contiguous(),
+        flags, slot, total, share, n, na, candidates, n_out, width - 1, width, BLOCK=BLOCK_SLOTS, HAS_REAL=real is not None,
+    )  # fmt: skip
+    return slot, total[:, :n_out].to(sizes.dtype), share
+
+
+@_plan_op.register_fake
+def _(real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> tuple[Tensor, Tensor, Tensor]:
+    b = src.shape[0]
+    return src.new_empty(b, n), sizes.new_empty(b, n_out), sizes.new_empty(b, n, dtype=torch.float32)
