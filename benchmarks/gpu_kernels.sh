@@ -6,6 +6,7 @@
 #   bash benchmarks/gpu_kernels.sh eager     # efficiency benchmark, eager, fused kernels on
 #   bash benchmarks/gpu_kernels.sh graph     # the same, whole step captured in a CUDA graph
 #   bash benchmarks/gpu_kernels.sh pytorch   # eager with MAELRE_TRITON=0: the PyTorch paths, for the kernels' share
+#   bash benchmarks/gpu_kernels.sh profile   # torch.profiler of the fused eager step, maelre and its twin at 16K
 #
 # Each benchmark step times maelre, maelre.twin, maelre.floor and transformer (train step)
 # at 4K, 16K and 64K; the table's "time vs twin" column is the issue's ratio. Results go
@@ -17,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step=${1:?usage: bash benchmarks/gpu_kernels.sh tests|eager|graph|pytorch}
+step=${1:?usage: bash benchmarks/gpu_kernels.sh tests|eager|graph|pytorch|profile}
 OUT=${OUT:-benchmarks/results/gpu_out}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
@@ -42,5 +43,8 @@ case $step in
     eager) bench efficiency_h200 ;;
     graph) bench efficiency_h200_cudagraph --cuda-graph ;;
     pytorch) MAELRE_TRITON=0 bench efficiency_h200_pytorch ;;
-    *) echo "gpu_kernels.sh: unknown step '$step'; use tests, eager, graph or pytorch" >&2; exit 2 ;;
+    profile)  # where the fused eager step's time goes (kernels on, as in `eager`), MAELRE and its twin
+        "$PYTHON" -m maelre.bench.profile --backbones maelre,maelre.twin --seq-lens "${SEQ_LENS:-16K}" --modes train --steps 3 \
+            --out "$OUT/profile_h200_fused.json" --table "$OUT/profile_h200_fused.md" ;;
+    *) echo "gpu_kernels.sh: unknown step '$step'; use tests, eager, graph, pytorch or profile" >&2; exit 2 ;;
 esac
