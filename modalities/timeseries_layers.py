@@ -46,14 +46,15 @@ class MaskedBatchNorm(nn.Module):
 
     def forward(self, x: Tensor, real: Tensor) -> Tensor:
         """``x [B, C, L]``, ``real [B, 1, L]`` (1.0 at real steps) -> ``[B, C, L]``."""
-        if self.training:
+        if not self.training:
+            mean, var = self.running_mean, self.running_var
+        else:
             # padding only at the end, the same for every series (equal lengths padded to a token
             # multiple): BatchNorm1d's own fused kernel on the real steps; the tail stays zero
             n = int(real.amax(dim=(0, 1)).nonzero().max()) + 1 if real.any() else 0
             if x.shape[0] * n > 1 and bool(real[..., :n].all()):
                 out = F.batch_norm(x[..., :n], self.running_mean, self.running_var, self.weight, self.bias, True, self.momentum, self.eps)
                 return out if n == x.shape[-1] else F.pad(out, (0, x.shape[-1] - n))
-        if self.training:
             count = real.sum().clamp(min=1.0)
             mean = (x * real).sum(dim=(0, 2)) / count
             centred = (x - mean[:, None]) * real
@@ -62,8 +63,6 @@ class MaskedBatchNorm(nn.Module):
                 unbiased = var * (count / (count - 1).clamp(min=1.0))
                 self.running_mean.lerp_(mean.detach(), self.momentum)
                 self.running_var.lerp_(unbiased.detach(), self.momentum)
-        else:
-            mean, var = self.running_mean, self.running_var
         scale = self.weight * torch.rsqrt(var + self.eps)
         return x * scale[:, None] + (self.bias - mean * scale)[:, None]
 
