@@ -181,9 +181,9 @@ class LoaderStateRestore(Callback):
 class ThroughputMonitor(Callback):
     """Training samples/s and tokens/s (real tokens, from the batch masks), validation time excluded.
 
-    ``steady_samples_per_second`` leaves out the first ``warmup_steps`` steps of the call, where
-    ``torch.compile`` compiles and CUDA graphs are recorded: the rate a longer run settles at
-    (``None`` when the call made no more steps than that).
+    ``steady_samples_per_second`` leaves out the call's first ``warmup_steps`` training batches,
+    where ``torch.compile`` compiles and CUDA graphs are recorded: the rate a longer run settles
+    at (``None`` when the call trained on no more batches than that).
     """
 
     def __init__(self, warmup_steps: int = 50) -> None:
@@ -191,10 +191,10 @@ class ThroughputMonitor(Callback):
         self.samples = 0
         self.tokens = 0
         self.seconds = 0.0
-        self._steps = 0
+        self._batches = 0
         self._t0: float | None = None
-        self._steady: tuple[float, int] | None = None  # (start time, samples so far) after the warm-up steps
-        self._steady_seconds = 0.0
+        self._steady: tuple[float, int] | None = None  # (start time, samples so far) after the warm-up batches
+        self._steady_rate: float | None = None
         self._val_t0: float | None = None
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -215,29 +215,27 @@ class ThroughputMonitor(Callback):
         inputs, _ = batch
         self.samples += batch_size_of(inputs) * trainer.world_size
         self.tokens += token_count(inputs) * trainer.world_size
-        self._steps += 1
-        if self._steps == self.warmup_steps:
+        self._batches += 1
+        if self._batches == self.warmup_steps:
             self._steady = (time.perf_counter(), self.samples)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._t0 is not None:
             now = time.perf_counter()
             self.seconds = now - self._t0
-            if self._steady is not None and self._steps > self.warmup_steps:
-                self._steady_seconds = now - self._steady[0]
+            if self._steady is not None and self._batches > self.warmup_steps:
+                start, samples = self._steady
+                self._steady_rate = (self.samples - samples) / max(now - start, 1e-9)
 
     def summary(self) -> dict[str, float | None]:
         seconds = max(self.seconds, 1e-9)
-        steady = None
-        if self._steady is not None and self._steady_seconds > 0:
-            steady = (self.samples - self._steady[1]) / self._steady_seconds
         return {
             "train_seconds": self.seconds,
             "samples_per_second": self.samples / seconds,
             "tokens_per_second": self.tokens / seconds,
             "samples_seen": self.samples,
             "tokens_seen": self.tokens,
-            "steady_samples_per_second": steady,
+            "steady_samples_per_second": self._steady_rate,
         }
 
 
