@@ -52,21 +52,9 @@ def test_uint8_panels_stay_time_series():
 
 # ----------------------------------------------------------------- benchmarks/sktime_ucr.py machinery
 @pytest.fixture(scope="module")
-def bench():
+def bench(benchmark_script):
     """``benchmarks/sktime_ucr.py`` imported as a module (it is a script, not part of the package)."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "sktime_ucr.py"
-    spec = importlib.util.spec_from_file_location("sktime_ucr_bench", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    try:
-        spec.loader.exec_module(module)
-        yield module
-    finally:
-        del sys.modules[spec.name]
+    return benchmark_script("sktime_ucr")
 
 
 class _Scripted:
