@@ -38,6 +38,15 @@ def fit_command(recipe: str, mode: str, steps: int, run_dir: Path, extra: list[s
             *[arg for item in sets for arg in ("--set", item)]]
 
 
+def run_fit(command: list[str], seconds: float | None) -> subprocess.CompletedProcess:
+    """Run one mode's fit; past ``seconds`` it is killed and returned with exit -9 and a note in stderr."""
+    try:
+        return subprocess.run(command, capture_output=True, text=True, timeout=seconds)
+    except subprocess.TimeoutExpired as stopped:
+        out, err = (part.decode(errors="replace") if isinstance(part, bytes) else (part or "") for part in (stopped.stdout, stopped.stderr))
+        return subprocess.CompletedProcess(command, -9, out, err + f"\nstopped after --mode-seconds {seconds:g}")
+
+
 def mode_row(mode: str, results: dict | None, error: str | None = None) -> dict:
     """One table row from a mode's ``results.json`` (``None`` with ``error`` when the run failed)."""
     if results is None:
@@ -101,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated, out of " + ", ".join(MODES))
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="recipe override for every mode, repeatable")
     parser.add_argument("--out", type=Path, required=True, help="folder: OUT/MODE run folders, OUT/compile_ab.json and .md")
+    parser.add_argument("--mode-seconds", type=float, default=None,
+                        help="wall-clock limit of one mode's fit; a mode past it is a row with status error (default: none)")
     args = parser.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
     unknown = sorted(set(modes) - set(MODES))
@@ -112,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         if (run_dir / "results.json").exists():
             rows.append(mode_row(mode, read_json(run_dir / "results.json")))  # done in an earlier call
             continue
-        done = subprocess.run(fit_command(args.recipe, mode, args.steps, run_dir, args.sets), capture_output=True, text=True)
+        done = run_fit(fit_command(args.recipe, mode, args.steps, run_dir, args.sets), args.mode_seconds)
         (args.out / f"{mode}.log").parent.mkdir(parents=True, exist_ok=True)
         (args.out / f"{mode}.log").write_text(done.stdout + done.stderr)
         if done.returncode != 0 or not (run_dir / "results.json").exists():

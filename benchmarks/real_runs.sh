@@ -32,6 +32,10 @@
 #   transformer_rope  full attention with RoPE (the ECP paper's "Transformer (with RoPE)")
 #   ecp               ECP, RoPE (its default)
 #   perceiver_ar      PerceiverAR, learned positions
+#   transformer_cls, transformer_rope_cls
+#                     diagnostics, not leaderboard rows: the same two transformers pooled by a CLS
+#                     token (LRA's pooling) instead of the mean, to test whether pooling explains
+#                     a miss (run them by name: they are not in the default NAMES)
 # MINUTES (7): training ends this many minutes after the script started, at most
 # CALL_SECONDS - PACK_SECONDS - TEST_SECONDS (7.25 min by default); CALL_SECONDS (540: all is
 # pruned by then), PACK_SECONDS (45), TEST_SECONDS (60), GRACE_SECONDS (15); SET: space-separated extra KEY=VALUE
@@ -60,6 +64,8 @@ declare -A setup=(
     [transformer_rope]="--set model.backbone=transformer ${rope[*]}"
     [ecp]="--set model.backbone=ecp"
     [perceiver_ar]="--set model.backbone=perceiver_ar"
+    [transformer_cls]="--set model.backbone=transformer --set model.pool=cls"
+    [transformer_rope_cls]="--set model.backbone=transformer ${rope[*]} --set model.pool=cls"
 )
 # exit 0 when a run folder's last call reached the recipe's max_epochs or max_steps; a call whose
 # deadline cut its last epoch short counts that epoch as started (call_ended_early), so it is not done

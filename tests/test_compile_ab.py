@@ -1,6 +1,7 @@
 """benchmarks/compile_ab.py: the eager-against-compiled table (the runs themselves need a device)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,3 +37,9 @@ def test_each_mode_sets_its_compile_value_and_the_step_budget(script):
     graphs = script.fit_command("recipes/lra_image.yaml", "reduce-overhead", 600, Path("o/ro"), [])
     assert "trainer.compile=false" in eager and "trainer.max_steps=600" in eager and "model.backbone=ecp" in eager
     assert "trainer.compile=reduce-overhead" in graphs and graphs[graphs.index("--run-dir") + 1] == "o/ro"
+
+
+def test_run_fit_past_its_limit_is_an_error_with_a_note(script):
+    done = script.run_fit([sys.executable, "-c", "import time; print('started', flush=True); time.sleep(30)"], 1.0)
+    assert done.returncode == -9
+    assert "started" in done.stdout and "stopped after --mode-seconds 1" in done.stderr
