@@ -55,6 +55,9 @@ ALONE_ROWS = {
     "ecp": ("ecp", "rope"), "perceiver_ar": ("perceiver_ar", "learned"),
 }
 """Run name -> (row, positions) of ``merge_ablation_cost.py`` timed alone at sCIFAR-10's shape (a run without a timing falls back to wall time)."""
+DIAGNOSTICS = {"transformer_cls": "transformer", "transformer_rope_cls": "transformer_rope"}
+"""Runs that test a hypothesis about a leaderboard row (CLS pooling, LRA's, instead of the mean) -> the row they
+test: summarised with their curves, never leaderboard rows or Pareto points."""
 SHARED_KEYS = ("dim", "depth", "heads", "mlp_ratio", "dropout", "drop_path", "rope")
 """Settings a row already reports under ``model``."""
 
@@ -92,6 +95,7 @@ def summarise_run(run_dir: Path, previous: dict | None, concurrent: int, gpu: st
     history = [h for h in result["history"] if h.get("val/acc") is not None]
     return {
         "name": run_dir.name,
+        "diagnostic_of": DIAGNOSTICS.get(run_dir.name),
         "partial": done < budget or result.get("call_ended_early", False),
         "epochs_done": result["epochs"],
         f"{unit}_budget": budget,
@@ -143,10 +147,15 @@ def budget_of(entry: dict) -> tuple[int, str]:
     return (entry["epochs_budget"], "epochs") if "epochs_budget" in entry else (entry["steps_budget"], "steps")
 
 
+def leaderboard_entries(summary: dict) -> list[dict]:
+    """The summary's rows that are leaderboard rows (not diagnostics)."""
+    return [r for r in summary["rows"] if r["name"] not in DIAGNOSTICS]
+
+
 def results_rows(summary: dict, cost_rows: list[dict], key: str = "scifar10") -> dict:
     """The summary's runs as a leaderboard results document (``maelre.bench.lra_results`` rows)."""
     rows = []
-    for entry in summary["rows"]:
+    for entry in leaderboard_entries(summary):
         run_dir = Path(entry["run_dir"])
         recipe, results = load_recipe(run_dir / "recipe.yaml"), read_json(run_dir / "results.json")
         calls = len(entry["calls"])
@@ -177,13 +186,14 @@ def write_pareto(summary: dict, cost_rows: list[dict], folder: Path, page: Path 
     ``cost_files``: where ``cost_rows`` came from, named in the table's note.
     """
     sources = ", ".join(f"`{p}`" for p in cost_files)
-    points = task_points([leaderboard_row(key, r, alone_step_ms(cost_rows, r["name"], key)) for r in summary["rows"]])
-    budget, unit = budget_of(summary["rows"][0])
-    done = sorted(r["epochs_done"] if unit == "epochs" else r["steps"] for r in summary["rows"])
-    state = "PARTIAL" if any(r.get("partial", True) for r in summary["rows"]) else "complete"
+    entries = leaderboard_entries(summary)
+    points = task_points([leaderboard_row(key, r, alone_step_ms(cost_rows, r["name"], key)) for r in entries])
+    budget, unit = budget_of(entries[0])
+    done = sorted(r["epochs_done"] if unit == "epochs" else r["steps"] for r in entries)
+    state = "PARTIAL" if any(r.get("partial", True) for r in entries) else "complete"
     title = RUNS[key][1]
     plot_pareto(points, folder / plot_name(key), f"{title}, {state} ({done[0]}-{done[-1]} of {budget} {unit}), shared H200")
-    untimed = [r["name"] for r in summary["rows"] if alone_step_ms(cost_rows, r["name"], key) is None]
+    untimed = [r["name"] for r in entries if alone_step_ms(cost_rows, r["name"], key) is None]
     if untimed:
         note = (f"\nGPU-s are wall time while the runs shared one GPU: {', '.join(untimed)} have no step time measured alone yet "
                 f"({sources}), and one table never mixes the two kinds of cost.\n")
@@ -231,17 +241,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no run folders with results.json under {root}", file=sys.stderr)
         return 2
     rows = [summarise_run(run, previous.get(run.name), args.concurrent, args.gpu) for run in runs]
-    minutes = max(sum(c["train_seconds"] for c in row["calls"]) for row in rows) / 60
-    partial = any(row["partial"] for row in rows)
-    budget, unit = budget_of(rows[0])
+    ranked = [row for row in rows if row["diagnostic_of"] is None] or rows  # the leaderboard rows decide the status
+    minutes = max(sum(c["train_seconds"] for c in row["calls"]) for row in ranked) / 60
+    partial = any(row["partial"] for row in ranked)
+    budget, unit = budget_of(ranked[0])
     status = (f"{'partial' if partial else 'complete'}: {minutes:.1f} GPU-minutes so far of a {budget}-{unit[:-1]} budget, "
               f"runs sharing one GPU; resume with bash benchmarks/real_runs.sh {key}")
     write_json_atomic(out, {"task": old.get("task", RUNS[key][2]), "status": status, "rows": rows})
     for row in rows:
         done = row["epochs_done"] if unit == "epochs" else row["steps"]
         cut = " (cut short)" if row["partial"] and done >= budget_of(row)[0] else ""
-        print(f"{row['name']:18s} {done:5d}/{budget_of(row)[0]} {unit}{cut}  test {row['test_accuracy']:.2f}  "
-              f"val best {row['val_best']:.2f}  {row['train_seconds_shared']:.0f} s shared")
+        note = f"  (diagnostic of {row['diagnostic_of']})" if row["diagnostic_of"] else ""
+        print(f"{row['name']:20s} {done:5d}/{budget_of(row)[0]} {unit}{cut}  test {row['test_accuracy']:.2f}  "
+              f"val best {row['val_best']:.2f}  {row['train_seconds_shared']:.0f} s shared{note}")
     return 0
 
 
