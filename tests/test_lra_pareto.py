@@ -196,3 +196,23 @@ def test_a_step_budget_run_is_summarised_against_its_own_recipe(tmp_path, script
     assert "epochs_budget" not in row and script.budget_of(row) == (20000, "steps")
     begin, end = script.markers("text")
     assert "--key text" in begin and end == "<!-- text-pareto:end -->" and script.plot_name("text") == "pareto_text_partial.png"
+
+
+def test_diagnostic_runs_are_summarised_but_never_leaderboard_rows(tmp_path, script):
+    """transformer_cls tests a hypothesis about the transformer row: it keeps its curve in the summary,
+    is named as the row it tests, and neither becomes a leaderboard row nor moves the task's status."""
+    recipe = (Path(__file__).resolve().parents[1] / "recipes" / "lra_image.yaml").read_text()
+    for name, epochs in (("transformer", 200), ("transformer_cls", 105)):
+        run = tmp_path / "image" / name
+        run.mkdir(parents=True)
+        (run / "recipe.yaml").write_text(recipe)
+        result = {"global_step": 176 * epochs, "epochs": epochs, "metrics": {"test/acc": 0.36, "val/best_acc": 0.37},
+                  "history": [{"epoch": 1, "val/acc": 0.37}], "throughput": {"train_seconds": 300.0}, "peak_memory": {"bytes": 2**30}}  # fmt: skip
+        (run / "results.json").write_text(json.dumps(result))
+    out = tmp_path / "image.json"
+    assert script.main(["--key", "image", "--root", str(tmp_path / "image"), "--out", str(out), "--concurrent", "7"]) == 0
+    summary = json.loads(out.read_text())
+    by_name = {r["name"]: r for r in summary["rows"]}
+    assert (by_name["transformer_cls"]["diagnostic_of"], by_name["transformer"]["diagnostic_of"]) == ("transformer", None)
+    assert by_name["transformer_cls"]["partial"] and summary["status"].startswith("complete")
+    assert [e["name"] for e in script.leaderboard_entries(summary)] == ["transformer"]
