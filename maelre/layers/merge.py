@@ -245,7 +245,7 @@ def _plan(real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, chosen: 
     if triton_merge.available(src):
         return triton_merge.plan(real, sizes, src, dst, chosen, n, n_out)
     slot = _slots(real, src, dst, chosen, n, n_out)
-    total = _scatter_to_slots(sizes, slot, n_out + (real is not None), padded=False)  # padding's column kept, for the gather
+    total = _scatter_to_slots(sizes, slot, n_out + int(real is not None), padded=False)  # padding's column kept, for the gather
     per_slot = total.gather(1, slot)  # >= 1 for a real token; 0 for padding only
     share = sizes / (per_slot if real is None else per_slot.clamp_min(1e-12))
     return slot, total[:, :n_out], share
@@ -275,5 +275,5 @@ def _slots(real: Tensor | None, src: Tensor, dst: Tensor, chosen: Tensor, n: int
 def _scatter_to_slots(x: Tensor, slot: Tensor, n_out: int, padded: bool) -> Tensor:
     """Sum of the tokens of ``x [B, N, ...]`` that share a slot: ``[B, n_out, ...]`` (``padded``: slot ``n_out`` is dropped)."""
     index = slot.view(*slot.shape, *[1] * (x.dim() - 2)).expand(x.shape)
-    out = x.new_zeros(x.shape[0], n_out + padded, *x.shape[2:]).scatter_add_(1, index, x)
+    out = x.new_zeros(x.shape[0], n_out + int(padded), *x.shape[2:]).scatter_add_(1, index, x)  # int(): a SymInt plus a bool breaks dynamic shapes
     return out[:, :n_out] if padded else out  # no slice (nor its backward) without padding
