@@ -175,7 +175,9 @@ class ClassificationTask(L.LightningModule):
             smaller than the largest one seen are padded up to it with copies of their last
             sample, whose outputs are cut off before loss and metrics: training and
             evaluation each compile one graph per input length (the trainer drops
-            the short last training batch, see ``TrainerConfig.compile``).
+            the short last training batch, see ``TrainerConfig.compile``). One eager
+            forward (eval mode, no gradients) before the first compiled call fills the
+            model's Python-side caches, which would otherwise cost a recompilation.
     """
 
     def __init__(
@@ -196,6 +198,7 @@ class ClassificationTask(L.LightningModule):
         self.__dict__["run_model"] = model if compile is None else torch.compile(model, mode=compile)
         self.compile_mode = compile
         self._eval_rows = 0  # the largest evaluation batch seen: what shorter ones are padded to when compiled
+        self._primed = False
         self.optim = optim
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
@@ -216,8 +219,28 @@ class ClassificationTask(L.LightningModule):
     def forward(self, batch: dict) -> Tensor:
         """Logits ``[B, C]`` for an adapter batch (through the compiled model when ``compile`` is set)."""
         if self.compile_mode is not None:
+            if not self._primed:
+                self._prime(batch)
             _mark_batch_dim_static(batch)
         return self.run_model(batch)
+
+    def _prime(self, batch: dict) -> None:
+        """One eager forward in eval mode without gradients before the first compiled call.
+
+        It fills the model's Python-side caches (MAELRE's merge-plan table, its Hilbert
+        order, index tensors), so that compiled code finds them built: built while
+        tracing, they would fail the next call's guards and compile the model once more.
+        Eval mode and no gradients leave the training unchanged (no dropout draw, no
+        running-statistics update).
+        """
+        self._primed = True
+        training = self.model.training
+        try:
+            with torch.no_grad():
+                self.model.eval()
+                self.model(batch)
+        finally:
+            self.model.train(training)
 
     def _loss_terms(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """``(summed cross-entropy, normaliser)``: their ratio is the batch's mean loss.

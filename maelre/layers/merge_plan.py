@@ -72,33 +72,17 @@ class AutoPlan:
 
     def targets_table(self, max_n: int, device: torch.device) -> Tensor:
         """``[max_n + 1, total_events]`` long: row ``n`` holds ``targets(n)`` (cached per device, grown on demand)."""
-        if torch.compiler.is_compiling():
-            # built inline (a constant of the graph): a table cached while tracing would fail the
-            # guards of the next call, which would compile the model a second time
-            return self._table(max_n + 1, device)
         key = str(device)
         table = self._tables.get(key)
         if table is None or table.shape[0] <= max_n:
+            self.check(max_n)
             size = max_n + 1
             if table is not None and self.feasible(2 * table.shape[0] - 1):  # grow geometrically, never past a plannable length
                 size = max(size, 2 * table.shape[0])
-            table = self._tables[key] = self._table(size, device)
+            rows = [self.targets(n) if n > 0 else (0,) * self.total_events for n in range(size)]
+            table = torch.tensor(rows, dtype=torch.long).to(device)
+            self._tables[key] = table
         return table
-
-    def _table(self, size: int, device: torch.device) -> Tensor:
-        """``[size, total_events]`` long: row ``n`` holds ``targets(n)`` (zeros for ``n = 0``)."""
-        return _target_table(self.threshold, self.events, self.total_events, self.protected, self.min_tokens, size, str(device))
-
-
-@torch._dynamo.assume_constant_result  # torch.compile calls it while tracing (a graph constant) instead of tracing ~1,000 targets() calls
-def _target_table(threshold: int, events: int, total: int, protected: int, min_tokens: int, size: int, device: str) -> Tensor:
-    """``[size, total]`` long on ``device``: ``targets(n)`` for ``n = 0 .. size - 1`` (zeros for ``n = 0``).
-
-    Raises ``MergePlanError`` if ``size - 1`` tokens cannot reach the threshold in time.
-    """
-    _targets(threshold, events, total, protected, min_tokens, size - 1)
-    rows = [_targets(threshold, events, total, protected, min_tokens, n) if n > 0 else (0,) * total for n in range(size)]
-    return torch.tensor(rows, dtype=torch.long).to(device)
 
 
 def _feasible(threshold: int, events: int, protected: int, min_tokens: int, n: int) -> bool:
