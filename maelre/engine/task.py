@@ -230,13 +230,14 @@ class ClassificationTask(L.LightningModule):
         It fills the model's Python-side caches (MAELRE's merge-plan table, its Hilbert
         order, index tensors), so that compiled code finds them built: built while
         tracing, they would fail the next call's guards and compile the model once more.
-        Eval mode and no gradients leave the training unchanged (no dropout draw, no
-        running-statistics update).
+        Eval mode, no gradients and restored random states leave the training unchanged
+        (no dropout draw, no running-statistics update).
         """
         self._primed = True
         training = self.model.training
-        try:
-            with torch.no_grad():
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:  # fork_rng: a model that draws even in eval mode (masked-token pretraining) leaves the run's streams alone
+            with torch.no_grad(), torch.random.fork_rng(devices):
                 self.model.eval()
                 self.model(batch)
         finally:
