@@ -215,7 +215,7 @@ def make_dataloader(
             ``shuffle``; evaluation keeps the input order so outputs line up).
         bucket_batches: batches per length-sorted chunk of the shuffled order (fewer: less
             padding saved, batches less tied to length).
-        drop_last: drop the last short batch.
+        drop_last: drop the last short batch (kept when it is the only one).
         cache: memoise encoded samples (deterministic ``encode`` only).
         lengths: precomputed token counts for bucketing (default: ``adapter.num_tokens``).
         shard: under ``torch.distributed``, give this process only its share of the batches
@@ -251,4 +251,22 @@ def move_to(batch: Any, device: torch.device) -> Any:
         return {k: move_to(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
         return type(batch)(move_to(v, device) for v in batch)
+    return batch
+
+
+def repeat_last_rows(batch: Any, rows: int) -> Any:
+    """A batch of ``rows`` samples: ``batch`` followed by copies of its last sample.
+
+    Every tensor of the nested dict/list/tuple is padded along dim 0 (its sample dim).
+    The copies are real samples (an all-padding row would be invalid input); in eval mode
+    a model's outputs for the first samples do not depend on them, so slicing the outputs
+    back to the original count is exact.
+    """
+    if isinstance(batch, Tensor):
+        extra = rows - batch.shape[0]
+        return batch if extra <= 0 else torch.cat([batch, batch[-1:].expand(extra, *batch.shape[1:])])
+    if isinstance(batch, dict):
+        return {k: repeat_last_rows(v, rows) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(repeat_last_rows(v, rows) for v in batch)
     return batch

@@ -158,9 +158,13 @@ def fit_classifier(
 
     seed_everything(trainer_cfg.seed, trainer_cfg.deterministic)
     two_tower = bool(model.two_tower)
+    # Compiled training drops the epoch's short last batch: a second batch size would compile the
+    # model again, and then once more with a dynamic batch dimension (TrainerConfig.compile).
+    drop_last = bool(trainer_cfg.compile)
     val_loader = None
     if on_device:
-        train_loader = make_device_loader(train_samples, model.adapter, batch_size, shuffle=True, seed=trainer_cfg.seed, augment=augment)
+        train_loader = make_device_loader(train_samples, model.adapter, batch_size, shuffle=True, seed=trainer_cfg.seed, augment=augment,
+                                          drop_last=drop_last)
         if val_samples:
             val_loader = make_device_loader(val_samples, model.adapter, eval_batch_size or 2 * batch_size, shuffle=False)
         callbacks = [*callbacks, MoveLoadersToDevice(train_loader, val_loader)]
@@ -169,7 +173,7 @@ def fit_classifier(
             raise ValueError("augment runs on the device batches; set on_device=True (recipe: data.on_device: true)")
         train_loader = make_dataloader(
             train_samples, model.adapter, batch_size, shuffle=True, seed=trainer_cfg.seed, num_workers=num_workers,
-            two_tower=two_tower, bucket_by_length=bucket_by_length, bucket_batches=bucket_batches, cache=cache,
+            two_tower=two_tower, bucket_by_length=bucket_by_length, bucket_batches=bucket_batches, cache=cache, drop_last=drop_last,
         )
         if val_samples:
             val_loader = make_dataloader(

@@ -53,8 +53,20 @@ class TrainerConfig:
         enable_progress_bar: show Lightning's rich progress bar.
         compile: ``false`` (eager), ``true`` (= ``"default"``) or a ``torch.compile`` mode:
             ``"default"``, ``"reduce-overhead"`` (CUDA graphs) or ``"max-autotune"``. The
-            training, validation and test steps run the compiled model; checkpoints and the
-            returned model stay plain ``nn.Module``s.
+            training and validation steps run the compiled model; checkpoints and the
+            returned model stay plain ``nn.Module``s (a recipe's final test, ``evaluate``,
+            runs eagerly). Each new input shape costs a compilation (and a CUDA-graph
+            recording), and a second batch size makes dynamo compile a graph with a dynamic
+            batch size that every later step then runs, so compiled fits keep shapes fixed:
+            they drop each epoch's short last training batch (fewer than ``batch_size``
+            samples, other ones every epoch as the order is reshuffled; a lone short batch
+            is kept), mark the batch dimension static, and pad a short evaluation batch to
+            the largest one with copies of its last sample, whose outputs are discarded, so
+            validation metrics still count every sample once. With fixed-length inputs
+            (images) a fit compiles two graphs, training and evaluation; inputs padded to
+            each batch's longest (text, bucketing) add graphs for new lengths until dynamo
+            makes the length dynamic. Eager fits keep the short last batch, so switching
+            ``compile`` on resume changes an epoch's batch count by one.
     """
 
     max_epochs: int | None = 10

@@ -36,7 +36,9 @@ class ResumableBatchSampler(Sampler[list[int]]):
         batch_size: samples per batch (per process under ``torch.distributed``).
         shuffle: permute each epoch (with a generator seeded by ``seed`` and ``epoch``).
         seed: base seed of the permutation.
-        drop_last: drop a final short (global) batch.
+        drop_last: drop a final short (global) batch, unless it is the epoch's only batch
+            (fewer samples than one batch): every batch then has ``batch_size`` samples,
+            or all have the same smaller size (``trainer.compile`` relies on this).
         lengths: per-sample token counts; when given (and ``shuffle``), batches are
             length-bucketed: each chunk of ``bucket_batches`` batches of a random
             permutation is sorted by length before cutting it into batches, and the
@@ -116,7 +118,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
             chunk = batch_size * self.bucket_batches
             order = np.concatenate([c[np.argsort(self.lengths[c], kind="stable")] for c in np.split(order, range(chunk, len(order), chunk))])
         batches = [order[i : i + batch_size] for i in range(0, self.num_samples, batch_size)]
-        if self.drop_last and len(batches[-1]) < batch_size:
+        if self.drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
             batches.pop()
         if self.shuffle and self.lengths is not None:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch + 7_919)
@@ -146,7 +148,7 @@ class ResumableBatchSampler(Sampler[list[int]]):
     def __len__(self) -> int:
         rank, world = self._world()
         full, rest = divmod(self.num_samples, self.batch_size * world)
-        if self.drop_last or rest == 0:
+        if rest == 0 or (self.drop_last and full > 0):
             return full
         # the short final global batch: kept for training when every process gets a sample of it,
         # for evaluation when this process does (np.array_split gives the first `rest` ranks one each)

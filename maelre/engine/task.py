@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
-from maelre.engine.data import batch_size_of
+from maelre.engine.data import batch_size_of, repeat_last_rows
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant", "rsqrt")
@@ -132,6 +132,24 @@ def _metrics(num_classes: int) -> MetricCollection:
     )
 
 
+def _mark_batch_dim_static(batch: object) -> None:
+    """``torch._dynamo.mark_static`` on dim 0 of every tensor of a nested batch.
+
+    Without it, the first batch of another size (evaluation's, after training's) makes
+    dynamo's automatic dynamic shapes compile a graph with a symbolic batch size; other
+    dimensions (a sequence length that varies) may still become dynamic.
+    """
+    if isinstance(batch, Tensor):
+        if batch.dim():
+            torch._dynamo.mark_static(batch, 0)
+    elif isinstance(batch, dict):
+        for value in batch.values():
+            _mark_batch_dim_static(value)
+    elif isinstance(batch, (list, tuple)):
+        for value in batch:
+            _mark_batch_dim_static(value)
+
+
 class ClassificationTask(L.LightningModule):
     """Trains ``model`` (batch dict -> logits) with cross-entropy.
 
@@ -152,6 +170,14 @@ class ClassificationTask(L.LightningModule):
         compile: a ``torch.compile`` mode (``"default"``, ``"reduce-overhead"``, ...) for
             the steps, or ``None`` for eager. ``self.model`` itself stays uncompiled, so
             its state dict, checkpoints and later use are those of the eager module.
+            The batch dimension of every input is marked static (a new batch size compiles
+            one more static graph, never a dynamic-batch one), and evaluation batches
+            smaller than the largest one seen are padded up to it with copies of their last
+            sample, whose outputs are cut off before loss and metrics: training and
+            evaluation each compile one graph per input length (the trainer drops
+            the short last training batch, see ``TrainerConfig.compile``). One eager
+            forward (eval mode, no gradients) before the first compiled call fills the
+            model's Python-side caches, which would otherwise cost a recompilation.
     """
 
     def __init__(
@@ -170,6 +196,9 @@ class ClassificationTask(L.LightningModule):
         self.model = model
         # Kept out of the module tree (no "_orig_mod." keys in state dicts); shares model's parameters.
         self.__dict__["run_model"] = model if compile is None else torch.compile(model, mode=compile)
+        self.compile_mode = compile
+        self._eval_rows = 0  # the largest evaluation batch seen: what shorter ones are padded to when compiled
+        self._primed = False
         self.optim = optim
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
@@ -189,7 +218,30 @@ class ClassificationTask(L.LightningModule):
 
     def forward(self, batch: dict) -> Tensor:
         """Logits ``[B, C]`` for an adapter batch (through the compiled model when ``compile`` is set)."""
+        if self.compile_mode is not None:
+            if not self._primed:
+                self._prime(batch)
+            _mark_batch_dim_static(batch)
         return self.run_model(batch)
+
+    def _prime(self, batch: dict) -> None:
+        """One eager forward in eval mode without gradients before the first compiled call.
+
+        It fills the model's Python-side caches (MAELRE's merge-plan table, its Hilbert
+        order, index tensors), so that compiled code finds them built: built while
+        tracing, they would fail the next call's guards and compile the model once more.
+        Eval mode, no gradients and restored random states leave the training unchanged
+        (no dropout draw, no running-statistics update).
+        """
+        self._primed = True
+        training = self.model.training
+        devices = [self.device] if self.device.type == "cuda" else []
+        try:  # fork_rng: a model that draws even in eval mode (masked-token pretraining) leaves the run's streams alone
+            with torch.no_grad(), torch.random.fork_rng(devices):
+                self.model.eval()
+                self.model(batch)
+        finally:
+            self.model.train(training)
 
     def _loss_terms(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
         """``(summed cross-entropy, normaliser)``: their ratio is the batch's mean loss.
@@ -223,7 +275,11 @@ class ClassificationTask(L.LightningModule):
     def outputs(self, batch: tuple[dict, Tensor]) -> tuple[Tensor, Tensor]:
         """``(logits [M, C], targets [M])`` that the loss and metrics compare; here the batch's samples and labels."""
         inputs, labels = batch
-        return self(inputs), labels
+        if self.compile_mode is None or self.training:
+            return self(inputs), labels
+        n = batch_size_of(inputs)
+        self._eval_rows = max(self._eval_rows, n)
+        return self(repeat_last_rows(inputs, self._eval_rows))[:n], labels
 
     def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> dict[str, Tensor]:
         logits, labels = self.outputs(batch)

@@ -42,9 +42,9 @@ def _hilbert(height: int, width: int) -> tuple[int, ...]:
     return tuple(row * width + col for col, row in points if row < height and col < width)
 
 
-@lru_cache(maxsize=32)
-def _hilbert_on(height: int, width: int, device: str) -> Tensor:
-    return torch.tensor(_hilbert(height, width), dtype=torch.long, device=device)
+_ORDERS: dict[tuple[int, int, str], Tensor] = {}
+"""``hilbert_order``'s tensors by ``(H, W, device)``: a plain dict, which compiled code reads as a
+constant (it traces through an ``lru_cache`` and would rebuild the order in every graph)."""
 
 
 def hilbert_order(height: int, width: int, device: torch.device | str = "cpu") -> Tensor:
@@ -57,4 +57,8 @@ def hilbert_order(height: int, width: int, device: torch.device | str = "cpu") -
     """
     if height < 1 or width < 1:
         raise ValueError(f"a 2-D layout needs positive height and width, got {height}x{width}")
-    return _hilbert_on(height, width, str(torch.device(device)))
+    key = (height, width, str(torch.device(device)))
+    order = _ORDERS.get(key)
+    if order is None:
+        order = _ORDERS[key] = torch.tensor(_hilbert(height, width), dtype=torch.long, device=key[2])
+    return order

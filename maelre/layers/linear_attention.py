@@ -363,8 +363,12 @@ class LinearAttention(nn.Module):
     ) -> Tensor:
         """``[B, H, N, dh]``; with ``positions [B, N]`` RoPE enters in feature space (see ``linear_attention``)."""
         feature_map = elu_feature_map if self.favor is None else self.favor
+        # Under torch.compile the recomputing autograd.Functions would break the graph (their backward
+        # calls torch.autograd.grad); the plain form is the same forward, and the compiler's own
+        # partitioner decides what backward recomputes.
+        recompute = self.recompute and not torch.compiler.is_compiling()
         if positions is not None:  # RoPE: the recomputing backward has a rotary form; the fused kernels have none
-            if self.recompute and torch.is_grad_enabled() and q.shape == k.shape:
+            if recompute and torch.is_grad_enabled() and q.shape == k.shape:
                 features = getattr(feature_map, "num_features", q.shape[-1])  # FAVOR+ has its own count; elu+1 keeps dh
                 cos, sin = rotary_feature_angles(positions.float(), features, rope_base, q.shape[1])
                 return _RecomputedRotaryLinearAttention.apply(q, k, v, key_bias, key_mask, feature_map, self.eps, cos, sin)
@@ -374,7 +378,7 @@ class LinearAttention(nn.Module):
             weights = key_weights(key_bias, key_mask)
             weights = q.new_ones(b, n, dtype=torch.float32) if weights is None else weights
             return fused.fused_linear_attention(q, k, v, weights, projection=None if self.favor is None else self.favor.projection, eps=self.eps)
-        if self.recompute and torch.is_grad_enabled():
+        if recompute and torch.is_grad_enabled():
             return _RecomputedLinearAttention.apply(q, k, v, key_bias, key_mask, feature_map, self.eps)
         return linear_attention(q, k, v, key_bias=key_bias, key_mask=key_mask, feature_map=feature_map, eps=self.eps)
 

@@ -45,11 +45,11 @@ def compaction_order(keep: Tensor) -> Tensor:
 
 # Inductor (torch 2.11, CPU) miscompiles the fused "mask the scores, then max with
 # index" of the matching: values right, indices wrong for most rows. The two matchers
-# therefore always run eagerly, also inside a torch.compile'd backbone (a graph break
-# per merge); tests/test_merge.py checks compiled merging against eager. On CUDA,
-# windowed matching runs the fused Triton custom op instead (``_choose``), which
-# compiles as one opaque op.
-@torch.compiler.disable
+# therefore always run eagerly: inside a torch.compile'd backbone ``_choose`` calls them
+# through the custom ops below, which the compiler keeps in its graph as opaque calls
+# (no graph break, Inductor never fuses their insides); tests/test_merge.py checks
+# compiled merging against eager. On CUDA with MAELRE_TRITON=1, windowed matching runs
+# the fused Triton custom op instead (``triton_merge.match_window``).
 def match_global(a: Tensor, b: Tensor, b_real: Tensor | None) -> tuple[Tensor, Tensor]:
     """Best B match of every A token over all of B.
 
@@ -68,7 +68,6 @@ def match_global(a: Tensor, b: Tensor, b_real: Tensor | None) -> tuple[Tensor, T
     return scores.max(dim=-1)
 
 
-@torch.compiler.disable
 def match_window(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
     """Like ``match_global``, but A token ``j`` (position ``2j``) only sees B tokens within ``window`` positions.
 
@@ -94,6 +93,49 @@ def match_window(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tu
     score, which = scores.masked_fill_(outside, float("-inf")).max(dim=-1, keepdim=True)
     index = which.view(-1, na) + _window_offsets(na, before, a.device)
     return score.view(-1, na), index.clamp(0, nb - 1)  # out-of-range only where score is -inf
+
+
+@torch.library.custom_op("maelre::match_global_eager", mutates_args=())
+def _match_global_op(a: Tensor, b: Tensor, b_real: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``match_global`` as an opaque op for compiled graphs; ``a`` and ``b`` come already in the matmul's dtype."""
+    with torch.autocast(a.device.type, enabled=False):
+        score, index = match_global(a, b, b_real)
+        return score, index
+
+
+@_match_global_op.register_fake
+def _(a: Tensor, b: Tensor, b_real: Tensor | None) -> tuple[Tensor, Tensor]:
+    return a.new_empty(a.shape[:2]), a.new_empty(a.shape[:2], dtype=torch.long)
+
+
+@torch.library.custom_op("maelre::match_window_eager", mutates_args=())
+def _match_window_op(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
+    """``match_window`` as an opaque op for compiled graphs (its products and sums take no autocast: ``a.dtype`` out)."""
+    with torch.autocast(a.device.type, enabled=False):
+        return match_window(a, b, b_real, window)
+
+
+@_match_window_op.register_fake
+def _(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
+    return a.new_empty(a.shape[:2]), a.new_empty(a.shape[:2], dtype=torch.long)
+
+
+def _match(a: Tensor, b: Tensor, b_real: Tensor | None, window: int | None) -> tuple[Tensor, Tensor]:
+    """``match_global`` or ``match_window``; under ``torch.compile`` through their custom ops.
+
+    The ops run with autocast off, so the global matcher's inputs are first cast as autocast
+    would cast them for its matmul (the windowed one multiplies and sums, which CUDA
+    autocast leaves alone for the float32 unit vectors of ``F.normalize``): the same
+    numbers as eager either way.
+    """
+    if not torch.compiler.is_compiling():
+        return match_global(a, b, b_real) if window is None else match_window(a, b, b_real, window)
+    if window is not None:
+        return _match_window_op(a, b, b_real, window)
+    device = a.device.type
+    if torch.is_autocast_enabled(device):
+        a, b = a.to(torch.get_autocast_dtype(device)), b.to(torch.get_autocast_dtype(device))
+    return _match_global_op(a, b, b_real)
 
 
 @shape_cache.shape_cached
@@ -222,7 +264,7 @@ def _choose(
     else:
         unit = F.normalize(metric, dim=-1)
         a, b = unit[:, ::2], unit[:, 1::2]
-        score, dst = match_global(a, b, b_real) if window is None else match_window(a, b, b_real, window)
+        score, dst = _match(a, b, b_real, window)
     if real is not None:
         score = score.masked_fill_(~real[:, ::2], float("-inf"))  # in place: the matcher's own output
     if protect_first:
@@ -245,7 +287,7 @@ def _plan(real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, chosen: 
     if triton_merge.available(src):
         return triton_merge.plan(real, sizes, src, dst, chosen, n, n_out)
     slot = _slots(real, src, dst, chosen, n, n_out)
-    total = _scatter_to_slots(sizes, slot, n_out + (real is not None), padded=False)  # padding's column kept, for the gather
+    total = _scatter_to_slots(sizes, slot, n_out + int(real is not None), padded=False)  # padding's column kept, for the gather
     per_slot = total.gather(1, slot)  # >= 1 for a real token; 0 for padding only
     share = sizes / (per_slot if real is None else per_slot.clamp_min(1e-12))
     return slot, total[:, :n_out], share
@@ -275,5 +317,5 @@ def _slots(real: Tensor | None, src: Tensor, dst: Tensor, chosen: Tensor, n: int
 def _scatter_to_slots(x: Tensor, slot: Tensor, n_out: int, padded: bool) -> Tensor:
     """Sum of the tokens of ``x [B, N, ...]`` that share a slot: ``[B, n_out, ...]`` (``padded``: slot ``n_out`` is dropped)."""
     index = slot.view(*slot.shape, *[1] * (x.dim() - 2)).expand(x.shape)
-    out = x.new_zeros(x.shape[0], n_out + padded, *x.shape[2:]).scatter_add_(1, index, x)
+    out = x.new_zeros(x.shape[0], n_out + int(padded), *x.shape[2:]).scatter_add_(1, index, x)  # int(): a SymInt plus a bool breaks dynamic shapes
     return out[:, :n_out] if padded else out  # no slice (nor its backward) without padding

@@ -199,7 +199,7 @@ def _plan_op(real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, chose
             f"src, chosen [B, C], dst [B, (N + 1) // 2], sizes and real [B, N] must agree with N={n}, "
             f"got {tuple(src.shape)}, {tuple(chosen.shape)}, {tuple(dst.shape)}, {tuple(sizes.shape)}"
         )
-    width = n_out + (real is not None)  # as merge._plan: padding goes to one extra column, cut off
+    width = n_out + int(real is not None)  # as merge._plan: padding goes to one extra column, cut off
     new = dict(device=src.device)
     slot, share = torch.empty(batch, n, dtype=torch.long, **new), torch.empty(batch, n, dtype=torch.float32, **new)
     flags, total = torch.empty(batch, na, dtype=torch.int8, **new), torch.empty(batch, width, dtype=torch.float32, **new)
