@@ -28,6 +28,7 @@ from modalities.common import (
     check_choice,
     check_positive,
     kept_length,
+    length_buckets,
     pad_batch,
     round_up,
 )
@@ -286,8 +287,13 @@ class AudioAdapter(SequenceAdapter):
         spec = spec[: keep // self.tokens_per_step * self.frames_per_step]
         return {"features": spec.contiguous(), "mask": torch.ones(spec.shape[0], dtype=torch.bool)}
 
-    def collate(self, items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        batch = pad_batch(items, self.frames_per_step * self._step_multiple(), owner="audio")
+    def bucket_lengths(self, count: int) -> tuple[int, ...]:
+        """Frame counts (``collate`` pads frames): ``length_buckets`` over the longest padded batch's frames."""
+        multiple = self.frames_per_step * self._step_multiple()
+        return length_buckets(self.max_positions() * self.frames_per_step, multiple, count)
+
+    def collate(self, items: list[dict[str, Tensor]], buckets: Sequence[int] | None = None) -> dict[str, Tensor]:
+        batch = pad_batch(items, self.frames_per_step * self._step_multiple(), owner="audio", buckets=buckets)
         if self.config.token == "patch":
             frame_mask = batch["mask"]
             batch["frame_mask"] = frame_mask

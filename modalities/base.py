@@ -69,6 +69,16 @@ class ModalityAdapter(nn.Module):
     def collate(self, items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         raise NotImplementedError
 
+    def bucket_lengths(self, count: int) -> tuple[int, ...] | None:
+        """At most ``count`` sequence lengths that ``collate(items, buckets=...)`` pads a batch up to.
+
+        A compiled fit (``TrainerConfig.compile_length_buckets``) passes them so that it sees
+        few distinct shapes; they are in the unit of ``collate``'s padded dimension. ``None``
+        (this default): the adapter's batches have one length already, or ``collate`` takes
+        no ``buckets``.
+        """
+        return None
+
     def preprocessing_state(self) -> dict:
         """JSON-serialisable state learned by ``fit`` (empty when nothing is learned)."""
         return {}

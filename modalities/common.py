@@ -46,6 +46,29 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def length_buckets(max_length: int, multiple: int, count: int) -> tuple[int, ...]:
+    """At most ``count`` padded lengths covering ``[1, max_length]``: a compiled fit's sequence lengths.
+
+    Evenly spaced: multiples of ``step = round_up(ceil(top / count), multiple)`` up to
+    ``top = round_up(max_length, multiple)`` (the last one capped at ``top``), so every
+    length keeps the backbone's multiple (ECP's ``segment_size / 2``) and a batch pads at most
+    ``step - 1`` extra positions. Even steps rather than powers of two: LRA's lengths mostly sit
+    near ``max_len`` (ListOps 500-2,000 of 2,048, IMDB bytes cut at 4,000), where doubling would
+    pad up to 2x (1,025 -> 2,048) and powers of two need ``log2(max_len)`` (12-13) lengths; a
+    step of ``max_len / 8`` pads at most 12.5% of ``max_len``. ``max_len=4000, multiple=1, count=8``
+    gives 500, 1000, ..., 4000; with ECP's multiple 128: 512, 1024, ..., 4096.
+    """
+    check_positive("length_buckets", max_length=max_length, multiple=multiple, count=count)
+    top = round_up(max_length, multiple)
+    step = round_up(-(-top // count), multiple)
+    return tuple(sorted({min(i * step, top) for i in range(1, count + 1)}))
+
+
+def bucket_length(n: int, lengths: Sequence[int]) -> int:
+    """The smallest of ``lengths`` that is >= ``n`` (``n`` itself when all are shorter)."""
+    return min((length for length in lengths if length >= n), default=n)
+
+
 def kept_length(n: int, max_len: int, truncation: bool, *, owner: str, unit: str = "tokens") -> int:
     """How many of ``n`` tokens an adapter keeps: all of them, or the first ``max_len``.
 
@@ -67,13 +90,15 @@ def pad_batch(
     pad_values: Mapping[str, float] | None = None,
     *,
     owner: str = "adapter",
+    buckets: Sequence[int] | None = None,
 ) -> dict[str, Tensor]:
     """Right-pad and stack encoded items into a batch.
 
     Every tensor of an item is a sequence along dim 0 (``[L_i, ...]``, the same ``L_i``
     for all keys of the item). Each key becomes ``[B, L, ...]`` with ``L`` the batch
-    maximum rounded up to ``pad_to_multiple``. ``"mask"`` is padded with False, other keys
-    with ``pad_values.get(key, 0)``.
+    maximum rounded up to ``pad_to_multiple``, and then, when ``buckets`` is given (the
+    buckets of ``length_buckets``), up to the smallest of them that holds it. ``"mask"`` is
+    padded with False, other keys with ``pad_values.get(key, 0)``.
     """
     if not items:
         raise ValueError(f"{owner}: cannot collate an empty list of items")
@@ -89,6 +114,8 @@ def pad_batch(
             raise ValueError(f"{owner}: item {i} has entries of different lengths {sizes}")
         lengths.append(sizes["mask"])
     target = round_up(max(lengths), pad_to_multiple)
+    if buckets is not None:
+        target = bucket_length(target, buckets)
     pad_values = pad_values or {}
     batch = {}
     for key in keys:
@@ -204,8 +231,12 @@ class SequenceAdapter(ModalityAdapter):
     def positions(self, n: int) -> Tensor | None:
         return self.pos_embed.positions(n)
 
-    def collate(self, items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        return pad_batch(items, self.config.pad_to_multiple, self.pad_values, owner=self.modality)
+    def bucket_lengths(self, count: int) -> tuple[int, ...] | None:
+        """``length_buckets(max_positions(), pad_to_multiple, count)``: the token counts a compiled fit pads to."""
+        return length_buckets(self.max_positions(), self.config.pad_to_multiple, count)
+
+    def collate(self, items: list[dict[str, Tensor]], buckets: Sequence[int] | None = None) -> dict[str, Tensor]:
+        return pad_batch(items, self.config.pad_to_multiple, self.pad_values, owner=self.modality, buckets=buckets)
 
     def embed(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
@@ -230,7 +261,9 @@ __all__ = [
     "as_pair",
     "check_choice",
     "check_positive",
+    "bucket_length",
     "kept_length",
+    "length_buckets",
     "pad_batch",
     "round_up",
     "sinusoidal_positions",

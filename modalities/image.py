@@ -156,6 +156,10 @@ class ImagePatchAdapter(SequenceAdapter):
         image = (image - self.pixel_mean) / self.pixel_std
         return {"image": image, "mask": torch.ones(self.config.num_patches, dtype=torch.bool)}
 
+    def bucket_lengths(self, count: int) -> None:
+        """``None``: every image has ``num_patches`` tokens, so batches have one length already."""
+        return None
+
     def collate(self, items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         batch = pad_batch([{"mask": item["mask"]} for item in items], self.config.pad_to_multiple, owner="image")
         batch["image"] = torch.stack([item["image"] for item in items])

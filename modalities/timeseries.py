@@ -370,12 +370,12 @@ class TimeSeriesAdapter(SequenceAdapter):
             encoded["scale"] = self._scale(arr)
         return encoded
 
-    def collate(self, items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    def collate(self, items: list[dict[str, Tensor]], buckets: Sequence[int] | None = None) -> dict[str, Tensor]:
         """``pad_batch`` over the per-token entries; the per-sample ``"scale"`` entries are stacked to ``[B, 2C]``."""
         if not items or "scale" not in items[0]:
-            return super().collate(items)
+            return super().collate(items, buckets)
         scale = torch.stack([item["scale"] for item in items])
-        batch = super().collate([{key: value for key, value in item.items() if key != "scale"} for item in items])
+        batch = super().collate([{key: value for key, value in item.items() if key != "scale"} for item in items], buckets)
         return {**batch, "scale": scale}
 
     def num_tokens(self, x: Any) -> int:
