@@ -137,12 +137,15 @@ class BatchCollator:
     """``[(encoded, y), ...] -> (batch, labels [B])`` through ``adapter.collate`` (picklable for workers).
 
     Each batch's values (NaN, all-padding rows) are checked here, on CPU, once, so the
-    model's forward needs no host-synced checks (``maelre.layers.validation``).
+    model's forward needs no host-synced checks (``maelre.layers.validation``). With
+    ``buckets`` (``adapter.bucket_lengths(k)``) every batch is padded (masked) up to one of
+    those lengths: a compiled fit then sees at most ``k`` sequence lengths.
     """
 
-    def __init__(self, adapter: Any, two_tower: bool = False) -> None:
+    def __init__(self, adapter: Any, two_tower: bool = False, buckets: Sequence[int] | None = None) -> None:
         self.adapter = adapter
         self.two_tower = two_tower
+        self.buckets = None if buckets is None else tuple(buckets)
 
     def __call__(self, items: list[tuple[Any, int]]) -> tuple[dict, Tensor]:
         labels = torch.tensor([y for _, y in items], dtype=torch.long)
@@ -151,7 +154,7 @@ class BatchCollator:
         return self._collate([enc for enc, _ in items]), labels
 
     def _collate(self, encoded: list) -> dict:
-        batch = self.adapter.collate(encoded)
+        batch = self.adapter.collate(encoded) if self.buckets is None else self.adapter.collate(encoded, buckets=self.buckets)
         validate_batch(batch, owner=getattr(self.adapter, "modality", "adapter"))
         return batch
 
@@ -184,6 +187,14 @@ def sample_lengths(samples: Sequence[Sample], adapter: Any, two_tower: bool = Fa
     return [adapter.num_tokens(samples[i][0]) for i in range(len(samples))]
 
 
+def bucket_lengths_of(adapter: Any, count: int | None) -> tuple[int, ...] | None:
+    """``adapter.bucket_lengths(count)``, or ``None`` for ``count=None`` and adapters without buckets."""
+    if count is None:
+        return None
+    method = getattr(adapter, "bucket_lengths", None)
+    return None if method is None else method(count)
+
+
 def make_dataloader(
     samples: Sequence[Sample],
     adapter: Any,
@@ -198,6 +209,7 @@ def make_dataloader(
     cache: bool = False,
     lengths: Sequence[int] | None = None,
     shard: bool = True,
+    length_buckets: int | None = None,
 ) -> ResumableDataLoader:
     """A loader of ``(batch, labels)`` over raw ``(x, y)`` samples.
 
@@ -220,6 +232,8 @@ def make_dataloader(
         lengths: precomputed token counts for bucketing (default: ``adapter.num_tokens``).
         shard: under ``torch.distributed``, give this process only its share of the batches
             (Lightning loops); ``False`` for loops that must see every sample.
+        length_buckets: pad every batch's sequence length up to one of at most this many
+            lengths (``adapter.bucket_lengths``; compiled fits); ``None`` pads to the batch's longest.
 
     Returns:
         a ``ResumableDataLoader``; batches are ``(batch_dict, labels [B] long)``.
@@ -237,7 +251,7 @@ def make_dataloader(
     return ResumableDataLoader(
         EncodedDataset(samples, adapter, two_tower, cache),
         sampler,
-        collate_fn=BatchCollator(adapter, two_tower),
+        collate_fn=BatchCollator(adapter, two_tower, bucket_lengths_of(adapter, length_buckets)),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
     )
