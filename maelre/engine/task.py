@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
-from maelre.engine.data import batch_size_of, repeat_last_rows
+from maelre.engine.data import batch_size_of, move_to, repeat_last_rows
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant", "rsqrt")
@@ -132,22 +132,29 @@ def _metrics(num_classes: int) -> MetricCollection:
     )
 
 
-def _mark_batch_dim_static(batch: object) -> None:
-    """``torch._dynamo.mark_static`` on dim 0 of every tensor of a nested batch.
+def _tensors(batch: object) -> list[Tensor]:
+    """The tensors of a nested dict/list/tuple batch, in order."""
+    if isinstance(batch, Tensor):
+        return [batch]
+    if isinstance(batch, dict):
+        return [t for value in batch.values() for t in _tensors(value)]
+    if isinstance(batch, (list, tuple)):
+        return [t for value in batch for t in _tensors(value)]
+    return []
+
+
+def _mark_static(batch: object) -> None:
+    """``torch._dynamo.mark_static`` on every dimension of every tensor of a nested batch.
 
     Without it, the first batch of another size (evaluation's, after training's) makes
-    dynamo's automatic dynamic shapes compile a graph with a symbolic batch size; other
-    dimensions (a sequence length that varies) may still become dynamic.
+    dynamo's automatic dynamic shapes compile a graph with a symbolic batch size, and a
+    second sequence length one with a symbolic length that every later step then runs.
+    Compiled fits keep both dimensions to a few values instead (batch padding, length
+    buckets), each a static graph.
     """
-    if isinstance(batch, Tensor):
-        if batch.dim():
-            torch._dynamo.mark_static(batch, 0)
-    elif isinstance(batch, dict):
-        for value in batch.values():
-            _mark_batch_dim_static(value)
-    elif isinstance(batch, (list, tuple)):
-        for value in batch:
-            _mark_batch_dim_static(value)
+    for tensor in _tensors(batch):
+        for dim in range(tensor.dim()):
+            torch._dynamo.mark_static(tensor, dim)
 
 
 class ClassificationTask(L.LightningModule):
@@ -170,14 +177,19 @@ class ClassificationTask(L.LightningModule):
         compile: a ``torch.compile`` mode (``"default"``, ``"reduce-overhead"``, ...) for
             the steps, or ``None`` for eager. ``self.model`` itself stays uncompiled, so
             its state dict, checkpoints and later use are those of the eager module.
-            The batch dimension of every input is marked static (a new batch size compiles
-            one more static graph, never a dynamic-batch one), and evaluation batches
+            Every dimension of every input is marked static (a new batch size or sequence
+            length compiles one more static graph, never a dynamic one), and evaluation batches
             smaller than the largest one seen are padded up to it with copies of their last
             sample, whose outputs are cut off before loss and metrics: training and
             evaluation each compile one graph per input length (the trainer drops
-            the short last training batch, see ``TrainerConfig.compile``). One eager
-            forward (eval mode, no gradients) before the first compiled call fills the
-            model's Python-side caches, which would otherwise cost a recompilation.
+            the short last training batch and pads lengths to a few buckets, see
+            ``TrainerConfig.compile``). One eager forward (eval mode, no gradients) before
+            the first compiled call of each input shape fills the model's Python-side
+            caches, which would otherwise cost a recompilation; batches in ``prime_first``
+            (set by ``fit_classifier``: one sample padded to the longest length bucket) go
+            through it before any, so that caches sized by the longest length seen
+            (MAELRE's merge-plan table) have their final size before the first trace (a
+            table grown later fails the guards of every graph traced before).
     """
 
     def __init__(
@@ -198,7 +210,10 @@ class ClassificationTask(L.LightningModule):
         self.__dict__["run_model"] = model if compile is None else torch.compile(model, mode=compile)
         self.compile_mode = compile
         self._eval_rows = 0  # the largest evaluation batch seen: what shorter ones are padded to when compiled
-        self._primed = False
+        self._primed: set[tuple] = set()  # input shapes primed (one eager forward each)
+        # Primed before anything else (fit_classifier: a batch at the longest length bucket), so that
+        # caches sized by the longest length seen (MAELRE's merge-plan table) never grow under a traced graph.
+        self.prime_first: list = []
         self.optim = optim
         self.num_classes = num_classes
         self.label_smoothing = label_smoothing
@@ -220,20 +235,25 @@ class ClassificationTask(L.LightningModule):
         """Logits ``[B, C]`` for an adapter batch (through the compiled model when ``compile`` is set)."""
         if self.compile_mode is not None:
             if not self._primed:
-                self._prime(batch)
-            _mark_batch_dim_static(batch)
+                for first in self.prime_first:
+                    self._prime(move_to(first, self.device), tuple(tuple(t.shape) for t in _tensors(first)))
+            shapes = tuple(tuple(t.shape) for t in _tensors(batch))
+            if shapes not in self._primed:
+                self._prime(batch, shapes)
+            _mark_static(batch)
         return self.run_model(batch)
 
-    def _prime(self, batch: dict) -> None:
-        """One eager forward in eval mode without gradients before the first compiled call.
+    def _prime(self, batch: dict, shapes: tuple) -> None:
+        """One eager forward in eval mode without gradients before the first compiled call of each input shape.
 
         It fills the model's Python-side caches (MAELRE's merge-plan table, its Hilbert
-        order, index tensors), so that compiled code finds them built: built while
-        tracing, they would fail the next call's guards and compile the model once more.
+        order, index tensors; per sequence length), so that compiled code finds them built:
+        built while tracing, they would fail the next call's guards and compile the model
+        once more.
         Eval mode, no gradients and restored random states leave the training unchanged
         (no dropout draw, no running-statistics update).
         """
-        self._primed = True
+        self._primed.add(shapes)
         training = self.model.training
         devices = [self.device] if self.device.type == "cuda" else []
         try:  # fork_rng: a model that draws even in eval mode (masked-token pretraining) leaves the run's streams alone
