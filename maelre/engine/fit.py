@@ -41,7 +41,7 @@ from maelre.engine.callbacks import (
 )
 from maelre.engine.building import build_model, num_classes_of, prepare_adapter  # noqa: F401  (build_model, prepare_adapter re-exported)
 from maelre.engine.checkpoint import SafeCheckpointIO, latest_checkpoint, load_weights, remove_stale_temporaries, resume_checkpoint
-from maelre.engine.data import make_dataloader
+from maelre.engine.data import BatchCollator, bucket_lengths_of, make_dataloader
 from maelre.engine.device_data import ImageAugment, MoveLoadersToDevice, make_device_loader
 from maelre.engine.fit_types import COMPILE_MODES, PRECISIONS, FitResult, TrainerConfig  # noqa: F401  (re-exported)
 from maelre.engine.inference import evaluate, predict_proba  # noqa: F401  (re-exported)
@@ -161,6 +161,8 @@ def fit_classifier(
     # Compiled training drops the epoch's short last batch: a second batch size would compile the
     # model again, and then once more with a dynamic batch dimension (TrainerConfig.compile).
     drop_last = bool(trainer_cfg.compile)
+    # ... and pads variable lengths up to a few buckets: one graph per length otherwise.
+    length_buckets = trainer_cfg.compile_length_buckets if trainer_cfg.compile else None
     val_loader = None
     if on_device:
         train_loader = make_device_loader(train_samples, model.adapter, batch_size, shuffle=True, seed=trainer_cfg.seed, augment=augment,
@@ -174,16 +176,20 @@ def fit_classifier(
         train_loader = make_dataloader(
             train_samples, model.adapter, batch_size, shuffle=True, seed=trainer_cfg.seed, num_workers=num_workers,
             two_tower=two_tower, bucket_by_length=bucket_by_length, bucket_batches=bucket_batches, cache=cache, drop_last=drop_last,
+            length_buckets=length_buckets,
         )
         if val_samples:
             val_loader = make_dataloader(
                 val_samples, model.adapter, eval_batch_size or 2 * batch_size, shuffle=False, seed=trainer_cfg.seed,
-                num_workers=num_workers, two_tower=two_tower, cache=cache,
+                num_workers=num_workers, two_tower=two_tower, cache=cache, length_buckets=length_buckets,
             )
 
     task = task_class(
         model, optim_cfg, num_classes, class_weights, label_smoothing, functools.partial(len, train_loader), compile=trainer_cfg.compile or None
     )
+    buckets = bucket_lengths_of(model.adapter, length_buckets) if not on_device else None
+    if buckets and len(train_samples):  # caches sized by the longest length reach their final size before the first trace
+        task.prime_first = [BatchCollator(model.adapter, two_tower, buckets[-1:])([train_loader.dataset[0]])[0]]
     throughput, history = ThroughputMonitor(), HistoryRecorder()
     cbs: list[Callback] = [throughput, history, LoaderStateRestore(), *callbacks]
     best_cb: BestCheckpoint | None = None
@@ -236,7 +242,8 @@ def fit_classifier(
             default_root_dir=str(run_dir) if run_dir is not None else None,
         )
         start = time.perf_counter()
-        trainer.fit(task, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
+        with _recompile_limit(compiled_graphs(model.adapter, trainer_cfg, two_tower, on_device)):
+            trainer.fit(task, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
     fit_seconds = time.perf_counter() - start
 
     best_score, best_path = None, None
@@ -261,6 +268,38 @@ def fit_classifier(
         peak_memory=peak_memory_bytes(trainer.strategy.root_device),
         extra={"interrupted": trainer.interrupted, "call_ended_early": step_ckpt is not None and step_ckpt.ended_call, "device": str(trainer.strategy.root_device), "world_size": trainer.world_size, "global_rank": trainer.global_rank},
     )
+
+
+def compiled_graphs(adapter: Any, trainer_cfg: TrainerConfig, two_tower: bool = False, on_device: bool = False) -> int:
+    """Graphs a compiled fit can need: training and evaluation for each padded length (0 when eager).
+
+    One length per bucket (``adapter.bucket_lengths``), or one for adapters without buckets
+    and on-device images; a two-tower model pads its sides independently (``k**2`` pairs).
+    """
+    if not trainer_cfg.compile:
+        return 0
+    buckets = None if on_device else bucket_lengths_of(adapter, trainer_cfg.compile_length_buckets)
+    lengths = len(buckets) if buckets else 1
+    return 2 * lengths ** (2 if two_tower else 1)
+
+
+@contextlib.contextmanager
+def _recompile_limit(graphs: int):
+    """Raise dynamo's per-frame recompile limit to ``graphs`` for the block, then restore it.
+
+    Past the limit dynamo stops compiling the model's forward and runs it eagerly (with a
+    warning); the default (8) is below the ``2 * 8`` graphs of a compiled variable-length
+    fit. Only raised, never lowered; nothing changes for eager fits (``graphs=0``). The
+    setting is ``recompile_limit`` since torch 2.7 (``cache_size_limit`` before).
+    """
+    import torch._dynamo.config as dynamo_config
+
+    name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+    if graphs <= getattr(dynamo_config, name):
+        yield
+        return
+    with dynamo_config.patch(**{name: graphs}):
+        yield
 
 
 def _resume_path(resume: bool | str | Path, run_dir: str | Path | None) -> Path | None:

@@ -63,10 +63,20 @@ class TrainerConfig:
             is kept), mark the batch dimension static, and pad a short evaluation batch to
             the largest one with copies of its last sample, whose outputs are discarded, so
             validation metrics still count every sample once. With fixed-length inputs
-            (images) a fit compiles two graphs, training and evaluation; inputs padded to
-            each batch's longest (text, bucketing) add graphs for new lengths until dynamo
-            makes the length dynamic. Eager fits keep the short last batch, so switching
+            (images) a fit compiles two graphs, training and evaluation. Variable-length
+            inputs (text, ListOps, audio, time series) are padded (masked) up to one of
+            ``compile_length_buckets`` lengths (``adapter.bucket_lengths``: even steps of
+            ``max_len / compile_length_buckets``, kept to the backbone's length multiple),
+            and every dimension is marked static, so such a fit compiles at most
+            ``2 * compile_length_buckets`` static graphs (``2 * k**2`` for two-tower models,
+            whose sides pad independently), never a dynamic-length one; dynamo's
+            recompile limit (``torch._dynamo.config.recompile_limit``, 8 by default) is
+            raised to that count for the duration of the fit and restored after it. Eager
+            fits keep the short last batch and pad to each batch's longest, so switching
             ``compile`` on resume changes an epoch's batch count by one.
+        compile_length_buckets: how many sequence lengths a compiled fit pads variable-length
+            batches to (see ``compile``; ignored when eager). More buckets: less padding,
+            more graphs to compile (and CUDA graphs to record).
     """
 
     max_epochs: int | None = 10
@@ -90,6 +100,7 @@ class TrainerConfig:
     log_every_n_steps: int = 50
     enable_progress_bar: bool = True
     compile: bool | str = False
+    compile_length_buckets: int = 8
 
     def __post_init__(self) -> None:
         if self.max_epochs is None and self.max_steps is None and self.max_time is None:
@@ -118,6 +129,8 @@ class TrainerConfig:
             raise ValueError(f"strategy must be 'auto' or 'ddp' (ddp_spawn is not supported), got {self.strategy!r}")
         if self.early_stopping_monitor not in ("val/acc", "val/f1", "val/loss"):
             raise ValueError(f"early_stopping_monitor must be 'val/acc', 'val/f1' or 'val/loss', got {self.early_stopping_monitor!r}")
+        if isinstance(self.compile_length_buckets, bool) or not isinstance(self.compile_length_buckets, int) or self.compile_length_buckets < 1:
+            raise ValueError(f"compile_length_buckets must be a positive integer, got {self.compile_length_buckets!r}")
         if self.compile is True:
             self.compile = "default"
         if self.compile is not False and self.compile not in COMPILE_MODES:
