@@ -18,6 +18,7 @@ import contextlib
 import datetime
 import functools
 import math
+import random
 import time
 import warnings
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, RichProgressBar
 from lightning.pytorch.strategies import DDPStrategy
@@ -41,7 +43,7 @@ from maelre.engine.callbacks import (
 )
 from maelre.engine.building import build_model, num_classes_of, prepare_adapter  # noqa: F401  (build_model, prepare_adapter re-exported)
 from maelre.engine.checkpoint import SafeCheckpointIO, latest_checkpoint, load_weights, remove_stale_temporaries, resume_checkpoint
-from maelre.engine.data import BatchCollator, bucket_lengths_of, make_dataloader
+from maelre.engine.data import BatchCollator, EncodedDataset, bucket_lengths_of, make_dataloader
 from maelre.engine.device_data import ImageAugment, MoveLoadersToDevice, make_device_loader
 from maelre.engine.fit_types import COMPILE_MODES, PRECISIONS, FitResult, TrainerConfig  # noqa: F401  (re-exported)
 from maelre.engine.inference import evaluate, predict_proba  # noqa: F401  (re-exported)
@@ -187,9 +189,7 @@ def fit_classifier(
     task = task_class(
         model, optim_cfg, num_classes, class_weights, label_smoothing, functools.partial(len, train_loader), compile=trainer_cfg.compile or None
     )
-    buckets = bucket_lengths_of(model.adapter, length_buckets) if not on_device else None
-    if buckets and len(train_samples):  # caches sized by the longest length reach their final size before the first trace
-        task.prime_first = [BatchCollator(model.adapter, two_tower, buckets[-1:])([train_loader.dataset[0]])[0]]
+    task.prime_first = _longest_bucket_batch(model.adapter, train_samples, length_buckets, two_tower) if not on_device else []
     throughput, history = ThroughputMonitor(), HistoryRecorder()
     cbs: list[Callback] = [throughput, history, LoaderStateRestore(), *callbacks]
     best_cb: BestCheckpoint | None = None
@@ -268,6 +268,27 @@ def fit_classifier(
         peak_memory=peak_memory_bytes(trainer.strategy.root_device),
         extra={"interrupted": trainer.interrupted, "call_ended_early": step_ckpt is not None and step_ckpt.ended_call, "device": str(trainer.strategy.root_device), "world_size": trainer.world_size, "global_rank": trainer.global_rank},
     )
+
+
+def _longest_bucket_batch(adapter: Any, samples: Sequence[tuple[Any, int]], length_buckets: int | None, two_tower: bool) -> list[dict]:
+    """``[batch]``: the first training sample (unaugmented) padded to the longest length bucket; ``[]`` without buckets.
+
+    The compiled task runs it eagerly before any trace, so caches sized by the longest length
+    (MAELRE's merge-plan table) never grow under a traced graph. Random states are restored:
+    the run's draws stay those of a fit without it.
+    """
+    buckets = bucket_lengths_of(adapter, length_buckets)
+    if not buckets or not len(samples):
+        return []
+    raw = getattr(samples, "unaugmented", samples)
+    states = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng([]):
+            item = EncodedDataset([raw[0]], adapter, two_tower)[0]
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+    return [BatchCollator(adapter, two_tower, buckets[-1:])([item])[0]]
 
 
 def compiled_graphs(adapter: Any, trainer_cfg: TrainerConfig, two_tower: bool = False, on_device: bool = False) -> int:
