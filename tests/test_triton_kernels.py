@@ -149,10 +149,10 @@ def test_kernels_compile_for_hopper(favor, dtype, tmp_path, monkeypatch):
     ]
     if not favor:
         kernels.append((triton_merge._match_window_kernel, dict(a_ptr=ptr, b_ptr=ptr, real_ptr="*u8", score_ptr=ptr, index_ptr="*i64")))
-        plan_pointers = dict(src_ptr="*i64", chosen_ptr="*u8", dst_ptr="*i64", real_ptr="*u8", sizes_ptr=f32, flag_ptr="*i8", slot_ptr="*i64",
+        plan_pointers = dict(src_ptr="*i64", best_ptr=ptr, r_ptr="*i64", dst_ptr="*i64", real_ptr="*u8", sizes_ptr=f32, flag_ptr="*i8", slot_ptr="*i64",
                              total_ptr=f32, share_ptr=f32)  # fmt: skip
         kernels.append((triton_merge._plan_kernel, plan_pointers))
-        consts.update(BA=triton_merge.BLOCK_A, CP=16, BLOCK=triton_merge.BLOCK_SLOTS, HAS_REAL=dtype == "fp32")  # both specializations over the two dtypes
+        consts.update(BA=triton_merge.BLOCK_A, CP=16, BLOCK=triton_merge.BLOCK_SLOTS, HAS_REAL=dtype == "fp32", HAS_R=dtype == "fp32")  # both specializations over the two dtypes
     for kernel, pointers in kernels:
         own = {name: consts[name] for name in kernel.arg_names if name in consts}
         signature = {name: "constexpr" if name in own else pointers.get(name, "i32") for name in kernel.arg_names}
@@ -218,10 +218,10 @@ def test_fused_plan_equals_the_reference(kernels, monkeypatch):
         real = sizes > 0 if padded else None
         r = (lengths // 3 - int(protect_first)).clamp_min(0).to(device) if padded else max(1, n // 3 - int(protect_first))
         n_out = n - (int(r.max()) if padded else r)
-        src, dst, chosen = merge._choose(metric, real, r, min(n - n_out, (n + 1) // 2), protect_first, window)
-        got = triton_merge.plan(real, sizes, src, dst, chosen, n, n_out)
+        src, dst, best = merge._choose(metric, real, min(n - n_out, (n + 1) // 2), protect_first, window)
+        got = triton_merge.plan(real, sizes, src, dst, best, r, n, n_out)
         monkeypatch.setattr(_triton, "ENABLED", False)
-        want = merge._plan(real, sizes, src, dst, chosen, n, n_out)
+        want = merge._plan(real, sizes, src, dst, best, r, n, n_out)
         monkeypatch.setattr(_triton, "ENABLED", True)
         assert got[0].dtype == torch.long and torch.equal(got[0], want[0]), (n, padded, protect_first, window)
         assert torch.equal(got[1], want[1]) and got[1].shape == (3, n_out)

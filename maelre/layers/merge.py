@@ -223,8 +223,8 @@ def bipartite_soft_matching(
         raise ValueError(f"need N >= 2 tokens and 1 <= n_out <= N to merge, got N={n}, n_out={n_out}")
     real = sizes > 0 if padded else None
     with torch.no_grad():
-        src, dst, chosen = _choose(metric, real, r, min(n - n_out, (n + 1) // 2), protect_first, window)
-        slot, merged_sizes, share = _plan(real, sizes, src, dst, chosen, n, n_out)
+        src, dst, best = _choose(metric, real, min(n - n_out, (n + 1) // 2), protect_first, window)
+        slot, merged_sizes, share = _plan(real, sizes, src, dst, best, r, n, n_out)
 
     def per_token(t: Tensor, like: Tensor) -> Tensor:
         """``[B, k]`` viewed to broadcast against ``like [B, k, ...]``."""
@@ -249,14 +249,15 @@ def bipartite_soft_matching(
 
 
 def _choose(
-    metric: Tensor, real: Tensor | None, r: Tensor | int, candidates: int, protect_first: bool, window: int | None
+    metric: Tensor, real: Tensor | None, candidates: int, protect_first: bool, window: int | None
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """ToMe's choice of merges, in A/B indices (A token ``j`` is column ``2j``, B token ``j`` column ``2j + 1``).
+    """ToMe's candidate merges, in A/B indices (A token ``j`` is column ``2j``, B token ``j`` column ``2j + 1``).
 
-    ``real [B, N]`` marks real tokens (``None``: all are). Returns ``(src, dst, chosen)``:
+    ``real [B, N]`` marks real tokens (``None``: all are). Returns ``(src, dst, best)``:
     ``src [B, candidates]`` the A tokens most similar to their best B match, most similar
-    first; ``dst [B, Na]`` every A token's best B match; ``chosen [B, candidates]`` whether
-    the pair merges (the first ``r_i`` of row ``i`` with a real match).
+    first; ``dst [B, Na]`` every A token's best B match; ``best [B, candidates]`` their
+    scores (``-inf``: no real match). Which of them merge is ``_chosen``'s (on CUDA, the
+    plan kernel's).
     """
     b_real = None if real is None else real[:, 1::2]
     if window is not None and triton_merge.available(metric):  # one kernel, normalizing as it reads
@@ -270,23 +271,31 @@ def _choose(
     if protect_first:
         score[:, 0] = float("-inf")
     best, src = score.topk(candidates, dim=1)
+    return src, dst, best
+
+
+def _chosen(best: Tensor, r: Tensor | int) -> Tensor:
+    """``[B, candidates]`` bool: whether each candidate pair merges (the first ``r_i`` of row ``i`` with a real match)."""
+    candidates = best.shape[1]
     chosen = best > float("-inf")
     if isinstance(r, Tensor):
-        chosen &= shape_cache.arange(candidates, metric.device) < r[:, None]
+        chosen &= shape_cache.arange(candidates, best.device) < r[:, None]
     elif r < candidates:
         chosen[:, r:] = False
-    return src, dst, chosen
+    return chosen
 
 
-def _plan(real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``(slot [B, N], merged sizes [B, n_out], share [B, N])``: ``_slots``, the sizes summed
-    into their slots, and every token's share of its merged token's size (0 for padding).
+def _plan(
+    real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, best: Tensor, r: Tensor | int, n: int, n_out: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(slot [B, N], merged sizes [B, n_out], share [B, N])``: ``_slots`` of the ``_chosen`` pairs, the sizes
+    summed into their slots, and every token's share of its merged token's size (0 for padding).
 
-    On CUDA one fused kernel computes all three (``triton_merge.plan``).
+    On CUDA one fused kernel computes all three, choosing the pairs as it reads them (``triton_merge.plan``).
     """
     if triton_merge.available(src):
-        return triton_merge.plan(real, sizes, src, dst, chosen, n, n_out)
-    slot = _slots(real, src, dst, chosen, n, n_out)
+        return triton_merge.plan(real, sizes, src, dst, best, r, n, n_out)
+    slot = _slots(real, src, dst, _chosen(best, r), n, n_out)
     total = _scatter_to_slots(sizes, slot, n_out + int(real is not None), padded=False)  # padding's column kept, for the gather
     per_slot = total.gather(1, slot)  # >= 1 for a real token; 0 for padding only
     share = sizes / (per_slot if real is None else per_slot.clamp_min(1e-12))

@@ -15,7 +15,8 @@ to, the merged sizes, and each token's share of its merged token's size. The PyT
 builds them from a dozen operators (flags, a cumsum, a rank, a clamp, the match's slot
 through a gather, a where, a copy, a scatter of the sizes, a gather and a division); this
 kernel does it in one launch, one program per row, in passes over the row separated by
-block barriers: flags of the merged A tokens; the kept tokens' running rank; merged A
+block barriers: flags of the merged A tokens (which candidates merge, ``merge._chosen``,
+is decided here from their scores and ``r``: no compare launched per merge); the kept tokens' running rank; merged A
 tokens take their match's slot; the sizes are added into their slots; each token's share.
 Slots are integers and sizes integer counts (exact in float32 in any order), so it equals
 the reference up to the rounding of the one division.
@@ -71,9 +72,9 @@ if triton is not None:
 
     @triton.jit
     def _plan_kernel(
-        src_ptr, chosen_ptr, dst_ptr, real_ptr, sizes_ptr, flag_ptr, slot_ptr, total_ptr, share_ptr,
-        N, NA, CAND, N_OUT, LIMIT, WIDTH,
-        BLOCK: tl.constexpr, HAS_REAL: tl.constexpr,
+        src_ptr, best_ptr, r_ptr, dst_ptr, real_ptr, sizes_ptr, flag_ptr, slot_ptr, total_ptr, share_ptr,
+        N, NA, CAND, R, N_OUT, LIMIT, WIDTH,
+        BLOCK: tl.constexpr, HAS_REAL: tl.constexpr, HAS_R: tl.constexpr,
     ):  # fmt: skip
         row = tl.program_id(0).to(tl.int64)
         offs = tl.arange(0, BLOCK)
@@ -88,12 +89,16 @@ if triton is not None:
             tl.store(total_ptr + row * WIDTH + j, tl.zeros((BLOCK,), tl.float32), mask=j < WIDTH)
             start += BLOCK
         tl.debug_barrier()
+        merges = R  # the row's r: candidate k merges if k < r and its score is finite (merge._chosen)
+        if HAS_R:
+            merges = tl.load(r_ptr + row).to(tl.int32)
         start = 0
         while start < CAND:
             k = start + offs
             inside = k < CAND
             src = tl.load(src_ptr + row * CAND + k, mask=inside, other=0)
-            chosen = tl.load(chosen_ptr + row * CAND + k, mask=inside, other=0)
+            best = tl.load(best_ptr + row * CAND + k, mask=inside, other=float("-inf")).to(tl.float32)
+            chosen = (best > float("-inf")) & (k < merges)
             tl.store(flag_ptr + row * NA + src, chosen.to(tl.int8), mask=inside)  # top-k indices are distinct
             start += BLOCK
         tl.debug_barrier()
@@ -178,26 +183,32 @@ def _(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor,
     return a.new_empty(a.shape[:2]), a.new_empty(a.shape[:2], dtype=torch.long)
 
 
-def plan(real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> tuple[Tensor, Tensor, Tensor]:
+def plan(
+    real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, best: Tensor, r: Tensor | int, n: int, n_out: int
+) -> tuple[Tensor, Tensor, Tensor]:
     """``merge._plan`` as one kernel: ``(slot [B, N] long, merged sizes [B, n_out], share [B, N] float32)``.
 
-    ``src, chosen [B, candidates]`` (the top-k A tokens and whether each merges), ``dst [B, Na]``
+    ``src, best [B, candidates]`` (the top-k A tokens and their scores), ``r`` (``[B]`` long or one int:
+    a candidate merges if it is among its row's first ``r`` and its score is finite), ``dst [B, Na]``
     (every A token's B match), ``sizes [B, N]`` (integer counts, 0 = padding) and ``real [B, N]``
     bool or ``None`` (no padding). A custom op, like ``match_window``.
     """
-    return _plan_op(real, sizes, src, dst, chosen, n, n_out)
+    r_rows, r_all = (r, 0) if isinstance(r, Tensor) else (None, r)
+    return _plan_op(real, sizes, src, dst, best, r_rows, r_all, n, n_out)
 
 
 @torch.library.custom_op("maelre::merge_plan", mutates_args=())
-def _plan_op(real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> tuple[Tensor, Tensor, Tensor]:
+def _plan_op(
+    real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, best: Tensor, r_rows: Tensor | None, r_all: int, n: int, n_out: int
+) -> tuple[Tensor, Tensor, Tensor]:
     if triton is None:
         raise RuntimeError("the fused merge plan needs triton (it ships with torch's CUDA wheels); use merge._plan on this machine")
     batch, candidates = src.shape
     na = dst.shape[1]
-    if chosen.shape != src.shape or dst.shape[0] != batch or na != (n + 1) // 2 or sizes.shape != (batch, n) or (real is not None and real.shape != (batch, n)):
+    if best.shape != src.shape or dst.shape[0] != batch or na != (n + 1) // 2 or sizes.shape != (batch, n) or (real is not None and real.shape != (batch, n)) or (r_rows is not None and r_rows.shape != (batch,)):
         raise ValueError(
-            f"src, chosen [B, C], dst [B, (N + 1) // 2], sizes and real [B, N] must agree with N={n}, "
-            f"got {tuple(src.shape)}, {tuple(chosen.shape)}, {tuple(dst.shape)}, {tuple(sizes.shape)}"
+            f"src, best [B, C], r [B], dst [B, (N + 1) // 2], sizes and real [B, N] must agree with N={n}, "
+            f"got {tuple(src.shape)}, {tuple(best.shape)}, {tuple(dst.shape)}, {tuple(sizes.shape)}"
         )
     width = n_out + int(real is not None)  # as merge._plan: padding goes to one extra column, cut off
     new = dict(device=src.device)
@@ -205,13 +216,16 @@ def _plan_op(real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, chose
     flags, total = torch.empty(batch, na, dtype=torch.int8, **new), torch.empty(batch, width, dtype=torch.float32, **new)
     real_u8 = flags if real is None else real.contiguous().view(torch.uint8)  # without padding the kernel never reads it
     _plan_kernel[(batch,)](
-        src.contiguous(), chosen.contiguous().view(torch.uint8), dst.contiguous(), real_u8, sizes.float().contiguous(),
-        flags, slot, total, share, n, na, candidates, n_out, width - 1, width, BLOCK=BLOCK_SLOTS, HAS_REAL=real is not None,
+        src.contiguous(), best.contiguous(), src if r_rows is None else r_rows.contiguous(), dst.contiguous(), real_u8, sizes.float().contiguous(),
+        flags, slot, total, share, n, na, candidates, r_all, n_out, width - 1, width,
+        BLOCK=BLOCK_SLOTS, HAS_REAL=real is not None, HAS_R=r_rows is not None,
     )  # fmt: skip
     return slot, total[:, :n_out].to(sizes.dtype), share
 
 
 @_plan_op.register_fake
-def _(real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> tuple[Tensor, Tensor, Tensor]:
+def _(
+    real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, best: Tensor, r_rows: Tensor | None, r_all: int, n: int, n_out: int
+) -> tuple[Tensor, Tensor, Tensor]:
     b = src.shape[0]
     return src.new_empty(b, n), sizes.new_empty(b, n_out), sizes.new_empty(b, n, dtype=torch.float32)
