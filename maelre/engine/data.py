@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.fabric.utilities.apply_func import apply_to_collection
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -259,13 +260,14 @@ def make_dataloader(
 
 def move_to(batch: Any, device: torch.device) -> Any:
     """Move every tensor of a nested dict/list/tuple batch to ``device``."""
-    if isinstance(batch, Tensor):
-        return batch.to(device, non_blocking=True)
-    if isinstance(batch, dict):
-        return {k: move_to(v, device) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(move_to(v, device) for v in batch)
-    return batch
+    return apply_to_collection(batch, Tensor, Tensor.to, device, non_blocking=True)
+
+
+def tensors_of(batch: Any) -> list[Tensor]:
+    """The tensors of a nested dict/list/tuple batch, in order."""
+    found: list[Tensor] = []
+    apply_to_collection(batch, Tensor, found.append)
+    return found
 
 
 def repeat_last_rows(batch: Any, rows: int) -> Any:
@@ -276,11 +278,8 @@ def repeat_last_rows(batch: Any, rows: int) -> Any:
     a model's outputs for the first samples do not depend on them, so slicing the outputs
     back to the original count is exact.
     """
-    if isinstance(batch, Tensor):
-        extra = rows - batch.shape[0]
-        return batch if extra <= 0 else torch.cat([batch, batch[-1:].expand(extra, *batch.shape[1:])])
-    if isinstance(batch, dict):
-        return {k: repeat_last_rows(v, rows) for k, v in batch.items()}
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(repeat_last_rows(v, rows) for v in batch)
-    return batch
+    def pad(tensor: Tensor) -> Tensor:
+        extra = rows - tensor.shape[0]
+        return tensor if extra <= 0 else torch.cat([tensor, tensor[-1:].expand(extra, *tensor.shape[1:])])
+
+    return apply_to_collection(batch, Tensor, pad)

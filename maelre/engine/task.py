@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix, MulticlassF1Score
 
-from maelre.engine.data import batch_size_of, move_to, repeat_last_rows
+from maelre.engine.data import batch_size_of, move_to, repeat_last_rows, tensors_of
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "linear", "constant", "rsqrt")
@@ -132,15 +132,9 @@ def _metrics(num_classes: int) -> MetricCollection:
     )
 
 
-def _tensors(batch: object) -> list[Tensor]:
-    """The tensors of a nested dict/list/tuple batch, in order."""
-    if isinstance(batch, Tensor):
-        return [batch]
-    if isinstance(batch, dict):
-        return [t for value in batch.values() for t in _tensors(value)]
-    if isinstance(batch, (list, tuple)):
-        return [t for value in batch for t in _tensors(value)]
-    return []
+def _shapes(batch: object) -> tuple[tuple[int, ...], ...]:
+    """The shapes of a batch's tensors, in order: what a compiled graph is specialised to."""
+    return tuple(tuple(t.shape) for t in tensors_of(batch))
 
 
 def _mark_static(batch: object) -> None:
@@ -152,7 +146,7 @@ def _mark_static(batch: object) -> None:
     Compiled fits keep both dimensions to a few values instead (batch padding, length
     buckets), each a static graph.
     """
-    for tensor in _tensors(batch):
+    for tensor in tensors_of(batch):
         for dim in range(tensor.dim()):
             torch._dynamo.mark_static(tensor, dim)
 
@@ -236,8 +230,8 @@ class ClassificationTask(L.LightningModule):
         if self.compile_mode is not None:
             if not self._primed:
                 for first in self.prime_first:
-                    self._prime(move_to(first, self.device), tuple(tuple(t.shape) for t in _tensors(first)))
-            shapes = tuple(tuple(t.shape) for t in _tensors(batch))
+                    self._prime(move_to(first, self.device), _shapes(first))
+            shapes = _shapes(batch)
             if shapes not in self._primed:
                 self._prime(batch, shapes)
             _mark_static(batch)
