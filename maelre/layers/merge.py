@@ -99,8 +99,7 @@ def match_window(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tu
 def _match_global_op(a: Tensor, b: Tensor, b_real: Tensor | None) -> tuple[Tensor, Tensor]:
     """``match_global`` as an opaque op for compiled graphs; ``a`` and ``b`` come already in the matmul's dtype."""
     with torch.autocast(a.device.type, enabled=False):
-        score, index = match_global(a, b, b_real)
-        return score, index
+        return match_global(a, b, b_real)
 
 
 @_match_global_op.register_fake
