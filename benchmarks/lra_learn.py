@@ -124,7 +124,7 @@ def cmd_curves(group: Path, out: Path) -> None:
     os.replace(tmp, out)
     for name, run in runs.items():
         metrics = run["metrics"] or {}
-        key = "test/acc" if "test/acc" in metrics else "val/best_masked_acc"
+        key = "test/acc" if metrics.get("test/acc") is not None else "val/best_masked_acc"
         value = metrics.get(key)
         behind = f" (checkpoint at step {run['checkpoint_step']})" if (run["checkpoint_step"] or 0) > (run["global_step"] or 0) else ""
         print(f"{name}: step {run['global_step']}, {key} {value if value is None else round(value, 4)}{behind}")

@@ -90,8 +90,13 @@ def summarise_run(run_dir: Path, previous: dict | None, concurrent: int, gpu: st
     start = calls[-1]["steps"][1] if calls else 0
     step = result["global_step"]
     if step > start:
+        resumed = resumed_step(result)
+        if resumed > start:  # calls whose results.json never came back (or was never summarised): their time is unknown
+            calls.append({"steps": [start, resumed], "train_seconds": None, "concurrent_runs": None})
+            start = resumed
         calls.append({"steps": [start, step], "train_seconds": round(result["throughput"]["train_seconds"], 1),
                       "concurrent_runs": concurrent})
+    seconds = [c["train_seconds"] for c in calls]
     history = [h for h in result["history"] if h.get("val/acc") is not None]
     return {
         "name": run_dir.name,
@@ -100,15 +105,23 @@ def summarise_run(run_dir: Path, previous: dict | None, concurrent: int, gpu: st
         "epochs_done": result["epochs"],
         f"{unit}_budget": budget,
         "steps": step,
-        "test_accuracy": round(100 * result["metrics"]["test/acc"], 2),
+        # None: the call that wrote results.json ran with trainer.test_partial off (real_runs.sh's default)
+        "test_accuracy": None if result["metrics"]["test/acc"] is None else round(100 * result["metrics"]["test/acc"], 2),
         "val_best": round(100 * result["metrics"]["val/best_acc"], 2),
-        "train_seconds_shared": round(sum(c["train_seconds"] for c in calls), 1),
+        # None where a call's time is unknown (see resumed_step): never a sum that looks whole but is not
+        "train_seconds_shared": None if None in seconds else round(sum(seconds), 1),
         "calls": calls,
         "peak_memory_mib": round(result["peak_memory"]["bytes"] / 2**20),
         "val_curve": [[h["epoch"], round(100 * h["val/acc"], 2)] for h in history],
         "gpu": gpu,
         "run_dir": str(run_dir),
     }
+
+
+def resumed_step(result: dict) -> int:
+    """The global step the call that wrote ``result`` resumed from (0 for a fresh run): its checkpoint's ``step-NNNNNNN`` name."""
+    resumed = result.get("resumed_from")
+    return int(Path(resumed).name.removeprefix("step-")) if resumed and Path(resumed).name.startswith("step-") else 0
 
 
 def alone_step_ms(cost_rows: list[dict], name: str, key: str = "scifar10") -> float | None:
@@ -126,7 +139,7 @@ def leaderboard_row(key: str, row: dict, step_ms: float | None) -> dict:
     return {
         "task": key, "backbone": row["name"], "status": "ok", "accuracy": row["test_accuracy"], "steps": row["steps"],
         "epochs": row["epochs_done"], "train_seconds": row["train_seconds_shared"],
-        "concurrent_runs": max(c["concurrent_runs"] for c in row["calls"]),
+        "concurrent_runs": concurrent_of(row),
         "peak_memory": {"kind": "cuda_max_allocated", "bytes": row["peak_memory_mib"] * MIB}, "alone_step_ms": step_ms,
     }  # fmt: skip
 
@@ -140,6 +153,11 @@ def built_differently(run_dir: Path) -> dict:
     built = read_json(next(run_dir.glob("checkpoints/*/model.json")))
     defaults = dataclasses.asdict(make_config(built["backbone"], **{k: built["backbone_config"][k] for k in ("dim", "depth", "heads")}))
     return {k: v for k, v in built["backbone_config"].items() if k in defaults and defaults[k] != v and k not in SHARED_KEYS}
+
+
+def concurrent_of(entry: dict) -> int | None:
+    """The most runs that shared the GPU in any recorded call of a summary row (``None``: no call recorded it)."""
+    return max((c["concurrent_runs"] for c in entry["calls"] if c["concurrent_runs"] is not None), default=None)
 
 
 def budget_of(entry: dict) -> tuple[int, str]:
@@ -158,9 +176,10 @@ def results_rows(summary: dict, cost_rows: list[dict], key: str = "scifar10") ->
     for entry in leaderboard_entries(summary):
         run_dir = Path(entry["run_dir"])
         recipe, results = load_recipe(run_dir / "recipe.yaml"), read_json(run_dir / "results.json")
-        calls = len(entry["calls"])
+        known = all(c["train_seconds"] is not None for c in entry["calls"])  # an unrecorded entry can span several calls
+        calls = f"{len(entry['calls'])} device calls" if known else f"{len(entry['calls'])} or more device calls"
         row = empty_row(key, entry["name"], recipe=RUNS[key][0],
-                        command=f"bash benchmarks/real_runs.sh {key} (run {entry['name']}, resumed over {calls} device calls)")
+                        command=f"bash benchmarks/real_runs.sh {key} (run {entry['name']}, resumed over {calls})")
         fill_from_recipe(row, TASKS[key], recipe)
         fill_from_results(row, recipe, results, gpu=entry["gpu"])
         row["backbone_config"] = {**row["backbone_config"], **built_differently(run_dir)}
@@ -170,7 +189,7 @@ def results_rows(summary: dict, cost_rows: list[dict], key: str = "scifar10") ->
             so_far = f"{done} of {budget} {unit}" if done < budget else (
                 f"{entry['steps']} of {row['budget']['planned_steps']} steps (a call's deadline cut its last epoch short)")
             row.update(status="time_limit", message=f"partial: {so_far} so far; resumes with real_runs.sh")
-        row.update(train_seconds=entry["train_seconds_shared"], concurrent_runs=max(c["concurrent_runs"] for c in entry["calls"]),
+        row.update(train_seconds=entry["train_seconds_shared"], concurrent_runs=concurrent_of(entry),
                    alone_step_ms=alone_step_ms(cost_rows, entry["name"], key), run_dir=str(run_dir),
                    date=dt.datetime.fromtimestamp((run_dir / "results.json").stat().st_mtime, dt.timezone.utc).isoformat(timespec="seconds"))
         rows.append(row)
@@ -186,7 +205,9 @@ def write_pareto(summary: dict, cost_rows: list[dict], folder: Path, page: Path 
     ``cost_files``: where ``cost_rows`` came from, named in the table's note.
     """
     sources = ", ".join(f"`{p}`" for p in cost_files)
-    entries = leaderboard_entries(summary)
+    entries = [r for r in leaderboard_entries(summary) if r["test_accuracy"] is not None]  # a point needs a test accuracy
+    if not entries:
+        raise SystemExit(f"no {key} run has a test accuracy yet (real_runs.sh tests a run when it completes its budget)")
     points = task_points([leaderboard_row(key, r, alone_step_ms(cost_rows, r["name"], key)) for r in entries])
     budget, unit = budget_of(entries[0])
     done = sorted(r["epochs_done"] if unit == "epochs" else r["steps"] for r in entries)
@@ -242,19 +263,26 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = [summarise_run(run, previous.get(run.name), args.concurrent, args.gpu) for run in runs]
     ranked = [row for row in rows if row["diagnostic_of"] is None] or rows  # the leaderboard rows decide the status
-    minutes = max(sum(c["train_seconds"] for c in row["calls"]) for row in ranked) / 60
+    minutes = max(sum(c["train_seconds"] or 0 for c in row["calls"]) for row in ranked) / 60
+    unknown = any(c["train_seconds"] is None for row in ranked for c in row["calls"])
     partial = any(row["partial"] for row in ranked)
     budget, unit = budget_of(ranked[0])
-    status = (f"{'partial' if partial else 'complete'}: {minutes:.1f} GPU-minutes so far of a {budget}-{unit[:-1]} budget, "
+    known = " (at least: some calls' time was not recorded)" if unknown else ""
+    status = (f"{'partial' if partial else 'complete'}: {minutes:.1f} GPU-minutes{known} so far of a {budget}-{unit[:-1]} budget, "
               f"runs sharing one GPU; resume with bash benchmarks/real_runs.sh {key}")
     write_json_atomic(out, {"task": old.get("task", RUNS[key][2]), "status": status, "rows": rows})
     for row in rows:
         done = row["epochs_done"] if unit == "epochs" else row["steps"]
         cut = " (cut short)" if row["partial"] and done >= budget_of(row)[0] else ""
         note = f"  (diagnostic of {row['diagnostic_of']})" if row["diagnostic_of"] else ""
-        print(f"{row['name']:20s} {done:5d}/{budget_of(row)[0]} {unit}{cut}  test {row['test_accuracy']:.2f}  "
-              f"val best {row['val_best']:.2f}  {row['train_seconds_shared']:.0f} s shared{note}")
+        test = "untested" if row["test_accuracy"] is None else f"{row['test_accuracy']:.2f}"
+        print(f"{row['name']:20s} {done:5d}/{budget_of(row)[0]} {unit}{cut}  test {test}  "
+              f"val best {row['val_best']:.2f}  {_seconds(row['train_seconds_shared'])} shared{note}")
     return 0
+
+
+def _seconds(value: float | None) -> str:
+    return "unknown s" if value is None else f"{value:.0f} s"
 
 
 if __name__ == "__main__":

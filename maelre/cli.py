@@ -59,8 +59,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
         return 0
     m = results["metrics"]
     rows = [
-        ("test accuracy", _fmt(m["test/acc"])),
-        ("test macro-F1", _fmt(m["test/f1"])),
+        ("test accuracy", _fmt(m["test/acc"]) if results["tested"] else "not tested (trainer.test_partial: false)"),
+        ("test macro-F1", _fmt(m["test/f1"]) if results["tested"] else "-"),
         ("best val accuracy", _fmt(m["val/best_acc"]) if m["val/best_acc"] is not None else "-"),
         ("parameters", f"{results['parameters']:,}"),
         ("train samples/s", f"{results['throughput']['samples_per_second']:.1f}"),

@@ -80,6 +80,19 @@ def test_slow_setup_counts_so_the_call_stops_by_its_deadline_and_resumes_exactly
     _assert_resume_matches_an_uninterrupted_run(tmp_path)
 
 
+def test_a_cut_call_skips_the_test_when_test_partial_is_off_and_the_call_that_completes_the_budget_tests(tmp_path):
+    run = tmp_path / "chunks"
+    first = runner.run_recipe(parse_recipe(_recipe(stop_at=time.time() - 1, test_partial=False)), run_dir=run, progress=False)
+    assert first["call_ended_early"] and first["global_step"] == 1  # one step, then the passed deadline stops it
+    assert first["tested"] is False and first["metrics"]["test/acc"] is None and first["confusion_matrix"] is None
+    assert first["metrics"]["val/best_acc"] is not None  # the validation history is still there
+    assert not (run / "confusion_matrix.png").exists() and (run / "results.json").is_file()
+
+    rest = runner.run_recipe(parse_recipe(_recipe(test_partial=False)), run_dir=run, resume=True, progress=False)
+    assert rest["global_step"] == 4 and not rest["call_ended_early"]
+    assert rest["tested"] is True and 0.0 <= rest["metrics"]["test/acc"] <= 1.0 and (run / "confusion_matrix.png").is_file()
+
+
 class _SigtermAt(Callback):
     """Sends this process SIGTERM at the end of optimizer step ``step`` (as `kill -TERM PID` would)."""
 

@@ -216,3 +216,29 @@ def test_diagnostic_runs_are_summarised_but_never_leaderboard_rows(tmp_path, scr
     assert (by_name["transformer_cls"]["diagnostic_of"], by_name["transformer"]["diagnostic_of"]) == ("transformer", None)
     assert by_name["transformer_cls"]["partial"] and summary["status"].startswith("complete")
     assert [e["name"] for e in script.leaderboard_entries(summary)] == ["transformer"]
+
+
+def test_calls_whose_results_never_came_back_leave_the_time_unknown_and_untested_calls_no_test_accuracy(tmp_path, script):
+    """A call's results.json can be lost (a watchdog stopped the run while it tested) or skipped
+    (trainer.test_partial off): the ledger records the steps it cannot time as unknown instead of
+    summing what it has into a total that looks whole, and an untested call gives no test accuracy."""
+    run = tmp_path / "text" / "maelre"
+    run.mkdir(parents=True)
+    (run / "recipe.yaml").write_text((Path(__file__).resolve().parents[1] / "recipes" / "lra_text.yaml").read_text())
+
+    def call(step, resumed_from, acc):
+        result = {"global_step": step, "epochs": 3, "metrics": {"test/acc": acc, "val/best_acc": 0.8}, "resumed_from": resumed_from,
+                  "history": [{"epoch": 1, "val/acc": 0.8}], "throughput": {"train_seconds": 100.0}, "peak_memory": {"bytes": 2**30}}  # fmt: skip
+        (run / "results.json").write_text(json.dumps(result))
+
+    call(1000, None, 0.7)
+    first = script.summarise_run(run, None, concurrent=5, gpu="NVIDIA H200")
+    assert first["calls"] == [{"steps": [0, 1000], "train_seconds": 100.0, "concurrent_runs": 5}] and first["train_seconds_shared"] == 100.0
+    call(3000, str(run / "checkpoints" / "step-0002000"), None)  # the call 1000 -> 2000 was never summarised
+    later = script.summarise_run(run, first, concurrent=4, gpu="NVIDIA H200")
+    assert later["calls"][1:] == [{"steps": [1000, 2000], "train_seconds": None, "concurrent_runs": None},
+                                  {"steps": [2000, 3000], "train_seconds": 100.0, "concurrent_runs": 4}]  # fmt: skip
+    assert later["train_seconds_shared"] is None and later["test_accuracy"] is None and script.concurrent_of(later) == 5
+    summary = {"rows": [{**later, "run_dir": str(run), "gpu": "NVIDIA H200"}]}
+    with pytest.raises(SystemExit, match="no text run has a test accuracy"):
+        script.write_pareto(summary, [], tmp_path, None, key="text")

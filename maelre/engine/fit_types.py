@@ -31,8 +31,15 @@ class TrainerConfig:
             ``stop_after_minutes`` applies. For a script that must be done by a fixed time
             (a device call's limit) however long setup took. Checked after every optimizer
             step: a call trains at least one step (so every call makes progress), then
-            saves and stops at the first step end past the deadline; the call still tests
-            and writes ``results.json``. Needs a run directory.
+            saves and stops at the first step end past the deadline; the call still writes
+            ``results.json`` (and tests, unless ``test_partial`` is off). Needs a run directory.
+        test_partial: test the best weights at the end of a call that its deadline
+            (``stop_at``, ``stop_after_minutes``) stopped short of the budget. ``False``
+            skips that test, so a run resumed over many calls spends its device time on
+            training rather than on a test set it does not report yet (LRA Text: 25,000
+            sequences of up to 4,000 tokens); ``results.json`` then holds the validation
+            history, ``"tested": false`` and ``None`` test metrics. A call that completes
+            the budget always tests.
         precision: ``"32"`` (or the int 32), ``"bf16-mixed"`` (GPU; works but is slow on CPU) or ``"16-mixed"`` (GPU).
         accelerator: ``"auto"``, ``"cpu"``, ``"gpu"``/``"cuda"``.
         devices: device count or ``"auto"``.
@@ -84,6 +91,7 @@ class TrainerConfig:
     max_time: float | None = None
     stop_after_minutes: float | None = None
     stop_at: float | None = None
+    test_partial: bool = True
     precision: str | int = "32"
     accelerator: str = "auto"
     devices: int | str = 1

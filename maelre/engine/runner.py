@@ -117,9 +117,14 @@ def run_recipe(
     )
     if result.extra["global_rank"] != 0:
         return None
-    eval_batch = recipe.data.eval_batch_size or 2 * recipe.data.batch_size
-    test = evaluate(result.model, data.test, eval_batch, recipe.data.num_workers, precision=trainer_cfg.precision)
-    plot_confusion_matrix(test["confusion"], data.classes, path / "confusion_matrix.png")
+    cut = result.extra.get("call_ended_early", False)
+    tested = trainer_cfg.test_partial or not cut
+    if tested:
+        eval_batch = recipe.data.eval_batch_size or 2 * recipe.data.batch_size
+        test = evaluate(result.model, data.test, eval_batch, recipe.data.num_workers, precision=trainer_cfg.precision)
+        plot_confusion_matrix(test["confusion"], data.classes, path / "confusion_matrix.png")
+    else:  # trainer.test_partial off: a later call tests
+        test = {"acc": None, "f1": None, "loss": None, "confusion": None}
     if result.history:
         plot_learning_curve(result.history, path / "learning_curve.png")
     best_val = max((row["val/acc"] for row in result.history if "val/acc" in row), default=None)
@@ -140,14 +145,15 @@ def run_recipe(
         "global_step": result.global_step,
         "epochs": result.epochs,
         # the call's deadline stopped training short of the budget (epochs counts the cut epoch as started)
-        "call_ended_early": result.extra.get("call_ended_early", False),
+        "call_ended_early": cut,
+        "tested": tested,
         "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
         "last_checkpoint": str(result.last_checkpoint) if result.last_checkpoint else None,
         "resumed_from": str(resume_from) if resume_from else None,
         "initialised_from": str(init_from) if init_from else None,
         "history": result.history,
         "environment": {**environment(), "device": result.extra["device"], "world_size": result.extra["world_size"], "precision": trainer_cfg.precision},
-        "confusion_matrix": test["confusion"].tolist(),
+        "confusion_matrix": None if test["confusion"] is None else test["confusion"].tolist(),
     }
     write_results(path / "results.json", results)
     return results
