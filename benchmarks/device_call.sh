@@ -53,7 +53,9 @@
 # (benchmarks/make_compact_data.py). Both with the tree are over the 64 MiB a call carries, so
 # carry one per call: a file carried earlier stays on a warm machine.
 #
-# Environment: OUT (required: what comes back); COST (0), COST_ROWS
+# Environment: OUT (required: what comes back); ALONE ("": TASK[:NAME,NAME...] items of
+# benchmarks/alone_cost.py, each run timed alone first, DRAIN=1 calls included; OUT gets
+# alone_cost_TASK_h200.json), ALONE_STEPS (200); COST (0), COST_ROWS
 # (vconv,t128v,transformer,auto1,ecp,perceiver_ar), COST_SECONDS (250: a cap; cases done are kept);
 # LB ("scifar10": TASK[:NAME,NAME...] items for real_runs.sh, no names = all of its runs; empty: none);
 # LRA ("": TASK:VARIANT:SEED[:TAG] groups of lra_learn.sh; TAG noconv = MAELRE alone with
@@ -92,6 +94,17 @@ if (( inbox_rc != 0 && train )) && [[ ${INBOX_PARTIAL_OK:-0} != 1 ]]; then
     train=0
 fi
 if (( ! train )); then COST=0 LB="" LRA="" KERNEL_TESTS=0; fi
+
+# alone on the GPU, before anything shares it (also in DRAIN=1 calls, whose GPU is otherwise idle):
+# each ALONE item TASK:NAME,NAME... times those real_runs.sh runs one after the other
+# (benchmarks/alone_cost.py); the rows gather in runs/alone/ over calls and come back whole
+for item in ${ALONE:-}; do
+    IFS=: read -r task names <<<"$item"
+    timeout $(( $(left) - 90 )) "$PYTHON" benchmarks/alone_cost.py "$task" ${names:+--names "$names"} --steps "${ALONE_STEPS:-200}" \
+        --root runs/alone --out "runs/alone/alone_cost_${task}_h200.json" >>runs/logs/alone.log 2>&1
+    echo "alone $item: exit $? after $(( $(date +%s) - started )) s"; tail -n 5 runs/logs/alone.log
+    cp "runs/alone/alone_cost_${task}_h200.json" "$OUT/" 2>/dev/null
+done
 
 if [[ ${COST:-0} == 1 ]]; then  # alone: nothing else has started yet
     timeout "${COST_SECONDS:-250}" "$PYTHON" benchmarks/merge_ablation_cost.py --repeats 5 \

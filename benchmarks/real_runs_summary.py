@@ -50,6 +50,8 @@ RUNS = {
 """``real_runs.sh`` task -> (recipe, title, description of a new summary file)."""
 ALONE_COSTS = [Path("benchmarks/results/merge_ablation_cost_h200_round4.json"), Path("benchmarks/results/merge_ablation_cost_h200.json")]
 """Train-step times measured alone, the first file that has a row winning (round 4 timed every backbone in one call)."""
+ALONE_RUNS = "benchmarks/results/alone_cost_{key}_h200.json"
+"""Whole runs timed alone (``benchmarks/alone_cost.py``), read first when the file exists."""
 ALONE_ROWS = {
     "maelre": ("vconv", "rope"), "maelre_noconv": ("auto1", "rope"), "transformer": ("transformer", "learned"), "transformer_rope": ("transformer", "rope"),
     "ecp": ("ecp", "rope"), "perceiver_ar": ("perceiver_ar", "learned"),
@@ -125,13 +127,17 @@ def resumed_step(result: dict) -> int:
 
 
 def alone_step_ms(cost_rows: list[dict], name: str, key: str = "scifar10") -> float | None:
-    """Median train-step time (ms) of run ``name``'s backbone alone on the GPU: the task shape, eager
-    like the runs (no CUDA graph, no compile); ``None`` if the merge ablation did not time it (it
-    timed sCIFAR-10's shape only)."""
-    if key != "scifar10" or name not in ALONE_ROWS:
-        return None
+    """Train-step time (ms) of run ``name`` alone on the GPU, eager like the runs; ``None`` if nothing timed it.
+
+    A row of ``benchmarks/alone_cost.py`` (the whole run timed alone: ``task`` and ``name``) comes
+    first; else, for sCIFAR-10, the merge ablation's median step of the backbone at the task shape.
+    """
+    whole = next((r["steady_step_ms"] for r in cost_rows if (r.get("task"), r.get("name"), r.get("status")) == (key, name, "ok")), None)
+    if whole is not None or key != "scifar10" or name not in ALONE_ROWS:
+        return whole
     row, pos = ALONE_ROWS[name]
-    return next((r["median_ms"] for r in cost_rows if (r["row"], r["pos"], r["shape"], r["cuda_graph"], r["status"]) == (row, pos, "task", False, "ok")), None)
+    fields = ("row", "pos", "shape", "cuda_graph", "status")
+    return next((r["median_ms"] for r in cost_rows if tuple(r.get(f) for f in fields) == (row, pos, "task", False, "ok")), None)
 
 
 def leaderboard_row(key: str, row: dict, step_ms: float | None) -> dict:
@@ -218,6 +224,9 @@ def write_pareto(summary: dict, cost_rows: list[dict], folder: Path, page: Path 
     if untimed:
         note = (f"\nGPU-s are wall time while the runs shared one GPU: {', '.join(untimed)} have no step time measured alone yet "
                 f"({sources}), and one table never mixes the two kinds of cost.\n")
+    elif any(r.get("task") == key for r in cost_rows):
+        note = ("\nGPU-s from \"alone step time\": steps x the run's own train step, timed alone on the GPU for a few hundred steps "
+                f"with its recipe, data pipeline and optimizer (`benchmarks/alone_cost.py`, {sources}; the steady rate after 50 steps, validation excluded).\n")
     else:
         note = ("\nGPU-s from \"alone step time\": steps x the median train step of the backbone with a linear head and AdamW, timed alone "
                 f"at this shape ({sources}, eager, the first file that has the row); it leaves out the pixel embedding, augmentation and the trainer (a lower bound).\n")
@@ -239,13 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pareto", type=Path, metavar="DIR", help="draw the summary's accuracy against cost to DIR/pareto_KEY_partial.png instead of summarising")
     parser.add_argument("--page", type=Path, help="with --pareto: the markdown page whose KEY-pareto block takes the table")
     parser.add_argument("--alone-costs", type=Path, action="append", default=None,
-                        help="train-step times measured alone, repeatable, the first file with a row wins (default: " + ", ".join(map(str, ALONE_COSTS)) + ")")
+                        help="train-step times measured alone, repeatable, the first file with a row wins (default: " + ALONE_RUNS + " where it exists, then "
+                             + ", ".join(map(str, ALONE_COSTS)) + ")")
     parser.add_argument("--leaderboard-rows", type=Path, metavar="OUT", help="write the summary's runs as leaderboard result rows to OUT instead of summarising")
     args = parser.parse_args(argv)
     key = args.key
     root = args.root or Path(f"benchmarks/results/{key}_partial_h200")
     out = args.out or Path(f"benchmarks/results/{key}_partial_h200.json")
-    cost_files = args.alone_costs or ALONE_COSTS
+    runs_alone = Path(ALONE_RUNS.format(key=key))
+    cost_files = args.alone_costs or [*([runs_alone] if runs_alone.exists() else []), *ALONE_COSTS]
     cost_rows = [row for path in cost_files for row in read_json(path)["rows"]]
     if args.leaderboard_rows is not None:
         write_json_atomic(args.leaderboard_rows, results_rows(read_json(out), cost_rows, key))

@@ -1,0 +1,61 @@
+"""benchmarks/alone_cost.py: each leaderboard run timed alone, and the summary's use of those times."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def alone(benchmark_script):
+    return benchmark_script("alone_cost")
+
+
+def _fake_run(run_dir: Path, steps: int, rate: float | None, cut: bool = False) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.yaml").write_text((ROOT / "recipes" / "lra_text.yaml").read_text())  # batch 32
+    results = {"global_step": steps, "call_ended_early": cut, "throughput": {"steady_samples_per_second": rate},
+               "peak_memory": {"bytes": 2**30}, "environment": {"device": "cuda:0"}}  # fmt: skip
+    (run_dir / "results.json").write_text(json.dumps(results))
+
+
+def test_each_name_trains_alone_into_its_own_folder_and_becomes_a_cost_row(tmp_path, alone, monkeypatch):
+    calls = []
+
+    def fake(task, name, steps, root, eval_samples, seconds, extra):
+        calls.append((task, name, steps, root, extra))
+        if name == "maelre":
+            _fake_run(root / name, steps, rate=3200.0)  # 32 samples a step: 10 ms
+        elif name == "ecp":
+            _fake_run(root / name, 120, rate=None, cut=True)
+        return subprocess.CompletedProcess([], 0, "done\n", "")
+
+    monkeypatch.setattr(alone, "time_alone", fake)
+    out = tmp_path / "cost.json"
+    args = ["text", "--names", "maelre,ecp,transformer", "--steps", "300", "--root", str(tmp_path / "runs"), "--out", str(out), "--set", "a=1"]
+    assert alone.main(args) == 0
+    assert [c[1] for c in calls] == ["maelre", "ecp", "transformer"] and calls[0][3] == tmp_path / "runs" / "text" and calls[0][4] == ["a=1"]
+    rows = {r["name"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows["maelre"]["status"] == "ok" and rows["maelre"]["steady_step_ms"] == pytest.approx(10.0) and rows["maelre"]["steady_steps"] == 250
+    assert rows["ecp"]["status"] == "error" and "--seconds limit stopped it after 120 steps" in rows["ecp"]["error"]
+    assert rows["transformer"]["status"] == "error" and "no results.json" in rows["transformer"]["error"]
+
+    # a later call keeps the rows it does not redo
+    assert alone.main(["text", "--names", "transformer", "--root", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    assert {r["name"] for r in json.loads(out.read_text())["rows"]} == {"maelre", "ecp", "transformer"}
+    with pytest.raises(SystemExit):
+        alone.main(["text", "--steps", "50", "--out", str(out)])  # no steady rate past 50 warm-up steps
+
+
+def test_the_summary_prefers_a_whole_run_timed_alone_for_its_own_task(benchmark_script):
+    summary = benchmark_script("real_runs_summary")
+    rows = [{"task": "text", "name": "maelre", "status": "ok", "steady_step_ms": 12.5},
+            {"task": "text", "name": "ecp", "status": "error", "error": "x"},
+            {"row": "vconv", "pos": "rope", "shape": "task", "cuda_graph": False, "status": "ok", "median_ms": 3.0}]  # fmt: skip
+    assert summary.alone_step_ms(rows, "maelre", "text") == 12.5
+    assert summary.alone_step_ms(rows, "ecp", "text") is None and summary.alone_step_ms(rows, "transformer", "text") is None
+    assert summary.alone_step_ms(rows, "maelre", "scifar10") == 3.0  # no sCIFAR-10 run timed whole: the merge ablation's step
