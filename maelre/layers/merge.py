@@ -236,6 +236,8 @@ def bipartite_soft_matching(
             raise ValueError(f"merge mode must be 'mean' (size-weighted) or 'sum', got {mode!r}")
         if mode == "sum":
             return _scatter_to_slots(x, slot, n_out, padded)
+        if triton_merge.available(x) and x.dtype in triton_merge.MERGE_DTYPES:  # 2 launches forward, 1 backward (5 ops here)
+            return triton_merge.merge_states(x, share, slot, n_out)
         return _scatter_to_slots(x * per_token(share, x), slot, n_out, padded).to(x.dtype)
 
     def unmerge(y: Tensor) -> Tensor:
