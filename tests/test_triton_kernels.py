@@ -150,7 +150,7 @@ def test_kernels_compile_for_hopper(favor, dtype, tmp_path, monkeypatch):
     if not favor:
         kernels.append((triton_merge._match_window_kernel, dict(a_ptr=ptr, b_ptr=ptr, real_ptr="*u8", score_ptr=ptr, index_ptr="*i64")))
         plan_pointers = dict(src_ptr="*i64", best_ptr=ptr, r_ptr="*i64", dst_ptr="*i64", real_ptr="*u8", sizes_ptr=f32, flag_ptr="*i8", slot_ptr="*i64",
-                             total_ptr=f32, share_ptr=f32)  # fmt: skip
+                             total_ptr=f32, share_ptr=f32, log_ptr=f32)  # fmt: skip
         kernels.append((triton_merge._plan_kernel, plan_pointers))
         merge_pointers = dict(x_ptr=ptr, g_ptr=ptr, share_ptr=f32, slot_ptr="*i64", out_ptr=f32, dx_ptr=ptr)
         kernels += [(triton_merge._merge_states_kernel, merge_pointers), (triton_merge._merge_states_grad_kernel, merge_pointers)]
@@ -229,6 +229,8 @@ def test_fused_plan_equals_the_reference(kernels, monkeypatch):
         assert got[0].dtype == torch.long and torch.equal(got[0], want[0]), (n, padded, protect_first, window)
         assert torch.equal(got[1], want[1]) and got[1].shape == (3, n_out)
         torch.testing.assert_close(got[2], want[2], rtol=1e-6, atol=0)
+        assert want[3] is None
+        torch.testing.assert_close(got[3], want[1].log(), rtol=1e-6, atol=1e-6)  # -inf where a padded row's column is empty
 
 
 # --------------------------------------------------------------------------- state merge

@@ -168,11 +168,14 @@ class TokenMerge(NamedTuple):
         unmerge: ``unmerge(y) -> [B, N, ...]`` copies every merged token back to the
             positions it came from (padding gets 0).
         sizes: ``[B, n_out]`` the merged token sizes (``merge(sizes, mode="sum")``).
+        log_sizes: ``[B, n_out]`` float32 ``sizes.log()`` where the plan kernel computed it along
+            (``triton_merge.plan``), else ``None``.
     """
 
     merge: MergeFn
     unmerge: UnmergeFn
     sizes: Tensor
+    log_sizes: Tensor | None = None
 
 
 def bipartite_soft_matching(
@@ -223,7 +226,7 @@ def bipartite_soft_matching(
     real = sizes > 0 if padded else None
     with torch.no_grad():
         src, dst, best = _choose(metric, real, min(n - n_out, (n + 1) // 2), protect_first, window)
-        slot, merged_sizes, share = _plan(real, sizes, src, dst, best, r, n, n_out)
+        slot, merged_sizes, share, log_sizes = _plan(real, sizes, src, dst, best, r, n, n_out)
 
     def per_token(t: Tensor, like: Tensor) -> Tensor:
         """``[B, k]`` viewed to broadcast against ``like [B, k, ...]``."""
@@ -246,7 +249,7 @@ def bipartite_soft_matching(
         out = take_tokens(y, slot.clamp_max(n_out - 1))  # padding points past the end
         return out if real is None else torch.where(per_token(real, out), out, 0)
 
-    return TokenMerge(merge, unmerge, merged_sizes)
+    return TokenMerge(merge, unmerge, merged_sizes, log_sizes)
 
 
 def _choose(
@@ -288,11 +291,12 @@ def _chosen(best: Tensor, r: Tensor | int) -> Tensor:
 
 def _plan(
     real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, best: Tensor, r: Tensor | int, n: int, n_out: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(slot [B, N], merged sizes [B, n_out], share [B, N])``: ``_slots`` of the ``_chosen`` pairs, the sizes
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(slot [B, N], merged sizes [B, n_out], share [B, N], None)``: ``_slots`` of the ``_chosen`` pairs, the sizes
     summed into their slots, and every token's share of its merged token's size (0 for padding).
 
-    On CUDA one fused kernel computes all three, choosing the pairs as it reads them (``triton_merge.plan``).
+    On CUDA one fused kernel computes them, choosing the pairs as it reads them, and also the log of the
+    merged sizes in place of ``None`` (``triton_merge.plan``).
     """
     if triton_merge.available(src):
         return triton_merge.plan(real, sizes, src, dst, best, r, n, n_out)
@@ -300,7 +304,7 @@ def _plan(
     total = _scatter_to_slots(sizes, slot, n_out + int(real is not None), padded=False)  # padding's column kept, for the gather
     per_slot = total.gather(1, slot)  # >= 1 for a real token; 0 for padding only
     share = sizes / (per_slot if real is None else per_slot.clamp_min(1e-12))
-    return slot, total[:, :n_out], share
+    return slot, total[:, :n_out], share, None
 
 
 def _slots(real: Tensor | None, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> Tensor:

@@ -17,7 +17,8 @@ through a gather, a where, a copy, a scatter of the sizes, a gather and a divisi
 kernel does it in one launch, one program per row, in passes over the row separated by
 block barriers: flags of the merged A tokens (which candidates merge, ``merge._chosen``,
 is decided here from their scores and ``r``: no compare launched per merge); the kept tokens' running rank; merged A
-tokens take their match's slot; the sizes are added into their slots; each token's share.
+tokens take their match's slot; the sizes are added into their slots; each token's share; the
+log of the merged sizes (proportional attention's key bias, otherwise one ``log`` per block).
 Slots are integers and sizes integer counts (exact in float32 in any order), so it equals
 the reference up to the rounding of the one division.
 
@@ -83,7 +84,7 @@ if triton is not None:
 
     @triton.jit
     def _plan_kernel(
-        src_ptr, best_ptr, r_ptr, dst_ptr, real_ptr, sizes_ptr, flag_ptr, slot_ptr, total_ptr, share_ptr,
+        src_ptr, best_ptr, r_ptr, dst_ptr, real_ptr, sizes_ptr, flag_ptr, slot_ptr, total_ptr, share_ptr, log_ptr,
         N, NA, CAND, R, N_OUT, LIMIT, WIDTH,
         BLOCK: tl.constexpr, HAS_REAL: tl.constexpr, HAS_R: tl.constexpr,
     ):  # fmt: skip
@@ -150,6 +151,12 @@ if triton is not None:
             total = tl.load(total_ptr + row * WIDTH + tl.load(slot_ptr + row * N + col, mask=inside, other=0), mask=inside, other=1.0)
             size = tl.load(sizes_ptr + row * N + col, mask=inside, other=0.0)
             tl.store(share_ptr + row * N + col, size / tl.maximum(total, 1e-12), mask=inside)
+            start += BLOCK
+        start = 0
+        while start < N_OUT:  # 6. log of the output sizes, the key bias of proportional attention (-inf for padding)
+            col = start + offs
+            inside = col < N_OUT
+            tl.store(log_ptr + row * N_OUT + col, tl.log(tl.load(total_ptr + row * WIDTH + col, mask=inside, other=1.0)), mask=inside)
             start += BLOCK
 
 
@@ -228,8 +235,9 @@ def _(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor,
 
 def plan(
     real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, best: Tensor, r: Tensor | int, n: int, n_out: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``merge._plan`` as one kernel: ``(slot [B, N] long, merged sizes [B, n_out], share [B, N] float32)``.
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``merge._plan`` as one kernel: ``(slot [B, N] long, merged sizes [B, n_out], share [B, N] float32,
+    log of the merged sizes [B, n_out] float32)``, the last for proportional attention (``-inf`` for padding).
 
     ``src, best [B, candidates]`` (the top-k A tokens and their scores), ``r`` (``[B]`` long or one int:
     a candidate merges if it is among its row's first ``r`` and its score is finite), ``dst [B, Na]``
@@ -243,7 +251,7 @@ def plan(
 @torch.library.custom_op("maelre::merge_plan", mutates_args=())
 def _plan_op(
     real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, best: Tensor, r_rows: Tensor | None, r_all: int, n: int, n_out: int
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if triton is None:
         raise RuntimeError("the fused merge plan needs triton (it ships with torch's CUDA wheels); use merge._plan on this machine")
     batch, candidates = src.shape
@@ -257,21 +265,22 @@ def _plan_op(
     new = dict(device=src.device)
     slot, share = torch.empty(batch, n, dtype=torch.long, **new), torch.empty(batch, n, dtype=torch.float32, **new)
     flags, total = torch.empty(batch, na, dtype=torch.int8, **new), torch.empty(batch, width, dtype=torch.float32, **new)
+    log_total = torch.empty(batch, n_out, dtype=torch.float32, **new)
     real_u8 = flags if real is None else real.contiguous().view(torch.uint8)  # without padding the kernel never reads it
     _plan_kernel[(batch,)](
         src.contiguous(), best.contiguous(), src if r_rows is None else r_rows.contiguous(), dst.contiguous(), real_u8, sizes.float().contiguous(),
-        flags, slot, total, share, n, na, candidates, r_all, n_out, width - 1, width,
+        flags, slot, total, share, log_total, n, na, candidates, r_all, n_out, width - 1, width,
         BLOCK=BLOCK_SLOTS, HAS_REAL=real is not None, HAS_R=r_rows is not None,
     )  # fmt: skip
-    return slot, total[:, :n_out].to(sizes.dtype), share
+    return slot, total[:, :n_out].to(sizes.dtype), share, log_total
 
 
 @_plan_op.register_fake
 def _(
     real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, best: Tensor, r_rows: Tensor | None, r_all: int, n: int, n_out: int
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     b = src.shape[0]
-    return src.new_empty(b, n), sizes.new_empty(b, n_out), sizes.new_empty(b, n, dtype=torch.float32)
+    return src.new_empty(b, n), sizes.new_empty(b, n_out), sizes.new_empty(b, n, dtype=torch.float32), sizes.new_empty(b, n_out, dtype=torch.float32)
 
 
 def merge_states(x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tensor:
