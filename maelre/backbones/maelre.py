@@ -148,11 +148,12 @@ class MAELREBlock(Block):
         else:
             r = removed  # unpadded rows all remove r(N)
         metric = t.x if keys is None else keys
-        plan = bipartite_soft_matching(
-            metric, t.sizes, r, n - removed, protect_first=self.config.pool == "cls", window=self.config.match_window, padded=t.padded
+        plan, log_sizes = bipartite_soft_matching(
+            metric, t.sizes, r, n - removed, protect_first=self.config.pool == "cls", window=self.config.match_window, padded=t.padded,
+            return_log_sizes=True,
         )
         positions = None if t.positions is None else plan.merge(t.positions)
-        merged = replace(t, x=plan.merge(t.x), sizes=plan.sizes, log_sizes=plan.log_sizes, positions=positions, merged=True)
+        merged = replace(t, x=plan.merge(t.x), sizes=plan.sizes, log_sizes=log_sizes, positions=positions, merged=True)
         if keys is None or not keys_needed:
             return merged, None
         # matching needs only the keys' direction, and the size-weighted sum points where the weighted mean does

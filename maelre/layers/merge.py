@@ -168,14 +168,11 @@ class TokenMerge(NamedTuple):
         unmerge: ``unmerge(y) -> [B, N, ...]`` copies every merged token back to the
             positions it came from (padding gets 0).
         sizes: ``[B, n_out]`` the merged token sizes (``merge(sizes, mode="sum")``).
-        log_sizes: ``[B, n_out]`` float32 ``sizes.log()`` where the plan kernel computed it along
-            (``triton_merge.plan``), else ``None``.
     """
 
     merge: MergeFn
     unmerge: UnmergeFn
     sizes: Tensor
-    log_sizes: Tensor | None = None
 
 
 def bipartite_soft_matching(
@@ -187,7 +184,8 @@ def bipartite_soft_matching(
     protect_first: bool = False,
     window: int | None = None,
     padded: bool = True,
-) -> TokenMerge:
+    return_log_sizes: bool = False,
+) -> TokenMerge | tuple[TokenMerge, Tensor | None]:
     """Plan one ToMe merge of a padded batch.
 
     The plan gives every input column its output column, ``slot [B, N]``: kept tokens
@@ -212,10 +210,12 @@ def bipartite_soft_matching(
             ToMe matching, whose ``(N/2)^2`` score matrix is kept in ``metric``'s dtype.
         padded: False promises that every size is positive (no padding), which skips
             the padding masks; a caller knows it from the shapes (MAELRE: no input mask).
+        return_log_sizes: also return the merged sizes' log ``[B, n_out]`` (float32, for
+            proportional attention) where the plan kernel computed it along, else ``None``.
 
     Returns:
         ``TokenMerge(merge, unmerge, sizes)``: closures applying the merge to any
-        per-token tensor, and the merged sizes.
+        per-token tensor, and the merged sizes; with ``return_log_sizes``, ``(TokenMerge, log_sizes)``.
     """
     b, n, _ = metric.shape
     if sizes.shape != (b, n) or (isinstance(r, Tensor) and r.shape != (b,)):
@@ -239,7 +239,7 @@ def bipartite_soft_matching(
             raise ValueError(f"merge mode must be 'mean' (size-weighted) or 'sum', got {mode!r}")
         if mode == "sum":
             return _scatter_to_slots(x, slot, n_out, padded)
-        if triton_merge.available(x) and x.dtype in triton_merge.MERGE_DTYPES:  # 2 launches forward, 1 backward (5 ops here)
+        if triton_merge.available(x) and x.dtype in triton_merge.MERGE_DTYPES:  # a zeroed buffer + 1 kernel, 1 kernel backward (5 ops here)
             return triton_merge.merge_states(x, share, slot, n_out)
         return _scatter_to_slots(x * per_token(share, x), slot, n_out, padded).to(x.dtype)
 
@@ -249,7 +249,8 @@ def bipartite_soft_matching(
         out = take_tokens(y, slot.clamp_max(n_out - 1))  # padding points past the end
         return out if real is None else torch.where(per_token(real, out), out, 0)
 
-    return TokenMerge(merge, unmerge, merged_sizes, log_sizes)
+    plan = TokenMerge(merge, unmerge, merged_sizes)
+    return (plan, log_sizes) if return_log_sizes else plan
 
 
 def _choose(
