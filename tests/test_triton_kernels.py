@@ -48,7 +48,7 @@ def test_kernels_under_the_interpreter():
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpret and not under_the"]
     run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "17 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
+    assert "18 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
 
 
 def inputs(device: str, dtype: torch.dtype = torch.float32, n: int = N):
@@ -255,6 +255,16 @@ def state_merge_plan(device: str, padded: bool):
     return merge.bipartite_soft_matching(metric.to(device), sizes, r, n - 12, padded=padded), sizes
 
 
+def count_state_merges(monkeypatch) -> list[int]:
+    """Record every call of ``triton_merge.merge_states`` (one ``1`` each)."""
+    from maelre.layers import triton_merge
+
+    calls: list[int] = []
+    kernel = triton_merge.merge_states
+    monkeypatch.setattr(triton_merge, "merge_states", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
+    return calls
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("padded", [True, False])
 def test_fused_state_merge_matches_reference_values_and_gradients(kernels, monkeypatch, padded, dtype):
@@ -272,11 +282,13 @@ def test_fused_state_merge_matches_reference_values_and_gradients(kernels, monke
     x[~real] = float("nan")  # padding may hold anything
     x.requires_grad_()
     grad = torch.randn(3, 33, 70, generator=g).to(device=device, dtype=dtype)
+    calls = count_state_merges(monkeypatch)
     results = []
     for enabled in (True, False):
         monkeypatch.setattr(_triton, "ENABLED", enabled)
         out = plan.merge(x)
         results.append((out, torch.autograd.grad(out, x, grad)[0]))
+    assert calls == [1], "only the enabled pass runs the kernels"
     (out, dx), (ref, ref_dx) = results
     assert out.dtype == dtype and out.shape == (3, 33, 70) and dx.dtype == dtype
     # bf16: float32 sums in another order may round to the neighbouring bf16 value (the interpreter also truncates its casts)
@@ -290,12 +302,27 @@ def test_fused_state_merge_takes_any_trailing_shape(kernels, monkeypatch):
     """Positions ``[B, N]`` (one channel) and ``[B, N, 2, 3]`` states: the kernel sees them as ``[B, N, C]``."""
     _, device = kernels
     plan, _ = state_merge_plan(device, padded=True)
+    calls = count_state_merges(monkeypatch)
     for shape in [(3, 45), (3, 45, 2, 3)]:
         x = torch.randn(shape).to(device)
         got = plan.merge(x)
         monkeypatch.setattr(_triton, "ENABLED", False)
         torch.testing.assert_close(got, plan.merge(x), atol=1e-6, rtol=1e-6)
         monkeypatch.setattr(_triton, "ENABLED", True)
+    assert calls == [1, 1]
+
+
+def test_log_sizes_come_with_the_kernel_plan_only(kernels, monkeypatch):
+    """``return_log_sizes``: the plan kernel's ``log(sizes)`` (``-inf`` at empty padded columns); ``None`` on the PyTorch path."""
+    from maelre.layers import merge
+
+    _, device = kernels
+    metric, sizes = torch.randn(2, 20, 4).to(device), (torch.arange(20) < torch.tensor([20, 7])[:, None]).float().to(device)
+    plan, log_sizes = merge.bipartite_soft_matching(metric, sizes, torch.tensor([6, 2], device=device), 14, return_log_sizes=True)
+    torch.testing.assert_close(log_sizes, plan.sizes.log(), atol=1e-6, rtol=1e-6)  # tl.log may round differently
+    assert log_sizes[1, -1] == float("-inf")
+    monkeypatch.setattr(_triton, "ENABLED", False)
+    assert merge.bipartite_soft_matching(metric, sizes, torch.tensor([6, 2], device=device), 14, return_log_sizes=True)[1] is None
 
 
 @pytest.mark.parametrize("padded", [True, False])
