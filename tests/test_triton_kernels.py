@@ -1,4 +1,4 @@
-"""Fused Triton kernels against their PyTorch paths: linear attention (values and gradients), windowed matching.
+"""Fused Triton kernels against their PyTorch paths: linear attention and the state merge (values and gradients), windowed matching, the merge plan.
 
 On CPU the kernels run under Triton's interpreter: ``TRITON_INTERPRET=1`` must be set
 before triton is imported (its own library functions are jitted then), so
