@@ -1,4 +1,4 @@
-"""Fused Triton kernels against their PyTorch paths: linear attention (values and gradients), windowed matching.
+"""Fused Triton kernels against their PyTorch paths: linear attention and the state merge (values and gradients), windowed matching, the merge plan.
 
 On CPU the kernels run under Triton's interpreter: ``TRITON_INTERPRET=1`` must be set
 before triton is imported (its own library functions are jitted then), so
@@ -48,7 +48,7 @@ def test_kernels_under_the_interpreter():
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpret and not under_the"]
     run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "12 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
+    assert "18 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
 
 
 def inputs(device: str, dtype: torch.dtype = torch.float32, n: int = N):
@@ -150,9 +150,12 @@ def test_kernels_compile_for_hopper(favor, dtype, tmp_path, monkeypatch):
     if not favor:
         kernels.append((triton_merge._match_window_kernel, dict(a_ptr=ptr, b_ptr=ptr, real_ptr="*u8", score_ptr=ptr, index_ptr="*i64")))
         plan_pointers = dict(src_ptr="*i64", best_ptr=ptr, r_ptr="*i64", dst_ptr="*i64", real_ptr="*u8", sizes_ptr=f32, flag_ptr="*i8", slot_ptr="*i64",
-                             total_ptr=f32, share_ptr=f32)  # fmt: skip
+                             total_ptr=f32, share_ptr=f32, log_ptr=f32)  # fmt: skip
         kernels.append((triton_merge._plan_kernel, plan_pointers))
-        consts.update(BA=triton_merge.BLOCK_A, CP=16, BLOCK=triton_merge.BLOCK_SLOTS, HAS_REAL=dtype == "fp32", HAS_R=dtype == "fp32")  # both specializations over the two dtypes
+        merge_pointers = dict(x_ptr=ptr, g_ptr=ptr, share_ptr=f32, slot_ptr="*i64", out_ptr=f32, dx_ptr=ptr)
+        kernels += [(triton_merge._merge_states_kernel, merge_pointers), (triton_merge._merge_states_grad_kernel, merge_pointers)]
+        consts.update(BA=triton_merge.BLOCK_A, CP=16, BLOCK=triton_merge.BLOCK_SLOTS, HAS_REAL=dtype == "fp32", HAS_R=dtype == "fp32",
+                      BT=triton_merge.BLOCK_TOKENS, BC=triton_merge.BLOCK_CHANNELS)  # both specializations over the two dtypes
     for kernel, pointers in kernels:
         own = {name: consts[name] for name in kernel.arg_names if name in consts}
         signature = {name: "constexpr" if name in own else pointers.get(name, "i32") for name in kernel.arg_names}
@@ -226,6 +229,100 @@ def test_fused_plan_equals_the_reference(kernels, monkeypatch):
         assert got[0].dtype == torch.long and torch.equal(got[0], want[0]), (n, padded, protect_first, window)
         assert torch.equal(got[1], want[1]) and got[1].shape == (3, n_out)
         torch.testing.assert_close(got[2], want[2], rtol=1e-6, atol=0)
+        assert want[3] is None
+        torch.testing.assert_close(got[3], want[1].log(), rtol=1e-6, atol=1e-6)  # -inf where a padded row's column is empty
+
+
+# --------------------------------------------------------------------------- state merge
+def state_merge_plan(device: str, padded: bool):
+    """``(plan, sizes)``: a global merge of 3 rows x 45 tokens (two token tiles) where every A token best matches
+    B token 3, so several tokens share its slot; padded: rows of 45, 30 and 9 real tokens, the last merging nothing."""
+    from maelre.layers import merge
+
+    g = torch.Generator().manual_seed(1)
+    n = 45
+    metric = torch.randn(3, n, 6, generator=g)
+    direction = torch.eye(6)[0]
+    metric[:, 0::2] = direction + 0.01 * metric[:, 0::2]  # A tokens: nearly one direction
+    metric[:, 7] = direction  # B token 3 points exactly there
+    sizes = torch.randint(1, 4, (3, n), generator=g).float()
+    r: torch.Tensor | int = 12
+    if padded:
+        sizes = sizes * (torch.arange(n) < torch.tensor([n, 30, 9])[:, None])
+        r = torch.tensor([12, 8, 0])
+    sizes = sizes.to(device)
+    r = r.to(device) if padded else r
+    return merge.bipartite_soft_matching(metric.to(device), sizes, r, n - 12, padded=padded), sizes
+
+
+def count_state_merges(monkeypatch) -> list[int]:
+    """Record every call of ``triton_merge.merge_states`` (one ``1`` each)."""
+    from maelre.layers import triton_merge
+
+    calls: list[int] = []
+    kernel = triton_merge.merge_states
+    monkeypatch.setattr(triton_merge, "merge_states", lambda *a, **kw: calls.append(1) or kernel(*a, **kw))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("padded", [True, False])
+def test_fused_state_merge_matches_reference_values_and_gradients(kernels, monkeypatch, padded, dtype):
+    """``merge_states`` (the size-weighted merge) against ``TokenMerge.merge``'s scatter: values and gradient, 70 channels
+    (two channel blocks), duplicate slots, padding holding NaN, a row that merges nothing."""
+    _, device = kernels
+    plan, sizes = state_merge_plan(device, padded)
+    real = sizes > 0
+    monkeypatch.setattr(_triton, "ENABLED", False)
+    assert plan.merge(real.float(), mode="sum").max() >= 3, "some slot should receive several tokens"
+    if padded:
+        assert torch.equal(plan.sizes[2, :9], sizes[2, :9]), "row 2 merges nothing"
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 45, 70, generator=g).to(device=device, dtype=dtype)
+    x[~real] = float("nan")  # padding may hold anything
+    x.requires_grad_()
+    grad = torch.randn(3, 33, 70, generator=g).to(device=device, dtype=dtype)
+    calls = count_state_merges(monkeypatch)
+    results = []
+    for enabled in (True, False):
+        monkeypatch.setattr(_triton, "ENABLED", enabled)
+        out = plan.merge(x)
+        results.append((out, torch.autograd.grad(out, x, grad)[0]))
+    assert calls == [1], "only the enabled pass runs the kernels"
+    (out, dx), (ref, ref_dx) = results
+    assert out.dtype == dtype and out.shape == (3, 33, 70) and dx.dtype == dtype
+    # bf16: float32 sums in another order may round to the neighbouring bf16 value (the interpreter also truncates its casts)
+    tol = dict(atol=1e-6, rtol=1e-6) if dtype == torch.float32 else dict(atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(out, ref, **tol)
+    assert (dx[~real] == 0).all(), "padding gets no gradient"
+    torch.testing.assert_close(dx, ref_dx, **tol)
+
+
+def test_fused_state_merge_takes_any_trailing_shape(kernels, monkeypatch):
+    """Positions ``[B, N]`` (one channel) and ``[B, N, 2, 3]`` states: the kernel sees them as ``[B, N, C]``."""
+    _, device = kernels
+    plan, _ = state_merge_plan(device, padded=True)
+    calls = count_state_merges(monkeypatch)
+    for shape in [(3, 45), (3, 45, 2, 3)]:
+        x = torch.randn(shape).to(device)
+        got = plan.merge(x)
+        monkeypatch.setattr(_triton, "ENABLED", False)
+        torch.testing.assert_close(got, plan.merge(x), atol=1e-6, rtol=1e-6)
+        monkeypatch.setattr(_triton, "ENABLED", True)
+    assert calls == [1, 1]
+
+
+def test_log_sizes_come_with_the_kernel_plan_only(kernels, monkeypatch):
+    """``return_log_sizes``: the plan kernel's ``log(sizes)`` (``-inf`` at empty padded columns); ``None`` on the PyTorch path."""
+    from maelre.layers import merge
+
+    _, device = kernels
+    metric, sizes = torch.randn(2, 20, 4).to(device), (torch.arange(20) < torch.tensor([20, 7])[:, None]).float().to(device)
+    plan, log_sizes = merge.bipartite_soft_matching(metric, sizes, torch.tensor([6, 2], device=device), 14, return_log_sizes=True)
+    torch.testing.assert_close(log_sizes, plan.sizes.log(), atol=1e-6, rtol=1e-6)  # tl.log may round differently
+    assert log_sizes[1, -1] == float("-inf")
+    monkeypatch.setattr(_triton, "ENABLED", False)
+    assert merge.bipartite_soft_matching(metric, sizes, torch.tensor([6, 2], device=device), 14, return_log_sizes=True)[1] is None
 
 
 @pytest.mark.parametrize("padded", [True, False])

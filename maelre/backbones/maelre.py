@@ -52,7 +52,8 @@ class TokenState:
     ``positions [B, N]`` (float, RoPE only) is each token's size-weighted mean input
     position. ``lengths [B]`` (long; ``None`` when unpadded) counts each row's tokens
     before any merge, and ``length`` is the padded count before any merge (a Python int):
-    the ``"auto"`` schedule plans every row from its own length.
+    the ``"auto"`` schedule plans every row from its own length. ``log_sizes [B, N]`` is
+    ``sizes.log()`` where the merge plan kernel computed it along (``None``: not computed).
     """
 
     x: Tensor
@@ -62,12 +63,16 @@ class TokenState:
     lengths: Tensor | None = None
     positions: Tensor | None = None
     merged: bool = False
+    log_sizes: Tensor | None = None
 
     def kernel_kwargs(self, proportional: bool) -> dict[str, Tensor | None]:
         return {
-            "key_bias": self.sizes.log() if proportional and self.merged else None,  # -inf at padding (masked anyway)
+            "key_bias": self._log_sizes() if proportional and self.merged else None,
             "key_mask": self.sizes > 0 if self.padded else None,
         }
+
+    def _log_sizes(self) -> Tensor:
+        return self.sizes.log() if self.log_sizes is None else self.log_sizes  # -inf at padding (masked anyway)
 
     def with_x(self, x: Tensor) -> TokenState:
         return replace(self, x=x)
@@ -143,11 +148,12 @@ class MAELREBlock(Block):
         else:
             r = removed  # unpadded rows all remove r(N)
         metric = t.x if keys is None else keys
-        plan = bipartite_soft_matching(
-            metric, t.sizes, r, n - removed, protect_first=self.config.pool == "cls", window=self.config.match_window, padded=t.padded
+        plan, log_sizes = bipartite_soft_matching(
+            metric, t.sizes, r, n - removed, protect_first=self.config.pool == "cls", window=self.config.match_window, padded=t.padded,
+            return_log_sizes=True,
         )
         positions = None if t.positions is None else plan.merge(t.positions)
-        merged = replace(t, x=plan.merge(t.x), sizes=plan.sizes, positions=positions, merged=True)
+        merged = replace(t, x=plan.merge(t.x), sizes=plan.sizes, log_sizes=log_sizes, positions=positions, merged=True)
         if keys is None or not keys_needed:
             return merged, None
         # matching needs only the keys' direction, and the size-weighted sum points where the weighted mean does

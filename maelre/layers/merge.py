@@ -184,7 +184,8 @@ def bipartite_soft_matching(
     protect_first: bool = False,
     window: int | None = None,
     padded: bool = True,
-) -> TokenMerge:
+    return_log_sizes: bool = False,
+) -> TokenMerge | tuple[TokenMerge, Tensor | None]:
     """Plan one ToMe merge of a padded batch.
 
     The plan gives every input column its output column, ``slot [B, N]``: kept tokens
@@ -209,10 +210,12 @@ def bipartite_soft_matching(
             ToMe matching, whose ``(N/2)^2`` score matrix is kept in ``metric``'s dtype.
         padded: False promises that every size is positive (no padding), which skips
             the padding masks; a caller knows it from the shapes (MAELRE: no input mask).
+        return_log_sizes: also return the merged sizes' log ``[B, n_out]`` (float32, for
+            proportional attention) where the plan kernel computed it along, else ``None``.
 
     Returns:
         ``TokenMerge(merge, unmerge, sizes)``: closures applying the merge to any
-        per-token tensor, and the merged sizes.
+        per-token tensor, and the merged sizes; with ``return_log_sizes``, ``(TokenMerge, log_sizes)``.
     """
     b, n, _ = metric.shape
     if sizes.shape != (b, n) or (isinstance(r, Tensor) and r.shape != (b,)):
@@ -223,7 +226,7 @@ def bipartite_soft_matching(
     real = sizes > 0 if padded else None
     with torch.no_grad():
         src, dst, best = _choose(metric, real, min(n - n_out, (n + 1) // 2), protect_first, window)
-        slot, merged_sizes, share = _plan(real, sizes, src, dst, best, r, n, n_out)
+        slot, merged_sizes, share, log_sizes = _plan(real, sizes, src, dst, best, r, n, n_out)
 
     def per_token(t: Tensor, like: Tensor) -> Tensor:
         """``[B, k]`` viewed to broadcast against ``like [B, k, ...]``."""
@@ -236,6 +239,8 @@ def bipartite_soft_matching(
             raise ValueError(f"merge mode must be 'mean' (size-weighted) or 'sum', got {mode!r}")
         if mode == "sum":
             return _scatter_to_slots(x, slot, n_out, padded)
+        if triton_merge.available(x) and x.dtype in triton_merge.MERGE_DTYPES:  # a zeroed buffer + 1 kernel, 1 kernel backward (5 ops here)
+            return triton_merge.merge_states(x, share, slot, n_out)
         return _scatter_to_slots(x * per_token(share, x), slot, n_out, padded).to(x.dtype)
 
     def unmerge(y: Tensor) -> Tensor:
@@ -244,7 +249,8 @@ def bipartite_soft_matching(
         out = take_tokens(y, slot.clamp_max(n_out - 1))  # padding points past the end
         return out if real is None else torch.where(per_token(real, out), out, 0)
 
-    return TokenMerge(merge, unmerge, merged_sizes)
+    plan = TokenMerge(merge, unmerge, merged_sizes)
+    return (plan, log_sizes) if return_log_sizes else plan
 
 
 def _choose(
@@ -286,11 +292,12 @@ def _chosen(best: Tensor, r: Tensor | int) -> Tensor:
 
 def _plan(
     real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, best: Tensor, r: Tensor | int, n: int, n_out: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``(slot [B, N], merged sizes [B, n_out], share [B, N])``: ``_slots`` of the ``_chosen`` pairs, the sizes
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """``(slot [B, N], merged sizes [B, n_out], share [B, N], None)``: ``_slots`` of the ``_chosen`` pairs, the sizes
     summed into their slots, and every token's share of its merged token's size (0 for padding).
 
-    On CUDA one fused kernel computes all three, choosing the pairs as it reads them (``triton_merge.plan``).
+    On CUDA one fused kernel computes them, choosing the pairs as it reads them, and also the log of the
+    merged sizes in place of ``None`` (``triton_merge.plan``).
     """
     if triton_merge.available(src):
         return triton_merge.plan(real, sizes, src, dst, best, r, n, n_out)
@@ -298,7 +305,7 @@ def _plan(
     total = _scatter_to_slots(sizes, slot, n_out + int(real is not None), padded=False)  # padding's column kept, for the gather
     per_slot = total.gather(1, slot)  # >= 1 for a real token; 0 for padding only
     share = sizes / (per_slot if real is None else per_slot.clamp_min(1e-12))
-    return slot, total[:, :n_out], share
+    return slot, total[:, :n_out], share, None
 
 
 def _slots(real: Tensor | None, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> Tensor:

@@ -17,9 +17,19 @@ through a gather, a where, a copy, a scatter of the sizes, a gather and a divisi
 kernel does it in one launch, one program per row, in passes over the row separated by
 block barriers: flags of the merged A tokens (which candidates merge, ``merge._chosen``,
 is decided here from their scores and ``r``: no compare launched per merge); the kept tokens' running rank; merged A
-tokens take their match's slot; the sizes are added into their slots; each token's share.
+tokens take their match's slot; the sizes are added into their slots; each token's share; the
+log of the merged sizes (proportional attention's key bias, otherwise one ``log`` per block).
 Slots are integers and sizes integer counts (exact in float32 in any order), so it equals
 the reference up to the rounding of the one division.
+
+``merge_states`` is ``TokenMerge.merge(x)`` (the size-weighted average) once the plan is
+known: ``out[b, slot[b, i]] += share[b, i] * x[b, i]``. The PyTorch path runs ``mul``,
+``new_zeros`` and ``scatter_add_`` forward and ``gather`` and ``mul`` backward; here the
+forward is a zeroed float32 buffer and one kernel that atomically adds every token's
+weighted row into its slot, and the backward one kernel that gathers each token's
+gradient from its slot (``share * grad_out[slot]``, no atomics). Padding (slot ``n_out``)
+is never read and gets a zero gradient. The atomics add in float32 in any order, so the
+result equals the reference up to the rounding of that order.
 
 When they run: ``maelre.layers._triton.available``.
 """
@@ -30,10 +40,12 @@ from torch import Tensor
 
 from maelre.layers._triton import available, tl, triton
 
-__all__ = ["available", "match_window"]
+__all__ = ["available", "match_window", "merge_states", "plan"]
 
 BLOCK_A = 32  # A tokens per program
 BLOCK_SLOTS = 1024  # columns per tile of the slot kernel (one program walks its whole row)
+BLOCK_TOKENS, BLOCK_CHANNELS = 32, 64  # tile of the state merge kernels
+MERGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # float64 stays on the PyTorch path (the kernels sum in float32)
 
 if triton is not None:
 
@@ -72,7 +84,7 @@ if triton is not None:
 
     @triton.jit
     def _plan_kernel(
-        src_ptr, best_ptr, r_ptr, dst_ptr, real_ptr, sizes_ptr, flag_ptr, slot_ptr, total_ptr, share_ptr,
+        src_ptr, best_ptr, r_ptr, dst_ptr, real_ptr, sizes_ptr, flag_ptr, slot_ptr, total_ptr, share_ptr, log_ptr,
         N, NA, CAND, R, N_OUT, LIMIT, WIDTH,
         BLOCK: tl.constexpr, HAS_REAL: tl.constexpr, HAS_R: tl.constexpr,
     ):  # fmt: skip
@@ -140,6 +152,44 @@ if triton is not None:
             size = tl.load(sizes_ptr + row * N + col, mask=inside, other=0.0)
             tl.store(share_ptr + row * N + col, size / tl.maximum(total, 1e-12), mask=inside)
             start += BLOCK
+        start = 0
+        while start < N_OUT:  # 6. log of the output sizes, the key bias of proportional attention (-inf for padding)
+            col = start + offs
+            inside = col < N_OUT
+            tl.store(log_ptr + row * N_OUT + col, tl.log(tl.load(total_ptr + row * WIDTH + col, mask=inside, other=1.0)), mask=inside)
+            start += BLOCK
+
+
+    @triton.jit
+    def _merge_states_kernel(
+        x_ptr, share_ptr, slot_ptr, out_ptr, N, C, N_OUT, sxb, sxn, sxc,
+        BT: tl.constexpr, BC: tl.constexpr,
+    ):  # fmt: skip
+        row, tile, block = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+        i = tile * BT + tl.arange(0, BT)
+        c = block * BC + tl.arange(0, BC)
+        slot = tl.load(slot_ptr + row * N + i, mask=i < N, other=N_OUT)
+        kept = slot < N_OUT  # padding's slot N_OUT: its values (any, even NaN) are never read
+        share = tl.load(share_ptr + row * N + i, mask=kept, other=0.0)
+        inside = kept[:, None] & (c < C)[None, :]
+        x = tl.load(x_ptr + row * sxb + i[:, None] * sxn + c[None, :] * sxc, mask=inside, other=0.0).to(tl.float32)
+        tl.atomic_add(out_ptr + (row * N_OUT + slot[:, None]) * C + c[None, :], share[:, None] * x, mask=inside)
+
+
+    @triton.jit
+    def _merge_states_grad_kernel(
+        g_ptr, share_ptr, slot_ptr, dx_ptr, N, C, N_OUT, sgb, sgn, sgc,
+        BT: tl.constexpr, BC: tl.constexpr,
+    ):  # fmt: skip
+        row, tile, block = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
+        i = tile * BT + tl.arange(0, BT)
+        c = block * BC + tl.arange(0, BC)
+        slot = tl.load(slot_ptr + row * N + i, mask=i < N, other=N_OUT)
+        kept = slot < N_OUT
+        share = tl.load(share_ptr + row * N + i, mask=kept, other=0.0)
+        g = tl.load(g_ptr + row * sgb + slot[:, None] * sgn + c[None, :] * sgc, mask=kept[:, None] & (c < C)[None, :], other=0.0)
+        dx = share[:, None] * g.to(tl.float32)  # padding: 0, as the reference's gradient through the cut-off column
+        tl.store(dx_ptr + (row * N + i[:, None]) * C + c[None, :], dx.to(dx_ptr.dtype.element_ty), mask=(i < N)[:, None] & (c < C)[None, :])
 
 
 def match_window(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
@@ -185,8 +235,9 @@ def _(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor,
 
 def plan(
     real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, best: Tensor, r: Tensor | int, n: int, n_out: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``merge._plan`` as one kernel: ``(slot [B, N] long, merged sizes [B, n_out], share [B, N] float32)``.
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``merge._plan`` as one kernel: ``(slot [B, N] long, merged sizes [B, n_out], share [B, N] float32,
+    log of the merged sizes [B, n_out] float32)``, the last for proportional attention (``-inf`` for padding).
 
     ``src, best [B, candidates]`` (the top-k A tokens and their scores), ``r`` (``[B]`` long or one int:
     a candidate merges if it is among its row's first ``r`` and its score is finite), ``dst [B, Na]``
@@ -200,7 +251,7 @@ def plan(
 @torch.library.custom_op("maelre::merge_plan", mutates_args=())
 def _plan_op(
     real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, best: Tensor, r_rows: Tensor | None, r_all: int, n: int, n_out: int
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if triton is None:
         raise RuntimeError("the fused merge plan needs triton (it ships with torch's CUDA wheels); use merge._plan on this machine")
     batch, candidates = src.shape
@@ -214,18 +265,94 @@ def _plan_op(
     new = dict(device=src.device)
     slot, share = torch.empty(batch, n, dtype=torch.long, **new), torch.empty(batch, n, dtype=torch.float32, **new)
     flags, total = torch.empty(batch, na, dtype=torch.int8, **new), torch.empty(batch, width, dtype=torch.float32, **new)
+    log_total = torch.empty(batch, n_out, dtype=torch.float32, **new)
     real_u8 = flags if real is None else real.contiguous().view(torch.uint8)  # without padding the kernel never reads it
     _plan_kernel[(batch,)](
         src.contiguous(), best.contiguous(), src if r_rows is None else r_rows.contiguous(), dst.contiguous(), real_u8, sizes.float().contiguous(),
-        flags, slot, total, share, n, na, candidates, r_all, n_out, width - 1, width,
+        flags, slot, total, share, log_total, n, na, candidates, r_all, n_out, width - 1, width,
         BLOCK=BLOCK_SLOTS, HAS_REAL=real is not None, HAS_R=r_rows is not None,
     )  # fmt: skip
-    return slot, total[:, :n_out].to(sizes.dtype), share
+    return slot, total[:, :n_out].to(sizes.dtype), share, log_total
 
 
 @_plan_op.register_fake
 def _(
     real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, best: Tensor, r_rows: Tensor | None, r_all: int, n: int, n_out: int
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     b = src.shape[0]
-    return src.new_empty(b, n), sizes.new_empty(b, n_out), sizes.new_empty(b, n, dtype=torch.float32)
+    return src.new_empty(b, n), sizes.new_empty(b, n_out), sizes.new_empty(b, n, dtype=torch.float32), sizes.new_empty(b, n_out, dtype=torch.float32)
+
+
+def merge_states(x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tensor:
+    """``TokenMerge.merge(x)`` as kernels: ``out [B, n_out, ...]`` in ``x``'s dtype, ``out[b, slot[b, i]] += share[b, i] * x[b, i]``.
+
+    ``x [B, N, ...]`` (float32, bfloat16 or float16; summed in float32), ``share [B, N]``
+    float32 and ``slot [B, N]`` long from the plan (``merge._plan``); tokens whose slot is
+    ``n_out`` (padding) are dropped. Differentiable in ``x`` (``share`` and ``slot`` come
+    from the plan, which has no gradient). A custom op, like ``match_window``.
+    """
+    b, n = x.shape[:2]
+    out = _merge_states_op(x.reshape(b, n, -1), share, slot, n_out)
+    return out.view(b, n_out, *x.shape[2:])
+
+
+def _merge_grid(b: int, n: int, c: int) -> tuple[int, int, int]:
+    return b, triton.cdiv(n, BLOCK_TOKENS), triton.cdiv(c, BLOCK_CHANNELS)
+
+
+def _check_merge(x: Tensor, share: Tensor, slot: Tensor) -> None:
+    if triton is None:
+        raise RuntimeError("the fused state merge needs triton (it ships with torch's CUDA wheels); use TokenMerge.merge's PyTorch path on this machine")
+    if x.dim() != 3 or share.shape != x.shape[:2] or slot.shape != x.shape[:2] or share.dtype != torch.float32 or x.dtype not in MERGE_DTYPES:
+        raise ValueError(
+            f"x [B, N, C] (float32, bfloat16 or float16), share [B, N] float32 and slot [B, N] must agree, "
+            f"got {tuple(x.shape)} {x.dtype}, {tuple(share.shape)} {share.dtype}, {tuple(slot.shape)}"
+        )
+
+
+@torch.library.custom_op("maelre::merge_states", mutates_args=())
+def _merge_states_op(x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tensor:
+    """``[B, n_out, C]`` in ``x``'s dtype: the weighted rows of ``x [B, N, C]`` summed into their slots."""
+    _check_merge(x, share, slot)
+    b, n, c = x.shape
+    out = torch.zeros(b, n_out, c, device=x.device, dtype=torch.float32)
+    _merge_states_kernel[_merge_grid(b, n, c)](
+        x, share.contiguous(), slot.contiguous(), out, n, c, n_out, *x.stride(), BT=BLOCK_TOKENS, BC=BLOCK_CHANNELS
+    )
+    return out.to(x.dtype)
+
+
+@_merge_states_op.register_fake
+def _(x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tensor:
+    return x.new_empty(x.shape[0], n_out, x.shape[2])
+
+
+@torch.library.custom_op("maelre::merge_states_backward", mutates_args=())
+def _merge_states_backward_op(grad_out: Tensor, share: Tensor, slot: Tensor, dtype: torch.dtype) -> Tensor:
+    """``grad_x [B, N, C]`` in ``dtype``: ``share[b, i] * grad_out[b, slot[b, i]]`` (0 for padding)."""
+    b, c = grad_out.shape[0], grad_out.shape[2]
+    n = slot.shape[1]
+    grad_x = torch.empty(b, n, c, device=grad_out.device, dtype=dtype)
+    _merge_states_grad_kernel[_merge_grid(b, n, c)](
+        grad_out, share.contiguous(), slot.contiguous(), grad_x, n, c, grad_out.shape[1], *grad_out.stride(), BT=BLOCK_TOKENS, BC=BLOCK_CHANNELS
+    )
+    return grad_x
+
+
+@_merge_states_backward_op.register_fake
+def _(grad_out: Tensor, share: Tensor, slot: Tensor, dtype: torch.dtype) -> Tensor:
+    return grad_out.new_empty(grad_out.shape[0], slot.shape[1], grad_out.shape[2], dtype=dtype)
+
+
+def _merge_states_setup(ctx, inputs: tuple, output: Tensor) -> None:
+    x, share, slot, _ = inputs
+    ctx.save_for_backward(share, slot)
+    ctx.dtype = x.dtype
+
+
+def _merge_states_backward(ctx, grad_out: Tensor) -> tuple:
+    share, slot = ctx.saved_tensors
+    return _merge_states_backward_op(grad_out, share, slot, ctx.dtype), None, None, None  # the plan has no gradient
+
+
+_merge_states_op.register_autograd(_merge_states_backward, setup_context=_merge_states_setup)
