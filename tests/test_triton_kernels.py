@@ -48,7 +48,7 @@ def test_kernels_under_the_interpreter():
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpret and not under_the"]
     run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "18 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
+    assert "19 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
 
 
 def inputs(device: str, dtype: torch.dtype = torch.float32, n: int = N):
@@ -310,6 +310,18 @@ def test_fused_state_merge_takes_any_trailing_shape(kernels, monkeypatch):
         torch.testing.assert_close(got, plan.merge(x), atol=1e-6, rtol=1e-6)
         monkeypatch.setattr(_triton, "ENABLED", True)
     assert calls == [1, 1]
+
+
+def test_deterministic_mode_keeps_the_pytorch_state_merge(kernels, monkeypatch):
+    """The kernel's atomic adds land in no fixed order: under ``torch.use_deterministic_algorithms`` the merge scatters."""
+    _, device = kernels
+    plan, _ = state_merge_plan(device, padded=False)
+    calls = count_state_merges(monkeypatch)
+    x = torch.randn(3, 45, 8).to(device)
+    fused = plan.merge(x)
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
+    torch.testing.assert_close(plan.merge(x), fused, atol=1e-6, rtol=1e-6)
+    assert calls == [1]
 
 
 def test_log_sizes_come_with_the_kernel_plan_only(kernels, monkeypatch):

@@ -239,7 +239,9 @@ def bipartite_soft_matching(
             raise ValueError(f"merge mode must be 'mean' (size-weighted) or 'sum', got {mode!r}")
         if mode == "sum":
             return _scatter_to_slots(x, slot, n_out, padded)
-        if triton_merge.available(x) and x.dtype in triton_merge.MERGE_DTYPES:  # a zeroed buffer + 1 kernel, 1 kernel backward (5 ops here)
+        # the kernel: a zeroed buffer + 1 kernel, 1 kernel backward (5 ops here); its atomic adds land in no fixed
+        # order, so deterministic mode keeps the scatter
+        if triton_merge.available(x) and x.dtype in triton_merge.MERGE_DTYPES and not torch.are_deterministic_algorithms_enabled():
             return triton_merge.merge_states(x, share, slot, n_out)
         return _scatter_to_slots(x * per_token(share, x), slot, n_out, padded).to(x.dtype)
 
