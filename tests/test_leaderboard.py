@@ -384,6 +384,26 @@ def test_targets_pass_miss_and_not_run():
     assert scifar["maelre test accuracy"].verdict == "not run"
 
 
+def test_maelre_against_the_transformer_needs_the_accuracy_and_a_lower_cost_measured_alone():
+    def pair(ours, theirs, **kw):
+        rows = [make_row("image", "maelre", ours, data="real", **kw.get("maelre", {})),
+                make_row("image", "transformer", theirs, data="real", **kw.get("transformer", {}))]  # fmt: skip
+        (check,) = [t for t in lb.evaluate_targets(rows) if t.name == "LRA Image (real), maelre against the transformer"]
+        return check
+
+    alone = {"maelre": {"alone_step_ms": 10.0}, "transformer": {"alone_step_ms": 20.0}}  # 100 steps each: 1 s against 2 s
+    assert pair(37.3, 36.6, **alone).verdict == "PASS" and "1 against 2 GPU-s" in pair(37.3, 36.6, **alone).detail
+    assert pair(36.6, 36.6, **alone).verdict == "PASS"  # as accurate is enough
+    assert pair(36.0, 36.6, **alone).verdict == "MISS" and "less accurate" in pair(36.0, 36.6, **alone).detail
+    dearer = {"maelre": {"alone_step_ms": 30.0}, "transformer": {"alone_step_ms": 20.0}}
+    assert pair(37.3, 36.6, **dearer).verdict == "MISS"
+    shared = {"maelre": {"concurrent_runs": 5}, "transformer": {"concurrent_runs": 5}}  # wall time shared with other runs
+    check = pair(37.3, 36.6, **shared)
+    assert check.verdict == "not measured" and "maelre, transformer not timed alone" in check.detail
+    assert pair(37.3, 36.6, transformer={"status": "time_limit", "message": "partial: 10 of 20 steps"}).verdict == "not run"
+    assert pair(37.3, None, transformer={"status": "error", "message": "boom"}).verdict == "not run"
+
+
 def test_report_puts_published_numbers_beside_ours_with_provenance(tmp_path):
     rows = [
         make_row("listops", "maelre", 41.234),
