@@ -161,16 +161,24 @@ if triton is not None:
 
 
     @triton.jit
-    def _merge_states_kernel(
-        x_ptr, share_ptr, slot_ptr, out_ptr, N, C, N_OUT, sxb, sxn, sxc,
-        BT: tl.constexpr, BC: tl.constexpr,
-    ):  # fmt: skip
+    def _merge_tile(share_ptr, slot_ptr, N, N_OUT, BT: tl.constexpr, BC: tl.constexpr):
+        """This program's tile of both state-merge kernels: ``(row, tokens i [BT], channels c [BC], their slots,
+        kept (not padding), their shares)``."""
         row, tile, block = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
         i = tile * BT + tl.arange(0, BT)
         c = block * BC + tl.arange(0, BC)
         slot = tl.load(slot_ptr + row * N + i, mask=i < N, other=N_OUT)
         kept = slot < N_OUT  # padding's slot N_OUT: its values (any, even NaN) are never read
         share = tl.load(share_ptr + row * N + i, mask=kept, other=0.0)
+        return row, i, c, slot, kept, share
+
+
+    @triton.jit
+    def _merge_states_kernel(
+        x_ptr, share_ptr, slot_ptr, out_ptr, N, C, N_OUT, sxb, sxn, sxc,
+        BT: tl.constexpr, BC: tl.constexpr,
+    ):  # fmt: skip
+        row, i, c, slot, kept, share = _merge_tile(share_ptr, slot_ptr, N, N_OUT, BT, BC)
         inside = kept[:, None] & (c < C)[None, :]
         x = tl.load(x_ptr + row * sxb + i[:, None] * sxn + c[None, :] * sxc, mask=inside, other=0.0).to(tl.float32)
         tl.atomic_add(out_ptr + (row * N_OUT + slot[:, None]) * C + c[None, :], share[:, None] * x, mask=inside)
@@ -181,12 +189,7 @@ if triton is not None:
         g_ptr, share_ptr, slot_ptr, dx_ptr, N, C, N_OUT, sgb, sgn, sgc,
         BT: tl.constexpr, BC: tl.constexpr,
     ):  # fmt: skip
-        row, tile, block = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.program_id(2)
-        i = tile * BT + tl.arange(0, BT)
-        c = block * BC + tl.arange(0, BC)
-        slot = tl.load(slot_ptr + row * N + i, mask=i < N, other=N_OUT)
-        kept = slot < N_OUT
-        share = tl.load(share_ptr + row * N + i, mask=kept, other=0.0)
+        row, i, c, slot, kept, share = _merge_tile(share_ptr, slot_ptr, N, N_OUT, BT, BC)
         g = tl.load(g_ptr + row * sgb + slot[:, None] * sgn + c[None, :] * sgc, mask=kept[:, None] & (c < C)[None, :], other=0.0)
         dx = share[:, None] * g.to(tl.float32)  # padding: 0, as the reference's gradient through the cut-off column
         tl.store(dx_ptr + (row * N + i[:, None]) * C + c[None, :], dx.to(dx_ptr.dtype.element_ty), mask=(i < N)[:, None] & (c < C)[None, :])
