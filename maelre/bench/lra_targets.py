@@ -6,6 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from maelre.bench.lra_pareto import cost_point
 from maelre.bench.lra_results import DONE_STATUSES, row_key
 from maelre.bench.targets import TargetCheck
 
@@ -90,8 +91,6 @@ def _check_accuracy(target: AccuracyTarget, by_key: Mapping[tuple[str, str], Map
 
 
 def _check_pair(target: PairTarget, by_key: Mapping[tuple[str, str], Mapping[str, Any]]) -> TargetCheck:
-    from maelre.bench.lra_pareto import cost_point  # lra_pareto imports the results module too: keep this import lazy
-
     goal = f">= {target.reference}'s accuracy, fewer GPU-s (alone)"
     rows = [by_key.get((target.task, b)) for b in (target.backbone, target.reference)]
     why_not = next((w for b, r in zip((target.backbone, target.reference), rows) if (w := _unusable(r, target.task, b, True))), None)
