@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from maelre.engine.callbacks import STEADY_WARMUP_STEPS  # noqa: E402
 from maelre.fileio import read_json, write_json_atomic  # noqa: E402
 from maelre.recipe import load_recipe  # noqa: E402
 
@@ -58,9 +59,9 @@ def cost_row(task: str, name: str, run_dir: Path) -> dict:
     if results.get("call_ended_early"):
         return {**row, "status": "error", "error": f"the --seconds limit stopped it after {results['global_step']} steps: raise --seconds or lower --steps"}
     if not rate:
-        return {**row, "status": "error", "error": f"{results['global_step']} steps: too few past the 50 warm-up steps for a steady rate"}
+        return {**row, "status": "error", "error": f"{results['global_step']} steps: too few past the {STEADY_WARMUP_STEPS} warm-up steps for a steady rate"}
     return {
-        **row, "status": "ok", "steps": results["global_step"], "steady_steps": results["global_step"] - 50, "batch_size": batch,
+        **row, "status": "ok", "steps": results["global_step"], "steady_steps": results["global_step"] - STEADY_WARMUP_STEPS, "batch_size": batch,
         "steady_samples_per_second": rate, "steady_step_ms": 1000 * batch / rate, "peak_memory_bytes": results["peak_memory"]["bytes"],
         "device": results["environment"]["device"],
     }  # fmt: skip
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=("scifar10", "image", "text"), help="real_runs.sh task")
     parser.add_argument("--names", default=",".join(NAMES), help="comma-separated real_runs.sh run names (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run, more than 50 (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=300, help=f"optimizer steps per run, more than {STEADY_WARMUP_STEPS} (default: %(default)s)")
     parser.add_argument("--eval-samples", type=int, default=256, help="data.max_eval_samples of the runs (default: %(default)s)")
     parser.add_argument("--seconds", type=int, default=240, help="wall-clock limit of one run, setup included (default: %(default)s)")
     parser.add_argument("--root", type=Path, default=Path("runs/alone"), help="run folders: ROOT/TASK/NAME (default: %(default)s)")
@@ -78,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="another override for every run, repeatable, no spaces (a CPU smoke test: data.max_train_samples=64)")
     args = parser.parse_args(argv)
-    if args.steps <= 50:
-        parser.error("--steps must be above the 50 warm-up steps that the steady rate leaves out")
+    if args.steps <= STEADY_WARMUP_STEPS:
+        parser.error(f"--steps must be above the {STEADY_WARMUP_STEPS} warm-up steps that the steady rate leaves out")
     names = [n for n in args.names.split(",") if n]
     old = read_json(args.out)["rows"] if args.out.exists() else []
     rows = {(r["task"], r["name"]): r for r in old}

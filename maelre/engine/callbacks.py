@@ -178,6 +178,10 @@ class LoaderStateRestore(Callback):
         self._states = []
 
 
+STEADY_WARMUP_STEPS = 50
+"""Training batches at a call's start that ``ThroughputMonitor``'s steady rate leaves out (compilation, CUDA-graph recording)."""
+
+
 class ThroughputMonitor(Callback):
     """Training samples/s and tokens/s (real tokens, from the batch masks), validation time excluded.
 
@@ -186,7 +190,7 @@ class ThroughputMonitor(Callback):
     at (``None`` when the call trained on no more batches than that).
     """
 
-    def __init__(self, warmup_steps: int = 50) -> None:
+    def __init__(self, warmup_steps: int = STEADY_WARMUP_STEPS) -> None:
         self.warmup_steps = warmup_steps
         self.samples = 0
         self.tokens = 0
