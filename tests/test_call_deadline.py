@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import time
@@ -11,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 import maelre.engine.runner as runner
+from maelre.engine.callbacks import StepCheckpoint
 from maelre.engine.checkpoint import latest_checkpoint, load_weights
 from maelre.engine.fit_types import TrainerConfig
 from maelre.recipe import parse_recipe
@@ -85,7 +87,8 @@ def test_a_cut_call_skips_the_test_when_test_partial_is_off_and_the_call_that_co
     first = runner.run_recipe(parse_recipe(_recipe(stop_at=time.time() - 1, test_partial=False)), run_dir=run, progress=False)
     assert first["call_ended_early"] and first["global_step"] == 1  # one step, then the passed deadline stops it
     assert first["tested"] is False and first["metrics"]["test/acc"] is None and first["confusion_matrix"] is None
-    assert first["metrics"]["val/best_acc"] is not None  # the validation history is still there
+    # no epoch finished: the validation Lightning adds after the cut is not an epoch's and is not counted
+    assert first["history"] == [] and first["metrics"]["val/best_acc"] is None
     assert not (run / "confusion_matrix.png").exists() and (run / "results.json").is_file()
 
     rest = runner.run_recipe(parse_recipe(_recipe(test_partial=False)), run_dir=run, resume=True, progress=False)
@@ -129,3 +132,37 @@ def test_results_say_when_the_calls_deadline_cut_the_budget_short(tmp_path):
     assert cut["call_ended_early"] is True and cut["global_step"] == 1
     whole = runner.run_recipe(parse_recipe(_recipe()), run_dir=tmp_path / "whole", progress=False)
     assert whole["call_ended_early"] is False and whole["global_step"] == 4
+
+
+class _DeadlineAt(Callback):
+    """Moves the run's call deadline into the past at the end of optimizer step ``step`` (a cut at a chosen step)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            (step_ckpt,) = [cb for cb in trainer.callbacks if isinstance(cb, StepCheckpoint)]
+            step_ckpt.deadline = 0.0
+
+
+def _curve(result: dict) -> list[tuple]:
+    return [(row["epoch"], row["step"], row.get("val/acc"), row.get("val/loss")) for row in result["history"]]
+
+
+@pytest.mark.parametrize("cut", [1, 2, 3])  # mid-epoch, the first epoch's last step, mid-epoch of the second
+def test_a_run_split_into_calls_keeps_the_curve_and_best_checkpoint_of_an_uninterrupted_run(tmp_path, cut):
+    """The validation Lightning adds after a cut lands mid-epoch and the resumed call forgets it (the
+    checkpoint precedes it); it used to be recorded and could become ``best``, replaced after the resume
+    by a worse epoch's weights. Now neither the curve nor ``best`` depends on where the calls end."""
+    raw = _recipe(max_epochs=3)
+    whole = runner.run_recipe(parse_recipe(raw), run_dir=tmp_path / "whole", progress=False)
+    first = runner.run_recipe(parse_recipe(raw), run_dir=tmp_path / "chunks", callbacks=[_DeadlineAt(cut)], progress=False)
+    assert first["call_ended_early"] and first["global_step"] == cut
+    assert _curve(first) == _curve(whole)[: cut // 2]  # only the epochs the cut call finished
+    rest = runner.run_recipe(parse_recipe(raw), run_dir=tmp_path / "chunks", resume=True, progress=False)
+    assert rest["global_step"] == whole["global_step"] == 6
+    assert _curve(rest) == _curve(whole)
+    best = [json.loads((tmp_path / run / "checkpoints" / "best" / "meta.json").read_text()) for run in ("chunks", "whole")]
+    assert best[0]["global_step"] == best[1]["global_step"] and best[0]["metrics"]["val/acc"] == best[1]["metrics"]["val/acc"]
+    assert rest["metrics"]["test/acc"] == whole["metrics"]["test/acc"] and _same_weights(tmp_path / "chunks", tmp_path / "whole")

@@ -88,6 +88,8 @@ class StepCheckpoint(Callback):
         self.deadline = deadline
         self.ended_call = False
         """Whether this callback stopped training before the budget (deadline or SIGTERM): the run resumes."""
+        self.ended_mid_epoch = False
+        """Whether that stop fell inside an epoch: the validation Lightning then adds is not an epoch's."""
         self._last_step = -1
 
     def _save(self, trainer: L.Trainer) -> None:
@@ -110,26 +112,46 @@ class StepCheckpoint(Callback):
         return trainer.strategy.reduce_boolean_decision(local, all=False)  # any rank over time or signalled: all stop alike
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0:
+        # an epoch's last step is saved by on_train_epoch_end, after the epoch's validation, so the
+        # checkpoint holds that validation (history row, best score) for a resumed run
+        mid_epoch = not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+        if self.every_n_steps and trainer.global_step % self.every_n_steps == 0 and mid_epoch:
             self._save(trainer)
         if self._should_end_call(trainer):
-            self._save(trainer)
-            self.ended_call = True
+            if mid_epoch:
+                self._save(trainer)
+            self.ended_call, self.ended_mid_epoch = True, mid_epoch
             trainer.should_stop = True
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._save(trainer)
+        if not self.ended_mid_epoch:
+            self._save(trainer)
+
+
+def _cut_call_validation(cut_by: StepCheckpoint | None) -> bool:
+    """Whether the running validation is the one Lightning adds after ``cut_by`` ended a call mid-budget.
+
+    That validation lands wherever the call's deadline fell, usually mid-epoch, and the resumable
+    checkpoint was saved before it, so a resumed run forgets it. Counting it would make the best
+    checkpoint and the curve depend on how the budget was split into calls.
+    """
+    return cut_by is not None and cut_by.ended_mid_epoch
 
 
 class BestCheckpoint(Callback):
-    """Keeps ``dirpath/best``: the checkpoint with the best ``monitor`` value seen at validation."""
+    """Keeps ``dirpath/best``: the checkpoint with the best ``monitor`` value seen at validation.
 
-    def __init__(self, dirpath: str | Path, monitor: str = "val/acc", mode: str = "max") -> None:
+    ``cut_by``: the run's ``StepCheckpoint``; the validation after it cut a call short is not
+    counted, so a run split into calls keeps the best checkpoint of an uninterrupted run.
+    """
+
+    def __init__(self, dirpath: str | Path, monitor: str = "val/acc", mode: str = "max", cut_by: StepCheckpoint | None = None) -> None:
         if mode not in ("max", "min"):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}")
         self.dirpath = Path(dirpath)
         self.monitor = monitor
         self.mode = mode
+        self.cut_by = cut_by
         self.best: float | None = None
 
     @property
@@ -142,7 +164,7 @@ class BestCheckpoint(Callback):
         return self.best is None or (value > self.best if self.mode == "max" else value < self.best)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+        if trainer.sanity_checking or self.monitor not in trainer.callback_metrics or _cut_call_validation(self.cut_by):
             return
         value = float(trainer.callback_metrics[self.monitor])
         if self._improved(value):
@@ -244,9 +266,16 @@ class ThroughputMonitor(Callback):
 
 
 class HistoryRecorder(Callback):
-    """One row per training epoch: ``epoch``, ``step``, mean ``train/loss`` and the latest ``val/*`` metrics."""
+    """One row per training epoch: ``epoch``, ``step``, mean ``train/loss`` and the latest ``val/*`` metrics.
 
-    def __init__(self) -> None:
+    ``cut_by``: the run's ``StepCheckpoint``; the epoch it cut short gets no row (the resumed call
+    finishes that epoch and writes it, its loss sums carried in the checkpoint) and the
+    validation after the cut is not recorded, so a run split into calls has the curve of an
+    uninterrupted run.
+    """
+
+    def __init__(self, cut_by: StepCheckpoint | None = None) -> None:
+        self.cut_by = cut_by
         self.rows: list[dict[str, float]] = []
         self._loss_sum = 0.0
         self._loss_n = 0
@@ -260,10 +289,12 @@ class HistoryRecorder(Callback):
             self._loss_n += 1
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.sanity_checking:
+        if not trainer.sanity_checking and not _cut_call_validation(self.cut_by):
             self._val = _scalar_metrics(trainer, ("val/",))
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if _cut_call_validation(self.cut_by):
+            return
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         if self._loss_n:
             row["train/loss"] = self._loss_sum / self._loss_n

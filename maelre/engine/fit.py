@@ -190,8 +190,6 @@ def fit_classifier(
         model, optim_cfg, num_classes, class_weights, label_smoothing, functools.partial(len, train_loader), compile=trainer_cfg.compile or None
     )
     task.prime_first = _longest_bucket_batch(model.adapter, train_samples, length_buckets, two_tower) if not on_device else []
-    throughput, history = ThroughputMonitor(), HistoryRecorder()
-    cbs: list[Callback] = [throughput, history, LoaderStateRestore(), *callbacks]
     best_cb: BestCheckpoint | None = None
     step_ckpt: StepCheckpoint | None = None
     memory_best: _BestWeightsInMemory | None = None
@@ -202,9 +200,12 @@ def fit_classifier(
         ckpt_dir = run_dir / "checkpoints"
         remove_stale_temporaries(ckpt_dir)  # left by a checkpoint write that a kill interrupted
         step_ckpt = StepCheckpoint(ckpt_dir, trainer_cfg.checkpoint_every_n_steps, deadline=deadline)
+    throughput, history = ThroughputMonitor(), HistoryRecorder(cut_by=step_ckpt)
+    cbs: list[Callback] = [throughput, history, LoaderStateRestore(), *callbacks]
+    if run_dir is not None:
         cbs += [CheckpointExtras(spec, classes, recipe), step_ckpt]
         if val_loader is not None:
-            best_cb = BestCheckpoint(ckpt_dir)
+            best_cb = BestCheckpoint(ckpt_dir, cut_by=step_ckpt)
             cbs.append(best_cb)
     elif val_loader is not None and restore_best:
         memory_best = _BestWeightsInMemory()
