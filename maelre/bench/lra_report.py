@@ -31,6 +31,8 @@ def _our_cell(row: Mapping[str, Any] | None) -> str:
         return "—"
     if row["status"] not in DONE_STATUSES:
         return row["status"].replace("_", " ")
+    if row.get("accuracy") is None:  # a partial run whose calls skipped the test (trainer.test_partial)
+        return f"untested {TIME_LIMIT_MARK}"
     cell = f"{row['accuracy']:.2f}{DATA_MARKS[row['data']]}"
     return cell + (f" {TIME_LIMIT_MARK}" if row["status"] == "time_limit" else "")
 

@@ -169,4 +169,6 @@ def describe_row(row: Mapping[str, Any]) -> str:
     runs = concurrent_runs(row)
     shared = f" shared by {runs} runs" if runs > 1 else ""
     note = f" ({row['message']})" if row["message"] else ""
-    return head + f"{row['accuracy']:.2f}% test accuracy, {row['steps']} steps, {row['train_seconds']:.0f} s training on {row['gpu']}{shared}{note}"
+    accuracy = "not tested yet" if row.get("accuracy") is None else f"{row['accuracy']:.2f}% test accuracy"
+    seconds = "training time unknown" if row.get("train_seconds") is None else f"{row['train_seconds']:.0f} s training"
+    return head + f"{accuracy}, {row['steps']} steps, {seconds} on {row['gpu']}{shared}{note}"

@@ -72,6 +72,8 @@ def _unusable(row: Mapping[str, Any] | None, task: str, backbone: str, official_
         return f"no {backbone} run on {task} in the results"
     if row["status"] not in DONE_STATUSES:
         return f"the {backbone} run's status is {row['status']}: {row['message']}"[:240]
+    if row.get("accuracy") is None:
+        return f"the {backbone} run is not tested yet: {row['message']}"[:240]
     if row["data"] == "standin":
         return f"the {backbone} run used stand-in data, not the task's data"
     if official_test and not row["full_test_split"]:
