@@ -18,7 +18,9 @@ precision are the leaderboard run's own, with the evaluation sets capped
 - ``peak_memory_bytes``: the CUDA peak of that alone run.
 
 ``real_runs_summary.py --key TASK --alone-costs OUT`` turns these into GPU-seconds (steps
-times ``steady_step_ms``). Rows already in ``--out`` are kept, and names with a finished run
+times ``steady_step_ms``). ``--tag compiled --set trainer.compile=reduce-overhead`` times a
+variant of the runs (rows carry the tag, folders are ``ROOT/TASK@TAG/NAME``); the summary
+reads untagged rows only, the way the leaderboard runs trained. Rows already in ``--out`` are kept, and names with a finished run
 folder are read rather than trained again, so the file can be filled over several calls.
 """
 from __future__ import annotations
@@ -78,19 +80,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="cost JSON, its rows kept and updated")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                         help="another override for every run, repeatable, no spaces (a CPU smoke test: data.max_train_samples=64)")
+    parser.add_argument("--tag", default="", help="names a variant timed with --set (e.g. compiled); rows and folders carry it")
     args = parser.parse_args(argv)
     if args.steps <= STEADY_WARMUP_STEPS:
         parser.error(f"--steps must be above the {STEADY_WARMUP_STEPS} warm-up steps that the steady rate leaves out")
+    if args.tag and not args.tag.isidentifier():
+        parser.error(f"--tag {args.tag!r}: use letters, digits and underscores (it names folders)")
     names = [n for n in args.names.split(",") if n]
     old = read_json(args.out)["rows"] if args.out.exists() else []
-    rows = {(r["task"], r["name"]): r for r in old}
+    rows = {(r["task"], r["name"], r.get("tag", "")): r for r in old}
+    label = f"{args.task}@{args.tag}" if args.tag else args.task
     for name in names:
-        run_dir = args.root / args.task / name
+        run_dir = args.root / label / name
         done = time_alone(args.task, name, args.steps, run_dir.parent, args.eval_samples, args.seconds, args.sets)
-        rows[args.task, name] = row = cost_row(args.task, name, run_dir)
+        row = cost_row(args.task, name, run_dir)
+        if args.tag:
+            row = {**row, "tag": args.tag, "sets": args.sets}
+        rows[args.task, name, args.tag] = row
         if row["status"] != "ok":
             row["error"] += f"; real_runs.sh exit {done.returncode}: {(done.stdout + done.stderr).strip().splitlines()[-1:]}"
-        print(f"{args.task}/{name}: " + (f"{row['steady_step_ms']:.2f} ms/step, peak {row['peak_memory_bytes'] / 2**30:.2f} GiB"
+        print(f"{label}/{name}: " + (f"{row['steady_step_ms']:.2f} ms/step, peak {row['peak_memory_bytes'] / 2**30:.2f} GiB"
                                          if row["status"] == "ok" else row["error"]), flush=True)
         meta = {"description": "train steps of real_runs.sh runs, each alone on the GPU (benchmarks/alone_cost.py)",
                 "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

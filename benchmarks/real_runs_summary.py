@@ -129,11 +129,15 @@ def resumed_step(result: dict) -> int:
 def alone_step_ms(cost_rows: list[dict], name: str, key: str = "scifar10") -> float | None:
     """Train-step time (ms) of run ``name`` alone on the GPU, eager like the runs; ``None`` if nothing timed it.
 
-    A row of ``benchmarks/alone_cost.py`` (the whole run timed alone: ``task`` and ``name``) comes
-    first; else, for sCIFAR-10, the merge ablation's median step of the backbone at the task shape.
+    Rows of ``benchmarks/alone_cost.py`` (the whole run timed alone: ``task`` and ``name``) come
+    first; only where none exists for the task, for sCIFAR-10, the merge ablation's median step of
+    the backbone at the task shape. The two measure different things (the whole run against the
+    backbone with a linear head), so one task never mixes them: a run that alone_cost.py has not
+    timed yet gets ``None`` while another run of its task has a row.
     """
-    whole = next((r["steady_step_ms"] for r in cost_rows if (r.get("task"), r.get("name"), r.get("status")) == (key, name, "ok")), None)
-    if whole is not None or key != "scifar10" or name not in ALONE_ROWS:
+    untagged = [r for r in cost_rows if not r.get("tag")]  # a tagged row timed a variant (compiled), not how the runs trained
+    whole = next((r["steady_step_ms"] for r in untagged if (r.get("task"), r.get("name"), r.get("status")) == (key, name, "ok")), None)
+    if whole is not None or key != "scifar10" or name not in ALONE_ROWS or any(r.get("task") == key for r in untagged):
         return whole
     row, pos = ALONE_ROWS[name]
     fields = ("row", "pos", "shape", "cuda_graph", "status")

@@ -59,3 +59,35 @@ def test_the_summary_prefers_a_whole_run_timed_alone_for_its_own_task(benchmark_
     assert summary.alone_step_ms(rows, "maelre", "text") == 12.5
     assert summary.alone_step_ms(rows, "ecp", "text") is None and summary.alone_step_ms(rows, "transformer", "text") is None
     assert summary.alone_step_ms(rows, "maelre", "scifar10") == 3.0  # no sCIFAR-10 run timed whole: the merge ablation's step
+
+
+def test_the_summary_never_mixes_whole_run_and_merge_ablation_timings_within_a_task(benchmark_script):
+    summary = benchmark_script("real_runs_summary")
+    rows = [{"task": "scifar10", "name": "maelre", "status": "ok", "steady_step_ms": 30.0},
+            {"row": "vconv", "pos": "rope", "shape": "task", "cuda_graph": False, "status": "ok", "median_ms": 3.0},
+            {"row": "transformer", "pos": "learned", "shape": "task", "cuda_graph": False, "status": "ok", "median_ms": 2.0}]  # fmt: skip
+    assert summary.alone_step_ms(rows, "maelre", "scifar10") == 30.0
+    # the transformer has a merge-ablation step but no whole-run row: untimed, not 2.0 beside a whole run's 30.0
+    assert summary.alone_step_ms(rows, "transformer", "scifar10") is None
+    assert summary.alone_step_ms(rows[1:], "transformer", "scifar10") == 2.0
+
+
+def test_a_tagged_variant_keeps_its_own_rows_and_folders_and_the_summary_ignores_it(tmp_path, alone, monkeypatch, benchmark_script):
+    roots = []
+
+    def fake(task, name, steps, root, eval_samples, seconds, extra):
+        roots.append(root)
+        _fake_run(root / name, steps, rate=6400.0 if extra else 3200.0)  # compiled: 5 ms, eager: 10 ms
+        return subprocess.CompletedProcess([], 0, "", "")
+
+    monkeypatch.setattr(alone, "time_alone", fake)
+    out, runs = tmp_path / "cost.json", tmp_path / "runs"
+    assert alone.main(["scifar10", "--names", "maelre", "--root", str(runs), "--out", str(out)]) == 0
+    assert alone.main(["scifar10", "--names", "maelre", "--root", str(runs), "--out", str(out), "--tag", "compiled",
+                       "--set", "trainer.compile=reduce-overhead"]) == 0
+    assert roots == [runs / "scifar10", runs / "scifar10@compiled"]
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted((r["name"], r.get("tag", ""), r["steady_step_ms"]) for r in rows) == [("maelre", "", 10.0), ("maelre", "compiled", 5.0)]
+    assert benchmark_script("real_runs_summary").alone_step_ms(rows, "maelre", "scifar10") == 10.0
+    with pytest.raises(SystemExit):
+        alone.main(["scifar10", "--out", str(out), "--tag", "a/b"])
