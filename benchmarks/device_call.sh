@@ -20,7 +20,8 @@
 #   1. at its start a call collects the sets carried in .carry/inbox_*/ (made here by
 #      `python benchmarks/device_xfer.py carry ...`) into runs/inbox, checks their sha256, and
 #      unpacks every complete set into runs/ (into a temporary folder, then renamed into place); a
-#      set the machine already has as new (runs/xfer_ledger.json) is skipped. While runs/inbox
+#      set the machine already has as new (runs/xfer_ledger.json) is skipped. The outbox's index
+#      learns what each placed folder holds, so it goes back only once a call changes it. While runs/inbox
 #      still holds an incomplete or corrupt set, nothing trains (its run would start afresh):
 #      carry the rest with DRAIN=1 calls first (INBOX_PARTIAL_OK=1 trains anyway);
 #   2. after the runs it packs into runs/outbox what changed since it was last packed: the logs
@@ -55,7 +56,8 @@
 #
 # Environment: OUT (required: what comes back); ALONE ("": TASK[:NAME,NAME...] items of
 # benchmarks/alone_cost.py, each run timed alone first, DRAIN=1 calls included; OUT gets
-# alone_cost_TASK_h200.json), ALONE_STEPS (200); COST (0), COST_ROWS
+# alone_cost_TASK_h200.json), ALONE_STEPS (200), ALONE_TAG and ALONE_SET (alone_cost.py's --tag and --set: a variant); SDPA (0: 1 times benchmarks/sdpa_backends.py alone, DRAIN=1
+# calls included, needs .carry/data/imdb_bytes.npz; OUT gets sdpa_backends_text_h200.json); COST (0), COST_ROWS
 # (vconv,t128v,transformer,auto1,ecp,perceiver_ar), COST_SECONDS (250: a cap; cases done are kept);
 # LB ("scifar10": TASK[:NAME,NAME...] items for real_runs.sh, no names = all of its runs; empty: none);
 # LRA ("": TASK:VARIANT:SEED[:TAG] groups of lra_learn.sh; TAG noconv = MAELRE alone with
@@ -84,7 +86,7 @@ xfer() { "$PYTHON" benchmarks/device_xfer.py "$@"; }
 shopt -s nullglob
 force=()
 [[ ${INBOX_FORCE:-0} == 1 ]] && force=(--force)
-xfer collect .carry/inbox_*/ --store runs/inbox --into runs "${force[@]}" 2>&1 | tee runs/logs/inbox.log
+xfer collect .carry/inbox_*/ --store runs/inbox --into runs --outbox runs/outbox "${force[@]}" 2>&1 | tee runs/logs/inbox.log
 inbox_rc=${PIPESTATUS[0]}
 train=1
 [[ ${DRAIN:-0} == 1 ]] && train=0
@@ -98,13 +100,22 @@ if (( ! train )); then COST=0 LB="" LRA="" KERNEL_TESTS=0; fi
 # alone on the GPU, before anything shares it (also in DRAIN=1 calls, whose GPU is otherwise idle):
 # each ALONE item TASK:NAME,NAME... times those real_runs.sh runs one after the other
 # (benchmarks/alone_cost.py); the rows gather in runs/alone/ over calls and come back whole
+variant=()  # ALONE_TAG=compiled ALONE_SET="trainer.compile=reduce-overhead": a variant's rows, beside the eager ones
+[[ -n ${ALONE_TAG:-} ]] && variant=(--tag "$ALONE_TAG")
+for s in ${ALONE_SET:-}; do variant+=(--set "$s"); done
 for item in ${ALONE:-}; do
     IFS=: read -r task names <<<"$item"
     timeout $(( $(left) - 90 )) "$PYTHON" benchmarks/alone_cost.py "$task" ${names:+--names "$names"} --steps "${ALONE_STEPS:-200}" \
-        --root runs/alone --out "runs/alone/alone_cost_${task}_h200.json" >>runs/logs/alone.log 2>&1
+        --root runs/alone --out "runs/alone/alone_cost_${task}_h200.json" "${variant[@]}" >>runs/logs/alone.log 2>&1
     echo "alone $item: exit $? after $(( $(date +%s) - started )) s"; tail -n 5 runs/logs/alone.log
     cp "runs/alone/alone_cost_${task}_h200.json" "$OUT/" 2>/dev/null
 done
+
+if [[ ${SDPA:-0} == 1 ]]; then  # alone too: exact attention per SDPA backend at LRA Text's shape
+    timeout 180 "$PYTHON" benchmarks/sdpa_backends.py --data .carry/data/imdb_bytes.npz --out "$OUT/sdpa_backends_text_h200.json" \
+        >runs/logs/sdpa.log 2>&1
+    echo "sdpa: exit $? after $(( $(date +%s) - started )) s"; tail -n 16 runs/logs/sdpa.log
+fi
 
 if [[ ${COST:-0} == 1 ]]; then  # alone: nothing else has started yet
     timeout "${COST_SECONDS:-250}" "$PYTHON" benchmarks/merge_ablation_cost.py --repeats 5 \

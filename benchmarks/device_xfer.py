@@ -575,11 +575,28 @@ def cmd_unpack(sources: list[Path], store: Path, into: Path | None, force: bool)
     return result
 
 
-def cmd_collect(inboxes: list[Path], store: Path, into: Path, force: bool) -> Received:
+def outbox_note_placed(outbox: Path, placed: list[tuple[str, Path]]) -> None:
+    """Record folders just carried in as already packed: ``outbox add`` then returns them only once they change.
+
+    Without this, the first ``outbox add`` after a carry packs every carried folder again and
+    the next calls return what was just sent (five 50 MB folders in one session).
+    """
+    if not placed:
+        return
+    index = _index(outbox)
+    for unit, dest in placed:
+        index["members"][unit] = member_sha(dest, unit)
+    outbox.mkdir(parents=True, exist_ok=True)
+    _write_json(outbox / "index.json", index)
+
+
+def cmd_collect(inboxes: list[Path], store: Path, into: Path, force: bool, outbox: Path | None = None) -> Received:
     n = _gather(inboxes, store, move=True)
     print(f"collect: {n} files from {len(inboxes)} inbox folders into {store}")
     result = receive(store, lambda u, s: into / u, force=force)
     _summary("collect", result, store)
+    if outbox is not None:
+        outbox_note_placed(outbox, result.placed)
     return result
 
 
@@ -889,6 +906,8 @@ def main() -> None:
         p.add_argument("--store", type=Path, default=Path("runs/inbox" if verb == "collect" else "runs/returned/pending"))
         p.add_argument("--into", type=Path, default=Path("runs") if verb == "collect" else None)
         p.add_argument("--force", action="store_true", help="replace folders even where the ledger says they are newer")
+        if verb == "collect":
+            p.add_argument("--outbox", type=Path, help="the outbox whose index learns the placed folders' content (not returned unchanged)")
     p = sub.add_parser("carry")
     p.add_argument("sources", type=Path, nargs="+")
     p.add_argument("--carry-dir", type=Path, default=Path(".carry"))
@@ -909,8 +928,10 @@ def main() -> None:
     elif args.command in ("collect", "unpack"):
         if args.command == "unpack" and args.into is None and not Path("benchmarks/device_xfer.py").is_file():
             raise SystemExit("device_xfer unpack: run it from the repository's root (it places folders under benchmarks/results and runs/), or give --into")
-        run = cmd_collect if args.command == "collect" else cmd_unpack
-        result = run(args.sources, args.store, args.into, args.force)
+        if args.command == "collect":
+            result = cmd_collect(args.sources, args.store, args.into, args.force, args.outbox)
+        else:
+            result = cmd_unpack(args.sources, args.store, args.into, args.force)
         sys.exit(3 if result.incomplete or result.corrupt else 0)
     else:
         budget = None if args.budget_mib is None else int(args.budget_mib * MiB)

@@ -179,11 +179,17 @@ def test_carry_lays_sets_into_inboxes_under_the_budget(runs, tmp_path, monkeypat
     device = tmp_path / "device"
     placed = []
     for carry in plan:
-        got = xfer.cmd_collect([Path(carry[-1])], device / "inbox", device / "runs", force=False)
+        got = xfer.cmd_collect([Path(carry[-1])], device / "inbox", device / "runs", force=False, outbox=device / "runs/outbox")
         placed += [u for u, _ in got.placed]
     assert sorted(placed) == ["lb/text/ecp", "lb/text/maelre", "lb/text/transformer", "lra_state/listops_sky_levers_s0/maelre"]
     assert tree(device / "runs/lb/text/maelre") == tree(runs / "lb/text/maelre")
     assert not [f for f in (device / "inbox").iterdir() if f.name != ".tmp"]
+    # what was carried in goes back only once it changes: not the five unchanged folders a session once returned
+    outbox, lb = device / "runs/outbox", sorted((device / "runs/lb/text").iterdir())
+    assert xfer.outbox_add(outbox, "lb", lb, base=device / "runs") == []
+    (device / "runs/lb/text/ecp/results.json").write_text("{}")
+    (new,) = xfer.outbox_add(outbox, "lb", lb, base=device / "runs")
+    assert [s["members"] for s in xfer._index(outbox)["sets"] if s["name"] == new] == [["lb/text/ecp"]]
     with pytest.raises(SystemExit, match="cannot tell where"):
         xfer.cmd_carry([Path(".carry")], budget=budget)
 
@@ -249,10 +255,13 @@ def test_device_call_drain_round_trip_on_cpu(runs, tmp_path):
         assert done.returncode == 0, done.stdout + done.stderr
         logs.append(done.stdout)
         assert len(list(out.iterdir())) <= 8 and sum(f.stat().st_size for f in out.iterdir()) <= 0.02 * 2**20
-        if "outbox: empty" in done.stdout:
+        if call == 0:  # the folder just carried in is not sent back unchanged
+            assert "lb/text/maelre -> runs/lb/text/maelre" in done.stdout and not list(out.iterdir())
+            (repo / "runs/lb/text/maelre/call.log").write_text("a training call wrote this\n")
+        elif "outbox: empty" in done.stdout:
             break
-    assert "lb/text/maelre -> runs/lb/text/maelre" in logs[0] and len(logs) >= 3
+    assert len(logs) >= 4
     assert not (repo / "runs/lb/text/ecp").exists()  # DRAIN=1: no copy of the committed runs, no training
     subprocess.run([sys.executable, str(repo / "benchmarks/device_xfer.py"), "unpack", *(str(tmp_path / f"OUT{i}") for i in range(len(logs))),
                     "--into", str(tmp_path / "back")], cwd=here, check=True, capture_output=True)
-    assert tree(tmp_path / "back/lb/text/maelre") == tree(runs / "lb/text/maelre")
+    assert tree(tmp_path / "back/lb/text/maelre") == tree(repo / "runs/lb/text/maelre")

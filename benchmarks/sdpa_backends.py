@@ -1,0 +1,153 @@
+"""What exact attention costs at LRA Text's shape, per SDPA backend: is the transformer row slow because of us?
+
+The LRA Text transformer trains at 144 ms a step alone on the H200, MAELRE at 52
+(``benchmarks/results/alone_cost_text_h200.json``). Its attention goes through
+``F.scaled_dot_product_attention`` with a per-key padding bias and attention dropout 0.1
+(``maelre.layers.attention.exact_attention``), which FlashAttention does not take, so SDPA
+falls back to another kernel. This times one attention call, forward and backward, at the
+Text model's shape (batch 32, 4 heads, head dim 64, 4,000 positions, bf16) for:
+
+- ``bias_dropout``: what the transformer runs (padding bias, dropout 0.1);
+- ``bias``: the same without attention dropout;
+- ``no_mask``: no bias, no dropout, padding attended to (FlashAttention's case; wrong for
+  padded batches, a lower bound on the padded work);
+- ``varlen``: ``torch.nn.attention.varlen.varlen_attn``, FlashAttention over the real tokens
+  packed (no padding, no dropout); CUDA only.
+
+Each SDPA variant runs under every backend (``sdpa_kernel``): a backend that refuses the
+inputs gets its error as the row's status. Batch lengths are drawn from the IMDB byte file
+(``--data``, ``benchmarks/make_compact_data.py``) or are all full. Outputs of the dropout-free
+variants are checked against the math backend on the real tokens (``max_abs_diff``).
+
+    python benchmarks/sdpa_backends.py --data .carry/data/imdb_bytes.npz --out benchmarks/results/sdpa_backends_text_h200.json
+    python benchmarks/sdpa_backends.py --device cpu --batch 2 --seq-len 64 --out /tmp/sdpa.json   # a smoke test
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from maelre.bench.efficiency_case import time_step  # noqa: E402
+from maelre.fileio import write_json_atomic  # noqa: E402
+
+BACKENDS = {"default": None, "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+            "cudnn": SDPBackend.CUDNN_ATTENTION, "math": SDPBackend.MATH}  # fmt: skip
+VARIANTS = {"bias_dropout": (True, 0.1), "bias": (True, 0.0), "no_mask": (False, 0.0)}
+"""SDPA variant -> (padding bias, dropout)."""
+
+
+def batch_lengths(batch: int, seq_len: int, data: Path | None, seed: int) -> torch.Tensor:
+    """``[batch]`` real lengths: drawn from the byte file's review lengths (cut to ``seq_len``), else all ``seq_len``."""
+    if data is None:
+        return torch.full((batch,), seq_len)
+    lengths = np.minimum(np.load(data)["lengths"].astype(np.int64), seq_len)
+    return torch.from_numpy(np.random.default_rng(seed).choice(lengths, batch))
+
+
+def _sdpa(q, k, v, bias, dropout: float, backend: SDPBackend | None) -> torch.Tensor:
+    if backend is None:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+    with sdpa_kernel(backend):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+
+
+def _varlen(q, k, v, lengths: torch.Tensor) -> torch.Tensor:
+    """FlashAttention over the packed real tokens, scattered back to ``[B, H, N, dh]`` (zeros at padding)."""
+    from torch.nn.attention.varlen import varlen_attn
+
+    b, h, n, dh = q.shape
+    real = torch.arange(n, device=q.device)[None, :] < lengths.to(q.device)[:, None]  # [B, N]
+    pack = lambda t: t.transpose(1, 2)[real]  # noqa: E731  [T, H, dh]
+    cu = F.pad(lengths.to(q.device, torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
+    out = varlen_attn(pack(q), pack(k), pack(v), cu, cu, int(lengths.max()), int(lengths.max()))
+    full = q.new_zeros(b, n, h, dh)
+    full[real] = out
+    return full.transpose(1, 2)
+
+
+def measure(name: str, fn: Callable[[], torch.Tensor], inputs: list[torch.Tensor], device: torch.device, repeats: int) -> dict:
+    """Time ``fn`` forward and backward (``repeats`` after 3 warm-up calls); the error as ``status`` if it fails."""
+    def step() -> None:
+        for t in inputs:
+            t.grad = None
+        fn().float().square().mean().backward()
+
+    try:
+        with warnings.catch_warnings():  # a refusing backend warns why, then raises: the error says it once
+            warnings.simplefilter("ignore", UserWarning)
+            times = time_step(step, warmup=3, repeats=repeats, device=device)
+    except RuntimeError as err:  # a backend that does not take these inputs
+        return {"case": name, "status": "refused", "error": str(err).splitlines()[0][:300]}
+    return {"case": name, "status": "ok", "median_ms": float(np.median(times)), "min_ms": float(np.min(times))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--data", type=Path, help="the IMDB byte file whose lengths the batch draws (default: every row full)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--seq-len", type=int, default=4000)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.data is not None and not args.data.is_file():
+        parser.error(f"--data {args.data}: no such file (make it with benchmarks/make_compact_data.py --only imdb)")
+    device = torch.device(args.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    torch.manual_seed(args.seed)
+    lengths = batch_lengths(args.batch, args.seq_len, args.data, args.seed)
+    shape = (args.batch, args.heads, args.seq_len, args.head_dim)
+    q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    real = torch.arange(args.seq_len, device=device)[None, :] < lengths.to(device)[:, None]
+    bias = torch.zeros(real.shape, device=device, dtype=dtype).masked_fill(~real, float("-inf"))[:, None, None, :]
+    with torch.no_grad():
+        reference = {masked: _sdpa(q, k, v, bias if masked else None, 0.0, SDPBackend.MATH).float() for masked in (True, False)}
+
+    rows = []
+    for variant, (masked, dropout) in VARIANTS.items():
+        for backend_name, backend in BACKENDS.items():
+            fn = lambda m=masked, p=dropout, be=backend: _sdpa(q, k, v, bias if m else None, p, be)  # noqa: E731
+            row = {"variant": variant, "backend": backend_name, **measure(f"{variant}/{backend_name}", fn, [q, k, v], device, args.repeats)}
+            if row["status"] == "ok" and dropout == 0.0:
+                with torch.no_grad():
+                    row["max_abs_diff"] = float((fn().float() - reference[masked])[real[:, None, :, None].expand(shape)].abs().max())
+            rows.append(row)
+    if device.type == "cuda":
+        row = {"variant": "varlen", "backend": "flash", **measure("varlen", lambda: _varlen(q, k, v, lengths), [q, k, v], device, args.repeats)}
+        if row["status"] == "ok":
+            with torch.no_grad():
+                row["max_abs_diff"] = float((_varlen(q, k, v, lengths).float() - reference[True])[real[:, None, :, None].expand(shape)].abs().max())
+        rows.append(row)
+    else:
+        rows.append({"variant": "varlen", "backend": "flash", "case": "varlen", "status": "skipped", "error": "varlen_attn needs CUDA"})
+
+    meta = {
+        "description": "one exact-attention call, forward and backward, at LRA Text's transformer shape (benchmarks/sdpa_backends.py)",
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__, "dtype": str(dtype).removeprefix("torch."), "batch": args.batch, "heads": args.heads, "head_dim": args.head_dim,
+        "seq_len": args.seq_len, "lengths": {"data": str(args.data) if args.data else None, "mean": float(lengths.float().mean()), "max": int(lengths.max())},
+        "command": "python " + " ".join(["benchmarks/sdpa_backends.py", *(argv if argv is not None else sys.argv[1:])]),
+    }  # fmt: skip
+    write_json_atomic(args.out, {"meta": meta, "rows": rows})
+    for r in rows:
+        cost = f"{r['median_ms']:8.2f} ms" if r["status"] == "ok" else f"{r['status']}: {r.get('error', '')[:100]}"
+        print(f"{r['variant']:>13} {r['backend']:>9}  {cost}" + (f"  (max |diff| {r['max_abs_diff']:.2e})" if "max_abs_diff" in r else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,33 @@
+"""benchmarks/sdpa_backends.py on CPU: every variant and backend gets a time or the reason it has none."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def test_every_case_is_timed_or_says_why_and_exact_cases_match_the_math_backend(benchmark_script, tmp_path):
+    sdpa = benchmark_script("sdpa_backends")
+    data = tmp_path / "imdb.npz"
+    np.savez(data, lengths=np.array([5, 20, 64, 300], dtype=np.uint16))  # 300 is cut to the 64 positions
+    out = tmp_path / "sdpa.json"
+    assert sdpa.main(["--device", "cpu", "--batch", "3", "--seq-len", "64", "--repeats", "2", "--data", str(data), "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    rows = {(r["variant"], r["backend"]): r for r in doc["rows"]}
+    assert len(rows) == 3 * 5 + 1 and doc["meta"]["lengths"]["max"] <= 64
+    for r in rows.values():
+        assert r["status"] in ("ok", "refused", "skipped") and (r["status"] == "ok") == ("median_ms" in r) and (r["status"] == "ok" or r["error"])
+    assert rows[("bias_dropout", "math")]["status"] == "ok" and rows[("bias_dropout", "flash")]["status"] == "refused"  # no fused kernel takes dropout on CPU
+    for variant in ("bias", "no_mask"):
+        assert rows[(variant, "default")]["max_abs_diff"] < 1e-5 and rows[(variant, "math")]["max_abs_diff"] == 0.0
+    assert rows[("varlen", "flash")]["status"] == "skipped" and "CUDA" in rows[("varlen", "flash")]["error"]
+
+
+def test_a_missing_length_file_is_a_clear_error(benchmark_script, tmp_path, capsys):
+    sdpa = benchmark_script("sdpa_backends")
+    with pytest.raises(SystemExit):
+        sdpa.main(["--device", "cpu", "--data", str(tmp_path / "nope.npz"), "--out", str(tmp_path / "x.json")])
+    assert "make_compact_data.py" in capsys.readouterr().err
