@@ -345,9 +345,10 @@ def test_cuda_graph_capture_replays_and_is_recorded(tmp_path):
     """A captured MAELRE training step replays, and the run's meta records graph mode."""
     config = tiny_config(backbones=["maelre"], seq_lens=[64], modes=["train"], cuda_graph=True, device="cuda", dtype="bf16")
     step = eff.capture_step(eff.make_step("maelre", 64, 2, "train", config), torch.device("cuda"))
-    doc = eff.run_benchmark(config, tmp_path / "g.json", log=lambda s: None)
+    doc = eff.run_benchmark(config, tmp_path / "g.json", log=lambda s: None)  # allocates and frees in between
     assert doc["results"][0]["status"] == "ok" and doc["meta"]["cuda_graph"] is True
-    step()  # a replay runs without error after the capture
+    step()  # the replay still owns its inputs: before, they were freed and reused, and its labels were garbage
+    torch.cuda.synchronize()  # a device-side assert surfaces here
 
 
 def test_time_step_counts_warmup_and_repeats():

@@ -101,7 +101,15 @@ def capture_step(step: Step, device: torch.device, warmup: int = 3) -> Step:
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()
-    return graph.replay
+
+    def replay(step: Step = step) -> None:
+        # The graph reads and writes the tensors ``step`` holds (inputs, labels, weights, optimizer
+        # state) without owning them: the default argument keeps them alive as long as the replay.
+        # Returning ``graph.replay`` alone let them be freed and their memory reused, and a replay
+        # then read another tensor's bytes as its labels (a device-side assert on the H200).
+        graph.replay()
+
+    return replay
 
 
 def time_step(step: Step, *, warmup: int, repeats: int, device: torch.device) -> list[float]:
