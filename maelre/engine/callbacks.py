@@ -102,6 +102,9 @@ class StepCheckpoint(Callback):
             steps = [p for p in find_checkpoints(self.dirpath) if p.name.startswith("step-")]
             for old in steps[: -self.keep]:
                 trainer.strategy.remove_checkpoint(old)
+        # every rank saves here (a collective), so every rank waits here too: none lists the folder
+        # while rank 0 still prunes it (the epoch end's save can be the last thing a fit does)
+        trainer.strategy.barrier("StepCheckpoint.prune")
 
     def _should_end_call(self, trainer: L.Trainer) -> bool:
         local = trainer.received_sigterm or (self.deadline is not None and time.time() > self.deadline)

@@ -298,16 +298,22 @@ def find_checkpoints(directory: str | os.PathLike) -> list[Path]:
         return []
     found = [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and is_checkpoint(p) and (p / META).is_file()]
 
-    def order(p: Path) -> tuple[int, bool, float]:
+    def order(p: Path) -> tuple[int, bool, float] | None:
         # At equal steps the epoch-end step-* checkpoint comes after "best", which is
         # written earlier in the same step (at validation end).
         try:
             step = int(read_json(p / META).get("global_step", -1))
         except (ValueError, AttributeError):  # damaged meta.json: the name still tells step-* checkpoints' step
             step = int(p.name[5:]) if p.name.startswith("step-") and p.name[5:].isdigit() else -1
-        return step, p.name.startswith("step-"), (p / META).stat().st_mtime
+        except FileNotFoundError:  # removed since it was listed (another process pruned it)
+            return None
+        try:
+            return step, p.name.startswith("step-"), (p / META).stat().st_mtime
+        except FileNotFoundError:
+            return None
 
-    return sorted(found, key=order)
+    keyed = [(key, p) for p in found if (key := order(p)) is not None]
+    return [p for _, p in sorted(keyed, key=lambda kp: kp[0])]
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
