@@ -192,6 +192,24 @@ def test_dataset_loader_warns_about_a_cut_wav(fsdd_folder):
 
 
 # ---------------------------------------------------------------- checkpoints
+def test_find_checkpoints_skips_a_folder_removed_while_it_was_listed(finished_run, tmp_path, monkeypatch):
+    """Under DDP rank 0 prunes old step checkpoints while another rank may be listing them."""
+    import maelre.engine.checkpoint as ckpt
+
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    found = find_checkpoints(run)
+    gone, read = found[0], ckpt.read_json
+
+    def racing_read(path, *args, **kwargs):
+        if Path(path).parent == gone and gone.exists():
+            shutil.rmtree(gone)  # pruned between the listing and the read
+        return read(path, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "read_json", racing_read)
+    assert len(found) >= 2 and find_checkpoints(run) == found[1:]
+
+
 def test_resume_falls_back_past_a_corrupt_checkpoint_bit_identically(recipe_file, finished_run, tmp_path, crash_after, capsys):
     run_dir = tmp_path / "killed"
     with pytest.raises(RuntimeError, match="simulated crash"):
