@@ -23,6 +23,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
+from torch import Tensor
 
 from maelre.engine.checkpoint import (
     EXTRAS_KEY,
@@ -30,7 +31,7 @@ from maelre.engine.checkpoint import (
     find_checkpoints,
     write_json_atomic,
 )
-from maelre.engine.data import batch_size_of, token_count
+from maelre.engine.data import batch_size_of, token_total
 
 
 def _scalar_metrics(trainer: L.Trainer, prefixes: tuple[str, ...] = ("train/", "val/", "test/")) -> dict[str, float]:
@@ -207,18 +208,30 @@ STEADY_WARMUP_STEPS = 50
 """Training batches at a call's start that ``ThroughputMonitor``'s steady rate leaves out (compilation, CUDA-graph recording)."""
 
 
+def _wait_for_device(trainer: L.Trainer) -> None:
+    """Let the GPU finish what was queued, so that a host clock read next times the work (a sync: use sparingly)."""
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class ThroughputMonitor(Callback):
     """Training samples/s and tokens/s (real tokens, from the batch masks), validation time excluded.
 
     ``steady_samples_per_second`` leaves out the call's first ``warmup_steps`` training batches,
     where ``torch.compile`` compiles and CUDA graphs are recorded: the rate a longer run settles
     at (``None`` when the call trained on no more batches than that).
+
+    Nothing here waits for the GPU during training: token counts add up on the device, and the
+    clock is read after a synchronize only where the steady interval starts and where training
+    ends. A per-step sync would stop the host from queueing the next step while the GPU runs
+    this one, and small models would train slower than they can.
     """
 
     def __init__(self, warmup_steps: int = STEADY_WARMUP_STEPS) -> None:
         self.warmup_steps = warmup_steps
         self.samples = 0
-        self.tokens = 0
+        self._tokens: Tensor | int = 0
         self.seconds = 0.0
         self._batches = 0
         self._t0: float | None = None
@@ -243,18 +256,25 @@ class ThroughputMonitor(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         inputs, _ = batch
         self.samples += batch_size_of(inputs) * trainer.world_size
-        self.tokens += token_count(inputs) * trainer.world_size
+        self._tokens = self._tokens + token_total(inputs) * trainer.world_size
         self._batches += 1
         if self._batches == self.warmup_steps:
+            _wait_for_device(trainer)
             self._steady = (time.perf_counter(), self.samples)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._t0 is not None:
+            _wait_for_device(trainer)
             now = time.perf_counter()
             self.seconds = now - self._t0
             if self._steady is not None and self._batches > self.warmup_steps:
                 start, samples = self._steady
                 self._steady_rate = (self.samples - samples) / max(now - start, 1e-9)
+
+    @property
+    def tokens(self) -> int:
+        """Real tokens trained on (a host sync when they are counted on a GPU)."""
+        return int(self._tokens)
 
     def summary(self) -> dict[str, float | None]:
         seconds = max(self.seconds, 1e-9)
@@ -280,15 +300,15 @@ class HistoryRecorder(Callback):
     def __init__(self, cut_by: StepCheckpoint | None = None) -> None:
         self.cut_by = cut_by
         self.rows: list[dict[str, float]] = []
-        self._loss_sum = 0.0
+        self._loss_sum: Tensor | float = 0.0
         self._loss_n = 0
         self._val: dict[str, float] = {}
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         # under DDP "loss" is this process's rescaled share; "mean_loss" is the global batch's mean
         loss = outputs.get("mean_loss", outputs["loss"]) if isinstance(outputs, dict) else outputs
-        if loss is not None:
-            self._loss_sum += float(loss.detach())
+        if loss is not None:  # summed on the device in float64 (no host sync a step), read at the epoch's end
+            self._loss_sum = self._loss_sum + loss.detach().double()
             self._loss_n += 1
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -300,13 +320,13 @@ class HistoryRecorder(Callback):
             return
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step}
         if self._loss_n:
-            row["train/loss"] = self._loss_sum / self._loss_n
+            row["train/loss"] = float(self._loss_sum) / self._loss_n
         row.update(self._val)
         self.rows.append(row)
         self._loss_sum, self._loss_n, self._val = 0.0, 0, {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rows": self.rows, "loss_sum": self._loss_sum, "loss_n": self._loss_n}
+        return {"rows": self.rows, "loss_sum": float(self._loss_sum), "loss_n": self._loss_n}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = list(state_dict.get("rows", []))

@@ -166,11 +166,16 @@ def batch_size_of(batch: dict) -> int:
     return int(side["mask"].shape[0])
 
 
+def token_total(batch: dict) -> Tensor:
+    """Real tokens in a batch as a 0-d tensor on the batch's device (no host sync); both sides for two-tower."""
+    if "left" in batch and "right" in batch:
+        return token_total(batch["left"]) + token_total(batch["right"])
+    return batch["mask"].sum()
+
+
 def token_count(batch: dict) -> int:
     """Real tokens in a batch (both sides for two-tower); ``mask`` marks real positions."""
-    if "left" in batch and "right" in batch:
-        return token_count(batch["left"]) + token_count(batch["right"])
-    return int(batch["mask"].sum())
+    return int(token_total(batch))
 
 
 

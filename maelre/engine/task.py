@@ -265,7 +265,8 @@ class ClassificationTask(L.LightningModule):
         union of batches, whatever their split.
         """
         total = F.cross_entropy(logits.float(), labels, weight=self.class_weights, label_smoothing=self.label_smoothing, reduction="sum")
-        norm = self.class_weights[labels].sum() if self.class_weights is not None else total.new_tensor(float(labels.numel()))
+        # new_full fills on the device; new_tensor(float) would copy from the host and wait for the GPU every step
+        norm = self.class_weights[labels].sum() if self.class_weights is not None else total.new_full((), float(labels.numel()))
         return total, norm
 
     def _global_mean_loss(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
