@@ -6,6 +6,7 @@ from types import SimpleNamespace
 import torch
 
 import maelre.engine.callbacks as callbacks
+from host_reads import NoHostRead
 from maelre.engine.callbacks import HistoryRecorder, ThroughputMonitor
 
 CPU = SimpleNamespace(root_device=torch.device("cpu"))
@@ -49,34 +50,21 @@ def test_no_steady_rate_without_steps_past_the_warm_up():
     assert monitor.summary()["steady_samples_per_second"] is None
 
 
-class _NoHostRead(torch.Tensor):
-    """A tensor whose value must not reach the host: on a GPU each such read waits for every queued kernel."""
-
-    allowed = False
-    READS = {torch.Tensor.item, torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.__bool__, torch.Tensor.__index__, torch.Tensor.tolist}
-
-    @classmethod
-    def __torch_function__(cls, func, types, args=(), kwargs=None):
-        if func in cls.READS and not cls.allowed:
-            raise AssertionError(f"a per-step callback read a tensor on the host ({func.__name__}): a GPU sync every step")
-        return super().__torch_function__(func, types, args, kwargs or {})
-
-
 def test_per_step_hooks_never_read_device_values_and_the_totals_stay_exact():
     trainer = SimpleNamespace(world_size=1, strategy=CPU, current_epoch=0, global_step=3)
     monitor, history = ThroughputMonitor(warmup_steps=1), HistoryRecorder()
     monitor.on_train_start(trainer, None)
     losses = [0.5, 0.25, 0.125]
     for step, loss in enumerate(losses):
-        mask = torch.tensor([[True, True, False], [True, False, False]]).as_subclass(_NoHostRead)
-        outputs = {"loss": torch.tensor(loss).as_subclass(_NoHostRead)}
+        mask = torch.tensor([[True, True, False], [True, False, False]]).as_subclass(NoHostRead)
+        outputs = {"loss": torch.tensor(loss).as_subclass(NoHostRead)}
         monitor.on_train_batch_end(trainer, None, outputs, ({"mask": mask}, None), step)
         history.on_train_batch_end(trainer, None, outputs, ({"mask": mask}, None), step)
-    _NoHostRead.allowed = True  # the epoch's end and the summary read them, once
+    NoHostRead.allowed = True  # the epoch's end and the summary read them, once
     try:
         history.on_train_epoch_end(trainer, None)
         monitor.on_train_end(trainer, None)
         assert monitor.summary()["tokens_seen"] == 9 and monitor.summary()["samples_seen"] == 6
         assert history.rows == [{"epoch": 0, "step": 3, "train/loss": sum(losses) / 3}]
     finally:
-        _NoHostRead.allowed = False
+        NoHostRead.allowed = False
