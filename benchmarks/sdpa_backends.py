@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import sys
 import warnings
 from collections.abc import Callable
@@ -68,9 +69,9 @@ def _varlen(q, k, v, lengths: torch.Tensor) -> torch.Tensor:
 
     b, h, n, dh = q.shape
     real = torch.arange(n, device=q.device)[None, :] < lengths.to(q.device)[:, None]  # [B, N]
-    pack = lambda t: t.transpose(1, 2)[real]  # noqa: E731  [T, H, dh]
+    packed = [t.transpose(1, 2)[real] for t in (q, k, v)]  # [T, H, dh] each
     cu = F.pad(lengths.to(q.device, torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
-    out = varlen_attn(pack(q), pack(k), pack(v), cu, cu, int(lengths.max()), int(lengths.max()))
+    out = varlen_attn(*packed, cu, cu, int(lengths.max()), int(lengths.max()))
     full = q.new_zeros(b, n, h, dh)
     full[real] = out
     return full.transpose(1, 2)
@@ -114,23 +115,28 @@ def main(argv: list[str] | None = None) -> int:
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
     real = torch.arange(args.seq_len, device=device)[None, :] < lengths.to(device)[:, None]
     bias = torch.zeros(real.shape, device=device, dtype=dtype).masked_fill(~real, float("-inf"))[:, None, None, :]
+    def on_real(diff: torch.Tensor) -> float:
+        """Largest absolute difference at real query positions (padded queries' outputs are not used)."""
+        return float(diff[real[:, None, :, None].expand(shape)].abs().max())
+
     with torch.no_grad():
         reference = {masked: _sdpa(q, k, v, bias if masked else None, 0.0, SDPBackend.MATH).float() for masked in (True, False)}
 
     rows = []
     for variant, (masked, dropout) in VARIANTS.items():
         for backend_name, backend in BACKENDS.items():
-            fn = lambda m=masked, p=dropout, be=backend: _sdpa(q, k, v, bias if m else None, p, be)  # noqa: E731
+            fn = functools.partial(_sdpa, q, k, v, bias if masked else None, dropout, backend)
             row = {"variant": variant, "backend": backend_name, **measure(f"{variant}/{backend_name}", fn, [q, k, v], device, args.repeats)}
             if row["status"] == "ok" and dropout == 0.0:
                 with torch.no_grad():
-                    row["max_abs_diff"] = float((fn().float() - reference[masked])[real[:, None, :, None].expand(shape)].abs().max())
+                    row["max_abs_diff"] = on_real(fn().float() - reference[masked])
             rows.append(row)
     if device.type == "cuda":
-        row = {"variant": "varlen", "backend": "flash", **measure("varlen", lambda: _varlen(q, k, v, lengths), [q, k, v], device, args.repeats)}
+        varlen = functools.partial(_varlen, q, k, v, lengths)
+        row = {"variant": "varlen", "backend": "flash", **measure("varlen", varlen, [q, k, v], device, args.repeats)}
         if row["status"] == "ok":
             with torch.no_grad():
-                row["max_abs_diff"] = float((_varlen(q, k, v, lengths).float() - reference[True])[real[:, None, :, None].expand(shape)].abs().max())
+                row["max_abs_diff"] = on_real(varlen().float() - reference[True])
         rows.append(row)
     else:
         rows.append({"variant": "varlen", "backend": "flash", "case": "varlen", "status": "skipped", "error": "varlen_attn needs CUDA"})
