@@ -38,8 +38,9 @@ from maelre.engine.callbacks import STEADY_WARMUP_STEPS  # noqa: E402
 from maelre.fileio import read_json, write_json_atomic  # noqa: E402
 from maelre.recipe import load_recipe  # noqa: E402
 
-NAMES = ("maelre", "transformer", "transformer_rope", "ecp", "perceiver_ar")
-"""The leaderboard rows of ``real_runs.sh`` (its diagnostics need no cost)."""
+NAMES = ("maelre", "maelre_noconv", "transformer", "transformer_rope", "ecp", "perceiver_ar")
+"""``real_runs.sh``'s default runs, the ablation included: a task's cost view needs every row timed the same way
+(its diagnostics, the CLS-pooled transformers, need no cost)."""
 
 
 def time_alone(task: str, name: str, steps: int, root: Path, eval_samples: int, seconds: int, extra: list[str]) -> subprocess.CompletedProcess:
