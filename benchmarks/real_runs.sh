@@ -36,6 +36,8 @@
 #                     diagnostics, not leaderboard rows: the same two transformers pooled by a CLS
 #                     token (LRA's pooling) instead of the mean, to test whether pooling explains
 #                     a miss (run them by name: they are not in the default NAMES)
+#   transformer_mlphead diagnostic: the transformer with LRA's classifier head, a hidden ReLU layer of
+#                     the model's MLP width (model.head_hidden), to test whether the head explains a miss
 # MINUTES (7): training ends this many minutes after the script started, at most
 # CALL_SECONDS - PACK_SECONDS - TEST_SECONDS (7.25 min by default); CALL_SECONDS (540: all is
 # pruned by then), PACK_SECONDS (45), TEST_SECONDS (60), GRACE_SECONDS (15); SET: space-separated extra KEY=VALUE
@@ -52,10 +54,10 @@ started=$(date +%s)
 
 usage="usage: bash benchmarks/real_runs.sh scifar10|image|text"
 task=${1:?$usage}
-case $task in
-    scifar10) recipe=recipes/scifar10.yaml ;;
-    image) recipe=recipes/lra_image.yaml ;;
-    text) recipe=recipes/lra_text.yaml ;;
+case $task in  # head: the model's MLP width (dim x mlp_ratio), LRA's classifier-head width
+    scifar10) recipe=recipes/scifar10.yaml head=128 ;;
+    image) recipe=recipes/lra_image.yaml head=64 ;;
+    text) recipe=recipes/lra_text.yaml head=1024 ;;
     *) echo "real_runs.sh: unknown task '$task'; $usage" >&2; exit 2 ;;
 esac
 ROOT=${ROOT:-benchmarks/results/${task}_partial_h200}
@@ -71,6 +73,7 @@ declare -A setup=(
     [perceiver_ar]="--set model.backbone=perceiver_ar"
     [transformer_cls]="--set model.backbone=transformer --set model.pool=cls"
     [transformer_rope_cls]="--set model.backbone=transformer ${rope[*]} --set model.pool=cls"
+    [transformer_mlphead]="--set model.backbone=transformer --set model.head_hidden=$head"
 )
 # exit 0 when a run folder's last call reached the recipe's max_epochs or max_steps; a call whose
 # deadline cut its last epoch short counts that epoch as started (call_ended_early), so it is not done

@@ -57,7 +57,7 @@ ALONE_ROWS = {
     "ecp": ("ecp", "rope"), "perceiver_ar": ("perceiver_ar", "learned"),
 }
 """Run name -> (row, positions) of ``merge_ablation_cost.py`` timed alone at sCIFAR-10's shape (a run without a timing falls back to wall time)."""
-DIAGNOSTICS = {"transformer_cls": "transformer", "transformer_rope_cls": "transformer_rope"}
+DIAGNOSTICS = {"transformer_cls": "transformer", "transformer_rope_cls": "transformer_rope", "transformer_mlphead": "transformer"}
 """Runs that test a hypothesis about a leaderboard row (CLS pooling, LRA's, instead of the mean) -> the row they
 test: summarised with their curves, never leaderboard rows or Pareto points."""
 SHARED_KEYS = ("dim", "depth", "heads", "mlp_ratio", "dropout", "drop_path", "rope")

@@ -203,7 +203,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     console = _console()
     console.print(Syntax(yaml.safe_dump(recipe.to_dict(), sort_keys=False), "yaml", theme="ansi_dark", background_color="default"))
     adapter = create_adapter(recipe.adapter_name(), **recipe.adapter_kwargs())
-    model = build_model(adapter, recipe.model.backbone, recipe.backbone_kwargs(), num_classes=args.num_classes, head_dropout=recipe.model.head_dropout, two_tower=recipe.model.two_tower)
+    model = build_model(adapter, recipe.model.backbone, recipe.backbone_kwargs(), num_classes=args.num_classes, **recipe.model.head_kwargs())
     backbone = model.backbone
     n = args.length or -(-adapter.config.max_len // adapter.config.pad_to_multiple) * adapter.config.pad_to_multiple
     plan = backbone.plan(n)

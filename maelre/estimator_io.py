@@ -38,13 +38,13 @@ class _Persistence:
 
     def _restore(self, state: dict, weights: dict[str, torch.Tensor]) -> None:
         """Set the fitted attributes from ``_fitted_state`` output and the weights."""
-        from maelre.engine import ModelSpec, build_model
+        from maelre.engine import ModelSpec, model_from_spec
         from modalities import create_adapter
 
         spec = ModelSpec.from_dict(state["spec"])
         adapter = create_adapter(spec.adapter, **spec.adapter_config)
         adapter.load_preprocessing_state(state["preprocessing"])
-        model = build_model(adapter, spec.backbone, spec.backbone_config, spec.num_classes, spec.head_dropout, spec.two_tower)
+        model = model_from_spec(adapter, spec)
         model.load_state_dict(weights, strict=True)
         classes = state["classes"]
         self.classes_ = np.asarray(classes["values"], dtype=object if classes["dtype"] == "object" else np.dtype(classes["dtype"]))

@@ -10,20 +10,27 @@ from maelre.backbones.base import Backbone
 class ClassifierHead(nn.Module):
     """``LayerNorm -> Dropout -> Linear``: ``[B, D] -> logits [B, C]``.
 
-    With ``two_tower=True`` it takes two pooled vectors ``u, v`` and classifies
+    ``hidden``: a hidden layer of that width first, ``Linear -> ReLU -> Linear`` (LRA's
+    ``classifier_head``, whose hidden width is the model's ``mlp_dim``). With
+    ``two_tower=True`` it takes two pooled vectors ``u, v`` and classifies
     ``[u, v, u * v, u - v]`` through a one-hidden-layer MLP (LRA Retrieval style).
     """
 
-    def __init__(self, dim: int, num_classes: int, dropout: float = 0.0, two_tower: bool = False) -> None:
+    def __init__(self, dim: int, num_classes: int, dropout: float = 0.0, two_tower: bool = False, hidden: int | None = None) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        if hidden is not None and (two_tower or hidden < 1):
+            why = "the two-tower head has its hidden layer already" if two_tower else f"got {hidden}"
+            raise ValueError(f"head_hidden must be a width >= 1 for a single-tower head ({why}); leave it unset for a linear head")
         self.two_tower = two_tower
         in_dim = 4 * dim if two_tower else dim
         self.norm = nn.LayerNorm(in_dim)
         self.drop = nn.Dropout(dropout)
         if two_tower:
             self.fc = nn.Sequential(nn.Linear(in_dim, dim), nn.GELU(), nn.Linear(dim, num_classes))
+        elif hidden is not None:
+            self.fc = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
         else:
             self.fc = nn.Linear(in_dim, num_classes)
 
@@ -43,14 +50,15 @@ class SequenceClassifier(nn.Module):
     sides go through the same adapter and backbone.
     """
 
-    def __init__(self, adapter: nn.Module, backbone: Backbone, num_classes: int, head_dropout: float = 0.0, two_tower: bool = False) -> None:
+    def __init__(self, adapter: nn.Module, backbone: Backbone, num_classes: int, head_dropout: float = 0.0, two_tower: bool = False,
+                 head_hidden: int | None = None) -> None:
         super().__init__()
         if getattr(adapter, "dim", backbone.dim) != backbone.dim:
             raise ValueError(f"adapter emits width {adapter.dim} but the backbone has dim={backbone.dim}; give both the same dim")
         self.adapter = adapter
         self.backbone = backbone
         self.two_tower = two_tower
-        self.head = ClassifierHead(backbone.dim, num_classes, head_dropout, two_tower)
+        self.head = ClassifierHead(backbone.dim, num_classes, head_dropout, two_tower, head_hidden)
 
     def encode(self, batch: dict) -> Tensor:
         """Pooled ``[B, D]`` for one adapter batch."""

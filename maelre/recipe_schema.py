@@ -122,6 +122,8 @@ class ModelSection:
         backbone: registry name (``maelre info``).
         backbone_config: per-backbone extra keys, ``{backbone_name: {key: value}}``.
         head_dropout: dropout before the classifier.
+        head_hidden: a hidden layer of this width in the classifier head, ``Linear -> ReLU ->
+            Linear`` (LRA's head, whose width is the model's ``mlp_dim``); unset: one linear layer.
         two_tower: pair classification (LRA Retrieval); the data must be ``(x1, x2)`` pairs.
         init_from: a ``maelre pretrain`` run or checkpoint directory; a new run starts from
             its adapter and backbone weights (the head is new). Ignored on ``--resume``.
@@ -130,12 +132,21 @@ class ModelSection:
     backbone: str = "maelre"
     backbone_config: dict = field(default_factory=dict)
     head_dropout: float = 0.0
+    head_hidden: int | None = None
     two_tower: bool = False
     init_from: str | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.head_dropout < 1.0:
             raise ValueError(f"head_dropout must be in [0, 1), got {self.head_dropout}")
+        if self.head_hidden is not None and (isinstance(self.head_hidden, bool) or not isinstance(self.head_hidden, int) or self.head_hidden < 1):
+            raise ValueError(f"head_hidden must be a width >= 1 (or unset for a linear head), got {self.head_hidden!r}")
+        if self.head_hidden is not None and self.two_tower:
+            raise ValueError("head_hidden is for single-tower heads: the two-tower head has its hidden layer already; unset one of them")
+
+    def head_kwargs(self) -> dict:
+        """The classifier head's keyword arguments of ``build_model``."""
+        return {"head_dropout": self.head_dropout, "two_tower": self.two_tower, "head_hidden": self.head_hidden}
 
 
 @dataclass
@@ -253,13 +264,15 @@ class Recipe:
     def to_dict(self) -> dict:
         """The resolved recipe (all defaults filled in), as plain YAML-able data.
 
-        The optional keys ``data.augment_inputs``, ``data.curriculum`` and ``model.init_from``
-        appear only when set, so runs saved before they existed still ``--resume``.
+        The optional keys ``data.augment_inputs``, ``data.curriculum``, ``model.head_hidden`` and
+        ``model.init_from`` appear only when set, so runs saved before they existed still ``--resume``.
         ``trainer.stop_at`` never does: a deadline belongs to one call, and a saved recipe
         resumed later must not inherit a past one.
         """
         model = {"backbone": self.model.backbone, **self.shared, "backbone_config": self.model.backbone_config,
                  "head_dropout": self.model.head_dropout, "two_tower": self.model.two_tower}
+        if self.model.head_hidden is not None:
+            model["head_hidden"] = self.model.head_hidden
         if self.model.init_from is not None:
             model["init_from"] = self.model.init_from
         data = {k: v for k, v in dataclasses.asdict(self.data).items() if v or k not in ("augment_inputs", "curriculum")}

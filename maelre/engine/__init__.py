@@ -2,7 +2,7 @@
 
 The models in ``maelre`` never import Lightning; this package is the only place that does.
 """
-from maelre.engine.building import ModelSpec, build_model, prepare_adapter
+from maelre.engine.building import ModelSpec, build_model, model_from_spec, prepare_adapter
 from maelre.engine.checkpoint import LoadedModel, SafeCheckpointIO, latest_checkpoint, load_model, resolve_checkpoint, save_model
 from maelre.engine.data import make_dataloader, split_validation
 from maelre.engine.fit import fit_classifier
@@ -20,6 +20,7 @@ __all__ = [
     "SafeCheckpointIO",
     "TrainerConfig",
     "build_model",
+    "model_from_spec",
     "evaluate",
     "fit_classifier",
     "latest_checkpoint",

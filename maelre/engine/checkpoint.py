@@ -38,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from maelre.engine.building import ModelSpec, build_model  # noqa: F401  (ModelSpec re-exported)
+from maelre.engine.building import ModelSpec, build_model, model_from_spec  # noqa: F401  (ModelSpec, build_model re-exported)
 from maelre.fileio import (  # noqa: F401  (re-exported)
     atomic_directory,
     read_json,
@@ -281,7 +281,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise ValueError(f"{directory} holds a masked-token pretraining model, not a classifier; fine-tune it with maelre fit RECIPE --init-from {path}")
     adapter = create_adapter(spec.adapter, **spec.adapter_config)
     adapter.load_preprocessing_state(extras.get("preprocessing", {}))
-    model = build_model(adapter, spec.backbone, spec.backbone_config, spec.num_classes, spec.head_dropout, spec.two_tower)
+    model = model_from_spec(adapter, spec)
     model.load_state_dict(weights, strict=True)
     model.to(map_location).eval()
     classes = extras.get("classes") or [str(i) for i in range(spec.num_classes)]

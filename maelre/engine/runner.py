@@ -99,7 +99,7 @@ def run_recipe(
     data = load_run_data(recipe)
     adapter = _fitted_adapter(recipe, data.train, data.modality, resume_from or init_from)
     num_classes = len(data.classes)
-    model = build_model(adapter, recipe.model.backbone, run_backbone_kwargs(recipe, resume_from), num_classes, recipe.model.head_dropout, recipe.model.two_tower)
+    model = build_model(adapter, recipe.model.backbone, run_backbone_kwargs(recipe, resume_from), num_classes, **recipe.model.head_kwargs())
     if init_from is not None:
         from maelre.engine.pretrain import load_pretrained
 

@@ -1,0 +1,58 @@
+"""``model.head_hidden``: LRA's classifier head (a hidden ReLU layer), from the recipe to a checkpoint and back."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from maelre.engine import ModelSpec, build_model, model_from_spec
+from maelre.model import ClassifierHead
+from maelre.recipe import RecipeError, parse_recipe
+from modalities import create_adapter
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+def test_a_hidden_layer_of_that_width_then_relu_then_the_logits():
+    head = ClassifierHead(16, 3, hidden=8)
+    assert [type(m).__name__ for m in head.fc] == ["Linear", "ReLU", "Linear"] and head.fc[0].out_features == 8
+    assert head(torch.randn(5, 16)).shape == (5, 3)
+    assert isinstance(ClassifierHead(16, 3).fc, torch.nn.Linear)  # unset: the linear head of every earlier checkpoint
+    with pytest.raises(ValueError, match="two-tower head has its hidden layer already"):
+        ClassifierHead(16, 3, two_tower=True, hidden=8)
+    with pytest.raises(ValueError, match="width >= 1"):
+        ClassifierHead(16, 3, hidden=0)
+
+
+def test_the_spec_rebuilds_the_same_head_and_an_old_spec_gets_the_linear_one():
+    adapter = create_adapter("pixels", dim=16, max_len=64)
+    model = build_model(adapter, "transformer", {"depth": 1, "heads": 2}, num_classes=4, head_hidden=8)
+    assert model.spec.head_hidden == 8
+    again = model_from_spec(adapter, ModelSpec.from_dict(model.spec.to_dict()))
+    again.load_state_dict(model.state_dict(), strict=True)  # same parameter names and shapes
+    old = {k: v for k, v in model.spec.to_dict().items() if k != "head_hidden"}  # written before the key existed
+    assert isinstance(model_from_spec(adapter, ModelSpec.from_dict(old)).head.fc, torch.nn.Linear)
+
+
+RECIPE = {"data": {"dataset": {"name": "pathfinder", "n_train": 8, "n_val": 4, "n_test": 4}, "adapter": {"name": "pixels", "max_len": 1024}},
+          "model": {"backbone": "transformer", "dim": 16, "depth": 1, "heads": 2}}
+
+
+@pytest.mark.parametrize("value, error", [(64, None), (0, "head_hidden must be a width >= 1"), (True, "model.head_hidden: expected an integer or null"),
+                                          ("64", "model.head_hidden: expected an integer or null")])
+def test_the_recipe_key_is_checked(value, error):
+    raw = {**RECIPE, "model": {**RECIPE["model"], "head_hidden": value}}
+    if error is None:
+        recipe = parse_recipe(raw)
+        assert recipe.model.head_kwargs()["head_hidden"] == 64
+        saved = recipe.to_dict()  # what a run folder keeps, and --resume reads
+        assert saved["model"]["head_hidden"] == 64 and parse_recipe(saved).model.head_hidden == 64
+        assert "head_hidden" not in parse_recipe(RECIPE).to_dict()["model"]  # unset: recipes saved before it existed stay as they were
+    else:
+        with pytest.raises(RecipeError, match=error):
+            parse_recipe(raw)
+
+
+def test_a_two_tower_recipe_refuses_it():
+    raw = {**RECIPE, "model": {**RECIPE["model"], "head_hidden": 8, "two_tower": True}}
+    with pytest.raises(RecipeError, match="two-tower head has its hidden layer already"):
+        parse_recipe(raw)
