@@ -215,15 +215,18 @@ def write_pareto(summary: dict, cost_rows: list[dict], folder: Path, page: Path 
     ``cost_files``: where ``cost_rows`` came from, named in the table's note.
     """
     sources = ", ".join(f"`{p}`" for p in cost_files)
-    entries = [r for r in leaderboard_entries(summary) if r["test_accuracy"] is not None]  # a point needs a test accuracy
+    every = leaderboard_entries(summary)
+    entries = [r for r in every if r["test_accuracy"] is not None]  # a point needs a test accuracy
     if not entries:
         raise SystemExit(f"no {key} run has a test accuracy yet (real_runs.sh tests a run when it completes its budget)")
     points = task_points([leaderboard_row(key, r, alone_step_ms(cost_rows, r["name"], key)) for r in entries])
     budget, unit = budget_of(entries[0])
     done = sorted(r["epochs_done"] if unit == "epochs" else r["steps"] for r in entries)
-    state = "PARTIAL" if any(r.get("partial", True) for r in entries) else "complete"
+    # the task, not just the points drawn: a run still training (untested) makes the view partial
+    state = "PARTIAL" if len(entries) < len(every) or any(r.get("partial", True) for r in entries) else "complete"
+    shown = f"{len(entries)} of {len(every)} runs tested, " if len(entries) < len(every) else ""
     title = RUNS[key][1]
-    plot_pareto(points, folder / plot_name(key), f"{title}, {state} ({done[0]}-{done[-1]} of {budget} {unit}), shared H200")
+    plot_pareto(points, folder / plot_name(key), f"{title}, {state} ({shown}{done[0]}-{done[-1]} of {budget} {unit}), H200")
     untimed = [r["name"] for r in entries if alone_step_ms(cost_rows, r["name"], key) is None]
     if untimed:
         note = (f"\nGPU-s are wall time while the runs shared one GPU: {', '.join(untimed)} have no step time measured alone yet "

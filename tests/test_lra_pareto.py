@@ -242,3 +242,17 @@ def test_calls_whose_results_never_came_back_leave_the_time_unknown_and_untested
     summary = {"rows": [{**later, "run_dir": str(run), "gpu": "NVIDIA H200"}]}
     with pytest.raises(SystemExit, match="no text run has a test accuracy"):
         script.write_pareto(summary, [], tmp_path, None, key="text")
+
+
+def test_the_view_is_partial_while_a_run_is_untested_even_when_every_drawn_point_finished(tmp_path, script, monkeypatch):
+    titles = []
+    monkeypatch.setattr(script, "plot_pareto", lambda points, path, title: titles.append(title))
+
+    def summary_row(name, acc, partial):
+        return {"name": name, "epochs_done": 29, "steps": 20000, "steps_budget": 20000, "test_accuracy": acc, "partial": partial,
+                "train_seconds_shared": None, "peak_memory_mib": 3000, "calls": []}  # fmt: skip
+
+    done = [summary_row("maelre", 85.7, False), summary_row("ecp", 65.2, False)]
+    script.write_pareto({"rows": [*done, summary_row("transformer", None, True)]}, [], tmp_path, None, key="text")
+    script.write_pareto({"rows": done}, [], tmp_path, None, key="text")
+    assert "PARTIAL (2 of 3 runs tested, 20000-20000 of 20000 steps)" in titles[0] and "complete (20000-20000" in titles[1]
