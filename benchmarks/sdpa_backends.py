@@ -25,6 +25,7 @@ variants are checked against the math backend on the real tokens (``max_abs_diff
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import functools
 import sys
@@ -40,6 +41,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from maelre.bench.efficiency_case import time_step  # noqa: E402
+from maelre.layers.attention import key_logit_bias  # noqa: E402
 from maelre.fileio import write_json_atomic  # noqa: E402
 
 BACKENDS = {"default": None, "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
@@ -57,18 +59,15 @@ def batch_lengths(batch: int, seq_len: int, data: Path | None, seed: int) -> tor
 
 
 def _sdpa(q, k, v, bias, dropout: float, backend: SDPBackend | None) -> torch.Tensor:
-    if backend is None:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
-    with sdpa_kernel(backend):
+    with sdpa_kernel(backend) if backend is not None else contextlib.nullcontext():
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
 
 
-def _varlen(q, k, v, lengths: torch.Tensor) -> torch.Tensor:
-    """FlashAttention over the packed real tokens, scattered back to ``[B, H, N, dh]`` (zeros at padding)."""
+def _varlen(q, k, v, lengths: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """FlashAttention over the packed real tokens (``real [B, N]``), scattered back to ``[B, H, N, dh]`` (zeros at padding)."""
     from torch.nn.attention.varlen import varlen_attn
 
     b, h, n, dh = q.shape
-    real = torch.arange(n, device=q.device)[None, :] < lengths.to(q.device)[:, None]  # [B, N]
     packed = [t.transpose(1, 2)[real] for t in (q, k, v)]  # [T, H, dh] each
     cu = F.pad(lengths.to(q.device, torch.int32).cumsum(0, dtype=torch.int32), (1, 0))
     out = varlen_attn(*packed, cu, cu, int(lengths.max()), int(lengths.max()))
@@ -113,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     lengths = batch_lengths(args.batch, args.seq_len, args.data, args.seed)
     shape = (args.batch, args.heads, args.seq_len, args.head_dim)
     q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
-    real = torch.arange(args.seq_len, device=device)[None, :] < lengths.to(device)[:, None]
-    bias = torch.zeros(real.shape, device=device, dtype=dtype).masked_fill(~real, float("-inf"))[:, None, None, :]
+    real = torch.arange(args.seq_len, device=device)[None, :] < lengths.to(device)[:, None]  # [B, N]
+    bias = key_logit_bias(None, real, dtype)  # [B, 1, 1, N], -inf at padding: what the transformer passes SDPA
+
     def on_real(diff: torch.Tensor) -> float:
         """Largest absolute difference at real query positions (padded queries' outputs are not used)."""
         return float(diff[real[:, None, :, None].expand(shape)].abs().max())
@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                     row["max_abs_diff"] = on_real(fn().float() - reference[masked])
             rows.append(row)
     if device.type == "cuda":
-        varlen = functools.partial(_varlen, q, k, v, lengths)
+        varlen = functools.partial(_varlen, q, k, v, lengths, real)
         row = {"variant": "varlen", "backend": "flash", **measure("varlen", varlen, [q, k, v], device, args.repeats)}
         if row["status"] == "ok":
             with torch.no_grad():

@@ -277,13 +277,13 @@ class ThroughputMonitor(Callback):
         return int(self._tokens)
 
     def summary(self) -> dict[str, float | None]:
-        seconds = max(self.seconds, 1e-9)
+        seconds, tokens = max(self.seconds, 1e-9), self.tokens  # one read of the device's count
         return {
             "train_seconds": self.seconds,
             "samples_per_second": self.samples / seconds,
-            "tokens_per_second": self.tokens / seconds,
+            "tokens_per_second": tokens / seconds,
             "samples_seen": self.samples,
-            "tokens_seen": self.tokens,
+            "tokens_seen": tokens,
             "steady_samples_per_second": self._steady_rate,
         }
 
