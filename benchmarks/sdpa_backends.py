@@ -14,6 +14,12 @@ Text model's shape (batch 32, 4 heads, head dim 64, 4,000 positions, bf16) for:
 - ``varlen``: ``torch.nn.attention.varlen.varlen_attn``, FlashAttention over the real tokens
   packed (no padding, no dropout); CUDA only.
 
+Each variant runs on two input layouts (``--layouts``): ``contiguous`` ``[B, H, N, dh]`` tensors,
+and ``model``: q, k and v as ``maelre.layers.attention.Attention.qkv`` hands them to SDPA, head
+views of the projections' ``[B, N, D]`` and ``[B, N, 2D]`` outputs (k and v are the two halves
+of one tensor, so their row stride is 2D). A backend's kernel choice can depend on strides,
+so only the second says what the transformer's step gets.
+
 Each SDPA variant runs under every backend (``sdpa_kernel``): a backend that refuses the
 inputs gets its error as the row's status. Batch lengths are drawn from the IMDB byte file
 (``--data``, ``benchmarks/make_compact_data.py``) or are all full. Outputs of the dropout-free
@@ -56,6 +62,22 @@ def batch_lengths(batch: int, seq_len: int, data: Path | None, seed: int) -> tor
         return torch.full((batch,), seq_len)
     lengths = np.minimum(np.load(data)["lengths"].astype(np.int64), seq_len)
     return torch.from_numpy(np.random.default_rng(seed).choice(lengths, batch))
+
+
+LAYOUTS = ("contiguous", "model")
+
+
+def attention_inputs(layout: str, shape: tuple[int, int, int, int], device: torch.device, dtype: torch.dtype) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
+    """The leaves that take gradients and the ``(q, k, v)`` ``[B, H, N, dh]`` built from them in ``layout``."""
+    b, h, n, dh = shape
+    if layout == "contiguous":
+        q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+        return [q, k, v], (q, k, v)
+    # Attention.qkv: q_proj's [B, N, D] and kv_proj's [B, N, 2D] outputs, split into heads as views
+    x_q = torch.randn(b, n, h * dh, device=device, dtype=dtype, requires_grad=True)
+    x_kv = torch.randn(b, n, 2 * h * dh, device=device, dtype=dtype, requires_grad=True)
+    heads = [t.view(b, n, h, dh).transpose(1, 2) for t in (x_q, *x_kv.chunk(2, dim=-1))]
+    return [x_q, x_kv], tuple(heads)
 
 
 def _sdpa(q, k, v, bias, dropout: float, backend: SDPBackend | None) -> torch.Tensor:
@@ -103,15 +125,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--layouts", default="contiguous,model", help="comma-separated input layouts: contiguous, model (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.data is not None and not args.data.is_file():
         parser.error(f"--data {args.data}: no such file (make it with benchmarks/make_compact_data.py --only imdb)")
+    unknown = sorted(set(args.layouts.split(",")) - set(LAYOUTS))
+    if unknown:
+        parser.error(f"--layouts: unknown {', '.join(unknown)}; choose from {', '.join(LAYOUTS)}")
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(args.seed)
     lengths = batch_lengths(args.batch, args.seq_len, args.data, args.seed)
     shape = (args.batch, args.heads, args.seq_len, args.head_dim)
-    q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
     real = torch.arange(args.seq_len, device=device)[None, :] < lengths.to(device)[:, None]  # [B, N]
     bias = key_logit_bias(None, real, dtype)  # [B, 1, 1, N], -inf at padding: what the transformer passes SDPA
 
@@ -119,27 +144,23 @@ def main(argv: list[str] | None = None) -> int:
         """Largest absolute difference at real query positions (padded queries' outputs are not used)."""
         return float(diff[real[:, None, :, None].expand(shape)].abs().max())
 
-    with torch.no_grad():
-        reference = {masked: _sdpa(q, k, v, bias if masked else None, 0.0, SDPBackend.MATH).float() for masked in (True, False)}
-
     rows = []
-    for variant, (masked, dropout) in VARIANTS.items():
-        for backend_name, backend in BACKENDS.items():
-            fn = functools.partial(_sdpa, q, k, v, bias if masked else None, dropout, backend)
-            row = {"variant": variant, "backend": backend_name, **measure(f"{variant}/{backend_name}", fn, [q, k, v], device, args.repeats)}
+    for layout in args.layouts.split(","):
+        leaves, (q, k, v) = attention_inputs(layout, shape, device, dtype)
+        with torch.no_grad():
+            reference = {masked: _sdpa(q, k, v, bias if masked else None, 0.0, SDPBackend.MATH).float() for masked in (True, False)}
+        cases = {f"{variant}/{name}": (variant, name, functools.partial(_sdpa, q, k, v, bias if masked else None, dropout, backend), masked, dropout)
+                 for variant, (masked, dropout) in VARIANTS.items() for name, backend in BACKENDS.items()}  # fmt: skip
+        if device.type == "cuda":
+            cases["varlen"] = ("varlen", "flash", functools.partial(_varlen, q, k, v, lengths, real), True, 0.0)
+        else:
+            rows.append({"layout": layout, "variant": "varlen", "backend": "flash", "case": "varlen", "status": "skipped", "error": "varlen_attn needs CUDA"})
+        for case, (variant, backend_name, fn, masked, dropout) in cases.items():
+            row = {"layout": layout, "variant": variant, "backend": backend_name, **measure(f"{layout}/{case}", fn, leaves, device, args.repeats)}
             if row["status"] == "ok" and dropout == 0.0:
                 with torch.no_grad():
                     row["max_abs_diff"] = on_real(fn().float() - reference[masked])
             rows.append(row)
-    if device.type == "cuda":
-        varlen = functools.partial(_varlen, q, k, v, lengths, real)
-        row = {"variant": "varlen", "backend": "flash", **measure("varlen", varlen, [q, k, v], device, args.repeats)}
-        if row["status"] == "ok":
-            with torch.no_grad():
-                row["max_abs_diff"] = on_real(varlen().float() - reference[True])
-        rows.append(row)
-    else:
-        rows.append({"variant": "varlen", "backend": "flash", "case": "varlen", "status": "skipped", "error": "varlen_attn needs CUDA"})
 
     meta = {
         "description": "one exact-attention call, forward and backward, at LRA Text's transformer shape (benchmarks/sdpa_backends.py)",
@@ -151,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(args.out, {"meta": meta, "rows": rows})
     for r in rows:
         cost = f"{r['median_ms']:8.2f} ms" if r["status"] == "ok" else f"{r['status']}: {r.get('error', '')[:100]}"
-        print(f"{r['variant']:>13} {r['backend']:>9}  {cost}" + (f"  (max |diff| {r['max_abs_diff']:.2e})" if "max_abs_diff" in r else ""))
+        print(f"{r['layout']:>10} {r['variant']:>13} {r['backend']:>9}  {cost}" + (f"  (max |diff| {r['max_abs_diff']:.2e})" if "max_abs_diff" in r else ""))
     return 0
 
 

@@ -16,14 +16,37 @@ def test_every_case_is_timed_or_says_why_and_exact_cases_match_the_math_backend(
     out = tmp_path / "sdpa.json"
     assert sdpa.main(["--device", "cpu", "--batch", "3", "--seq-len", "64", "--repeats", "2", "--data", str(data), "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
-    rows = {(r["variant"], r["backend"]): r for r in doc["rows"]}
-    assert len(rows) == 3 * 5 + 1 and doc["meta"]["lengths"]["max"] <= 64
+    rows = {(r["layout"], r["variant"], r["backend"]): r for r in doc["rows"]}
+    assert len(rows) == 2 * (3 * 5 + 1) and doc["meta"]["lengths"]["max"] <= 64
     for r in rows.values():
         assert r["status"] in ("ok", "refused", "skipped") and (r["status"] == "ok") == ("median_ms" in r) and (r["status"] == "ok" or r["error"])
-    assert rows[("bias_dropout", "math")]["status"] == "ok" and rows[("bias_dropout", "flash")]["status"] == "refused"  # no fused kernel takes dropout on CPU
-    for variant in ("bias", "no_mask"):
-        assert rows[(variant, "default")]["max_abs_diff"] < 1e-5 and rows[(variant, "math")]["max_abs_diff"] == 0.0
-    assert rows[("varlen", "flash")]["status"] == "skipped" and "CUDA" in rows[("varlen", "flash")]["error"]
+    for layout in ("contiguous", "model"):
+        assert rows[(layout, "bias_dropout", "math")]["status"] == "ok"
+        assert rows[(layout, "bias_dropout", "flash")]["status"] == "refused"  # no fused kernel takes dropout on CPU
+        for variant in ("bias", "no_mask"):
+            assert rows[(layout, variant, "default")]["max_abs_diff"] < 1e-5 and rows[(layout, variant, "math")]["max_abs_diff"] == 0.0
+        assert rows[(layout, "varlen", "flash")]["status"] == "skipped" and "CUDA" in rows[(layout, "varlen", "flash")]["error"]
+
+
+def test_the_model_layout_is_what_attention_hands_sdpa(benchmark_script):
+    import torch
+
+    from maelre.layers.attention import Attention
+
+    sdpa = benchmark_script("sdpa_backends")
+    leaves, (q, k, v) = sdpa.attention_inputs("model", (2, 4, 16, 8), torch.device("cpu"), torch.float32)
+    attn = Attention(32, 4)
+    mq, mk, mv = attn.qkv(torch.randn(2, 16, 32))
+    for ours, theirs in zip((q, k, v), (mq, mk, mv)):
+        assert ours.shape == theirs.shape and ours.stride() == theirs.stride()
+    assert [t.shape for t in leaves] == [(2, 16, 32), (2, 16, 64)] and not q.is_contiguous()
+
+
+def test_an_unknown_layout_is_a_clear_error(benchmark_script, tmp_path, capsys):
+    sdpa = benchmark_script("sdpa_backends")
+    with pytest.raises(SystemExit):
+        sdpa.main(["--device", "cpu", "--layouts", "contiguous,weird", "--out", str(tmp_path / "x.json")])
+    assert "weird" in capsys.readouterr().err
 
 
 def test_a_missing_length_file_is_a_clear_error(benchmark_script, tmp_path, capsys):
