@@ -47,6 +47,11 @@
 #   b. training calls (LB=..., LRA=...), `unpack` after each (logs, curves, small folders);
 #   c. the last training call with RETURN_STATE=1, then DRAIN=1 calls until the output says
 #      "outbox: empty", `unpack` after each.
+#   The machine goes back after 30 s without a call, and everything on it that did not come back
+#   is lost (session 12 lost a whole training call's steps of four Text runs and Pathfinder that
+#   way, and the next call started a bare machine). So: calls back to back, and RETURN_STATE=1 on
+#   every training call, not only the last: its parts may be superseded by the next call, but
+#   they are what survives if there is no next call on this machine.
 # Small committed folders (sCIFAR-10's) need no carrying: a machine lacking runs/lb/TASK/NAME
 # copies benchmarks/results/TASK_partial_h200/NAME (commit them before a call on a cold machine).
 #

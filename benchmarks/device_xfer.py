@@ -26,7 +26,9 @@ into place (the old one is removed after the rename): a corrupt or incomplete se
 left in the store, never half extracted. A ledger (``runs/xfer_ledger.json``, here and on the
 device) keeps the stamp of each destination, so an older set never replaces a newer folder (the
 machine's own runs, packed by an earlier call, count as newer than a set carried from an earlier
-session; ``--force`` replaces anyway).
+session; ``--force`` replaces anyway). Nor does a set replace a folder that has trained further:
+a run at an older step, or at the same step without the checkpoints this copy holds (what a bare
+machine packs when a run folder was not carried in; ``--force`` again replaces anyway).
 
 Where ``unpack`` puts members (``--into DIR``: every member at ``DIR/MEMBER`` instead):
     lb/TASK/NAME              benchmarks/results/TASK_partial_h200/NAME (a folder over 15 MiB gets a
@@ -424,8 +426,54 @@ def _move_into_place(src: Path, dest: Path) -> None:
         shutil.rmtree(old) if old.is_dir() else old.unlink()
 
 
-def extract_set(tar_path: Path, dest_of: Callable[[str], Path], tmp_root: Path, skip: Callable[[str, Path], bool]) -> list[tuple[str, Path]]:
-    """Extract into a temporary folder, then move each member root to ``dest_of(root)``; returns what was placed."""
+def trained(folder: Path) -> dict[str, tuple[int, bool]]:
+    """Per run folder under ``folder`` (where a ``results.json`` or ``checkpoints/`` lies): (newest step, holds checkpoints).
+
+    The step is the larger of ``results.json``'s ``global_step`` and the newest ``checkpoints/step-N``.
+    """
+    runs: dict[str, tuple[int, bool]] = {}
+    for path in [*folder.rglob("results.json"), *folder.rglob("checkpoints")]:
+        if path.name == "checkpoints" and not path.is_dir():
+            continue
+        run = path.parent
+        key = run.relative_to(folder).as_posix()
+        if key in runs:
+            continue
+        step = 0
+        try:
+            step = int(json.loads((run / "results.json").read_text()).get("global_step") or 0)
+        except (OSError, ValueError, AttributeError):
+            pass
+        checkpoints = run / "checkpoints"
+        for ck in checkpoints.glob("step-*") if checkpoints.is_dir() else ():
+            if (m := re.fullmatch(r"step-(\d+)", ck.name)) is not None:
+                step = max(step, int(m.group(1)))
+        runs[key] = (step, checkpoints.is_dir() and any(f.is_file() for f in checkpoints.rglob("*")))
+    return runs
+
+
+def regression(dest: Path, incoming: Path) -> str | None:
+    """Why ``incoming`` would lose training that ``dest`` holds (a run at an older step, or its checkpoints gone), or None.
+
+    A bare device machine starts runs from what git holds and packs them back: such a set is
+    newer by its stamp but older in training, and must not replace the real run folder.
+    """
+    if not dest.is_dir():
+        return None
+    theirs = trained(incoming)
+    for run, (step, has_checkpoints) in sorted(trained(dest).items()):
+        new_step, new_has = theirs.get(run, (0, False))
+        where = f"{dest.name}/{run}".rstrip("/.") if run != "." else dest.name
+        if new_step < step:
+            return f"{where} is at step {step} here, {new_step} in the set"
+        if new_step == step and has_checkpoints and not new_has:
+            return f"{where} has checkpoints here at step {step}, the set has none"
+    return None
+
+
+def extract_set(tar_path: Path, dest_of: Callable[[str], Path], tmp_root: Path,
+                skip: Callable[[str, Path, Path], bool]) -> list[tuple[str, Path]]:
+    """Extract into a temporary folder, then move each member root to ``dest_of(root)`` unless ``skip(root, dest, extracted)``; returns what was placed."""
     tmp_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=tmp_root, prefix=".xfer-"))
     try:
@@ -445,7 +493,7 @@ def extract_set(tar_path: Path, dest_of: Callable[[str], Path], tmp_root: Path, 
         placed = []
         for unit in units:
             dest = dest_of(unit)
-            if skip(unit, dest):
+            if skip(unit, dest, tmp / unit):
                 continue
             _move_into_place(tmp / unit, dest)
             placed.append((unit, dest))
@@ -489,11 +537,17 @@ def receive(store: Path, dest_of: Callable[[str, str], Path], ledger_path: Path 
             result.incomplete.append(name)
             continue
 
-        def skip(unit: str, dest: Path) -> bool:
+        def skip(unit: str, dest: Path, incoming: Path) -> bool:
             have = ledger.get(_key(dest), "")
-            if stamp and not force and dest.exists() and have >= stamp:  # an unstamped set replaces
+            if force:
+                return False
+            if stamp and dest.exists() and have >= stamp:  # an unstamped set replaces
                 why = "the same" if have == stamp else f"newer ({have})"
                 print(f"{name}: {unit}: {dest} is {why}; kept (--force replaces it)")
+                result.skipped.append(unit)
+                return True
+            if (why := regression(dest, incoming)) is not None:
+                print(f"{name}: {unit}: kept {dest}, which has trained further: {why} (--force replaces it)")
                 result.skipped.append(unit)
                 return True
             return False

@@ -2,7 +2,7 @@
 
     python benchmarks/lra_learn.py data ROOT DIFFICULTY [DIFFICULTY ...]  # Pathfinder-32 folders, LRA's 200,000 images each
     python benchmarks/lra_learn.py listops ROOT                         # ListOps TSVs, LRA's 96,000 / 2,000 / 2,000
-    python benchmarks/lra_learn.py status RUN_DIR MAX_STEPS              # prints new | resume | done
+    python benchmarks/lra_learn.py status RUN_DIR MAX_STEPS [--committed CURVES]  # prints new | resume | done | lost
     python benchmarks/lra_learn.py prune RUN_DIR [--drop-checkpoints]    # keep what a later call needs, nothing more
     python benchmarks/lra_learn.py curves GROUP_DIR OUT_JSON             # one JSON of every run's curves and results
     python benchmarks/lra_learn.py pack OUT_PREFIX PATH [PATH ...] [--base DIR]  # tars under 15 MiB; a bigger folder in parts
@@ -56,11 +56,28 @@ def _results(run: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def cmd_status(run: Path, max_steps: int) -> str:
+def committed_step(curves: Path, run: Path) -> int:
+    """The newest step that the committed curves file records for ``run`` (``.../BACKBONE/PHASE``), 0 if none."""
+    if not curves.is_file():
+        return 0
+    entry = json.loads(curves.read_text()).get("runs", {}).get(f"{run.parent.name}/{run.name}") or {}
+    return max(entry.get("global_step") or 0, entry.get("checkpoint_step") or 0)
+
+
+def cmd_status(run: Path, max_steps: int, committed: Path | None = None) -> str:
+    """``done``, ``resume`` or ``new``; ``lost`` when the run has no checkpoint here but ``committed`` curves say it trained.
+
+    ``lost`` is what a bare device machine sees when the run folder was not carried in: starting
+    the run afresh would waste the call and, once returned, replace the real state with a younger one.
+    """
     results = _results(run)
     if results is not None and results.get("global_step", 0) >= max_steps:
         return "done"
-    return "resume" if any((run / "checkpoints").glob("step-*")) else "new"
+    if any((run / "checkpoints").glob("step-*")):
+        return "resume"
+    if committed is not None and committed_step(committed, run) > 0:
+        return "lost"
+    return "new"
 
 
 def cmd_prune(run: Path, drop_checkpoints: bool) -> None:
@@ -170,6 +187,7 @@ def main() -> None:
     p = sub.add_parser("status")
     p.add_argument("run", type=Path)
     p.add_argument("max_steps", type=int)
+    p.add_argument("--committed", type=Path, help="the group's committed curves: a run they record that has no checkpoint here is 'lost'")
     p = sub.add_parser("prune")
     p.add_argument("run", type=Path)
     p.add_argument("--drop-checkpoints", action="store_true")
@@ -186,7 +204,7 @@ def main() -> None:
     elif args.command == "listops":
         cmd_listops(args.root, args.n, args.seed)
     elif args.command == "status":
-        print(cmd_status(args.run, args.max_steps))
+        print(cmd_status(args.run, args.max_steps, args.committed))
     elif args.command == "prune":
         cmd_prune(args.run, args.drop_checkpoints)
     elif args.command == "curves":

@@ -55,7 +55,9 @@
 # three folders, ~2 min for ListOps' 100,000 expressions; a machine still warm from the last call
 # reuses them; at most CALL_SECONDS - PACK_SECONDS - TEST_SECONDS), CALL_SECONDS (540: the script
 # has packed by then; keep it under the device call's limit), PACK_SECONDS (45), TEST_SECONDS (60),
-# GRACE_SECONDS (15) (benchmarks/call_guard.sh), MIN_PHASE_SECONDS (60: a pretraining or
+# GRACE_SECONDS (15) (benchmarks/call_guard.sh), COMMITTED (benchmarks/results/lra_learn/GROUP_h200.json:
+# a run these curves record is never restarted from step 0 on a machine that lacks its folder, unless
+# FRESH_OK=1), MIN_PHASE_SECONDS (60: a pretraining or
 # fine-tuning phase starts only with this long left before the deadline),
 # BACKBONES (maelre,transformer,ecp,perceiver_ar),
 # PRETRAIN_FRACTION (0.25), PF_ROOT (/tmp/pathfinder32), PF_IMAGES (200000 per difficulty),
@@ -89,6 +91,7 @@ LISTOPS_ROOT=${LISTOPS_ROOT:-/tmp/listops}
 LISTOPS_EXAMPLES=${LISTOPS_EXAMPLES:-100000}
 PYTHON=${PYTHON:-python3}
 group=${task}_${variant}_s${seed}${TAG:+_$TAG}
+committed=${COMMITTED:-benchmarks/results/lra_learn/${group}_h200.json}  # the curves of the calls so far
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 started=$(date +%s)
 source benchmarks/call_guard.sh
@@ -170,8 +173,16 @@ phase() {  # phase COMMAND RUN_DIR STEPS ARGS...: train (or resume) one run unti
     # in `|| rc=$?`, where bash ignores `set -e`, so every failure is checked here by hand.
     local command=$1 run=$2 steps=$3 status resume=() rc=0
     shift 3
-    status=$("$PYTHON" benchmarks/lra_learn.py status "$run" "$steps") || return 2
+    status=$("$PYTHON" benchmarks/lra_learn.py status "$run" "$steps" --committed "$committed") || return 2
     [[ $status == done ]] && return 0
+    if [[ $status == lost ]]; then
+        if [[ ${FRESH_OK:-0} != 1 ]]; then
+            echo "lra_learn.sh: $run has no checkpoint on this machine, but $committed records its training;" \
+                 "carry its folder in (benchmarks/device_xfer.py carry runs/lra_state/$group/*/), or FRESH_OK=1 to start it again" >&2
+            return 2
+        fi
+        status=new
+    fi
     if (( $(date +%s) + MIN_PHASE_SECONDS >= train_deadline )); then  # too little time for setup and a step
         echo "lra_learn.sh: $run: $(( train_deadline - $(date +%s) )) s left before the deadline, under MIN_PHASE_SECONDS; a later call continues"
         return 1

@@ -265,3 +265,38 @@ def test_device_call_drain_round_trip_on_cpu(runs, tmp_path):
     subprocess.run([sys.executable, str(repo / "benchmarks/device_xfer.py"), "unpack", *(str(tmp_path / f"OUT{i}") for i in range(len(logs))),
                     "--into", str(tmp_path / "back")], cwd=here, check=True, capture_output=True)
     assert tree(tmp_path / "back/lb/text/maelre") == tree(repo / "runs/lb/text/maelre")
+
+
+def test_a_set_from_a_bare_machine_never_replaces_a_run_that_trained_further(runs, tmp_path):
+    """Session 12: a machine that lost the run folders packed younger copies with newer stamps."""
+    to_dest = lambda unit, s: tmp_path / "here" / unit  # noqa: E731
+    here = make_run(tmp_path / "here" / "lra_state" / "g" / "maelre" / "fit", 100)
+    (here / "checkpoints" / "step-0005337").mkdir()
+    (here / "results.json").write_text(json.dumps({"global_step": 5337}))
+    before = tree(here)
+    bare = tmp_path / "bare"  # the same run restarted from step 0 on a bare machine: 1,357 steps, checkpoint included
+    make_run(bare / "lra_state" / "g" / "maelre" / "fit", 100)
+    (bare / "lra_state" / "g" / "maelre" / "fit" / "results.json").write_text(json.dumps({"global_step": 1357}))
+    unpacked = tmp_path / "lb"  # a finished run's committed copy without its checkpoints, at the same step
+    finished = make_run(tmp_path / "here" / "lb" / "text" / "ecp", 100)
+    (unpacked / "lb" / "text" / "ecp").mkdir(parents=True)
+    (unpacked / "lb" / "text" / "ecp" / "results.json").write_text(json.dumps({"global_step": 10}))
+    store = tmp_path / "store"
+    store.mkdir()
+    for prefix, base, path in [("20261202T090000_lra_state", bare, "lra_state/g/maelre"), ("20261202T090000_lb", unpacked, "lb/text/ecp")]:
+        for f in xfer.pack(tmp_path / "sets" / prefix, [base / path], base=base)[0].files:
+            shutil.copy(f, store)
+    got = xfer.receive(store, to_dest, ledger_path=tmp_path / "ledger.json")
+    assert sorted(got.skipped) == ["lb/text/ecp", "lra_state/g/maelre"] and not got.placed
+    assert tree(here) == before and (finished / "checkpoints" / "step-0000010" / "training_state.pt").is_file()
+    assert xfer.regression(tmp_path / "here" / "lra_state" / "g" / "maelre", bare / "lra_state" / "g" / "maelre") == \
+        "maelre/fit is at step 5337 here, 1357 in the set"
+    assert xfer.regression(bare / "lra_state" / "g" / "maelre", tmp_path / "here" / "lra_state" / "g" / "maelre") is None  # the other way is progress
+
+
+def test_a_set_that_trained_further_replaces_the_folder(runs, tmp_path):
+    here = make_run(tmp_path / "here" / "lb" / "text" / "maelre", 100)
+    newer = make_run(tmp_path / "new" / "lb" / "text" / "maelre", 100, seed=9)
+    (newer / "results.json").write_text(json.dumps({"global_step": 20000}))
+    shutil.rmtree(newer / "checkpoints")  # a finished run keeps its best weights only; here: none at all
+    assert xfer.regression(here, newer) is None

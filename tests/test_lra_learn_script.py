@@ -135,3 +135,15 @@ def test_listops_sky_settings_validate_for_every_backbone(tmp_path):
             with pytest.raises(RecipeError, match="switch_threshold >= 512"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RecipeWarning)
                 load_recipe(_PATH.parents[1] / call[3], without)
+
+
+def test_a_run_the_committed_curves_record_is_lost_not_new_on_a_bare_machine(tmp_path):
+    curves = tmp_path / "group_h200.json"
+    curves.write_text(json.dumps({"group": "g", "runs": {"maelre/fit": {"global_step": 5337, "checkpoint_step": 6000}}}))
+    run = tmp_path / "state" / "g" / "maelre" / "fit"
+    assert lra_learn.committed_step(curves, run) == 6000
+    assert lra_learn.cmd_status(run, 50_000, curves) == "lost"  # no checkpoint here: starting afresh would lose 6,000 steps
+    assert lra_learn.cmd_status(tmp_path / "state" / "g" / "ecp" / "fit", 50_000, curves) == "new"  # never trained
+    assert lra_learn.cmd_status(run, 50_000, tmp_path / "absent.json") == "new" and lra_learn.cmd_status(run, 50_000) == "new"
+    (run / "checkpoints" / "step-0006000").mkdir(parents=True)
+    assert lra_learn.cmd_status(run, 50_000, curves) == "resume"
