@@ -32,6 +32,12 @@ is never read and gets a zero gradient. The atomics add in float32 in any order,
 result equals the reference up to the rounding of that order.
 
 When they run: ``maelre.layers._triton.available``.
+
+Under ``torch.compile`` each entry point is a ``torch.library`` custom op, so the graph keeps it
+whole. Eager calls run the same Python functions directly (``merge_states`` through an
+``autograd.Function``): a custom op's eager dispatch (schema binding, its autograd wrapper,
+redispatch) costs tens of microseconds of host time per call, four calls per merge, and the
+eager training step on a GPU is bound by host time (``benchmarks/host_proxy.py``).
 """
 from __future__ import annotations
 
@@ -202,14 +208,14 @@ def match_window(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tu
 
     Returns ``(score, index)``, each ``[B, Na]``: the best cosine similarity within the
     window (``a``'s dtype, ``-inf`` without a real candidate) and its B index (long).
-    A ``torch.library`` custom op: ``torch.compile`` keeps it in the graph as one opaque
-    op (Inductor never sees the masked argmax it miscompiles, see ``merge.py``).
+    Under ``torch.compile`` a ``torch.library`` custom op: the graph keeps it as one opaque
+    op (Inductor never sees the masked argmax it miscompiles, see ``merge.py``). Eager calls
+    skip the op's dispatch (module docstring).
     """
-    return _match_window_op(a, b, b_real, window)
+    return (_match_window_op if torch.compiler.is_compiling() else _match_window)(a, b, b_real, window)
 
 
-@torch.library.custom_op("maelre::match_window", mutates_args=())
-def _match_window_op(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
+def _match_window(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
     if triton is None:
         raise RuntimeError("the fused matching needs triton (it ships with torch's CUDA wheels); use merge.match_window on this machine")
     if window < 1:
@@ -231,6 +237,9 @@ def _match_window_op(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -
     return score, index
 
 
+_match_window_op = torch.library.custom_op("maelre::match_window", _match_window, mutates_args=())
+
+
 @_match_window_op.register_fake
 def _(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
     return a.new_empty(a.shape[:2]), a.new_empty(a.shape[:2], dtype=torch.long)
@@ -245,14 +254,13 @@ def plan(
     ``src, best [B, candidates]`` (the top-k A tokens and their scores), ``r`` (``[B]`` long or one int:
     a candidate merges if it is among its row's first ``r`` and its score is finite), ``dst [B, Na]``
     (every A token's B match), ``sizes [B, N]`` (integer counts, 0 = padding) and ``real [B, N]``
-    bool or ``None`` (no padding). A custom op, like ``match_window``.
+    bool or ``None`` (no padding). A custom op under ``torch.compile``, like ``match_window``.
     """
     r_rows, r_all = (r, 0) if isinstance(r, Tensor) else (None, r)
-    return _plan_op(real, sizes, src, dst, best, r_rows, r_all, n, n_out)
+    return (_plan_op if torch.compiler.is_compiling() else _plan)(real, sizes, src, dst, best, r_rows, r_all, n, n_out)
 
 
-@torch.library.custom_op("maelre::merge_plan", mutates_args=())
-def _plan_op(
+def _plan(
     real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, best: Tensor, r_rows: Tensor | None, r_all: int, n: int, n_out: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if triton is None:
@@ -278,6 +286,9 @@ def _plan_op(
     return slot, total[:, :n_out].to(sizes.dtype), share, log_total
 
 
+_plan_op = torch.library.custom_op("maelre::merge_plan", _plan, mutates_args=())
+
+
 @_plan_op.register_fake
 def _(
     real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, best: Tensor, r_rows: Tensor | None, r_all: int, n: int, n_out: int
@@ -292,10 +303,12 @@ def merge_states(x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tensor:
     ``x [B, N, ...]`` (float32, bfloat16 or float16; summed in float32), ``share [B, N]``
     float32 and ``slot [B, N]`` long from the plan (``merge._plan``); tokens whose slot is
     ``n_out`` (padding) are dropped. Differentiable in ``x`` (``share`` and ``slot`` come
-    from the plan, which has no gradient). A custom op, like ``match_window``.
+    from the plan, which has no gradient). A custom op under ``torch.compile``, like ``match_window``;
+    eagerly an ``autograd.Function`` around the same two functions.
     """
     b, n = x.shape[:2]
-    out = _merge_states_op(x.reshape(b, n, -1), share, slot, n_out)
+    rows = x.reshape(b, n, -1)
+    out = _merge_states_op(rows, share, slot, n_out) if torch.compiler.is_compiling() else _MergeStates.apply(rows, share, slot, n_out)
     return out.view(b, n_out, *x.shape[2:])
 
 
@@ -313,8 +326,7 @@ def _check_merge(x: Tensor, share: Tensor, slot: Tensor) -> None:
         )
 
 
-@torch.library.custom_op("maelre::merge_states", mutates_args=())
-def _merge_states_op(x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tensor:
+def _merge_states(x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tensor:
     """``[B, n_out, C]`` in ``x``'s dtype: the weighted rows of ``x [B, N, C]`` summed into their slots."""
     _check_merge(x, share, slot)
     b, n, c = x.shape
@@ -325,13 +337,15 @@ def _merge_states_op(x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tens
     return out.to(x.dtype)
 
 
+_merge_states_op = torch.library.custom_op("maelre::merge_states", _merge_states, mutates_args=())
+
+
 @_merge_states_op.register_fake
 def _(x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tensor:
     return x.new_empty(x.shape[0], n_out, x.shape[2])
 
 
-@torch.library.custom_op("maelre::merge_states_backward", mutates_args=())
-def _merge_states_backward_op(grad_out: Tensor, share: Tensor, slot: Tensor, dtype: torch.dtype) -> Tensor:
+def _merge_states_backward(grad_out: Tensor, share: Tensor, slot: Tensor, dtype: torch.dtype) -> Tensor:
     """``grad_x [B, N, C]`` in ``dtype``: ``share[b, i] * grad_out[b, slot[b, i]]`` (0 for padding)."""
     b, c = grad_out.shape[0], grad_out.shape[2]
     n = slot.shape[1]
@@ -340,6 +354,9 @@ def _merge_states_backward_op(grad_out: Tensor, share: Tensor, slot: Tensor, dty
         grad_out, share.contiguous(), slot.contiguous(), grad_x, n, c, grad_out.shape[1], *grad_out.stride(), BT=BLOCK_TOKENS, BC=BLOCK_CHANNELS
     )
     return grad_x
+
+
+_merge_states_backward_op = torch.library.custom_op("maelre::merge_states_backward", _merge_states_backward, mutates_args=())
 
 
 @_merge_states_backward_op.register_fake
@@ -353,9 +370,23 @@ def _merge_states_setup(ctx, inputs: tuple, output: Tensor) -> None:
     ctx.dtype = x.dtype
 
 
-def _merge_states_backward(ctx, grad_out: Tensor) -> tuple:
+def _merge_states_grad(ctx, grad_out: Tensor) -> tuple:
     share, slot = ctx.saved_tensors
     return _merge_states_backward_op(grad_out, share, slot, ctx.dtype), None, None, None  # the plan has no gradient
 
 
-_merge_states_op.register_autograd(_merge_states_backward, setup_context=_merge_states_setup)
+_merge_states_op.register_autograd(_merge_states_grad, setup_context=_merge_states_setup)
+
+
+class _MergeStates(torch.autograd.Function):
+    """The eager ``_merge_states_op``: the same forward and backward without the custom op's dispatch."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tensor:
+        _merge_states_setup(ctx, (x, share, slot, n_out), None)
+        return _merge_states(x, share, slot, n_out)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple:
+        share, slot = ctx.saved_tensors
+        return _merge_states_backward(grad_out, share, slot, ctx.dtype), None, None, None
