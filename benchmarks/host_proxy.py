@@ -9,10 +9,11 @@ its twin the median step time (wall, and CPU time of the one thread, which a sha
 load disturbs less), their ratio and the aten operators per step.
 
 ``--fused`` runs the merge through the Triton path of ``maelre.layers.triton_merge`` (what
-the GPU runs) with its kernel launches replaced by stubs: the custom ops, their checks and
-allocations run, the kernels do not (the stub of the plan kernel zeroes its outputs, 4 ops
-per merge that the GPU does not dispatch). The step's values are then meaningless; only its
-host time is. Without ``--fused`` the merge takes the PyTorch path (the CPU's).
+the GPU runs) with its kernel launches replaced by stubs: the wrappers, their checks and
+allocations run, the kernels do not. The stubs zero the kernels' outputs (garbage memory
+could hold denormals, slow on a CPU); those ``zero_`` calls are left out of the op counts
+but not out of the times. The step's values are then meaningless; only its host time is.
+Without ``--fused`` the merge takes the PyTorch path (the CPU's).
 
 ``--cprofile N`` prints the N functions with the most own time over the timed MAELRE steps.
 
@@ -42,15 +43,22 @@ class _OpCount(TorchDispatchMode):
         self.calls: Counter[str] = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.calls[str(func.overloadpacket)] += 1
+        if not _STUB.active:
+            self.calls[str(func.overloadpacket)] += 1
         return func(*args, **(kwargs or {}))
 
 
 def _profiler_ops(step) -> int:
-    """aten operator calls of one step as ``torch.profiler`` counts them (the GPU table's ``aten ops/step``)."""
+    """aten operator calls of one step as ``torch.profiler`` counts them (the GPU table's ``aten ops/step``), stubs' left out."""
+    zeroed = _STUB.zeroed
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         step()
-    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::")) - (_STUB.zeroed - zeroed)
+
+
+class _STUB:
+    active = False  # inside a stubbed launch
+    zeroed = 0  # zero_ calls the stubs made
 
 
 def stub_triton_merge() -> None:
@@ -58,13 +66,16 @@ def stub_triton_merge() -> None:
     import maelre.layers.triton_merge as tm
 
     class _Launch:
-        def __init__(self, zero: tuple[int, ...] = ()) -> None:
-            self.zero = zero
+        def __init__(self, outputs: tuple[int, ...]) -> None:
+            self.outputs = outputs
 
         def __getitem__(self, grid):
             def launch(*args, **kwargs) -> None:
-                for i in self.zero:  # outputs the rest of the step reads as indices or sizes
+                _STUB.active = True
+                for i in self.outputs:
                     args[i].zero_()
+                _STUB.active = False
+                _STUB.zeroed += len(self.outputs)
 
             return launch
 
@@ -79,10 +90,10 @@ def stub_triton_merge() -> None:
 
     tm.triton = _Triton
     tm.available = lambda x: True
-    tm._match_window_kernel = _Launch((4,))  # index
-    tm._plan_kernel = _Launch((7, 8, 9, 10))  # slot, total, share, log
-    tm._merge_states_kernel = _Launch()
-    tm._merge_states_grad_kernel = _Launch()
+    tm._match_window_kernel = _Launch((3, 4))  # score, index
+    tm._plan_kernel = _Launch((7, 8, 9, 10))  # slot, total, share, log (flags: read by no one else)
+    tm._merge_states_kernel = _Launch(())  # adds into a zeroed buffer
+    tm._merge_states_grad_kernel = _Launch((3,))  # grad_x
 
 
 def main(argv: list[str] | None = None) -> None:

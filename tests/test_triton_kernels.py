@@ -14,8 +14,11 @@ import subprocess
 import sys
 import warnings
 
+from functools import partial
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from maelre.layers import _triton
 
@@ -48,7 +51,7 @@ def test_kernels_under_the_interpreter():
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpret and not under_the"]
     run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "19 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
+    assert "20 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
 
 
 def inputs(device: str, dtype: torch.dtype = torch.float32, n: int = N):
@@ -322,6 +325,47 @@ def test_deterministic_mode_keeps_the_pytorch_state_merge(kernels, monkeypatch):
     monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: True)
     torch.testing.assert_close(plan.merge(x), fused, atol=1e-6, rtol=1e-6)
     assert calls == [1]
+
+
+class _CustomOpCalls(TorchDispatchMode):
+    """Names of the ``maelre::`` custom ops that reach the dispatcher."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "maelre":
+            self.names.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_eager_merge_skips_the_custom_ops_with_their_results(kernels):
+    """Eager matching, plan and state merge call the kernels' functions directly (a custom op's dispatch is host time
+    on a host-bound step); the custom ops, which torch.compile sees, give the same values and gradient."""
+    from maelre.layers import triton_merge as tm
+
+    _, device = kernels
+    g = torch.Generator().manual_seed(3)
+    metric, x = torch.randn(2, 45, 6, generator=g).to(device), torch.randn(2, 45, 5, generator=g).to(device).requires_grad_()
+    sizes = (torch.arange(45) < torch.tensor([45, 30])[:, None]).float().to(device)
+    real, grad = sizes > 0, torch.randn(2, 33, 5, generator=g).to(device)
+    with _CustomOpCalls() as calls:
+        score, dst = tm.match_window(metric[:, ::2], metric[:, 1::2], real[:, 1::2], 8)
+        best, src = score.masked_fill(~real[:, ::2], float("-inf")).topk(12, dim=1)
+        plan = tm.plan(real, sizes, src, dst, best, 12, 45, 33)
+        out = tm.merge_states(x, plan[2], plan[0], 33)
+        dx = torch.autograd.grad(out, x, grad)[0]
+    assert calls.names == []
+    assert_equal = partial(torch.testing.assert_close, atol=0, rtol=0)
+    for got, want in zip((score, dst), tm._match_window_op(metric[:, ::2], metric[:, 1::2], real[:, 1::2], 8)):
+        assert_equal(got, want)
+    for got, want in zip(plan, tm._plan_op(real, sizes, src, dst, best, None, 12, 45, 33)):
+        assert_equal(got, want)
+    x_op = x.detach().requires_grad_()
+    out_op = tm._merge_states_op(x_op, plan[2], plan[0], 33)
+    torch.testing.assert_close(out, out_op, atol=1e-6, rtol=1e-6)  # atomic adds in any order
+    assert_equal(dx, torch.autograd.grad(out_op, x_op, grad)[0])
 
 
 def test_log_sizes_come_with_the_kernel_plan_only(kernels, monkeypatch):

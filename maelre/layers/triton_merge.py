@@ -283,7 +283,7 @@ def _plan(
         flags, slot, total, share, log_total, n, na, candidates, r_all, n_out, width - 1, width,
         BLOCK=BLOCK_SLOTS, HAS_REAL=real is not None, HAS_R=r_rows is not None,
     )  # fmt: skip
-    return slot, total[:, :n_out].to(sizes.dtype), share, log_total
+    return slot, (total if real is None else total[:, :n_out]).to(sizes.dtype), share, log_total  # no slice without padding
 
 
 _plan_op = torch.library.custom_op("maelre::merge_plan", _plan, mutates_args=())
@@ -307,9 +307,9 @@ def merge_states(x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tensor:
     eagerly an ``autograd.Function`` around the same two functions.
     """
     b, n = x.shape[:2]
-    rows = x.reshape(b, n, -1)
+    rows = x if x.dim() == 3 else x.reshape(b, n, -1)  # no view (nor its backward) for the usual [B, N, C]
     out = _merge_states_op(rows, share, slot, n_out) if torch.compiler.is_compiling() else _MergeStates.apply(rows, share, slot, n_out)
-    return out.view(b, n_out, *x.shape[2:])
+    return out if x.dim() == 3 else out.view(b, n_out, *x.shape[2:])
 
 
 def _merge_grid(b: int, n: int, c: int) -> tuple[int, int, int]:
