@@ -51,7 +51,7 @@ def test_kernels_under_the_interpreter():
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpret and not under_the"]
     run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "20 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
+    assert "21 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
 
 
 def inputs(device: str, dtype: torch.dtype = torch.float32, n: int = N):
@@ -366,6 +366,23 @@ def test_eager_merge_skips_the_custom_ops_with_their_results(kernels):
     out_op = tm._merge_states_op(x_op, plan[2], plan[0], 33)
     torch.testing.assert_close(out, out_op, atol=1e-6, rtol=1e-6)  # atomic adds in any order
     assert_equal(dx, torch.autograd.grad(out_op, x_op, grad)[0])
+
+
+def test_eager_linear_attention_skips_the_custom_ops_with_their_results(kernels):
+    """Eager fused linear attention runs its kernels through an autograd.Function, not the custom ops torch.compile sees:
+    the same values and gradients."""
+    module, device = kernels
+    (q, k, v), key_bias, mask = inputs(device)
+    weights = la.key_weights(key_bias, mask).float().contiguous()
+    grad = torch.randn(q.shape, generator=torch.Generator().manual_seed(4)).to(device)
+    with _CustomOpCalls() as calls:
+        out = module.fused_linear_attention(q, k, v, weights)
+        grads = torch.autograd.grad(out, (q, k, v), grad)
+    assert calls.names == []
+    out_op = module._forward_op(q, k, v, weights, None, 1e-6)[0]
+    torch.testing.assert_close(out, out_op, atol=0, rtol=0)
+    for got, want in zip(grads, torch.autograd.grad(out_op, (q, k, v), grad)):
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
 
 
 def test_log_sizes_come_with_the_kernel_plan_only(kernels, monkeypatch):

@@ -283,10 +283,11 @@ def _state(setup: _Setup, k: Tensor, v: Tensor, w: Tensor) -> tuple[Tensor, Tens
     return (s * scale[..., None, None]).sum(1), (z * scale[..., None]).sum(1), top.squeeze(1)
 
 
-# Custom ops (not an autograd.Function) so that torch.compile traces through them without a
-# graph break and CUDA graphs capture them: the compiler sees opaque ops with known output shapes.
-@torch.library.custom_op("maelre::fused_linear_attention", mutates_args=())
-def _forward_op(
+# Custom ops under torch.compile (not an autograd.Function), so that it traces through them without a
+# graph break: the compiler sees opaque ops with known output shapes. Eager calls run the same two
+# functions through an autograd.Function (``_FusedLinearAttention``): a custom op's eager dispatch
+# costs tens of microseconds of host time per call (see ``maelre.layers.triton_merge``).
+def _forward(
     q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(out [B, H, N, dh], S [BH, FP, DHP], z [BH, FP], m [BH])``; the last three are saved for backward."""
@@ -299,6 +300,9 @@ def _forward_op(
     return out, s, z, m
 
 
+_forward_op = torch.library.custom_op("maelre::fused_linear_attention", _forward, mutates_args=())
+
+
 @_forward_op.register_fake
 def _(q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     b, h, _, dh = q.shape
@@ -307,8 +311,7 @@ def _(q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | Non
     return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(b * h, fp, dhp, **state), q.new_empty(b * h, fp, **state), q.new_empty(b * h, **state)
 
 
-@torch.library.custom_op("maelre::fused_linear_attention_backward", mutates_args=())
-def _backward_op(
+def _backward_kernels(
     q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | None, s: Tensor, z: Tensor, m: Tensor, grad_out: Tensor, eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(dq, dk, dv)``, each ``[B, H, N, dh]``: the features are recomputed from q and k."""
@@ -326,6 +329,9 @@ def _backward_op(
         *k.stride(), *v.stride(), **setup.consts,
     )  # fmt: skip
     return dq, dk, dv
+
+
+_backward_op = torch.library.custom_op("maelre::fused_linear_attention_backward", _backward_kernels, mutates_args=())
 
 
 @_backward_op.register_fake
@@ -346,6 +352,22 @@ def _backward(ctx, grad_out: Tensor, *unused: Tensor) -> tuple:
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _FusedLinearAttention(torch.autograd.Function):
+    """The eager ``_forward_op`` with its autograd: the same kernels without the custom ops' dispatch."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | None, eps: float) -> Tensor:
+        inputs = (q, k, v, weights, projection, eps)
+        output = _forward(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output[0]
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor) -> tuple:
+        dq, dk, dv = _backward_kernels(*ctx.saved_tensors, grad_out, ctx.eps)
+        return dq, dk, dv, None, None, None
 
 
 def fused_linear_attention(
@@ -372,4 +394,7 @@ def fused_linear_attention(
         raise ValueError(f"fused linear attention needs q, k, v of one shape [B, H, N, dh], got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if weights.shape != (q.shape[0], q.shape[2]):
         raise ValueError(f"weights must be [B, N]=({q.shape[0]}, {q.shape[2]}), got {tuple(weights.shape)}")
-    return _forward_op(q, k, v, weights.float().contiguous(), projection, eps)[0]
+    weights = weights.float().contiguous()
+    if torch.compiler.is_compiling():
+        return _forward_op(q, k, v, weights, projection, eps)[0]
+    return _FusedLinearAttention.apply(q, k, v, weights, projection, eps)
