@@ -20,6 +20,12 @@ views of the projections' ``[B, N, D]`` and ``[B, N, 2D]`` outputs (k and v are 
 of one tensor, so their row stride is 2D). A backend's kernel choice can depend on strides,
 so only the second says what the transformer's step gets.
 
+``new_shapes`` (layout ``contiguous``, padding bias and dropout, under ``default``, ``cudnn``
+and ``efficient``): every call has a sequence length no earlier call had (the batch maximum,
+down from ``--seq-len`` in steps of 8). An eager fit pads each batch to its own longest
+sequence, so at LRA Text nearly every step brings a new length: a backend that builds a plan
+per shape (cuDNN) pays for it on every step, which the fixed-shape rows cannot show.
+
 Each SDPA variant runs under every backend (``sdpa_kernel``): a backend that refuses the
 inputs gets its error as the row's status. Batch lengths are drawn from the IMDB byte file
 (``--data``, ``benchmarks/make_compact_data.py``) or are all full. Outputs of the dropout-free
@@ -98,6 +104,38 @@ def _varlen(q, k, v, lengths: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return full.transpose(1, 2)
 
 
+NEW_SHAPE_BACKENDS = ("default", "cudnn", "efficient")
+
+
+def new_shape_rows(args: argparse.Namespace, lengths: torch.Tensor, device: torch.device, dtype: torch.dtype) -> list[dict]:
+    """``new_shapes`` rows: padding bias and dropout, each timed call at a sequence length no call had before."""
+    rows = []
+    calls = 3 + args.repeats  # measure's warm-up and timed calls
+    for backend_name in NEW_SHAPE_BACKENDS:
+        offset = NEW_SHAPE_BACKENDS.index(backend_name) * 4  # each backend its own lengths: no plan of an earlier row reused
+        ns = [args.seq_len - 8 * (i * len(NEW_SHAPE_BACKENDS)) - offset for i in range(calls)]
+        if min(ns) < 1:
+            rows.append({"layout": "contiguous", "variant": "new_shapes", "backend": backend_name, "case": f"new_shapes/{backend_name}",
+                         "status": "skipped", "error": f"--seq-len {args.seq_len} is too short for {calls} distinct lengths"})  # fmt: skip
+            continue
+        leaves, cases = [], []
+        for n in ns:
+            q, k, v = (torch.randn(args.batch, args.heads, n, args.head_dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+            real = torch.arange(n, device=device)[None, :] < lengths.clamp(max=n).to(device)[:, None]
+            leaves += [q, k, v]
+            cases.append((q, k, v, key_logit_bias(None, real, dtype)))
+        queue = iter(cases)
+        backend = BACKENDS[backend_name]
+
+        def fn(queue=queue, backend=backend) -> torch.Tensor:
+            q, k, v, bias = next(queue)
+            return _sdpa(q, k, v, bias, VARIANTS["bias_dropout"][1], backend)
+
+        row = measure(f"new_shapes/{backend_name}", fn, leaves, device, args.repeats)
+        rows.append({"layout": "contiguous", "variant": "new_shapes", "backend": backend_name, **row, "lengths": [ns[0], ns[-1]]})
+    return rows
+
+
 def measure(name: str, fn: Callable[[], torch.Tensor], inputs: list[torch.Tensor], device: torch.device, repeats: int) -> dict:
     """Time ``fn`` forward and backward (``repeats`` after 3 warm-up calls); the error as ``status`` if it fails."""
     def step() -> None:
@@ -125,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=4000)
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-new-shapes", dest="new_shapes", action="store_false", help="skip the new_shapes rows")
     parser.add_argument("--layouts", default="contiguous,model", help="comma-separated input layouts: contiguous, model (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.data is not None and not args.data.is_file():
@@ -161,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
                 with torch.no_grad():
                     row["max_abs_diff"] = on_real(fn().float() - reference[masked])
             rows.append(row)
+
+    if args.new_shapes:
+        rows += new_shape_rows(args, lengths, device, dtype)
 
     meta = {
         "description": "one exact-attention call, forward and backward, at LRA Text's transformer shape (benchmarks/sdpa_backends.py)",
