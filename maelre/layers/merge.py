@@ -92,7 +92,9 @@ def match_window(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tu
     # in place (scores is our own); keepdim: one dispatch, where max without it squeezes internally (8 more)
     score, which = scores.masked_fill_(outside, float("-inf")).max(dim=-1, keepdim=True)
     index = which.view(-1, na) + _window_offsets(na, before, a.device)
-    return score.view(-1, na), index.clamp(0, nb - 1)  # out-of-range only where score is -inf
+    if b_real is None:  # B token j (offset 0) or j - 1 (offset -1) is in every window: max never picks a slot off the ends
+        return score.view(-1, na), index
+    return score.view(-1, na), index.clamp(0, nb - 1)  # out-of-range only where score is -inf (no real B token in the window)
 
 
 @torch.library.custom_op("maelre::match_global_eager", mutates_args=())
@@ -270,7 +272,7 @@ def _choose(
     if window is not None and triton_merge.available(metric):  # one kernel, normalizing as it reads
         score, dst = triton_merge.match_window(metric[:, ::2], metric[:, 1::2], b_real, window)
     else:
-        unit = F.normalize(metric, dim=-1)
+        unit = metric / torch.linalg.vector_norm(metric, dim=-1, keepdim=True).clamp_min(1e-12)  # F.normalize less its expand_as
         a, b = unit[:, ::2], unit[:, 1::2]
         score, dst = _match(a, b, b_real, window)
     if real is not None:
@@ -307,7 +309,7 @@ def _plan(
     total = _scatter_to_slots(sizes, slot, n_out + int(real is not None), padded=False)  # padding's column kept, for the gather
     per_slot = total.gather(1, slot)  # >= 1 for a real token; 0 for padding only
     share = sizes / (per_slot if real is None else per_slot.clamp_min(1e-12))
-    return slot, total[:, :n_out], share, None
+    return slot, total if real is None else total[:, :n_out], share, None
 
 
 def _slots(real: Tensor | None, src: Tensor, dst: Tensor, chosen: Tensor, n: int, n_out: int) -> Tensor:
@@ -333,6 +335,6 @@ def _slots(real: Tensor | None, src: Tensor, dst: Tensor, chosen: Tensor, n: int
 
 def _scatter_to_slots(x: Tensor, slot: Tensor, n_out: int, padded: bool) -> Tensor:
     """Sum of the tokens of ``x [B, N, ...]`` that share a slot: ``[B, n_out, ...]`` (``padded``: slot ``n_out`` is dropped)."""
-    index = slot.view(*slot.shape, *[1] * (x.dim() - 2)).expand(x.shape)
+    index = slot if x.dim() == 2 else slot.view(*slot.shape, *[1] * (x.dim() - 2)).expand(x.shape)  # sizes: no view, no expand
     out = x.new_zeros(x.shape[0], n_out + int(padded), *x.shape[2:]).scatter_add_(1, index, x)  # int(): a SymInt plus a bool breaks dynamic shapes
     return out[:, :n_out] if padded else out  # no slice (nor its backward) without padding
