@@ -432,13 +432,8 @@ def trained(folder: Path) -> dict[str, tuple[int, bool]]:
     The step is the larger of ``results.json``'s ``global_step`` and the newest ``checkpoints/step-N``.
     """
     runs: dict[str, tuple[int, bool]] = {}
-    for path in [*folder.rglob("results.json"), *folder.rglob("checkpoints")]:
-        if path.name == "checkpoints" and not path.is_dir():
-            continue
-        run = path.parent
-        key = run.relative_to(folder).as_posix()
-        if key in runs:
-            continue
+    run_dirs = {p.parent for p in folder.rglob("results.json")} | {p.parent for p in folder.rglob("checkpoints") if p.is_dir()}
+    for run in run_dirs:
         step = 0
         try:
             step = int(json.loads((run / "results.json").read_text()).get("global_step") or 0)
@@ -448,7 +443,7 @@ def trained(folder: Path) -> dict[str, tuple[int, bool]]:
         for ck in checkpoints.glob("step-*") if checkpoints.is_dir() else ():
             if (m := re.fullmatch(r"step-(\d+)", ck.name)) is not None:
                 step = max(step, int(m.group(1)))
-        runs[key] = (step, checkpoints.is_dir() and any(f.is_file() for f in checkpoints.rglob("*")))
+        runs[run.relative_to(folder).as_posix()] = (step, checkpoints.is_dir() and any(f.is_file() for f in checkpoints.rglob("*")))
     return runs
 
 
@@ -463,7 +458,7 @@ def regression(dest: Path, incoming: Path) -> str | None:
     theirs = trained(incoming)
     for run, (step, has_checkpoints) in sorted(trained(dest).items()):
         new_step, new_has = theirs.get(run, (0, False))
-        where = f"{dest.name}/{run}".rstrip("/.") if run != "." else dest.name
+        where = dest.name if run == "." else f"{dest.name}/{run}"
         if new_step < step:
             return f"{where} is at step {step} here, {new_step} in the set"
         if new_step == step and has_checkpoints and not new_has:

@@ -105,25 +105,30 @@ def _varlen(q, k, v, lengths: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 
 
 NEW_SHAPE_BACKENDS = ("default", "cudnn", "efficient")
+WARMUP = 3  # untimed calls before each case's timed ones
+
+
+def real_tokens(lengths: torch.Tensor, n: int, device: torch.device) -> torch.Tensor:
+    """``[B, n]`` bool: True at each row's first ``lengths[b]`` positions (the real tokens)."""
+    return torch.arange(n, device=device)[None, :] < lengths.to(device)[:, None]
 
 
 def new_shape_rows(args: argparse.Namespace, lengths: torch.Tensor, device: torch.device, dtype: torch.dtype) -> list[dict]:
     """``new_shapes`` rows: padding bias and dropout, each timed call at a sequence length no call had before."""
+    calls = WARMUP + args.repeats
+    # one length per call of every backend, down from --seq-len in steps of 8: no row reuses another's plan
+    all_ns = [args.seq_len - 8 * i for i in range(calls * len(NEW_SHAPE_BACKENDS))]
+    if all_ns[-1] < 1:
+        return [{"layout": "contiguous", "variant": "new_shapes", "backend": name, "case": f"new_shapes/{name}", "status": "skipped",
+                 "error": f"--seq-len {args.seq_len} is too short for {len(all_ns)} distinct lengths"} for name in NEW_SHAPE_BACKENDS]  # fmt: skip
     rows = []
-    calls = 3 + args.repeats  # measure's warm-up and timed calls
-    for backend_name in NEW_SHAPE_BACKENDS:
-        offset = NEW_SHAPE_BACKENDS.index(backend_name) * 4  # each backend its own lengths: no plan of an earlier row reused
-        ns = [args.seq_len - 8 * (i * len(NEW_SHAPE_BACKENDS)) - offset for i in range(calls)]
-        if min(ns) < 1:
-            rows.append({"layout": "contiguous", "variant": "new_shapes", "backend": backend_name, "case": f"new_shapes/{backend_name}",
-                         "status": "skipped", "error": f"--seq-len {args.seq_len} is too short for {calls} distinct lengths"})  # fmt: skip
-            continue
+    for i, backend_name in enumerate(NEW_SHAPE_BACKENDS):
+        ns = all_ns[i * calls : (i + 1) * calls]
         leaves, cases = [], []
         for n in ns:
             q, k, v = (torch.randn(args.batch, args.heads, n, args.head_dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
-            real = torch.arange(n, device=device)[None, :] < lengths.clamp(max=n).to(device)[:, None]
             leaves += [q, k, v]
-            cases.append((q, k, v, key_logit_bias(None, real, dtype)))
+            cases.append((q, k, v, key_logit_bias(None, real_tokens(lengths, n, device), dtype)))
         queue = iter(cases)
         backend = BACKENDS[backend_name]
 
@@ -137,7 +142,7 @@ def new_shape_rows(args: argparse.Namespace, lengths: torch.Tensor, device: torc
 
 
 def measure(name: str, fn: Callable[[], torch.Tensor], inputs: list[torch.Tensor], device: torch.device, repeats: int) -> dict:
-    """Time ``fn`` forward and backward (``repeats`` after 3 warm-up calls); the error as ``status`` if it fails."""
+    """Time ``fn`` forward and backward (``repeats`` after ``WARMUP`` calls); the error as ``status`` if it fails."""
     def step() -> None:
         for t in inputs:
             t.grad = None
@@ -146,7 +151,7 @@ def measure(name: str, fn: Callable[[], torch.Tensor], inputs: list[torch.Tensor
     try:
         with warnings.catch_warnings():  # a refusing backend warns why, then raises: the error says it once
             warnings.simplefilter("ignore", UserWarning)
-            times = time_step(step, warmup=3, repeats=repeats, device=device)
+            times = time_step(step, warmup=WARMUP, repeats=repeats, device=device)
     except RuntimeError as err:  # a backend that does not take these inputs
         return {"case": name, "status": "refused", "error": str(err).splitlines()[0][:300]}
     return {"case": name, "status": "ok", "median_ms": float(np.median(times)), "min_ms": float(np.min(times))}
@@ -176,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     lengths = batch_lengths(args.batch, args.seq_len, args.data, args.seed)
     shape = (args.batch, args.heads, args.seq_len, args.head_dim)
-    real = torch.arange(args.seq_len, device=device)[None, :] < lengths.to(device)[:, None]  # [B, N]
+    real = real_tokens(lengths, args.seq_len, device)
     bias = key_logit_bias(None, real, dtype)  # [B, 1, 1, N], -inf at padding: what the transformer passes SDPA
 
     def on_real(diff: torch.Tensor) -> float:

@@ -346,9 +346,14 @@ def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
     ctx.eps = eps
 
 
-def _backward(ctx, grad_out: Tensor, *unused: Tensor) -> tuple:
-    dq, dk, dv = _backward_op(*ctx.saved_tensors, grad_out, ctx.eps)
+def _gradients(ctx, grad_out: Tensor, backward=_backward_op) -> tuple:
+    """The inputs' gradients through ``backward`` (the custom op, or eagerly its function)."""
+    dq, dk, dv = backward(*ctx.saved_tensors, grad_out, ctx.eps)
     return dq, dk, dv, None, None, None  # key weights and the projection get no gradient
+
+
+def _backward(ctx, grad_out: Tensor, *unused: Tensor) -> tuple:
+    return _gradients(ctx, grad_out)
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -366,8 +371,7 @@ class _FusedLinearAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple:
-        dq, dk, dv = _backward_kernels(*ctx.saved_tensors, grad_out, ctx.eps)
-        return dq, dk, dv, None, None, None
+        return _gradients(ctx, grad_out, _backward_kernels)
 
 
 def fused_linear_attention(

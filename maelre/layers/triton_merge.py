@@ -370,9 +370,10 @@ def _merge_states_setup(ctx, inputs: tuple, output: Tensor) -> None:
     ctx.dtype = x.dtype
 
 
-def _merge_states_grad(ctx, grad_out: Tensor) -> tuple:
+def _merge_states_grad(ctx, grad_out: Tensor, backward=_merge_states_backward_op) -> tuple:
+    """``x``'s gradient through ``backward`` (the custom op, or eagerly its function)."""
     share, slot = ctx.saved_tensors
-    return _merge_states_backward_op(grad_out, share, slot, ctx.dtype), None, None, None  # the plan has no gradient
+    return backward(grad_out, share, slot, ctx.dtype), None, None, None  # the plan has no gradient
 
 
 _merge_states_op.register_autograd(_merge_states_grad, setup_context=_merge_states_setup)
@@ -388,5 +389,4 @@ class _MergeStates(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple:
-        share, slot = ctx.saved_tensors
-        return _merge_states_backward(grad_out, share, slot, ctx.dtype), None, None, None
+        return _merge_states_grad(ctx, grad_out, _merge_states_backward)
