@@ -75,6 +75,17 @@ declare -A setup=(
     [transformer_rope_cls]="--set model.backbone=transformer ${rope[*]} --set model.pool=cls"
     [transformer_mlphead]="--set model.backbone=transformer --set model.head_hidden=$head"
 )
+# Text's batches have their own lengths (bucketed, padded to the batch's longest review), and
+# exact attention on CUDA goes to cuDNN, which builds a plan per new sequence length (tens to
+# hundreds of milliseconds): session 12's transformer spent ~150 ms a step, most of it there.
+# Padding to a multiple of 128 leaves at most 32 lengths; the padding is masked, so the values
+# are the same. Only new runs of the full-attention rows get it (ECP pads to 128 already; MAELRE's
+# rows stay as its finished run was made).
+if [[ $task == text ]]; then
+    for n in transformer transformer_rope transformer_cls transformer_rope_cls transformer_mlphead; do
+        setup[$n]+=" --set data.adapter.pad_to_multiple=128"
+    done
+fi
 # exit 0 when a run folder's last call reached the recipe's max_epochs or max_steps; a call whose
 # deadline cut its last epoch short counts that epoch as started (call_ended_early), so it is not done
 finished='import json, sys, yaml; d = sys.argv[1]; t = yaml.safe_load(open(f"{d}/recipe.yaml"))["trainer"]; r = json.load(open(f"{d}/results.json"))

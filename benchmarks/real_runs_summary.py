@@ -117,6 +117,7 @@ def summarise_run(run_dir: Path, previous: dict | None, concurrent: int, gpu: st
         "val_curve": [[h["epoch"], round(100 * h["val/acc"], 2)] for h in history],
         "gpu": gpu,
         "run_dir": str(run_dir),
+        "built_differently": (previous or {}).get("built_differently") if (built := built_differently(run_dir)) is None else built,
     }
 
 
@@ -154,13 +155,18 @@ def leaderboard_row(key: str, row: dict, step_ms: float | None) -> dict:
     }  # fmt: skip
 
 
-def built_differently(run_dir: Path) -> dict:
+def built_differently(run_dir: Path) -> dict | None:
     """Backbone settings of the model the run built (its checkpoint's ``model.json``) that today's defaults would not give.
 
     A run resumes with the model it started with, so when a default changed since (MAELRE's
-    ``value_conv``), its recipe alone no longer describes it.
+    ``value_conv``), its recipe alone no longer describes it. ``None`` when the folder has no
+    checkpoint (a fresh clone: checkpoints stay out of git); the summary row keeps what an
+    earlier summary read.
     """
-    built = read_json(next(run_dir.glob("checkpoints/*/model.json")))
+    found = next(run_dir.glob("checkpoints/*/model.json"), None)
+    if found is None:
+        return None
+    built = read_json(found)
     defaults = dataclasses.asdict(make_config(built["backbone"], **{k: built["backbone_config"][k] for k in ("dim", "depth", "heads")}))
     return {k: v for k, v in built["backbone_config"].items() if k in defaults and defaults[k] != v and k not in SHARED_KEYS}
 
@@ -192,7 +198,12 @@ def results_rows(summary: dict, cost_rows: list[dict], key: str = "scifar10") ->
                         command=f"bash benchmarks/real_runs.sh {key} (run {entry['name']}, resumed over {calls})")
         fill_from_recipe(row, TASKS[key], recipe)
         fill_from_results(row, recipe, results, gpu=entry["gpu"])
-        row["backbone_config"] = {**row["backbone_config"], **built_differently(run_dir)}
+        built = built_differently(run_dir)
+        built = entry.get("built_differently") if built is None else built
+        if built is None:
+            raise SystemExit(f"{run_dir} has no checkpoint and its summary row no 'built_differently': run the summary where "
+                             "the run's checkpoints are (device_xfer.py unpack puts them back) before writing leaderboard rows")
+        row["backbone_config"] = {**row["backbone_config"], **built}
         if entry["partial"]:
             budget, unit = budget_of(entry)
             done = entry["epochs_done"] if unit == "epochs" else entry["steps"]
@@ -228,7 +239,8 @@ def write_pareto(summary: dict, cost_rows: list[dict], folder: Path, page: Path 
     title = RUNS[key][1]
     plot_pareto(points, folder / plot_name(key), f"{title}, {state} ({shown}{done[0]}-{done[-1]} of {budget} {unit}), H200")
     untimed = [r["name"] for r in entries if alone_step_ms(cost_rows, r["name"], key) is None]
-    if untimed:
+    on_alone = any(p.cost_source == "alone step time" for p in points)
+    if untimed and not on_alone:
         note = (f"\nGPU-s are wall time while the runs shared one GPU: {', '.join(untimed)} have no step time measured alone yet "
                 f"({sources}), and one table never mixes the two kinds of cost.\n")
     elif any(r.get("task") == key for r in cost_rows):
@@ -237,6 +249,9 @@ def write_pareto(summary: dict, cost_rows: list[dict], folder: Path, page: Path 
     else:
         note = ("\nGPU-s from \"alone step time\": steps x the median train step of the backbone with a linear head and AdamW, timed alone "
                 f"at this shape ({sources}, eager, the first file that has the row); it leaves out the pixel embedding, augmentation and the trainer (a lower bound).\n")
+    if untimed and on_alone:
+        note += (f"{', '.join(untimed)}: no step time measured alone in the setting the run trained with, so no GPU-s here "
+                 "(a shared wall time would not compare).\n")
     table = pareto_table(points) + note
     if page is not None:
         begin, end = markers(key)

@@ -79,6 +79,9 @@ def test_one_task_never_mixes_alone_step_times_with_wall_times():
     assert [(p.gpu_seconds, p.cost_source) for p in mixed] == [(400.0, "shared wall"), (400.0, "shared wall")]
     both = task_points([timed, {**untimed, "alone_step_ms": 50.0}])
     assert [(p.gpu_seconds, p.cost_source) for p in both] == [(20.0, "alone step time"), (50.0, "alone step time")]
+    # without a wall time for every row, the alone step times stay; the untimed row gets no GPU-seconds, not a wall time
+    unrecorded = task_points([{**timed, "train_seconds": None}, untimed])
+    assert [(p.gpu_seconds, p.cost_source) for p in unrecorded] == [(20.0, "alone step time"), (None, "—")]
 
 
 def table_cells(text):
@@ -164,6 +167,10 @@ def test_partial_scifar_summary_draws_its_pareto_view_on_one_kind_of_cost(tmp_pa
     assert "ecp have no step time measured alone yet" in table
     only_timed = script.write_pareto({"rows": summary["rows"][:1]}, costs, tmp_path, None)
     assert table_cells(only_timed)["maelre"]["train GPU-s"] == "20" and "alone step time" in only_timed
+    unrecorded = {"rows": [{**summary["rows"][0], "train_seconds_shared": None}, summary["rows"][1]]}  # no wall time for all
+    mixed = script.write_pareto(unrecorded, costs, tmp_path, None)  # so the alone time stays and ecp gets none
+    assert (table_cells(mixed)["maelre"]["train GPU-s"], table_cells(mixed)["ecp"]["train GPU-s"]) == ("20", "—")
+    assert "ecp: no step time measured alone in the setting the run trained with" in mixed
     text = page.read_text()
     assert "stale" not in text and text.index("before") < text.index(table) < text.index("## Next") and "\n\n## Next" in text
 

@@ -2,9 +2,10 @@
 against training GPU-seconds and against peak memory (a table and a two-panel PNG).
 
 A row's GPU-seconds are ``steps x alone_step_ms / 1000`` when every row of its task carries
-``alone_step_ms`` (a train step timed with the GPU to itself), else its ``train_seconds``: one
-task never mixes the two, because a lower bound timed alone and a wall time on a shared GPU
-do not compare. Those were wall
+``alone_step_ms`` (a train step timed with the GPU to itself), else its ``train_seconds`` when
+every row has one, else the alone step time where a row has one and no GPU-seconds where it has
+not: one task never mixes the two, because a lower bound timed alone and a wall time on a shared
+GPU do not compare. Those were wall
 time while ``concurrent_runs`` runs shared the GPU, so with more than one they overstate the
 row's own cost: the table says "shared wall" and the plot draws the point hollow. Peak memory
 (CUDA max allocated) is per process, so sharing does not inflate it.
@@ -71,11 +72,21 @@ class CostPoint:
         return self.cost_source == "shared wall"
 
 
-def cost_point(row: Mapping[str, Any], use_alone: bool = True) -> CostPoint:
-    """The cost point of a leaderboard row (``accuracy`` set); an alone-measured step time if it has one and ``use_alone``."""
-    runs, steps, alone_ms = concurrent_runs(row), row.get("steps"), _number(row.get("alone_step_ms"))
-    if use_alone and alone_ms is not None and _number(steps) is not None:
-        seconds, source = steps * alone_ms / 1000, "alone step time"
+def _alone_seconds(row: Mapping[str, Any]) -> float | None:
+    """``steps x alone_step_ms`` in seconds, ``None`` without either."""
+    steps, alone_ms = _number(row.get("steps")), _number(row.get("alone_step_ms"))
+    return None if steps is None or alone_ms is None else steps * alone_ms / 1000
+
+
+def cost_point(row: Mapping[str, Any], source: str | None = None) -> CostPoint:
+    """The cost point of a leaderboard row (``accuracy`` set).
+
+    ``source``: ``"alone"`` (the alone-measured step time, no GPU-seconds without one), ``"wall"``
+    (``train_seconds``), or ``None``: the step time measured alone if the row has one, else the wall time.
+    """
+    runs, steps, alone = concurrent_runs(row), row.get("steps"), _alone_seconds(row)
+    if source == "alone" or (source is None and alone is not None):
+        seconds, source = alone, "alone step time"
     else:
         seconds, source = _number(row.get("train_seconds")), "shared wall" if runs > 1 else "alone"
     memory = _number((row.get("peak_memory") or {}).get("bytes"))
@@ -179,9 +190,12 @@ def _footnotes(points: Sequence[CostPoint]) -> list[str]:
 
 
 def task_points(rows: Sequence[Mapping[str, Any]]) -> list[CostPoint]:
-    """Cost points of one task's rows, all on one cost source: alone step times only if every row has one."""
-    use_alone = all(_number(r.get("alone_step_ms")) is not None and _number(r.get("steps")) is not None for r in rows)
-    return [cost_point(row, use_alone) for row in rows]
+    """Cost points of one task's rows, all on one cost source (never mixed): alone step times if every row has
+    one, else wall times if every row has one, else alone step times where measured (the rest get no GPU-seconds)."""
+    timed = [_alone_seconds(r) is not None for r in rows]
+    walled = all(_number(r.get("train_seconds")) is not None for r in rows)
+    source = "alone" if all(timed) or (any(timed) and not walled) else "wall"
+    return [cost_point(row, source) for row in rows]
 
 
 def points_by_task(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[CostPoint]]:
