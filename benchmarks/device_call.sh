@@ -37,13 +37,13 @@
 #      is left: "about K more calls" of DRAIN=1.
 # Here, after each call: `python benchmarks/device_xfer.py unpack FILES_AT` puts complete sets in
 # place (lb/TASK/NAME into benchmarks/results/TASK_partial_h200/NAME, lra_state/... into
-# runs/lra_state/..., the logs and curves into runs/returned/SET/) and keeps parts until their
+# benchmarks/results/lra_state_h200/..., the logs and curves into runs/returned/SET/) and keeps parts until their
 # set is complete. A session, step by step:
 #   a. a fresh machine lacks the big folders: `python benchmarks/device_xfer.py carry
-#      benchmarks/results/text_partial_h200/*/ runs/lra_state/*/*/ --also-first .carry/data/imdb_bytes.npz`
+#      benchmarks/results/text_partial_h200/*/ benchmarks/results/lra_state_h200/*/*/ --also-first .carry/data/imdb_bytes.npz`
 #      prints one carry list per call (.carry/inbox_1, .carry/inbox_2, ...: each under 64 MiB with
 #      the tree); make every call but the last DRAIN=1 (nothing trains while a set is incomplete).
-#      Do not carry runs/lra_state itself any more: a carried path replaces the machine's copy;
+#      Do not carry benchmarks/results/lra_state_h200 itself: a carried path replaces the machine's copy;
 #   b. training calls (LB=..., LRA=...), `unpack` after each (logs, curves, small folders);
 #   c. the last training call with RETURN_STATE=1, then DRAIN=1 calls until the output says
 #      "outbox: empty", `unpack` after each.
@@ -149,6 +149,15 @@ if [[ ${KERNEL_TESTS:-0} == 1 ]]; then
     timeout $(( $(left) - 60 )) bash benchmarks/gpu_kernels.sh tests >runs/logs/kernel_tests.log 2>&1 &
     pids+=($!)
 fi
+# committed LRA run folders the machine lacks (unpack puts returned ones in benchmarks/results/lra_state_h200:
+# only what git keeps reaches the next session's checkout); a folder the machine has, or the inbox placed, stays
+for dir in benchmarks/results/lra_state_h200/*/*/; do
+    rel=${dir#benchmarks/results/lra_state_h200/}
+    rel=${rel%/}
+    [[ -d $STATE/$rel ]] && continue
+    mkdir -p "$STATE/$(dirname "$rel")" && cp -r "$dir" "$STATE/$rel"
+    [[ -d $STATE/$rel/fit/checkpoints ]] || echo "device_call.sh: $STATE/$rel has no checkpoints (kept out of git: too big); carry it (device_xfer.py carry)" >&2
+done
 # the data every group of a task reads, made once before the groups start (they would race)
 for task in $(printf '%s\n' ${LRA:-} | cut -d: -f1 | sort -u); do
     case $task in

@@ -34,7 +34,10 @@ Where ``unpack`` puts members (``--into DIR``: every member at ``DIR/MEMBER`` in
     lb/TASK/NAME              benchmarks/results/TASK_partial_h200/NAME (a folder over 15 MiB gets a
                               .gitignore of checkpoints/: its weights stay here, out of the tree
                               that travels and out of git; ``carry`` takes them back)
-    lra_state/GROUP/BACKBONE  runs/lra_state/GROUP/BACKBONE
+    lra_state/GROUP/BACKBONE  benchmarks/results/lra_state_h200/GROUP/BACKBONE (the same .gitignore rule:
+                              a checkout keeps only what git keeps, so run state that must outlive a
+                              session is committed; device_call.sh copies these folders to a machine
+                              that lacks them)
     anything else             runs/returned/SET/MEMBER (the logs and LRA curves of a call)
 
 Outbox (device). ``outbox add`` packs into ``runs/outbox`` only the members whose content changed
@@ -601,13 +604,13 @@ def local_dest(unit: str, set_name: str, root: Path = Path(".")) -> Path:
     if parts[0] == "lb" and len(parts) == 3:
         return root / "benchmarks" / "results" / f"{parts[1]}_partial_h200" / parts[2]
     if parts[0] == "lra_state" and len(parts) == 3:
-        return root / "runs" / "lra_state" / parts[1] / parts[2]
+        return root / "benchmarks" / "results" / "lra_state_h200" / parts[1] / parts[2]
     return root / "runs" / "returned" / set_name.removesuffix(".tar") / unit
 
 
 def _ignore_big_checkpoints(unit: str, dest: Path) -> None:
-    """A leaderboard folder too big for the tree keeps its checkpoints out of git (and so out of what travels)."""
-    if not unit.startswith("lb/") or not dest.is_dir() or _size(dest) <= GIT_LIMIT:
+    """A run folder too big for the tree keeps its checkpoints out of git (and so out of what travels)."""
+    if not unit.startswith(("lb/", "lra_state/")) or not dest.is_dir() or _size(dest) <= GIT_LIMIT:
         return
     ignore = dest / ".gitignore"
     if not ignore.exists():
@@ -803,10 +806,13 @@ def arcname_of(folder: Path, repo: Path = Path(".")) -> str:
     rel = Path(os.path.abspath(folder)).relative_to(Path(os.path.abspath(repo))).parts
     if len(rel) == 4 and rel[:2] == ("benchmarks", "results") and rel[2].endswith("_partial_h200"):
         return f"lb/{rel[2].removesuffix('_partial_h200')}/{rel[3]}"
+    if len(rel) == 5 and rel[:3] == ("benchmarks", "results", "lra_state_h200"):
+        return "/".join(("lra_state", *rel[3:]))
     if len(rel) == 4 and rel[0] == "runs" and rel[1] in ("lb", "lra_state"):
         return "/".join(rel[1:])
     raise SystemExit(f"device_xfer carry: cannot tell where {folder} goes on the device; give run folders as "
-                     "benchmarks/results/TASK_partial_h200/NAME, runs/lb/TASK/NAME or runs/lra_state/GROUP/BACKBONE")
+                     "benchmarks/results/TASK_partial_h200/NAME, benchmarks/results/lra_state_h200/GROUP/BACKBONE, "
+                     "runs/lb/TASK/NAME or runs/lra_state/GROUP/BACKBONE")
 
 
 def _folder_stamp(folder: Path, ledger: dict) -> str:

@@ -178,7 +178,7 @@ phase() {  # phase COMMAND RUN_DIR STEPS ARGS...: train (or resume) one run unti
     if [[ $status == lost ]]; then
         if [[ ${FRESH_OK:-0} != 1 ]]; then
             echo "lra_learn.sh: $run has no checkpoint on this machine, but $committed records its training;" \
-                 "carry its folder in (benchmarks/device_xfer.py carry runs/lra_state/$group/*/), or FRESH_OK=1 to start it again" >&2
+                 "carry its folder in (benchmarks/device_xfer.py carry benchmarks/results/lra_state_h200/$group/*/), or FRESH_OK=1 to start it again" >&2
             return 2
         fi
         status=new

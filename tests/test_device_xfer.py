@@ -210,7 +210,8 @@ def test_unpack_places_members_where_this_checkout_keeps_them(runs, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(xfer, "GIT_LIMIT", 2048)
     assert xfer.local_dest("lb/text/maelre", "s.tar") == Path("benchmarks/results/text_partial_h200/maelre")
-    assert xfer.local_dest("lra_state/g/ecp", "s.tar") == Path("runs/lra_state/g/ecp")
+    assert xfer.local_dest("lra_state/g/ecp", "s.tar") == Path("benchmarks/results/lra_state_h200/g/ecp")
+    assert xfer.arcname_of(Path("benchmarks/results/lra_state_h200/g/ecp")) == "lra_state/g/ecp"  # and back
     assert xfer.local_dest("logs", "20261202T100000_evidence_1.tar") == Path("runs/returned/20261202T100000_evidence_1/logs")
     packed = xfer.pack(tmp_path / "got" / "20261202T100000_lb", [runs / "lb/text/maelre", runs / "lb/text/ecp"], base=runs, limit=8192)
     xfer.cmd_unpack([tmp_path / "got"], Path("runs/returned/pending"), None, force=False)
