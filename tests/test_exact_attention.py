@@ -69,3 +69,29 @@ def test_masked_keys_have_no_influence():
     v2[..., 4:, :] = -1e3
     torch.testing.assert_close(exact_attention(q, k2, v2, key_mask=key_mask), out)
     torch.testing.assert_close(out, exact_attention(q, k[..., :4, :], v[..., :4, :]))
+
+
+@pytest.mark.parametrize("shape", ["per_key", "per_query", "causal"])
+@pytest.mark.parametrize(("nq", "nk"), [(7, 7), (3, 7), (8, 8), (1, 5)])
+def test_padded_lengths_give_the_same_values_and_gradients(shape, nq, nk):
+    """``attend_padded`` (CUDA's path with a bias: lengths up to a multiple, so cuDNN reuses its plans) changes nothing."""
+    from maelre.layers.attention import attend_padded
+
+    torch.manual_seed(0)
+    b, h = 2, 3
+    q, k, v = (t.requires_grad_() for t in _inputs(b, h, nq, nk))
+    key_mask = torch.ones(b, nk, dtype=torch.bool)
+    key_mask[0, -2:] = False
+    bias = {
+        "per_key": torch.zeros(b, 1, 1, nk).masked_fill(~key_mask[:, None, None, :], float("-inf")),
+        "per_query": torch.randn(b, h, nq, nk).masked_fill(~key_mask[:, None, None, :], float("-inf")),
+        "causal": torch.zeros(nq, nk).masked_fill(~torch.ones(nq, nk, dtype=torch.bool).tril(nk - nq), float("-inf")),
+    }[shape]
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    grads = torch.autograd.grad(plain.square().sum(), (q, k, v))
+    padded = attend_padded(q, k, v, bias, 0.0, multiple=4)
+    assert padded.shape == plain.shape == (b, h, nq, 8)
+    torch.testing.assert_close(padded, plain, atol=1e-5, rtol=1e-5)
+    for got, want in zip(torch.autograd.grad(padded.square().sum(), (q, k, v)), grads):
+        assert torch.isfinite(got).all()
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

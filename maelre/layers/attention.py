@@ -28,6 +28,10 @@ def key_logit_bias(key_bias: Tensor | None, key_mask: Tensor | None, dtype: torc
     return bias[:, None, None, :]
 
 
+CUDA_LENGTH_MULTIPLE = 128
+"""On CUDA, exact attention with a bias runs on lengths padded up to a multiple of this (``attend_padded``)."""
+
+
 def exact_attention(
     q: Tensor,
     k: Tensor,
@@ -44,7 +48,8 @@ def exact_attention(
     ``attn_mask`` is an extra bool (True = may attend) or float mask broadcastable to
     ``[B, H, Nq, Nk]``. With no bias or mask at all, SDPA may pick FlashAttention.
     ``causal`` aligns the triangle bottom-right: the queries are the last ``Nq`` of the
-    ``Nk`` positions, so query ``i`` sees keys ``j <= Nk - Nq + i``.
+    ``Nk`` positions, so query ``i`` sees keys ``j <= Nk - Nq + i``. On CUDA a call with a
+    bias or mask pads its lengths to a multiple of ``CUDA_LENGTH_MULTIPLE`` (``attend_padded``).
     """
     bias = key_logit_bias(key_bias, key_mask, q.dtype)
     if attn_mask is not None:
@@ -59,7 +64,31 @@ def exact_attention(
         bias = torch.zeros(nq, nk, dtype=q.dtype, device=q.device) if bias is None else bias
         bias = bias.masked_fill(~tri, float("-inf"))
         causal = False
+    if bias is not None and q.is_cuda:
+        return attend_padded(q, k, v, bias, dropout_p, CUDA_LENGTH_MULTIPLE)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=causal)
+
+
+def attend_padded(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout_p: float, multiple: int) -> Tensor:
+    """SDPA with ``Nq`` and ``Nk`` padded up to a multiple of ``multiple``: the same values, few distinct shapes.
+
+    With a bias, SDPA's CUDA backend is cuDNN, which builds an execution plan for every new
+    shape (~140 ms for one call at LRA Text's size against 8 ms with a known shape,
+    ``benchmarks/results/sdpa_backends_text_h200.json``), and variable-length batches bring a
+    new length nearly every step. Padded keys get ``-inf`` logits and padded queries are
+    dropped from the output, so ``[B, H, Nq, dh]`` is unchanged (dropout draws another pattern).
+    ``bias`` broadcasts to ``[B, H, Nq, Nk]``.
+    """
+    nq, nk = q.shape[-2], k.shape[-2]
+    pad_q, pad_k = -nq % multiple, -nk % multiple
+    if not (pad_q or pad_k):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+    q, k, v = F.pad(q, (0, 0, 0, pad_q)), F.pad(k, (0, 0, 0, pad_k)), F.pad(v, (0, 0, 0, pad_k))
+    bias = F.pad(bias, (0, pad_k), value=float("-inf"))
+    if bias.dim() >= 2 and bias.shape[-2] == nq and nq > 1:  # per-query rows: padded queries see the real keys (no all--inf row)
+        bias = F.pad(bias, (0, 0, 0, pad_q))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p)
+    return out[..., :nq, :]
 
 
 def reference_attention(q: Tensor, k: Tensor, v: Tensor, logit_bias: Tensor | None = None) -> Tensor:
