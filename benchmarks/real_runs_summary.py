@@ -91,7 +91,10 @@ def summarise_run(run_dir: Path, previous: dict | None, concurrent: int, gpu: st
     calls = list((previous or {}).get("calls", []))
     start = calls[-1]["steps"][1] if calls else 0
     step = result["global_step"]
+    date = (previous or {}).get("date")
     if step > start:
+        # results.json just came back from the device: its mtime is the call's (a checkout's is the clone's)
+        date = dt.datetime.fromtimestamp((run_dir / "results.json").stat().st_mtime, dt.timezone.utc).isoformat(timespec="seconds")
         resumed = resumed_step(result)
         if resumed > start:  # calls whose results.json never came back (or was never summarised): their time is unknown
             calls.append({"steps": [start, resumed], "train_seconds": None, "concurrent_runs": None})
@@ -118,6 +121,7 @@ def summarise_run(run_dir: Path, previous: dict | None, concurrent: int, gpu: st
         "gpu": gpu,
         "run_dir": str(run_dir),
         "built_differently": (previous or {}).get("built_differently") if (built := built_differently(run_dir)) is None else built,
+        "date": date,
     }
 
 
@@ -125,6 +129,12 @@ def resumed_step(result: dict) -> int:
     """The global step the call that wrote ``result`` resumed from (0 for a fresh run): its checkpoint's ``step-NNNNNNN`` name."""
     resumed = result.get("resumed_from")
     return int(Path(resumed).name.removeprefix("step-")) if resumed and Path(resumed).name.startswith("step-") else 0
+
+
+def compiled_step_ms(cost_rows: list[dict], name: str, key: str) -> float | None:
+    """Train-step time (ms) of run ``name`` alone, compiled (``alone_cost.py --tag compiled``); ``None`` if not timed."""
+    return next((r["steady_step_ms"] for r in cost_rows
+                 if (r.get("task"), r.get("name"), r.get("tag"), r.get("status")) == (key, name, "compiled", "ok")), None)
 
 
 def alone_step_ms(cost_rows: list[dict], name: str, key: str = "scifar10") -> float | None:
@@ -211,8 +221,9 @@ def results_rows(summary: dict, cost_rows: list[dict], key: str = "scifar10") ->
                 f"{entry['steps']} of {row['budget']['planned_steps']} steps (a call's deadline cut its last epoch short)")
             row.update(status="time_limit", message=f"partial: {so_far} so far; resumes with real_runs.sh")
         row.update(train_seconds=entry["train_seconds_shared"], concurrent_runs=concurrent_of(entry),
-                   alone_step_ms=alone_step_ms(cost_rows, entry["name"], key), run_dir=str(run_dir),
-                   date=dt.datetime.fromtimestamp((run_dir / "results.json").stat().st_mtime, dt.timezone.utc).isoformat(timespec="seconds"))
+                   alone_step_ms=alone_step_ms(cost_rows, entry["name"], key),
+                   alone_step_ms_compiled=compiled_step_ms(cost_rows, entry["name"], key), run_dir=str(run_dir),
+                   date=entry.get("date"))
         rows.append(row)
     flag = "" if key == "scifar10" else f" --key {key}"
     return {"meta": {"description": DESCRIPTION, "commands": [f"python benchmarks/real_runs_summary.py{flag} --leaderboard-rows OUT"]},

@@ -396,7 +396,10 @@ def test_maelre_against_the_transformer_needs_the_accuracy_and_a_lower_cost_meas
     assert pair(36.6, 36.6, **alone).verdict == "PASS"  # as accurate is enough
     assert pair(36.0, 36.6, **alone).verdict == "MISS" and "less accurate" in pair(36.0, 36.6, **alone).detail
     dearer = {"maelre": {"alone_step_ms": 30.0}, "transformer": {"alone_step_ms": 20.0}}
-    assert pair(37.3, 36.6, **dearer).verdict == "MISS"
+    assert pair(37.3, 36.6, **dearer).verdict == "MISS" and "compiled" not in pair(37.3, 36.6, **dearer).detail
+    compiled = {b: {**kw, "alone_step_ms_compiled": ms} for (b, kw), ms in zip(dearer.items(), (10.0, 40.0))}
+    check = pair(37.3, 36.6, **compiled)  # the compiled cost is shown beside the eager one, which the runs trained with
+    assert check.verdict == "MISS" and check.detail.endswith("3 against 2 GPU-s (compiled: 1 against 4)")
     shared = {"maelre": {"concurrent_runs": 5}, "transformer": {"concurrent_runs": 5}}  # wall time shared with other runs
     check = pair(37.3, 36.6, **shared)
     assert check.verdict == "not measured" and "maelre, transformer not timed alone" in check.detail
@@ -486,6 +489,8 @@ def test_merge_joins_results_files_and_a_later_row_wins(tmp_path):
     assert {(r["task"], r["message"]) for r in merged["results"]} == {("listops", "from b"), ("fsdd", "from a")}
     commands = merged["meta"]["commands"]
     assert commands[:2] == ["sweep a", "sweep b"] and commands[2].startswith("maelre lra --merge")
+    again = lb.merge_documents([merged, results("sweep a", ("listops", "x"))], command=commands[2])
+    assert again["meta"]["commands"] == ["sweep b", "sweep a", commands[2]]  # each once, where it ran last
     assert lb.BEGIN_MARKER in page.read_text() and "from b" in page.read_text()
     with pytest.raises(SystemExit):
         lb.main(["--merge", str(page), *files])  # not a results file

@@ -25,7 +25,8 @@ ROW_KEYS = (
 """Every row has all of these; ``accuracy`` and ``val_accuracy`` are percent; ``concurrent_runs``:
 how many runs the sweep let share the device (``--jobs``; 1: one at a time); ``peak_memory``:
 the run's ``{"kind", "bytes"}`` (CUDA max allocated, or CPU peak RSS). A row may also carry
-``alone_step_ms``, a train step timed with the device to itself (``maelre.bench.lra_pareto``)."""
+``alone_step_ms``, a train step timed with the device to itself (``maelre.bench.lra_pareto``), and
+``alone_step_ms_compiled``, the same step compiled (``trainer.compile``), shown beside it."""
 
 
 DESCRIPTION = "maelre accuracy leaderboard; accuracy and val_accuracy are test/validation accuracy in percent"
@@ -48,7 +49,8 @@ def merge_documents(documents: Sequence[Mapping[str, Any]], command: str = "") -
 
     Rows are keyed by (task, backbone); a later document's row replaces an earlier one's,
     as a later sweep's row replaces an older one in its ``--out``. The sweep commands of
-    every document are kept in order, then ``command`` (the merge itself).
+    every document are kept in order, then ``command`` (the merge itself), each once, where it
+    ran last (a summary merged again each session would otherwise repeat).
     """
     rows: dict[tuple[str, str], dict[str, Any]] = {}
     commands: list[str] = []
@@ -56,7 +58,8 @@ def merge_documents(documents: Sequence[Mapping[str, Any]], command: str = "") -
         for row in document["results"]:
             rows[row_key(row)] = dict(row)
         commands += document.get("meta", {}).get("commands", [])
-    meta = {"description": DESCRIPTION, "commands": [*commands, command], "updated": utc_now()}
+    latest_first = dict.fromkeys(reversed([*commands, command]))
+    meta = {"description": DESCRIPTION, "commands": list(reversed(latest_first)), "updated": utc_now()}
     return {"meta": meta, "results": list(rows.values())}
 
 

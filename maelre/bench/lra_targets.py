@@ -108,4 +108,13 @@ def _check_pair(target: PairTarget, by_key: Mapping[tuple[str, str], Mapping[str
     if untimed:
         return TargetCheck(target.name, goal, "not measured", f"{accuracy}; cost: {', '.join(untimed)} not timed alone (shared wall time does not compare)")
     cost = f"{ours.gpu_seconds:.0f} against {theirs.gpu_seconds:.0f} GPU-s"
+    compiled = [_compiled_seconds(r) for r in rows]
+    if None not in compiled:  # shown, not judged: the runs trained eagerly
+        cost += f" (compiled: {compiled[0]:.0f} against {compiled[1]:.0f})"
     return TargetCheck(target.name, goal, "PASS" if ours.gpu_seconds < theirs.gpu_seconds else "MISS", f"{accuracy}, {cost}")
+
+
+def _compiled_seconds(row: Mapping[str, Any]) -> float | None:
+    """``steps x alone_step_ms_compiled`` in seconds (the step timed alone with ``trainer.compile``), ``None`` without it."""
+    ms, steps = row.get("alone_step_ms_compiled"), row.get("steps")
+    return None if ms is None or steps is None else steps * ms / 1000
