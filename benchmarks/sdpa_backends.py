@@ -21,7 +21,8 @@ of one tensor, so their row stride is 2D). A backend's kernel choice can depend 
 so only the second says what the transformer's step gets.
 
 ``new_shapes`` (layout ``contiguous``, padding bias and dropout, under ``default``, ``cudnn``
-and ``efficient``): every call has a sequence length no earlier call had (the batch maximum,
+and ``efficient``, and through ``maelre.layers.exact_attention``, which pads lengths to a multiple
+of 128 on CUDA): every call has a sequence length no earlier call had (the batch maximum,
 down from ``--seq-len`` in steps of 8). An eager fit pads each batch to its own longest
 sequence, so at LRA Text nearly every step brings a new length: a backend that builds a plan
 per shape (cuDNN) pays for it on every step, which the fixed-shape rows cannot show.
@@ -53,7 +54,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from maelre.bench.efficiency_case import time_step  # noqa: E402
-from maelre.layers.attention import key_logit_bias  # noqa: E402
+from maelre.layers.attention import exact_attention, key_logit_bias  # noqa: E402
 from maelre.fileio import write_json_atomic  # noqa: E402
 
 BACKENDS = {"default": None, "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
@@ -104,7 +105,10 @@ def _varlen(q, k, v, lengths: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
     return full.transpose(1, 2)
 
 
-NEW_SHAPE_BACKENDS = ("default", "cudnn", "efficient")
+NEW_SHAPE_BACKENDS = ("default", "cudnn", "efficient", "exact_attention")
+"""SDPA backends of the ``new_shapes`` rows, then ``exact_attention``: the library's call (SDPA's default
+backend on lengths padded to ``CUDA_LENGTH_MULTIPLE`` on CUDA), last, so that its padded lengths
+build their plans in this row (a multiple of 128 among the earlier rows' lengths is its one overlap)."""
 WARMUP = 3  # untimed calls before each case's timed ones
 
 
@@ -128,13 +132,15 @@ def new_shape_rows(args: argparse.Namespace, lengths: torch.Tensor, device: torc
         for n in ns:
             q, k, v = (torch.randn(args.batch, args.heads, n, args.head_dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
             leaves += [q, k, v]
-            cases.append((q, k, v, key_logit_bias(None, real_tokens(lengths, n, device), dtype)))
-        queue = iter(cases)
-        backend = BACKENDS[backend_name]
+            real = real_tokens(lengths, n, device)
+            cases.append((q, k, v, real, key_logit_bias(None, real, dtype)))
+        queue, dropout = iter(cases), VARIANTS["bias_dropout"][1]
 
-        def fn(queue=queue, backend=backend) -> torch.Tensor:
-            q, k, v, bias = next(queue)
-            return _sdpa(q, k, v, bias, VARIANTS["bias_dropout"][1], backend)
+        def fn(queue=queue, name=backend_name) -> torch.Tensor:
+            q, k, v, real, bias = next(queue)
+            if name == "exact_attention":
+                return exact_attention(q, k, v, key_mask=real, dropout_p=dropout)
+            return _sdpa(q, k, v, bias, dropout, BACKENDS[name])
 
         row = measure(f"new_shapes/{backend_name}", fn, leaves, device, args.repeats)
         rows.append({"layout": "contiguous", "variant": "new_shapes", "backend": backend_name, **row, "lengths": [ns[0], ns[-1]]})

@@ -17,8 +17,8 @@ def test_every_case_is_timed_or_says_why_and_exact_cases_match_the_math_backend(
     assert sdpa.main(["--device", "cpu", "--batch", "3", "--seq-len", "64", "--repeats", "2", "--data", str(data), "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
     rows = {(r["layout"], r["variant"], r["backend"]): r for r in doc["rows"]}
-    assert len(rows) == 2 * (3 * 5 + 1) + 3 and doc["meta"]["lengths"]["max"] <= 64
-    for backend in ("default", "cudnn", "efficient"):  # 5 distinct lengths 24 apart do not fit under 64
+    assert len(rows) == 2 * (3 * 5 + 1) + 4 and doc["meta"]["lengths"]["max"] <= 64
+    for backend in ("default", "cudnn", "efficient", "exact_attention"):  # 5 distinct lengths 24 apart do not fit under 64
         assert rows[("contiguous", "new_shapes", backend)]["status"] == "skipped" and "too short" in rows[("contiguous", "new_shapes", backend)]["error"]
     for r in rows.values():
         assert r["status"] in ("ok", "refused", "skipped") and (r["status"] == "ok") == ("median_ms" in r) and (r["status"] == "ok" or r["error"])
@@ -63,8 +63,9 @@ def test_new_shapes_give_every_call_a_length_no_call_had(benchmark_script, tmp_p
     out = tmp_path / "sdpa.json"
     assert sdpa.main(["--device", "cpu", "--batch", "2", "--seq-len", "256", "--repeats", "2", "--layouts", "contiguous", "--out", str(out)]) == 0
     rows = [r for r in json.loads(out.read_text())["rows"] if r["variant"] == "new_shapes"]
-    assert [r["backend"] for r in rows] == ["default", "cudnn", "efficient"]
+    assert [r["backend"] for r in rows] == ["default", "cudnn", "efficient", "exact_attention"]
     assert rows[0]["status"] == "ok" and rows[0]["median_ms"] > 0  # the CPU's default (math) takes them
+    assert rows[-1]["status"] == "ok" and rows[-1]["median_ms"] > 0  # and the library's call
     spans = [range(r["lengths"][1], r["lengths"][0] + 1) for r in rows if "lengths" in r]
     assert all(s.start >= 1 and len(s) > 1 for s in spans)
     assert sdpa.main(["--device", "cpu", "--batch", "2", "--seq-len", "64", "--repeats", "2", "--no-new-shapes", "--out", str(out)]) == 0
