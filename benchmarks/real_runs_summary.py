@@ -131,10 +131,15 @@ def resumed_step(result: dict) -> int:
     return int(Path(resumed).name.removeprefix("step-")) if resumed and Path(resumed).name.startswith("step-") else 0
 
 
+def whole_run_ms(cost_rows: list[dict], name: str, key: str, tag: str = "") -> float | None:
+    """Steady train-step time (ms) of run ``name`` of task ``key`` timed alone by ``alone_cost.py`` (``--tag tag``; "" untagged)."""
+    return next((r["steady_step_ms"] for r in cost_rows
+                 if (r.get("task"), r.get("name"), r.get("tag") or "", r.get("status")) == (key, name, tag, "ok")), None)
+
+
 def compiled_step_ms(cost_rows: list[dict], name: str, key: str) -> float | None:
     """Train-step time (ms) of run ``name`` alone, compiled (``alone_cost.py --tag compiled``); ``None`` if not timed."""
-    return next((r["steady_step_ms"] for r in cost_rows
-                 if (r.get("task"), r.get("name"), r.get("tag"), r.get("status")) == (key, name, "compiled", "ok")), None)
+    return whole_run_ms(cost_rows, name, key, tag="compiled")
 
 
 def alone_step_ms(cost_rows: list[dict], name: str, key: str = "scifar10") -> float | None:
@@ -147,7 +152,7 @@ def alone_step_ms(cost_rows: list[dict], name: str, key: str = "scifar10") -> fl
     timed yet gets ``None`` while another run of its task has a row.
     """
     untagged = [r for r in cost_rows if not r.get("tag")]  # a tagged row timed a variant (compiled), not how the runs trained
-    whole = next((r["steady_step_ms"] for r in untagged if (r.get("task"), r.get("name"), r.get("status")) == (key, name, "ok")), None)
+    whole = whole_run_ms(untagged, name, key)
     if whole is not None or key != "scifar10" or name not in ALONE_ROWS or any(r.get("task") == key for r in untagged):
         return whole
     row, pos = ALONE_ROWS[name]

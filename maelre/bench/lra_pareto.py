@@ -72,9 +72,9 @@ class CostPoint:
         return self.cost_source == "shared wall"
 
 
-def _alone_seconds(row: Mapping[str, Any]) -> float | None:
-    """``steps x alone_step_ms`` in seconds, ``None`` without either."""
-    steps, alone_ms = _number(row.get("steps")), _number(row.get("alone_step_ms"))
+def alone_seconds(row: Mapping[str, Any], field: str = "alone_step_ms") -> float | None:
+    """``steps x row[field]`` (a step time in ms measured alone) in seconds, ``None`` without either."""
+    steps, alone_ms = _number(row.get("steps")), _number(row.get(field))
     return None if steps is None or alone_ms is None else steps * alone_ms / 1000
 
 
@@ -84,7 +84,7 @@ def cost_point(row: Mapping[str, Any], source: str | None = None) -> CostPoint:
     ``source``: ``"alone"`` (the alone-measured step time, no GPU-seconds without one), ``"wall"``
     (``train_seconds``), or ``None``: the step time measured alone if the row has one, else the wall time.
     """
-    runs, steps, alone = concurrent_runs(row), row.get("steps"), _alone_seconds(row)
+    runs, steps, alone = concurrent_runs(row), row.get("steps"), alone_seconds(row)
     if source == "alone" or (source is None and alone is not None):
         seconds, source = alone, "alone step time"
     else:
@@ -192,7 +192,7 @@ def _footnotes(points: Sequence[CostPoint]) -> list[str]:
 def task_points(rows: Sequence[Mapping[str, Any]]) -> list[CostPoint]:
     """Cost points of one task's rows, all on one cost source (never mixed): alone step times if every row has
     one, else wall times if every row has one, else alone step times where measured (the rest get no GPU-seconds)."""
-    timed = [_alone_seconds(r) is not None for r in rows]
+    timed = [alone_seconds(r) is not None for r in rows]
     walled = all(_number(r.get("train_seconds")) is not None for r in rows)
     source = "alone" if all(timed) or (any(timed) and not walled) else "wall"
     return [cost_point(row, source) for row in rows]

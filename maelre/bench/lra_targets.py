@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from maelre.bench.lra_pareto import cost_point
+from maelre.bench.lra_pareto import alone_seconds, cost_point
 from maelre.bench.lra_results import DONE_STATUSES, row_key
 from maelre.bench.targets import TargetCheck
 
@@ -108,13 +108,7 @@ def _check_pair(target: PairTarget, by_key: Mapping[tuple[str, str], Mapping[str
     if untimed:
         return TargetCheck(target.name, goal, "not measured", f"{accuracy}; cost: {', '.join(untimed)} not timed alone (shared wall time does not compare)")
     cost = f"{ours.gpu_seconds:.0f} against {theirs.gpu_seconds:.0f} GPU-s"
-    compiled = [_compiled_seconds(r) for r in rows]
+    compiled = [alone_seconds(r, "alone_step_ms_compiled") for r in rows]  # the step timed alone with trainer.compile
     if None not in compiled:  # shown, not judged: the runs trained eagerly
         cost += f" (compiled: {compiled[0]:.0f} against {compiled[1]:.0f})"
     return TargetCheck(target.name, goal, "PASS" if ours.gpu_seconds < theirs.gpu_seconds else "MISS", f"{accuracy}, {cost}")
-
-
-def _compiled_seconds(row: Mapping[str, Any]) -> float | None:
-    """``steps x alone_step_ms_compiled`` in seconds (the step timed alone with ``trainer.compile``), ``None`` without it."""
-    ms, steps = row.get("alone_step_ms_compiled"), row.get("steps")
-    return None if ms is None or steps is None else steps * ms / 1000
