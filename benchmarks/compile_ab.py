@@ -3,6 +3,8 @@
     python benchmarks/compile_ab.py recipes/lra_image.yaml --steps 600 --out runs/compile_ab
     python benchmarks/compile_ab.py recipes/lra_pathfinder.yaml --steps 400 --modes eager,default,reduce-overhead \\
         --set model.backbone=maelre --out runs/compile_ab_pf
+    MAELRE_TRITON=0 python benchmarks/compile_ab.py recipes/scifar10.yaml --steps 1000 --modes eager,reduce-overhead \\
+        --kernels pytorch,triton --set model.backbone=maelre --out runs/compile_ab_kernels
 
 Each mode trains ``--steps`` optimizer steps from the same seed with ``maelre fit``, one after
 the other (alone on the device, so the rates compare), into ``OUT/MODE``; ``eager`` is
@@ -13,11 +15,18 @@ over eager, the call's whole fit time (compilation included), test and best vali
 accuracy and their difference from eager, and peak memory. Compiled and eager runs are not
 bitwise equal (other kernels, other summation order), so the accuracy columns are the check
 that compiling changes nothing that matters at this budget.
+
+``--kernels pytorch,triton`` crosses the modes with MAELRE's two implementations of linear
+attention and merging: ``pytorch`` runs the fit with ``MAELRE_TRITON=0``, ``triton`` with
+``MAELRE_TRITON=1`` (the fused kernels, CUDA only); a row is then named ``MODE+triton``. The
+first row (``eager`` with the first kernels) is the baseline of every speed-up and accuracy
+difference, so the same table answers whether the kernels and compiling each keep accuracy.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from maelre.fileio import read_json, write_json_atomic, write_text_atomic  # noqa: E402
 
 MODES = ("eager", "default", "reduce-overhead")
+KERNELS = {"pytorch": "0", "triton": "1"}
+"""``--kernels`` choices and the ``MAELRE_TRITON`` value each runs with."""
+
+
+def row_name(mode: str, kernels: str, first_kernels: str) -> str:
+    """A row's name: the mode, with ``+KERNELS`` when the kernels are not the first ones asked for."""
+    return mode if kernels == first_kernels else f"{mode}+{kernels}"
 
 
 def fit_command(recipe: str, mode: str, steps: int, run_dir: Path, extra: list[str]) -> list[str]:
@@ -38,10 +54,11 @@ def fit_command(recipe: str, mode: str, steps: int, run_dir: Path, extra: list[s
             *[arg for item in sets for arg in ("--set", item)]]
 
 
-def run_fit(command: list[str], seconds: float | None) -> subprocess.CompletedProcess:
-    """Run one mode's fit; past ``seconds`` it is killed and returned with exit -9 and a note in stderr."""
+def run_fit(command: list[str], seconds: float | None, kernels: str) -> subprocess.CompletedProcess:
+    """Run one mode's fit with ``kernels``; past ``seconds`` it is killed and returned with exit -9 and a note in stderr."""
+    env = {**os.environ, "MAELRE_TRITON": KERNELS[kernels]}
     try:
-        return subprocess.run(command, capture_output=True, text=True, timeout=seconds)
+        return subprocess.run(command, capture_output=True, text=True, timeout=seconds, env=env)
     except subprocess.TimeoutExpired as stopped:
         out, err = (part.decode(errors="replace") if isinstance(part, bytes) else (part or "") for part in (stopped.stdout, stopped.stderr))
         return subprocess.CompletedProcess(command, -9, out, err + f"\nstopped after --mode-seconds {seconds:g}")
@@ -65,7 +82,7 @@ def mode_row(mode: str, results: dict | None, error: str | None = None) -> dict:
 
 
 def compare(rows: list[dict]) -> list[dict]:
-    """Add each ok row's speed-up and accuracy difference against the eager row (when eager ran)."""
+    """Add each ok row's speed-up and accuracy difference against the baseline row ``eager`` (when it ran)."""
     eager = next((r for r in rows if r["mode"] == "eager" and r["status"] == "ok"), None)
     for row in rows:
         if row["status"] != "ok" or eager is None:
@@ -112,26 +129,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="folder: OUT/MODE run folders, OUT/compile_ab.json and .md")
     parser.add_argument("--mode-seconds", type=float, default=None,
                         help="wall-clock limit of one mode's fit; a mode past it is a row with status error (default: none)")
+    parser.add_argument("--kernels", default="pytorch",
+                        help="comma-separated, out of " + ", ".join(KERNELS) + ": every mode runs with each (default: %(default)s)")
     args = parser.parse_args(argv)
     modes = [m for m in args.modes.split(",") if m]
     unknown = sorted(set(modes) - set(MODES))
     if unknown:
         parser.error(f"unknown mode(s) {', '.join(unknown)}; use {', '.join(MODES)}")
+    kernels = [k for k in args.kernels.split(",") if k]
+    unknown = sorted(set(kernels) - set(KERNELS))
+    if unknown or not kernels:
+        parser.error(f"unknown kernels {', '.join(unknown) or '(none given)'}; use {', '.join(KERNELS)}")
     rows = []
-    for mode in modes:
-        run_dir = args.out / mode
-        if (run_dir / "results.json").exists():
-            rows.append(mode_row(mode, read_json(run_dir / "results.json")))  # done in an earlier call
-            continue
-        done = run_fit(fit_command(args.recipe, mode, args.steps, run_dir, args.sets), args.mode_seconds)
-        (args.out / f"{mode}.log").parent.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{mode}.log").write_text(done.stdout + done.stderr)
-        if done.returncode != 0 or not (run_dir / "results.json").exists():
-            tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-            rows.append(mode_row(mode, None, f"exit {done.returncode}: {tail[0][:200]}"))
-        else:
-            rows.append(mode_row(mode, read_json(run_dir / "results.json")))
-        print(f"{mode}: {rows[-1]}", flush=True)
+    for kernel in kernels:
+        for mode in modes:
+            name = row_name(mode, kernel, kernels[0])
+            run_dir = args.out / name
+            if (run_dir / "results.json").exists():
+                rows.append({**mode_row(name, read_json(run_dir / "results.json")), "kernels": kernel})  # done in an earlier call
+                continue
+            done = run_fit(fit_command(args.recipe, mode, args.steps, run_dir, args.sets), args.mode_seconds, kernel)
+            (args.out / f"{name}.log").parent.mkdir(parents=True, exist_ok=True)
+            (args.out / f"{name}.log").write_text(done.stdout + done.stderr)
+            if done.returncode != 0 or not (run_dir / "results.json").exists():
+                tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+                rows.append({**mode_row(name, None, f"exit {done.returncode}: {tail[0][:200]}"), "kernels": kernel})
+            else:
+                rows.append({**mode_row(name, read_json(run_dir / "results.json")), "kernels": kernel})
+            print(f"{name}: {rows[-1]}", flush=True)
     compare(rows)
     device = next((r["device"] for r in rows if r["status"] == "ok"), "—")
     meta = {"recipe": args.recipe, "steps": args.steps, "sets": args.sets, "device": device,

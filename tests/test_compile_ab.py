@@ -40,6 +40,24 @@ def test_each_mode_sets_its_compile_value_and_the_step_budget(script):
 
 
 def test_run_fit_past_its_limit_is_an_error_with_a_note(script):
-    done = script.run_fit([sys.executable, "-c", "import time; print('started', flush=True); time.sleep(30)"], 1.0)
+    done = script.run_fit([sys.executable, "-c", "import time; print('started', flush=True); time.sleep(30)"], 1.0, "pytorch")
     assert done.returncode == -9
     assert "started" in done.stdout and "stopped after --mode-seconds 1" in done.stderr
+
+
+@pytest.mark.parametrize("kernels, expected", [("pytorch", "0"), ("triton", "1")])
+def test_each_kernels_choice_runs_the_fit_with_its_maelre_triton_value(script, kernels, expected):
+    done = script.run_fit([sys.executable, "-c", "import os; print(os.environ['MAELRE_TRITON'])"], 30.0, kernels)
+    assert done.stdout.strip() == expected
+
+
+def test_rows_of_other_kernels_are_named_after_them_and_the_first_is_the_baseline(script):
+    assert script.row_name("eager", "pytorch", "pytorch") == "eager"
+    assert script.row_name("reduce-overhead", "triton", "pytorch") == "reduce-overhead+triton"
+    assert script.row_name("eager", "triton", "triton") == "eager"
+
+
+def test_unknown_kernels_are_refused_with_the_choices(script, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        script.main(["recipes/scifar10.yaml", "--out", str(tmp_path), "--kernels", "cuda"])
+    assert "unknown kernels cuda; use pytorch, triton" in capsys.readouterr().err
