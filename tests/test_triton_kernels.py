@@ -18,6 +18,7 @@ from functools import partial
 
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from maelre.layers import _triton
@@ -51,7 +52,7 @@ def test_kernels_under_the_interpreter():
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpret and not under_the"]
     run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "21 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
+    assert "23 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
 
 
 def inputs(device: str, dtype: torch.dtype = torch.float32, n: int = N):
@@ -234,6 +235,30 @@ def test_fused_plan_equals_the_reference(kernels, monkeypatch):
         torch.testing.assert_close(got[2], want[2], rtol=1e-6, atol=0)
         assert want[3] is None
         torch.testing.assert_close(got[3], want[1].log(), rtol=1e-6, atol=1e-6)  # -inf where a padded row's column is empty
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_fused_plan_fake_kernel_promises_its_real_strides(kernels, padded):
+    """The merge plan op's outputs have the shapes, strides and dtypes of its fake kernel: under torch.compile,
+    Inductor asserts the fake strides on the real outputs (a padded plan once returned a [B, n_out] slice of a [B, n_out + 1] buffer)."""
+    from maelre.layers import merge, triton_merge
+
+    _, device = kernels
+    g = torch.Generator().manual_seed(3)
+    n = 21
+    metric = torch.randn(3, n, 6, generator=g).to(device)
+    lengths = torch.tensor([n, 10, 7])
+    sizes = torch.ones(3, n)
+    sizes = (sizes * (torch.arange(n) < lengths[:, None]) if padded else sizes).to(device)
+    real = sizes > 0 if padded else None
+    r_rows, r_all = ((lengths // 3).to(device), 0) if padded else (None, 7)
+    n_out = n - (int(r_rows.max()) if padded else r_all)
+    src, dst, best = merge._choose(metric, real, n - n_out, False, None)
+    args = (real, sizes, src, dst, best, r_rows, r_all, n, n_out)
+    got = triton_merge._plan_op(*args)
+    with FakeTensorMode() as mode:
+        promised = triton_merge._plan_op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+    assert [(t.shape, t.stride(), t.dtype) for t in got] == [(t.shape, t.stride(), t.dtype) for t in promised]
 
 
 # --------------------------------------------------------------------------- state merge

@@ -283,7 +283,8 @@ def _plan(
         flags, slot, total, share, log_total, n, na, candidates, r_all, n_out, width - 1, width,
         BLOCK=BLOCK_SLOTS, HAS_REAL=real is not None, HAS_R=r_rows is not None,
     )  # fmt: skip
-    return slot, (total if real is None else total[:, :n_out]).to(sizes.dtype), share, log_total  # no slice without padding
+    merged = (total if real is None else total[:, :n_out]).to(sizes.dtype)  # no slice without padding
+    return slot, merged.contiguous(), share, log_total  # contiguous: the strides the fake kernel promises torch.compile
 
 
 _plan_op = torch.library.custom_op("maelre::merge_plan", _plan, mutates_args=())
