@@ -18,9 +18,9 @@ that compiling changes nothing that matters at this budget.
 
 ``--kernels pytorch,triton`` crosses the modes with MAELRE's two implementations of linear
 attention and merging: ``pytorch`` runs the fit with ``MAELRE_TRITON=0``, ``triton`` with
-``MAELRE_TRITON=1`` (the fused kernels, CUDA only); a row is then named ``MODE+triton``. The
-first row (``eager`` with the first kernels) is the baseline of every speed-up and accuracy
-difference, so the same table answers whether the kernels and compiling each keep accuracy.
+``MAELRE_TRITON=1`` (the fused kernels, CUDA only); a row is then named ``MODE-triton``. The
+``eager`` row (PyTorch paths) is the baseline of every speed-up and accuracy difference, so
+the same table answers whether the kernels and compiling each keep accuracy.
 """
 from __future__ import annotations
 
@@ -40,9 +40,9 @@ KERNELS = {"pytorch": "0", "triton": "1"}
 """``--kernels`` choices and the ``MAELRE_TRITON`` value each runs with."""
 
 
-def row_name(mode: str, kernels: str, first_kernels: str) -> str:
-    """A row's name: the mode, with ``+KERNELS`` when the kernels are not the first ones asked for."""
-    return mode if kernels == first_kernels else f"{mode}+{kernels}"
+def row_name(mode: str, kernels: str) -> str:
+    """A row's name: the mode, with ``-triton`` for the fused kernels (``-``: the name is also a folder that the device returns)."""
+    return mode if kernels == "pytorch" else f"{mode}-{kernels}"
 
 
 def fit_command(recipe: str, mode: str, steps: int, run_dir: Path, extra: list[str]) -> list[str]:
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for kernel in kernels:
         for mode in modes:
-            name = row_name(mode, kernel, kernels[0])
+            name = row_name(mode, kernel)
             run_dir = args.out / name
             if (run_dir / "results.json").exists():
                 rows.append({**mode_row(name, read_json(run_dir / "results.json")), "kernels": kernel})  # done in an earlier call

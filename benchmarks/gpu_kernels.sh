@@ -23,7 +23,7 @@ OUT=${OUT:-benchmarks/results/gpu_out}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
-export MAELRE_TRITON=${MAELRE_TRITON:-1}  # the kernels are opt-in until verified on a GPU
+export MAELRE_TRITON=${MAELRE_TRITON:-1}  # the library's default on CUDA; pytorch sets 0
 
 if ! "$PYTHON" -c "import torch, triton, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_kernels.sh: needs a CUDA device and triton visible to $PYTHON" >&2

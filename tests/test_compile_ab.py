@@ -51,10 +51,11 @@ def test_each_kernels_choice_runs_the_fit_with_its_maelre_triton_value(script, k
     assert done.stdout.strip() == expected
 
 
-def test_rows_of_other_kernels_are_named_after_them_and_the_first_is_the_baseline(script):
-    assert script.row_name("eager", "pytorch", "pytorch") == "eager"
-    assert script.row_name("reduce-overhead", "triton", "pytorch") == "reduce-overhead+triton"
-    assert script.row_name("eager", "triton", "triton") == "eager"
+def test_rows_of_the_fused_kernels_are_named_after_them_and_eager_pytorch_is_the_baseline(script):
+    assert script.row_name("eager", "pytorch") == "eager"
+    assert script.row_name("reduce-overhead", "triton") == "reduce-overhead-triton"
+    rows = script.compare([script.mode_row("eager-triton", _results(1100.0, 0.31)), script.mode_row("eager", _results(1000.0, 0.30))])
+    assert rows[0]["speedup"] == pytest.approx(1.1) and rows[0]["test_minus_eager"] == pytest.approx(1.0)
 
 
 def test_unknown_kernels_are_refused_with_the_choices(script, tmp_path, capsys):

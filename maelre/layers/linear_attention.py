@@ -330,7 +330,7 @@ class LinearAttention(nn.Module):
     storing them (FlashAttention-style; ``key_bias`` then gets no gradient), RoPE in feature
     space included (at N=1,024, dim 64, 3 blocks, 25% less saved activation memory). On CUDA, when
     triton imports, self-attention with ``recompute`` runs the fused Triton kernels
-    (``maelre.layers.triton_linear_attention``, same math; opt-in with ``MAELRE_TRITON=1`` until verified on a GPU).
+    (``maelre.layers.triton_linear_attention``, same math; ``MAELRE_TRITON=0`` keeps this PyTorch path).
     """
 
     def __init__(

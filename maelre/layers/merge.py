@@ -48,7 +48,7 @@ def compaction_order(keep: Tensor) -> Tensor:
 # therefore always run eagerly: inside a torch.compile'd backbone ``_choose`` calls them
 # through the custom ops below, which the compiler keeps in its graph as opaque calls
 # (no graph break, Inductor never fuses their insides); tests/test_merge.py checks
-# compiled merging against eager. On CUDA with MAELRE_TRITON=1, windowed matching runs
+# compiled merging against eager. On CUDA (unless MAELRE_TRITON=0), windowed matching runs
 # the fused Triton custom op instead (``triton_merge.match_window``).
 def match_global(a: Tensor, b: Tensor, b_real: Tensor | None) -> tuple[Tensor, Tensor]:
     """Best B match of every A token over all of B.

@@ -27,7 +27,7 @@ scales the numerator and the normalizer alike. ``key_bias`` gets no gradient, as
 ``LinearAttention(recompute=True)``.
 
 When they run: ``maelre.layers._triton.available`` (CUDA, or CPU under
-``TRITON_INTERPRET=1``; opt-in with ``MAELRE_TRITON=1`` until verified on a GPU).
+``TRITON_INTERPRET=1``; on by default, ``MAELRE_TRITON=0`` turns them off).
 """
 from __future__ import annotations
 
