@@ -14,7 +14,10 @@ precision are the leaderboard run's own, with the evaluation sets capped
 - ``steady_step_ms``: ``batch_size * 1000 / steady samples/s``, the rate after the first 50
   steps (warm-up, allocator growth), validation excluded. Variable-length tasks batch by length
   (LRA Text), so a step's time depends on its batch; ``--steps`` batches in training order
-  sample that mix, and the row says how many it averaged;
+  sample that mix, and the row says how many it averaged (``steady_steps``). A batch of a length
+  not trained on before pays a one-off (cuDNN builds kernel plans for a new shape): those batches
+  are left out of the steady rate and reported as ``new_shape_batches`` and ``new_shape_seconds``,
+  so that 150 steps do not spread over a few steps what a 20,000-step run pays once per length;
 - ``peak_memory_bytes``: the CUDA peak of that alone run.
 
 ``real_runs_summary.py --key TASK --alone-costs OUT`` turns these into GPU-seconds (steps
@@ -46,7 +49,7 @@ NAMES = ("maelre", "maelre_noconv", "transformer", "transformer_rope", "ecp", "p
 def time_alone(task: str, name: str, steps: int, root: Path, eval_samples: int, seconds: int, extra: list[str]) -> subprocess.CompletedProcess:
     """Train run ``name`` of ``task`` alone for ``steps`` steps into ``root/name`` with ``real_runs.sh`` (``extra``: more overrides)."""
     sets = " ".join([f"trainer.max_steps={steps}", "trainer.max_epochs=null", f"data.max_eval_samples={eval_samples}",
-                     "trainer.early_stopping_patience=null", *extra])
+                     "trainer.early_stopping_patience=null", "trainer.time_new_shapes=true", *extra])
     env = {**os.environ, "ROOT": str(root), "NAMES": name, "SET": sets, "CALL_SECONDS": str(seconds), "MINUTES": str(seconds / 60)}
     return subprocess.run(["bash", "benchmarks/real_runs.sh", task], env=env, capture_output=True, text=True)
 
@@ -63,10 +66,12 @@ def cost_row(task: str, name: str, run_dir: Path) -> dict:
         return {**row, "status": "error", "error": f"the --seconds limit stopped it after {results['global_step']} steps: raise --seconds or lower --steps"}
     if not rate:
         return {**row, "status": "error", "error": f"{results['global_step']} steps: too few past the {STEADY_WARMUP_STEPS} warm-up steps for a steady rate"}
+    new_shapes = results["throughput"].get("steady_new_shape_batches", 0)  # absent in results written before they were counted
     return {
-        **row, "status": "ok", "steps": results["global_step"], "steady_steps": results["global_step"] - STEADY_WARMUP_STEPS, "batch_size": batch,
-        "steady_samples_per_second": rate, "steady_step_ms": 1000 * batch / rate, "peak_memory_bytes": results["peak_memory"]["bytes"],
-        "device": results["environment"]["device"],
+        **row, "status": "ok", "steps": results["global_step"], "steady_steps": results["global_step"] - STEADY_WARMUP_STEPS - new_shapes,
+        "batch_size": batch, "steady_samples_per_second": rate, "steady_step_ms": 1000 * batch / rate,
+        "new_shape_batches": new_shapes, "new_shape_seconds": results["throughput"].get("steady_new_shape_seconds", 0.0),
+        "peak_memory_bytes": results["peak_memory"]["bytes"], "device": results["environment"]["device"],
     }  # fmt: skip
 
 

@@ -15,10 +15,13 @@ def alone(benchmark_script):
     return benchmark_script("alone_cost")
 
 
-def _fake_run(run_dir: Path, steps: int, rate: float | None, cut: bool = False) -> None:
+def _fake_run(run_dir: Path, steps: int, rate: float | None, cut: bool = False, new_shapes: tuple[int, float] | None = None) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.yaml").write_text((ROOT / "recipes" / "lra_text.yaml").read_text())  # batch 32
-    results = {"global_step": steps, "call_ended_early": cut, "throughput": {"steady_samples_per_second": rate},
+    throughput = {"steady_samples_per_second": rate}
+    if new_shapes:
+        throughput.update(steady_new_shape_batches=new_shapes[0], steady_new_shape_seconds=new_shapes[1])
+    results = {"global_step": steps, "call_ended_early": cut, "throughput": throughput,
                "peak_memory": {"bytes": 2**30}, "environment": {"device": "cuda:0"}}  # fmt: skip
     (run_dir / "results.json").write_text(json.dumps(results))
 
@@ -91,3 +94,12 @@ def test_a_tagged_variant_keeps_its_own_rows_and_folders_and_the_summary_ignores
     assert benchmark_script("real_runs_summary").alone_step_ms(rows, "maelre", "scifar10") == 10.0
     with pytest.raises(SystemExit):
         alone.main(["scifar10", "--out", str(out), "--tag", "a/b"])
+
+
+def test_batches_of_new_lengths_are_reported_apart_from_the_steady_step(tmp_path, alone):
+    _fake_run(tmp_path / "maelre", 150, 3200.0, new_shapes=(12, 4.5))
+    row = alone.cost_row("text", "maelre", tmp_path / "maelre")
+    assert row["steady_step_ms"] == pytest.approx(10.0) and row["steady_steps"] == 150 - 50 - 12
+    assert row["new_shape_batches"] == 12 and row["new_shape_seconds"] == 4.5
+    _fake_run(tmp_path / "old", 150, 3200.0)  # a results.json from before the count: no new-shape batches known
+    assert alone.cost_row("text", "old", tmp_path / "old")["new_shape_batches"] == 0

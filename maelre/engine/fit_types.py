@@ -84,6 +84,11 @@ class TrainerConfig:
         compile_length_buckets: how many sequence lengths a compiled fit pads variable-length
             batches to (see ``compile``; ignored when eager). More buckets: less padding,
             more graphs to compile (and CUDA graphs to record).
+        time_new_shapes: leave batches of an input shape not trained on before out of the
+            steady rate and report them apart (``ThroughputMonitor``): for timing runs of
+            variable-length tasks, where each new length builds kernel plans once. Off by
+            default: it waits for the GPU before and after each such batch, and an unpadded
+            variable-length fit has a new length at nearly every step.
     """
 
     max_epochs: int | None = 10
@@ -109,6 +114,7 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     compile: bool | str = False
     compile_length_buckets: int = 8
+    time_new_shapes: bool = False
 
     def __post_init__(self) -> None:
         if self.max_epochs is None and self.max_steps is None and self.max_time is None:

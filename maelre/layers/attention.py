@@ -9,6 +9,7 @@ bool (True = real key). Output is ``[B, H, Nq, dh]``.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +29,9 @@ def key_logit_bias(key_bias: Tensor | None, key_mask: Tensor | None, dtype: torc
     return bias[:, None, None, :]
 
 
-CUDA_LENGTH_MULTIPLE = 128
-"""On CUDA, exact attention with a bias runs on lengths padded up to a multiple of this (``attend_padded``)."""
+CUDA_LENGTH_MULTIPLE = int(os.environ.get("MAELRE_ATTENTION_PAD", "128"))
+"""On CUDA, exact attention with a bias runs on lengths padded up to a multiple of this (``attend_padded``);
+``MAELRE_ATTENTION_PAD=1`` turns the padding off (timing comparisons)."""
 
 
 def exact_attention(
@@ -64,7 +66,7 @@ def exact_attention(
         bias = torch.zeros(nq, nk, dtype=q.dtype, device=q.device) if bias is None else bias
         bias = bias.masked_fill(~tri, float("-inf"))
         causal = False
-    if bias is not None and q.is_cuda:
+    if bias is not None and q.is_cuda and CUDA_LENGTH_MULTIPLE > 1:
         return attend_padded(q, k, v, bias, dropout_p, CUDA_LENGTH_MULTIPLE)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=causal)
 
