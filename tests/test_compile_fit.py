@@ -28,8 +28,8 @@ def image_samples(n: int, side: int = 8, seed: int = 0) -> list[tuple[np.ndarray
 
 def tiny_model(train, backbone: str):
     adapter = prepare_adapter("pixels", {"dim": 16, "channels": "gray", "max_len": 64, "img_size": 8, "pos_embed": "none"}, train)
-    extra = {"rope": True} if backbone == "maelre" else {}
-    return build_model(adapter, backbone, {"depth": 2 if backbone == "maelre" else 1, "heads": 2, **extra}, num_classes=3)
+    extra = {"maelre": {"rope": True, "depth": 2}, "ecp": {"segment_size": 16}, "perceiver_ar": {"num_latents": 16}}.get(backbone, {})
+    return build_model(adapter, backbone, {"depth": 1, "heads": 2, **extra}, num_classes=3)
 
 
 @pytest.fixture
@@ -54,7 +54,8 @@ def _fit(train, val, backbone: str, compile: bool, on_device: bool = False):
     return fit_classifier(model, train, val, cfg, OptimConfig(lr=3e-3), batch_size=8, eval_batch_size=6, on_device=on_device)
 
 
-@pytest.mark.parametrize(("backbone", "backend", "on_device"), [("transformer", "aot_eager", False), ("transformer", "aot_eager", True), ("maelre", "eager", False)])
+@pytest.mark.parametrize(("backbone", "backend", "on_device"), [("transformer", "aot_eager", False), ("transformer", "aot_eager", True), ("maelre", "eager", False),
+                                                             ("ecp", "aot_eager", False), ("perceiver_ar", "aot_eager", False)])
 def test_compiled_fit_compiles_one_graph_for_training_and_one_for_evaluation(compile_counter, backbone, backend, on_device):
     """3 epochs, each with a short last training batch (30 = 3 * 8 + 6) and validation ending
     in a short batch (10 = 6 + 4). Before: the short batch recompiled training (then with a
