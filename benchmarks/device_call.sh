@@ -62,7 +62,8 @@
 # Environment: OUT (required: what comes back); ALONE ("": TASK[:NAME,NAME...] items of
 # benchmarks/alone_cost.py, each run timed alone first, DRAIN=1 calls included; OUT gets
 # alone_cost_TASK_h200.json), ALONE_STEPS (200), ALONE_TAG and ALONE_SET (alone_cost.py's --tag and --set: a variant); SDPA (0: 1 times benchmarks/sdpa_backends.py alone, DRAIN=1
-# calls included, needs .carry/data/imdb_bytes.npz; OUT gets sdpa_backends_text_h200.json); COST (0), COST_ROWS
+# calls included, needs .carry/data/imdb_bytes.npz; OUT gets sdpa_backends_text_h200.json); CAB ("": RECIPE:BACKBONE,...
+# items of benchmarks/compile_ab.py, eager against reduce-overhead, alone), CAB_STEPS (1000); COST (0), COST_ROWS
 # (vconv,t128v,transformer,auto1,ecp,perceiver_ar), COST_SECONDS (250: a cap; cases done are kept);
 # LB ("scifar10": TASK[:NAME,NAME...] items for real_runs.sh, no names = all of its runs; empty: none);
 # LRA ("": TASK:VARIANT:SEED[:TAG] groups of lra_learn.sh; TAG noconv = MAELRE alone with
@@ -121,6 +122,20 @@ if [[ ${SDPA:-0} == 1 ]]; then  # alone too: exact attention per SDPA backend at
         >runs/logs/sdpa.log 2>&1
     echo "sdpa: exit $? after $(( $(date +%s) - started )) s"; tail -n 16 runs/logs/sdpa.log
 fi
+
+# eager against compiled training of a recipe per backbone (benchmarks/compile_ab.py), alone on the GPU:
+# CAB="recipes/scifar10.yaml:ecp,perceiver_ar" trains each named backbone CAB_STEPS (1000) steps eager, then
+# compiled with CUDA graphs, from the same seed; OUT gets compile_ab_RECIPE_BACKBONE_h200.json
+for item in ${CAB:-}; do
+    IFS=: read -r recipe names <<<"$item"
+    for name in ${names//,/ }; do
+        label="$(basename "$recipe" .yaml)_$name"
+        timeout $(( $(left) - 90 )) "$PYTHON" benchmarks/compile_ab.py "$recipe" --steps "${CAB_STEPS:-1000}" --modes eager,reduce-overhead \
+            --mode-seconds 200 --set "model.backbone=$name" --out "runs/cab/$label" >"runs/logs/cab_$label.log" 2>&1
+        echo "compile_ab $label: exit $? after $(( $(date +%s) - started )) s"; grep '^|' "runs/logs/cab_$label.log" | tail -n 2
+        cp "runs/cab/$label/compile_ab.json" "$OUT/compile_ab_${label}_h200.json" 2>/dev/null
+    done
+done
 
 if [[ ${COST:-0} == 1 ]]; then  # alone: nothing else has started yet
     timeout "${COST_SECONDS:-250}" "$PYTHON" benchmarks/merge_ablation_cost.py --repeats 5 \

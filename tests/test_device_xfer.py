@@ -301,3 +301,26 @@ def test_a_set_that_trained_further_replaces_the_folder(runs, tmp_path):
     (newer / "results.json").write_text(json.dumps({"global_step": 20000}))
     shutil.rmtree(newer / "checkpoints")  # a finished run keeps its best weights only; here: none at all
     assert xfer.regression(here, newer) is None
+
+
+def test_device_call_runs_each_compile_ab_backbone_alone_and_returns_its_table(tmp_path):
+    """CAB="RECIPE:A,B": one compile_ab.py run per backbone (eager against CUDA graphs), its JSON copied into OUT."""
+    repo = tmp_path / "repo"
+    (repo / "benchmarks").mkdir(parents=True)
+    for name in ("device_call.sh", "device_xfer.py", "lra_learn.py"):
+        shutil.copy(_ROOT / "benchmarks" / name, repo / "benchmarks" / name)
+    (repo / "benchmarks" / "compile_ab.py").write_text(  # a stub: the runs themselves need a GPU
+        "import json, pathlib, sys\n"
+        "out = pathlib.Path(sys.argv[sys.argv.index('--out') + 1]); out.mkdir(parents=True)\n"
+        "(out / 'compile_ab.json').write_text(json.dumps({'argv': sys.argv[1:]}))\n"
+    )
+    out = tmp_path / "OUT"
+    out.mkdir()
+    env = {**os.environ, "PYTHON": sys.executable, "DRAIN": "1", "OUT": str(out), "CAB": "recipes/scifar10.yaml:ecp,perceiver_ar", "CAB_STEPS": "7"}
+    done = subprocess.run(["bash", str(repo / "benchmarks/device_call.sh")], env=env, capture_output=True, text=True, timeout=120, cwd=repo)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for name in ("ecp", "perceiver_ar"):
+        argv = json.loads((out / f"compile_ab_scifar10_{name}_h200.json").read_text())["argv"]
+        assert argv[0] == "recipes/scifar10.yaml" and f"model.backbone={name}" in argv
+        assert argv[argv.index("--steps") + 1] == "7" and argv[argv.index("--modes") + 1] == "eager,reduce-overhead"
+    assert "compile_ab scifar10_ecp: exit 0" in done.stdout
