@@ -3,7 +3,8 @@
 On CUDA tensors they run by default when triton imports (torch's CUDA wheels ship it):
 their CUDA tests pass on the H200, and a ``maelre fit`` of the sCIFAR-10 MAELRE with them
 kept eager accuracy, compiled too (``benchmarks/results/compile_ab_scifar10_maelre_h200.json``).
-``MAELRE_TRITON=0`` keeps the PyTorch paths, which are the references. Under Triton's
+``MAELRE_TRITON=0`` keeps the PyTorch paths, which are the references (and the way out on a
+GPU where Triton cannot build them: they were verified on sm_90, compiled for sm_90). Under Triton's
 interpreter (``TRITON_INTERPRET=1``, set before triton is first imported; slow, for tests)
 they also run on CPU tensors. With ``ENABLED = False`` every call stays on the PyTorch paths.
 """
