@@ -11,13 +11,14 @@ precision are the leaderboard run's own, with the evaluation sets capped
 (``data.max_eval_samples``) so that the test at the end costs little. From the run's
 ``results.json``:
 
-- ``steady_step_ms``: ``batch_size * 1000 / steady samples/s``, the rate after the first 50
-  steps (warm-up, allocator growth), validation excluded. Variable-length tasks batch by length
-  (LRA Text), so a step's time depends on its batch; ``--steps`` batches in training order
-  sample that mix, and the row says how many it averaged (``steady_steps``). A batch of a length
-  not trained on before pays a one-off (cuDNN builds kernel plans for a new shape): those batches
-  are left out of the steady rate and reported as ``new_shape_batches`` and ``new_shape_seconds``,
-  so that 150 steps do not spread over a few steps what a 20,000-step run pays once per length;
+- ``steady_step_ms``: ``batch_size * 1000 / steady samples/s``, the rate after the first
+  ``--steady-after`` steps (50: warm-up, allocator growth), validation excluded. Variable-length
+  tasks batch by length (LRA Text), so a step's time depends on its batch; ``--steps`` batches in
+  training order sample that mix, and the row says how many it averaged. On CUDA each new
+  sequence length also builds cuDNN attention plans once (140-190 ms a call on the H200), a cost
+  a 20,000-step run pays once per length but a short timing averages into few steps: time such
+  tasks with ``--steps 600 --steady-after 300``, past most of the (at most 32, padded to 128)
+  lengths;
 - ``peak_memory_bytes``: the CUDA peak of that alone run.
 
 ``real_runs_summary.py --key TASK --alone-costs OUT`` turns these into GPU-seconds (steps
@@ -46,10 +47,12 @@ NAMES = ("maelre", "maelre_noconv", "transformer", "transformer_rope", "ecp", "p
 (its diagnostics, the CLS-pooled transformers, need no cost)."""
 
 
-def time_alone(task: str, name: str, steps: int, root: Path, eval_samples: int, seconds: int, extra: list[str]) -> subprocess.CompletedProcess:
-    """Train run ``name`` of ``task`` alone for ``steps`` steps into ``root/name`` with ``real_runs.sh`` (``extra``: more overrides)."""
+def time_alone(task: str, name: str, steps: int, root: Path, eval_samples: int, seconds: int, extra: list[str],
+               steady_after: int = STEADY_WARMUP_STEPS) -> subprocess.CompletedProcess:
+    """Train run ``name`` of ``task`` alone for ``steps`` steps into ``root/name`` with ``real_runs.sh`` (``extra``: more overrides),
+    its steady rate measured after ``steady_after`` steps."""
     sets = " ".join([f"trainer.max_steps={steps}", "trainer.max_epochs=null", f"data.max_eval_samples={eval_samples}",
-                     "trainer.early_stopping_patience=null", "trainer.time_new_shapes=true", *extra])
+                     "trainer.early_stopping_patience=null", f"trainer.steady_warmup_steps={steady_after}", *extra])
     env = {**os.environ, "ROOT": str(root), "NAMES": name, "SET": sets, "CALL_SECONDS": str(seconds), "MINUTES": str(seconds / 60)}
     return subprocess.run(["bash", "benchmarks/real_runs.sh", task], env=env, capture_output=True, text=True)
 
@@ -62,16 +65,15 @@ def cost_row(task: str, name: str, run_dir: Path) -> dict:
     results = read_json(run_dir / "results.json")
     batch = load_recipe(run_dir / "recipe.yaml").data.batch_size
     rate = results["throughput"].get("steady_samples_per_second")
+    warmup = results["throughput"].get("steady_warmup_steps", STEADY_WARMUP_STEPS)  # absent in results written before it was configurable
     if results.get("call_ended_early"):
         return {**row, "status": "error", "error": f"the --seconds limit stopped it after {results['global_step']} steps: raise --seconds or lower --steps"}
     if not rate:
-        return {**row, "status": "error", "error": f"{results['global_step']} steps: too few past the {STEADY_WARMUP_STEPS} warm-up steps for a steady rate"}
-    new_shapes = results["throughput"].get("steady_new_shape_batches", 0)  # absent in results written before they were counted
+        return {**row, "status": "error", "error": f"{results['global_step']} steps: too few past the {warmup} warm-up steps for a steady rate"}
     return {
-        **row, "status": "ok", "steps": results["global_step"], "steady_steps": results["global_step"] - STEADY_WARMUP_STEPS - new_shapes,
-        "batch_size": batch, "steady_samples_per_second": rate, "steady_step_ms": 1000 * batch / rate,
-        "new_shape_batches": new_shapes, "new_shape_seconds": results["throughput"].get("steady_new_shape_seconds", 0.0),
-        "peak_memory_bytes": results["peak_memory"]["bytes"], "device": results["environment"]["device"],
+        **row, "status": "ok", "steps": results["global_step"], "steady_steps": results["global_step"] - warmup, "batch_size": batch,
+        "steady_samples_per_second": rate, "steady_step_ms": 1000 * batch / rate, "peak_memory_bytes": results["peak_memory"]["bytes"],
+        "device": results["environment"]["device"],
     }  # fmt: skip
 
 
@@ -79,7 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=("scifar10", "image", "text"), help="real_runs.sh task")
     parser.add_argument("--names", default=",".join(NAMES), help="comma-separated real_runs.sh run names (default: %(default)s)")
-    parser.add_argument("--steps", type=int, default=300, help=f"optimizer steps per run, more than {STEADY_WARMUP_STEPS} (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=300, help="optimizer steps per run, more than --steady-after (default: %(default)s)")
+    parser.add_argument("--steady-after", type=int, default=STEADY_WARMUP_STEPS,
+                        help="steps left out of the steady rate (trainer.steady_warmup_steps; default: %(default)s). Variable-length "
+                             "tasks on CUDA: past most sequence lengths (LRA Text: 300 of 600 steps), since cuDNN builds a plan per new length")
     parser.add_argument("--eval-samples", type=int, default=256, help="data.max_eval_samples of the runs (default: %(default)s)")
     parser.add_argument("--seconds", type=int, default=240, help="wall-clock limit of one run, setup included (default: %(default)s)")
     parser.add_argument("--root", type=Path, default=Path("runs/alone"), help="run folders: ROOT/TASK/NAME (default: %(default)s)")
@@ -88,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="another override for every run, repeatable, no spaces (a CPU smoke test: data.max_train_samples=64)")
     parser.add_argument("--tag", default="", help="names a variant timed with --set (e.g. compiled); rows and folders carry it")
     args = parser.parse_args(argv)
-    if args.steps <= STEADY_WARMUP_STEPS:
-        parser.error(f"--steps must be above the {STEADY_WARMUP_STEPS} warm-up steps that the steady rate leaves out")
+    if args.steps <= args.steady_after:
+        parser.error(f"--steps must be above the {args.steady_after} warm-up steps that the steady rate leaves out (--steady-after)")
     if args.tag and not args.tag.isidentifier():
         parser.error(f"--tag {args.tag!r}: use letters, digits and underscores (it names folders)")
     names = [n for n in args.names.split(",") if n]
@@ -98,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     label = f"{args.task}@{args.tag}" if args.tag else args.task
     for name in names:
         run_dir = args.root / label / name
-        done = time_alone(args.task, name, args.steps, run_dir.parent, args.eval_samples, args.seconds, args.sets)
+        done = time_alone(args.task, name, args.steps, run_dir.parent, args.eval_samples, args.seconds, args.sets, args.steady_after)
         row = cost_row(args.task, name, run_dir)
         if args.tag:
             row = {**row, "tag": args.tag, "sets": args.sets}

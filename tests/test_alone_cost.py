@@ -15,13 +15,10 @@ def alone(benchmark_script):
     return benchmark_script("alone_cost")
 
 
-def _fake_run(run_dir: Path, steps: int, rate: float | None, cut: bool = False, new_shapes: tuple[int, float] | None = None) -> None:
+def _fake_run(run_dir: Path, steps: int, rate: float | None, cut: bool = False) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.yaml").write_text((ROOT / "recipes" / "lra_text.yaml").read_text())  # batch 32
-    throughput = {"steady_samples_per_second": rate}
-    if new_shapes:
-        throughput.update(steady_new_shape_batches=new_shapes[0], steady_new_shape_seconds=new_shapes[1])
-    results = {"global_step": steps, "call_ended_early": cut, "throughput": throughput,
+    results = {"global_step": steps, "call_ended_early": cut, "throughput": {"steady_samples_per_second": rate},
                "peak_memory": {"bytes": 2**30}, "environment": {"device": "cuda:0"}}  # fmt: skip
     (run_dir / "results.json").write_text(json.dumps(results))
 
@@ -29,7 +26,7 @@ def _fake_run(run_dir: Path, steps: int, rate: float | None, cut: bool = False, 
 def test_each_name_trains_alone_into_its_own_folder_and_becomes_a_cost_row(tmp_path, alone, monkeypatch):
     calls = []
 
-    def fake(task, name, steps, root, eval_samples, seconds, extra):
+    def fake(task, name, steps, root, eval_samples, seconds, extra, steady_after=50):
         calls.append((task, name, steps, root, extra))
         if name == "maelre":
             _fake_run(root / name, steps, rate=3200.0)  # 32 samples a step: 10 ms
@@ -78,7 +75,7 @@ def test_the_summary_never_mixes_whole_run_and_merge_ablation_timings_within_a_t
 def test_a_tagged_variant_keeps_its_own_rows_and_folders_and_the_summary_ignores_it(tmp_path, alone, monkeypatch, benchmark_script):
     roots = []
 
-    def fake(task, name, steps, root, eval_samples, seconds, extra):
+    def fake(task, name, steps, root, eval_samples, seconds, extra, steady_after=50):
         roots.append(root)
         _fake_run(root / name, steps, rate=6400.0 if extra else 3200.0)  # compiled: 5 ms, eager: 10 ms
         return subprocess.CompletedProcess([], 0, "", "")
@@ -96,10 +93,32 @@ def test_a_tagged_variant_keeps_its_own_rows_and_folders_and_the_summary_ignores
         alone.main(["scifar10", "--out", str(out), "--tag", "a/b"])
 
 
-def test_batches_of_new_lengths_are_reported_apart_from_the_steady_step(tmp_path, alone):
-    _fake_run(tmp_path / "maelre", 150, 3200.0, new_shapes=(12, 4.5))
-    row = alone.cost_row("text", "maelre", tmp_path / "maelre")
-    assert row["steady_step_ms"] == pytest.approx(10.0) and row["steady_steps"] == 150 - 50 - 12
-    assert row["new_shape_batches"] == 12 and row["new_shape_seconds"] == 4.5
-    _fake_run(tmp_path / "old", 150, 3200.0)  # a results.json from before the count: no new-shape batches known
-    assert alone.cost_row("text", "old", tmp_path / "old")["new_shape_batches"] == 0
+def test_a_longer_warm_up_is_passed_to_the_run_and_counted_out_of_the_steady_steps(tmp_path, alone, monkeypatch):
+    """LRA Text on CUDA: cuDNN builds a plan per new length, so a timing leaves out the steps that meet most lengths first."""
+    seen = []
+
+    def fake(task, name, steps, root, eval_samples, seconds, extra, steady_after=50):
+        seen.append(steady_after)
+        _fake_run(root / name, steps, rate=3200.0)
+        results = json.loads((root / name / "results.json").read_text())
+        results["throughput"]["steady_warmup_steps"] = steady_after
+        (root / name / "results.json").write_text(json.dumps(results))
+        return subprocess.CompletedProcess([], 0, "", "")
+
+    monkeypatch.setattr(alone, "time_alone", fake)
+    out = tmp_path / "cost.json"
+    assert alone.main(["text", "--names", "maelre", "--steps", "600", "--steady-after", "300", "--root", str(tmp_path / "r"), "--out", str(out)]) == 0
+    assert seen == [300] and json.loads(out.read_text())["rows"][0]["steady_steps"] == 300
+    with pytest.raises(SystemExit):
+        alone.main(["text", "--steps", "300", "--steady-after", "300", "--out", str(out)])
+
+
+def test_the_run_is_told_its_warm_up(alone, monkeypatch, tmp_path):
+    from maelre.engine import TrainerConfig
+
+    with pytest.raises(ValueError, match="steady_warmup_steps must be >= 1"):
+        TrainerConfig(steady_warmup_steps=0)
+    envs = []
+    monkeypatch.setattr(alone.subprocess, "run", lambda cmd, env, **kw: envs.append(env) or subprocess.CompletedProcess(cmd, 0, "", ""))
+    alone.time_alone("text", "maelre", 600, tmp_path, 256, 240, ["a=1"], steady_after=300)
+    assert "trainer.steady_warmup_steps=300" in envs[0]["SET"].split() and envs[0]["SET"].endswith("a=1")

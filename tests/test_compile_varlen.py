@@ -136,18 +136,3 @@ def test_compiled_and_eager_variable_length_fits_give_the_same_metrics(compile_c
         assert got["val/acc"] == want["val/acc"] and got["val/f1"] == want["val/f1"]
         for key in ("train/loss", "val/loss"):
             assert got[key] == pytest.approx(want[key], abs=1e-4)
-
-
-def test_a_timing_fit_reports_the_batches_of_lengths_it_had_not_trained_on():
-    """``time_new_shapes``: an eager variable-length fit (each batch padded to its longest) meets new lengths
-    after the warm-up; they are counted apart from the steady rate, and a plain fit counts none."""
-    train = text_samples(160)
-    counts = []
-    for timing in (True, False):
-        torch.manual_seed(0)
-        model = _model(train)
-        cfg = TrainerConfig(max_steps=60, max_epochs=None, enable_progress_bar=False, accelerator="cpu", time_new_shapes=timing)
-        result = fit_classifier(model, train, None, cfg, OptimConfig(lr=3e-3), batch_size=2)
-        counts.append(result.throughput["steady_new_shape_batches"])
-        assert result.throughput["steady_samples_per_second"] is not None
-    assert counts[0] > 0 and counts[1] == 0

@@ -40,6 +40,7 @@ def test_steady_rate_leaves_out_the_warm_up_steps_and_validation(monkeypatch):
     summary = monitor.summary()
     assert summary["train_seconds"] == 13.0 and summary["samples_seen"] == 24 and summary["tokens_seen"] == 72
     assert summary["steady_samples_per_second"] == 16 / 2.0  # 4 steps of 4 samples in 2 s
+    assert summary["steady_warmup_steps"] == 2  # results.json says which steps the rate left out
 
 
 def test_no_steady_rate_without_steps_past_the_warm_up():
@@ -68,27 +69,3 @@ def test_per_step_hooks_never_read_device_values_and_the_totals_stay_exact():
         assert history.rows == [{"epoch": 0, "step": 3, "train/loss": sum(losses) / 3}]
     finally:
         NoHostRead.allowed = False
-
-
-def test_steady_rate_leaves_out_batches_of_a_shape_not_trained_on_yet(monkeypatch):
-    """A new sequence length after the warm-up (cuDNN builds its plans then) is reported, not averaged in."""
-    clock = _Clock()
-    monkeypatch.setattr(callbacks.time, "perf_counter", clock)
-    monitor, trainer = ThroughputMonitor(warmup_steps=1, new_shapes=True), SimpleNamespace(world_size=1, strategy=CPU)
-    short, long_ = ({"mask": torch.ones(4, 3, dtype=torch.bool)}, None), ({"mask": torch.ones(4, 8, dtype=torch.bool)}, None)
-    monitor.on_train_start(trainer, None)
-    for batch, seconds in [(short, 5.0), (short, 1.0), (long_, 3.0), (long_, 1.0), (short, 1.0), (long_, 1.0)]:
-        monitor.on_train_batch_start(trainer, None, batch, 0)
-        clock.now += seconds
-        monitor.on_train_batch_end(trainer, None, None, batch, 0)
-    monitor.on_train_end(trainer, None)
-    summary = monitor.summary()
-    assert summary["steady_new_shape_batches"] == 1 and summary["steady_new_shape_seconds"] == 3.0
-    assert summary["steady_samples_per_second"] == 16 / 4.0  # the 4 steady batches of known shapes, 1 s each
-    assert summary["train_seconds"] == 12.0 and summary["samples_seen"] == 24  # the totals keep every batch
-
-
-def test_input_shapes_key_nested_batches_without_reading_values():
-    left = {"tokens": torch.zeros(2, 5).as_subclass(NoHostRead), "mask": torch.ones(2, 5, dtype=torch.bool).as_subclass(NoHostRead)}
-    key = callbacks.input_shapes({"left": left, "right": {"mask": torch.ones(2, 7, dtype=torch.bool)}, "name": "x"})
-    assert key == (("left", (("mask", (2, 5)), ("tokens", (2, 5)))), ("right", (("mask", (2, 7)),)))

@@ -32,6 +32,7 @@ from maelre.engine.checkpoint import (
     write_json_atomic,
 )
 from maelre.engine.data import batch_size_of, token_total
+from maelre.engine.fit_types import STEADY_WARMUP_STEPS
 
 
 def _scalar_metrics(trainer: L.Trainer, prefixes: tuple[str, ...] = ("train/", "val/", "test/")) -> dict[str, float]:
@@ -204,8 +205,6 @@ class LoaderStateRestore(Callback):
         self._states = []
 
 
-STEADY_WARMUP_STEPS = 50
-"""Training batches at a call's start that ``ThroughputMonitor``'s steady rate leaves out (compilation, CUDA-graph recording)."""
 
 
 def _wait_for_device(trainer: L.Trainer) -> None:
@@ -215,32 +214,21 @@ def _wait_for_device(trainer: L.Trainer) -> None:
         torch.cuda.synchronize(device)
 
 
-def input_shapes(inputs: dict) -> tuple:
-    """The shapes of a batch's tensors, nested dicts (two-tower) included: a hashable key, read without a host sync."""
-    return tuple(sorted((key, input_shapes(value) if isinstance(value, dict) else tuple(value.shape))
-                        for key, value in inputs.items() if isinstance(value, (dict, Tensor))))
-
-
 class ThroughputMonitor(Callback):
     """Training samples/s and tokens/s (real tokens, from the batch masks), validation time excluded.
 
     ``steady_samples_per_second`` leaves out the call's first ``warmup_steps`` training batches,
     where ``torch.compile`` compiles and CUDA graphs are recorded: the rate a longer run settles
-    at (``None`` when the call trained on no more batches than that). With ``new_shapes`` it also
-    leaves out every later batch of an input shape the call had not trained on yet, and reports them
-    (``steady_new_shape_batches``, ``steady_new_shape_seconds``): on CUDA a new sequence length
-    builds new kernel plans once (cuDNN attention: 140-190 ms a call on the H200), a one-off
-    that a short timing of a variable-length task would otherwise spread over its few steps.
+    at (``None`` when the call trained on no more batches than that).
 
     Nothing here waits for the GPU during training: token counts add up on the device, and the
-    clock is read after a synchronize only where the steady interval starts, around a batch of a
-    new shape (with ``new_shapes``) and where training ends. A per-step sync would stop the host from queueing the next step while the GPU runs
+    clock is read after a synchronize only where the steady interval starts and where training
+    ends. A per-step sync would stop the host from queueing the next step while the GPU runs
     this one, and small models would train slower than they can.
     """
 
-    def __init__(self, warmup_steps: int = STEADY_WARMUP_STEPS, new_shapes: bool = False) -> None:
+    def __init__(self, warmup_steps: int = STEADY_WARMUP_STEPS) -> None:
         self.warmup_steps = warmup_steps
-        self.new_shapes = new_shapes
         self.samples = 0
         self._tokens: Tensor | int = 0
         self.seconds = 0.0
@@ -249,9 +237,6 @@ class ThroughputMonitor(Callback):
         self._steady: tuple[float, int] | None = None  # (start time, samples so far) after the warm-up batches
         self._steady_rate: float | None = None
         self._val_t0: float | None = None
-        self._shapes: set[tuple] = set()
-        self._new_shape_t0: float | None = None  # set while a batch of a new shape runs, past the warm-up
-        self._new_shape = {"batches": 0, "samples": 0, "seconds": 0.0}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._t0 = time.perf_counter()
@@ -267,25 +252,11 @@ class ThroughputMonitor(Callback):
                 self._steady = (self._steady[0] + spent, self._steady[1])
         self._val_t0 = None
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
-        if self.new_shapes and self._steady is not None and input_shapes(batch[0]) not in self._shapes:
-            _wait_for_device(trainer)
-            self._new_shape_t0 = time.perf_counter()
-
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         inputs, _ = batch
-        samples = batch_size_of(inputs) * trainer.world_size
-        self.samples += samples
+        self.samples += batch_size_of(inputs) * trainer.world_size
         self._tokens = self._tokens + token_total(inputs) * trainer.world_size
         self._batches += 1
-        if self.new_shapes:
-            self._shapes.add(input_shapes(inputs))
-        if self._new_shape_t0 is not None:
-            _wait_for_device(trainer)
-            self._new_shape["seconds"] += time.perf_counter() - self._new_shape_t0
-            self._new_shape["batches"] += 1
-            self._new_shape["samples"] += samples
-            self._new_shape_t0 = None
         if self._batches == self.warmup_steps:
             _wait_for_device(trainer)
             self._steady = (time.perf_counter(), self.samples)
@@ -295,10 +266,9 @@ class ThroughputMonitor(Callback):
             _wait_for_device(trainer)
             now = time.perf_counter()
             self.seconds = now - self._t0
-            if self._steady is not None and self._batches > self.warmup_steps + self._new_shape["batches"]:
+            if self._steady is not None and self._batches > self.warmup_steps:
                 start, samples = self._steady
-                steady_samples = self.samples - samples - self._new_shape["samples"]
-                self._steady_rate = steady_samples / max(now - start - self._new_shape["seconds"], 1e-9)
+                self._steady_rate = (self.samples - samples) / max(now - start, 1e-9)
 
     @property
     def tokens(self) -> int:
@@ -314,8 +284,7 @@ class ThroughputMonitor(Callback):
             "samples_seen": self.samples,
             "tokens_seen": tokens,
             "steady_samples_per_second": self._steady_rate,
-            "steady_new_shape_batches": self._new_shape["batches"],
-            "steady_new_shape_seconds": self._new_shape["seconds"],
+            "steady_warmup_steps": self.warmup_steps,
         }
 
 

@@ -200,7 +200,7 @@ def fit_classifier(
         ckpt_dir = run_dir / "checkpoints"
         remove_stale_temporaries(ckpt_dir)  # left by a checkpoint write that a kill interrupted
         step_ckpt = StepCheckpoint(ckpt_dir, trainer_cfg.checkpoint_every_n_steps, deadline=deadline)
-    throughput, history = ThroughputMonitor(new_shapes=trainer_cfg.time_new_shapes), HistoryRecorder(cut_by=step_ckpt)
+    throughput, history = ThroughputMonitor(trainer_cfg.steady_warmup_steps), HistoryRecorder(cut_by=step_ckpt)
     cbs: list[Callback] = [throughput, history, LoaderStateRestore(), *callbacks]
     if run_dir is not None:
         cbs += [CheckpointExtras(spec, classes, recipe), step_ckpt]

@@ -12,6 +12,9 @@ PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
+STEADY_WARMUP_STEPS = 50
+"""Training batches at a call's start that ``ThroughputMonitor``'s steady rate leaves out by default (compilation, CUDA-graph recording)."""
+
 @dataclass
 class TrainerConfig:
     """How long and where to train (maps onto ``lightning.Trainer``).
@@ -84,11 +87,11 @@ class TrainerConfig:
         compile_length_buckets: how many sequence lengths a compiled fit pads variable-length
             batches to (see ``compile``; ignored when eager). More buckets: less padding,
             more graphs to compile (and CUDA graphs to record).
-        time_new_shapes: leave batches of an input shape not trained on before out of the
-            steady rate and report them apart (``ThroughputMonitor``): for timing runs of
-            variable-length tasks, where each new length builds kernel plans once. Off by
-            default: it waits for the GPU before and after each such batch, and an unpadded
-            variable-length fit has a new length at nearly every step.
+        steady_warmup_steps: training batches at a call's start that the steady rate
+            (``throughput.steady_samples_per_second``) leaves out: compilation, CUDA-graph
+            recording and, for variable lengths on CUDA, cuDNN's plan for each new sequence
+            length. Timing runs of variable-length tasks need more than the default, so that
+            most lengths have been seen once (``benchmarks/alone_cost.py --steady-after``).
     """
 
     max_epochs: int | None = 10
@@ -114,11 +117,13 @@ class TrainerConfig:
     enable_progress_bar: bool = True
     compile: bool | str = False
     compile_length_buckets: int = 8
-    time_new_shapes: bool = False
+    steady_warmup_steps: int = STEADY_WARMUP_STEPS
 
     def __post_init__(self) -> None:
         if self.max_epochs is None and self.max_steps is None and self.max_time is None:
             raise ValueError("training is unbounded: set max_epochs, max_steps or max_time")
+        if self.steady_warmup_steps < 1:
+            raise ValueError(f"steady_warmup_steps must be >= 1 (the first step compiles and allocates), got {self.steady_warmup_steps}")
         for name in ("max_epochs", "max_steps", "checkpoint_every_n_steps", "early_stopping_patience", "val_every_n_steps"):
             value = getattr(self, name)
             if value is not None and value < 1:
