@@ -1,6 +1,7 @@
 """The efficiency benchmark harness, run on CPU with tiny models (the numbers are not the point)."""
 from __future__ import annotations
 
+import gc
 import json
 import math
 import time
@@ -361,6 +362,16 @@ def test_time_step_counts_warmup_and_repeats():
     times = eff.time_step(step, warmup=2, repeats=3, device=torch.device("cpu"))
     assert len(calls) == 5 and len(times) == 3
     assert all(10.0 <= t < 200.0 for t in times)
+
+
+def test_time_step_runs_without_the_garbage_collector_and_restores_it():
+    seen = []
+    assert gc.isenabled()
+    eff.time_step(lambda: seen.append(gc.isenabled()), warmup=1, repeats=2, device=torch.device("cpu"))
+    assert seen == [False, False, False] and gc.isenabled()
+    with pytest.raises(RuntimeError):  # a failing step still gives the collector back
+        eff.time_step(lambda: (_ for _ in ()).throw(RuntimeError("boom")), warmup=0, repeats=1, device=torch.device("cpu"))
+    assert gc.isenabled()
 
 
 # --------------------------------------------------------------------------- targets
