@@ -4,7 +4,7 @@
 overrides), ``merge_ablation_cost.py`` times it alone on the GPU, and
 ``merge_ablation_report.py`` names it in the table.
 
-    python benchmarks/ablation_rows.py overrides ROW POS   # the recipe overrides, one KEY=VALUE per line
+    python benchmarks/ablation_rows.py overrides ROW POS [LEVER]   # the recipe overrides, one KEY=VALUE per line
 
 Every MAELRE row states ``value_conv``: a row is a fixed model, so a later change of
 ``MAELREConfig``'s defaults must not change what a row measures. (Before this table, ``auto1``
@@ -59,6 +59,20 @@ POSITIONS: dict[str, dict[str, Any]] = {
 }
 """Position kinds: the adapter's learned absolute positions, or RoPE alone (merged tokens at their centroids)."""
 
+LEVERS: dict[str, tuple[dict[str, Any], str]] = {
+    "base": ({}, ""),
+    "lr2x": ({"optimizer.lr": 0.002}, "learning rate 0.002"),
+    "lrhalf": ({"optimizer.lr": 0.0005}, "learning rate 0.0005"),
+    "warm10": ({"schedule.warmup_fraction": 0.1}, "warmup 10%"),
+    "wd01": ({"optimizer.weight_decay": 0.1}, "weight decay 0.1"),
+    "wd001": ({"optimizer.weight_decay": 0.01}, "weight decay 0.01"),
+    "nodrop": ({"model.dropout": 0.0, "model.drop_path": 0.0}, "no dropout, no stochastic depth"),
+    "nols": ({"loss.label_smoothing": 0.0}, "no label smoothing"),
+    "noaug": ({"data.augment": None}, "no augmentation"),
+}
+"""Training levers of the sCIFAR-10 recipe (issue 13's list: learning rate and warmup, dropout and weight decay,
+augmentation) as recipe overrides on top of a row, with the words the report uses; ``base`` is the recipe as it is."""
+
 
 def _yaml(value: Any) -> str:
     if value is None:
@@ -68,24 +82,31 @@ def _yaml(value: Any) -> str:
     return str(value)
 
 
-def overrides(row: str, pos: str) -> list[str]:
-    """``KEY=VALUE`` recipe overrides (``maelre fit --set``) for ``row`` with positions ``pos``."""
+def overrides(row: str, pos: str, lever: str = "base") -> list[str]:
+    """``KEY=VALUE`` recipe overrides (``maelre fit --set``) for ``row`` with positions ``pos`` and training ``lever``."""
     if row not in ROWS:
         raise KeyError(f"unknown row {row!r}; use one of {', '.join(ROWS)}")
     if pos not in POSITIONS:
         raise KeyError(f"unknown position kind {pos!r}; use one of {', '.join(POSITIONS)}")
+    if lever not in LEVERS:
+        raise KeyError(f"unknown lever {lever!r}; use one of {', '.join(LEVERS)}")
     spec = ROWS[row]
     items = {"model.backbone": spec.backbone, **{f"model.backbone_config.{spec.backbone}.{k}": v for k, v in spec.config.items()},
-             **POSITIONS[pos]}
+             **POSITIONS[pos], **LEVERS[lever][0]}
     return [f"{key}={_yaml(value)}" for key, value in items.items()]
 
 
+def run_label(row: str, lever: str = "base") -> str:
+    """A run's row label in file names and the report: ``ROW``, or ``ROW-LEVER`` for a lever (no ``+``: the device returns only plain names)."""
+    return row if lever == "base" else f"{row}-{lever}"
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[0] != "overrides":
-        print("usage: python benchmarks/ablation_rows.py overrides ROW POS", file=sys.stderr)
+    if len(argv) not in (3, 4) or argv[0] != "overrides":
+        print("usage: python benchmarks/ablation_rows.py overrides ROW POS [LEVER]", file=sys.stderr)
         return 2
     try:
-        print("\n".join(overrides(argv[1], argv[2])))
+        print("\n".join(overrides(*argv[1:])))
     except KeyError as err:
         print(f"ablation_rows.py: {err.args[0]}", file=sys.stderr)
         return 2

@@ -24,6 +24,9 @@
 #   nomerge      no merging: linear attention in all 3 blocks
 #   transformer  full attention, the baseline
 # POS (default: "learned rope"): learned absolute positions in the adapter, or RoPE alone.
+# LEVERS (default: base): training levers of ablation_rows.py's LEVERS crossed with every row, e.g.
+#   ROWS="ecp transformer" POS=rope LEVERS="base lr2x warm10 wd01 nodrop noaug" (a run of lever L is
+#   named scifar10_ROW-L_POS_sSEED; base keeps the plain name).
 # EPOCHS (default 20), SEEDS (default "0 1"), MINUTES (per-run guard, default 8.5), SET (extra
 # space-separated KEY=VALUE overrides for every run) and THREADS (CPU threads per run).
 # Then: python benchmarks/merge_ablation_report.py $OUT
@@ -35,27 +38,34 @@ mkdir -p "$OUT" runs
 export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 rows=(${ROWS:-auto1 auto2 raster fraction nomerge transformer})
 kinds=(${POS:-learned rope})
+levers=(${LEVERS:-base})
 seeds=(${SEEDS:-0 1})
-runs=$(( ${#rows[@]} * ${#kinds[@]} * ${#seeds[@]} ))
+runs=$(( ${#rows[@]} * ${#kinds[@]} * ${#levers[@]} * ${#seeds[@]} ))
 share=$(( $(nproc) / runs ))
 export OMP_NUM_THREADS=${THREADS:-$(( share > 0 ? share : 1 ))} MKL_NUM_THREADS=${THREADS:-$(( share > 0 ? share : 1 ))}
 declare -A items=()
-for r in "${rows[@]}"; do  # every row and position kind checked before any run starts
+for r in "${rows[@]}"; do  # every row, position kind and lever checked before any run starts
     for p in "${kinds[@]}"; do
-        items[$r/$p]=$("$PYTHON" benchmarks/ablation_rows.py overrides "$r" "$p") || exit 2
+        for l in "${levers[@]}"; do
+            items[$r/$p/$l]=$("$PYTHON" benchmarks/ablation_rows.py overrides "$r" "$p" "$l") || exit 2
+        done
     done
 done
 for r in "${rows[@]}"; do
     for p in "${kinds[@]}"; do
-        for s in "${seeds[@]}"; do
-            name="scifar10_${r}_${p}_s$s"
-            args=(--tasks scifar10 --max-minutes "${MINUTES:-8.5}" --set "trainer.max_epochs=${EPOCHS:-20}" --set "trainer.seed=$s")
-            backbone=""
-            for item in ${items[$r/$p]} ${SET:-}; do
-                if [[ $item == model.backbone=* ]]; then backbone=${item#model.backbone=}; else args+=(--set "$item"); fi
+        for l in "${levers[@]}"; do
+            label=$r
+            [[ $l == base ]] || label="$r-$l"
+            for s in "${seeds[@]}"; do
+                name="scifar10_${label}_${p}_s$s"
+                args=(--tasks scifar10 --max-minutes "${MINUTES:-8.5}" --set "trainer.max_epochs=${EPOCHS:-20}" --set "trainer.seed=$s")
+                backbone=""
+                for item in ${items[$r/$p/$l]} ${SET:-}; do
+                    if [[ $item == model.backbone=* ]]; then backbone=${item#model.backbone=}; else args+=(--set "$item"); fi
+                done
+                "$PYTHON" -m maelre.bench.leaderboard "${args[@]}" --backbones "$backbone" --run-root "runs/$name" \
+                    --out "$OUT/$name.json" --table "runs/$name.md" >"runs/$name.log" 2>&1 &
             done
-            "$PYTHON" -m maelre.bench.leaderboard "${args[@]}" --backbones "$backbone" --run-root "runs/$name" \
-                --out "$OUT/$name.json" --table "runs/$name.md" >"runs/$name.log" 2>&1 &
         done
     done
 done

@@ -2,7 +2,8 @@
 
     python benchmarks/merge_ablation_report.py RESULTS_DIR [--cost COST_JSON ...] [--out JSON] [--table MD]
 
-``RESULTS_DIR`` holds one leaderboard JSON per run, ``scifar10_ROW_POS_sSEED.json``; ``--cost``
+``RESULTS_DIR`` holds one leaderboard JSON per run, ``scifar10_ROW_POS_sSEED.json`` (``ROW-LEVER`` for a training
+lever of ``ablation_rows.LEVERS``: one table row per row, lever and positions); ``--cost``
 is the output of ``merge_ablation_cost.py`` (train-step time and peak memory of every row); give it
 once per cost file, a later file's case replacing an earlier one's.
 """
@@ -18,12 +19,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ablation_rows import ROWS  # noqa: E402
+from benchmarks.ablation_rows import LEVERS, ROWS  # noqa: E402
 from maelre.bench.report import markdown_table  # noqa: E402
 from maelre.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 
-NAME = re.compile(r"scifar10_(?P<row>[a-z0-9]+)_(?P<pos>learned|rope)_s(?P<seed>\d+)\.json$")
+NAME = re.compile(r"scifar10_(?P<row>[a-z0-9_]+?)(?:-(?P<lever>[a-z0-9]+))?_(?P<pos>learned|rope)_s(?P<seed>\d+)\.json$")
 ROW_TEXT = {name: row.text for name, row in ROWS.items() if row.ablation}
+
+
+def row_text(row: str, lever: str) -> str:
+    """The report's words for a run's row: the ablation row's description (or the row's name), then the lever's."""
+    text = ROW_TEXT.get(row, row)
+    return text if lever == "base" else f"{text}; {LEVERS[lever][1] if lever in LEVERS else lever}"
 
 
 def collect(folder: Path) -> list[dict]:
@@ -33,7 +40,7 @@ def collect(folder: Path) -> list[dict]:
         if match is None:
             continue
         for row in json.loads(path.read_text())["results"]:
-            runs.append({**match.groupdict(), "seed": int(match["seed"]), **{k: row.get(k) for k in (
+            runs.append({**match.groupdict(), "lever": match["lever"] or "base", "seed": int(match["seed"]), **{k: row.get(k) for k in (
                 "status", "message", "accuracy", "val_accuracy", "steps", "epochs", "train_seconds", "gpu", "concurrent_runs")}})
     return runs
 
@@ -54,16 +61,21 @@ def cost_cells(cost: list[dict], row: str, pos: str) -> list[str]:
 
 
 def summarise(runs: list[dict], cost: list[dict]) -> tuple[list[dict], str]:
-    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    groups: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     for run in runs:
-        groups[run["row"], run["pos"]].append(run)
-    order = list(ROW_TEXT)
+        groups[run["row"], run.get("lever", "base"), run["pos"]].append(run)
+    order, levers = list(ROW_TEXT), list(LEVERS)
+
+    def place(key: tuple[str, str, str]) -> tuple:
+        row, lever, pos = key
+        return (order.index(row) if row in order else 99, row, levers.index(lever) if lever in levers else 99, pos)
+
     summary, rows = [], []
-    for (row, pos), members in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]) if kv[0][0] in order else 99, kv[0][1])):
+    for (row, lever, pos), members in sorted(groups.items(), key=lambda kv: place(kv[0])):
         done = [m for m in members if m["accuracy"] is not None]
         accs = [m["accuracy"] for m in done]
         entry = {
-            "row": row, "pos": pos, "seeds": [m["seed"] for m in members],
+            "row": row, "lever": lever, "pos": pos, "seeds": [m["seed"] for m in members],
             "test_accuracy": accs, "mean": statistics.fmean(accs) if accs else None,
             "val_accuracy": [m["val_accuracy"] for m in done], "epochs": [m["epochs"] for m in members],
             "statuses": [m["status"] for m in members],
@@ -74,7 +86,8 @@ def summarise(runs: list[dict], cost: list[dict]) -> tuple[list[dict], str]:
         epochs = "/".join(str(e) for e in entry["epochs"])
         if "time_limit" in entry["statuses"]:  # the run stopped before its epoch budget: the cosine schedule had not ended
             epochs += " (time limit)"
-        rows.append([ROW_TEXT.get(row, row), pos, mean, seeds, epochs, *cost_cells(cost, row, pos)])
+        cells = cost_cells(cost, row, pos) if lever == "base" else ["—"] * 4  # the cost rows time the base recipe
+        rows.append([row_text(row, lever), pos, mean, seeds, epochs, *cells])
     header = ["row", "positions", "test acc % (mean)", "per seed", "epochs",
               "N=1024 step, peak (eager)", "N=1024 step (graph)", "N=16K step, peak (eager)", "N=16K step (graph)"]
     return summary, markdown_table([dict(zip(header, r)) for r in rows], header, {h: str for h in header})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.ablation_rows import POSITIONS, ROWS, overrides
+from benchmarks.ablation_rows import LEVERS, POSITIONS, ROWS, overrides, run_label
 from maelre.backbones.maelre import MAELREConfig
 from maelre.recipe import load_recipe
 
@@ -45,3 +45,31 @@ def test_the_cli_prints_overrides_and_refuses_an_unknown_row():
     assert "model.backbone_config.maelre.value_conv=null" in ok.stdout.splitlines()
     bad = subprocess.run([sys.executable, str(script), "overrides", "auto9", "rope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown row 'auto9'" in bad.stderr
+
+
+@pytest.mark.parametrize("lever", LEVERS)
+def test_every_training_lever_makes_a_valid_recipe_that_changes_what_it_names(lever):
+    base = load_recipe(ROOT / "recipes" / "scifar10.yaml", overrides("ecp", "rope"))
+    moved = load_recipe(ROOT / "recipes" / "scifar10.yaml", overrides("ecp", "rope", lever))
+    assert moved.model.backbone == "ecp"
+    changed = {k for k in ("optimizer", "schedule", "loss", "data", "model") if getattr(moved, k) != getattr(base, k)}
+    changed |= {key for key, value in moved.backbone_kwargs().items() if base.backbone_kwargs().get(key) != value}
+    assert (lever == "base") == (not changed), (lever, changed)
+    if lever == "nodrop":  # the shared backbone keys, beside the model section
+        assert changed == {"dropout", "drop_path"} and moved.backbone_kwargs()["drop_path"] == 0.0
+
+
+def test_a_lever_run_is_named_row_dash_lever_and_the_report_reads_it_back(tmp_path):
+    import json
+
+    from benchmarks import merge_ablation_report as report
+
+    assert run_label("ecp") == "ecp" and run_label("ecp", "lr2x") == "ecp-lr2x"
+    for label, acc in (("ecp", 0.55), ("ecp-lr2x", 0.57), ("perceiver_ar-noaug", 0.50)):
+        result = {"results": [{"status": "ok", "accuracy": acc, "val_accuracy": acc, "epochs": 20}]}
+        (tmp_path / f"scifar10_{label}_rope_s0.json").write_text(json.dumps(result))
+    runs = report.collect(tmp_path)
+    assert sorted((r["row"], r["lever"]) for r in runs) == [("ecp", "base"), ("ecp", "lr2x"), ("perceiver_ar", "noaug")]
+    summary, table = report.summarise(runs, [])
+    assert [(e["row"], e["lever"]) for e in summary] == [("ecp", "base"), ("ecp", "lr2x"), ("perceiver_ar", "noaug")]
+    assert "learning rate 0.002" in table and "no augmentation" in table
