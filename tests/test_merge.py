@@ -228,3 +228,18 @@ def test_compiled_merge_equals_eager(window):
     eager, compiled = merged(metric, sizes, x), torch.compile(merged)(metric, sizes, x)
     torch.testing.assert_close(compiled[1], eager[1])
     torch.testing.assert_close(compiled[0], eager[0])
+
+
+def test_kept_rank_compiled_by_sort_equals_the_eager_cumsum_on_kept_tokens():
+    """Compiled, the rank comes from a stable sort (Inductor's CUDA split scan of the cumsum fails at batch 1,000)."""
+    from maelre.layers.merge import _kept_rank
+
+    torch._dynamo.reset()
+    gone = torch.rand(5, 37, generator=torch.Generator().manual_seed(0)) < 0.4
+    gone[0] = False  # nothing gone
+    gone[1, 30:] = True  # a padded tail
+    eager = _kept_rank(gone, 37)
+    compiled = torch.compile(_kept_rank, backend="eager", fullgraph=True)(gone, 37)
+    assert torch.equal(compiled[~gone], eager[~gone]) and compiled.dtype == eager.dtype
+    assert torch.equal(eager[0], torch.arange(37))
+    torch._dynamo.reset()
