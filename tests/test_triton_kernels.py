@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import warnings
-
 from functools import partial
 
 import pytest

@@ -15,6 +15,7 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 STEADY_WARMUP_STEPS = 50
 """Training batches at a call's start that ``ThroughputMonitor``'s steady rate leaves out by default (compilation, CUDA-graph recording)."""
 
+
 @dataclass
 class TrainerConfig:
     """How long and where to train (maps onto ``lightning.Trainer``).
