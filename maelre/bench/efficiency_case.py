@@ -121,7 +121,6 @@ def time_step(step: Step, *, warmup: int, repeats: int, device: torch.device) ->
     whichever repeat a collection lands in (eager steps at 16K spread 24-39 ms within a run).
     """
     was_enabled = gc.isenabled()
-    gc.collect()
     gc.disable()
     try:
         return _timed_steps(step, warmup, repeats, device)
