@@ -205,8 +205,6 @@ class LoaderStateRestore(Callback):
         self._states = []
 
 
-
-
 def _wait_for_device(trainer: L.Trainer) -> None:
     """Let the GPU finish what was queued, so that a host clock read next times the work (a sync: use sparingly)."""
     device = trainer.strategy.root_device

@@ -343,7 +343,7 @@ def _kept_rank(gone: Tensor, n: int) -> Tensor:
     """
     if not torch.compiler.is_compiling():
         return shape_cache.arange(n, gone.device) - gone.cumsum(1)
-    order = torch.sort(gone.to(torch.uint8), dim=1, stable=True).indices  # kept (0) first, in order
+    order = compaction_order(~gone)  # kept first, in order
     return torch.empty_like(order).scatter_(1, order, shape_cache.arange(n, gone.device).expand_as(order))
 
 
