@@ -5,6 +5,7 @@ overrides), ``merge_ablation_cost.py`` times it alone on the GPU, and
 ``merge_ablation_report.py`` names it in the table.
 
     python benchmarks/ablation_rows.py overrides ROW POS [LEVER]   # the recipe overrides, one KEY=VALUE per line
+    python benchmarks/ablation_rows.py label ROW LEVER             # the run's row label in file names: ROW or ROW-LEVER
 
 Every MAELRE row states ``value_conv``: a row is a fixed model, so a later change of
 ``MAELREConfig``'s defaults must not change what a row measures. (Before this table, ``auto1``
@@ -102,11 +103,11 @@ def run_label(row: str, lever: str = "base") -> str:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) not in (3, 4) or argv[0] != "overrides":
-        print("usage: python benchmarks/ablation_rows.py overrides ROW POS [LEVER]", file=sys.stderr)
+    if not ((argv[:1] == ["overrides"] and len(argv) in (3, 4)) or (argv[:1] == ["label"] and len(argv) == 3)):
+        print("usage: python benchmarks/ablation_rows.py overrides ROW POS [LEVER] | label ROW LEVER", file=sys.stderr)
         return 2
     try:
-        print("\n".join(overrides(*argv[1:])))
+        print(run_label(*argv[1:]) if argv[0] == "label" else "\n".join(overrides(*argv[1:])))
     except KeyError as err:
         print(f"ablation_rows.py: {err.args[0]}", file=sys.stderr)
         return 2

@@ -145,17 +145,18 @@ def main(argv: list[str] | None = None) -> int:
         for mode in modes:
             name = row_name(mode, kernel)
             run_dir = args.out / name
-            if (run_dir / "results.json").exists():
-                rows.append({**mode_row(name, read_json(run_dir / "results.json")), "kernels": kernel})  # done in an earlier call
+            if (run_dir / "results.json").exists():  # done in an earlier call
+                rows.append({**mode_row(name, read_json(run_dir / "results.json")), "kernels": kernel})
                 continue
             done = run_fit(fit_command(args.recipe, mode, args.steps, run_dir, args.sets), args.mode_seconds, kernel)
             (args.out / f"{name}.log").parent.mkdir(parents=True, exist_ok=True)
             (args.out / f"{name}.log").write_text(done.stdout + done.stderr)
             if done.returncode != 0 or not (run_dir / "results.json").exists():
                 tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-                rows.append({**mode_row(name, None, f"exit {done.returncode}: {tail[0][:200]}"), "kernels": kernel})
+                row = mode_row(name, None, f"exit {done.returncode}: {tail[0][:200]}")
             else:
-                rows.append({**mode_row(name, read_json(run_dir / "results.json")), "kernels": kernel})
+                row = mode_row(name, read_json(run_dir / "results.json"))
+            rows.append({**row, "kernels": kernel})
             print(f"{name}: {rows[-1]}", flush=True)
     compare(rows)
     device = next((r["device"] for r in rows if r["status"] == "ok"), "—")

@@ -54,8 +54,7 @@ done
 for r in "${rows[@]}"; do
     for p in "${kinds[@]}"; do
         for l in "${levers[@]}"; do
-            label=$r
-            [[ $l == base ]] || label="$r-$l"
+            label=$("$PYTHON" benchmarks/ablation_rows.py label "$r" "$l")
             for s in "${seeds[@]}"; do
                 name="scifar10_${label}_${p}_s$s"
                 args=(--tasks scifar10 --max-minutes "${MINUTES:-8.5}" --set "trainer.max_epochs=${EPOCHS:-20}" --set "trainer.seed=$s")

@@ -65,6 +65,8 @@ def test_a_lever_run_is_named_row_dash_lever_and_the_report_reads_it_back(tmp_pa
     from benchmarks import merge_ablation_report as report
 
     assert run_label("ecp") == "ecp" and run_label("ecp", "lr2x") == "ecp-lr2x"
+    cli = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "ablation_rows.py"), "label", "ecp", "lr2x"], capture_output=True, text=True, check=True)
+    assert cli.stdout.strip() == "ecp-lr2x"  # merge_ablation.sh names its runs with it
     for label, acc in (("ecp", 0.55), ("ecp-lr2x", 0.57), ("perceiver_ar-noaug", 0.50)):
         result = {"results": [{"status": "ok", "accuracy": acc, "val_accuracy": acc, "epochs": 20}]}
         (tmp_path / f"scifar10_{label}_rope_s0.json").write_text(json.dumps(result))
