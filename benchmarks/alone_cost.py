@@ -23,8 +23,10 @@ precision are the leaderboard run's own, with the evaluation sets capped
 
 ``real_runs_summary.py --key TASK --alone-costs OUT`` turns these into GPU-seconds (steps
 times ``steady_step_ms``). ``--tag compiled --set trainer.compile=reduce-overhead`` times a
-variant of the runs (rows carry the tag, folders are ``ROOT/TASK@TAG/NAME``); the summary
-reads untagged rows only, the way the leaderboard runs trained. Rows already in ``--out`` are kept, and names with a finished run
+variant of the runs (rows carry the tag, folders are ``ROOT/TASK@TAG/NAME``); untagged rows
+time eager steps (``trainer.compile=false`` unless ``--set`` says otherwise, though the sCIFAR-10
+and Image recipes compile since session 15), and the summary reads untagged rows only, the way
+the leaderboard runs trained. Rows already in ``--out`` are kept, and names with a finished run
 folder are read rather than trained again, so the file can be filled over several calls.
 """
 from __future__ import annotations
@@ -52,7 +54,8 @@ def time_alone(task: str, name: str, steps: int, root: Path, eval_samples: int, 
     """Train run ``name`` of ``task`` alone for ``steps`` steps into ``root/name`` with ``real_runs.sh`` (``extra``: more overrides),
     its steady rate measured after ``steady_after`` steps."""
     sets = " ".join([f"trainer.max_steps={steps}", "trainer.max_epochs=null", f"data.max_eval_samples={eval_samples}",
-                     "trainer.early_stopping_patience=null", f"trainer.steady_warmup_steps={steady_after}", *extra])
+                     "trainer.early_stopping_patience=null", f"trainer.steady_warmup_steps={steady_after}",
+                     "trainer.compile=false", *extra])
     env = {**os.environ, "ROOT": str(root), "NAMES": name, "SET": sets, "CALL_SECONDS": str(seconds), "MINUTES": str(seconds / 60)}
     return subprocess.run(["bash", "benchmarks/real_runs.sh", task], env=env, capture_output=True, text=True)
 

@@ -260,8 +260,10 @@ def write_pareto(summary: dict, cost_rows: list[dict], folder: Path, page: Path 
         note = (f"\nGPU-s are wall time while the runs shared one GPU: {', '.join(untimed)} have no step time measured alone yet "
                 f"({sources}), and one table never mixes the two kinds of cost.\n")
     elif any(r.get("task") == key for r in cost_rows):
+        warmups = sorted({r["steps"] - r["steady_steps"] for r in cost_rows if r.get("task") == key and not r.get("tag") and "steady_steps" in r})
+        after = "/".join(str(w) for w in warmups) or "50"
         note = ("\nGPU-s from \"alone step time\": steps x the run's own train step, timed alone on the GPU for a few hundred steps "
-                f"with its recipe, data pipeline and optimizer (`benchmarks/alone_cost.py`, {sources}; the steady rate after 50 steps, validation excluded).\n")
+                f"with its recipe, data pipeline and optimizer (`benchmarks/alone_cost.py`, {sources}; the steady rate after {after} steps, validation excluded).\n")
     else:
         note = ("\nGPU-s from \"alone step time\": steps x the median train step of the backbone with a linear head and AdamW, timed alone "
                 f"at this shape ({sources}, eager, the first file that has the row); it leaves out the pixel embedding, augmentation and the trainer (a lower bound).\n")

@@ -122,3 +122,14 @@ def test_the_run_is_told_its_warm_up(alone, monkeypatch, tmp_path):
     monkeypatch.setattr(alone.subprocess, "run", lambda cmd, env, **kw: envs.append(env) or subprocess.CompletedProcess(cmd, 0, "", ""))
     alone.time_alone("text", "maelre", 600, tmp_path, 256, 240, ["a=1"], steady_after=300)
     assert "trainer.steady_warmup_steps=300" in envs[0]["SET"].split() and envs[0]["SET"].endswith("a=1")
+
+
+def test_untagged_timings_are_eager_unless_set(alone, monkeypatch, tmp_path):
+    """The GPU recipes compile, but the leaderboard runs trained eager: an untagged timing overrides compile off."""
+    envs = []
+    monkeypatch.setattr(alone.subprocess, "run", lambda cmd, env, **kw: envs.append(env) or subprocess.CompletedProcess(cmd, 0, "", ""))
+    alone.time_alone("scifar10", "maelre", 300, tmp_path, 256, 240, [])
+    alone.time_alone("scifar10", "maelre", 300, tmp_path, 256, 240, ["trainer.compile=reduce-overhead"])
+    plain, compiled = (env["SET"].split() for env in envs)
+    assert "trainer.compile=false" in plain
+    assert compiled.index("trainer.compile=reduce-overhead") > compiled.index("trainer.compile=false")  # the later --set wins

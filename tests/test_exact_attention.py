@@ -95,3 +95,18 @@ def test_padded_lengths_give_the_same_values_and_gradients(shape, nq, nk):
     for got, want in zip(torch.autograd.grad(padded.square().sum(), (q, k, v)), grads):
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_only_long_biased_calls_are_padded_on_cuda(monkeypatch):
+    """Padding pays for itself only where cuDNN's per-length plans are costly: long key lengths on CUDA."""
+    from types import SimpleNamespace
+
+    from maelre.layers import attention
+
+    cuda, cpu = SimpleNamespace(is_cuda=True), SimpleNamespace(is_cuda=False)
+    minimum = attention.CUDA_PAD_MIN_KEYS
+    assert attention.pads_lengths(cuda, minimum) and attention.pads_lengths(cuda, 4000)
+    assert not attention.pads_lengths(cuda, minimum - 1)  # MAELRE's short exact block keeps its length
+    assert not attention.pads_lengths(cpu, 4000)
+    monkeypatch.setattr(attention, "CUDA_LENGTH_MULTIPLE", 1)  # MAELRE_ATTENTION_PAD=1
+    assert not attention.pads_lengths(cuda, 4000)

@@ -30,8 +30,18 @@ def key_logit_bias(key_bias: Tensor | None, key_mask: Tensor | None, dtype: torc
 
 
 CUDA_LENGTH_MULTIPLE = int(os.environ.get("MAELRE_ATTENTION_PAD", "128"))
-"""On CUDA, exact attention with a bias runs on lengths padded up to a multiple of this (``attend_padded``);
-``MAELRE_ATTENTION_PAD=1`` turns the padding off (timing comparisons)."""
+"""On CUDA, exact attention with a bias over at least ``CUDA_PAD_MIN_KEYS`` keys runs on lengths padded up to a
+multiple of this (``attend_padded``); ``MAELRE_ATTENTION_PAD=1`` turns the padding off (timing comparisons)."""
+CUDA_PAD_MIN_KEYS = int(os.environ.get("MAELRE_ATTENTION_PAD_MIN_KEYS", "1024"))
+"""Shorter calls are not padded. On the H200, cuDNN's plan for a new length cost 140-190 ms at LRA Text's
+3,448 keys (``sdpa_backends_text_h200_s14.json``), but padding MAELRE's short exact block (at most 256
+tokens on LRA Text) to 128 made its whole train step slower, 44.3 against 36.5 ms
+(``alone_cost_text_h200.json``, tags none and ``no_attn_pad``, session 15)."""
+
+
+def pads_lengths(q: Tensor, num_keys: int) -> bool:
+    """Whether ``exact_attention`` pads a biased call's lengths (CUDA, padding on, ``num_keys >= CUDA_PAD_MIN_KEYS``)."""
+    return q.is_cuda and CUDA_LENGTH_MULTIPLE > 1 and num_keys >= CUDA_PAD_MIN_KEYS
 
 
 def exact_attention(
@@ -51,7 +61,8 @@ def exact_attention(
     ``[B, H, Nq, Nk]``. With no bias or mask at all, SDPA may pick FlashAttention.
     ``causal`` aligns the triangle bottom-right: the queries are the last ``Nq`` of the
     ``Nk`` positions, so query ``i`` sees keys ``j <= Nk - Nq + i``. On CUDA a call with a
-    bias or mask pads its lengths to a multiple of ``CUDA_LENGTH_MULTIPLE`` (``attend_padded``).
+    bias or mask over at least ``CUDA_PAD_MIN_KEYS`` keys pads its lengths to a multiple of
+    ``CUDA_LENGTH_MULTIPLE`` (``attend_padded``).
     """
     bias = key_logit_bias(key_bias, key_mask, q.dtype)
     if attn_mask is not None:
@@ -66,7 +77,7 @@ def exact_attention(
         bias = torch.zeros(nq, nk, dtype=q.dtype, device=q.device) if bias is None else bias
         bias = bias.masked_fill(~tri, float("-inf"))
         causal = False
-    if bias is not None and q.is_cuda and CUDA_LENGTH_MULTIPLE > 1:
+    if bias is not None and pads_lengths(q, nk):
         return attend_padded(q, k, v, bias, dropout_p, CUDA_LENGTH_MULTIPLE)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout_p, is_causal=causal)
 
