@@ -243,7 +243,7 @@ def fit_classifier(
             default_root_dir=str(run_dir) if run_dir is not None else None,
         )
         start = time.perf_counter()
-        with _recompile_limit(compiled_graphs(model.adapter, trainer_cfg, two_tower, on_device)):
+        with _recompile_limit(compiled_graphs(model.adapter, trainer_cfg, two_tower, on_device)), _quiet_plan_tracing():
             trainer.fit(task, train_loader, val_loader, ckpt_path=str(ckpt_path) if ckpt_path else None)
     fit_seconds = time.perf_counter() - start
 
@@ -321,6 +321,19 @@ def _recompile_limit(graphs: int):
         yield
         return
     with dynamo_config.patch(**{name: graphs}):
+        yield
+
+
+_PLAN_CACHE_WARNING = r"Dynamo detected a call to a `functools\.lru_cache`-wrapped function at '(maelre_config|merge_plan)\.py"
+
+
+@contextlib.contextmanager
+def _quiet_plan_tracing():
+    """Silence Dynamo's warning, printed on every compile of MAELRE, that it traces through the
+    ``lru_cache`` of the merge plans: they are pure functions of ints, so tracing the function
+    (its result a constant of the graph) is what a compiled fit needs. Other warnings pass."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_PLAN_CACHE_WARNING)
         yield
 
 
