@@ -29,6 +29,12 @@ def test_tags_match_what_the_wrapper_does():
     assert set(MAELRESktimeClassifier().get_params()) == set(MAELREClassifier().get_params()) - {"modality", "sample_rate"}
 
 
+def test_defaults_match_the_sklearn_estimator():
+    """The two signatures are written out (both libraries read parameters from ``__init__``), so check they agree."""
+    sktime, sklearn = MAELRESktimeClassifier().get_params(), MAELREClassifier().get_params()
+    assert sktime == {k: sklearn[k] for k in sktime}
+
+
 def test_multivariate_unequal_length_panel():
     X, y = load_UCR_UEA_dataset("JapaneseVowels", split="train", return_X_y=True)
     X_test, y_test = load_UCR_UEA_dataset("JapaneseVowels", split="test", return_X_y=True)
