@@ -264,7 +264,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = ("efficiency", "profile")
+BENCHMARKS = ("efficiency", "profile", "paired")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -337,8 +337,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipes-dir", default="recipes")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("bench", help="benchmarks: 'maelre bench efficiency --help', 'maelre bench profile --help'")
-    p.add_argument("suite", help="benchmark name (efficiency: cost versus N; profile: where one step's time and memory go)")
+    p = sub.add_parser("bench", help="benchmarks: 'maelre bench efficiency --help', 'maelre bench profile --help', 'maelre bench paired --help'")
+    p.add_argument("suite", help="benchmark name (efficiency: cost versus N; profile: where one step's time and memory go; "
+                   "paired: MAELRE against its twin and full attention, timed in alternating rounds)")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="arguments of the benchmark")
     p.set_defaults(func=cmd_bench)
 
