@@ -55,6 +55,10 @@
 # Small committed folders (sCIFAR-10's) need no carrying: a machine lacking runs/lb/TASK/NAME
 # copies benchmarks/results/TASK_partial_h200/NAME (commit them before a call on a cold machine).
 #
+# The tree travels with every call: committed run state under benchmarks/results/lra_state_h200 (session 15:
+# Pathfinder, 4 x 10.6 MB) makes it ~60 MB, which leaves no room for a data file. For a call that carries one
+# and does not resume those runs: `mv benchmarks/results/lra_state_h200 runs/keep/` before, back after (a
+# tracked folder missing from the work tree does not travel; `git status` shows it deleted meanwhile).
 # Data: scifar10 and image read .carry/data/scifar10_gray.npz, text .carry/data/imdb_bytes.npz
 # (benchmarks/make_compact_data.py). Both with the tree are over the 64 MiB a call carries, so
 # carry one per call: a file carried earlier stays on a warm machine.
