@@ -295,3 +295,24 @@ def test_marker_distance_baseline_learns_a_threshold_either_way(near_label: int)
     with pytest.raises(ValueError, match="training and test images"):
         marker_distance_baseline([], data)
 
+
+
+def test_the_distance_rule_predicts_and_the_probe_splits_by_it():
+    """``fit_distance_rule`` predicts per image; the probe's split says where a model beats or trails that rule."""
+    import importlib.util
+    from pathlib import Path
+
+    from modalities.datasets.pathfinder_markers import fit_distance_rule, marker_distances
+
+    data = [_two_markers(d, int(d < 12)) for d in (5, 6, 7, 8, 16, 18, 20, 22)]
+    rule = fit_distance_rule(*marker_distances(data))
+    assert rule(np.array([4.0, 30.0])).tolist() == [True, False]
+    spec = importlib.util.spec_from_file_location("pathfinder_probe", Path(__file__).resolve().parents[1] / "benchmarks" / "pathfinder_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    model_right = np.array([True, True, False, False, True, False])
+    rule_right = np.array([True, True, True, False, False, False])
+    split = probe.split_accuracy(model_right, rule_right)
+    assert split["model_accuracy"] == 0.5 and split["rule_accuracy"] == 0.5
+    assert split["model_accuracy_where_rule_right"] == pytest.approx(2 / 3) and split["model_accuracy_where_rule_wrong"] == pytest.approx(1 / 3)
+    assert split["n_rule_wrong"] == 3

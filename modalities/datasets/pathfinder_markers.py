@@ -6,7 +6,7 @@ binary image, pixels ``> threshold``); the generator uses it to verify every sam
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -61,6 +61,24 @@ def markers_connected(
     return bool(found[0] == found[1])
 
 
+def marker_distances(samples: Iterable[tuple[np.ndarray, int]], threshold: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean distance between the two markers of each image, and its label as bool: ``([n], [n])``."""
+    pairs = [(math.dist(*find_markers(image, threshold)), label) for image, label in samples]
+    if not pairs:
+        raise ValueError("marker distances need images: the baseline needs training and test images")
+    d, y = np.array(pairs).T
+    return d, y.astype(bool)
+
+
+def fit_distance_rule(distances: np.ndarray, connected: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """The best rule "connected iff distance < t" (or ">= t") on these examples, as a predictor of ``connected``."""
+    candidates = np.unique(distances)
+    below = np.array([np.mean((distances < t) == connected) for t in candidates])
+    best = int(np.argmax(np.maximum(below, 1 - below)))
+    cut, flip = candidates[best], bool(below[best] < 0.5)
+    return lambda d: (np.asarray(d) < cut) != flip
+
+
 def marker_distance_baseline(
     train: Iterable[tuple[np.ndarray, int]], test: Iterable[tuple[np.ndarray, int]], threshold: int = 127
 ) -> float:
@@ -69,20 +87,9 @@ def marker_distance_baseline(
     The best rule "connected iff distance < t" (or ">= t") on ``train`` is applied to
     ``test``. It needs no contour following; a model below it has not even found the markers.
     """
-    def distances(samples: Iterable[tuple[np.ndarray, int]]) -> tuple[np.ndarray, np.ndarray]:
-        pairs = [(math.dist(*find_markers(image, threshold)), label) for image, label in samples]
-        if not pairs:
-            raise ValueError("marker_distance_baseline needs training and test images")
-        d, y = np.array(pairs).T
-        return d, y.astype(bool)
-
-    d_train, y_train = distances(train)
-    candidates = np.unique(d_train)
-    below = np.array([np.mean((d_train < t) == y_train) for t in candidates])
-    best = int(np.argmax(np.maximum(below, 1 - below)))
-    flip = below[best] < 0.5
-    d_test, y_test = distances(test)
-    return float(np.mean(((d_test < candidates[best]) != flip) == y_test))
+    rule = fit_distance_rule(*marker_distances(train, threshold))
+    d_test, y_test = marker_distances(test, threshold)
+    return float(np.mean(rule(d_test) == y_test))
 
 
 def _binary(image: np.ndarray, threshold: int) -> np.ndarray:
