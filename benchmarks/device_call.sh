@@ -66,7 +66,8 @@
 # Environment: OUT (required: what comes back); ALONE ("": TASK[:NAME,NAME...] items of
 # benchmarks/alone_cost.py, each run timed alone first, DRAIN=1 calls included; OUT gets
 # alone_cost_TASK_h200.json), ALONE_STEPS (200), ALONE_STEADY (50: --steady-after; LRA Text: 300 of 600 steps), ALONE_TAG and ALONE_SET (alone_cost.py's --tag and --set: a variant); SDPA (0: 1 times benchmarks/sdpa_backends.py alone, DRAIN=1
-# calls included, needs .carry/data/imdb_bytes.npz; OUT gets sdpa_backends_text_h200.json); CAB ("": RECIPE:BACKBONE,...
+# calls included, needs .carry/data/imdb_bytes.npz; OUT gets sdpa_backends_text_h200.json); PAIRED ("": N,N,... for
+# benchmarks/paired_timing.py, eager then CUDA graphs, alone; OUT gets paired_h200[_cudagraph].json and .md); CAB ("": RECIPE:BACKBONE,...
 # items of benchmarks/compile_ab.py, eager against reduce-overhead, alone), CAB_STEPS (1000); COST (0), COST_ROWS
 # (vconv,t128v,transformer,auto1,ecp,perceiver_ar), COST_SECONDS (250: a cap; cases done are kept);
 # LB ("scifar10": TASK[:NAME,NAME...] items for real_runs.sh, no names = all of its runs; empty: none);
@@ -125,6 +126,17 @@ if [[ ${SDPA:-0} == 1 ]]; then  # alone too: exact attention per SDPA backend at
     timeout 180 "$PYTHON" benchmarks/sdpa_backends.py --data .carry/data/imdb_bytes.npz --out "$OUT/sdpa_backends_text_h200.json" \
         >runs/logs/sdpa.log 2>&1
     echo "sdpa: exit $? after $(( $(date +%s) - started )) s"; tail -n 16 runs/logs/sdpa.log
+fi
+
+# issue 15's ratios from alternating rounds (benchmarks/paired_timing.py), alone: PAIRED="4K,16K,64K" times
+# MAELRE against its twin and full attention eagerly, then with CUDA graphs; OUT gets paired_h200*.json/.md
+if [[ -n ${PAIRED:-} ]]; then
+    for graphs in "" --cuda-graph; do
+        name=paired_h200${graphs:+_cudagraph}
+        timeout $(( $(left) - 90 )) "$PYTHON" benchmarks/paired_timing.py --seq-lens "$PAIRED" $graphs --out "$OUT/$name.json" \
+            >"runs/logs/$name.log" 2>&1
+        echo "paired${graphs:+ (graphs)}: exit $? after $(( $(date +%s) - started )) s"; grep '^|' "runs/logs/$name.log" | tail -n 6
+    done
 fi
 
 # eager against compiled training of a recipe per backbone (benchmarks/compile_ab.py), alone on the GPU:

@@ -303,24 +303,43 @@ def test_a_set_that_trained_further_replaces_the_folder(runs, tmp_path):
     assert xfer.regression(here, newer) is None
 
 
-def test_device_call_runs_each_compile_ab_backbone_alone_and_returns_its_table(tmp_path):
-    """CAB="RECIPE:A,B": one compile_ab.py run per backbone (eager against CUDA graphs), its JSON copied into OUT."""
+def _device_call_with_stub(tmp_path: Path, script: str, stub: str, **settings: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """A DRAIN=1 device_call.sh in a copy of the scripts, with ``benchmarks/SCRIPT`` replaced by ``stub`` (the real one needs a GPU)."""
     repo = tmp_path / "repo"
     (repo / "benchmarks").mkdir(parents=True)
     for name in ("device_call.sh", "device_xfer.py", "lra_learn.py"):
         shutil.copy(_ROOT / "benchmarks" / name, repo / "benchmarks" / name)
-    (repo / "benchmarks" / "compile_ab.py").write_text(  # a stub: the runs themselves need a GPU
+    (repo / "benchmarks" / script).write_text(stub)
+    out = tmp_path / "OUT"
+    out.mkdir()
+    env = {**os.environ, "PYTHON": sys.executable, "DRAIN": "1", "OUT": str(out), **settings}
+    done = subprocess.run(["bash", str(repo / "benchmarks/device_call.sh")], env=env, capture_output=True, text=True, timeout=120, cwd=repo)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out, done
+
+
+def test_device_call_runs_each_compile_ab_backbone_alone_and_returns_its_table(tmp_path):
+    """CAB="RECIPE:A,B": one compile_ab.py run per backbone (eager against CUDA graphs), its JSON copied into OUT."""
+    out, done = _device_call_with_stub(tmp_path, "compile_ab.py", (
         "import json, pathlib, sys\n"
         "out = pathlib.Path(sys.argv[sys.argv.index('--out') + 1]); out.mkdir(parents=True)\n"
         "(out / 'compile_ab.json').write_text(json.dumps({'argv': sys.argv[1:]}))\n"
-    )
-    out = tmp_path / "OUT"
-    out.mkdir()
-    env = {**os.environ, "PYTHON": sys.executable, "DRAIN": "1", "OUT": str(out), "CAB": "recipes/scifar10.yaml:ecp,perceiver_ar", "CAB_STEPS": "7"}
-    done = subprocess.run(["bash", str(repo / "benchmarks/device_call.sh")], env=env, capture_output=True, text=True, timeout=120, cwd=repo)
-    assert done.returncode == 0, done.stdout + done.stderr
+    ), CAB="recipes/scifar10.yaml:ecp,perceiver_ar", CAB_STEPS="7")
     for name in ("ecp", "perceiver_ar"):
         argv = json.loads((out / f"compile_ab_scifar10_{name}_h200.json").read_text())["argv"]
         assert argv[0] == "recipes/scifar10.yaml" and f"model.backbone={name}" in argv
         assert argv[argv.index("--steps") + 1] == "7" and argv[argv.index("--modes") + 1] == "eager,reduce-overhead"
     assert "compile_ab scifar10_ecp: exit 0" in done.stdout
+
+
+def test_device_call_times_the_pairs_eagerly_then_graphed(tmp_path):
+    """PAIRED="4K,16K": benchmarks/paired_timing.py alone, eager then with CUDA graphs, each result in OUT."""
+    out, done = _device_call_with_stub(tmp_path, "paired_timing.py", (
+        "import json, pathlib, sys\n"
+        "pathlib.Path(sys.argv[sys.argv.index('--out') + 1]).write_text(json.dumps({'argv': sys.argv[1:]}))\n"
+        "print('| 4096 | maelre / maelre.twin | 1.1 |')\n"
+    ), PAIRED="4K,16K")
+    eager = json.loads((out / "paired_h200.json").read_text())["argv"]
+    graphs = json.loads((out / "paired_h200_cudagraph.json").read_text())["argv"]
+    assert eager[eager.index("--seq-lens") + 1] == "4K,16K" and "--cuda-graph" not in eager and "--cuda-graph" in graphs
+    assert "paired: exit 0" in done.stdout and "paired (graphs): exit 0" in done.stdout and "| 4096 | maelre / maelre.twin |" in done.stdout
