@@ -65,6 +65,8 @@
 # only for a smoke test, in another root: data once written is reused), SET (space-separated extra KEY=VALUE
 # overrides for every run; then also set TAG, which names the group), PYTHON (python3),
 # PACK (1: tar each run folder into $OUT; 0: leave them in $STATE for the caller to pack),
+# PROBE (1: after a Pathfinder call, benchmarks/pathfinder_probe.py scores each run's best checkpoint where the
+# marker-distance shortcut is right and where it is wrong, into OUT/GROUP_probe_BACKBONE.json),
 # CHECK (0: 1 validates every backbone's settings with `maelre check`, without data or training,
 # and exits: `CHECK=1 bash benchmarks/lra_learn.sh listops_sky levers 0`).
 # A smoke test on CPU (a few minutes):
@@ -233,6 +235,14 @@ done
 
 # ---------------------------------------------------------------- pack for the next call
 "$PYTHON" benchmarks/lra_learn.py curves "$STATE/$group" "$OUT/$group.json"
+if [[ $task == pathfinder && ${PROBE:-1} == 1 ]]; then  # path or marker distance? (benchmarks/pathfinder_probe.py, CPU)
+    for backbone in "${names[@]}"; do  # guarded: past the call's deadline it is stopped, and only its JSON is missing
+        best=$STATE/$group/$backbone/fit/checkpoints/best
+        [[ -d $best ]] || continue
+        guarded "$PYTHON" benchmarks/pathfinder_probe.py "$best" --images 2000 --out "$OUT/${group}_probe_$backbone.json" \
+            >>"$STATE/$group/$backbone/call.log" 2>&1 || echo "lra_learn.sh: no shortcut probe of $backbone this call (its call.log says why)"
+    done
+fi
 for backbone in "${names[@]}"; do
     dir=$STATE/$group/$backbone
     if [[ -d $dir/pretrain ]]; then  # once fine-tuning has a checkpoint, the pretraining one is not needed again
