@@ -112,6 +112,16 @@ def capture_step(step: Step, device: torch.device, warmup: int = 3) -> Step:
     return replay
 
 
+def ready_step(step: Step, config: BenchConfig) -> Step:
+    """``step`` ready to time: recorded into a CUDA graph (``cuda_graph``; that compiles too, in its
+    warm-up), or run once to compile (``compile``), so that compilation stays out of the timed steps."""
+    if config.cuda_graph:
+        return capture_step(step, torch.device(config.device))
+    if config.compile:
+        step()
+    return step
+
+
 def time_step(step: Step, *, warmup: int, repeats: int, device: torch.device) -> list[float]:
     """Run ``warmup`` untimed steps, then time ``repeats`` steps; milliseconds per step.
 
@@ -169,10 +179,7 @@ def measure_case(name: str, seq_len: int, batch: int, mode: str, config: BenchCo
     compile_s = None
     if config.compile or config.cuda_graph:
         t0 = time.perf_counter()
-        if config.cuda_graph:
-            step = capture_step(step, device)  # compiles too, in its warm-up
-        else:
-            step()  # triggers compilation; excluded from the timed repeats
+        step = ready_step(step, config)
         if cuda:
             torch.cuda.synchronize(device)
         compile_s = time.perf_counter() - t0

@@ -131,7 +131,7 @@ class BenchConfig:
         names = []
         for name in self.backbones:
             names.append(name)
-            if self.ideal and issubclass(get_backbone_class(name), MAELRE):
+            if self.ideal and is_maelre(name):
                 names += [f"{name}.{TWIN}", f"{name}.{FLOOR}"]
         return names
 
@@ -147,6 +147,11 @@ class BenchConfig:
         """Config of backbone ``name``: the shared shape plus its own tweaks."""
         shared = {"dim": self.dim, "depth": self.depth, "heads": self.heads, "mlp_ratio": self.mlp_ratio}
         return {**shared, **self.backbone_configs.get(name, {})}
+
+
+def is_maelre(name: str) -> bool:
+    """Whether registered backbone ``name`` is a MAELRE (it has a zero-cost-merge twin and an attention-free floor)."""
+    return issubclass(get_backbone_class(name), MAELRE)
 
 
 def resolve_backbone_configs(backbones: Sequence[str], overrides: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:

@@ -29,14 +29,12 @@ from typing import Any
 
 import torch
 
-from maelre.backbones.maelre import MAELRE
 from maelre.bench.efficiency import add_arguments, config_from_args
-from maelre.bench.efficiency_case import capture_step, deadline, is_oom, make_step, release_memory, time_step
-from maelre.bench.efficiency_config import FULL_ATTENTION, BenchConfig, Step
+from maelre.bench.efficiency_case import deadline, is_oom, make_step, ready_step, release_memory, time_step
+from maelre.bench.efficiency_config import FULL_ATTENTION, MODES, BenchConfig, Step, is_maelre
 from maelre.bench.efficiency_run import collect_meta
 from maelre.bench.ideal import TWIN
 from maelre.bench.report import write_json_atomic
-from maelre.registry import get_backbone_class
 
 TWIN_GOAL = 1.15
 SPEEDUP_GOALS = {(16384, False): 5.0, (16384, True): 8.0, (65536, False): 20.0, (65536, True): 20.0}
@@ -70,18 +68,9 @@ def pairs_of(config: BenchConfig) -> list[tuple[str, str, str]]:
     (A = full attention, B = MAELRE)."""
     pairs = []
     for name in config.backbones:
-        if issubclass(get_backbone_class(name), MAELRE):
+        if is_maelre(name):
             pairs += [("twin", name, f"{name}.{TWIN}"), ("speedup", FULL_ATTENTION, name)]
     return pairs
-
-
-def _ready_step(name: str, seq_len: int, batch: int, config: BenchConfig) -> Step:
-    step = make_step(name, seq_len, batch, "train", config)
-    if config.cuda_graph:
-        return capture_step(step, torch.device(config.device))
-    if config.compile:
-        step()  # compiles outside the timed rounds
-    return step
 
 
 def goal_of(kind: str, seq_len: int, cuda_graph: bool) -> float | None:
@@ -115,7 +104,7 @@ def run_pairs(config: BenchConfig, out: Path, *, rounds: int, per_round: int, co
             t0 = time.perf_counter()
             try:
                 with deadline(config.case_timeout_s):
-                    a, b = _ready_step(a_name, seq_len, batch, config), _ready_step(b_name, seq_len, batch, config)
+                    a, b = (ready_step(make_step(name, seq_len, batch, "train", config), config) for name in (a_name, b_name))
                     row.update(paired_ratio(a, b, rounds=rounds, per_round=per_round, warmup=config.warmup, device=device))
             except Exception as err:  # noqa: BLE001  (a failing pair must not end the run)
                 row.update(status="oom" if is_oom(err) else "error", message=f"{type(err).__name__}: {err}"[:800])
@@ -170,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"need --rounds >= 2 (alternation) and --per-round >= 1, got {args.rounds} and {args.per_round}")
     unused = [flag for flag, given in (("--resume", args.resume), ("--report-only", args.report_only), ("--plot", args.plot),
                                        ("--compile", args.compile), ("--no-ideal", args.no_ideal)) if given]
-    if unused or args.modes != "train,infer" and args.modes != "train":
+    if unused or args.modes not in (",".join(MODES), "train"):  # the default, or train alone
         parser.error(f"paired timing times train steps and writes --out and its .md only; drop {', '.join(unused) or '--modes'}")
     try:
         config = config_from_args(args)
