@@ -185,7 +185,14 @@ fi
 for dir in benchmarks/results/lra_state_h200/*/*/; do
     rel=${dir#benchmarks/results/lra_state_h200/}
     rel=${rel%/}
-    [[ -d $STATE/$rel ]] && continue
+    has_state() { compgen -G "$1/fit/checkpoints/step-*/training_state.pt" >/dev/null; }
+    # session 16: a cold machine held these folders without checkpoints, so every run refused to resume;
+    # a machine copy that cannot resume gives way to the tree's copy that can
+    if [[ -d $STATE/$rel ]]; then
+        { has_state "$STATE/$rel" || ! has_state "$dir"; } && continue
+        echo "device_call.sh: $STATE/$rel has no checkpoint to resume from; replaced by the tree's copy" >&2
+        rm -rf "${STATE:?}/$rel"
+    fi
     mkdir -p "$STATE/$(dirname "$rel")" && cp -r "$dir" "$STATE/$rel"
     [[ -d $STATE/$rel/fit/checkpoints ]] || echo "device_call.sh: $STATE/$rel has no checkpoints (kept out of git: too big); carry it (device_xfer.py carry)" >&2
 done

@@ -30,7 +30,7 @@
 #                     before round 4 of the merge ablation
 #   transformer       full attention, the adapter's learned positions
 #   transformer_rope  full attention with RoPE (the ECP paper's "Transformer (with RoPE)")
-#   ecp               ECP, RoPE (its default)
+#   ecp               ECP, RoPE (its default); on sCIFAR-10 RoPE alone (no absolute positions)
 #   perceiver_ar      PerceiverAR, learned positions
 #   transformer_cls, transformer_rope_cls
 #                     diagnostics, not leaderboard rows: the same two transformers pooled by a CLS
@@ -38,6 +38,15 @@
 #                     a miss (run them by name: they are not in the default NAMES)
 #   transformer_mlphead diagnostic: the transformer with LRA's classifier head, a hidden ReLU layer of
 #                     the model's MLP width (model.head_hidden), to test whether the head explains a miss
+#   ecp_learned_lr2x, transformer_rope_lr2x
+#                     levers, not leaderboard rows, at the whole budget: ecp with the adapter's learned
+#                     positions as well as its own RoPE (the leaderboard's ecp has RoPE alone), and
+#                     transformer_rope, both at twice the recipe's learning rate (the one lever of the
+#                     session-15 sweep worth more than a point after 5-6 epochs,
+#                     benchmarks/results/levers_scifar10_h200_s15/)
+#   ecp_learned, transformer_rope_learned_lr2x, maelre_learned_lr2x
+#                     the controls those two asked for (session 16): which of learned positions and the
+#                     learning rate lifted ECP, and whether learned positions lift the others as well
 # MINUTES (7): training ends this many minutes after the script started, at most
 # CALL_SECONDS - PACK_SECONDS - TEST_SECONDS (7.25 min by default); CALL_SECONDS (540: all is
 # pruned by then), PACK_SECONDS (45), TEST_SECONDS (60), GRACE_SECONDS (15); SET: space-separated extra KEY=VALUE
@@ -75,6 +84,16 @@ declare -A setup=(
     [transformer_rope_cls]="--set model.backbone=transformer ${rope[*]} --set model.pool=cls"
     [transformer_mlphead]="--set model.backbone=transformer --set model.head_hidden=$head"
 )
+# sCIFAR-10's ecp run was made with RoPE alone (the ECP paper's positions); LRA Image's and Text's with their
+# recipe's sinusoidal positions as well
+[[ $task == scifar10 ]] && setup[ecp]+=" --set data.adapter.pos_embed=none"
+lr2x=$("$PYTHON" -c 'import sys, yaml; print(2 * yaml.safe_load(open(sys.argv[1]))["optimizer"]["lr"])' "$recipe")
+learned="--set data.adapter.pos_embed=learned"
+setup[ecp_learned]="--set model.backbone=ecp $learned"
+setup[ecp_learned_lr2x]="${setup[ecp_learned]} --set optimizer.lr=$lr2x"
+setup[transformer_rope_lr2x]="${setup[transformer_rope]} --set optimizer.lr=$lr2x"
+setup[transformer_rope_learned_lr2x]="${setup[transformer_rope]} $learned --set optimizer.lr=$lr2x"
+setup[maelre_learned_lr2x]="${setup[maelre]} $learned --set optimizer.lr=$lr2x"
 # Text's batches have their own lengths (bucketed, padded to the batch's longest review), and
 # exact attention on CUDA goes to cuDNN, which builds a plan per new sequence length (tens to
 # hundreds of milliseconds): session 12's transformer spent ~150 ms a step, most of it there.

@@ -57,9 +57,11 @@ ALONE_ROWS = {
     "ecp": ("ecp", "rope"), "perceiver_ar": ("perceiver_ar", "learned"),
 }
 """Run name -> (row, positions) of ``merge_ablation_cost.py`` timed alone at sCIFAR-10's shape (a run without a timing falls back to wall time)."""
-DIAGNOSTICS = {"transformer_cls": "transformer", "transformer_rope_cls": "transformer_rope", "transformer_mlphead": "transformer"}
-"""Runs that test a hypothesis about a leaderboard row (CLS pooling, LRA's, instead of the mean) -> the row they
-test: summarised with their curves, never leaderboard rows or Pareto points."""
+DIAGNOSTICS = {"transformer_cls": "transformer", "transformer_rope_cls": "transformer_rope", "transformer_mlphead": "transformer",
+               "ecp_learned": "ecp", "ecp_learned_lr2x": "ecp", "transformer_rope_lr2x": "transformer_rope",
+               "transformer_rope_learned_lr2x": "transformer_rope", "maelre_learned_lr2x": "maelre"}
+"""Runs that test a hypothesis about a leaderboard row (CLS pooling, LRA's, instead of the mean; twice the learning
+rate; learned positions) -> the row they test: summarised with their curves, never leaderboard rows or Pareto points."""
 SHARED_KEYS = ("dim", "depth", "heads", "mlp_ratio", "dropout", "drop_path", "rope")
 """Settings a row already reports under ``model``."""
 
