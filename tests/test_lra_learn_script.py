@@ -147,3 +147,25 @@ def test_a_run_the_committed_curves_record_is_lost_not_new_on_a_bare_machine(tmp
     assert lra_learn.cmd_status(run, 50_000, tmp_path / "absent.json") == "new" and lra_learn.cmd_status(run, 50_000) == "new"
     (run / "checkpoints" / "step-0006000").mkdir(parents=True)
     assert lra_learn.cmd_status(run, 50_000, curves) == "resume"
+
+
+def test_rows_marks_a_run_short_of_its_budget_partial_and_its_data_generated(tmp_path):
+    """`rows` turns a group's fits into leaderboard rows: a run at 23,000 of 50,000 steps is a
+    `time_limit` row that says how far it got, and Pathfinder read from the generated folder is `generated`."""
+    committed = Path(__file__).resolve().parents[1] / "benchmarks/results/lra_state_h200/pathfinder_levers_s0_compiled/maelre/fit"
+    recipe = committed / "recipe.yaml"
+    if not recipe.exists():
+        pytest.skip("the committed Pathfinder run folder is not in this checkout")
+    run = tmp_path / "group" / "maelre" / "fit"
+    run.mkdir(parents=True)
+    (run / "recipe.yaml").write_text(recipe.read_text())
+    results = json.loads((committed / "results.json").read_text())
+    results.update(global_step=23_000, metrics={**results["metrics"], "test/acc": 0.7136})
+    (run / "results.json").write_text(json.dumps(results))
+    out = tmp_path / "rows.json"
+    lra_learn.cmd_rows(tmp_path / "group", "pathfinder", out, concurrent=4)
+    (row,) = json.loads(out.read_text())["results"]
+    assert (row["task"], row["backbone"], row["data"]) == ("pathfinder", "maelre", "generated")
+    assert row["accuracy"] == pytest.approx(71.36)
+    assert row["status"] == "time_limit" and "23000 of 50000 steps" in row["message"]
+    assert row["train_seconds"] is None and row["concurrent_runs"] == 4
