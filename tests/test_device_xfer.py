@@ -343,3 +343,30 @@ def test_device_call_times_the_pairs_eagerly_then_graphed(tmp_path):
     graphs = json.loads((out / "paired_h200_cudagraph.json").read_text())["argv"]
     assert eager[eager.index("--seq-lens") + 1] == "4K,16K" and "--cuda-graph" not in eager and "--cuda-graph" in graphs
     assert "paired: exit 0" in done.stdout and "paired (graphs): exit 0" in done.stdout and "| 4096 | maelre / maelre.twin |" in done.stdout
+
+
+def test_device_call_replaces_a_machine_run_folder_that_cannot_resume(tmp_path):
+    """Session 16: a cold machine held an LRA run folder without checkpoints, and every resume was
+    refused. The tree's copy, which can resume, now replaces it; a machine copy that can resume stays."""
+    repo = tmp_path / "repo"
+    (repo / "benchmarks").mkdir(parents=True)
+    for name in ("device_call.sh", "device_xfer.py", "lra_learn.py"):
+        shutil.copy(_ROOT / "benchmarks" / name, repo / "benchmarks" / name)
+    for run, machine_has_state in (("stale", False), ("newer", True)):
+        tree = repo / "benchmarks/results/lra_state_h200/group" / run / "fit/checkpoints/step-0000010"
+        tree.mkdir(parents=True)
+        (tree / "training_state.pt").write_bytes(b"tree")
+        machine = repo / "runs/lra_state/group" / run / "fit"
+        machine.mkdir(parents=True)
+        if machine_has_state:
+            (machine / "checkpoints/step-0000020").mkdir(parents=True)
+            (machine / "checkpoints/step-0000020/training_state.pt").write_bytes(b"machine")
+    out = tmp_path / "OUT"
+    out.mkdir()
+    env = {**os.environ, "PYTHON": sys.executable, "DRAIN": "1", "OUT": str(out)}
+    done = subprocess.run(["bash", str(repo / "benchmarks/device_call.sh")], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "runs/lra_state/group/stale has no checkpoint to resume from" in done.stderr
+    assert (repo / "runs/lra_state/group/stale/fit/checkpoints/step-0000010/training_state.pt").read_bytes() == b"tree"
+    assert (repo / "runs/lra_state/group/newer/fit/checkpoints/step-0000020/training_state.pt").read_bytes() == b"machine"
+    assert not (repo / "runs/lra_state/group/newer/fit/checkpoints/step-0000010").exists()
