@@ -182,10 +182,10 @@ if [[ ${KERNEL_TESTS:-0} == 1 ]]; then
 fi
 # committed LRA run folders the machine lacks (unpack puts returned ones in benchmarks/results/lra_state_h200:
 # only what git keeps reaches the next session's checkout); a folder the machine has, or the inbox placed, stays
+has_state() { compgen -G "$1/fit/checkpoints/step-*/training_state.pt" >/dev/null; }  # RUN_FOLDER can resume
 for dir in benchmarks/results/lra_state_h200/*/*/; do
     rel=${dir#benchmarks/results/lra_state_h200/}
     rel=${rel%/}
-    has_state() { compgen -G "$1/fit/checkpoints/step-*/training_state.pt" >/dev/null; }
     # session 16: a cold machine held these folders without checkpoints, so every run refused to resume;
     # a machine copy that cannot resume gives way to the tree's copy that can
     if [[ -d $STATE/$rel ]]; then
