@@ -47,6 +47,11 @@
 #   ecp_learned, transformer_rope_learned_lr2x, maelre_learned_lr2x
 #                     the controls those two asked for (session 16): which of learned positions and the
 #                     learning rate lifted ECP, and whether learned positions lift the others as well
+#   transformer_lr2x, perceiver_ar_lr2x
+#                     the other two rows under one recipe with those levers (session 18): both already have
+#                     the adapter's learned positions, so only the learning rate doubles; with ecp_learned_lr2x,
+#                     transformer_rope_learned_lr2x and maelre_learned_lr2x every backbone then has learned
+#                     positions (RoPE on top where its row has it) at twice the recipe's learning rate
 # MINUTES (7): training ends this many minutes after the script started, at most
 # CALL_SECONDS - PACK_SECONDS - TEST_SECONDS (7.25 min by default); CALL_SECONDS (540: all is
 # pruned by then), PACK_SECONDS (45), TEST_SECONDS (60), GRACE_SECONDS (15); SET: space-separated extra KEY=VALUE
@@ -94,6 +99,8 @@ setup[ecp_learned_lr2x]="${setup[ecp_learned]} --set optimizer.lr=$lr2x"
 setup[transformer_rope_lr2x]="${setup[transformer_rope]} --set optimizer.lr=$lr2x"
 setup[transformer_rope_learned_lr2x]="${setup[transformer_rope]} $learned --set optimizer.lr=$lr2x"
 setup[maelre_learned_lr2x]="${setup[maelre]} $learned --set optimizer.lr=$lr2x"
+setup[transformer_lr2x]="${setup[transformer]} --set optimizer.lr=$lr2x"
+setup[perceiver_ar_lr2x]="${setup[perceiver_ar]} --set optimizer.lr=$lr2x"
 # Text's batches have their own lengths (bucketed, padded to the batch's longest review), and
 # exact attention on CUDA goes to cuDNN, which builds a plan per new sequence length (tens to
 # hundreds of milliseconds): session 12's transformer spent ~150 ms a step, most of it there.
