@@ -24,7 +24,9 @@
 # `device_xfer.py carry` takes it back to a fresh machine), then
 # python benchmarks/real_runs_summary.py --key TASK --concurrent <runs at once>
 #
-# NAMES (default: maelre maelre_noconv transformer transformer_rope ecp perceiver_ar):
+# NAMES (default: maelre maelre_noconv transformer transformer_rope ecp perceiver_ar; sCIFAR-10: the five rows of its
+# recipe since session 18, maelre_learned_lr2x transformer_lr2x transformer_rope_learned_lr2x ecp_learned_lr2x
+# perceiver_ar_lr2x; the first six are its rows before, at lr 0.001 and without learned positions under RoPE):
 #   maelre            the default MAELRE with RoPE on merged positions (no absolute positions)
 #   maelre_noconv     the same without the value convolution (value_conv: null), the default
 #                     before round 4 of the merge ablation
@@ -41,7 +43,7 @@
 #   ecp_learned_lr2x, transformer_rope_lr2x
 #                     levers, not leaderboard rows, at the whole budget: ecp with the adapter's learned
 #                     positions as well as its own RoPE (the leaderboard's ecp has RoPE alone), and
-#                     transformer_rope, both at twice the recipe's learning rate (the one lever of the
+#                     transformer_rope, both at twice the first recipe's learning rate (the one lever of the
 #                     session-15 sweep worth more than a point after 5-6 epochs,
 #                     benchmarks/results/levers_scifar10_h200_s15/)
 #   ecp_learned, transformer_rope_learned_lr2x, maelre_learned_lr2x
@@ -51,7 +53,8 @@
 #                     the other two rows under one recipe with those levers (session 18): both already have
 #                     the adapter's learned positions, so only the learning rate doubles; with ecp_learned_lr2x,
 #                     transformer_rope_learned_lr2x and maelre_learned_lr2x every backbone then has learned
-#                     positions (RoPE on top where its row has it) at twice the recipe's learning rate
+#                     positions (RoPE on top where its row has it) at twice the first recipe's learning rate:
+#                     the recipe since (lr 0.002), and these five are its leaderboard rows
 # MINUTES (7): training ends this many minutes after the script started, at most
 # CALL_SECONDS - PACK_SECONDS - TEST_SECONDS (7.25 min by default); CALL_SECONDS (540: all is
 # pruned by then), PACK_SECONDS (45), TEST_SECONDS (60), GRACE_SECONDS (15); SET: space-separated extra KEY=VALUE
@@ -93,6 +96,14 @@ declare -A setup=(
 # recipe's sinusoidal positions as well
 [[ $task == scifar10 ]] && setup[ecp]+=" --set data.adapter.pos_embed=none"
 lr2x=$("$PYTHON" -c 'import sys, yaml; print(2 * yaml.safe_load(open(sys.argv[1]))["optimizer"]["lr"])' "$recipe")
+if [[ $task == scifar10 ]]; then
+    # session 18 made the levers sCIFAR-10's recipe (learned positions, lr 0.002): the runs made before keep the
+    # rate they had (0.001), and the lever names keep meaning twice it
+    for n in maelre maelre_noconv transformer transformer_rope ecp perceiver_ar transformer_cls transformer_rope_cls transformer_mlphead; do
+        setup[$n]+=" --set optimizer.lr=0.001"
+    done
+    lr2x=0.002
+fi
 learned="--set data.adapter.pos_embed=learned"
 setup[ecp_learned]="--set model.backbone=ecp $learned"
 setup[ecp_learned_lr2x]="${setup[ecp_learned]} --set optimizer.lr=$lr2x"
@@ -117,7 +128,11 @@ fi
 finished='import json, sys, yaml; d = sys.argv[1]; t = yaml.safe_load(open(f"{d}/recipe.yaml"))["trainer"]; r = json.load(open(f"{d}/results.json"))
 done = (t.get("max_epochs") is not None and r["epochs"] >= t["max_epochs"]) or (t.get("max_steps") is not None and r["global_step"] >= t["max_steps"])
 sys.exit(0 if done and not r.get("call_ended_early", False) else 1)'
-names=(${NAMES:-maelre maelre_noconv transformer transformer_rope ecp perceiver_ar})
+default_names="maelre maelre_noconv transformer transformer_rope ecp perceiver_ar"
+# sCIFAR-10's leaderboard rows since session 18: every backbone with learned positions (RoPE on top where its row
+# has it) at lr 0.002, the recipe's
+[[ $task == scifar10 ]] && default_names="maelre_learned_lr2x transformer_lr2x transformer_rope_learned_lr2x ecp_learned_lr2x perceiver_ar_lr2x"
+names=(${NAMES:-$default_names})
 mkdir -p "$ROOT"
 source benchmarks/call_guard.sh
 guard_start

@@ -34,7 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from maelre.bench.lra_pareto import MIB, pareto_table, plot_pareto, task_points  # noqa: E402
+from maelre.bench.lra_pareto import MIB, pareto_table, plot_pareto, task_points, trained_step_field  # noqa: E402
 from maelre.bench.lra_report import splice_generated  # noqa: E402
 from maelre.bench.lra_results import DESCRIPTION, empty_row, fill_from_recipe, fill_from_results  # noqa: E402
 from maelre.bench.lra_tasks import TASKS  # noqa: E402
@@ -57,6 +57,17 @@ ALONE_ROWS = {
     "ecp": ("ecp", "rope"), "perceiver_ar": ("perceiver_ar", "learned"),
 }
 """Run name -> (row, positions) of ``merge_ablation_cost.py`` timed alone at sCIFAR-10's shape (a run without a timing falls back to wall time)."""
+LEADERBOARD_RUNS = {
+    "scifar10": {"maelre_learned_lr2x": "maelre", "transformer_lr2x": "transformer", "transformer_rope_learned_lr2x": "transformer_rope",
+                 "ecp_learned_lr2x": "ecp", "perceiver_ar_lr2x": "perceiver_ar"},
+}
+"""Task -> run -> the leaderboard row (backbone) it is, for a task whose rows are not the runs named after their
+backbone: sCIFAR-10's recipe since session 18 (learned positions, lr 0.002). The task's other runs are diagnostics,
+its earlier rows among them (of the row of their backbone)."""
+COST_TWINS = {"maelre_learned_lr2x": "maelre", "transformer_lr2x": "transformer", "transformer_rope_learned_lr2x": "transformer_rope",
+              "ecp_learned_lr2x": "ecp", "perceiver_ar_lr2x": "perceiver_ar"}
+"""Run -> the run whose step timed alone stands for its own until one times it: the same model and data pipeline.
+The learning rate does not change a step; learned positions add one ``[N, D]`` parameter to the input (a single add)."""
 DIAGNOSTICS = {"transformer_cls": "transformer", "transformer_rope_cls": "transformer_rope", "transformer_mlphead": "transformer",
                "ecp_learned": "ecp", "ecp_learned_lr2x": "ecp", "transformer_rope_lr2x": "transformer_rope",
                "transformer_rope_learned_lr2x": "transformer_rope", "maelre_learned_lr2x": "maelre"}
@@ -77,6 +88,21 @@ def markers(key: str) -> tuple[str, str]:
             f"<!-- {key}-pareto:end -->")
 
 
+def row_of(key: str, name: str) -> str | None:
+    """The leaderboard row (backbone) run ``name`` of task ``key`` is, ``None`` for a diagnostic."""
+    runs = LEADERBOARD_RUNS.get(key)
+    if runs is not None:
+        return runs.get(name)
+    return None if name in DIAGNOSTICS else name
+
+
+def diagnostic_of(key: str, name: str) -> str | None:
+    """The row a diagnostic run tests (``None``: ``name`` is a leaderboard row)."""
+    if row_of(key, name) is not None:
+        return None
+    return DIAGNOSTICS.get(name) or name.removesuffix("_noconv")
+
+
 def run_budget(run_dir: Path) -> tuple[int, str]:
     """(budget, unit) of a run from its recipe: its ``max_epochs``, else its ``max_steps``."""
     trainer = load_recipe(run_dir / "recipe.yaml").trainer
@@ -85,7 +111,7 @@ def run_budget(run_dir: Path) -> tuple[int, str]:
     return trainer.max_steps, "steps"
 
 
-def summarise_run(run_dir: Path, previous: dict | None, concurrent: int, gpu: str) -> dict:
+def summarise_run(run_dir: Path, previous: dict | None, concurrent: int, gpu: str, key: str) -> dict:
     """One summary row for a run folder; ``previous`` is its row from the last summary (or None)."""
     result = read_json(run_dir / "results.json")
     budget, unit = run_budget(run_dir)
@@ -107,7 +133,9 @@ def summarise_run(run_dir: Path, previous: dict | None, concurrent: int, gpu: st
     history = [h for h in result["history"] if h.get("val/acc") is not None]
     return {
         "name": run_dir.name,
-        "diagnostic_of": DIAGNOSTICS.get(run_dir.name),
+        "row": row_of(key, run_dir.name),
+        "compile": load_recipe(run_dir / "recipe.yaml").trainer.compile,
+        "diagnostic_of": diagnostic_of(key, run_dir.name),
         "partial": done < budget or result.get("call_ended_early", False),
         "epochs_done": result["epochs"],
         f"{unit}_budget": budget,
@@ -134,7 +162,12 @@ def resumed_step(result: dict) -> int:
 
 
 def whole_run_ms(cost_rows: list[dict], name: str, key: str, tag: str = "") -> float | None:
-    """Steady train-step time (ms) of run ``name`` of task ``key`` timed alone by ``alone_cost.py`` (``--tag tag``; "" untagged)."""
+    """Steady train-step time (ms) of run ``name`` of task ``key`` timed alone by ``alone_cost.py`` (``--tag tag``; "" untagged).
+
+    A run not timed itself takes its ``COST_TWINS`` run's time.
+    """
+    timed = {r.get("name") for r in cost_rows if (r.get("task"), r.get("tag") or "", r.get("status")) == (key, tag, "ok")}
+    name = name if name in timed else COST_TWINS.get(name, name)
     return next((r["steady_step_ms"] for r in cost_rows
                  if (r.get("task"), r.get("name"), r.get("tag") or "", r.get("status")) == (key, name, tag, "ok")), None)
 
@@ -145,7 +178,7 @@ def compiled_step_ms(cost_rows: list[dict], name: str, key: str) -> float | None
 
 
 def alone_step_ms(cost_rows: list[dict], name: str, key: str = "scifar10") -> float | None:
-    """Train-step time (ms) of run ``name`` alone on the GPU, eager like the runs; ``None`` if nothing timed it.
+    """Train-step time (ms) of run ``name`` alone on the GPU, eager; ``None`` if nothing timed it.
 
     Rows of ``benchmarks/alone_cost.py`` (the whole run timed alone: ``task`` and ``name``) come
     first; only where none exists for the task, for sCIFAR-10, the merge ablation's median step of
@@ -153,8 +186,9 @@ def alone_step_ms(cost_rows: list[dict], name: str, key: str = "scifar10") -> fl
     backbone with a linear head), so one task never mixes them: a run that alone_cost.py has not
     timed yet gets ``None`` while another run of its task has a row.
     """
-    untagged = [r for r in cost_rows if not r.get("tag")]  # a tagged row timed a variant (compiled), not how the runs trained
+    untagged = [r for r in cost_rows if not r.get("tag")]  # a tagged row timed a variant (compiled)
     whole = whole_run_ms(untagged, name, key)
+    name = COST_TWINS.get(name, name)
     if whole is not None or key != "scifar10" or name not in ALONE_ROWS or any(r.get("task") == key for r in untagged):
         return whole
     row, pos = ALONE_ROWS[name]
@@ -162,13 +196,15 @@ def alone_step_ms(cost_rows: list[dict], name: str, key: str = "scifar10") -> fl
     return next((r["median_ms"] for r in cost_rows if tuple(r.get(f) for f in fields) == (row, pos, "task", False, "ok")), None)
 
 
-def leaderboard_row(key: str, row: dict, step_ms: float | None) -> dict:
-    """A summary row as the leaderboard rows ``lra_pareto`` reads."""
+def leaderboard_row(key: str, row: dict, cost_rows: list[dict]) -> dict:
+    """A summary row as the leaderboard rows ``lra_pareto`` reads, with its steps timed alone (eager and compiled)."""
     return {
-        "task": key, "backbone": row["name"], "status": "ok", "accuracy": row["test_accuracy"], "steps": row["steps"],
+        "task": key, "backbone": row_of(key, row["name"]), "status": "ok", "accuracy": row["test_accuracy"], "steps": row["steps"],
         "epochs": row["epochs_done"], "train_seconds": row["train_seconds_shared"],
         "concurrent_runs": concurrent_of(row),
-        "peak_memory": {"kind": "cuda_max_allocated", "bytes": row["peak_memory_mib"] * MIB}, "alone_step_ms": step_ms,
+        "peak_memory": {"kind": "cuda_max_allocated", "bytes": row["peak_memory_mib"] * MIB},
+        "alone_step_ms": alone_step_ms(cost_rows, row["name"], key),
+        "alone_step_ms_compiled": compiled_step_ms(cost_rows, row["name"], key), "compile": row.get("compile"),
     }  # fmt: skip
 
 
@@ -198,20 +234,20 @@ def budget_of(entry: dict) -> tuple[int, str]:
     return (entry["epochs_budget"], "epochs") if "epochs_budget" in entry else (entry["steps_budget"], "steps")
 
 
-def leaderboard_entries(summary: dict) -> list[dict]:
+def leaderboard_entries(summary: dict, key: str) -> list[dict]:
     """The summary's rows that are leaderboard rows (not diagnostics)."""
-    return [r for r in summary["rows"] if r["name"] not in DIAGNOSTICS]
+    return [r for r in summary["rows"] if row_of(key, r["name"]) is not None]
 
 
 def results_rows(summary: dict, cost_rows: list[dict], key: str = "scifar10") -> dict:
     """The summary's runs as a leaderboard results document (``maelre.bench.lra_results`` rows)."""
     rows = []
-    for entry in leaderboard_entries(summary):
+    for entry in leaderboard_entries(summary, key):
         run_dir = Path(entry["run_dir"])
         recipe, results = load_recipe(run_dir / "recipe.yaml"), read_json(run_dir / "results.json")
         known = all(c["train_seconds"] is not None for c in entry["calls"])  # an unrecorded entry can span several calls
         calls = f"{len(entry['calls'])} device calls" if known else f"{len(entry['calls'])} or more device calls"
-        row = empty_row(key, entry["name"], recipe=RUNS[key][0],
+        row = empty_row(key, row_of(key, entry["name"]), recipe=RUNS[key][0],
                         command=f"bash benchmarks/real_runs.sh {key} (run {entry['name']}, resumed over {calls})")
         fill_from_recipe(row, TASKS[key], recipe)
         fill_from_results(row, recipe, results, gpu=entry["gpu"])
@@ -229,7 +265,8 @@ def results_rows(summary: dict, cost_rows: list[dict], key: str = "scifar10") ->
             row.update(status="time_limit", message=f"partial: {so_far} so far; resumes with real_runs.sh")
         row.update(train_seconds=entry["train_seconds_shared"], concurrent_runs=concurrent_of(entry),
                    alone_step_ms=alone_step_ms(cost_rows, entry["name"], key),
-                   alone_step_ms_compiled=compiled_step_ms(cost_rows, entry["name"], key), run_dir=str(run_dir),
+                   alone_step_ms_compiled=compiled_step_ms(cost_rows, entry["name"], key), compile=recipe.trainer.compile,
+                   run_dir=str(run_dir),
                    date=entry.get("date"))
         rows.append(row)
     flag = "" if key == "scifar10" else f" --key {key}"
@@ -244,11 +281,12 @@ def write_pareto(summary: dict, cost_rows: list[dict], folder: Path, page: Path 
     ``cost_files``: where ``cost_rows`` came from, named in the table's note.
     """
     sources = ", ".join(f"`{p}`" for p in cost_files)
-    every = leaderboard_entries(summary)
+    every = leaderboard_entries(summary, key)
     entries = [r for r in every if r["test_accuracy"] is not None]  # a point needs a test accuracy
     if not entries:
         raise SystemExit(f"no {key} run has a test accuracy yet (real_runs.sh tests a run when it completes its budget)")
-    points = task_points([leaderboard_row(key, r, alone_step_ms(cost_rows, r["name"], key)) for r in entries])
+    rows = [leaderboard_row(key, r, cost_rows) for r in entries]
+    points = task_points(rows)
     budget, unit = budget_of(entries[0])
     done = sorted(r["epochs_done"] if unit == "epochs" else r["steps"] for r in entries)
     # the task, not just the points drawn: a run still training (untested) makes the view partial
@@ -256,7 +294,7 @@ def write_pareto(summary: dict, cost_rows: list[dict], folder: Path, page: Path 
     shown = f"{len(entries)} of {len(every)} runs tested, " if len(entries) < len(every) else ""
     title = RUNS[key][1]
     plot_pareto(points, folder / plot_name(key), f"{title}, {state} ({shown}{done[0]}-{done[-1]} of {budget} {unit}), H200")
-    untimed = [r["name"] for r in entries if alone_step_ms(cost_rows, r["name"], key) is None]
+    untimed = [r["name"] for r, lb in zip(entries, rows) if lb[trained_step_field(lb)] is None]
     on_alone = any(p.cost_source == "alone step time" for p in points)
     if untimed and not on_alone:
         note = (f"\nGPU-s are wall time while the runs shared one GPU: {', '.join(untimed)} have no step time measured alone yet "
@@ -264,8 +302,18 @@ def write_pareto(summary: dict, cost_rows: list[dict], folder: Path, page: Path 
     elif any(r.get("task") == key for r in cost_rows):
         warmups = sorted({r["steps"] - r["steady_steps"] for r in cost_rows if r.get("task") == key and not r.get("tag") and "steady_steps" in r})
         after = "/".join(str(w) for w in warmups) or "50"
-        note = ("\nGPU-s from \"alone step time\": steps x the run's own train step, timed alone on the GPU for a few hundred steps "
+        note = ("\nGPU-s from \"alone step time\": steps x the run's own train step as it trained (compiled where its recipe compiles), "
+                "timed alone on the GPU for a few hundred steps "
                 f"with its recipe, data pipeline and optimizer (`benchmarks/alone_cost.py`, {sources}; the steady rate after {after} steps, validation excluded).\n")
+        def timed_itself(entry: dict, lb: dict) -> bool:
+            tag = "compiled" if lb["compile"] else ""
+            return any((c.get("task"), c.get("name"), c.get("tag") or "") == (key, entry["name"], tag) for c in cost_rows)
+
+        twinned = [f"{r['name']} by {COST_TWINS[r['name']]}" for r, lb in zip(entries, rows)
+                   if r["name"] in COST_TWINS and lb[trained_step_field(lb)] is not None and not timed_itself(r, lb)]
+        if twinned:
+            note += (f"Not timed themselves, so timed by the run with the same model (other learning rate; learned positions add one "
+                     f"[N, D] parameter): {', '.join(twinned)}.\n")
     else:
         note = ("\nGPU-s from \"alone step time\": steps x the median train step of the backbone with a linear head and AdamW, timed alone "
                 f"at this shape ({sources}, eager, the first file that has the row); it leaves out the pixel embedding, augmentation and the trainer (a lower bound).\n")
@@ -314,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     if not runs:
         print(f"no run folders with results.json under {root}", file=sys.stderr)
         return 2
-    rows = [summarise_run(run, previous.get(run.name), args.concurrent, args.gpu) for run in runs]
+    rows = [summarise_run(run, previous.get(run.name), args.concurrent, args.gpu, key) for run in runs]
     ranked = [row for row in rows if row["diagnostic_of"] is None] or rows  # the leaderboard rows decide the status
     minutes = max(sum(c["train_seconds"] or 0 for c in row["calls"]) for row in ranked) / 60
     unknown = any(c["train_seconds"] is None for row in ranked for c in row["calls"])

@@ -133,3 +133,19 @@ def test_untagged_timings_are_eager_unless_set(alone, monkeypatch, tmp_path):
     plain, compiled = (env["SET"].split() for env in envs)
     assert "trainer.compile=false" in plain
     assert compiled.index("trainer.compile=reduce-overhead") > compiled.index("trainer.compile=false")  # the later --set wins
+
+
+def test_scifar10_rows_are_the_recipe_runs_and_a_run_not_timed_takes_its_twins_time(benchmark_script):
+    summary = benchmark_script("real_runs_summary")
+    assert summary.row_of("scifar10", "maelre_learned_lr2x") == "maelre" and summary.row_of("scifar10", "maelre") is None
+    assert summary.diagnostic_of("scifar10", "maelre") == "maelre" and summary.diagnostic_of("scifar10", "maelre_noconv") == "maelre"
+    assert summary.diagnostic_of("scifar10", "transformer_lr2x") is None
+    assert summary.row_of("image", "maelre") == "maelre" and summary.row_of("image", "transformer_cls") is None
+    rows = [{"task": "scifar10", "name": "maelre", "status": "ok", "steady_step_ms": 30.0},
+            {"task": "scifar10", "name": "maelre", "tag": "compiled", "status": "ok", "steady_step_ms": 10.0},
+            {"task": "scifar10", "name": "transformer_lr2x", "tag": "compiled", "status": "ok", "steady_step_ms": 18.0},
+            {"task": "scifar10", "name": "transformer", "tag": "compiled", "status": "ok", "steady_step_ms": 99.0}]  # fmt: skip
+    assert summary.alone_step_ms(rows, "maelre_learned_lr2x", "scifar10") == 30.0  # by its twin, maelre
+    assert summary.compiled_step_ms(rows, "maelre_learned_lr2x", "scifar10") == 10.0
+    assert summary.compiled_step_ms(rows, "transformer_lr2x", "scifar10") == 18.0  # timed itself: its own, not the twin's
+    assert summary.alone_step_ms(rows, "transformer_lr2x", "scifar10") is None  # neither it nor its twin timed eager

@@ -400,6 +400,12 @@ def test_maelre_against_the_transformer_needs_the_accuracy_and_a_lower_cost_meas
     compiled = {b: {**kw, "alone_step_ms_compiled": ms} for (b, kw), ms in zip(dearer.items(), (10.0, 40.0))}
     check = pair(37.3, 36.6, **compiled)  # the compiled cost is shown beside the eager one, which the runs trained with
     assert check.verdict == "MISS" and check.detail.endswith("3 against 2 GPU-s (compiled: 1 against 4)")
+    trained_compiled = {b: {**kw, "compile": "reduce-overhead"} for b, kw in compiled.items()}
+    check = pair(37.3, 36.6, **trained_compiled)  # runs that trained compiled are judged by the compiled step
+    assert check.verdict == "PASS" and check.detail.endswith("1 against 4 GPU-s compiled, as the runs trained (eager: 3 against 2)")
+    one_each = {"maelre": trained_compiled["maelre"], "transformer": compiled["transformer"]}
+    check = pair(37.3, 36.6, **one_each)  # each at the step it trained with, and said so
+    assert check.verdict == "PASS" and "1 against 2 GPU-s (one run trained compiled, the other eager" in check.detail
     shared = {"maelre": {"concurrent_runs": 5}, "transformer": {"concurrent_runs": 5}}  # wall time shared with other runs
     check = pair(37.3, 36.6, **shared)
     assert check.verdict == "not measured" and "maelre, transformer not timed alone" in check.detail
@@ -494,3 +500,14 @@ def test_merge_joins_results_files_and_a_later_row_wins(tmp_path):
     assert lb.BEGIN_MARKER in page.read_text() and "from b" in page.read_text()
     with pytest.raises(SystemExit):
         lb.main(["--merge", str(page), *files])  # not a results file
+
+
+def test_a_compiled_recipe_plans_epochs_without_their_short_last_batch():
+    from maelre.bench.lra_results import planned_steps
+    from maelre.recipe import load_recipe
+
+    eager = load_recipe(REPO / "recipes" / "scifar10.yaml", ["trainer.compile=false"])
+    compiled = load_recipe(REPO / "recipes" / "scifar10.yaml", ["trainer.compile=reduce-overhead"])
+    assert planned_steps(eager, 45_000) == 100 * 176  # 175 full batches of 256 and one of 200
+    assert planned_steps(compiled, 45_000) == 100 * 175  # the short batch dropped: one shape to capture
+    assert planned_steps(compiled, 100) == 100  # a lone short batch is kept

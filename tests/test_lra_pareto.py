@@ -152,7 +152,8 @@ def test_partial_scifar_summary_draws_its_pareto_view_on_one_kind_of_cost(tmp_pa
         return {"name": name, "epochs_done": 10, "epochs_budget": 100, "steps": steps, "test_accuracy": acc,
                 "train_seconds_shared": shared_s, "peak_memory_mib": mib, "calls": calls}  # fmt: skip
 
-    summary = {"rows": [summary_row("maelre", 50.0, 1000, 500.0, 3000), summary_row("ecp", 52.0, 900, 500.0, 2500)]}
+    # sCIFAR-10's leaderboard runs (real_runs_summary.LEADERBOARD_RUNS); a row is named by its backbone
+    summary = {"rows": [summary_row("maelre_learned_lr2x", 50.0, 1000, 500.0, 3000), summary_row("ecp_learned_lr2x", 52.0, 900, 500.0, 2500)]}
     timed = {"row": "vconv", "pos": "rope", "shape": "task", "status": "ok"}  # the row of the default MAELRE
     costs = [{**timed, "cuda_graph": True, "median_ms": 1.0}, {**timed, "cuda_graph": False, "median_ms": 20.0}, {**timed, "pos": "learned", "cuda_graph": False, "median_ms": 2.0}]
     page = tmp_path / "page.md"
@@ -164,13 +165,13 @@ def test_partial_scifar_summary_draws_its_pareto_view_on_one_kind_of_cost(tmp_pa
     assert (cells["maelre"]["train GPU-s"], cells["maelre"]["GPU-s from"], cells["maelre"]["on the GPU"]) == ("500", "shared wall", "shared (5 runs)")
     assert (cells["ecp"]["train GPU-s"], cells["ecp"]["GPU-s from"], cells["ecp"]["peak MiB"]) == ("500", "shared wall", "2500")
     assert (cells["maelre"]["front: GPU-s"], cells["ecp"]["front: GPU-s"], cells["maelre"]["front: memory"]) == ("", "★", "")
-    assert "ecp have no step time measured alone yet" in table
+    assert "ecp_learned_lr2x have no step time measured alone yet" in table
     only_timed = script.write_pareto({"rows": summary["rows"][:1]}, costs, tmp_path, None)
     assert table_cells(only_timed)["maelre"]["train GPU-s"] == "20" and "alone step time" in only_timed
     unrecorded = {"rows": [{**summary["rows"][0], "train_seconds_shared": None}, summary["rows"][1]]}  # no wall time for all
     mixed = script.write_pareto(unrecorded, costs, tmp_path, None)  # so the alone time stays and ecp gets none
     assert (table_cells(mixed)["maelre"]["train GPU-s"], table_cells(mixed)["ecp"]["train GPU-s"]) == ("20", "—")
-    assert "ecp: no step time measured alone in the setting the run trained with" in mixed
+    assert "ecp_learned_lr2x: no step time measured alone in the setting the run trained with" in mixed
     text = page.read_text()
     assert "stale" not in text and text.index("before") < text.index(table) < text.index("## Next") and "\n\n## Next" in text
 
@@ -180,7 +181,8 @@ def test_leaderboard_rows_describe_the_model_each_run_built_not_todays_defaults(
     runs = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "scifar10_partial_h200"
     assert script.built_differently(runs / "maelre_noconv") == {"value_conv": None}
     assert script.built_differently(runs / "maelre") == {}
-    summary = {"rows": [{"name": "maelre_noconv", "run_dir": str(runs / "maelre_noconv"), "gpu": "NVIDIA H200", "partial": True,
+    # the folder decides what the row says it built; the name only makes it a leaderboard row (maelre's)
+    summary = {"rows": [{"name": "maelre_learned_lr2x", "run_dir": str(runs / "maelre_noconv"), "gpu": "NVIDIA H200", "partial": True,
                          "epochs_done": 60, "epochs_budget": 100, "train_seconds_shared": 900.0,
                          "calls": [{"steps": [0, 10], "train_seconds": 900.0, "concurrent_runs": 8}]}]}  # fmt: skip
     (row,) = script.results_rows(summary, [])["results"]
@@ -198,7 +200,7 @@ def test_a_step_budget_run_is_summarised_against_its_own_recipe(tmp_path, script
               "history": [{"epoch": 1, "val/acc": 0.55}, {"epoch": 2, "val/acc": 0.62}],
               "throughput": {"train_seconds": 300.0}, "peak_memory": {"bytes": 3 * 2**30}}  # fmt: skip
     (run / "results.json").write_text(json.dumps(result))
-    row = script.summarise_run(run, None, concurrent=10, gpu="NVIDIA H200")
+    row = script.summarise_run(run, None, concurrent=10, gpu="NVIDIA H200", key="text")
     assert (row["partial"], row["steps_budget"], row["steps"], row["test_accuracy"]) == (True, 20000, 1500, 61.0)
     assert "epochs_budget" not in row and script.budget_of(row) == (20000, "steps")
     begin, end = script.markers("text")
@@ -222,7 +224,7 @@ def test_diagnostic_runs_are_summarised_but_never_leaderboard_rows(tmp_path, scr
     by_name = {r["name"]: r for r in summary["rows"]}
     assert (by_name["transformer_cls"]["diagnostic_of"], by_name["transformer"]["diagnostic_of"]) == ("transformer", None)
     assert by_name["transformer_cls"]["partial"] and summary["status"].startswith("complete")
-    assert [e["name"] for e in script.leaderboard_entries(summary)] == ["transformer"]
+    assert [e["name"] for e in script.leaderboard_entries(summary, "image")] == ["transformer"]
 
 
 def test_calls_whose_results_never_came_back_leave_the_time_unknown_and_untested_calls_no_test_accuracy(tmp_path, script):
@@ -239,10 +241,10 @@ def test_calls_whose_results_never_came_back_leave_the_time_unknown_and_untested
         (run / "results.json").write_text(json.dumps(result))
 
     call(1000, None, 0.7)
-    first = script.summarise_run(run, None, concurrent=5, gpu="NVIDIA H200")
+    first = script.summarise_run(run, None, concurrent=5, gpu="NVIDIA H200", key="text")
     assert first["calls"] == [{"steps": [0, 1000], "train_seconds": 100.0, "concurrent_runs": 5}] and first["train_seconds_shared"] == 100.0
     call(3000, str(run / "checkpoints" / "step-0002000"), None)  # the call 1000 -> 2000 was never summarised
-    later = script.summarise_run(run, first, concurrent=4, gpu="NVIDIA H200")
+    later = script.summarise_run(run, first, concurrent=4, gpu="NVIDIA H200", key="text")
     assert later["calls"][1:] == [{"steps": [1000, 2000], "train_seconds": None, "concurrent_runs": None},
                                   {"steps": [2000, 3000], "train_seconds": 100.0, "concurrent_runs": 4}]  # fmt: skip
     assert later["train_seconds_shared"] is None and later["test_accuracy"] is None and script.concurrent_of(later) == 5

@@ -72,8 +72,18 @@ class CostPoint:
         return self.cost_source == "shared wall"
 
 
-def alone_seconds(row: Mapping[str, Any], field: str = "alone_step_ms") -> float | None:
-    """``steps x row[field]`` (a step time in ms measured alone) in seconds, ``None`` without either."""
+def trained_step_field(row: Mapping[str, Any]) -> str:
+    """The row's alone step-time field for the way the run trained: ``alone_step_ms_compiled`` if its recipe compiled
+    the step (``compile``, ``trainer.compile``), else ``alone_step_ms`` (eager)."""
+    return "alone_step_ms_compiled" if row.get("compile") else "alone_step_ms"
+
+
+def alone_seconds(row: Mapping[str, Any], field: str | None = None) -> float | None:
+    """``steps x row[field]`` (a step time in ms measured alone) in seconds, ``None`` without either.
+
+    ``field`` defaults to the step as the run trained (``trained_step_field``).
+    """
+    field = field or trained_step_field(row)
     steps, alone_ms = _number(row.get("steps")), _number(row.get(field))
     return None if steps is None or alone_ms is None else steps * alone_ms / 1000
 

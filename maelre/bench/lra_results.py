@@ -26,7 +26,8 @@ ROW_KEYS = (
 how many runs the sweep let share the device (``--jobs``; 1: one at a time); ``peak_memory``:
 the run's ``{"kind", "bytes"}`` (CUDA max allocated, or CPU peak RSS). A row may also carry
 ``alone_step_ms``, a train step timed with the device to itself (``maelre.bench.lra_pareto``), and
-``alone_step_ms_compiled``, the same step compiled (``trainer.compile``), shown beside it."""
+``alone_step_ms_compiled``, the same step compiled, and ``compile``, the run's ``trainer.compile``
+(which of the two is the step as it trained)."""
 
 
 DESCRIPTION = "maelre accuracy leaderboard; accuracy and val_accuracy are test/validation accuracy in percent"
@@ -104,11 +105,16 @@ def _percent(fraction: float | None) -> float | None:
 
 
 def planned_steps(recipe: Recipe, n_train: int) -> int | None:
-    """Optimizer steps the recipe's step/epoch budget allows on one device (``None``: only time bounds it)."""
+    """Optimizer steps the recipe's step/epoch budget allows on one device (``None``: only time bounds it).
+
+    A compiled run (``trainer.compile``) drops an epoch's last short batch (its shapes stay static), unless it is
+    the only one, as ``maelre.engine.fit`` does.
+    """
     trainer = recipe.trainer
     limits = [] if trainer.max_steps is None else [trainer.max_steps]
     if trainer.max_epochs is not None:
-        per_epoch = math.ceil(math.ceil(n_train / recipe.data.batch_size) / trainer.accumulate_grad_batches)
+        batches = (n_train // recipe.data.batch_size or 1) if trainer.compile else math.ceil(n_train / recipe.data.batch_size)
+        per_epoch = math.ceil(batches / trainer.accumulate_grad_batches)
         limits.append(trainer.max_epochs * per_epoch)
     return min(limits) if limits else None
 

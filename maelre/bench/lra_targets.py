@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from maelre.bench.lra_pareto import alone_seconds, cost_point
+from maelre.bench.lra_pareto import alone_seconds, cost_point, trained_step_field
 from maelre.bench.lra_results import DONE_STATUSES, row_key
 from maelre.bench.targets import TargetCheck
 
@@ -30,7 +30,8 @@ class PairTarget:
     """On ``task``, ``backbone`` must reach at least ``reference``'s test accuracy at a lower training cost.
 
     Cost is GPU-seconds measured alone (a step time timed alone, or a run that had the GPU to
-    itself): wall time shared with other runs does not compare between backbones.
+    itself): wall time shared with other runs does not compare between backbones. A step is
+    timed as the run trained it: compiled where the row's ``compile`` says so, else eager.
     """
 
     task: str
@@ -107,8 +108,15 @@ def _check_pair(target: PairTarget, by_key: Mapping[tuple[str, str], Mapping[str
     untimed = [p.backbone for p in (ours, theirs) if p.cost_source not in ALONE_SOURCES or p.gpu_seconds is None]
     if untimed:
         return TargetCheck(target.name, goal, "not measured", f"{accuracy}; cost: {', '.join(untimed)} not timed alone (shared wall time does not compare)")
+    modes = {trained_step_field(r) for r in rows}
     cost = f"{ours.gpu_seconds:.0f} against {theirs.gpu_seconds:.0f} GPU-s"
-    compiled = [alone_seconds(r, "alone_step_ms_compiled") for r in rows]  # the step timed alone with trainer.compile
-    if None not in compiled:  # shown, not judged: the runs trained eagerly
-        cost += f" (compiled: {compiled[0]:.0f} against {compiled[1]:.0f})"
+    if modes == {"alone_step_ms_compiled"}:
+        cost += " compiled, as the runs trained"
+    if len(modes) == 1:  # the other mode of the same step, shown, not judged: the runs did not train that way
+        other = "alone_step_ms" if modes == {"alone_step_ms_compiled"} else "alone_step_ms_compiled"
+        shown = [alone_seconds(r, other) for r in rows]
+        if None not in shown:
+            cost += f" ({'eager' if other == 'alone_step_ms' else 'compiled'}: {shown[0]:.0f} against {shown[1]:.0f})"
+    else:
+        cost += " (one run trained compiled, the other eager: each at its own)"
     return TargetCheck(target.name, goal, "PASS" if ours.gpu_seconds < theirs.gpu_seconds else "MISS", f"{accuracy}, {cost}")
