@@ -60,11 +60,19 @@ def time_alone(task: str, name: str, steps: int, root: Path, eval_samples: int, 
     return subprocess.run(["bash", "benchmarks/real_runs.sh", task], env=env, capture_output=True, text=True)
 
 
+def log_tail(path: Path, lines: int = 25, chars: int = 4000) -> str:
+    """The last ``lines`` lines of a run's log (at most ``chars`` characters): a run that fails on the device leaves its
+    traceback there, and only this file's row comes back."""
+    if not path.exists():
+        return "(no call.log)"
+    return "\n".join(path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])[-chars:]
+
+
 def cost_row(task: str, name: str, run_dir: Path) -> dict:
     """The cost row of a finished alone run (``status`` says why there is no time)."""
     row = {"task": task, "name": name, "run_dir": str(run_dir)}
     if not (run_dir / "results.json").exists():
-        return {**row, "status": "error", "error": f"no results.json in {run_dir} (see its call.log)"}
+        return {**row, "status": "error", "error": f"no results.json in {run_dir}; the end of its call.log:\n{log_tail(run_dir / 'call.log')}"}
     results = read_json(run_dir / "results.json")
     batch = load_recipe(run_dir / "recipe.yaml").data.batch_size
     rate = results["throughput"].get("steady_samples_per_second")

@@ -32,6 +32,9 @@ def test_each_name_trains_alone_into_its_own_folder_and_becomes_a_cost_row(tmp_p
             _fake_run(root / name, steps, rate=3200.0)  # 32 samples a step: 10 ms
         elif name == "ecp":
             _fake_run(root / name, 120, rate=None, cut=True)
+        else:  # a fit that died: its traceback is in call.log, and the row carries it back
+            (root / name).mkdir(parents=True, exist_ok=True)
+            (root / name / "call.log").write_text("step 1\n" * 40 + "Traceback (most recent call last):\nTypeError: boom\n")
         return subprocess.CompletedProcess([], 0, "done\n", "")
 
     monkeypatch.setattr(alone, "time_alone", fake)
@@ -43,6 +46,7 @@ def test_each_name_trains_alone_into_its_own_folder_and_becomes_a_cost_row(tmp_p
     assert rows["maelre"]["status"] == "ok" and rows["maelre"]["steady_step_ms"] == pytest.approx(10.0) and rows["maelre"]["steady_steps"] == 250
     assert rows["ecp"]["status"] == "error" and "--seconds limit stopped it after 120 steps" in rows["ecp"]["error"]
     assert rows["transformer"]["status"] == "error" and "no results.json" in rows["transformer"]["error"]
+    assert "Traceback (most recent call last):\nTypeError: boom" in rows["transformer"]["error"] and rows["transformer"]["error"].count("step 1") == 23
 
     # a later call keeps the rows it does not redo
     assert alone.main(["text", "--names", "transformer", "--root", str(tmp_path / "runs"), "--out", str(out)]) == 0
