@@ -59,6 +59,8 @@
 # Pathfinder, 4 x 10.6 MB) makes it ~60 MB, which leaves no room for a data file. For a call that carries one
 # and does not resume those runs: `mv benchmarks/results/lra_state_h200 runs/keep/` before, back after (a
 # tracked folder missing from the work tree does not travel; `git status` shows it deleted meanwhile).
+# Before each call, `python benchmarks/device_xfer.py size PATHS_TO_CARRY` says whether the tree and the carried paths
+# fit (exit 2 and the biggest travelling folders when not): a call refused for size costs the warm machine (session 17).
 # Data: scifar10 and image read .carry/data/scifar10_gray.npz, text .carry/data/imdb_bytes.npz
 # (benchmarks/make_compact_data.py). Both with the tree are over the 64 MiB a call carries, so
 # carry one per call: a file carried earlier stays on a warm machine.

@@ -11,6 +11,7 @@ take several calls each way. Standard library only: it runs on the device before
     python benchmarks/device_xfer.py collect INBOX_DIR... [--store runs/inbox] [--into runs] [--force]
     python benchmarks/device_xfer.py unpack FILE_OR_DIR... [--store runs/returned/pending] [--into DIR]
     python benchmarks/device_xfer.py carry SOURCE... [--budget-mib N] [--also-first PATH...] [--fresh]
+    python benchmarks/device_xfer.py size [CARRY_PATH...]    # before a call: does the tree with these carried paths fit?
 
 Sets. ``pack`` writes each group of paths as one *set*: folders under the limit are packed together
 (first fit by decreasing size) into ``PREFIX_N.tar``; a folder over it becomes one tar stream cut
@@ -74,7 +75,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 MiB = 2**20
 PART_LIMIT = 15 * MiB  # a returned file may have 16 MiB; leave room for tar headers
@@ -801,6 +802,27 @@ def tree_size(repo: Path = Path(".")) -> int:
     return total
 
 
+def travel_report(carried: Sequence[Path], repo: Path = Path("."), budget: int = CARRY_BYTES, top: int = 6) -> tuple[bool, str]:
+    """Whether the tree and ``carried`` fit one call's ``budget``, and a report: the sizes, and when they do not fit,
+    the biggest travelling folders (a tracked folder moved out of the work tree for the call does not travel)."""
+    tree = tree_size(repo)
+    extra = sum(f.stat().st_size for c in carried for f in ([c] if c.is_file() else c.rglob("*")) if f.is_file())
+    fits = tree + extra <= budget
+    lines = [f"tree {tree / MiB:.1f} MiB + carried {extra / MiB:.1f} MiB = {(tree + extra) / MiB:.1f} of {budget / MiB:.0f} MiB: "
+             + ("fits" if fits else f"{(tree + extra - budget) / MiB:.1f} MiB too much")]
+    if not fits:
+        listed = subprocess.run(["git", "-C", str(repo), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                                capture_output=True, check=True).stdout.split(b"\0")
+        folders: dict[str, int] = {}
+        for p in (os.fsdecode(p) for p in listed if p):
+            if (repo / p).is_file():
+                key = "/".join(Path(p).parts[:3])
+                folders[key] = folders.get(key, 0) + (repo / p).stat().st_size
+        lines += ["the biggest travelling folders (move one out of the work tree for the call, back after):"]
+        lines += [f"  {size / MiB:6.1f} MiB  {name}" for name, size in sorted(folders.items(), key=lambda kv: -kv[1])[:top]]
+    return fits, "\n".join(lines)
+
+
 def arcname_of(folder: Path, repo: Path = Path(".")) -> str:
     """Where a local run folder lives on the device, relative to runs/ (the inverse of ``local_dest``)."""
     rel = Path(os.path.abspath(folder)).relative_to(Path(os.path.abspath(repo))).parts
@@ -970,7 +992,13 @@ def main() -> None:
     p.add_argument("--also-first", type=Path, nargs="*", default=[], help="paths the first call carries too (its data file)")
     p.add_argument("--fresh", action="store_true", help="remove the inbox folders already in --carry-dir first")
     p.add_argument("--limit-mib", type=float, help="part size for run folders packed here (default: the budget)")
+    p = sub.add_parser("size", help="before a call: whether the working tree and the paths to carry fit in one call")
+    p.add_argument("carried", type=Path, nargs="*")
     args = parser.parse_args()
+    if args.command == "size":
+        fits, report = travel_report(args.carried)
+        print(report)
+        sys.exit(0 if fits else 2)
     if args.command == "pack":
         pack(args.prefix, args.paths, args.base, int(args.limit_mib * MiB))
     elif args.command == "outbox":

@@ -206,6 +206,23 @@ def test_tree_size_counts_what_travels(tmp_path):
     assert xfer.tree_size(tmp_path) == 100 + 30 + len("/runs/\n")
 
 
+def test_size_says_whether_a_call_fits_and_which_folders_to_move_out(tmp_path):
+    git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (tmp_path / ".gitignore").write_text("/.carry/\n")
+    state = tmp_path / "benchmarks" / "results" / "lra_state_h200"
+    state.mkdir(parents=True)
+    (state / "ckpt").write_bytes(b"s" * 600)
+    (tmp_path / "small").write_bytes(b"t" * 100)
+    (tmp_path / ".carry").mkdir()
+    (tmp_path / ".carry" / "data.npz").write_bytes(b"d" * 300)
+    fits, report = xfer.travel_report([tmp_path / ".carry" / "data.npz"], tmp_path, budget=1100)
+    assert fits and "fits" in report and "biggest" not in report
+    fits, report = xfer.travel_report([tmp_path / ".carry"], tmp_path, budget=1000)  # a carried folder counts its files
+    assert not fits and "too much" in report
+    assert report.splitlines()[2].endswith("benchmarks/results/lra_state_h200")  # the biggest folder first
+
+
 def test_unpack_places_members_where_this_checkout_keeps_them(runs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(xfer, "GIT_LIMIT", 2048)
