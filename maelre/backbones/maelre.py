@@ -101,6 +101,10 @@ class MAELREBlock(Block):
             return dense_attention_flops(n, n, self.config.dim)
         return self.approx.flops(n, self.config.dim) + (0.0 if self.value_conv is None else self.value_conv.flops(n))
 
+    def merges(self, n: int, length: int) -> bool:
+        """Whether a merge site of this block removes tokens from ``n`` (of a sequence that had ``length`` before any merge)."""
+        return any(count < n for count in self.planned_sizes(n, length))
+
     def planned_sizes(self, n: int, length: int) -> list[int]:
         """Token counts after each merge site of this block for ``n`` tokens of a sequence that had ``length`` before any merge."""
         counts = []
@@ -129,7 +133,9 @@ class MAELREBlock(Block):
         if self.value_conv is not None and self.attention_kind(t.x.shape[1]) != "exact":
             out = out + self.value_conv(v, kwargs["key_mask"])
         t = t.with_x(t.x + self.drop_path1(self.attn.output(out)))
-        keys = k.detach().mean(dim=1) if self.config.merge_metric == "keys" else None  # matching needs no gradient
+        keys = None
+        if self.config.merge_metric == "keys" and self.merges(t.x.shape[1], t.length):  # only where a merge matches by them
+            keys = k.detach().mean(dim=1)  # matching needs no gradient
         t, keys = self._merge(t, "attn", keys, keys_needed="mlp" in self.sites)
         t = t.with_x(self.mlp_residual(t.x))
         t, _ = self._merge(t, "mlp", keys, keys_needed=False)
@@ -156,8 +162,9 @@ class MAELREBlock(Block):
         merged = replace(t, x=plan.merge(t.x), sizes=plan.sizes, log_sizes=log_sizes, positions=positions, merged=True)
         if keys is None or not keys_needed:
             return merged, None
-        # matching needs only the keys' direction, and the size-weighted sum points where the weighted mean does
-        return merged, plan.merge(keys * t.sizes[..., None], mode="sum")
+        # the keys' size-weighted mean, through the states' merge (one kernel on the GPU path); in float32, as
+        # the size-weighted sum that it replaces (matching needs only their direction, the same for both)
+        return merged, plan.merge(keys, dtype=torch.float32)
 
 
 @register_backbone("maelre")

@@ -57,16 +57,16 @@ if triton is not None:
 
     @triton.jit
     def _match_window_kernel(
-        a_ptr, b_ptr, real_ptr, score_ptr, index_ptr,
+        m_ptr, real_ptr, score_ptr, index_ptr,
         NA, NB, C, BEFORE, WIDTH,
-        sab, san, sac, sbb, sbn, sbc, srb, srn,
-        BA: tl.constexpr, CP: tl.constexpr, HAS_REAL: tl.constexpr,
+        smb, smn, smc, srb, srn,
+        BA: tl.constexpr, CP: tl.constexpr, HAS_REAL: tl.constexpr, PROTECT_FIRST: tl.constexpr,
     ):  # fmt: skip
         row, tile = tl.program_id(0), tl.program_id(1)
-        j = tile * BA + tl.arange(0, BA)
+        j = tile * BA + tl.arange(0, BA)  # A token j is column 2j, B token j column 2j + 1
         cols = tl.arange(0, CP)
         real_j, real_c = j < NA, cols < C
-        a = tl.load(a_ptr + row * sab + j[:, None] * san + cols[None, :] * sac, mask=real_j[:, None] & real_c[None, :], other=0.0).to(tl.float32)
+        a = tl.load(m_ptr + row * smb + (2 * j)[:, None] * smn + cols[None, :] * smc, mask=real_j[:, None] & real_c[None, :], other=0.0).to(tl.float32)
         a = a / tl.maximum(tl.sqrt(tl.sum(a * a, 1)), 1e-12)[:, None]  # as F.normalize: x / max(|x|, 1e-12)
         best = tl.full((BA,), float("-inf"), tl.float32)
         which = tl.zeros((BA,), tl.int32)
@@ -76,14 +76,18 @@ if triton is not None:
             inside = real_j & (idx >= 0) & (idx < NB)
             valid = inside
             if HAS_REAL:
-                valid = inside & (tl.load(real_ptr + row * srb + idx * srn, mask=inside, other=0) != 0)
-            b = tl.load(b_ptr + row * sbb + idx[:, None] * sbn + cols[None, :] * sbc, mask=inside[:, None] & real_c[None, :], other=0.0).to(tl.float32)
+                valid = inside & (tl.load(real_ptr + row * srb + (2 * idx + 1) * srn, mask=inside, other=0) != 0)
+            b = tl.load(m_ptr + row * smb + (2 * idx + 1)[:, None] * smn + cols[None, :] * smc, mask=inside[:, None] & real_c[None, :], other=0.0).to(tl.float32)
             score = tl.where(valid, tl.sum(a * b, 1) / tl.maximum(tl.sqrt(tl.sum(b * b, 1)), 1e-12), float("-inf"))
             better = score > best  # strict: ties keep the first slot, as torch.max does
             best = tl.where(better, score, best)
             which = tl.where(better, s, which)
             s += 1
         index = tl.minimum(tl.maximum(j + which - BEFORE, 0), NB - 1)  # out of range only where best is -inf
+        if HAS_REAL:  # a padded A token never merges (its index is kept, as merge._choose keeps it)
+            best = tl.where(tl.load(real_ptr + row * srb + (2 * j) * srn, mask=real_j, other=0) != 0, best, float("-inf"))
+        if PROTECT_FIRST:  # token 0 (a CLS token) never merges
+            best = tl.where(j == 0, float("-inf"), best)
         tl.store(score_ptr + row * NA + j, best.to(score_ptr.dtype.element_ty), mask=real_j)
         tl.store(index_ptr + row * NA + j, index.to(tl.int64), mask=real_j)
 
@@ -201,38 +205,41 @@ if triton is not None:
         tl.store(dx_ptr + (row * N + i[:, None]) * C + c[None, :], dx.to(dx_ptr.dtype.element_ty), mask=(i < N)[:, None] & (c < C)[None, :])
 
 
-def match_window(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
-    """``merge.match_window`` of the normalized rows as one kernel: ``a [B, Na, C]`` and ``b [B, Nb, C]``
-    of any norm (each row is divided by ``max(|row|, 1e-12)`` as it is read, as ``F.normalize`` does),
-    ``b_real [B, Nb]`` bool or ``None`` (every B token is real).
+def match_window(metric: Tensor, real: Tensor | None, window: int, protect_first: bool = False) -> tuple[Tensor, Tensor]:
+    """``merge._choose``'s scores before its top-k, as one kernel: every A token's (even column of ``metric [B, N, C]``)
+    best B match (odd column) within ``window`` positions, by ``merge.match_window`` on the normalized rows.
 
-    Returns ``(score, index)``, each ``[B, Na]``: the best cosine similarity within the
-    window (``a``'s dtype, ``-inf`` without a real candidate) and its B index (long).
-    Under ``torch.compile`` a ``torch.library`` custom op: the graph keeps it as one opaque
-    op (Inductor never sees the masked argmax it miscompiles, see ``merge.py``). Eager calls
-    skip the op's dispatch (module docstring).
+    ``metric`` may have any norm and strides (each row is divided by ``max(|row|, 1e-12)`` as it is read, as
+    ``F.normalize`` does); ``real [B, N]`` bool marks real tokens (``None``: all are): padded B tokens are never
+    matched and padded A tokens score ``-inf``, as does token 0 with ``protect_first``. The kernel reads A, B and
+    their masks from the interleaved columns themselves: no slice of ``metric`` nor of ``real``, no masking after.
+
+    Returns ``(score, index)``, each ``[B, (N + 1) // 2]``: the best cosine similarity within the window
+    (``metric``'s dtype, ``-inf`` without a real candidate, for padding and for a protected token 0) and its B
+    index (long). Under ``torch.compile`` a ``torch.library`` custom op: the graph keeps it as one opaque op
+    (Inductor never sees the masked argmax it miscompiles, see ``merge.py``). Eager calls skip the op's dispatch
+    (module docstring).
     """
-    return (_match_window_op if torch.compiler.is_compiling() else _match_window)(a, b, b_real, window)
+    return (_match_window_op if torch.compiler.is_compiling() else _match_window)(metric, real, window, protect_first)
 
 
-def _match_window(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
+def _match_window(metric: Tensor, real: Tensor | None, window: int, protect_first: bool) -> tuple[Tensor, Tensor]:
     if triton is None:
         raise RuntimeError("the fused matching needs triton (it ships with torch's CUDA wheels); use merge.match_window on this machine")
     if window < 1:
         raise ValueError(f"match window must be >= 1 position, got {window}; use None for global matching")
-    batch, na, c = a.shape
-    nb = b.shape[1]
-    if b.shape[0] != batch or b.shape[2] != c or (b_real is not None and b_real.shape != (batch, nb)):
-        real_shape = None if b_real is None else tuple(b_real.shape)
-        raise ValueError(f"a [B, Na, C], b [B, Nb, C] and b_real [B, Nb] must agree, got {tuple(a.shape)}, {tuple(b.shape)}, {real_shape}")
+    batch, n, c = metric.shape
+    if n < 2 or (real is not None and real.shape != (batch, n)):
+        raise ValueError(f"metric [B, N, C] with N >= 2 and real [B, N] must agree, got {tuple(metric.shape)} and {None if real is None else tuple(real.shape)}")
+    na, nb = (n + 1) // 2, n // 2
     before = min((window + 1) // 2, na)  # the reference's band of offsets, [-before, after]
     after = min((window - 1) // 2, nb - 1)
-    score = torch.empty(batch, na, device=a.device, dtype=a.dtype)
-    index = torch.empty(batch, na, device=a.device, dtype=torch.long)
-    real = index if b_real is None else b_real.view(torch.uint8)  # without b_real the kernel never reads it
+    score = torch.empty(batch, na, device=metric.device, dtype=metric.dtype)
+    index = torch.empty(batch, na, device=metric.device, dtype=torch.long)
+    real_u8 = index if real is None else real.view(torch.uint8)  # without padding the kernel never reads it
     _match_window_kernel[(batch, triton.cdiv(na, BLOCK_A))](
-        a, b, real, score, index, na, nb, c, before, before + after + 1,
-        *a.stride(), *b.stride(), *real.stride()[:2], BA=BLOCK_A, CP=max(16, triton.next_power_of_2(c)), HAS_REAL=b_real is not None,
+        metric, real_u8, score, index, na, nb, c, before, before + after + 1, *metric.stride(), *real_u8.stride()[:2],
+        BA=BLOCK_A, CP=max(16, triton.next_power_of_2(c)), HAS_REAL=real is not None, PROTECT_FIRST=protect_first,
     )  # fmt: skip
     return score, index
 
@@ -241,8 +248,9 @@ _match_window_op = torch.library.custom_op("maelre::match_window", _match_window
 
 
 @_match_window_op.register_fake
-def _(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
-    return a.new_empty(a.shape[:2]), a.new_empty(a.shape[:2], dtype=torch.long)
+def _(metric: Tensor, real: Tensor | None, window: int, protect_first: bool) -> tuple[Tensor, Tensor]:
+    na = (metric.shape[1] + 1) // 2
+    return metric.new_empty(metric.shape[0], na), metric.new_empty(metric.shape[0], na, dtype=torch.long)
 
 
 def plan(
@@ -298,8 +306,8 @@ def _(
     return src.new_empty(b, n), sizes.new_empty(b, n_out), sizes.new_empty(b, n, dtype=torch.float32), sizes.new_empty(b, n_out, dtype=torch.float32)
 
 
-def merge_states(x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tensor:
-    """``TokenMerge.merge(x)`` as kernels: ``out [B, n_out, ...]`` in ``x``'s dtype, ``out[b, slot[b, i]] += share[b, i] * x[b, i]``.
+def merge_states(x: Tensor, share: Tensor, slot: Tensor, n_out: int, dtype: torch.dtype | None = None) -> Tensor:
+    """``TokenMerge.merge(x)`` as kernels: ``out [B, n_out, ...]`` in ``dtype`` (default ``x``'s), ``out[b, slot[b, i]] += share[b, i] * x[b, i]``.
 
     ``x [B, N, ...]`` (float32, bfloat16 or float16; summed in float32), ``share [B, N]``
     float32 and ``slot [B, N]`` long from the plan (``merge._plan``); tokens whose slot is
@@ -308,8 +316,10 @@ def merge_states(x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tensor:
     eagerly an ``autograd.Function`` around the same two functions.
     """
     b, n = x.shape[:2]
+    dtype = x.dtype if dtype is None else dtype
     rows = x if x.dim() == 3 else x.reshape(b, n, -1)  # no view (nor its backward) for the usual [B, N, C]
-    out = _merge_states_op(rows, share, slot, n_out) if torch.compiler.is_compiling() else _MergeStates.apply(rows, share, slot, n_out)
+    merge = _merge_states_op if torch.compiler.is_compiling() else _MergeStates.apply
+    out = merge(rows, share, slot, n_out, dtype)
     return out if x.dim() == 3 else out.view(b, n_out, *x.shape[2:])
 
 
@@ -327,23 +337,23 @@ def _check_merge(x: Tensor, share: Tensor, slot: Tensor) -> None:
         )
 
 
-def _merge_states(x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tensor:
-    """``[B, n_out, C]`` in ``x``'s dtype: the weighted rows of ``x [B, N, C]`` summed into their slots."""
+def _merge_states(x: Tensor, share: Tensor, slot: Tensor, n_out: int, dtype: torch.dtype) -> Tensor:
+    """``[B, n_out, C]`` in ``dtype``: the weighted rows of ``x [B, N, C]`` summed (in float32) into their slots."""
     _check_merge(x, share, slot)
     b, n, c = x.shape
     out = torch.zeros(b, n_out, c, device=x.device, dtype=torch.float32)
     _merge_states_kernel[_merge_grid(b, n, c)](
         x, share.contiguous(), slot.contiguous(), out, n, c, n_out, *x.stride(), BT=BLOCK_TOKENS, BC=BLOCK_CHANNELS
     )
-    return out.to(x.dtype)
+    return out if dtype == torch.float32 else out.to(dtype)  # no no-op cast (one dispatch less)
 
 
 _merge_states_op = torch.library.custom_op("maelre::merge_states", _merge_states, mutates_args=())
 
 
 @_merge_states_op.register_fake
-def _(x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tensor:
-    return x.new_empty(x.shape[0], n_out, x.shape[2])
+def _(x: Tensor, share: Tensor, slot: Tensor, n_out: int, dtype: torch.dtype) -> Tensor:
+    return x.new_empty(x.shape[0], n_out, x.shape[2], dtype=dtype)
 
 
 def _merge_states_backward(grad_out: Tensor, share: Tensor, slot: Tensor, dtype: torch.dtype) -> Tensor:
@@ -366,7 +376,7 @@ def _(grad_out: Tensor, share: Tensor, slot: Tensor, dtype: torch.dtype) -> Tens
 
 
 def _merge_states_setup(ctx, inputs: tuple, output: Tensor) -> None:
-    x, share, slot, _ = inputs
+    x, share, slot = inputs[:3]
     ctx.save_for_backward(share, slot)
     ctx.dtype = x.dtype
 
@@ -374,7 +384,7 @@ def _merge_states_setup(ctx, inputs: tuple, output: Tensor) -> None:
 def _merge_states_grad(ctx, grad_out: Tensor, backward=_merge_states_backward_op) -> tuple:
     """``x``'s gradient through ``backward`` (the custom op, or eagerly its function)."""
     share, slot = ctx.saved_tensors
-    return backward(grad_out, share, slot, ctx.dtype), None, None, None  # the plan has no gradient
+    return backward(grad_out, share, slot, ctx.dtype), None, None, None, None  # the plan has no gradient
 
 
 _merge_states_op.register_autograd(_merge_states_grad, setup_context=_merge_states_setup)
@@ -384,9 +394,9 @@ class _MergeStates(torch.autograd.Function):
     """The eager ``_merge_states_op``: the same forward and backward without the custom op's dispatch."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tensor:
-        _merge_states_setup(ctx, (x, share, slot, n_out), None)
-        return _merge_states(x, share, slot, n_out)
+    def forward(ctx, x: Tensor, share: Tensor, slot: Tensor, n_out: int, dtype: torch.dtype) -> Tensor:
+        _merge_states_setup(ctx, (x, share, slot, n_out, dtype), None)
+        return _merge_states(x, share, slot, n_out, dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple:
