@@ -332,10 +332,14 @@ def test_fused_state_merge_in_float32_of_bf16_keys(kernels, monkeypatch):
     keys = torch.randn(3, 45, 6, generator=torch.Generator().manual_seed(5)).to(device=device, dtype=torch.bfloat16)
     calls = count_state_merges(monkeypatch)
     got = plan.merge(keys, dtype=torch.float32)
+    with torch.no_grad():  # nothing to differentiate: the kernels run without the autograd.Function, same values
+        no_grad = plan.merge(keys.float().requires_grad_(), dtype=torch.float32)
+    assert got.grad_fn is None and no_grad.grad_fn is None
     monkeypatch.setattr(_triton, "ENABLED", False)
     want = plan.merge(keys, dtype=torch.float32)
-    assert calls == [1] and got.dtype == want.dtype == torch.float32
+    assert calls == [1, 1] and got.dtype == want.dtype == torch.float32
     torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(no_grad, want, atol=1e-6, rtol=1e-6)
     summed = plan.merge(keys * sizes[..., None], mode="sum")
     torch.testing.assert_close(torch.nn.functional.normalize(got, dim=-1), torch.nn.functional.normalize(summed, dim=-1), atol=1e-6, rtol=1e-6)
 

@@ -228,7 +228,10 @@ def bipartite_soft_matching(
         raise ValueError(f"need N >= 2 tokens and 1 <= n_out <= N to merge, got N={n}, n_out={n_out}")
     real = sizes > 0 if padded else None
     with torch.no_grad():
-        src, dst, best = _choose(metric, real, min(n - n_out, (n + 1) // 2), protect_first, window)
+        candidates = min(n - n_out, (n + 1) // 2)
+        # every candidate merges (if it has a real match) when r covers them all: their order is then unused
+        ordered = isinstance(r, Tensor) or r < candidates
+        src, dst, best = _choose(metric, real, candidates, protect_first, window, ordered)
         slot, merged_sizes, share, log_sizes = _plan(real, sizes, src, dst, best, r, n, n_out)
 
     def per_token(t: Tensor, like: Tensor) -> Tensor:
@@ -259,22 +262,23 @@ def bipartite_soft_matching(
 
 
 def _choose(
-    metric: Tensor, real: Tensor | None, candidates: int, protect_first: bool, window: int | None
+    metric: Tensor, real: Tensor | None, candidates: int, protect_first: bool, window: int | None, ordered: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
     """ToMe's candidate merges, in A/B indices (A token ``j`` is column ``2j``, B token ``j`` column ``2j + 1``).
 
     ``real [B, N]`` marks real tokens (``None``: all are). Returns ``(src, dst, best)``:
     ``src [B, candidates]`` the A tokens most similar to their best B match, most similar
-    first; ``dst [B, Na]`` every A token's best B match; ``best [B, candidates]`` their
-    scores (``-inf``: no real match). Which of them merge is ``_chosen``'s (on CUDA, the
-    plan kernel's).
+    first if ``ordered`` (else the same set in any order: top-k without its sort, for a
+    caller that merges every candidate); ``dst [B, Na]`` every A token's best B match;
+    ``best [B, candidates]`` their scores (``-inf``: no real match). Which of them merge
+    is ``_chosen``'s (on CUDA, the plan kernel's).
     """
     if window is not None and triton_merge.available(metric):
         # one kernel: normalizes as it reads A and B from their interleaved columns, masks padding and token 0 itself
         score, dst = triton_merge.match_window(metric, real, window, protect_first)
     else:
         score, dst = _match_scores(metric, real, protect_first, window)
-    best, src = score.topk(candidates, dim=1)
+    best, src = score.topk(candidates, dim=1, sorted=ordered)
     return src, dst, best
 
 

@@ -318,8 +318,12 @@ def merge_states(x: Tensor, share: Tensor, slot: Tensor, n_out: int, dtype: torc
     b, n = x.shape[:2]
     dtype = x.dtype if dtype is None else dtype
     rows = x if x.dim() == 3 else x.reshape(b, n, -1)  # no view (nor its backward) for the usual [B, N, C]
-    merge = _merge_states_op if torch.compiler.is_compiling() else _MergeStates.apply
-    out = merge(rows, share, slot, n_out, dtype)
+    if torch.compiler.is_compiling():
+        out = _merge_states_op(rows, share, slot, n_out, dtype)
+    elif torch.is_grad_enabled() and x.requires_grad:
+        out = _MergeStates.apply(rows, share, slot, n_out, dtype)
+    else:  # nothing to differentiate (MAELRE's keys, inference): no autograd.Function
+        out = _merge_states(rows, share, slot, n_out, dtype)
     return out if x.dim() == 3 else out.view(b, n_out, *x.shape[2:])
 
 
