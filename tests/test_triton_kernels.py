@@ -51,7 +51,7 @@ def test_kernels_under_the_interpreter():
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpret and not under_the"]
     run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "24 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
+    assert "25 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
 
 
 def inputs(device: str, dtype: torch.dtype = torch.float32, n: int = N):
@@ -152,7 +152,7 @@ def test_kernels_compile_for_hopper(favor, dtype, tmp_path, monkeypatch):
     ]
     if not favor:
         kernels.append((triton_merge._match_window_kernel, dict(m_ptr=ptr, real_ptr="*u8", score_ptr=ptr, index_ptr="*i64")))
-        plan_pointers = dict(src_ptr="*i64", best_ptr=ptr, r_ptr="*i64", dst_ptr="*i64", real_ptr="*u8", sizes_ptr=f32, flag_ptr="*i8", slot_ptr="*i64",
+        plan_pointers = dict(src_ptr="*i64", best_ptr=ptr, r_ptr="*i64", dst_ptr="*i64", real_ptr="*u8", sizes_ptr=f32, slot_ptr="*i64",
                              total_ptr=f32, share_ptr=f32, log_ptr=f32)  # fmt: skip
         kernels.append((triton_merge._plan_kernel, plan_pointers))
         merge_pointers = dict(x_ptr=ptr, g_ptr=ptr, share_ptr=f32, slot_ptr="*i64", out_ptr=f32, dx_ptr=ptr)
@@ -233,6 +233,27 @@ def test_fused_plan_equals_the_reference(kernels, monkeypatch):
         torch.testing.assert_close(got[2], want[2], rtol=1e-6, atol=0)
         assert want[3] is None
         torch.testing.assert_close(got[3], want[1].log(), rtol=1e-6, atol=1e-6)  # -inf where a padded row's column is empty
+
+
+def test_fused_plan_cuts_a_row_that_keeps_too_many_like_the_reference(kernels, monkeypatch):
+    """A padded row whose ``r`` is too small keeps more than ``n_out`` tokens: its last ones go to the cut-off column,
+    with the reference's shares (the kernel keeps no such column, only its size total)."""
+    from maelre.layers import merge, triton_merge
+
+    _, device = kernels
+    g = torch.Generator().manual_seed(4)
+    n, n_out = 21, 16
+    metric = torch.randn(3, n, 6, generator=g).to(device)
+    sizes = torch.randint(1, 5, (3, n), generator=g).float() * (torch.arange(n) < torch.tensor([n, n, 10])[:, None])
+    sizes, r = sizes.to(device), torch.tensor([0, 5, 2], device=device)  # row 0 keeps all 21 > n_out
+    real = sizes > 0
+    src, dst, best = merge._choose(metric, real, n - n_out, False, 4)
+    got = triton_merge.plan(real, sizes, src, dst, best, r, n, n_out)
+    monkeypatch.setattr(_triton, "ENABLED", False)
+    want = merge._plan(real, sizes, src, dst, best, r, n, n_out)
+    assert (want[0][0] == n_out).sum() == 5 and torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    torch.testing.assert_close(got[2], want[2], rtol=1e-6, atol=0)
+    assert got[1].is_contiguous() and got[1].shape == (3, n_out)
 
 
 @pytest.mark.parametrize("padded", [True, False])

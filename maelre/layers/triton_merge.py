@@ -6,7 +6,9 @@ normalizes the metric, then builds ``[B, Na, C, W]`` windows with ``unfold`` and
 about ten operators; this kernel reads each A tile once, normalizes it, and streams the
 ``W`` candidate B rows through it (each divided by its own norm), keeping the running max
 and its slot: one launch, no ``O(N C W)`` intermediate and no normalized copy of the
-metric. It runs under ``no_grad`` (matching has no gradient), so there is no backward.
+metric. It reads A (even columns) and B (odd columns) from the metric itself and gives padded
+A tokens and a protected token 0 the score ``-inf``, so ``merge._choose`` slices and masks
+nothing around it (``merge._match_scores`` is its PyTorch reference). It runs under ``no_grad`` (matching has no gradient), so there is no backward.
 Scores accumulate in float32 and are returned in the metric's dtype, as the reference
 returns them.
 
@@ -19,7 +21,9 @@ block barriers: flags of the merged A tokens (which candidates merge, ``merge._c
 is decided here from their scores and ``r``: no compare launched per merge); the kept tokens' running rank; merged A
 tokens take their match's slot; the sizes are added into their slots; each token's share; the
 log of the merged sizes (proportional attention's key bias, otherwise one ``log`` per block).
-Slots are integers and sizes integer counts (exact in float32 in any order), so it equals
+Its scratch flags live in the memory of the shares (written last), and the merged sizes have no
+padding column (padding adds nothing; a row's cut-off sizes are one running total), so its only
+allocations are its four outputs. Slots are integers and sizes integer counts (exact in float32 in any order), so it equals
 the reference up to the rounding of the one division.
 
 ``merge_states`` is ``TokenMerge.merge(x)`` (the size-weighted average) once the plan is
@@ -94,21 +98,23 @@ if triton is not None:
 
     @triton.jit
     def _plan_kernel(
-        src_ptr, best_ptr, r_ptr, dst_ptr, real_ptr, sizes_ptr, flag_ptr, slot_ptr, total_ptr, share_ptr, log_ptr,
-        N, NA, CAND, R, N_OUT, LIMIT, WIDTH,
+        src_ptr, best_ptr, r_ptr, dst_ptr, real_ptr, sizes_ptr, slot_ptr, total_ptr, share_ptr, log_ptr,
+        N, NA, CAND, R, N_OUT, LIMIT,
         BLOCK: tl.constexpr, HAS_REAL: tl.constexpr, HAS_R: tl.constexpr,
     ):  # fmt: skip
         row = tl.program_id(0).to(tl.int64)
         offs = tl.arange(0, BLOCK)
+        # the row's flags (NA bytes) live in its shares' memory (4 N bytes), which step 5 writes only after their last read
+        flag_ptr = share_ptr.to(tl.pointer_type(tl.int8)) + row * N * 4
         start = 0
         while start < NA:  # 1. flags of the A tokens merged away: cleared, then set from the chosen candidates
             j = start + offs
-            tl.store(flag_ptr + row * NA + j, tl.zeros((BLOCK,), tl.int8), mask=j < NA)
+            tl.store(flag_ptr + j, tl.zeros((BLOCK,), tl.int8), mask=j < NA)
             start += BLOCK
         start = 0
-        while start < WIDTH:  # (and the output sizes cleared for step 4)
+        while start < N_OUT:  # (and the output sizes cleared for step 4)
             j = start + offs
-            tl.store(total_ptr + row * WIDTH + j, tl.zeros((BLOCK,), tl.float32), mask=j < WIDTH)
+            tl.store(total_ptr + row * N_OUT + j, tl.zeros((BLOCK,), tl.float32), mask=j < N_OUT)
             start += BLOCK
         tl.debug_barrier()
         merges = R  # the row's r: candidate k merges if k < r and its score is finite (merge._chosen)
@@ -121,7 +127,7 @@ if triton is not None:
             src = tl.load(src_ptr + row * CAND + k, mask=inside, other=0)
             best = tl.load(best_ptr + row * CAND + k, mask=inside, other=float("-inf")).to(tl.float32)
             chosen = (best > float("-inf")) & (k < merges)
-            tl.store(flag_ptr + row * NA + src, chosen.to(tl.int8), mask=inside)  # top-k indices are distinct
+            tl.store(flag_ptr + src, chosen.to(tl.int8), mask=inside)  # top-k indices are distinct
             start += BLOCK
         tl.debug_barrier()
         start = 0
@@ -129,7 +135,7 @@ if triton is not None:
         while start < N:  # 2. rank among the kept tokens; merged A tokens and padding to N_OUT
             col = start + offs
             inside = col < N
-            gone = tl.load(flag_ptr + row * NA + col // 2, mask=inside & (col % 2 == 0), other=0) != 0
+            gone = tl.load(flag_ptr + col // 2, mask=inside & (col % 2 == 0), other=0) != 0
             if HAS_REAL:
                 gone = gone | (tl.load(real_ptr + row * N + col, mask=inside, other=1) == 0)
             keep = (inside & ~gone).to(tl.int32)
@@ -141,24 +147,29 @@ if triton is not None:
         start = 0
         while start < NA:  # 3. a merged A token joins its B match (B tokens never move, so no tile reads a slot this pass writes)
             j = start + offs
-            merged = tl.load(flag_ptr + row * NA + j, mask=j < NA, other=0) != 0
+            merged = tl.load(flag_ptr + j, mask=j < NA, other=0) != 0
             dst = tl.load(dst_ptr + row * NA + j, mask=merged, other=0)
             tl.store(slot_ptr + row * N + 2 * j, tl.load(slot_ptr + row * N + 2 * dst + 1, mask=merged, other=0), mask=merged)
             start += BLOCK
         tl.debug_barrier()
         start = 0
+        dropped = tl.zeros((), tl.float32)  # the sizes cut off in column N_OUT (padding: 0; real tokens past N_OUT), as merge._plan's extra column
         while start < N:  # 4. output sizes: sums of integer counts, so the atomics' order cannot change them
             col = start + offs
             inside = col < N
-            slot = tl.load(slot_ptr + row * N + col, mask=inside, other=0)
-            tl.atomic_add(total_ptr + row * WIDTH + slot, tl.load(sizes_ptr + row * N + col, mask=inside, other=0.0), mask=inside)
+            slot = tl.load(slot_ptr + row * N + col, mask=inside, other=N_OUT)
+            kept = slot < N_OUT
+            size = tl.load(sizes_ptr + row * N + col, mask=inside, other=0.0)
+            tl.atomic_add(total_ptr + row * N_OUT + slot, size, mask=kept)
+            dropped += tl.sum(tl.where(kept, 0.0, size), 0)
             start += BLOCK
         tl.debug_barrier()
         start = 0
         while start < N:  # 5. every token's share of its output token's size (0 for padding)
             col = start + offs
             inside = col < N
-            total = tl.load(total_ptr + row * WIDTH + tl.load(slot_ptr + row * N + col, mask=inside, other=0), mask=inside, other=1.0)
+            slot = tl.load(slot_ptr + row * N + col, mask=inside, other=N_OUT)
+            total = tl.where(slot < N_OUT, tl.load(total_ptr + row * N_OUT + slot, mask=inside & (slot < N_OUT), other=1.0), dropped)
             size = tl.load(sizes_ptr + row * N + col, mask=inside, other=0.0)
             tl.store(share_ptr + row * N + col, size / tl.maximum(total, 1e-12), mask=inside)
             start += BLOCK
@@ -166,7 +177,7 @@ if triton is not None:
         while start < N_OUT:  # 6. log of the output sizes, the key bias of proportional attention (-inf for padding)
             col = start + offs
             inside = col < N_OUT
-            tl.store(log_ptr + row * N_OUT + col, tl.log(tl.load(total_ptr + row * WIDTH + col, mask=inside, other=1.0)), mask=inside)
+            tl.store(log_ptr + row * N_OUT + col, tl.log(tl.load(total_ptr + row * N_OUT + col, mask=inside, other=1.0)), mask=inside)
             start += BLOCK
 
 
@@ -280,19 +291,19 @@ def _plan(
             f"src, best [B, C], r [B], dst [B, (N + 1) // 2], sizes and real [B, N] must agree with N={n}, "
             f"got {tuple(src.shape)}, {tuple(best.shape)}, {tuple(dst.shape)}, {tuple(sizes.shape)}"
         )
-    width = n_out + int(real is not None)  # as merge._plan: padding goes to one extra column, cut off
     new = dict(device=src.device)
     slot, share = torch.empty(batch, n, dtype=torch.long, **new), torch.empty(batch, n, dtype=torch.float32, **new)
-    flags, total = torch.empty(batch, na, dtype=torch.int8, **new), torch.empty(batch, width, dtype=torch.float32, **new)
-    log_total = torch.empty(batch, n_out, dtype=torch.float32, **new)
-    real_u8 = flags if real is None else real.contiguous().view(torch.uint8)  # without padding the kernel never reads it
+    # the merged sizes without merge._plan's padding column (padding adds nothing and takes share 0): [B, n_out] contiguous
+    total, log_total = torch.empty(batch, n_out, dtype=torch.float32, **new), torch.empty(batch, n_out, dtype=torch.float32, **new)
+    real_u8 = slot if real is None else real.contiguous().view(torch.uint8)  # without padding the kernel never reads it
+    sizes32 = sizes if sizes.dtype == torch.float32 else sizes.float()
     _plan_kernel[(batch,)](
-        src.contiguous(), best.contiguous(), src if r_rows is None else r_rows.contiguous(), dst.contiguous(), real_u8, sizes.float().contiguous(),
-        flags, slot, total, share, log_total, n, na, candidates, r_all, n_out, width - 1, width,
+        src.contiguous(), best.contiguous(), src if r_rows is None else r_rows.contiguous(), dst.contiguous(), real_u8, sizes32.contiguous(),
+        slot, total, share, log_total, n, na, candidates, r_all, n_out, n_out - int(real is None),
         BLOCK=BLOCK_SLOTS, HAS_REAL=real is not None, HAS_R=r_rows is not None,
     )  # fmt: skip
-    merged = (total if real is None else total[:, :n_out]).to(sizes.dtype)  # no slice without padding
-    return slot, merged.contiguous(), share, log_total  # contiguous: the strides the fake kernel promises torch.compile
+    # the strides the fake kernel promises torch.compile: contiguous [B, n_out]
+    return slot, total if sizes.dtype == torch.float32 else total.to(sizes.dtype), share, log_total
 
 
 _plan_op = torch.library.custom_op("maelre::merge_plan", _plan, mutates_args=())
