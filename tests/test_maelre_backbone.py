@@ -282,3 +282,27 @@ def test_keys_are_averaged_only_in_blocks_that_merge(monkeypatch):
     monkeypatch.setattr(torch.Tensor, "mean", lambda self, *a, **kw: calls.append(self.dim()) or mean(self, *a, **kw))
     m(torch.randn(1, n, DIM))
     assert merging[:2] == [True, True] and calls.count(4) == 2  # [B, H, N, dh] keys of the first two blocks only
+
+
+def test_a_padded_batch_compares_each_sizes_with_zero_once():
+    """``sizes > 0`` (key mask, the merge's real tokens and its counts, the output mask) is computed once per set of
+    sizes: once for the input and once after each merge, with the same outputs as without the cache."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class SizesCompared(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten.gt and args[0].dim() == 2 and args[0].is_floating_point() and args[1] == 0:  # [B, N] sizes
+                self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    m = model(merge_site="both", merge_fraction=0.25, switch_threshold=8)
+    tokens, mask = batch([64, 41])
+    with SizesCompared() as compared:
+        out = m(tokens, mask, return_states=True)
+    merges = sum(len(info.extra["after_merges"]) for info in m.plan(64))
+    assert merges == 6 and compared.count == 1 + merges
+    assert torch.equal(out.mask, out.sizes > 0)

@@ -187,6 +187,7 @@ def bipartite_soft_matching(
     protect_first: bool = False,
     window: int | None = None,
     padded: bool = True,
+    real: Tensor | None = None,
     return_log_sizes: bool = False,
 ) -> TokenMerge | tuple[TokenMerge, Tensor | None]:
     """Plan one ToMe merge of a padded batch.
@@ -213,6 +214,8 @@ def bipartite_soft_matching(
             ToMe matching, whose ``(N/2)^2`` score matrix is kept in ``metric``'s dtype.
         padded: False promises that every size is positive (no padding), which skips
             the padding masks; a caller knows it from the shapes (MAELRE: no input mask).
+        real: ``sizes > 0`` ``[B, N]`` bool where the caller has it already (``None``: computed
+            here when ``padded``).
         return_log_sizes: also return the merged sizes' log ``[B, n_out]`` (float32, for
             proportional attention) where the plan kernel computed it along, else ``None``.
 
@@ -226,7 +229,7 @@ def bipartite_soft_matching(
         raise ValueError(f"sizes must be [B, N]={b, n} and r [B]={b,} or an int, got {tuple(sizes.shape)} and {shape_r}")
     if n < 2 or not 1 <= n_out <= n:
         raise ValueError(f"need N >= 2 tokens and 1 <= n_out <= N to merge, got N={n}, n_out={n_out}")
-    real = sizes > 0 if padded else None
+    real = (sizes > 0 if real is None else real) if padded else None
     with torch.no_grad():
         candidates = min(n - n_out, (n + 1) // 2)
         # every candidate merges (if it has a real match) when r covers them all: their order is then unused
@@ -249,7 +252,9 @@ def bipartite_soft_matching(
         # order, so deterministic mode keeps the scatter
         if triton_merge.available(x) and x.dtype in triton_merge.MERGE_DTYPES and not torch.are_deterministic_algorithms_enabled():
             return triton_merge.merge_states(x, share, slot, n_out, dtype)
-        return _scatter_to_slots(x * per_token(share, x), slot, n_out, padded).to(x.dtype if dtype is None else dtype)
+        out = _scatter_to_slots(x * per_token(share, x), slot, n_out, padded)
+        dtype = x.dtype if dtype is None else dtype
+        return out if out.dtype == dtype else out.to(dtype)  # no no-op cast (one dispatch less)
 
     def unmerge(y: Tensor) -> Tensor:
         if y.shape[:2] != (b, n_out):
