@@ -90,8 +90,8 @@ def stub_triton_merge() -> None:
 
     tm.triton = _Triton
     tm.available = lambda x: True
-    tm._match_window_kernel = _Launch((3, 4))  # score, index
-    tm._plan_kernel = _Launch((7, 8, 9, 10))  # slot, total, share, log (flags: read by no one else)
+    tm._match_window_kernel = _Launch((2, 3))  # score, index
+    tm._plan_kernel = _Launch((6, 7, 8, 9))  # slot, total, share, log
     tm._merge_states_kernel = _Launch(())  # adds into a zeroed buffer
     tm._merge_states_grad_kernel = _Launch((3,))  # grad_x
 

@@ -233,3 +233,76 @@ def test_bf16_autocast_training_step(approx):
     out.pooled.float().pow(2).sum().backward()
     assert torch.isfinite(tokens.grad).all() and tokens.grad[mask].abs().sum() > 0
     assert_gradients(m, out.trace, nonzero=False)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_second_site_keys_merge_as_the_size_weighted_sum_did(monkeypatch, padded):
+    """The MLP site matches by the keys merged at the attention site: their float32 size-weighted mean, which points where
+    the size-weighted sum merged earlier points. Same merges, same states, gradients flowing, against that sum."""
+    import maelre.backbones.maelre as backbone_module
+
+    m = model(depth=4, merge_site="both", merge_fraction=0.25, switch_threshold=16).train()
+    tokens, mask = batch([64, 41] if padded else [64, 64])
+    mask = mask if padded else None
+
+    def run() -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        m.zero_grad()
+        out = m(tokens, mask, return_states=True)
+        out.pooled.square().sum().backward()
+        return out.states, out.sizes, [p.grad.clone() for p in m.parameters() if p.grad is not None]
+
+    states, sizes, grads = run()
+    matching = backbone_module.bipartite_soft_matching
+
+    def with_summed_keys(metric, sizes, *args, **kwargs):  # the previous keys merge: plain sum of size * keys
+        plan, log_sizes = matching(metric, sizes, *args, **kwargs)
+
+        def merge(x, mode="mean", dtype=None):
+            return plan.merge(x * sizes[..., None], mode="sum") if dtype == torch.float32 else plan.merge(x, mode, dtype)
+
+        return plan._replace(merge=merge), log_sizes
+
+    monkeypatch.setattr(backbone_module, "bipartite_soft_matching", with_summed_keys)
+    want_states, want_sizes, want_grads = run()
+    assert torch.equal(sizes, want_sizes) and sizes.shape[1] < 64
+    torch.testing.assert_close(states, want_states)
+    assert len(grads) == len(want_grads) and all(g.abs().sum() > 0 for g in grads[:3])
+    for got, want in zip(grads, want_grads):
+        torch.testing.assert_close(got, want)
+
+
+def test_keys_are_averaged_only_in_blocks_that_merge(monkeypatch):
+    """A block whose sites remove no token (the exact blocks at the end) takes no head average of its keys."""
+    m = model(depth=3, merge_site="both", merge_fraction=0.25)
+    n = 64
+    merging = [block.merges(n_in, n) for block, n_in in zip(m.blocks, [info.n_in for info in m.plan(n)])]
+    m.blocks[-1].sites = {}  # the last block merges nowhere
+    calls = []
+    mean = torch.Tensor.mean
+    monkeypatch.setattr(torch.Tensor, "mean", lambda self, *a, **kw: calls.append(self.dim()) or mean(self, *a, **kw))
+    m(torch.randn(1, n, DIM))
+    assert merging[:2] == [True, True] and calls.count(4) == 2  # [B, H, N, dh] keys of the first two blocks only
+
+
+def test_a_padded_batch_compares_each_sizes_with_zero_once():
+    """``sizes > 0`` (key mask, the merge's real tokens and its counts, the output mask) is computed once per set of
+    sizes: once for the input and once after each merge, with the same outputs as without the cache."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class SizesCompared(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket is torch.ops.aten.gt and args[0].dim() == 2 and args[0].is_floating_point() and args[1] == 0:  # [B, N] sizes
+                self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    m = model(merge_site="both", merge_fraction=0.25, switch_threshold=8)
+    tokens, mask = batch([64, 41])
+    with SizesCompared() as compared:
+        out = m(tokens, mask, return_states=True)
+    merges = sum(len(info.extra["after_merges"]) for info in m.plan(64))
+    assert merges == 6 and compared.count == 1 + merges
+    assert torch.equal(out.mask, out.sizes > 0)

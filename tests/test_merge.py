@@ -243,3 +243,38 @@ def test_kept_rank_compiled_by_sort_equals_the_eager_cumsum_on_kept_tokens():
     assert torch.equal(compiled[~gone], eager[~gone]) and compiled.dtype == eager.dtype
     assert torch.equal(eager[0], torch.arange(37))
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("window", [None, 4])
+def test_unordered_candidates_merge_like_ordered_ones(monkeypatch, window):
+    """When ``r`` covers every candidate (MAELRE's unpadded merges), top-k skips its sort: the same plan and merge as
+    with the candidates ordered, ties (repeated tokens) and a protected first token included, values and gradients."""
+    import maelre.layers.merge as merge_module
+
+    g = torch.Generator().manual_seed(7)
+    x, metric = torch.randn(3, 40, 5, generator=g), torch.randn(3, 40, 6, generator=g)
+    metric[:, 20:] = metric[:, :1]  # repeated tokens: ten A tokens tie at score 1, so r = 8 cuts through the tie
+    sizes = torch.randint(1, 4, (3, 40), generator=g).float()
+    choose = merge_module._choose
+    calls = []
+
+    def run(r: int, protect_first: bool, force_order: bool):
+        def spy(*args):
+            calls.append(args[-1])
+            return choose(*args[:-1], args[-1] or force_order)
+
+        monkeypatch.setattr(merge_module, "_choose", spy)
+        xg = x.clone().requires_grad_()
+        plan = bipartite_soft_matching(metric, sizes, r, 40 - r, protect_first=protect_first, window=window, padded=False)
+        out = plan.merge(xg)
+        out.square().sum().backward()
+        return out, plan.sizes, plan.unmerge(out), xg.grad
+
+    for r in (16, 8):
+        for protect_first in (False, True):
+            for got, want in zip(run(r, protect_first, False), run(r, protect_first, True)):
+                assert torch.equal(got, want)
+    assert calls == [False] * 8  # r = N - n_out candidates: unordered
+    bipartite_soft_matching(metric, sizes, 10, 24, window=window, padded=False)
+    bipartite_soft_matching(metric, sizes, torch.tensor([16, 10, 3]), 24, window=window)
+    assert calls[-2:] == [True, True]  # fewer than the candidates, or a per-row r: ordered

@@ -51,7 +51,7 @@ def test_kernels_under_the_interpreter():
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpret and not under_the"]
     run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "23 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
+    assert "25 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
 
 
 def inputs(device: str, dtype: torch.dtype = torch.float32, n: int = N):
@@ -151,13 +151,13 @@ def test_kernels_compile_for_hopper(favor, dtype, tmp_path, monkeypatch):
         (fused._key_grad_kernel, dict(k_ptr=ptr, v_ptr=ptr, w_ptr=f32, proj_ptr=f32, m_ptr=f32, ds_ptr=f32, dz_ptr=f32, dk_ptr=ptr, dv_ptr=ptr)),
     ]
     if not favor:
-        kernels.append((triton_merge._match_window_kernel, dict(a_ptr=ptr, b_ptr=ptr, real_ptr="*u8", score_ptr=ptr, index_ptr="*i64")))
-        plan_pointers = dict(src_ptr="*i64", best_ptr=ptr, r_ptr="*i64", dst_ptr="*i64", real_ptr="*u8", sizes_ptr=f32, flag_ptr="*i8", slot_ptr="*i64",
+        kernels.append((triton_merge._match_window_kernel, dict(m_ptr=ptr, real_ptr="*u8", score_ptr=ptr, index_ptr="*i64")))
+        plan_pointers = dict(src_ptr="*i64", best_ptr=ptr, r_ptr="*i64", dst_ptr="*i64", real_ptr="*u8", sizes_ptr=f32, slot_ptr="*i64",
                              total_ptr=f32, share_ptr=f32, log_ptr=f32)  # fmt: skip
         kernels.append((triton_merge._plan_kernel, plan_pointers))
         merge_pointers = dict(x_ptr=ptr, g_ptr=ptr, share_ptr=f32, slot_ptr="*i64", out_ptr=f32, dx_ptr=ptr)
         kernels += [(triton_merge._merge_states_kernel, merge_pointers), (triton_merge._merge_states_grad_kernel, merge_pointers)]
-        consts.update(BA=triton_merge.BLOCK_A, CP=16, BLOCK=triton_merge.BLOCK_SLOTS, HAS_REAL=dtype == "fp32", HAS_R=dtype == "fp32",
+        consts.update(BA=triton_merge.BLOCK_A, CP=16, BLOCK=triton_merge.BLOCK_SLOTS, HAS_REAL=dtype == "fp32", HAS_R=dtype == "fp32", PROTECT_FIRST=dtype == "fp32",
                       BT=triton_merge.BLOCK_TOKENS, BC=triton_merge.BLOCK_CHANNELS)  # both specializations over the two dtypes
     for kernel, pointers in kernels:
         own = {name: consts[name] for name in kernel.arg_names if name in consts}
@@ -188,25 +188,24 @@ def test_bf16_on_gpu_accumulates_in_float32(kind):
 # --------------------------------------------------------------------------- windowed matching
 @pytest.mark.parametrize("window", [1, 2, 5, 40])  # 40: the band is cut at both ends of the 38 A tokens
 def test_fused_window_matching_matches_reference(kernels, monkeypatch, window):
+    """The kernel reads A and B from the interleaved columns (odd N, strided metric) and masks padded A tokens and a
+    protected token 0 itself: ``merge._match_scores``' scores and matches, without their slices and masking."""
     from maelre.layers import merge, triton_merge
 
     module, device = kernels
     g = torch.Generator().manual_seed(window)
     metric = (torch.randn(3, 75, 12, generator=g) * torch.rand(3, 75, 1, generator=g).mul(9).add(0.1)).to(device)  # rows of any norm
-    unit = torch.nn.functional.normalize(metric, dim=-1)
+    metric = metric.transpose(1, 2).contiguous().transpose(1, 2)  # strided: the kernel takes any strides
     sizes = (torch.arange(75) < torch.tensor([75, 40, 3])[:, None]).float().to(device)  # one row with a single real B token
-    # strided, as bipartite_soft_matching passes them; the kernel normalizes the raw metric itself
-    score, index = triton_merge.match_window(metric[:, ::2], metric[:, 1::2], sizes[:, 1::2] > 0, window)
-    all_real = triton_merge.match_window(metric[:, ::2], metric[:, 1::2], None, window)  # no padding: no mask read
+    real = sizes > 0
+    fused = {(padded, protect): triton_merge.match_window(metric, real if padded else None, window, protect) for padded in (True, False) for protect in (True, False)}
     monkeypatch.setattr(_triton, "ENABLED", False)
-    a, b, b_real = unit[:, ::2], unit[:, 1::2], sizes[:, 1::2] > 0
-    for got, want in zip(all_real, merge.match_window(a, b, None, window)):
-        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
-    want_score, want_index = merge.match_window(a, b, b_real, window)
-    finite = want_score > float("-inf")
-    assert torch.equal(score > float("-inf"), finite) and torch.equal(index[finite], want_index[finite])
-    torch.testing.assert_close(score[finite], want_score[finite], atol=1e-6, rtol=1e-6)
-    assert index.dtype == torch.long and ((index >= 0) & (index < b.shape[1])).all()
+    for (padded, protect), (score, index) in fused.items():
+        want_score, want_index = merge._match_scores(metric, real if padded else None, protect, window)
+        finite = want_score > float("-inf")
+        assert torch.equal(score > float("-inf"), finite) and torch.equal(index[finite], want_index[finite]), (padded, protect)
+        torch.testing.assert_close(score[finite], want_score[finite], atol=1e-6, rtol=1e-6)
+        assert index.dtype == torch.long and ((index >= 0) & (index < 37)).all()
 
 
 def test_fused_plan_equals_the_reference(kernels, monkeypatch):
@@ -234,6 +233,27 @@ def test_fused_plan_equals_the_reference(kernels, monkeypatch):
         torch.testing.assert_close(got[2], want[2], rtol=1e-6, atol=0)
         assert want[3] is None
         torch.testing.assert_close(got[3], want[1].log(), rtol=1e-6, atol=1e-6)  # -inf where a padded row's column is empty
+
+
+def test_fused_plan_cuts_a_row_that_keeps_too_many_like_the_reference(kernels, monkeypatch):
+    """A padded row whose ``r`` is too small keeps more than ``n_out`` tokens: its last ones go to the cut-off column,
+    with the reference's shares (the kernel keeps no such column, only its size total)."""
+    from maelre.layers import merge, triton_merge
+
+    _, device = kernels
+    g = torch.Generator().manual_seed(4)
+    n, n_out = 21, 16
+    metric = torch.randn(3, n, 6, generator=g).to(device)
+    sizes = torch.randint(1, 5, (3, n), generator=g).float() * (torch.arange(n) < torch.tensor([n, n, 10])[:, None])
+    sizes, r = sizes.to(device), torch.tensor([0, 5, 2], device=device)  # row 0 keeps all 21 > n_out
+    real = sizes > 0
+    src, dst, best = merge._choose(metric, real, n - n_out, False, 4)
+    got = triton_merge.plan(real, sizes, src, dst, best, r, n, n_out)
+    monkeypatch.setattr(_triton, "ENABLED", False)
+    want = merge._plan(real, sizes, src, dst, best, r, n, n_out)
+    assert (want[0][0] == n_out).sum() == 5 and torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    torch.testing.assert_close(got[2], want[2], rtol=1e-6, atol=0)
+    assert got[1].is_contiguous() and got[1].shape == (3, n_out)
 
 
 @pytest.mark.parametrize("padded", [True, False])
@@ -325,6 +345,26 @@ def test_fused_state_merge_matches_reference_values_and_gradients(kernels, monke
     torch.testing.assert_close(dx, ref_dx, **tol)
 
 
+def test_fused_state_merge_in_float32_of_bf16_keys(kernels, monkeypatch):
+    """``merge(keys, dtype=float32)`` (MAELRE's keys for a second merge site): the kernel and the scatter give the float32
+    size-weighted mean of bf16 keys, which points where the size-weighted sum (what MAELRE merged before) points."""
+    _, device = kernels
+    plan, sizes = state_merge_plan(device, padded=False)
+    keys = torch.randn(3, 45, 6, generator=torch.Generator().manual_seed(5)).to(device=device, dtype=torch.bfloat16)
+    calls = count_state_merges(monkeypatch)
+    got = plan.merge(keys, dtype=torch.float32)
+    with torch.no_grad():  # nothing to differentiate: the kernels run without the autograd.Function, same values
+        no_grad = plan.merge(keys.float().requires_grad_(), dtype=torch.float32)
+    assert got.grad_fn is None and no_grad.grad_fn is None
+    monkeypatch.setattr(_triton, "ENABLED", False)
+    want = plan.merge(keys, dtype=torch.float32)
+    assert calls == [1, 1] and got.dtype == want.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(no_grad, want, atol=1e-6, rtol=1e-6)
+    summed = plan.merge(keys * sizes[..., None], mode="sum")
+    torch.testing.assert_close(torch.nn.functional.normalize(got, dim=-1), torch.nn.functional.normalize(summed, dim=-1), atol=1e-6, rtol=1e-6)
+
+
 def test_fused_state_merge_takes_any_trailing_shape(kernels, monkeypatch):
     """Positions ``[B, N]`` (one channel) and ``[B, N, 2, 3]`` states: the kernel sees them as ``[B, N, C]``."""
     _, device = kernels
@@ -375,19 +415,19 @@ def test_eager_merge_skips_the_custom_ops_with_their_results(kernels):
     sizes = (torch.arange(45) < torch.tensor([45, 30])[:, None]).float().to(device)
     real, grad = sizes > 0, torch.randn(2, 33, 5, generator=g).to(device)
     with _CustomOpCalls() as calls:
-        score, dst = tm.match_window(metric[:, ::2], metric[:, 1::2], real[:, 1::2], 8)
-        best, src = score.masked_fill(~real[:, ::2], float("-inf")).topk(12, dim=1)
+        score, dst = tm.match_window(metric, real, 8)
+        best, src = score.topk(12, dim=1)
         plan = tm.plan(real, sizes, src, dst, best, 12, 45, 33)
         out = tm.merge_states(x, plan[2], plan[0], 33)
         dx = torch.autograd.grad(out, x, grad)[0]
     assert calls.names == []
     assert_equal = partial(torch.testing.assert_close, atol=0, rtol=0)
-    for got, want in zip((score, dst), tm._match_window_op(metric[:, ::2], metric[:, 1::2], real[:, 1::2], 8)):
+    for got, want in zip((score, dst), tm._match_window_op(metric, real, 8, False)):
         assert_equal(got, want)
     for got, want in zip(plan, tm._plan_op(real, sizes, src, dst, best, None, 12, 45, 33)):
         assert_equal(got, want)
     x_op = x.detach().requires_grad_()
-    out_op = tm._merge_states_op(x_op, plan[2], plan[0], 33)
+    out_op = tm._merge_states_op(x_op, plan[2], plan[0], 33, x.dtype)
     torch.testing.assert_close(out, out_op, atol=1e-6, rtol=1e-6)  # atomic adds in any order
     assert_equal(dx, torch.autograd.grad(out_op, x_op, grad)[0])
 

@@ -54,6 +54,8 @@ class TokenState:
     before any merge, and ``length`` is the padded count before any merge (a Python int):
     the ``"auto"`` schedule plans every row from its own length. ``log_sizes [B, N]`` is
     ``sizes.log()`` where the merge plan kernel computed it along (``None``: not computed).
+    ``real [B, N]`` caches ``sizes > 0`` of a padded state once ``real_mask`` computed it
+    (a state with new sizes starts without it).
     """
 
     x: Tensor
@@ -64,12 +66,19 @@ class TokenState:
     positions: Tensor | None = None
     merged: bool = False
     log_sizes: Tensor | None = None
+    real: Tensor | None = None
 
     def kernel_kwargs(self, proportional: bool) -> dict[str, Tensor | None]:
         return {
             "key_bias": self._log_sizes() if proportional and self.merged else None,
-            "key_mask": self.sizes > 0 if self.padded else None,
+            "key_mask": self.real_mask() if self.padded else None,
         }
+
+    def real_mask(self) -> Tensor:
+        """``sizes > 0`` ``[B, N]`` bool, computed once for these sizes: the key mask, the merge's real tokens and their counts."""
+        if self.real is None:
+            self.real = self.sizes > 0
+        return self.real
 
     def _log_sizes(self) -> Tensor:
         return self.sizes.log() if self.log_sizes is None else self.log_sizes  # -inf at padding (masked anyway)
@@ -101,6 +110,10 @@ class MAELREBlock(Block):
             return dense_attention_flops(n, n, self.config.dim)
         return self.approx.flops(n, self.config.dim) + (0.0 if self.value_conv is None else self.value_conv.flops(n))
 
+    def merges(self, n: int, length: int) -> bool:
+        """Whether a merge site of this block removes tokens from ``n`` (of a sequence that had ``length`` before any merge)."""
+        return any(count < n for count in self.planned_sizes(n, length))
+
     def planned_sizes(self, n: int, length: int) -> list[int]:
         """Token counts after each merge site of this block for ``n`` tokens of a sequence that had ``length`` before any merge."""
         counts = []
@@ -129,7 +142,9 @@ class MAELREBlock(Block):
         if self.value_conv is not None and self.attention_kind(t.x.shape[1]) != "exact":
             out = out + self.value_conv(v, kwargs["key_mask"])
         t = t.with_x(t.x + self.drop_path1(self.attn.output(out)))
-        keys = k.detach().mean(dim=1) if self.config.merge_metric == "keys" else None  # matching needs no gradient
+        keys = None
+        if self.config.merge_metric == "keys" and self.merges(t.x.shape[1], t.length):  # only where a merge matches by them
+            keys = k.detach().mean(dim=1)  # matching needs no gradient
         t, keys = self._merge(t, "attn", keys, keys_needed="mlp" in self.sites)
         t = t.with_x(self.mlp_residual(t.x))
         t, _ = self._merge(t, "mlp", keys, keys_needed=False)
@@ -144,20 +159,21 @@ class MAELREBlock(Block):
         if removed == 0:
             return t, keys
         if t.padded:
-            r = step.count((t.sizes > 0).sum(dim=1), t.lengths, t.length)
+            r = step.count(t.real_mask().sum(dim=1), t.lengths, t.length)
         else:
             r = removed  # unpadded rows all remove r(N)
         metric = t.x if keys is None else keys
         plan, log_sizes = bipartite_soft_matching(
             metric, t.sizes, r, n - removed, protect_first=self.config.pool == "cls", window=self.config.match_window, padded=t.padded,
-            return_log_sizes=True,
+            real=t.real_mask() if t.padded else None, return_log_sizes=True,
         )
         positions = None if t.positions is None else plan.merge(t.positions)
-        merged = replace(t, x=plan.merge(t.x), sizes=plan.sizes, log_sizes=log_sizes, positions=positions, merged=True)
+        merged = replace(t, x=plan.merge(t.x), sizes=plan.sizes, log_sizes=log_sizes, positions=positions, merged=True, real=None)
         if keys is None or not keys_needed:
             return merged, None
-        # matching needs only the keys' direction, and the size-weighted sum points where the weighted mean does
-        return merged, plan.merge(keys * t.sizes[..., None], mode="sum")
+        # the keys' size-weighted mean, through the states' merge (one kernel on the GPU path); in float32, as
+        # the size-weighted sum that it replaces (matching needs only their direction, the same for both)
+        return merged, plan.merge(keys, dtype=torch.float32)
 
 
 @register_backbone("maelre")
@@ -234,7 +250,7 @@ class MAELRE(Backbone):
                 infos.append(BlockInfo(i, n_in, state.x.shape[1], block.attention_kind(n_in), block.attention_flops(n_in), extra))
         x = self.norm(state.x)
         pooled = x[:, 0] if self.cls_token is not None else weighted_mean(x, state.sizes)
-        return BackboneOutput(pooled, x, state.sizes, state.sizes > 0, infos)
+        return BackboneOutput(pooled, x, state.sizes, state.real_mask(), infos)
 
     def plan(self, seq_len: int) -> list[BlockInfo]:
         """Per block for one sequence of ``seq_len`` tokens: N in and out, attention kind, FLOPs; ``extra["after_merges"]``.

@@ -49,7 +49,7 @@ def compaction_order(keep: Tensor) -> Tensor:
 # through the custom ops below, which the compiler keeps in its graph as opaque calls
 # (no graph break, Inductor never fuses their insides); tests/test_merge.py checks
 # compiled merging against eager. On CUDA (unless MAELRE_TRITON=0), windowed matching runs
-# the fused Triton custom op instead (``triton_merge.match_window``).
+# the fused Triton custom op instead (``triton_merge.match_window``, which also masks as ``_match_scores`` does).
 def match_global(a: Tensor, b: Tensor, b_real: Tensor | None) -> tuple[Tensor, Tensor]:
     """Best B match of every A token over all of B.
 
@@ -164,9 +164,10 @@ class TokenMerge(NamedTuple):
     """One planned merge (see ``bipartite_soft_matching``).
 
     Attributes:
-        merge: ``merge(x, mode="mean") -> [B, n_out, ...]`` for any per-token tensor
-            ``x [B, N, ...]``: ``"mean"`` gives the size-weighted average of the merged
-            tokens (states, positions), ``"sum"`` their plain sum.
+        merge: ``merge(x, mode="mean", dtype=None) -> [B, n_out, ...]`` for any per-token
+            tensor ``x [B, N, ...]``: ``"mean"`` gives the size-weighted average of the merged
+            tokens (states, positions, keys), in ``dtype`` (default ``x``'s; summed in float32,
+            or float64 for float64 ``x``), ``"sum"`` their plain sum (in ``x``'s dtype).
         unmerge: ``unmerge(y) -> [B, N, ...]`` copies every merged token back to the
             positions it came from (padding gets 0).
         sizes: ``[B, n_out]`` the merged token sizes (``merge(sizes, mode="sum")``).
@@ -186,6 +187,7 @@ def bipartite_soft_matching(
     protect_first: bool = False,
     window: int | None = None,
     padded: bool = True,
+    real: Tensor | None = None,
     return_log_sizes: bool = False,
 ) -> TokenMerge | tuple[TokenMerge, Tensor | None]:
     """Plan one ToMe merge of a padded batch.
@@ -212,6 +214,8 @@ def bipartite_soft_matching(
             ToMe matching, whose ``(N/2)^2`` score matrix is kept in ``metric``'s dtype.
         padded: False promises that every size is positive (no padding), which skips
             the padding masks; a caller knows it from the shapes (MAELRE: no input mask).
+        real: ``sizes > 0`` ``[B, N]`` bool where the caller has it already (``None``: computed
+            here when ``padded``).
         return_log_sizes: also return the merged sizes' log ``[B, n_out]`` (float32, for
             proportional attention) where the plan kernel computed it along, else ``None``.
 
@@ -225,16 +229,19 @@ def bipartite_soft_matching(
         raise ValueError(f"sizes must be [B, N]={b, n} and r [B]={b,} or an int, got {tuple(sizes.shape)} and {shape_r}")
     if n < 2 or not 1 <= n_out <= n:
         raise ValueError(f"need N >= 2 tokens and 1 <= n_out <= N to merge, got N={n}, n_out={n_out}")
-    real = sizes > 0 if padded else None
+    real = (sizes > 0 if real is None else real) if padded else None
     with torch.no_grad():
-        src, dst, best = _choose(metric, real, min(n - n_out, (n + 1) // 2), protect_first, window)
+        candidates = min(n - n_out, (n + 1) // 2)
+        # every candidate merges (if it has a real match) when r covers them all: their order is then unused
+        ordered = isinstance(r, Tensor) or r < candidates
+        src, dst, best = _choose(metric, real, candidates, protect_first, window, ordered)
         slot, merged_sizes, share, log_sizes = _plan(real, sizes, src, dst, best, r, n, n_out)
 
     def per_token(t: Tensor, like: Tensor) -> Tensor:
         """``[B, k]`` viewed to broadcast against ``like [B, k, ...]``."""
         return t.view(*t.shape, *[1] * (like.dim() - 2))
 
-    def merge(x: Tensor, mode: str = "mean") -> Tensor:
+    def merge(x: Tensor, mode: str = "mean", dtype: torch.dtype | None = None) -> Tensor:
         if x.shape[:2] != (b, n):
             raise ValueError(f"merge expects a per-token tensor [B, N, ...]=[{b}, {n}, ...], got {tuple(x.shape)}")
         if mode not in ("mean", "sum"):
@@ -244,8 +251,10 @@ def bipartite_soft_matching(
         # the kernel: a zeroed buffer + 1 kernel, 1 kernel backward (5 ops here); its atomic adds land in no fixed
         # order, so deterministic mode keeps the scatter
         if triton_merge.available(x) and x.dtype in triton_merge.MERGE_DTYPES and not torch.are_deterministic_algorithms_enabled():
-            return triton_merge.merge_states(x, share, slot, n_out)
-        return _scatter_to_slots(x * per_token(share, x), slot, n_out, padded).to(x.dtype)
+            return triton_merge.merge_states(x, share, slot, n_out, dtype)
+        out = _scatter_to_slots(x * per_token(share, x), slot, n_out, padded)
+        dtype = x.dtype if dtype is None else dtype
+        return out if out.dtype == dtype else out.to(dtype)  # no no-op cast (one dispatch less)
 
     def unmerge(y: Tensor) -> Tensor:
         if y.shape[:2] != (b, n_out):
@@ -258,29 +267,36 @@ def bipartite_soft_matching(
 
 
 def _choose(
-    metric: Tensor, real: Tensor | None, candidates: int, protect_first: bool, window: int | None
+    metric: Tensor, real: Tensor | None, candidates: int, protect_first: bool, window: int | None, ordered: bool = True
 ) -> tuple[Tensor, Tensor, Tensor]:
     """ToMe's candidate merges, in A/B indices (A token ``j`` is column ``2j``, B token ``j`` column ``2j + 1``).
 
     ``real [B, N]`` marks real tokens (``None``: all are). Returns ``(src, dst, best)``:
     ``src [B, candidates]`` the A tokens most similar to their best B match, most similar
-    first; ``dst [B, Na]`` every A token's best B match; ``best [B, candidates]`` their
-    scores (``-inf``: no real match). Which of them merge is ``_chosen``'s (on CUDA, the
-    plan kernel's).
+    first if ``ordered`` (else the same set in any order: top-k without its sort, for a
+    caller that merges every candidate); ``dst [B, Na]`` every A token's best B match;
+    ``best [B, candidates]`` their scores (``-inf``: no real match). Which of them merge
+    is ``_chosen``'s (on CUDA, the plan kernel's).
     """
-    b_real = None if real is None else real[:, 1::2]
-    if window is not None and triton_merge.available(metric):  # one kernel, normalizing as it reads
-        score, dst = triton_merge.match_window(metric[:, ::2], metric[:, 1::2], b_real, window)
+    if window is not None and triton_merge.available(metric):
+        # one kernel: normalizes as it reads A and B from their interleaved columns, masks padding and token 0 itself
+        score, dst = triton_merge.match_window(metric, real, window, protect_first)
     else:
-        unit = metric / torch.linalg.vector_norm(metric, dim=-1, keepdim=True).clamp_min(1e-12)  # F.normalize less its expand_as
-        a, b = unit[:, ::2], unit[:, 1::2]
-        score, dst = _match(a, b, b_real, window)
+        score, dst = _match_scores(metric, real, protect_first, window)
+    best, src = score.topk(candidates, dim=1, sorted=ordered)
+    return src, dst, best
+
+
+def _match_scores(metric: Tensor, real: Tensor | None, protect_first: bool, window: int | None) -> tuple[Tensor, Tensor]:
+    """``(score, dst)``, each ``[B, Na]``: every A token's best B match and its score, ``-inf`` for padded A tokens
+    and, with ``protect_first``, token 0 (the PyTorch path of ``triton_merge.match_window``)."""
+    unit = metric / torch.linalg.vector_norm(metric, dim=-1, keepdim=True).clamp_min(1e-12)  # F.normalize less its expand_as
+    score, dst = _match(unit[:, ::2], unit[:, 1::2], None if real is None else real[:, 1::2], window)
     if real is not None:
         score = score.masked_fill_(~real[:, ::2], float("-inf"))  # in place: the matcher's own output
     if protect_first:
         score[:, 0] = float("-inf")
-    best, src = score.topk(candidates, dim=1)
-    return src, dst, best
+    return score, dst
 
 
 def _chosen(best: Tensor, r: Tensor | int) -> Tensor:

@@ -6,7 +6,9 @@ normalizes the metric, then builds ``[B, Na, C, W]`` windows with ``unfold`` and
 about ten operators; this kernel reads each A tile once, normalizes it, and streams the
 ``W`` candidate B rows through it (each divided by its own norm), keeping the running max
 and its slot: one launch, no ``O(N C W)`` intermediate and no normalized copy of the
-metric. It runs under ``no_grad`` (matching has no gradient), so there is no backward.
+metric. It reads A (even columns) and B (odd columns) from the metric itself and gives padded
+A tokens and a protected token 0 the score ``-inf``, so ``merge._choose`` slices and masks
+nothing around it (``merge._match_scores`` is its PyTorch reference). It runs under ``no_grad`` (matching has no gradient), so there is no backward.
 Scores accumulate in float32 and are returned in the metric's dtype, as the reference
 returns them.
 
@@ -19,7 +21,9 @@ block barriers: flags of the merged A tokens (which candidates merge, ``merge._c
 is decided here from their scores and ``r``: no compare launched per merge); the kept tokens' running rank; merged A
 tokens take their match's slot; the sizes are added into their slots; each token's share; the
 log of the merged sizes (proportional attention's key bias, otherwise one ``log`` per block).
-Slots are integers and sizes integer counts (exact in float32 in any order), so it equals
+Its scratch flags live in the memory of the shares (written last), and the merged sizes have no
+padding column (padding adds nothing; a row's cut-off sizes are one running total), so its only
+allocations are its four outputs. Slots are integers and sizes integer counts (exact in float32 in any order), so it equals
 the reference up to the rounding of the one division.
 
 ``merge_states`` is ``TokenMerge.merge(x)`` (the size-weighted average) once the plan is
@@ -57,16 +61,16 @@ if triton is not None:
 
     @triton.jit
     def _match_window_kernel(
-        a_ptr, b_ptr, real_ptr, score_ptr, index_ptr,
+        m_ptr, real_ptr, score_ptr, index_ptr,
         NA, NB, C, BEFORE, WIDTH,
-        sab, san, sac, sbb, sbn, sbc, srb, srn,
-        BA: tl.constexpr, CP: tl.constexpr, HAS_REAL: tl.constexpr,
+        smb, smn, smc, srb, srn,
+        BA: tl.constexpr, CP: tl.constexpr, HAS_REAL: tl.constexpr, PROTECT_FIRST: tl.constexpr,
     ):  # fmt: skip
         row, tile = tl.program_id(0), tl.program_id(1)
-        j = tile * BA + tl.arange(0, BA)
+        j = tile * BA + tl.arange(0, BA)  # A token j is column 2j, B token j column 2j + 1
         cols = tl.arange(0, CP)
         real_j, real_c = j < NA, cols < C
-        a = tl.load(a_ptr + row * sab + j[:, None] * san + cols[None, :] * sac, mask=real_j[:, None] & real_c[None, :], other=0.0).to(tl.float32)
+        a = tl.load(m_ptr + row * smb + (2 * j)[:, None] * smn + cols[None, :] * smc, mask=real_j[:, None] & real_c[None, :], other=0.0).to(tl.float32)
         a = a / tl.maximum(tl.sqrt(tl.sum(a * a, 1)), 1e-12)[:, None]  # as F.normalize: x / max(|x|, 1e-12)
         best = tl.full((BA,), float("-inf"), tl.float32)
         which = tl.zeros((BA,), tl.int32)
@@ -76,35 +80,41 @@ if triton is not None:
             inside = real_j & (idx >= 0) & (idx < NB)
             valid = inside
             if HAS_REAL:
-                valid = inside & (tl.load(real_ptr + row * srb + idx * srn, mask=inside, other=0) != 0)
-            b = tl.load(b_ptr + row * sbb + idx[:, None] * sbn + cols[None, :] * sbc, mask=inside[:, None] & real_c[None, :], other=0.0).to(tl.float32)
+                valid = inside & (tl.load(real_ptr + row * srb + (2 * idx + 1) * srn, mask=inside, other=0) != 0)
+            b = tl.load(m_ptr + row * smb + (2 * idx + 1)[:, None] * smn + cols[None, :] * smc, mask=inside[:, None] & real_c[None, :], other=0.0).to(tl.float32)
             score = tl.where(valid, tl.sum(a * b, 1) / tl.maximum(tl.sqrt(tl.sum(b * b, 1)), 1e-12), float("-inf"))
             better = score > best  # strict: ties keep the first slot, as torch.max does
             best = tl.where(better, score, best)
             which = tl.where(better, s, which)
             s += 1
         index = tl.minimum(tl.maximum(j + which - BEFORE, 0), NB - 1)  # out of range only where best is -inf
+        if HAS_REAL:  # a padded A token never merges (its index is kept, as merge._choose keeps it)
+            best = tl.where(tl.load(real_ptr + row * srb + (2 * j) * srn, mask=real_j, other=0) != 0, best, float("-inf"))
+        if PROTECT_FIRST:  # token 0 (a CLS token) never merges
+            best = tl.where(j == 0, float("-inf"), best)
         tl.store(score_ptr + row * NA + j, best.to(score_ptr.dtype.element_ty), mask=real_j)
         tl.store(index_ptr + row * NA + j, index.to(tl.int64), mask=real_j)
 
 
     @triton.jit
     def _plan_kernel(
-        src_ptr, best_ptr, r_ptr, dst_ptr, real_ptr, sizes_ptr, flag_ptr, slot_ptr, total_ptr, share_ptr, log_ptr,
-        N, NA, CAND, R, N_OUT, LIMIT, WIDTH,
+        src_ptr, best_ptr, r_ptr, dst_ptr, real_ptr, sizes_ptr, slot_ptr, total_ptr, share_ptr, log_ptr,
+        N, NA, CAND, R, N_OUT, LIMIT,
         BLOCK: tl.constexpr, HAS_REAL: tl.constexpr, HAS_R: tl.constexpr,
     ):  # fmt: skip
         row = tl.program_id(0).to(tl.int64)
         offs = tl.arange(0, BLOCK)
+        # the row's flags (NA bytes) live in its shares' memory (4 N bytes), which step 5 writes only after their last read
+        flag_ptr = share_ptr.to(tl.pointer_type(tl.int8)) + row * N * 4
         start = 0
         while start < NA:  # 1. flags of the A tokens merged away: cleared, then set from the chosen candidates
             j = start + offs
-            tl.store(flag_ptr + row * NA + j, tl.zeros((BLOCK,), tl.int8), mask=j < NA)
+            tl.store(flag_ptr + j, tl.zeros((BLOCK,), tl.int8), mask=j < NA)
             start += BLOCK
         start = 0
-        while start < WIDTH:  # (and the output sizes cleared for step 4)
+        while start < N_OUT:  # (and the output sizes cleared for step 4)
             j = start + offs
-            tl.store(total_ptr + row * WIDTH + j, tl.zeros((BLOCK,), tl.float32), mask=j < WIDTH)
+            tl.store(total_ptr + row * N_OUT + j, tl.zeros((BLOCK,), tl.float32), mask=j < N_OUT)
             start += BLOCK
         tl.debug_barrier()
         merges = R  # the row's r: candidate k merges if k < r and its score is finite (merge._chosen)
@@ -117,7 +127,7 @@ if triton is not None:
             src = tl.load(src_ptr + row * CAND + k, mask=inside, other=0)
             best = tl.load(best_ptr + row * CAND + k, mask=inside, other=float("-inf")).to(tl.float32)
             chosen = (best > float("-inf")) & (k < merges)
-            tl.store(flag_ptr + row * NA + src, chosen.to(tl.int8), mask=inside)  # top-k indices are distinct
+            tl.store(flag_ptr + src, chosen.to(tl.int8), mask=inside)  # top-k indices are distinct
             start += BLOCK
         tl.debug_barrier()
         start = 0
@@ -125,7 +135,7 @@ if triton is not None:
         while start < N:  # 2. rank among the kept tokens; merged A tokens and padding to N_OUT
             col = start + offs
             inside = col < N
-            gone = tl.load(flag_ptr + row * NA + col // 2, mask=inside & (col % 2 == 0), other=0) != 0
+            gone = tl.load(flag_ptr + col // 2, mask=inside & (col % 2 == 0), other=0) != 0
             if HAS_REAL:
                 gone = gone | (tl.load(real_ptr + row * N + col, mask=inside, other=1) == 0)
             keep = (inside & ~gone).to(tl.int32)
@@ -137,24 +147,29 @@ if triton is not None:
         start = 0
         while start < NA:  # 3. a merged A token joins its B match (B tokens never move, so no tile reads a slot this pass writes)
             j = start + offs
-            merged = tl.load(flag_ptr + row * NA + j, mask=j < NA, other=0) != 0
+            merged = tl.load(flag_ptr + j, mask=j < NA, other=0) != 0
             dst = tl.load(dst_ptr + row * NA + j, mask=merged, other=0)
             tl.store(slot_ptr + row * N + 2 * j, tl.load(slot_ptr + row * N + 2 * dst + 1, mask=merged, other=0), mask=merged)
             start += BLOCK
         tl.debug_barrier()
         start = 0
+        dropped = tl.zeros((), tl.float32)  # the sizes cut off in column N_OUT (padding: 0; real tokens past N_OUT), as merge._plan's extra column
         while start < N:  # 4. output sizes: sums of integer counts, so the atomics' order cannot change them
             col = start + offs
             inside = col < N
-            slot = tl.load(slot_ptr + row * N + col, mask=inside, other=0)
-            tl.atomic_add(total_ptr + row * WIDTH + slot, tl.load(sizes_ptr + row * N + col, mask=inside, other=0.0), mask=inside)
+            slot = tl.load(slot_ptr + row * N + col, mask=inside, other=N_OUT)
+            kept = slot < N_OUT
+            size = tl.load(sizes_ptr + row * N + col, mask=inside, other=0.0)
+            tl.atomic_add(total_ptr + row * N_OUT + slot, size, mask=kept)
+            dropped += tl.sum(tl.where(kept, 0.0, size), 0)
             start += BLOCK
         tl.debug_barrier()
         start = 0
         while start < N:  # 5. every token's share of its output token's size (0 for padding)
             col = start + offs
             inside = col < N
-            total = tl.load(total_ptr + row * WIDTH + tl.load(slot_ptr + row * N + col, mask=inside, other=0), mask=inside, other=1.0)
+            slot = tl.load(slot_ptr + row * N + col, mask=inside, other=N_OUT)
+            total = tl.where(slot < N_OUT, tl.load(total_ptr + row * N_OUT + slot, mask=inside & (slot < N_OUT), other=1.0), dropped)
             size = tl.load(sizes_ptr + row * N + col, mask=inside, other=0.0)
             tl.store(share_ptr + row * N + col, size / tl.maximum(total, 1e-12), mask=inside)
             start += BLOCK
@@ -162,7 +177,7 @@ if triton is not None:
         while start < N_OUT:  # 6. log of the output sizes, the key bias of proportional attention (-inf for padding)
             col = start + offs
             inside = col < N_OUT
-            tl.store(log_ptr + row * N_OUT + col, tl.log(tl.load(total_ptr + row * WIDTH + col, mask=inside, other=1.0)), mask=inside)
+            tl.store(log_ptr + row * N_OUT + col, tl.log(tl.load(total_ptr + row * N_OUT + col, mask=inside, other=1.0)), mask=inside)
             start += BLOCK
 
 
@@ -201,38 +216,41 @@ if triton is not None:
         tl.store(dx_ptr + (row * N + i[:, None]) * C + c[None, :], dx.to(dx_ptr.dtype.element_ty), mask=(i < N)[:, None] & (c < C)[None, :])
 
 
-def match_window(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
-    """``merge.match_window`` of the normalized rows as one kernel: ``a [B, Na, C]`` and ``b [B, Nb, C]``
-    of any norm (each row is divided by ``max(|row|, 1e-12)`` as it is read, as ``F.normalize`` does),
-    ``b_real [B, Nb]`` bool or ``None`` (every B token is real).
+def match_window(metric: Tensor, real: Tensor | None, window: int, protect_first: bool = False) -> tuple[Tensor, Tensor]:
+    """``merge._choose``'s scores before its top-k, as one kernel: every A token's (even column of ``metric [B, N, C]``)
+    best B match (odd column) within ``window`` positions, by ``merge.match_window`` on the normalized rows.
 
-    Returns ``(score, index)``, each ``[B, Na]``: the best cosine similarity within the
-    window (``a``'s dtype, ``-inf`` without a real candidate) and its B index (long).
-    Under ``torch.compile`` a ``torch.library`` custom op: the graph keeps it as one opaque
-    op (Inductor never sees the masked argmax it miscompiles, see ``merge.py``). Eager calls
-    skip the op's dispatch (module docstring).
+    ``metric`` may have any norm and strides (each row is divided by ``max(|row|, 1e-12)`` as it is read, as
+    ``F.normalize`` does); ``real [B, N]`` bool marks real tokens (``None``: all are): padded B tokens are never
+    matched and padded A tokens score ``-inf``, as does token 0 with ``protect_first``. The kernel reads A, B and
+    their masks from the interleaved columns themselves: no slice of ``metric`` nor of ``real``, no masking after.
+
+    Returns ``(score, index)``, each ``[B, (N + 1) // 2]``: the best cosine similarity within the window
+    (``metric``'s dtype, ``-inf`` without a real candidate, for padding and for a protected token 0) and its B
+    index (long). Under ``torch.compile`` a ``torch.library`` custom op: the graph keeps it as one opaque op
+    (Inductor never sees the masked argmax it miscompiles, see ``merge.py``). Eager calls skip the op's dispatch
+    (module docstring).
     """
-    return (_match_window_op if torch.compiler.is_compiling() else _match_window)(a, b, b_real, window)
+    return (_match_window_op if torch.compiler.is_compiling() else _match_window)(metric, real, window, protect_first)
 
 
-def _match_window(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
+def _match_window(metric: Tensor, real: Tensor | None, window: int, protect_first: bool) -> tuple[Tensor, Tensor]:
     if triton is None:
         raise RuntimeError("the fused matching needs triton (it ships with torch's CUDA wheels); use merge.match_window on this machine")
     if window < 1:
         raise ValueError(f"match window must be >= 1 position, got {window}; use None for global matching")
-    batch, na, c = a.shape
-    nb = b.shape[1]
-    if b.shape[0] != batch or b.shape[2] != c or (b_real is not None and b_real.shape != (batch, nb)):
-        real_shape = None if b_real is None else tuple(b_real.shape)
-        raise ValueError(f"a [B, Na, C], b [B, Nb, C] and b_real [B, Nb] must agree, got {tuple(a.shape)}, {tuple(b.shape)}, {real_shape}")
+    batch, n, c = metric.shape
+    if n < 2 or (real is not None and real.shape != (batch, n)):
+        raise ValueError(f"metric [B, N, C] with N >= 2 and real [B, N] must agree, got {tuple(metric.shape)} and {None if real is None else tuple(real.shape)}")
+    na, nb = (n + 1) // 2, n // 2
     before = min((window + 1) // 2, na)  # the reference's band of offsets, [-before, after]
     after = min((window - 1) // 2, nb - 1)
-    score = torch.empty(batch, na, device=a.device, dtype=a.dtype)
-    index = torch.empty(batch, na, device=a.device, dtype=torch.long)
-    real = index if b_real is None else b_real.view(torch.uint8)  # without b_real the kernel never reads it
+    score = torch.empty(batch, na, device=metric.device, dtype=metric.dtype)
+    index = torch.empty(batch, na, device=metric.device, dtype=torch.long)
+    real_u8 = index if real is None else real.view(torch.uint8)  # without padding the kernel never reads it
     _match_window_kernel[(batch, triton.cdiv(na, BLOCK_A))](
-        a, b, real, score, index, na, nb, c, before, before + after + 1,
-        *a.stride(), *b.stride(), *real.stride()[:2], BA=BLOCK_A, CP=max(16, triton.next_power_of_2(c)), HAS_REAL=b_real is not None,
+        metric, real_u8, score, index, na, nb, c, before, before + after + 1, *metric.stride(), *real_u8.stride()[:2],
+        BA=BLOCK_A, CP=max(16, triton.next_power_of_2(c)), HAS_REAL=real is not None, PROTECT_FIRST=protect_first,
     )  # fmt: skip
     return score, index
 
@@ -241,8 +259,9 @@ _match_window_op = torch.library.custom_op("maelre::match_window", _match_window
 
 
 @_match_window_op.register_fake
-def _(a: Tensor, b: Tensor, b_real: Tensor | None, window: int) -> tuple[Tensor, Tensor]:
-    return a.new_empty(a.shape[:2]), a.new_empty(a.shape[:2], dtype=torch.long)
+def _(metric: Tensor, real: Tensor | None, window: int, protect_first: bool) -> tuple[Tensor, Tensor]:
+    na = (metric.shape[1] + 1) // 2
+    return metric.new_empty(metric.shape[0], na), metric.new_empty(metric.shape[0], na, dtype=torch.long)
 
 
 def plan(
@@ -272,19 +291,19 @@ def _plan(
             f"src, best [B, C], r [B], dst [B, (N + 1) // 2], sizes and real [B, N] must agree with N={n}, "
             f"got {tuple(src.shape)}, {tuple(best.shape)}, {tuple(dst.shape)}, {tuple(sizes.shape)}"
         )
-    width = n_out + int(real is not None)  # as merge._plan: padding goes to one extra column, cut off
     new = dict(device=src.device)
     slot, share = torch.empty(batch, n, dtype=torch.long, **new), torch.empty(batch, n, dtype=torch.float32, **new)
-    flags, total = torch.empty(batch, na, dtype=torch.int8, **new), torch.empty(batch, width, dtype=torch.float32, **new)
-    log_total = torch.empty(batch, n_out, dtype=torch.float32, **new)
-    real_u8 = flags if real is None else real.contiguous().view(torch.uint8)  # without padding the kernel never reads it
+    # the merged sizes without merge._plan's padding column (padding adds nothing and takes share 0): [B, n_out] contiguous
+    total, log_total = torch.empty(batch, n_out, dtype=torch.float32, **new), torch.empty(batch, n_out, dtype=torch.float32, **new)
+    real_u8 = slot if real is None else real.contiguous().view(torch.uint8)  # without padding the kernel never reads it
+    sizes32 = sizes if sizes.dtype == torch.float32 else sizes.float()
     _plan_kernel[(batch,)](
-        src.contiguous(), best.contiguous(), src if r_rows is None else r_rows.contiguous(), dst.contiguous(), real_u8, sizes.float().contiguous(),
-        flags, slot, total, share, log_total, n, na, candidates, r_all, n_out, width - 1, width,
+        src.contiguous(), best.contiguous(), src if r_rows is None else r_rows.contiguous(), dst.contiguous(), real_u8, sizes32.contiguous(),
+        slot, total, share, log_total, n, na, candidates, r_all, n_out, n_out - int(real is None),
         BLOCK=BLOCK_SLOTS, HAS_REAL=real is not None, HAS_R=r_rows is not None,
     )  # fmt: skip
-    merged = (total if real is None else total[:, :n_out]).to(sizes.dtype)  # no slice without padding
-    return slot, merged.contiguous(), share, log_total  # contiguous: the strides the fake kernel promises torch.compile
+    # the strides the fake kernel promises torch.compile: contiguous [B, n_out]
+    return slot, total if sizes.dtype == torch.float32 else total.to(sizes.dtype), share, log_total
 
 
 _plan_op = torch.library.custom_op("maelre::merge_plan", _plan, mutates_args=())
@@ -298,8 +317,8 @@ def _(
     return src.new_empty(b, n), sizes.new_empty(b, n_out), sizes.new_empty(b, n, dtype=torch.float32), sizes.new_empty(b, n_out, dtype=torch.float32)
 
 
-def merge_states(x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tensor:
-    """``TokenMerge.merge(x)`` as kernels: ``out [B, n_out, ...]`` in ``x``'s dtype, ``out[b, slot[b, i]] += share[b, i] * x[b, i]``.
+def merge_states(x: Tensor, share: Tensor, slot: Tensor, n_out: int, dtype: torch.dtype | None = None) -> Tensor:
+    """``TokenMerge.merge(x)`` as kernels: ``out [B, n_out, ...]`` in ``dtype`` (default ``x``'s), ``out[b, slot[b, i]] += share[b, i] * x[b, i]``.
 
     ``x [B, N, ...]`` (float32, bfloat16 or float16; summed in float32), ``share [B, N]``
     float32 and ``slot [B, N]`` long from the plan (``merge._plan``); tokens whose slot is
@@ -308,8 +327,14 @@ def merge_states(x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tensor:
     eagerly an ``autograd.Function`` around the same two functions.
     """
     b, n = x.shape[:2]
+    dtype = x.dtype if dtype is None else dtype
     rows = x if x.dim() == 3 else x.reshape(b, n, -1)  # no view (nor its backward) for the usual [B, N, C]
-    out = _merge_states_op(rows, share, slot, n_out) if torch.compiler.is_compiling() else _MergeStates.apply(rows, share, slot, n_out)
+    if torch.compiler.is_compiling():
+        out = _merge_states_op(rows, share, slot, n_out, dtype)
+    elif torch.is_grad_enabled() and x.requires_grad:
+        out = _MergeStates.apply(rows, share, slot, n_out, dtype)
+    else:  # nothing to differentiate (MAELRE's keys, inference): no autograd.Function
+        out = _merge_states(rows, share, slot, n_out, dtype)
     return out if x.dim() == 3 else out.view(b, n_out, *x.shape[2:])
 
 
@@ -327,23 +352,23 @@ def _check_merge(x: Tensor, share: Tensor, slot: Tensor) -> None:
         )
 
 
-def _merge_states(x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tensor:
-    """``[B, n_out, C]`` in ``x``'s dtype: the weighted rows of ``x [B, N, C]`` summed into their slots."""
+def _merge_states(x: Tensor, share: Tensor, slot: Tensor, n_out: int, dtype: torch.dtype) -> Tensor:
+    """``[B, n_out, C]`` in ``dtype``: the weighted rows of ``x [B, N, C]`` summed (in float32) into their slots."""
     _check_merge(x, share, slot)
     b, n, c = x.shape
     out = torch.zeros(b, n_out, c, device=x.device, dtype=torch.float32)
     _merge_states_kernel[_merge_grid(b, n, c)](
         x, share.contiguous(), slot.contiguous(), out, n, c, n_out, *x.stride(), BT=BLOCK_TOKENS, BC=BLOCK_CHANNELS
     )
-    return out.to(x.dtype)
+    return out if dtype == torch.float32 else out.to(dtype)  # no no-op cast (one dispatch less)
 
 
 _merge_states_op = torch.library.custom_op("maelre::merge_states", _merge_states, mutates_args=())
 
 
 @_merge_states_op.register_fake
-def _(x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tensor:
-    return x.new_empty(x.shape[0], n_out, x.shape[2])
+def _(x: Tensor, share: Tensor, slot: Tensor, n_out: int, dtype: torch.dtype) -> Tensor:
+    return x.new_empty(x.shape[0], n_out, x.shape[2], dtype=dtype)
 
 
 def _merge_states_backward(grad_out: Tensor, share: Tensor, slot: Tensor, dtype: torch.dtype) -> Tensor:
@@ -366,7 +391,7 @@ def _(grad_out: Tensor, share: Tensor, slot: Tensor, dtype: torch.dtype) -> Tens
 
 
 def _merge_states_setup(ctx, inputs: tuple, output: Tensor) -> None:
-    x, share, slot, _ = inputs
+    x, share, slot = inputs[:3]
     ctx.save_for_backward(share, slot)
     ctx.dtype = x.dtype
 
@@ -374,7 +399,7 @@ def _merge_states_setup(ctx, inputs: tuple, output: Tensor) -> None:
 def _merge_states_grad(ctx, grad_out: Tensor, backward=_merge_states_backward_op) -> tuple:
     """``x``'s gradient through ``backward`` (the custom op, or eagerly its function)."""
     share, slot = ctx.saved_tensors
-    return backward(grad_out, share, slot, ctx.dtype), None, None, None  # the plan has no gradient
+    return backward(grad_out, share, slot, ctx.dtype), None, None, None, None  # the plan has no gradient
 
 
 _merge_states_op.register_autograd(_merge_states_grad, setup_context=_merge_states_setup)
@@ -384,9 +409,9 @@ class _MergeStates(torch.autograd.Function):
     """The eager ``_merge_states_op``: the same forward and backward without the custom op's dispatch."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, share: Tensor, slot: Tensor, n_out: int) -> Tensor:
-        _merge_states_setup(ctx, (x, share, slot, n_out), None)
-        return _merge_states(x, share, slot, n_out)
+    def forward(ctx, x: Tensor, share: Tensor, slot: Tensor, n_out: int, dtype: torch.dtype) -> Tensor:
+        _merge_states_setup(ctx, (x, share, slot, n_out, dtype), None)
+        return _merge_states(x, share, slot, n_out, dtype)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple:
