@@ -73,7 +73,8 @@
 # items of benchmarks/compile_ab.py, eager against reduce-overhead, alone), CAB_STEPS (1000); COST (0), COST_ROWS
 # (vconv,t128v,transformer,auto1,ecp,perceiver_ar), COST_SECONDS (250: a cap; cases done are kept);
 # LB ("scifar10": TASK[:NAME,NAME...] items for real_runs.sh, no names = all of its runs; empty: none);
-# LRA ("": TASK:VARIANT:SEED[:TAG] groups of lra_learn.sh; TAG noconv = MAELRE alone with
+# LRA ("": TASK:VARIANT:SEED[:TAG[:BACKBONE,...]] groups of lra_learn.sh, the backbones of one group (default: BACKBONES,
+# else lra_learn.sh's four); TAG noconv = MAELRE alone with
 # value_conv off, the merge ablation's row on that task); KERNEL_TESTS (0); RETURN_STATE (0);
 # DRAIN (0); INBOX_PARTIAL_OK (0); INBOX_FORCE (0: 1 replaces the machine's folders even where
 # they are newer than the carried set); PART_MIB (15: the largest returned file, less tar
@@ -206,8 +207,9 @@ for task in $(printf '%s\n' ${LRA:-} | cut -d: -f1 | sort -u); do
     esac
 done
 for group in ${LRA:-}; do
-    IFS=: read -r task variant seed tag <<<"$group"
+    IFS=: read -r task variant seed tag names <<<"$group"
     extra=()
+    [[ -n $names ]] && extra=(BACKBONES="$names")
     [[ $tag == noconv ]] && extra=(BACKBONES=maelre "SET=${SET:-} model.backbone_config.maelre.value_conv=null")
     env "${extra[@]}" TAG="$tag" PACK=0 STATE="$STATE" OUT=runs/lra_out CALL_SECONDS=$(( $(left) - 30 )) MINUTES=10 \
         bash benchmarks/lra_learn.sh "$task" "$variant" "$seed" >"runs/logs/${task}_${variant}_s${seed}${tag:+_$tag}.log" 2>&1 &

@@ -387,3 +387,12 @@ def test_device_call_replaces_a_machine_run_folder_that_cannot_resume(tmp_path):
     assert (repo / "runs/lra_state/group/stale/fit/checkpoints/step-0000010/training_state.pt").read_bytes() == b"tree"
     assert (repo / "runs/lra_state/group/newer/fit/checkpoints/step-0000020/training_state.pt").read_bytes() == b"machine"
     assert not (repo / "runs/lra_state/group/newer/fit/checkpoints/step-0000010").exists()
+
+
+def test_device_call_gives_each_lra_group_its_own_backbones(tmp_path):
+    """LRA="TASK:VARIANT:SEED:TAG:A,B": that group trains A and B; a group without names keeps BACKBONES."""
+    stub = 'echo "$1 $3 TAG=$TAG BACKBONES=${BACKBONES:-all}" >> "$LRA_SEEN"\n'
+    seen = tmp_path / "seen.txt"
+    _device_call_with_stub(tmp_path, "lra_learn.sh", stub, DRAIN="0", LB="", LRA_SEEN=str(seen),
+                           LRA="fake:levers:1:compiled:transformer fake2:levers:0:compiled")
+    assert sorted(seen.read_text().splitlines()) == ["fake 1 TAG=compiled BACKBONES=transformer", "fake2 0 TAG=compiled BACKBONES=all"]
