@@ -183,7 +183,8 @@ for n in "${names[@]}"; do  # keep what the next call needs: the newest step che
     elif (( status[$n] != 0 )); then
         echo "$n: exited with status ${status[$n]}; the end of its log:"; tail -20 "$ROOT/$n/call.log"; failed=1
     elif [[ -f $ROOT/$n/results.json ]]; then
-        "$PYTHON" -c "import json,sys; r=json.load(open(sys.argv[1])); m=r['metrics']; print(sys.argv[2], r['epochs'], 'epochs,', r['global_step'], 'steps,', f\"{100*m['test/acc']:.2f} % test\" if r.get('tested', True) else f\"best val {100*m['val/best_acc']:.2f} % (not tested yet)\")" "$ROOT/$n/results.json" "$n"
+        # a call its deadline cut before the first validation (a long compile) has no val/best_acc: null, not a number
+        "$PYTHON" -c "import json,sys; r=json.load(open(sys.argv[1])); m=r['metrics']; v=m['val/best_acc']; print(sys.argv[2], r['epochs'], 'epochs,', r['global_step'], 'steps,', f\"{100*m['test/acc']:.2f} % test\" if r.get('tested', True) else f\"best val {100*v:.2f} % (not tested yet)\" if v is not None else 'not validated or tested yet')" "$ROOT/$n/results.json" "$n"
     else
         echo "$n: no results.json; the end of its log:"; tail -20 "$ROOT/$n/call.log"; failed=1
     fi
