@@ -67,7 +67,8 @@
 #
 # Environment: OUT (required: what comes back); ALONE ("": TASK[:NAME,NAME...] items of
 # benchmarks/alone_cost.py, each run timed alone first, DRAIN=1 calls included; OUT gets
-# alone_cost_TASK_h200.json), ALONE_STEPS (200), ALONE_STEADY (50: --steady-after; LRA Text: 300 of 600 steps), ALONE_TAG and ALONE_SET (alone_cost.py's --tag and --set: a variant); SDPA (0: 1 times benchmarks/sdpa_backends.py alone, DRAIN=1
+# alone_cost_TASK_h200.json), ALONE_STEPS (200), ALONE_STEADY (50: --steady-after; LRA Text: 300 of 600 steps), ALONE_SECONDS (240: --seconds, one run's
+# limit; compiled Text MAELRE compiles four length buckets, give it 480), ALONE_TAG and ALONE_SET (alone_cost.py's --tag and --set: a variant); SDPA (0: 1 times benchmarks/sdpa_backends.py alone, DRAIN=1
 # calls included, needs .carry/data/imdb_bytes.npz; OUT gets sdpa_backends_text_h200.json); PAIRED ("": N,N,... for
 # benchmarks/paired_timing.py, eager then CUDA graphs, alone; OUT gets paired_h200[_cudagraph].json and .md); CAB ("": RECIPE:BACKBONE,...
 # items of benchmarks/compile_ab.py, eager against reduce-overhead, alone), CAB_STEPS (1000); COST (0), COST_ROWS
@@ -119,7 +120,7 @@ variant=()  # ALONE_TAG=compiled ALONE_SET="trainer.compile=reduce-overhead": a 
 for s in ${ALONE_SET:-}; do variant+=(--set "$s"); done
 for item in ${ALONE:-}; do
     IFS=: read -r task names <<<"$item"
-    timeout $(( $(left) - 90 )) "$PYTHON" benchmarks/alone_cost.py "$task" ${names:+--names "$names"} --steps "${ALONE_STEPS:-200}" --steady-after "${ALONE_STEADY:-50}" \
+    timeout $(( $(left) - 90 )) "$PYTHON" benchmarks/alone_cost.py "$task" ${names:+--names "$names"} --steps "${ALONE_STEPS:-200}" --steady-after "${ALONE_STEADY:-50}" --seconds "${ALONE_SECONDS:-240}" \
         --root runs/alone --out "runs/alone/alone_cost_${task}_h200.json" "${variant[@]}" >>runs/logs/alone.log 2>&1
     echo "alone $item: exit $? after $(( $(date +%s) - started )) s"; tail -n 5 runs/logs/alone.log
     cp "runs/alone/alone_cost_${task}_h200.json" "$OUT/" 2>/dev/null

@@ -142,7 +142,8 @@ def summarise_run(run_dir: Path, previous: dict | None, concurrent: int, gpu: st
         "steps": step,
         # None: the call that wrote results.json ran with trainer.test_partial off (real_runs.sh's default)
         "test_accuracy": None if result["metrics"]["test/acc"] is None else round(100 * result["metrics"]["test/acc"], 2),
-        "val_best": round(100 * result["metrics"]["val/best_acc"], 2),
+        # None: the call's deadline came before the run's first validation
+        "val_best": None if result["metrics"]["val/best_acc"] is None else round(100 * result["metrics"]["val/best_acc"], 2),
         # None where a call's time is unknown (see resumed_step): never a sum that looks whole but is not
         "train_seconds_shared": None if None in seconds else round(sum(seconds), 1),
         "calls": calls,
@@ -378,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
         note = f"  (diagnostic of {row['diagnostic_of']})" if row["diagnostic_of"] else ""
         test = "untested" if row["test_accuracy"] is None else f"{row['test_accuracy']:.2f}"
         print(f"{row['name']:20s} {done:5d}/{budget_of(row)[0]} {unit}{cut}  test {test}  "
-              f"val best {row['val_best']:.2f}  {_seconds(row['train_seconds_shared'])} shared{note}")
+              f"val best {'none yet' if row['val_best'] is None else format(row['val_best'], '.2f')}  "
+              f"{_seconds(row['train_seconds_shared'])} shared{note}")
     return 0
 
 

@@ -265,3 +265,15 @@ def test_the_view_is_partial_while_a_run_is_untested_even_when_every_drawn_point
     script.write_pareto({"rows": [*done, summary_row("transformer", None, True)]}, [], tmp_path, None, key="text")
     script.write_pareto({"rows": done}, [], tmp_path, None, key="text")
     assert "PARTIAL (2 of 3 runs tested, 20000-20000 of 20000 steps)" in titles[0] and "complete (20000-20000" in titles[1]
+
+
+def test_a_call_cut_before_its_first_validation_summarises_without_a_best_validation(tmp_path, script):
+    run = tmp_path / "text" / "maelre"
+    run.mkdir(parents=True)
+    (run / "recipe.yaml").write_text((Path(__file__).resolve().parents[1] / "recipes" / "lra_text.yaml").read_text())
+    result = {"global_step": 8, "epochs": 1, "call_ended_early": True, "metrics": {"test/acc": None, "val/best_acc": None},
+              "history": [], "throughput": {"train_seconds": 130.0}, "peak_memory": {"bytes": 2**30}}  # fmt: skip
+    (run / "results.json").write_text(json.dumps(result))
+    row = script.summarise_run(run, None, concurrent=1, gpu="NVIDIA H200", key="text")
+    assert (row["val_best"], row["test_accuracy"], row["partial"], row["val_curve"]) == (None, None, True, [])
+    assert script.main(["--key", "text", "--root", str(tmp_path / "text"), "--out", str(tmp_path / "s.json"), "--concurrent", "1"]) == 0
