@@ -38,6 +38,7 @@ from maelre.bench.lra_pareto import MIB, pareto_table, plot_pareto, task_points,
 from maelre.bench.lra_report import splice_generated  # noqa: E402
 from maelre.bench.lra_results import DESCRIPTION, empty_row, fill_from_recipe, fill_from_results  # noqa: E402
 from maelre.bench.lra_tasks import TASKS  # noqa: E402
+from maelre.engine.fit_types import TrainerConfig  # noqa: E402
 from maelre.fileio import read_json, write_json_atomic, write_text_atomic  # noqa: E402
 from maelre.recipe import load_recipe  # noqa: E402
 from maelre.registry import make_config  # noqa: E402
@@ -103,9 +104,8 @@ def diagnostic_of(key: str, name: str) -> str | None:
     return DIAGNOSTICS.get(name) or name.removesuffix("_noconv")
 
 
-def run_budget(run_dir: Path) -> tuple[int, str]:
-    """(budget, unit) of a run from its recipe: its ``max_epochs``, else its ``max_steps``."""
-    trainer = load_recipe(run_dir / "recipe.yaml").trainer
+def run_budget(trainer: TrainerConfig) -> tuple[int, str]:
+    """(budget, unit) of a run from its recipe's trainer: its ``max_epochs``, else its ``max_steps``."""
     if trainer.max_epochs is not None:
         return trainer.max_epochs, "epochs"
     return trainer.max_steps, "steps"
@@ -114,7 +114,8 @@ def run_budget(run_dir: Path) -> tuple[int, str]:
 def summarise_run(run_dir: Path, previous: dict | None, concurrent: int, gpu: str, key: str) -> dict:
     """One summary row for a run folder; ``previous`` is its row from the last summary (or None)."""
     result = read_json(run_dir / "results.json")
-    budget, unit = run_budget(run_dir)
+    trainer = load_recipe(run_dir / "recipe.yaml").trainer
+    budget, unit = run_budget(trainer)
     done = result["epochs"] if unit == "epochs" else result["global_step"]
     calls = list((previous or {}).get("calls", []))
     start = calls[-1]["steps"][1] if calls else 0
@@ -134,7 +135,7 @@ def summarise_run(run_dir: Path, previous: dict | None, concurrent: int, gpu: st
     return {
         "name": run_dir.name,
         "row": row_of(key, run_dir.name),
-        "compile": load_recipe(run_dir / "recipe.yaml").trainer.compile,
+        "compile": trainer.compile,
         "diagnostic_of": diagnostic_of(key, run_dir.name),
         "partial": done < budget or result.get("call_ended_early", False),
         "epochs_done": result["epochs"],
@@ -162,13 +163,19 @@ def resumed_step(result: dict) -> int:
     return int(Path(resumed).name.removeprefix("step-")) if resumed and Path(resumed).name.startswith("step-") else 0
 
 
+def timed_as(cost_rows: list[dict], name: str, key: str, tag: str = "") -> str:
+    """The run whose ``alone_cost.py`` timing (``--tag tag``) stands for run ``name``: itself where it was timed, else its
+    ``COST_TWINS`` run."""
+    timed = {r.get("name") for r in cost_rows if (r.get("task"), r.get("tag") or "", r.get("status")) == (key, tag, "ok")}
+    return name if name in timed else COST_TWINS.get(name, name)
+
+
 def whole_run_ms(cost_rows: list[dict], name: str, key: str, tag: str = "") -> float | None:
     """Steady train-step time (ms) of run ``name`` of task ``key`` timed alone by ``alone_cost.py`` (``--tag tag``; "" untagged).
 
-    A run not timed itself takes its ``COST_TWINS`` run's time.
+    A run not timed itself takes its ``COST_TWINS`` run's time (``timed_as``).
     """
-    timed = {r.get("name") for r in cost_rows if (r.get("task"), r.get("tag") or "", r.get("status")) == (key, tag, "ok")}
-    name = name if name in timed else COST_TWINS.get(name, name)
+    name = timed_as(cost_rows, name, key, tag)
     return next((r["steady_step_ms"] for r in cost_rows
                  if (r.get("task"), r.get("name"), r.get("tag") or "", r.get("status")) == (key, name, tag, "ok")), None)
 
@@ -306,12 +313,9 @@ def write_pareto(summary: dict, cost_rows: list[dict], folder: Path, page: Path 
         note = ("\nGPU-s from \"alone step time\": steps x the run's own train step as it trained (compiled where its recipe compiles), "
                 "timed alone on the GPU for a few hundred steps "
                 f"with its recipe, data pipeline and optimizer (`benchmarks/alone_cost.py`, {sources}; the steady rate after {after} steps, validation excluded).\n")
-        def timed_itself(entry: dict, lb: dict) -> bool:
-            tag = "compiled" if lb["compile"] else ""
-            return any((c.get("task"), c.get("name"), c.get("tag") or "") == (key, entry["name"], tag) for c in cost_rows)
-
-        twinned = [f"{r['name']} by {COST_TWINS[r['name']]}" for r, lb in zip(entries, rows)
-                   if r["name"] in COST_TWINS and lb[trained_step_field(lb)] is not None and not timed_itself(r, lb)]
+        stand_ins = [(r["name"], timed_as(cost_rows, r["name"], key, "compiled" if lb["compile"] else ""))
+                     for r, lb in zip(entries, rows) if lb[trained_step_field(lb)] is not None]
+        twinned = [f"{name} by {twin}" for name, twin in stand_ins if twin != name]
         if twinned:
             note += (f"Not timed themselves, so timed by the run with the same model (other learning rate; learned positions add one "
                      f"[N, D] parameter): {', '.join(twinned)}.\n")
