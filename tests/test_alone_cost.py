@@ -180,3 +180,31 @@ metrics = {{"test/acc": None, "test/f1": None, "test/loss": None, "val/best_acc"
                           timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip().splitlines()[-1] == "maelre 1 epochs, 8 steps, not validated or tested yet"
+
+
+def test_real_runs_text_compiled_rows_are_the_eager_rows_compiled(tmp_path):
+    """LRA Text's ``*_compiled`` runs are its rows (the transformer's padding to 128 included) with CUDA graphs over 4
+    length buckets, and only those: the eager rows its finished runs were made with stay eager."""
+    import sys
+
+    stub = tmp_path / "python"  # records the fit's arguments; everything else is python
+    stub.write_text(f"""#!{sys.executable}
+import json, os, sys
+from pathlib import Path
+if sys.argv[1:4] != ["-m", "maelre.cli", "fit"]:
+    os.execv({sys.executable!r}, [{sys.executable!r}, *sys.argv[1:]])
+run = Path(sys.argv[sys.argv.index("--run-dir") + 1])
+(run / "argv.json").write_text(json.dumps(sys.argv[4:]))
+sys.exit(1)
+""")
+    stub.chmod(0o755)
+    names = ["maelre", "maelre_compiled", "transformer", "transformer_compiled"]
+    env = {"PATH": os.environ["PATH"], "PYTHON": str(stub), "ROOT": str(tmp_path / "runs"), "NAMES": " ".join(names)}
+    subprocess.run(["bash", str(ROOT / "benchmarks" / "real_runs.sh"), "text"], env=env, capture_output=True, timeout=60)
+    sets = {n: [a for a in json.loads((tmp_path / "runs" / n / "argv.json").read_text()) if "=" in a] for n in names}
+    graphs = ["trainer.compile=reduce-overhead", "trainer.compile_length_buckets=4"]
+    for eager in ("maelre", "transformer"):
+        assert not any(a.startswith("trainer.compile") for a in sets[eager])
+        compiled = sets[f"{eager}_compiled"]
+        assert [a for a in compiled if a not in graphs] == sets[eager] and set(graphs) <= set(compiled)
+    assert "data.adapter.pad_to_multiple=128" in sets["transformer_compiled"]
