@@ -75,7 +75,8 @@
 # (vconv,t128v,transformer,auto1,ecp,perceiver_ar), COST_SECONDS (250: a cap; cases done are kept);
 # LB ("scifar10": TASK[:NAME,NAME...] items for real_runs.sh, no names = all of its runs; empty: none);
 # LRA ("": TASK:VARIANT:SEED[:TAG[:BACKBONE,...]] groups of lra_learn.sh, the backbones of one group (default: BACKBONES,
-# else lra_learn.sh's four); TAG noconv = MAELRE alone with
+# else lra_learn.sh's four; TASK listops, listops_sky, pathfinder or pathfinder_sky, whose data each call makes
+# once before the groups start: pathfinder and pathfinder_sky read the same images); TAG noconv = MAELRE alone with
 # value_conv off, the merge ablation's row on that task); KERNEL_TESTS (0); RETURN_STATE (0);
 # DRAIN (0); INBOX_PARTIAL_OK (0); INBOX_FORCE (0: 1 replaces the machine's folders even where
 # they are newer than the carried set); PART_MIB (15: the largest returned file, less tar
@@ -204,7 +205,7 @@ done
 for task in $(printf '%s\n' ${LRA:-} | cut -d: -f1 | sort -u); do
     case $task in
         listops|listops_sky) "$PYTHON" benchmarks/lra_learn.py listops "${LISTOPS_ROOT:-/tmp/listops}" --n "${LISTOPS_EXAMPLES:-100000}" >>runs/logs/lra_data.log 2>&1 ;;
-        pathfinder) "$PYTHON" benchmarks/lra_learn.py data "${PF_ROOT:-/tmp/pathfinder32}" curv_contour_length_14 --n "${PF_IMAGES:-200000}" >>runs/logs/lra_data.log 2>&1 ;;
+        pathfinder|pathfinder_sky) "$PYTHON" benchmarks/lra_learn.py data "${PF_ROOT:-/tmp/pathfinder32}" curv_contour_length_14 --n "${PF_IMAGES:-200000}" >>runs/logs/lra_data.log 2>&1 ;;
     esac
 done
 for group in ${LRA:-}; do

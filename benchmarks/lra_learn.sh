@@ -17,6 +17,42 @@
 #   pathfinder   50,000 steps at batch 128, the lra_pathfinder recipe, on LRA's 200,000 images of
 #                curv_contour_length_14 split 160,000 / 20,000 / 20,000 (generated once per call
 #                with every core into $PF_ROOT, then read by all four runs)
+#   pathfinder_sky  Skyformer's Pathfinder-32 config (pkuzengqi/Skyformer src/config.py `pathfinder`,
+#                trained by src/main.py, model in src/models/model_LRA.py, model_transformer.py,
+#                attention.py) on the same generated data as `pathfinder` ($PF_ROOT): 50,000 steps at
+#                batch 128, dim 64, 2 layers, 2 heads of 32, MLP 128 (GELU), dropout 0.1 and attention
+#                dropout 0.1, learned positions, pre-LN with a final LayerNorm, mean pooling, head
+#                Linear(64, 128)-ReLU-Linear(128, 2) (model.head_hidden=128), AdamW lr 2e-4, no weight
+#                decay, 312 warmup steps then linear decay (OneCycleLR), validation every 500 steps,
+#                test of the best validation checkpoint. Pixels: the raw 8-bit value indexes a learned
+#                table (nn.Embedding, std 0.02), which is our `plain` variant (pixel_embed=table);
+#                `levers` departs from Skyformer (standardised pixels through a Linear, flips).
+#                Zero-valued pixels are padding (data.adapter.mask_zero=true), as in Skyformer
+#                (mask = input_ids != 0) and LRA's own encoder (src_padding_mask = inputs > 0):
+#                ~89% of a Pathfinder-32 image is background 0, so attention reads only the ~110
+#                lit pixels as keys; `pathfinder` attends over all 1,024. MAELRE's switch_threshold
+#                is 256: at depth 2 its one merging block halves 1,024 pixels twice at most, so the
+#                default (dim = 64) is out of reach. Not matched (no setting for it here):
+#                  - Skyformer's mean pools sum/1,024 over the lit pixels (masked outputs zeroed);
+#                    ours is the mean over the lit pixels (sum/their count, ~110)
+#                  - OneCycleLR starts at lr/25 (8e-6, not 0), ends at lr/250,000, and cycles AdamW's
+#                    beta1 0.95 -> 0.85 (at the peak) -> 0.95; ours: beta1 0.9 fixed, eps 1e-8 (1e-6)
+#                  - gradients clipped by value at 1 (ours: by norm at 1, the library's default)
+#                  - fp16 autocast with the attention in fp32 (ours: bf16-mixed throughout)
+#                  - dropout 0.1 on the embedded input (ours: none); best checkpoint kept only after
+#                    20% of training (ours: from the start); validation on 156 x 128 = 19,968 of the
+#                    20,000 images, test on 19,968 (drop_last; ours: all); data from LRA's release
+#                    (ours: generated with the published procedure, the same 80/10/10 sizes)
+#                Differences from our `pathfinder` recipe (+ levers): dim 64 (128), depth 2 (4),
+#                heads 2 (4; head dim 32 both), MLP 128 (256), attention dropout 0.1 (0), head
+#                Linear-ReLU-Linear (Linear), lr 2e-4 (5e-4), weight decay 0 (0.05), linear decay after
+#                312 warmup steps (cosine after 2,500), validation every 500 steps (1,250), pixel table
+#                (levers: Linear on standardised pixels, flips), 0-valued pixels padding (tokens).
+#                Same: batch 128, 50,000 steps, dropout 0.1, learned positions, pre-LN, mean pooling,
+#                AdamW betas (0.9, 0.999), the data.
+#                A step is ~5x cheaper: 0.16 M parameters (0.66-0.70 M; Skyformer's own count is 0.17 M with
+#                its 512-row table) and 4.8x fewer multiply-adds (per token and block 8d^2 + 2Nd, N = 1,024),
+#                though a GPU at width 64 gains less than that in step time
 # VARIANT:
 #   levers       the levers of issue 14 on: ListOps operand shuffling; for Pathfinder standardised
 #                pixels (pixel_embed=linear) and random flips (pre-LN blocks and mean pooling are the
@@ -77,7 +113,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage="usage: bash benchmarks/lra_learn.sh listops|listops_sky|pathfinder levers|plain|curriculum|pretrain SEED"
+usage="usage: bash benchmarks/lra_learn.sh listops|listops_sky|pathfinder|pathfinder_sky levers|plain|curriculum|pretrain SEED"
 task=${1:?$usage}
 variant=${2:?$usage}
 seed=${3:?$usage}
@@ -120,12 +156,22 @@ case $task in
                        --set model.backbone_config.maelre.switch_threshold=512)  # 2,048 tokens reach 512 at depth 2 (header)
         fi
         ;;
-    pathfinder)
+    pathfinder|pathfinder_sky)
         recipe=recipes/lra_pathfinder.yaml
         total=50000
         settings=(--set "data.dataset={name: pathfinder, root: $PF_ROOT}" --set data.num_workers=3
-                  --set trainer.checkpoint_every_n_steps=1000 --set trainer.val_every_n_steps=1250)
+                  --set trainer.checkpoint_every_n_steps=1000)
         levers=(--set data.adapter.pixel_embed=linear --set "data.augment_inputs=[hflip, vflip]")
+        if [[ $task == pathfinder ]]; then
+            settings+=(--set trainer.val_every_n_steps=1250)
+        else
+            settings+=(--set model.dim=64 --set model.depth=2 --set model.heads=2 --set model.mlp_ratio=2.0
+                       --set model.dropout=0.1 --set model.attn_dropout=0.1 --set model.head_hidden=128
+                       --set data.adapter.mask_zero=true --set optimizer.lr=0.0002 --set optimizer.weight_decay=0.0
+                       --set schedule.kind=linear --set schedule.warmup_fraction=0.0 --set schedule.warmup_steps=312
+                       --set trainer.val_every_n_steps=500
+                       --set model.backbone_config.maelre.switch_threshold=256)  # 1,024 pixels reach 256 at depth 2 (header)
+        fi
         ;;
     *) echo "lra_learn.sh: unknown task '$task'; $usage" >&2; exit 2 ;;
 esac
@@ -133,7 +179,7 @@ case $variant in
     levers|pretrain) settings+=("${levers[@]}") ;;
     plain) ;;
     curriculum)
-        [[ $task == pathfinder ]] || { echo "lra_learn.sh: the curriculum variant is for pathfinder" >&2; exit 2; }
+        [[ $task == pathfinder* ]] || { echo "lra_learn.sh: the curriculum variant is for pathfinder and pathfinder_sky" >&2; exit 2; }
         settings+=("${levers[@]}" --set "data.curriculum=[{epochs: 2, dataset: {difficulty: curv_baseline}}, {epochs: 2, dataset: {difficulty: curv_contour_length_9}}]")
         ;;
     *) echo "lra_learn.sh: unknown variant '$variant'; $usage" >&2; exit 2 ;;
@@ -162,7 +208,7 @@ for tarball in "$STATE"/"$group"_*.tar; do
     tar -xf "$tarball" -C "$STATE" && rm -f "$tarball"
 done
 data_ok=1
-if [[ $task == pathfinder ]]; then
+if [[ $task == pathfinder* ]]; then  # pathfinder and pathfinder_sky read the same generated images
     difficulties=(curv_contour_length_14)
     [[ $variant == curriculum ]] && difficulties+=(curv_baseline curv_contour_length_9)
     guarded "$PYTHON" benchmarks/lra_learn.py data "$PF_ROOT" "${difficulties[@]}" --n "$PF_IMAGES" || data_ok=0
@@ -235,7 +281,7 @@ done
 
 # ---------------------------------------------------------------- pack for the next call
 "$PYTHON" benchmarks/lra_learn.py curves "$STATE/$group" "$OUT/$group.json"
-if [[ $task == pathfinder && ${PROBE:-1} == 1 ]]; then  # path or marker distance? (benchmarks/pathfinder_probe.py, CPU)
+if [[ $task == pathfinder* && ${PROBE:-1} == 1 ]]; then  # path or marker distance? (benchmarks/pathfinder_probe.py, CPU)
     for backbone in "${names[@]}"; do  # guarded: past the call's deadline it is stopped, and only its JSON is missing
         best=$STATE/$group/$backbone/fit/checkpoints/best
         [[ -d $best ]] || continue

@@ -144,6 +144,29 @@ def test_pixel_forward_matches_reference_with_variable_sizes(rng):
     assert a.embedding.weight.grad.abs().sum() > 0 and a.pos_embed.table.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("backbone", ["transformer", "maelre", "ecp", "perceiver_ar"])
+def test_mask_zero_makes_background_pixels_padding(rng, backbone):
+    """mask_zero (LRA's and Skyformer's pixel ids: mask = inputs > 0): 0-valued pixels are padding wherever they
+    are, so what they hold never reaches the pooled output of any backbone; off, every pixel is a token."""
+    images = [np.where(rng.random((8, 8)) < 0.2, rng.integers(1, 256, (8, 8)), 0).astype(np.uint8) for _ in range(3)]
+    a = pixels(mask_zero=True, img_size=8, max_len=64)
+    batch = a.collate([a.encode(x) for x in images])
+    assert torch.equal(batch["mask"], torch.from_numpy(np.stack(images).reshape(3, 64) != 0))
+    assert pixels(img_size=8, max_len=64).encode(images[0])["mask"].all()
+    rgb = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    rgb[0, 0], rgb[0, 1] = 0, (0, 0, 7)
+    mask = pixels(mask_zero=True, channels="rgb").encode(rgb)["mask"]
+    assert not mask[0] and mask[1] and mask[2:].all()  # padding only where every channel is 0
+    with pytest.raises(ValueError, match="all 0"):
+        a.encode(np.zeros((8, 8), dtype=np.uint8))
+    kw = {"maelre": {"switch_threshold": 16, "exact_blocks": 1}, "ecp": {"segment_size": 16}, "perceiver_ar": {"num_latents": 16}}
+    model = create_backbone(backbone, dim=16, depth=2, heads=2, mlp_ratio=2.0, max_len=64, **kw.get(backbone, {})).eval()
+    tokens, mask = a(batch)
+    moved = tokens + torch.randn_like(tokens) * (~mask)[..., None]  # other values where the pixels are padding
+    torch.testing.assert_close(model(moved, mask), model(tokens, mask))
+    assert torch.isfinite(model(tokens, mask)).all()
+
+
 def test_rgb_pixels_sum_and_linear(rng):
     x = rgb_images(rng, 1, (4, 4))[0]
     summed = pixels(channels="rgb", pos_embed="none")

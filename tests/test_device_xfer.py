@@ -320,13 +320,16 @@ def test_a_set_that_trained_further_replaces_the_folder(runs, tmp_path):
     assert xfer.regression(here, newer) is None
 
 
-def _device_call_with_stub(tmp_path: Path, script: str, stub: str, **settings: str) -> tuple[Path, subprocess.CompletedProcess]:
-    """A DRAIN=1 device_call.sh in a copy of the scripts, with ``benchmarks/SCRIPT`` replaced by ``stub`` (the real one needs a GPU)."""
+def _device_call_with_stub(tmp_path: Path, script: str, stub: str, more_stubs: dict[str, str] | None = None,
+                           **settings: str) -> tuple[Path, subprocess.CompletedProcess]:
+    """A DRAIN=1 device_call.sh in a copy of the scripts, with ``benchmarks/SCRIPT`` replaced by ``stub`` (the real one needs a GPU)
+    and each ``benchmarks/NAME`` of ``more_stubs`` by its text."""
     repo = tmp_path / "repo"
     (repo / "benchmarks").mkdir(parents=True)
     for name in ("device_call.sh", "device_xfer.py", "lra_learn.py"):
         shutil.copy(_ROOT / "benchmarks" / name, repo / "benchmarks" / name)
-    (repo / "benchmarks" / script).write_text(stub)
+    for name, text in {script: stub, **(more_stubs or {})}.items():
+        (repo / "benchmarks" / name).write_text(text)
     out = tmp_path / "OUT"
     out.mkdir()
     env = {**os.environ, "PYTHON": sys.executable, "DRAIN": "1", "OUT": str(out), **settings}
@@ -396,3 +399,17 @@ def test_device_call_gives_each_lra_group_its_own_backbones(tmp_path):
     _device_call_with_stub(tmp_path, "lra_learn.sh", stub, DRAIN="0", LB="", LRA_SEEN=str(seen),
                            LRA="fake:levers:1:compiled:transformer fake2:levers:0:compiled")
     assert sorted(seen.read_text().splitlines()) == ["fake 1 TAG=compiled BACKBONES=transformer", "fake2 0 TAG=compiled BACKBONES=all"]
+
+
+def test_device_call_makes_the_pathfinder_images_once_for_pathfinder_sky_groups(tmp_path):
+    """pathfinder_sky reads the generated Pathfinder-32 folder of `pathfinder`: the call makes it once (lra_learn.py data)
+    before the groups start, however many Pathfinder groups it runs, and never the ListOps files for them."""
+    data_seen, groups_seen = tmp_path / "data.txt", tmp_path / "groups.txt"
+    _device_call_with_stub(
+        tmp_path, "lra_learn.sh", 'echo "$1 $2 $3 BACKBONES=${BACKBONES:-all}" >> "$LRA_SEEN"\n',
+        more_stubs={"lra_learn.py": "import os, sys\nopen(os.environ['DATA_SEEN'], 'a').write(' '.join(sys.argv[1:]) + '\\n')\n"},
+        DRAIN="0", LB="", LRA_SEEN=str(groups_seen), DATA_SEEN=str(data_seen), PF_ROOT="/data/pf", PF_IMAGES="300",
+        LRA="pathfinder_sky:plain:0:compiled:transformer,maelre pathfinder_sky:levers:1")
+    assert data_seen.read_text().splitlines() == ["data /data/pf curv_contour_length_14 --n 300"]
+    assert sorted(groups_seen.read_text().splitlines()) == ["pathfinder_sky levers 1 BACKBONES=all",
+                                                           "pathfinder_sky plain 0 BACKBONES=transformer,maelre"]

@@ -137,6 +137,88 @@ def test_listops_sky_settings_validate_for_every_backbone(tmp_path):
                 load_recipe(_PATH.parents[1] / call[3], without)
 
 
+def _recording_python(tmp_path: Path, reply: str = "") -> Path:
+    """A stand-in PYTHON that appends its argv to $ARGS_FILE as one JSON line and prints ``reply`` for `lra_learn.py status`."""
+    import sys
+
+    stub = tmp_path / "python"
+    stub.write_text(f"#!{sys.executable}\nimport json, os, sys\nopen(os.environ['ARGS_FILE'], 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+                    f"if sys.argv[1:3] == ['benchmarks/lra_learn.py', 'status']:\n    print({reply!r})\n")
+    stub.chmod(0o755)
+    return stub
+
+
+@pytest.mark.parametrize("variant", ["plain", "levers"])
+def test_pathfinder_sky_settings_validate_for_every_backbone(tmp_path, variant):
+    """pathfinder_sky is Skyformer's Pathfinder-32 config (src/config.py) on our generated images, for every backbone.
+
+    Depth 2 leaves MAELRE one merging block: 1,024 pixels reach 256 at best, so the task sets
+    switch_threshold=256. `plain` keeps Skyformer's pixel table; `levers` swaps in the Linear and flips.
+    """
+    import subprocess
+    import warnings
+
+    from maelre.recipe import RecipeError, RecipeWarning, load_recipe
+
+    stub = _recording_python(tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(stub), "ARGS_FILE": str(tmp_path / "args"), "CHECK": "1", "PF_ROOT": "/data/pf"}
+    done = subprocess.run(["bash", str(_PATH.with_name("lra_learn.sh")), "pathfinder_sky", variant, "1"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "pathfinder_sky_" + variant + "_s1's settings validate" in done.stdout
+    calls = [json.loads(line) for line in (tmp_path / "args").read_text().splitlines()]
+    assert [c[:3] for c in calls] == [["-m", "maelre.cli", "check"]] * 4
+    backbones = []
+    for call in calls:
+        rest = call[4:]
+        overrides = [rest[i + 1] for i in range(len(rest)) if rest[i] == "--set"]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RecipeWarning)  # bf16 on this CPU
+            recipe = load_recipe(_PATH.parents[1] / call[3], overrides)
+        backbones.append(recipe.model.backbone)
+        kw = recipe.backbone_kwargs()
+        assert (kw["dim"], kw["depth"], kw["heads"], kw["mlp_ratio"], kw["dropout"], kw["attn_dropout"]) == (64, 2, 2, 2.0, 0.1, 0.1)
+        assert kw.get("pool", "mean") == "mean" and recipe.data.adapter.get("pos_embed", "learned") == "learned"
+        assert recipe.model.head_hidden == 128 and recipe.data.adapter["mask_zero"] is True  # background pixels are padding
+        o, sch, t = recipe.optimizer, recipe.schedule, recipe.trainer
+        assert (o.name, o.lr, o.weight_decay, tuple(o.betas)) == ("adamw", 2e-4, 0.0, (0.9, 0.999))
+        assert (sch.kind, sch.warmup_steps, sch.warmup_fraction, sch.min_lr_ratio) == ("linear", 312, 0.0, 0.0)
+        assert (recipe.data.batch_size, t.max_steps, t.val_every_n_steps, t.seed) == (128, 50_000, 500, 1)
+        assert recipe.data.dataset == {"name": "pathfinder", "root": "/data/pf"}  # the folder lra_learn.py data writes, as `pathfinder` reads it
+        if variant == "plain":  # Skyformer's pixels: the 8-bit value indexes a learned table
+            assert recipe.data.adapter.get("pixel_embed", "table") == "table" and not recipe.data.augment_inputs
+        else:
+            assert recipe.data.adapter["pixel_embed"] == "linear" and recipe.data.augment_inputs == ["hflip", "vflip"]
+        if recipe.model.backbone == "maelre":
+            assert kw["switch_threshold"] == 256
+            without = [o for o in overrides if "switch_threshold" not in o]
+            with pytest.raises(RecipeError, match="switch_threshold >= 256"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RecipeWarning)
+                load_recipe(_PATH.parents[1] / call[3], without)
+    assert backbones == ["maelre", "transformer", "ecp", "perceiver_ar"]
+
+
+def test_pathfinder_sky_reads_the_pathfinder_images_and_is_probed(tmp_path):
+    """lra_learn.sh pathfinder_sky makes (or reuses) the same generated Pathfinder-32 folder as `pathfinder`,
+    and probes each run's best checkpoint for the marker-distance shortcut afterwards."""
+    import subprocess
+
+    stub = _recording_python(tmp_path, reply="done")
+    state, out = tmp_path / "state", tmp_path / "out"
+    best = state / "pathfinder_sky_plain_s0" / "transformer" / "fit" / "checkpoints" / "best"
+    best.mkdir(parents=True)
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(stub), "ARGS_FILE": str(tmp_path / "args"), "PF_ROOT": "/data/pf",
+           "STATE": str(state), "OUT": str(out), "PACK": "0", "BACKBONES": "maelre,transformer"}
+    done = subprocess.run(["bash", str(_PATH.with_name("lra_learn.sh")), "pathfinder_sky", "plain", "0"], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=_PATH.parents[1])
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = [json.loads(line) for line in (tmp_path / "args").read_text().splitlines()]
+    assert ["benchmarks/lra_learn.py", "data", "/data/pf", "curv_contour_length_14", "--n", "200000"] in calls
+    assert not any(c[1:2] == ["listops"] for c in calls)
+    probes = [c for c in calls if c[0] == "benchmarks/pathfinder_probe.py"]
+    assert [c[1] for c in probes] == [str(best)]  # maelre has no best checkpoint here
+
+
 def test_a_run_the_committed_curves_record_is_lost_not_new_on_a_bare_machine(tmp_path):
     curves = tmp_path / "group_h200.json"
     curves.write_text(json.dumps({"group": "g", "runs": {"maelre/fit": {"global_step": 5337, "checkpoint_step": 6000}}}))
