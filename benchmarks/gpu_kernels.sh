@@ -7,6 +7,7 @@
 #   bash benchmarks/gpu_kernels.sh graph     # the same, whole step captured in a CUDA graph
 #   bash benchmarks/gpu_kernels.sh pytorch   # eager with MAELRE_TRITON=0: the PyTorch paths, for the kernels' share
 #   bash benchmarks/gpu_kernels.sh profile   # torch.profiler of the fused eager step, maelre and its twin at 16K
+#   bash benchmarks/gpu_kernels.sh plan      # merge plan (one program per row vs tiled), top-k, whole merge: CUDA graphs, ~1 min
 #
 # Each benchmark step times maelre, maelre.twin, maelre.floor and transformer (train step)
 # at 4K, 16K and 64K; the table's "time vs twin" column is the issue's ratio. Results go
@@ -18,7 +19,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step=${1:?usage: bash benchmarks/gpu_kernels.sh tests|eager|graph|pytorch|profile}
+step=${1:?usage: bash benchmarks/gpu_kernels.sh tests|eager|graph|pytorch|profile|plan}
 OUT=${OUT:-benchmarks/results/gpu_out}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
@@ -46,5 +47,7 @@ case $step in
     profile)  # where the fused eager step's time goes (kernels on, as in `eager`), MAELRE and its twin
         "$PYTHON" -m maelre.bench.profile --backbones maelre,maelre.twin --seq-lens "${SEQ_LENS:-16K}" --modes train --steps 3 \
             --out "$OUT/profile_h200_fused.json" --table "$OUT/profile_h200_fused.md" ;;
-    *) echo "gpu_kernels.sh: unknown step '$step'; use tests, eager, graph, pytorch or profile" >&2; exit 2 ;;
+    plan)  # the merge machinery alone at 1x64K, 4x16K, 16x4K (benchmarks/plan_kernel_timing.py)
+        "$PYTHON" benchmarks/plan_kernel_timing.py --out "$OUT/plan_kernel_timing_h200.json" --table "$OUT/plan_kernel_timing_h200.md" ;;
+    *) echo "gpu_kernels.sh: unknown step '$step'; use tests, eager, graph, pytorch, profile or plan" >&2; exit 2 ;;
 esac

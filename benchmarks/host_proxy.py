@@ -92,6 +92,10 @@ def stub_triton_merge() -> None:
     tm.available = lambda x: True
     tm._match_window_kernel = _Launch((2, 3))  # score, index
     tm._plan_kernel = _Launch((6, 7, 8, 9))  # slot, total, share, log
+    # the tiled plan (rows over tm.ONE_PROGRAM_MAX_N tokens); its wrapper zeroes the flags and the sizes itself
+    tm._plan_flags_kernel = tm._plan_count_kernel = tm._plan_sizes_kernel = _Launch(())
+    tm._plan_rank_kernel = _Launch((3,))  # slot
+    tm._plan_shares_kernel = _Launch((4, 5))  # share, log
     tm._merge_states_kernel = _Launch(())  # adds into a zeroed buffer
     tm._merge_states_grad_kernel = _Launch((3,))  # grad_x
 

@@ -51,7 +51,7 @@ def test_kernels_under_the_interpreter():
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpret and not under_the"]
     run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "25 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
+    assert "29 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
 
 
 def inputs(device: str, dtype: torch.dtype = torch.float32, n: int = N):
@@ -154,11 +154,17 @@ def test_kernels_compile_for_hopper(favor, dtype, tmp_path, monkeypatch):
         kernels.append((triton_merge._match_window_kernel, dict(m_ptr=ptr, real_ptr="*u8", score_ptr=ptr, index_ptr="*i64")))
         plan_pointers = dict(src_ptr="*i64", best_ptr=ptr, r_ptr="*i64", dst_ptr="*i64", real_ptr="*u8", sizes_ptr=f32, slot_ptr="*i64",
                              total_ptr=f32, share_ptr=f32, log_ptr=f32)  # fmt: skip
-        kernels.append((triton_merge._plan_kernel, plan_pointers))
+        plan_pointers.update(flag_ptr="*i8", count_ptr="*i32", dropped_ptr=f32)  # the tiled plan's scratch
+        kernels += [(triton_merge._plan_kernel, plan_pointers)] + [
+            (kernel, plan_pointers) for kernel in (triton_merge._plan_flags_kernel, triton_merge._plan_count_kernel,
+                                                   triton_merge._plan_rank_kernel, triton_merge._plan_sizes_kernel, triton_merge._plan_shares_kernel)
+        ]  # fmt: skip
         merge_pointers = dict(x_ptr=ptr, g_ptr=ptr, share_ptr=f32, slot_ptr="*i64", out_ptr=f32, dx_ptr=ptr)
         kernels += [(triton_merge._merge_states_kernel, merge_pointers), (triton_merge._merge_states_grad_kernel, merge_pointers)]
         consts.update(BA=triton_merge.BLOCK_A, CP=16, BLOCK=triton_merge.BLOCK_SLOTS, HAS_REAL=dtype == "fp32", HAS_R=dtype == "fp32", PROTECT_FIRST=dtype == "fp32",
                       BT=triton_merge.BLOCK_TOKENS, BC=triton_merge.BLOCK_CHANNELS)  # both specializations over the two dtypes
+        if dtype == "bf16":  # an int argument of 1 becomes a constant: a tiled plan of one tile (a short row, the path forced)
+            consts.update(TILES=1)
     for kernel, pointers in kernels:
         own = {name: consts[name] for name in kernel.arg_names if name in consts}
         signature = {name: "constexpr" if name in own else pointers.get(name, "i32") for name in kernel.arg_names}
@@ -208,34 +214,106 @@ def test_fused_window_matching_matches_reference(kernels, monkeypatch, window):
         assert index.dtype == torch.long and ((index >= 0) & (index < 37)).all()
 
 
-def test_fused_plan_equals_the_reference(kernels, monkeypatch):
-    """The merge plan kernel gives merge._plan's slots and sizes exactly and its shares: padded or not, odd N, CLS kept,
-    rows of several tiles, sizes above 1."""
-    from maelre.layers import merge, triton_merge
+@pytest.fixture(params=["one_program", "tiled"])
+def plan_path(request, monkeypatch):
+    """Forces the merge plan's path whatever the row length: one program per row (``_plan_kernel``) or the tiled kernels."""
+    from maelre.layers import triton_merge
 
+    monkeypatch.setattr(triton_merge, "ONE_PROGRAM_MAX_N", 1 << 62 if request.param == "one_program" else 0)
+    return request.param
+
+
+def plan_case(device: str, g: torch.Generator, n: int, padded: bool, protect_first: bool, r_per_row: bool, window: int | None):
+    """``(plan's arguments, n_out)`` for 3 rows of ``n`` tokens (lengths n, n/2, n/3 when ``padded``) of sizes 1-4:
+    ``r`` a third of each row (``r_per_row``: a ``[B]`` tensor, else the full row's count for every row)."""
+    from maelre.layers import merge
+
+    metric = torch.randn(3, n, 6, generator=g).to(device)
+    lengths = torch.tensor([n, max(2, n // 2), max(2, n // 3)]) if padded else torch.full((3,), n)
+    sizes = torch.randint(1, 5, (3, n), generator=g).float()  # tokens merged earlier
+    sizes = (sizes * (torch.arange(n) < lengths[:, None]) if padded else sizes).to(device)
+    real = sizes > 0 if padded else None
+    rows = (lengths // 3 - int(protect_first)).clamp_min(0)
+    r = rows.to(device) if r_per_row else max(1, int(rows.max()))
+    n_out = n - (int(rows.max()) if r_per_row else r)
+    src, dst, best = merge._choose(metric, real, min(n - n_out, (n + 1) // 2), protect_first, window)
+    return (real, sizes, src, dst, best, r, n, n_out), n_out
+
+
+def assert_plan_is_the_reference(got, args, monkeypatch, case):
+    """``got`` (the kernels' plan of ``args``) against ``merge._plan``: slots and sizes exactly, shares and logs to rounding."""
+    from maelre.layers import merge
+
+    monkeypatch.setattr(_triton, "ENABLED", False)
+    want = merge._plan(*args)
+    monkeypatch.setattr(_triton, "ENABLED", True)
+    n_out = args[-1]
+    assert got[0].dtype == torch.long and torch.equal(got[0], want[0]), case
+    assert torch.equal(got[1], want[1]) and got[1].shape == (3, n_out), case
+    torch.testing.assert_close(got[2], want[2], rtol=1e-6, atol=0)
+    assert want[3] is None
+    torch.testing.assert_close(got[3], want[1].log(), rtol=1e-6, atol=1e-6)  # -inf where a padded row's column is empty
+
+
+def assert_both_plans_are_the_reference(args, monkeypatch, case):
+    """The one-program and the tiled plan of ``args``: each the reference's, and each other's bit for bit."""
+    from maelre.layers import triton_merge
+
+    plans = []
+    for path, limit in (("one_program", 1 << 62), ("tiled", 0)):
+        monkeypatch.setattr(triton_merge, "ONE_PROGRAM_MAX_N", limit)
+        plans.append(triton_merge.plan(*args))
+        assert_plan_is_the_reference(plans[-1], args, monkeypatch, (path, *case))
+    for one, tiled in zip(*plans):
+        assert torch.equal(one, tiled), case
+
+
+def test_fused_plan_equals_the_reference(kernels, monkeypatch):
+    """Both plan paths give merge._plan's slots and sizes exactly and its shares: padded or not, r per row or one int,
+    odd N, CLS kept, rows of several tiles, sizes above 1."""
     _, device = kernels
     g = torch.Generator().manual_seed(0)
-    for n, padded, protect_first, window in [(2, False, False, None), (21, False, True, 4), (21, True, False, None), (2500, True, True, 32), (2049, False, False, 8)]:
-        metric = torch.randn(3, n, 6, generator=g).to(device)
-        lengths = torch.tensor([n, max(2, n // 2), max(2, n // 3)])
-        sizes = torch.randint(1, 5, (3, n), generator=g).float()  # tokens merged earlier
-        sizes = (sizes * (torch.arange(n) < lengths[:, None]) if padded else sizes).to(device)
-        real = sizes > 0 if padded else None
-        r = (lengths // 3 - int(protect_first)).clamp_min(0).to(device) if padded else max(1, n // 3 - int(protect_first))
-        n_out = n - (int(r.max()) if padded else r)
-        src, dst, best = merge._choose(metric, real, min(n - n_out, (n + 1) // 2), protect_first, window)
-        got = triton_merge.plan(real, sizes, src, dst, best, r, n, n_out)
-        monkeypatch.setattr(_triton, "ENABLED", False)
-        want = merge._plan(real, sizes, src, dst, best, r, n, n_out)
-        monkeypatch.setattr(_triton, "ENABLED", True)
-        assert got[0].dtype == torch.long and torch.equal(got[0], want[0]), (n, padded, protect_first, window)
-        assert torch.equal(got[1], want[1]) and got[1].shape == (3, n_out)
-        torch.testing.assert_close(got[2], want[2], rtol=1e-6, atol=0)
-        assert want[3] is None
-        torch.testing.assert_close(got[3], want[1].log(), rtol=1e-6, atol=1e-6)  # -inf where a padded row's column is empty
+    cases = [(2, False, False, False, None), (21, False, True, False, 4), (21, True, False, True, None), (21, True, True, False, 4),
+             (21, False, False, True, 4), (2500, True, True, True, 32), (2049, False, False, False, 8)]  # fmt: skip
+    for case in cases:
+        args, _ = plan_case(device, g, *case)
+        assert_both_plans_are_the_reference(args, monkeypatch, case)
 
 
-def test_fused_plan_cuts_a_row_that_keeps_too_many_like_the_reference(kernels, monkeypatch):
+def test_plan_paths_agree_over_many_tiles(kernels, monkeypatch):
+    """With 16-column tiles, rows of 301 tokens span 19 tiles (more than one tile of per-tile counts for the tiled
+    plan's scan) and 100 candidates 7: both paths give the reference's plan, bit for bit the same."""
+    from maelre.layers import triton_merge
+
+    _, device = kernels
+    monkeypatch.setattr(triton_merge, "BLOCK_SLOTS", 16)
+    g = torch.Generator().manual_seed(5)
+    for case in [(301, True, True, True, 8), (301, False, False, False, 8), (300, True, False, False, None)]:
+        args, _ = plan_case(device, g, *case)
+        assert_both_plans_are_the_reference(args, monkeypatch, case)
+
+
+def test_long_rows_take_the_tiled_plan(monkeypatch):
+    """``plan`` runs one program per row up to ``ONE_PROGRAM_MAX_N`` tokens and the tiled kernels beyond (no kernel runs here)."""
+    from maelre.layers import merge, triton_merge
+
+    assert triton_merge.one_program_plan(triton_merge.ONE_PROGRAM_MAX_N) and not triton_merge.one_program_plan(triton_merge.ONE_PROGRAM_MAX_N + 1)
+    calls = []
+
+    class _Launch:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: calls.append(("one_program", grid))
+
+    monkeypatch.setattr(triton_merge, "_plan_kernel", _Launch())
+    monkeypatch.setattr(triton_merge, "_plan_tiled", lambda *args, **kwargs: calls.append(("tiled", None)))
+    for n in (triton_merge.ONE_PROGRAM_MAX_N, triton_merge.ONE_PROGRAM_MAX_N + 1):
+        metric, sizes = torch.randn(2, n, 4), torch.ones(2, n)
+        src, dst, best = merge._choose(metric, None, n // 4, False, 8)
+        triton_merge._plan(None, sizes, src, dst, best, None, n // 4, n, n - n // 4)
+    assert calls == [("one_program", (2,)), ("tiled", None)]
+
+
+def test_fused_plan_cuts_a_row_that_keeps_too_many_like_the_reference(kernels, monkeypatch, plan_path):
     """A padded row whose ``r`` is too small keeps more than ``n_out`` tokens: its last ones go to the cut-off column,
     with the reference's shares (the kernel keeps no such column, only its size total)."""
     from maelre.layers import merge, triton_merge
@@ -257,7 +335,7 @@ def test_fused_plan_cuts_a_row_that_keeps_too_many_like_the_reference(kernels, m
 
 
 @pytest.mark.parametrize("padded", [True, False])
-def test_fused_plan_fake_kernel_promises_its_real_strides(kernels, padded):
+def test_fused_plan_fake_kernel_promises_its_real_strides(kernels, padded, plan_path):
     """The merge plan op's outputs have the shapes, strides and dtypes of its fake kernel: under torch.compile,
     Inductor asserts the fake strides on the real outputs (a padded plan once returned a [B, n_out] slice of a [B, n_out + 1] buffer)."""
     from maelre.layers import merge, triton_merge

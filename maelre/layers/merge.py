@@ -316,7 +316,7 @@ def _plan(
     """``(slot [B, N], merged sizes [B, n_out], share [B, N], None)``: ``_slots`` of the ``_chosen`` pairs, the sizes
     summed into their slots, and every token's share of its merged token's size (0 for padding).
 
-    On CUDA one fused kernel computes them, choosing the pairs as it reads them, and also the log of the
+    On CUDA the fused plan kernels compute them, choosing the pairs as they read them, and also the log of the
     merged sizes in place of ``None`` (``triton_merge.plan``).
     """
     if triton_merge.available(src):

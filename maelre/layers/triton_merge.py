@@ -15,16 +15,28 @@ returns them.
 ``plan`` is the rest of the merge plan, ``merge._plan``: the column each input token goes
 to, the merged sizes, and each token's share of its merged token's size. The PyTorch path
 builds them from a dozen operators (flags, a cumsum, a rank, a clamp, the match's slot
-through a gather, a where, a copy, a scatter of the sizes, a gather and a division); this
-kernel does it in one launch, one program per row, in passes over the row separated by
-block barriers: flags of the merged A tokens (which candidates merge, ``merge._chosen``,
-is decided here from their scores and ``r``: no compare launched per merge); the kept tokens' running rank; merged A
-tokens take their match's slot; the sizes are added into their slots; each token's share; the
-log of the merged sizes (proportional attention's key bias, otherwise one ``log`` per block).
-Its scratch flags live in the memory of the shares (written last), and the merged sizes have no
-padding column (padding adds nothing; a row's cut-off sizes are one running total), so its only
-allocations are its four outputs. Slots are integers and sizes integer counts (exact in float32 in any order), so it equals
-the reference up to the rounding of the one division.
+through a gather, a where, a copy, a scatter of the sizes, a gather and a division); the
+kernels do it in five steps: (1) flags of the merged A tokens (which candidates merge,
+``merge._chosen``, is decided here from their scores and ``r``: no compare launched per merge);
+(2) the kept tokens' running rank, which is their slot; (3) merged A tokens take their match's
+slot and the sizes are added into their slots; (4) each token's share; (5) the log of the
+merged sizes (proportional attention's key bias, otherwise one ``log`` per block). The merged
+sizes have no padding column (padding adds nothing; a row's cut-off sizes are one running
+total). Slots are integers and sizes integer counts (exact in float32 in any order), so the
+plan equals the reference up to the rounding of the one division.
+
+It runs one of two ways, the same steps from the same ``@triton.jit`` helpers, bit for bit the
+same results. Rows of at most ``ONE_PROGRAM_MAX_N`` tokens: one launch, one program per row
+(``_plan_kernel``), the steps as passes over the row separated by block barriers; its scratch
+flags live in the memory of the shares (written last), so its only allocations are its four
+outputs. Longer rows: the tiled plan (``_plan_tiled``), one launch per step with a program per
+tile of ``BLOCK_SLOTS`` columns (grid ``(B, tiles)``), the rank a two-level scan (each tile's
+kept count; then each tile sums the counts before its own) and the cut-off sizes per-tile
+partial sums; it zeroes its flags and the sizes first (two memsets). One program per row walks
+its row serially (passes of ``N / BLOCK_SLOTS`` tiles each): at a batch of 1 and 64K tokens the
+first merge walked ~365 tiles one after another on one of the H200's 132 SMs (~1,150 over the 14
+merges of a MAELRE forward), while the tiled plan's depth is one tile per launch.
+``one_program_plan`` holds the rule and why.
 
 ``merge_states`` is ``TokenMerge.merge(x)`` (the size-weighted average) once the plan is
 known: ``out[b, slot[b, i]] += share[b, i] * x[b, i]``. The PyTorch path runs ``mul``,
@@ -53,7 +65,8 @@ from maelre.layers._triton import available, tl, triton
 __all__ = ["available", "match_window", "merge_states", "plan"]
 
 BLOCK_A = 32  # A tokens per program
-BLOCK_SLOTS = 1024  # columns per tile of the slot kernel (one program walks its whole row)
+BLOCK_SLOTS = 1024  # columns per tile of the plan kernels
+ONE_PROGRAM_MAX_N = 4 * BLOCK_SLOTS  # rows up to this long: the one-program plan; longer rows: the tiled plan (``plan``)
 BLOCK_TOKENS, BLOCK_CHANNELS = 32, 64  # tile of the state merge kernels
 MERGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # float64 stays on the PyTorch path (the kernels sum in float32)
 
@@ -97,88 +110,199 @@ if triton is not None:
 
 
     @triton.jit
+    def _merges(r_ptr, row, R, HAS_R: tl.constexpr):
+        """The row's ``r``: candidate ``k`` merges if ``k < r`` and its score is finite (``merge._chosen``)."""
+        merges = R
+        if HAS_R:
+            merges = tl.load(r_ptr + row).to(tl.int32)
+        return merges
+
+
+    @triton.jit
+    def _set_flags(src_row, best_row, flags, k, CAND, merges):
+        """Flag (1) the A tokens of candidates ``k`` that merge away, clear (0) those of the candidates that do not."""
+        inside = k < CAND
+        src = tl.load(src_row + k, mask=inside, other=0)
+        best = tl.load(best_row + k, mask=inside, other=float("-inf")).to(tl.float32)
+        chosen = (best > float("-inf")) & (k < merges)
+        tl.store(flags + src, chosen.to(tl.int8), mask=inside)  # top-k indices are distinct
+
+
+    @triton.jit
+    def _gone(flags, real_row, col, N, HAS_REAL: tl.constexpr):
+        """``(inside, gone)`` of columns ``col``: inside the row; merged away (a flagged A token) or padding."""
+        inside = col < N
+        gone = tl.load(flags + col // 2, mask=inside & (col % 2 == 0), other=0) != 0
+        if HAS_REAL:
+            gone = gone | (tl.load(real_row + col, mask=inside, other=1) == 0)
+        return inside, gone
+
+
+    @triton.jit
+    def _store_ranks(slot_row, col, inside, gone, first, N_OUT, LIMIT):
+        """Slots of columns ``col`` before the merged A tokens join their matches: a kept token's rank among the kept
+        ones (``first``: the rank of the tile's first kept token; cut at ``LIMIT``), ``N_OUT`` for the others.
+        Returns how many of ``col`` are kept."""
+        keep = (inside & ~gone).to(tl.int32)
+        rank = first + tl.cumsum(keep, 0) - 1
+        tl.store(slot_row + col, tl.where(gone, N_OUT, tl.minimum(rank, LIMIT)).to(tl.int64), mask=inside)
+        return tl.sum(keep, 0)
+
+
+    @triton.jit
+    def _join_and_add_sizes(flags, dst_row, sizes_row, slot_row, total_row, col, N, N_OUT):
+        """Merged A tokens among columns ``col`` take their B match's slot, then every token's size is added into
+        its slot. B tokens never move, so no tile reads a slot that another writes here; sizes are integer counts,
+        so the atomics' order cannot change the sums. Returns the sizes cut off in column ``N_OUT`` (padding: 0;
+        real tokens past ``N_OUT``), ``merge._plan``'s extra column."""
+        inside = col < N
+        merged = tl.load(flags + col // 2, mask=inside & (col % 2 == 0), other=0) != 0
+        dst = tl.load(dst_row + col // 2, mask=merged, other=0)
+        slot = tl.load(slot_row + col, mask=inside & ~merged, other=N_OUT)
+        slot = tl.where(merged, tl.load(slot_row + 2 * dst + 1, mask=merged, other=N_OUT), slot)
+        tl.store(slot_row + col, slot, mask=merged)
+        kept = slot < N_OUT
+        size = tl.load(sizes_row + col, mask=inside, other=0.0)
+        tl.atomic_add(total_row + slot, size, mask=kept)
+        return tl.sum(tl.where(kept, 0.0, size), 0)
+
+
+    @triton.jit
+    def _store_shares(slot_row, sizes_row, total_row, share_row, col, N, N_OUT, dropped):
+        """Every token's share of its output token's size (0 for padding); ``dropped``: the cut-off column's size."""
+        inside = col < N
+        slot = tl.load(slot_row + col, mask=inside, other=N_OUT)
+        kept = slot < N_OUT
+        total = tl.where(kept, tl.load(total_row + slot, mask=inside & kept, other=1.0), dropped)
+        size = tl.load(sizes_row + col, mask=inside, other=0.0)
+        tl.store(share_row + col, size / tl.maximum(total, 1e-12), mask=inside)
+
+
+    @triton.jit
+    def _store_logs(total_row, log_row, col, N_OUT):
+        """Log of the output sizes ``col``, the key bias of proportional attention (``-inf`` for empty padding columns)."""
+        inside = col < N_OUT
+        tl.store(log_row + col, tl.log(tl.load(total_row + col, mask=inside, other=1.0)), mask=inside)
+
+
+    @triton.jit
+    def _sum_first(ptr, end, BLOCK: tl.constexpr):
+        """``ptr[0] + ... + ptr[end - 1]`` in ``ptr``'s type (a row of per-tile counts or sizes)."""
+        offs = tl.arange(0, BLOCK)
+        total = tl.zeros((), ptr.dtype.element_ty)
+        start = 0  # (a loop that starts past a constant end, e.g. TILES specialized to 1, fails to compile)
+        while start < end:
+            i = start + offs
+            total += tl.sum(tl.load(ptr + i, mask=i < end, other=0), 0)
+            start += BLOCK
+        return total
+
+
+    @triton.jit
     def _plan_kernel(
         src_ptr, best_ptr, r_ptr, dst_ptr, real_ptr, sizes_ptr, slot_ptr, total_ptr, share_ptr, log_ptr,
         N, NA, CAND, R, N_OUT, LIMIT,
         BLOCK: tl.constexpr, HAS_REAL: tl.constexpr, HAS_R: tl.constexpr,
     ):  # fmt: skip
+        """The whole plan of one row per program (grid ``(B,)``): the passes of ``plan`` over the row, tile by tile,
+        separated by block barriers. Its scratch flags live in the memory of the shares, written last."""
         row = tl.program_id(0).to(tl.int64)
         offs = tl.arange(0, BLOCK)
-        # the row's flags (NA bytes) live in its shares' memory (4 N bytes), which step 5 writes only after their last read
-        flag_ptr = share_ptr.to(tl.pointer_type(tl.int8)) + row * N * 4
+        src_row, best_row, dst_row = src_ptr + row * CAND, best_ptr + row * CAND, dst_ptr + row * NA
+        real_row, sizes_row, slot_row, share_row = real_ptr + row * N, sizes_ptr + row * N, slot_ptr + row * N, share_ptr + row * N
+        total_row, log_row = total_ptr + row * N_OUT, log_ptr + row * N_OUT
+        flags = share_row.to(tl.pointer_type(tl.int8))  # NA bytes in the row's 4 N bytes of shares
         start = 0
         while start < NA:  # 1. flags of the A tokens merged away: cleared, then set from the chosen candidates
-            j = start + offs
-            tl.store(flag_ptr + j, tl.zeros((BLOCK,), tl.int8), mask=j < NA)
+            tl.store(flags + start + offs, tl.zeros((BLOCK,), tl.int8), mask=start + offs < NA)
             start += BLOCK
         start = 0
-        while start < N_OUT:  # (and the output sizes cleared for step 4)
-            j = start + offs
-            tl.store(total_ptr + row * N_OUT + j, tl.zeros((BLOCK,), tl.float32), mask=j < N_OUT)
+        while start < N_OUT:  # (and the output sizes cleared for step 3)
+            tl.store(total_row + start + offs, tl.zeros((BLOCK,), tl.float32), mask=start + offs < N_OUT)
             start += BLOCK
         tl.debug_barrier()
-        merges = R  # the row's r: candidate k merges if k < r and its score is finite (merge._chosen)
-        if HAS_R:
-            merges = tl.load(r_ptr + row).to(tl.int32)
+        merges = _merges(r_ptr, row, R, HAS_R)
         start = 0
         while start < CAND:
-            k = start + offs
-            inside = k < CAND
-            src = tl.load(src_ptr + row * CAND + k, mask=inside, other=0)
-            best = tl.load(best_ptr + row * CAND + k, mask=inside, other=float("-inf")).to(tl.float32)
-            chosen = (best > float("-inf")) & (k < merges)
-            tl.store(flag_ptr + src, chosen.to(tl.int8), mask=inside)  # top-k indices are distinct
+            _set_flags(src_row, best_row, flags, start + offs, CAND, merges)
             start += BLOCK
         tl.debug_barrier()
         start = 0
-        carry = tl.zeros((), tl.int32)
+        first = tl.zeros((), tl.int32)
         while start < N:  # 2. rank among the kept tokens; merged A tokens and padding to N_OUT
-            col = start + offs
-            inside = col < N
-            gone = tl.load(flag_ptr + col // 2, mask=inside & (col % 2 == 0), other=0) != 0
-            if HAS_REAL:
-                gone = gone | (tl.load(real_ptr + row * N + col, mask=inside, other=1) == 0)
-            keep = (inside & ~gone).to(tl.int32)
-            rank = carry + tl.cumsum(keep, 0) - 1
-            tl.store(slot_ptr + row * N + col, tl.where(gone, N_OUT, tl.minimum(rank, LIMIT)).to(tl.int64), mask=inside)
-            carry += tl.sum(keep, 0)
+            inside, gone = _gone(flags, real_row, start + offs, N, HAS_REAL)
+            first += _store_ranks(slot_row, start + offs, inside, gone, first, N_OUT, LIMIT)
             start += BLOCK
         tl.debug_barrier()
         start = 0
-        while start < NA:  # 3. a merged A token joins its B match (B tokens never move, so no tile reads a slot this pass writes)
-            j = start + offs
-            merged = tl.load(flag_ptr + j, mask=j < NA, other=0) != 0
-            dst = tl.load(dst_ptr + row * NA + j, mask=merged, other=0)
-            tl.store(slot_ptr + row * N + 2 * j, tl.load(slot_ptr + row * N + 2 * dst + 1, mask=merged, other=0), mask=merged)
+        dropped = tl.zeros((), tl.float32)
+        while start < N:  # 3. merged A tokens join their B matches; output sizes
+            dropped += _join_and_add_sizes(flags, dst_row, sizes_row, slot_row, total_row, start + offs, N, N_OUT)
             start += BLOCK
         tl.debug_barrier()
         start = 0
-        dropped = tl.zeros((), tl.float32)  # the sizes cut off in column N_OUT (padding: 0; real tokens past N_OUT), as merge._plan's extra column
-        while start < N:  # 4. output sizes: sums of integer counts, so the atomics' order cannot change them
-            col = start + offs
-            inside = col < N
-            slot = tl.load(slot_ptr + row * N + col, mask=inside, other=N_OUT)
-            kept = slot < N_OUT
-            size = tl.load(sizes_ptr + row * N + col, mask=inside, other=0.0)
-            tl.atomic_add(total_ptr + row * N_OUT + slot, size, mask=kept)
-            dropped += tl.sum(tl.where(kept, 0.0, size), 0)
-            start += BLOCK
-        tl.debug_barrier()
-        start = 0
-        while start < N:  # 5. every token's share of its output token's size (0 for padding)
-            col = start + offs
-            inside = col < N
-            slot = tl.load(slot_ptr + row * N + col, mask=inside, other=N_OUT)
-            total = tl.where(slot < N_OUT, tl.load(total_ptr + row * N_OUT + slot, mask=inside & (slot < N_OUT), other=1.0), dropped)
-            size = tl.load(sizes_ptr + row * N + col, mask=inside, other=0.0)
-            tl.store(share_ptr + row * N + col, size / tl.maximum(total, 1e-12), mask=inside)
+        while start < N:  # 4. every token's share (overwrites the flags, read for the last time in step 3)
+            _store_shares(slot_row, sizes_row, total_row, share_row, start + offs, N, N_OUT, dropped)
             start += BLOCK
         start = 0
-        while start < N_OUT:  # 6. log of the output sizes, the key bias of proportional attention (-inf for padding)
-            col = start + offs
-            inside = col < N_OUT
-            tl.store(log_ptr + row * N_OUT + col, tl.log(tl.load(total_ptr + row * N_OUT + col, mask=inside, other=1.0)), mask=inside)
+        while start < N_OUT:  # 5. log of the output sizes
+            _store_logs(total_row, log_row, start + offs, N_OUT)
             start += BLOCK
+
+
+    # The tiled plan: the same steps as _plan_kernel, one launch each, one program per tile of BLOCK columns
+    # (grid (B, tiles)); the running rank is a two-level scan (each tile's kept count, then each tile sums
+    # those before it), the cut-off sizes are per-tile partial sums. Flags and output sizes start zeroed.
+
+    @triton.jit
+    def _plan_flags_kernel(src_ptr, best_ptr, r_ptr, flag_ptr, NA, CAND, R, BLOCK: tl.constexpr, HAS_R: tl.constexpr):
+        """Step 1 over a tile of candidates: flag the A tokens merged away."""
+        row, tile = tl.program_id(0).to(tl.int64), tl.program_id(1)
+        k = tile * BLOCK + tl.arange(0, BLOCK)
+        _set_flags(src_ptr + row * CAND, best_ptr + row * CAND, flag_ptr + row * NA, k, CAND, _merges(r_ptr, row, R, HAS_R))
+
+
+    @triton.jit
+    def _plan_count_kernel(flag_ptr, real_ptr, count_ptr, N, NA, TILES, BLOCK: tl.constexpr, HAS_REAL: tl.constexpr):
+        """Step 2a: how many tokens of each tile are kept."""
+        row, tile = tl.program_id(0).to(tl.int64), tl.program_id(1)
+        inside, gone = _gone(flag_ptr + row * NA, real_ptr + row * N, tile * BLOCK + tl.arange(0, BLOCK), N, HAS_REAL)
+        tl.store(count_ptr + row * TILES + tile, tl.sum((inside & ~gone).to(tl.int32), 0))
+
+
+    @triton.jit
+    def _plan_rank_kernel(
+        flag_ptr, real_ptr, count_ptr, slot_ptr, N, NA, TILES, N_OUT, LIMIT, BLOCK: tl.constexpr, HAS_REAL: tl.constexpr
+    ):  # fmt: skip
+        """Step 2b: the kept tokens' ranks, from the kept counts of the tiles before this one."""
+        row, tile = tl.program_id(0).to(tl.int64), tl.program_id(1)
+        col = tile * BLOCK + tl.arange(0, BLOCK)
+        inside, gone = _gone(flag_ptr + row * NA, real_ptr + row * N, col, N, HAS_REAL)
+        _store_ranks(slot_ptr + row * N, col, inside, gone, _sum_first(count_ptr + row * TILES, tile, BLOCK), N_OUT, LIMIT)
+
+
+    @triton.jit
+    def _plan_sizes_kernel(
+        flag_ptr, dst_ptr, sizes_ptr, slot_ptr, total_ptr, dropped_ptr, N, NA, N_OUT, TILES, BLOCK: tl.constexpr
+    ):  # fmt: skip
+        """Step 3: merged A tokens join their matches; sizes into their slots; the tile's cut-off sizes."""
+        row, tile = tl.program_id(0).to(tl.int64), tl.program_id(1)
+        col = tile * BLOCK + tl.arange(0, BLOCK)
+        dropped = _join_and_add_sizes(flag_ptr + row * NA, dst_ptr + row * NA, sizes_ptr + row * N, slot_ptr + row * N, total_ptr + row * N_OUT, col, N, N_OUT)
+        tl.store(dropped_ptr + row * TILES + tile, dropped)
+
+
+    @triton.jit
+    def _plan_shares_kernel(
+        slot_ptr, sizes_ptr, total_ptr, dropped_ptr, share_ptr, log_ptr, N, N_OUT, TILES, BLOCK: tl.constexpr
+    ):  # fmt: skip
+        """Steps 4 and 5 over a tile of columns: shares, and the log of the output sizes (``N_OUT <= N``)."""
+        row, tile = tl.program_id(0).to(tl.int64), tl.program_id(1)
+        col = tile * BLOCK + tl.arange(0, BLOCK)
+        total_row = total_ptr + row * N_OUT
+        dropped = _sum_first(dropped_ptr + row * TILES, TILES, BLOCK)
+        _store_shares(slot_ptr + row * N, sizes_ptr + row * N, total_row, share_ptr + row * N, col, N, N_OUT, dropped)
+        _store_logs(total_row, log_ptr + row * N_OUT, col, N_OUT)
 
 
     @triton.jit
@@ -267,16 +391,33 @@ def _(metric: Tensor, real: Tensor | None, window: int, protect_first: bool) -> 
 def plan(
     real: Tensor | None, sizes: Tensor, src: Tensor, dst: Tensor, best: Tensor, r: Tensor | int, n: int, n_out: int
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``merge._plan`` as one kernel: ``(slot [B, N] long, merged sizes [B, n_out], share [B, N] float32,
+    """``merge._plan`` as kernels: ``(slot [B, N] long, merged sizes [B, n_out], share [B, N] float32,
     log of the merged sizes [B, n_out] float32)``, the last for proportional attention (``-inf`` for padding).
 
     ``src, best [B, candidates]`` (the top-k A tokens and their scores), ``r`` (``[B]`` long or one int:
     a candidate merges if it is among its row's first ``r`` and its score is finite), ``dst [B, Na]``
     (every A token's B match), ``sizes [B, N]`` (integer counts, 0 = padding) and ``real [B, N]``
     bool or ``None`` (no padding). A custom op under ``torch.compile``, like ``match_window``.
+
+    Rows of at most ``ONE_PROGRAM_MAX_N`` tokens take one launch, a program per row (``_plan_kernel``);
+    longer rows the tiled plan, five launches with a program per tile of ``BLOCK_SLOTS`` columns (module
+    docstring). Both give the same slots, sizes and shares, bit for bit.
     """
     r_rows, r_all = (r, 0) if isinstance(r, Tensor) else (None, r)
     return (_plan_op if torch.compiler.is_compiling() else _plan)(real, sizes, src, dst, best, r_rows, r_all, n, n_out)
+
+
+def one_program_plan(n: int) -> bool:
+    """Whether a plan of rows of ``n`` tokens runs as one program per row (else tiled): ``n <= ONE_PROGRAM_MAX_N``.
+
+    The one-program kernel walks its row serially, about 5 passes of ``cdiv(n, BLOCK_SLOTS)`` dependent tiles,
+    so its time grows with ``n`` however many rows run beside it; the tiled plan's depth is one tile per launch,
+    for 5 launches and 2 memsets. A batch only fills more SMs: it never shortens a row's walk, hence the rule
+    reads ``n`` alone. Up to 4 tiles a row (4K tokens, where MAELRE's step was within 1% of its twin at batch
+    16 on the H200) the one launch stays; the crossover is a guess until ``benchmarks/plan_kernel_timing.py``
+    has timed both on a GPU.
+    """
+    return n <= ONE_PROGRAM_MAX_N
 
 
 def _plan(
@@ -295,15 +436,41 @@ def _plan(
     slot, share = torch.empty(batch, n, dtype=torch.long, **new), torch.empty(batch, n, dtype=torch.float32, **new)
     # the merged sizes without merge._plan's padding column (padding adds nothing and takes share 0): [B, n_out] contiguous
     total, log_total = torch.empty(batch, n_out, dtype=torch.float32, **new), torch.empty(batch, n_out, dtype=torch.float32, **new)
-    real_u8 = slot if real is None else real.contiguous().view(torch.uint8)  # without padding the kernel never reads it
+    real_u8 = slot if real is None else real.contiguous().view(torch.uint8)  # without padding the kernels never read it
     sizes32 = sizes if sizes.dtype == torch.float32 else sizes.float()
-    _plan_kernel[(batch,)](
-        src.contiguous(), best.contiguous(), src if r_rows is None else r_rows.contiguous(), dst.contiguous(), real_u8, sizes32.contiguous(),
-        slot, total, share, log_total, n, na, candidates, r_all, n_out, n_out - int(real is None),
-        BLOCK=BLOCK_SLOTS, HAS_REAL=real is not None, HAS_R=r_rows is not None,
-    )  # fmt: skip
+    src, best, dst, sizes32 = src.contiguous(), best.contiguous(), dst.contiguous(), sizes32.contiguous()
+    r_ptr = src if r_rows is None else r_rows.contiguous()  # without per-row r the kernels never read it
+    limit = n_out - int(real is None)  # unpadded rows have no cut-off column: extra tokens join the last one
+    flags = dict(HAS_REAL=real is not None, HAS_R=r_rows is not None)
+    if one_program_plan(n):
+        _plan_kernel[(batch,)](
+            src, best, r_ptr, dst, real_u8, sizes32, slot, total, share, log_total, n, na, candidates, r_all, n_out, limit,
+            BLOCK=BLOCK_SLOTS, **flags,
+        )  # fmt: skip
+    else:
+        _plan_tiled(real_u8, sizes32, src, dst, best, r_ptr, r_all, slot, total, share, log_total, n, n_out, limit, **flags)
     # the strides the fake kernel promises torch.compile: contiguous [B, n_out]
     return slot, total if sizes.dtype == torch.float32 else total.to(sizes.dtype), share, log_total
+
+
+def _plan_tiled(
+    real_u8: Tensor, sizes: Tensor, src: Tensor, dst: Tensor, best: Tensor, r_ptr: Tensor, r_all: int,
+    slot: Tensor, total: Tensor, share: Tensor, log_total: Tensor, n: int, n_out: int, limit: int, HAS_REAL: bool, HAS_R: bool,
+) -> None:
+    """The plan of long rows into ``slot, total, share, log_total``: a program per tile of each step (module docstring)."""
+    (batch, candidates), na = src.shape, dst.shape[1]
+    tiles = triton.cdiv(n, BLOCK_SLOTS)
+    flags = torch.zeros(batch, na, dtype=torch.int8, device=src.device)  # 1: an A token merged away
+    counts = torch.empty(batch, tiles, dtype=torch.int32, device=src.device)  # each tile's kept tokens
+    dropped = torch.empty(batch, tiles, dtype=torch.float32, device=src.device)  # each tile's cut-off sizes
+    total.zero_()
+    grid = (batch, tiles)
+    if candidates:
+        _plan_flags_kernel[(batch, triton.cdiv(candidates, BLOCK_SLOTS))](src, best, r_ptr, flags, na, candidates, r_all, BLOCK=BLOCK_SLOTS, HAS_R=HAS_R)
+    _plan_count_kernel[grid](flags, real_u8, counts, n, na, tiles, BLOCK=BLOCK_SLOTS, HAS_REAL=HAS_REAL)
+    _plan_rank_kernel[grid](flags, real_u8, counts, slot, n, na, tiles, n_out, limit, BLOCK=BLOCK_SLOTS, HAS_REAL=HAS_REAL)
+    _plan_sizes_kernel[grid](flags, dst, sizes, slot, total, dropped, n, na, n_out, tiles, BLOCK=BLOCK_SLOTS)
+    _plan_shares_kernel[grid](slot, sizes, total, dropped, share, log_total, n, n_out, tiles, BLOCK=BLOCK_SLOTS)
 
 
 _plan_op = torch.library.custom_op("maelre::merge_plan", _plan, mutates_args=())
