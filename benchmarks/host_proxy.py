@@ -13,11 +13,14 @@ the GPU runs) with its kernel launches replaced by stubs: the wrappers, their ch
 allocations run, the kernels do not. The stubs zero the kernels' outputs (garbage memory
 could hold denormals, slow on a CPU); those ``zero_`` calls are left out of the op counts
 but not out of the times. The step's values are then meaningless; only its host time is.
-Without ``--fused`` the merge takes the PyTorch path (the CPU's).
+Without ``--fused`` the merge takes the PyTorch path (the CPU's). ``--fused-attention`` does
+the same for the linear attention of ``maelre.layers.triton_linear_attention`` (on the GPU
+it runs there too; without it the CPU's recomputing PyTorch form runs, about 30 more
+operators per block). ``--fused --fused-attention`` is the closest to the GPU's eager step.
 
 ``--cprofile N`` prints the N functions with the most own time over the timed MAELRE steps.
 
-    PYTHONPATH=. python benchmarks/host_proxy.py [--fused] [--seq-len 2048] [--repeats 60] [--cprofile 30]
+    PYTHONPATH=. python benchmarks/host_proxy.py [--fused] [--fused-attention] [--seq-len 2048] [--repeats 60] [--cprofile 30]
 """
 from __future__ import annotations
 
@@ -61,32 +64,36 @@ class _STUB:
     zeroed = 0  # zero_ calls the stubs made
 
 
+class _Launch:
+    """A stubbed ``kernel[grid](*args)``: zeroes the arguments at ``outputs``, launches nothing."""
+
+    def __init__(self, outputs: tuple[int, ...]) -> None:
+        self.outputs = outputs
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs) -> None:
+            _STUB.active = True
+            for i in self.outputs:
+                args[i].zero_()
+            _STUB.active = False
+            _STUB.zeroed += len(self.outputs)
+
+        return launch
+
+
+class _Triton:  # triton.cdiv / next_power_of_2 for the wrappers
+    @staticmethod
+    def cdiv(a: int, b: int) -> int:
+        return -(-a // b)
+
+    @staticmethod
+    def next_power_of_2(n: int) -> int:
+        return 1 << max(n - 1, 0).bit_length()
+
+
 def stub_triton_merge() -> None:
     """Route merging through ``triton_merge``'s custom ops on the CPU, with no-op kernel launches."""
     import maelre.layers.triton_merge as tm
-
-    class _Launch:
-        def __init__(self, outputs: tuple[int, ...]) -> None:
-            self.outputs = outputs
-
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs) -> None:
-                _STUB.active = True
-                for i in self.outputs:
-                    args[i].zero_()
-                _STUB.active = False
-                _STUB.zeroed += len(self.outputs)
-
-            return launch
-
-    class _Triton:  # triton.cdiv / next_power_of_2 for the wrappers
-        @staticmethod
-        def cdiv(a: int, b: int) -> int:
-            return -(-a // b)
-
-        @staticmethod
-        def next_power_of_2(n: int) -> int:
-            return 1 << max(n - 1, 0).bit_length()
 
     tm.triton = _Triton
     tm.available = lambda x: True
@@ -94,6 +101,18 @@ def stub_triton_merge() -> None:
     tm._plan_kernel = _Launch((6, 7, 8, 9))  # slot, total, share, log
     tm._merge_states_kernel = _Launch(())  # adds into a zeroed buffer
     tm._merge_states_grad_kernel = _Launch((3,))  # grad_x
+
+
+def stub_triton_linear_attention() -> None:
+    """Route linear attention through ``triton_linear_attention``'s fused path on the CPU, with no-op kernel launches."""
+    import maelre.layers.triton_linear_attention as tla
+
+    tla.triton = _Triton
+    tla.available = lambda x: True
+    tla._state_kernel = _Launch((4, 5, 6))  # s, z, m
+    tla._output_kernel = _Launch((4,))  # out
+    tla._query_grad_kernel = _Launch((5, 6, 7))  # dq, ds, dz
+    tla._key_grad_kernel = _Launch((7, 8))  # dk, dv
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,11 +126,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=60)
     parser.add_argument("--fused", action="store_true", help="merge through the Triton path with stubbed kernels")
+    parser.add_argument("--fused-attention", action="store_true", help="linear attention through its fused Triton path with stubbed kernels")
     parser.add_argument("--cprofile", type=int, default=0, metavar="N", help="print the N functions with the most own time (MAELRE)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.fused:
         stub_triton_merge()
+    if args.fused_attention:
+        stub_triton_linear_attention()
     config = BenchConfig(
         backbones=["maelre"], seq_lens=[args.seq_len], modes=["train"], dim=args.dim, depth=args.depth, heads=args.heads,
         batch=args.batch, dtype=args.dtype, device="cpu", ideal=True,
@@ -142,7 +164,8 @@ def main(argv: list[str] | None = None) -> None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(args.cprofile)
     (m_ms, m_cpu, m_ops, m_prof, m_calls), (t_ms, t_cpu, t_ops, t_prof, t_calls) = results["maelre"], results["maelre.twin"]
     path = "fused (stubbed kernels)" if args.fused else "pytorch"
-    print(f"N={args.seq_len} batch={args.batch} dim={args.dim} heads={args.heads} depth={args.depth} {args.dtype}, merge path: {path}")
+    attention = "fused (stubbed kernels)" if args.fused_attention else "pytorch"
+    print(f"N={args.seq_len} batch={args.batch} dim={args.dim} heads={args.heads} depth={args.depth} {args.dtype}, merge path: {path}, linear attention: {attention}")
     print(f"maelre      {m_ms:7.2f} ms/step wall {m_cpu:7.2f} ms thread CPU  {m_ops:5d} dispatched ops  {m_prof:5d} profiler aten ops")
     print(f"maelre.twin {t_ms:7.2f} ms/step wall {t_cpu:7.2f} ms thread CPU  {t_ops:5d} dispatched ops  {t_prof:5d} profiler aten ops")
     print(

@@ -51,7 +51,7 @@ def test_kernels_under_the_interpreter():
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpret and not under_the"]
     run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "25 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
+    assert "27 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
 
 
 def inputs(device: str, dtype: torch.dtype = torch.float32, n: int = N):
@@ -447,6 +447,37 @@ def test_eager_linear_attention_skips_the_custom_ops_with_their_results(kernels)
     torch.testing.assert_close(out, out_op, atol=0, rtol=0)
     for got, want in zip(grads, torch.autograd.grad(out_op, (q, k, v), grad)):
         torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["elu", "favor"])
+def test_fused_outputs_come_in_the_projections_layout(kernels, kind):
+    """out, dq, dk and dv are ``[B, H, N, dh]`` laid out as ``[B, N, H, dh]`` (so ``Attention.output`` merges the heads and
+    ``split_heads``' backward takes the gradients without a copy), eager and through the custom ops alike; the fake kernels
+    promise those strides; elu+1's key stabilizer is 0 (FAVOR+'s is finite)."""
+    from maelre.layers.attention import Attention
+
+    module, device = kernels
+    (q, k, v), key_bias, mask = inputs(device)
+    weights = la.key_weights(key_bias, mask).float().contiguous()
+    projection = None if kind == "elu" else feature_map(kind, device).projection
+    heads_last = (N * H * DH, DH, H * DH, 1)
+    out = module.fused_linear_attention(q, k, v, weights, projection=projection)
+    grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    assert [t.stride() for t in (out, *grads)] == [heads_last] * 4
+    merged = Attention(H * DH, H).to(device).output  # the heads merge into [B, N, D] as a view of out
+    assert out.transpose(1, 2).reshape(B, N, H * DH).data_ptr() == out.data_ptr() and merged(out).shape == (B, N, H * DH)
+    args = (q.detach(), k.detach(), v.detach(), weights, projection, 1e-6)
+    real = module._forward_op(*args)
+    with FakeTensorMode() as mode:
+        fake = module._forward_op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+    assert [(t.shape, t.stride(), t.dtype) for t in real] == [(t.shape, t.stride(), t.dtype) for t in fake]
+    back_args = (*args[:5], *real[1:], torch.ones_like(out), 1e-6)
+    real_grads = module._backward_op(*back_args)
+    with FakeTensorMode() as mode:
+        fake_grads = module._backward_op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in back_args])
+    assert [t.stride() for t in real_grads] == [t.stride() for t in fake_grads] == [heads_last] * 3
+    m = real[3]
+    assert (m == 0).all() if kind == "elu" else m.isfinite().all()
 
 
 def test_log_sizes_come_with_the_kernel_plan_only(kernels, monkeypatch):

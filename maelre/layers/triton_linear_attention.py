@@ -19,6 +19,10 @@ Four kernels, each over ``(batch * heads, blocks of tokens)``:
   and ``dz``.
 * ``_key_grad_kernel``: ``dk`` and ``dv`` from ``dS`` and ``dz``.
 
+``out``, ``dq``, ``dk`` and ``dv`` are written as ``[B, N, H, dh]`` in memory (returned as its
+``[B, H, N, dh]`` transpose): the layout the output projection reads and the q/k/v
+projections' gradients take, so neither direction copies the heads into place.
+
 Forward and backward are ``torch.library`` custom ops (``maelre::fused_linear_attention``
 and its backward), so ``torch.compile`` keeps them in its graph and CUDA graphs capture
 them. Backward recomputes the features from q and k (nothing but ``S``, ``z`` and the key
@@ -99,6 +103,11 @@ if triton is not None:
         return tl.load(ptr + base + rows[:, None] * stride_n + cols[None, :] * stride_d, mask=real_n[:, None] & real_d[None, :], other=0.0).to(tl.float32)
 
     @triton.jit
+    def _heads_last(b, h, rows, cols, N, H, DH):
+        """Offsets of ``[B, H, N, dh]`` element ``(b, h, rows, cols)`` laid out as ``[B, N, H, dh]`` (``_heads_last_empty``)."""
+        return b * N * H * DH + rows[:, None] * (H * DH) + h * DH + cols[None, :]
+
+    @triton.jit
     def _state_kernel(
         k_ptr, v_ptr, w_ptr, proj_ptr, s_ptr, z_ptr, m_ptr,
         H, N, DH, F, tiles_per_chunk, num_chunks,
@@ -131,7 +140,10 @@ if triton is not None:
             acc_s += tl.dot(tl.trans(phi), v, input_precision=PREC)
             acc_z += tl.sum(phi, 0)
         _store_state(s_ptr, z_ptr, bh * num_chunks + chunk, acc_s, acc_z, feats, cols, FP, DHP)
-        tl.store(m_ptr + bh * num_chunks + chunk, m)
+        if IS_FAVOR:  # one stabilizer per chunk, combined by _state
+            tl.store(m_ptr + bh * num_chunks + chunk, m)
+        else:  # elu+1 has none: m [BH] holds 0 (every chunk writes the same value)
+            tl.store(m_ptr + bh, 0.0)
 
     @triton.jit
     def _query_features(q_ptr, base, sqn, sqd, rows, cols, real_n, real_d, real_f, proj, IS_FAVOR, SCALE, INV_SQRT_F, PREC):
@@ -156,7 +168,7 @@ if triton is not None:
         s, z = _load_state(s_ptr, z_ptr, bh, feats, cols, FP, DHP)
         _, phi = _query_features(q_ptr, b * sqb + h * sqh, sqn, sqd, rows, cols, real_n, real_d, real_f, proj, IS_FAVOR, SCALE, INV_SQRT_F, PREC)
         out = tl.dot(phi, s, input_precision=PREC) / (tl.sum(phi * z[None, :], 1) + eps)[:, None]
-        offs = bh * N * DH + rows[:, None] * DH + cols[None, :]
+        offs = _heads_last(b, h, rows, cols, N, H, DH)
         tl.store(o_ptr + offs, out.to(o_ptr.dtype.element_ty), mask=real_n[:, None] & real_d[None, :])
 
     @triton.jit
@@ -185,7 +197,7 @@ if triton is not None:
             g_den = -tl.sum(g * out, 1) / den  # d out / d den
             grad_phi = tl.dot(g_num, tl.trans(s), input_precision=PREC) + g_den[:, None] * z[None, :]
             dq = _features_backward(q, proj, phi, grad_phi, IS_FAVOR, SCALE, PREC)
-            offs = bh * N * DH + rows[:, None] * DH + cols[None, :]
+            offs = _heads_last(b, h, rows, cols, N, H, DH)
             tl.store(dq_ptr + offs, dq.to(dq_ptr.dtype.element_ty), mask=real_n[:, None] & real_d[None, :])
             acc_ds += tl.dot(tl.trans(phi), g_num, input_precision=PREC)
             acc_dz += tl.sum(phi * g_den[:, None], 0)
@@ -215,7 +227,7 @@ if triton is not None:
         dv = tl.dot(phi * w[:, None], ds, input_precision=PREC)
         grad_phi = tl.where(real, (tl.dot(v, tl.trans(ds), input_precision=PREC) + dz[None, :]) * w[:, None], 0.0)
         dk = _features_backward(k, proj, phi, grad_phi, IS_FAVOR, SCALE, PREC)
-        offs = bh * N * DH + rows[:, None] * DH + cols[None, :]
+        offs = _heads_last(b, h, rows, cols, N, H, DH)
         store = real_n[:, None] & real_d[None, :]
         pad = (rows < N)[:, None] & real_d[None, :]  # padded keys get exact zero gradients
         tl.store(dk_ptr + offs, tl.where(store, dk, 0.0).to(dk_ptr.dtype.element_ty), mask=pad)
@@ -261,11 +273,23 @@ class _Setup:
         )
 
     def buffers(self, chunks: int, *, stabilizer: bool) -> tuple[Tensor, ...]:
+        """Per-chunk ``S [BH, chunks, FP, DHP]`` and ``z [BH, chunks, FP]``; with ``stabilizer`` the key stabilizer,
+        ``[BH, chunks]`` for FAVOR+ (one per chunk) and ``[BH]`` for elu+1 (the kernel writes 0 there)."""
         bh, dev = self.b * self.h, self.proj.device
         out = [torch.empty(bh, chunks, self.fp, self.dhp, device=dev), torch.empty(bh, chunks, self.fp, device=dev)]
         if stabilizer:
-            out.append(torch.empty(bh, chunks, device=dev))
+            out.append(torch.empty((bh, chunks) if self.favor else (bh,), device=dev))
         return tuple(out)
+
+
+def _heads_last_empty(b: int, h: int, n: int, dh: int, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """An uninitialized ``[B, H, N, dh]`` tensor laid out as ``[B, N, H, dh]``: the kernels write out, dq, dk and dv so.
+
+    That is the layout the attention projections read and their gradients take: ``Attention.output``'s
+    ``transpose(1, 2).reshape`` and the backward of ``split_heads``' ``view`` are then views, not copies
+    (one copy per block forward and one per gradient of q, k, v in backward on a contiguous ``[B, H, N, dh]``).
+    """
+    return torch.empty(b, n, h, dh, device=like.device, dtype=like.dtype if dtype is None else dtype).transpose(1, 2)
 
 
 def _state(setup: _Setup, k: Tensor, v: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -277,7 +301,7 @@ def _state(setup: _Setup, k: Tensor, v: Tensor, w: Tensor) -> tuple[Tensor, Tens
         k, v, w, setup.proj, s, z, m, setup.h, setup.n, setup.dh, setup.f, per, chunks, *k.stride(), *v.stride(), **setup.consts
     )
     if not setup.favor:
-        return s.sum(1), z.sum(1), torch.zeros(bh, device=s.device)
+        return s.sum(1), z.sum(1), m
     top = m.amax(1, keepdim=True)
     scale = torch.where(m == float("-inf"), 0.0, torch.exp(m - top))  # chunks without a real key hold zeros
     return (s * scale[..., None, None]).sum(1), (z * scale[..., None]).sum(1), top.squeeze(1)
@@ -290,10 +314,10 @@ def _state(setup: _Setup, k: Tensor, v: Tensor, w: Tensor) -> tuple[Tensor, Tens
 def _forward(
     q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | None, eps: float
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(out [B, H, N, dh], S [BH, FP, DHP], z [BH, FP], m [BH])``; the last three are saved for backward."""
+    """``(out [B, H, N, dh] laid out as [B, N, H, dh], S [BH, FP, DHP], z [BH, FP], m [BH])``; the last three are saved for backward."""
     setup = _Setup(q, projection, eps)
     s, z, m = _state(setup, k, v, weights)
-    out = torch.empty(setup.b, setup.h, setup.n, setup.dh, device=q.device, dtype=q.dtype)
+    out = _heads_last_empty(setup.b, setup.h, setup.n, setup.dh, q)
     _output_kernel[(setup.b * setup.h, triton.cdiv(setup.n, BLOCK_N))](
         q, setup.proj, s, z, out, setup.h, setup.n, setup.dh, setup.f, eps, *q.stride(), **setup.consts
     )
@@ -308,18 +332,19 @@ def _(q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | Non
     b, h, _, dh = q.shape
     fp, dhp = _pow2(dh if projection is None else projection.shape[0]), _pow2(dh)
     state = dict(dtype=torch.float32, device=q.device)
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(b * h, fp, dhp, **state), q.new_empty(b * h, fp, **state), q.new_empty(b * h, **state)
+    out = _heads_last_empty(b, h, q.shape[2], dh, q)
+    return out, q.new_empty(b * h, fp, dhp, **state), q.new_empty(b * h, fp, **state), q.new_empty(b * h, **state)
 
 
 def _backward_kernels(
     q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | None, s: Tensor, z: Tensor, m: Tensor, grad_out: Tensor, eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dq, dk, dv)``, each ``[B, H, N, dh]``: the features are recomputed from q and k."""
+    """``(dq, dk, dv)``, each ``[B, H, N, dh]`` laid out as ``[B, N, H, dh]``: the features are recomputed from q and k."""
     setup = _Setup(q, projection, eps)
     bh = setup.b * setup.h
     per, chunks = _chunks(bh, setup.n)
     ds, dz = setup.buffers(chunks, stabilizer=False)
-    dq, dk, dv = (torch.empty(setup.b, setup.h, setup.n, setup.dh, device=q.device, dtype=x.dtype) for x in (q, k, v))
+    dq, dk, dv = (_heads_last_empty(setup.b, setup.h, setup.n, setup.dh, x) for x in (q, k, v))
     _query_grad_kernel[(bh, chunks)](
         q, grad_out, setup.proj, s, z, dq, ds, dz, setup.h, setup.n, setup.dh, setup.f, setup.eps, per, chunks,
         *q.stride(), *grad_out.stride(), **setup.consts,
@@ -336,7 +361,7 @@ _backward_op = torch.library.custom_op("maelre::fused_linear_attention_backward"
 
 @_backward_op.register_fake
 def _(q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | None, s: Tensor, z: Tensor, m: Tensor, grad_out: Tensor, eps: float):
-    return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
+    return tuple(_heads_last_empty(*x.shape, x) for x in (q, k, v))
 
 
 def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
@@ -383,7 +408,10 @@ def fused_linear_attention(
     projection: Tensor | None = None,
     eps: float = 1e-6,
 ) -> Tensor:
-    """Fused linear attention ``[B, H, N, dh]`` (non-causal, self-attention: q, k, v share N).
+    """Fused linear attention ``[B, H, N, dh]`` (non-causal, self-attention: q, k, v share N), laid out as ``[B, N, H, dh]``.
+
+    The output and the gradients of q, k, v come in the layout of the projections around attention
+    (``_heads_last_empty``), so merging the heads back and splitting the gradients into heads copy nothing.
 
     Args:
         q, k, v: ``[B, H, N, dh]``, float32 or bf16/fp16 (any strides).
