@@ -6,7 +6,10 @@ train step as the efficiency benchmark (``maelre.bench.efficiency_case.make_step
 linear head, fused AdamW, bf16 autocast) at a tiny width on the CPU, one thread, so the
 arithmetic is negligible and the step time is mostly host work, and reports for MAELRE and
 its twin the median step time (wall, and CPU time of the one thread, which a shared machine's
-load disturbs less), their ratio and the aten operators per step.
+load disturbs less), their ratio and the aten operators per step (all that reach the dispatcher
+below autograd, and those of them that would launch a kernel on a GPU: no views, allocations or
+``detach``, as ``maelre.bench.profile.count_kernel_ops`` counts them; the stubbed Triton launches
+are in neither).
 
 ``--fused`` runs the merge through the Triton path of ``maelre.layers.triton_merge`` (what
 the GPU runs) with its kernel launches replaced by stubs: the wrappers, their checks and
@@ -36,6 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from maelre.bench.efficiency_case import make_step
 from maelre.bench.efficiency_config import BenchConfig
+from maelre.bench.profile import _NO_KERNEL
 
 
 class _OpCount(TorchDispatchMode):
@@ -44,10 +48,12 @@ class _OpCount(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.calls: Counter[str] = Counter()
+        self.kernels = 0  # those that would launch a kernel on a GPU (``maelre.bench.profile``'s rule)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if not _STUB.active:
             self.calls[str(func.overloadpacket)] += 1
+            self.kernels += not func.is_view and func.overloadpacket.__name__ not in _NO_KERNEL
         return func(*args, **(kwargs or {}))
 
 
@@ -154,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, step in steps.items():
         with _OpCount() as count:
             step()
-        results[name] = (statistics.median(wall[name]), statistics.median(cpu[name]), sum(count.calls.values()), _profiler_ops(step), count.calls)
+        results[name] = (statistics.median(wall[name]), statistics.median(cpu[name]), sum(count.calls.values()), _profiler_ops(step), count.calls, count.kernels)
     if args.cprofile:
         profiler = cProfile.Profile()
         profiler.enable()
@@ -162,12 +168,12 @@ def main(argv: list[str] | None = None) -> None:
             steps["maelre"]()
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(args.cprofile)
-    (m_ms, m_cpu, m_ops, m_prof, m_calls), (t_ms, t_cpu, t_ops, t_prof, t_calls) = results["maelre"], results["maelre.twin"]
+    (m_ms, m_cpu, m_ops, m_prof, m_calls, m_kernels), (t_ms, t_cpu, t_ops, t_prof, t_calls, t_kernels) = results["maelre"], results["maelre.twin"]
     path = "fused (stubbed kernels)" if args.fused else "pytorch"
     attention = "fused (stubbed kernels)" if args.fused_attention else "pytorch"
     print(f"N={args.seq_len} batch={args.batch} dim={args.dim} heads={args.heads} depth={args.depth} {args.dtype}, merge path: {path}, linear attention: {attention}")
-    print(f"maelre      {m_ms:7.2f} ms/step wall {m_cpu:7.2f} ms thread CPU  {m_ops:5d} dispatched ops  {m_prof:5d} profiler aten ops")
-    print(f"maelre.twin {t_ms:7.2f} ms/step wall {t_cpu:7.2f} ms thread CPU  {t_ops:5d} dispatched ops  {t_prof:5d} profiler aten ops")
+    print(f"maelre      {m_ms:7.2f} ms/step wall {m_cpu:7.2f} ms thread CPU  {m_ops:5d} dispatched ops ({m_kernels:4d} kernel-launching)  {m_prof:5d} profiler aten ops")
+    print(f"maelre.twin {t_ms:7.2f} ms/step wall {t_cpu:7.2f} ms thread CPU  {t_ops:5d} dispatched ops ({t_kernels:4d} kernel-launching)  {t_prof:5d} profiler aten ops")
     print(
         f"ratio wall {m_ms / t_ms:.3f} (gap {m_ms - t_ms:.2f} ms), thread CPU {m_cpu / t_cpu:.3f} (gap {m_cpu - t_cpu:.2f} ms); "
         f"{m_ops - t_ops} more dispatched ops, {m_prof - t_prof} more profiler ops"

@@ -51,7 +51,7 @@ def test_kernels_under_the_interpreter():
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpret and not under_the"]
     run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "27 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
+    assert "28 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
 
 
 def inputs(device: str, dtype: torch.dtype = torch.float32, n: int = N):
@@ -478,6 +478,28 @@ def test_fused_outputs_come_in_the_projections_layout(kernels, kind):
     assert [t.stride() for t in real_grads] == [t.stride() for t in fake_grads] == [heads_last] * 3
     m = real[3]
     assert (m == 0).all() if kind == "elu" else m.isfinite().all()
+
+
+def test_unweighted_keys_take_cached_ones(kernels, monkeypatch):
+    """Without key bias or mask the kernels get the shape-cached ones as key weights (no fill per call): the PyTorch
+    path's values and gradients, and the cached weights stay ones."""
+    from maelre.layers import shape_cache
+
+    module, device = kernels
+    layer = la.LinearAttention(DH)
+    (q, k, v), _, _ = inputs(device)
+    k = k.detach().nan_to_num().requires_grad_()  # no padding here: every key is real
+    results = []
+    for enabled in (True, False):
+        monkeypatch.setattr(_triton, "ENABLED", enabled)
+        out = layer(q, k, v)
+        results.append((out, torch.autograd.grad(out.square().sum(), (q, k, v))))
+    (got, got_grads), (want, want_grads) = results
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=2e-4)
+    cached = shape_cache.ones(B, N, q.device)
+    assert cached is shape_cache.ones(B, N, q.device) and (cached == 1).all()
 
 
 def test_log_sizes_come_with_the_kernel_plan_only(kernels, monkeypatch):
