@@ -115,10 +115,10 @@ def stub_triton_linear_attention() -> None:
 
     tla.triton = _Triton
     tla.available = lambda x: True
-    tla._state_kernel = _Launch((4, 5, 6))  # s, z, m
-    tla._output_kernel = _Launch((4,))  # out
-    tla._query_grad_kernel = _Launch((5, 6, 7))  # dq, ds, dz
-    tla._key_grad_kernel = _Launch((7, 8))  # dk, dv
+    tla._state_kernel = _Launch((4, 5))  # state (S and z), m
+    tla._output_kernel = _Launch((3,))  # out
+    tla._query_grad_kernel = _Launch((4, 5))  # dq, grad state (dS and dz)
+    tla._key_grad_kernel = _Launch((6, 7))  # dk, dv
 
 
 def main(argv: list[str] | None = None) -> None:
