@@ -16,8 +16,9 @@ Text model's shape (batch 32, 4 heads, head dim 64, 4,000 positions, bf16) for:
 
 Each variant runs on two input layouts (``--layouts``): ``contiguous`` ``[B, H, N, dh]`` tensors,
 and ``model``: q, k and v as ``maelre.layers.attention.Attention.qkv`` hands them to SDPA, head
-views of the projections' ``[B, N, D]`` and ``[B, N, 2D]`` outputs (k and v are the two halves
-of one tensor, so their row stride is 2D). A backend's kernel choice can depend on strides,
+views of the self-attention projection's ``[B, N, 3D]`` output (q, k and v are its three thirds,
+so their row stride is 3D; before session 19 q came from its own ``[B, N, D]`` and k, v from a
+``[B, N, 2D]`` tensor). A backend's kernel choice can depend on strides,
 so only the second says what the transformer's step gets.
 
 ``new_shapes`` (layout ``contiguous``, padding bias and dropout, under ``default``, ``cudnn``
@@ -80,11 +81,10 @@ def attention_inputs(layout: str, shape: tuple[int, int, int, int], device: torc
     if layout == "contiguous":
         q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
         return [q, k, v], (q, k, v)
-    # Attention.qkv: q_proj's [B, N, D] and kv_proj's [B, N, 2D] outputs, split into heads as views
-    x_q = torch.randn(b, n, h * dh, device=device, dtype=dtype, requires_grad=True)
-    x_kv = torch.randn(b, n, 2 * h * dh, device=device, dtype=dtype, requires_grad=True)
-    heads = [t.view(b, n, h, dh).transpose(1, 2) for t in (x_q, *x_kv.chunk(2, dim=-1))]
-    return [x_q, x_kv], tuple(heads)
+    # Attention.qkv (self-attention): one [B, N, 3D] projection, split into q, k, v heads as views
+    x_qkv = torch.randn(b, n, 3 * h * dh, device=device, dtype=dtype, requires_grad=True)
+    heads = [t.view(b, n, h, dh).transpose(1, 2) for t in x_qkv.chunk(3, dim=-1)]
+    return [x_qkv], tuple(heads)
 
 
 def _sdpa(q, k, v, bias, dropout: float, backend: SDPBackend | None) -> torch.Tensor:

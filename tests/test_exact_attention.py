@@ -110,3 +110,50 @@ def test_only_long_biased_calls_are_padded_on_cuda(monkeypatch):
     assert not attention.pads_lengths(cpu, 4000)
     monkeypatch.setattr(attention, "CUDA_LENGTH_MULTIPLE", 1)  # MAELRE_ATTENTION_PAD=1
     assert not attention.pads_lengths(cuda, 4000)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_self_attention_projects_qkv_in_one_gemm_with_the_two_layers_values_and_gradients(qkv_bias, autocast):
+    """``Attention.qkv`` without context stacks ``q_proj`` and ``kv_proj`` into one GEMM: the same q, k, v and the same
+    gradients (of the input and of both layers' weights and biases) as the two layers applied separately."""
+    import torch.nn.functional as F
+
+    from maelre.layers.attention import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(32, 4, qkv_bias=qkv_bias)
+    x = torch.randn(2, 9, 32, requires_grad=True)
+    params = [p for p in (attn.q_proj.weight, attn.q_proj.bias, attn.kv_proj.weight, attn.kv_proj.bias) if p is not None]
+    results = []
+    for fused in (False, True):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            if fused:
+                q, k, v = attn.qkv(x)
+            else:
+                k, v = attn.kv_proj(x).chunk(2, dim=-1)
+                q, k, v = attn.split_heads(attn.q_proj(x)), attn.split_heads(k), attn.split_heads(v)
+            loss = sum((t.float() * torch.linspace(-1, 1, t.numel()).view(t.shape)).sum() for t in (q, k, v))
+        results.append(((q, k, v), torch.autograd.grad(loss, [x, *params])))
+    (want, want_grads), (got, got_grads) = results
+    tol = dict(atol=2e-2, rtol=2e-2) if autocast else dict(atol=1e-6, rtol=1e-6)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape == (2, 4, 9, 8) and a.dtype == b.dtype
+        torch.testing.assert_close(a, b, **tol)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, **tol)
+    with torch.no_grad():  # cross-attention keeps the two layers
+        context = torch.randn(2, 5, 32)
+        q, k, v = attn.qkv(x, context)
+        torch.testing.assert_close(k, attn.split_heads(attn.kv_proj(context).chunk(2, dim=-1)[0]))
+        torch.testing.assert_close(q, attn.split_heads(F.linear(x, attn.q_proj.weight, attn.q_proj.bias)))
+
+
+def test_dropout_free_blocks_call_no_dropout():
+    """With ``dropout=0`` a block holds no ``nn.Dropout`` (timm's Mlp builds two with p=0); with dropout it keeps them."""
+    from torch import nn
+
+    from maelre.layers import Block
+
+    assert not any(isinstance(m, nn.Dropout) for m in Block(16, 2).modules())
+    assert sum(isinstance(m, nn.Dropout) and m.p == 0.1 for m in Block(16, 2, dropout=0.1).modules()) == 3

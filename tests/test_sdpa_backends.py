@@ -41,7 +41,7 @@ def test_the_model_layout_is_what_attention_hands_sdpa(benchmark_script):
     mq, mk, mv = attn.qkv(torch.randn(2, 16, 32))
     for ours, theirs in zip((q, k, v), (mq, mk, mv)):
         assert ours.shape == theirs.shape and ours.stride() == theirs.stride()
-    assert [t.shape for t in leaves] == [(2, 16, 32), (2, 16, 64)] and not q.is_contiguous()
+    assert [t.shape for t in leaves] == [(2, 16, 96)] and not q.is_contiguous()
 
 
 def test_an_unknown_layout_is_a_clear_error(benchmark_script, tmp_path, capsys):

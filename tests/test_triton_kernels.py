@@ -51,7 +51,7 @@ def test_kernels_under_the_interpreter():
     cmd = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider", "-k", "interpret and not under_the"]
     run = subprocess.run(cmd, env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
-    assert "29 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
+    assert "32 passed" in run.stdout, run.stdout[-1000:]  # every interpreter case ran, none skipped
 
 
 def inputs(device: str, dtype: torch.dtype = torch.float32, n: int = N):
@@ -145,10 +145,10 @@ def test_kernels_compile_for_hopper(favor, dtype, tmp_path, monkeypatch):
     ptr, f32 = f"*{dtype}", "*fp32"
     consts = dict(IS_FAVOR=favor, SCALE=0.25, INV_SQRT_F=0.1, PREC="ieee" if dtype == "fp32" else "tf32", BN=fused.BLOCK_N, DHP=32, FP=128 if favor else 32)
     kernels = [
-        (fused._state_kernel, dict(k_ptr=ptr, v_ptr=ptr, w_ptr=f32, proj_ptr=f32, s_ptr=f32, z_ptr=f32, m_ptr=f32)),
-        (fused._output_kernel, dict(q_ptr=ptr, proj_ptr=f32, s_ptr=f32, z_ptr=f32, o_ptr=ptr, eps="fp32")),
-        (fused._query_grad_kernel, dict(q_ptr=ptr, g_ptr=ptr, proj_ptr=f32, s_ptr=f32, z_ptr=f32, dq_ptr=ptr, ds_ptr=f32, dz_ptr=f32, eps="fp32")),
-        (fused._key_grad_kernel, dict(k_ptr=ptr, v_ptr=ptr, w_ptr=f32, proj_ptr=f32, m_ptr=f32, ds_ptr=f32, dz_ptr=f32, dk_ptr=ptr, dv_ptr=ptr)),
+        (fused._state_kernel, dict(k_ptr=ptr, v_ptr=ptr, w_ptr=f32, proj_ptr=f32, st_ptr=f32, m_ptr=f32)),
+        (fused._output_kernel, dict(q_ptr=ptr, proj_ptr=f32, st_ptr=f32, o_ptr=ptr, eps="fp32")),
+        (fused._query_grad_kernel, dict(q_ptr=ptr, g_ptr=ptr, proj_ptr=f32, st_ptr=f32, dq_ptr=ptr, dst_ptr=f32, eps="fp32")),
+        (fused._key_grad_kernel, dict(k_ptr=ptr, v_ptr=ptr, w_ptr=f32, proj_ptr=f32, m_ptr=f32, dst_ptr=f32, dk_ptr=ptr, dv_ptr=ptr)),
     ]
     if not favor:
         kernels.append((triton_merge._match_window_kernel, dict(m_ptr=ptr, real_ptr="*u8", score_ptr=ptr, index_ptr="*i64")))
@@ -525,6 +525,59 @@ def test_eager_linear_attention_skips_the_custom_ops_with_their_results(kernels)
     torch.testing.assert_close(out, out_op, atol=0, rtol=0)
     for got, want in zip(grads, torch.autograd.grad(out_op, (q, k, v), grad)):
         torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["elu", "favor"])
+def test_fused_outputs_come_in_the_projections_layout(kernels, kind):
+    """out, dq, dk and dv are ``[B, H, N, dh]`` laid out as ``[B, N, H, dh]`` (so ``Attention.output`` merges the heads and
+    ``split_heads``' backward takes the gradients without a copy), eager and through the custom ops alike; the fake kernels
+    promise those strides; elu+1's key stabilizer is 0 (FAVOR+'s is finite)."""
+    from maelre.layers.attention import Attention
+
+    module, device = kernels
+    (q, k, v), key_bias, mask = inputs(device)
+    weights = la.key_weights(key_bias, mask).float().contiguous()
+    projection = None if kind == "elu" else feature_map(kind, device).projection
+    heads_last = (N * H * DH, DH, H * DH, 1)
+    out = module.fused_linear_attention(q, k, v, weights, projection=projection)
+    grads = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    assert [t.stride() for t in (out, *grads)] == [heads_last] * 4
+    merged = Attention(H * DH, H).to(device).output  # the heads merge into [B, N, D] as a view of out
+    assert out.transpose(1, 2).reshape(B, N, H * DH).data_ptr() == out.data_ptr() and merged(out).shape == (B, N, H * DH)
+    args = (q.detach(), k.detach(), v.detach(), weights, projection, 1e-6)
+    real = module._forward_op(*args)
+    with FakeTensorMode() as mode:
+        fake = module._forward_op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args])
+    assert [(t.shape, t.stride(), t.dtype) for t in real] == [(t.shape, t.stride(), t.dtype) for t in fake]
+    back_args = (*args[:5], *real[1:], torch.ones_like(out), 1e-6)
+    real_grads = module._backward_op(*back_args)
+    with FakeTensorMode() as mode:
+        fake_grads = module._backward_op(*[mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in back_args])
+    assert [t.stride() for t in real_grads] == [t.stride() for t in fake_grads] == [heads_last] * 3
+    m = real[-1]
+    assert (m == 0).all() if kind == "elu" else m.isfinite().all()
+
+
+def test_unweighted_keys_take_cached_ones(kernels, monkeypatch):
+    """Without key bias or mask the kernels get the shape-cached ones as key weights (no fill per call): the PyTorch
+    path's values and gradients, and the cached weights stay ones."""
+    from maelre.layers import shape_cache
+
+    module, device = kernels
+    layer = la.LinearAttention(DH)
+    (q, k, v), _, _ = inputs(device)
+    k = k.detach().nan_to_num().requires_grad_()  # no padding here: every key is real
+    results = []
+    for enabled in (True, False):
+        monkeypatch.setattr(_triton, "ENABLED", enabled)
+        out = layer(q, k, v)
+        results.append((out, torch.autograd.grad(out.square().sum(), (q, k, v))))
+    (got, got_grads), (want, want_grads) = results
+    torch.testing.assert_close(got, want, atol=2e-5, rtol=2e-5)
+    for a, b in zip(got_grads, want_grads):
+        torch.testing.assert_close(a, b, atol=2e-4, rtol=2e-4)
+    cached = shape_cache.ones(B, N, q.device)
+    assert cached is shape_cache.ones(B, N, q.device) and (cached == 1).all()
 
 
 def test_log_sizes_come_with_the_kernel_plan_only(kernels, monkeypatch):

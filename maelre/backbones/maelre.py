@@ -122,10 +122,10 @@ class MAELREBlock(Block):
             counts.append(n)
         return counts
 
-    def kernel(self, t: TokenState):
-        """The attention kernel for this state: approximate or exact by token count, RoPE folded in when on."""
+    def kernel(self, t: TokenState, kind: str):
+        """The attention kernel for this state and ``kind`` (``attention_kind`` of its token count), RoPE folded in when on."""
         c = self.config
-        if self.attention_kind(t.x.shape[1]) == "exact":
+        if kind == "exact":
             kernel = partial(exact_attention, dropout_p=c.attn_dropout if self.training else 0.0)
         elif t.positions is not None and c.approx == "linear":  # RoPE in feature space
             return partial(self.approx, positions=t.positions, rope_base=c.rope_base)
@@ -136,10 +136,11 @@ class MAELREBlock(Block):
         return rotary_kernel(kernel, t.positions, c.dim // c.heads, c.rope_base)
 
     def forward(self, t: TokenState) -> TokenState:
+        kind = self.attention_kind(t.x.shape[1])
         q, k, v = self.attn.qkv(self.norm1(t.x))
         kwargs = t.kernel_kwargs(self.config.proportional_attention)
-        out = self.kernel(t)(q, k, v, **kwargs)
-        if self.value_conv is not None and self.attention_kind(t.x.shape[1]) != "exact":
+        out = self.kernel(t, kind)(q, k, v, **kwargs)
+        if self.value_conv is not None and kind != "exact":
             out = out + self.value_conv(v, kwargs["key_mask"])
         t = t.with_x(t.x + self.drop_path1(self.attn.output(out)))
         keys = None

@@ -113,11 +113,16 @@ def reference_attention(q: Tensor, k: Tensor, v: Tensor, logit_bias: Tensor | No
     return torch.softmax(logits, dim=-1) @ v
 
 
+def _stacked_bias(q_bias: Tensor | None, kv_bias: Tensor | None) -> Tensor | None:
+    return None if q_bias is None else torch.cat((q_bias, kv_bias))
+
+
 class Attention(nn.Module):
     """Q, K/V and output projections of multi-head attention; the kernel is the caller's.
 
     ``q_proj`` and ``kv_proj`` are separate so the same module serves self- and
-    cross-attention (queries from one sequence, keys/values from another).
+    cross-attention (queries from one sequence, keys/values from another). Self-attention
+    runs them as one GEMM (``qkv``).
     """
 
     def __init__(self, dim: int, heads: int, qkv_bias: bool = True, proj_drop: float = 0.0) -> None:
@@ -129,7 +134,7 @@ class Attention(nn.Module):
         self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
         self.kv_proj = nn.Linear(dim, 2 * dim, bias=qkv_bias)
         self.out_proj = nn.Linear(dim, dim)
-        self.out_drop = nn.Dropout(proj_drop)
+        self.out_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()  # no dropout call at p=0
 
     def split_heads(self, x: Tensor) -> Tensor:
         """``[B, N, D] -> [B, H, N, dh]``."""
@@ -137,8 +142,17 @@ class Attention(nn.Module):
         return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)
 
     def qkv(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-        """Project queries from ``x`` and keys/values from ``context`` (default ``x``); each ``[B, H, *, dh]``."""
-        k, v = self.kv_proj(x if context is None else context).chunk(2, dim=-1)
+        """Project queries from ``x`` and keys/values from ``context`` (default ``x``); each ``[B, H, *, dh]``.
+
+        Self-attention (no ``context``) projects q, k and v in one GEMM with the two layers' weights
+        stacked: the same products as ``q_proj(x)`` and ``kv_proj(x)``, with one matmul, one cast of ``x``
+        under autocast and one input gradient instead of two of each (eager MAELRE is bound by operator
+        dispatch). q, k, v are then views of one ``[B, N, 3D]`` tensor.
+        """
+        if context is None:
+            q, k, v = F.linear(x, torch.cat((self.q_proj.weight, self.kv_proj.weight)), _stacked_bias(self.q_proj.bias, self.kv_proj.bias)).chunk(3, dim=-1)
+            return self.split_heads(q), self.split_heads(k), self.split_heads(v)
+        k, v = self.kv_proj(context).chunk(2, dim=-1)
         return self.split_heads(self.q_proj(x)), self.split_heads(k), self.split_heads(v)
 
     def output(self, o: Tensor) -> Tensor:

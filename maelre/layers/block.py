@@ -29,6 +29,9 @@ class Block(nn.Module):
         self.drop_path1 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=dropout)
+        if dropout == 0:  # timm's Mlp keeps nn.Dropout(0) modules: a module call and a dropout op each, for nothing
+            self.mlp.drop1 = nn.Identity()
+            self.mlp.drop2 = nn.Identity()
         self.drop_path2 = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
     def attn_residual(self, x: Tensor, context: Tensor | None = None, kernel=exact_attention, **kernel_kwargs) -> Tensor:

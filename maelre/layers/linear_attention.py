@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import maelre.layers.shape_cache as shape_cache
 import maelre.layers.triton_linear_attention as fused
 from maelre.layers.rope import rope_angles
 
@@ -376,7 +377,7 @@ class LinearAttention(nn.Module):
         if (self.recompute or not torch.is_grad_enabled()) and q.shape == k.shape and fused.available(q):
             b, _, n, _ = q.shape
             weights = key_weights(key_bias, key_mask)
-            weights = q.new_ones(b, n, dtype=torch.float32) if weights is None else weights
+            weights = shape_cache.ones(b, n, q.device) if weights is None else weights  # read-only, as the kernels treat it
             return fused.fused_linear_attention(q, k, v, weights, projection=None if self.favor is None else self.favor.projection, eps=self.eps)
         if recompute and torch.is_grad_enabled():
             return _RecomputedLinearAttention.apply(q, k, v, key_bias, key_mask, feature_map, self.eps)

@@ -43,3 +43,9 @@ def shape_cached(build: Callable[..., Tensor]) -> Callable[..., Tensor]:
 def arange(n: int, device: torch.device) -> Tensor:
     """``torch.arange(n)`` (long) on ``device``."""
     return torch.arange(n, device=device)
+
+
+@shape_cached
+def ones(b: int, n: int, device: torch.device) -> Tensor:
+    """``torch.ones(b, n)`` (float32) on ``device``: the key weights of unmerged, unpadded tokens."""
+    return torch.ones(b, n, device=device)

@@ -19,6 +19,11 @@ Four kernels, each over ``(batch * heads, blocks of tokens)``:
   and ``dz``.
 * ``_key_grad_kernel``: ``dk`` and ``dv`` from ``dS`` and ``dz``.
 
+A chunk's ``S`` and ``z`` (and ``dS``, ``dz``) share one row of ``FP * DHP + FP`` floats, so
+one sum over the chunks reduces both, in forward and in backward. ``out``, ``dq``, ``dk`` and ``dv`` are written as ``[B, N, H, dh]`` in memory (returned as its
+``[B, H, N, dh]`` transpose): the layout the output projection reads and the q/k/v
+projections' gradients take, so neither direction copies the heads into place.
+
 Forward and backward are ``torch.library`` custom ops (``maelre::fused_linear_attention``
 and its backward), so ``torch.compile`` keeps them in its graph and CUDA graphs capture
 them. Backward recomputes the features from q and k (nothing but ``S``, ``z`` and the key
@@ -86,21 +91,29 @@ if triton is not None:
         return bh // H, bh % H, cols, feats, real_d, real_f, _load_projection(proj_ptr, feats, cols, real_f, real_d, DH, IS_FAVOR, FP, DHP)
 
     @triton.jit
-    def _load_state(s_ptr, z_ptr, bh, feats, cols, FP: tl.constexpr, DHP: tl.constexpr):
-        return tl.load(s_ptr + bh * FP * DHP + feats[:, None] * DHP + cols[None, :]), tl.load(z_ptr + bh * FP + feats)
+    def _load_state(st_ptr, idx, feats, cols, FP: tl.constexpr, DHP: tl.constexpr):
+        """``S [FP, DHP]`` and ``z [FP]`` of state row ``idx``: one row of ``FP * DHP + FP`` floats holds both (``_Setup.buffer``)."""
+        base = st_ptr + idx * (FP * DHP + FP)
+        return tl.load(base + feats[:, None] * DHP + cols[None, :]), tl.load(base + FP * DHP + feats)
 
     @triton.jit
-    def _store_state(s_ptr, z_ptr, idx, s, z, feats, cols, FP: tl.constexpr, DHP: tl.constexpr):
-        tl.store(s_ptr + idx * FP * DHP + feats[:, None] * DHP + cols[None, :], s)
-        tl.store(z_ptr + idx * FP + feats, z)
+    def _store_state(st_ptr, idx, s, z, feats, cols, FP: tl.constexpr, DHP: tl.constexpr):
+        base = st_ptr + idx * (FP * DHP + FP)
+        tl.store(base + feats[:, None] * DHP + cols[None, :], s)
+        tl.store(base + FP * DHP + feats, z)
 
     @triton.jit
     def _load_rows(ptr, base, stride_n, stride_d, rows, cols, real_n, real_d):
         return tl.load(ptr + base + rows[:, None] * stride_n + cols[None, :] * stride_d, mask=real_n[:, None] & real_d[None, :], other=0.0).to(tl.float32)
 
     @triton.jit
+    def _heads_last(b, h, rows, cols, N, H, DH):
+        """Offsets of ``[B, H, N, dh]`` element ``(b, h, rows, cols)`` laid out as ``[B, N, H, dh]`` (``_heads_last_empty``)."""
+        return b * N * H * DH + rows[:, None] * (H * DH) + h * DH + cols[None, :]
+
+    @triton.jit
     def _state_kernel(
-        k_ptr, v_ptr, w_ptr, proj_ptr, s_ptr, z_ptr, m_ptr,
+        k_ptr, v_ptr, w_ptr, proj_ptr, st_ptr, m_ptr,
         H, N, DH, F, tiles_per_chunk, num_chunks,
         skb, skh, skn, skd, svb, svh, svn, svd,
         IS_FAVOR: tl.constexpr, SCALE: tl.constexpr, INV_SQRT_F: tl.constexpr, PREC: tl.constexpr,
@@ -130,8 +143,11 @@ if triton is not None:
             phi = tl.where(real_n[:, None] & real_f[None, :], phi * w[:, None], 0.0)
             acc_s += tl.dot(tl.trans(phi), v, input_precision=PREC)
             acc_z += tl.sum(phi, 0)
-        _store_state(s_ptr, z_ptr, bh * num_chunks + chunk, acc_s, acc_z, feats, cols, FP, DHP)
-        tl.store(m_ptr + bh * num_chunks + chunk, m)
+        _store_state(st_ptr, bh * num_chunks + chunk, acc_s, acc_z, feats, cols, FP, DHP)
+        if IS_FAVOR:  # one stabilizer per chunk, combined by _state
+            tl.store(m_ptr + bh * num_chunks + chunk, m)
+        else:  # elu+1 has none: m [BH] holds 0 (every chunk writes the same value)
+            tl.store(m_ptr + bh, 0.0)
 
     @triton.jit
     def _query_features(q_ptr, base, sqn, sqd, rows, cols, real_n, real_d, real_f, proj, IS_FAVOR, SCALE, INV_SQRT_F, PREC):
@@ -143,7 +159,7 @@ if triton is not None:
 
     @triton.jit
     def _output_kernel(
-        q_ptr, proj_ptr, s_ptr, z_ptr, o_ptr,
+        q_ptr, proj_ptr, st_ptr, o_ptr,
         H, N, DH, F, eps,
         sqb, sqh, sqn, sqd,
         IS_FAVOR: tl.constexpr, SCALE: tl.constexpr, INV_SQRT_F: tl.constexpr, PREC: tl.constexpr,
@@ -153,15 +169,15 @@ if triton is not None:
         b, h, cols, feats, real_d, real_f, proj = _program_setup(bh, proj_ptr, H, DH, F, IS_FAVOR, FP, DHP)
         rows = tile * BN + tl.arange(0, BN)
         real_n = rows < N
-        s, z = _load_state(s_ptr, z_ptr, bh, feats, cols, FP, DHP)
+        s, z = _load_state(st_ptr, bh, feats, cols, FP, DHP)
         _, phi = _query_features(q_ptr, b * sqb + h * sqh, sqn, sqd, rows, cols, real_n, real_d, real_f, proj, IS_FAVOR, SCALE, INV_SQRT_F, PREC)
         out = tl.dot(phi, s, input_precision=PREC) / (tl.sum(phi * z[None, :], 1) + eps)[:, None]
-        offs = bh * N * DH + rows[:, None] * DH + cols[None, :]
+        offs = _heads_last(b, h, rows, cols, N, H, DH)
         tl.store(o_ptr + offs, out.to(o_ptr.dtype.element_ty), mask=real_n[:, None] & real_d[None, :])
 
     @triton.jit
     def _query_grad_kernel(
-        q_ptr, g_ptr, proj_ptr, s_ptr, z_ptr, dq_ptr, ds_ptr, dz_ptr,
+        q_ptr, g_ptr, proj_ptr, st_ptr, dq_ptr, dst_ptr,
         H, N, DH, F, eps, tiles_per_chunk, num_chunks,
         sqb, sqh, sqn, sqd, sgb, sgh, sgn, sgd,
         IS_FAVOR: tl.constexpr, SCALE: tl.constexpr, INV_SQRT_F: tl.constexpr, PREC: tl.constexpr,
@@ -169,7 +185,7 @@ if triton is not None:
     ):  # fmt: skip
         bh, chunk = tl.program_id(0), tl.program_id(1)
         b, h, cols, feats, real_d, real_f, proj = _program_setup(bh, proj_ptr, H, DH, F, IS_FAVOR, FP, DHP)
-        s, z = _load_state(s_ptr, z_ptr, bh, feats, cols, FP, DHP)
+        s, z = _load_state(st_ptr, bh, feats, cols, FP, DHP)
         acc_ds = tl.zeros((FP, DHP), tl.float32)
         acc_dz = tl.zeros((FP,), tl.float32)
         t = 0
@@ -185,15 +201,15 @@ if triton is not None:
             g_den = -tl.sum(g * out, 1) / den  # d out / d den
             grad_phi = tl.dot(g_num, tl.trans(s), input_precision=PREC) + g_den[:, None] * z[None, :]
             dq = _features_backward(q, proj, phi, grad_phi, IS_FAVOR, SCALE, PREC)
-            offs = bh * N * DH + rows[:, None] * DH + cols[None, :]
+            offs = _heads_last(b, h, rows, cols, N, H, DH)
             tl.store(dq_ptr + offs, dq.to(dq_ptr.dtype.element_ty), mask=real_n[:, None] & real_d[None, :])
             acc_ds += tl.dot(tl.trans(phi), g_num, input_precision=PREC)
             acc_dz += tl.sum(phi * g_den[:, None], 0)
-        _store_state(ds_ptr, dz_ptr, bh * num_chunks + chunk, acc_ds, acc_dz, feats, cols, FP, DHP)
+        _store_state(dst_ptr, bh * num_chunks + chunk, acc_ds, acc_dz, feats, cols, FP, DHP)
 
     @triton.jit
     def _key_grad_kernel(
-        k_ptr, v_ptr, w_ptr, proj_ptr, m_ptr, ds_ptr, dz_ptr, dk_ptr, dv_ptr,
+        k_ptr, v_ptr, w_ptr, proj_ptr, m_ptr, dst_ptr, dk_ptr, dv_ptr,
         H, N, DH, F,
         skb, skh, skn, skd, svb, svh, svn, svd,
         IS_FAVOR: tl.constexpr, SCALE: tl.constexpr, INV_SQRT_F: tl.constexpr, PREC: tl.constexpr,
@@ -204,7 +220,7 @@ if triton is not None:
         rows = tile * BN + tl.arange(0, BN)
         w = tl.load(w_ptr + b * N + rows, mask=rows < N, other=0.0)
         real_n = w > 0
-        ds, dz = _load_state(ds_ptr, dz_ptr, bh, feats, cols, FP, DHP)
+        ds, dz = _load_state(dst_ptr, bh, feats, cols, FP, DHP)
         k = _load_rows(k_ptr, b * skb + h * skh, skn, skd, rows, cols, real_n, real_d)
         v = _load_rows(v_ptr, b * svb + h * svh, svn, svd, rows, cols, real_n, real_d)
         phi = _features(k, proj, real_f, IS_FAVOR, SCALE, PREC)
@@ -215,7 +231,7 @@ if triton is not None:
         dv = tl.dot(phi * w[:, None], ds, input_precision=PREC)
         grad_phi = tl.where(real, (tl.dot(v, tl.trans(ds), input_precision=PREC) + dz[None, :]) * w[:, None], 0.0)
         dk = _features_backward(k, proj, phi, grad_phi, IS_FAVOR, SCALE, PREC)
-        offs = bh * N * DH + rows[:, None] * DH + cols[None, :]
+        offs = _heads_last(b, h, rows, cols, N, H, DH)
         store = real_n[:, None] & real_d[None, :]
         pad = (rows < N)[:, None] & real_d[None, :]  # padded keys get exact zero gradients
         tl.store(dk_ptr + offs, tl.where(store, dk, 0.0).to(dk_ptr.dtype.element_ty), mask=pad)
@@ -260,27 +276,44 @@ class _Setup:
             FP=self.fp,
         )
 
-    def buffers(self, chunks: int, *, stabilizer: bool) -> tuple[Tensor, ...]:
-        bh, dev = self.b * self.h, self.proj.device
-        out = [torch.empty(bh, chunks, self.fp, self.dhp, device=dev), torch.empty(bh, chunks, self.fp, device=dev)]
-        if stabilizer:
-            out.append(torch.empty(bh, chunks, device=dev))
-        return tuple(out)
+    @property
+    def state_size(self) -> int:
+        """Floats in one state row: ``S [FP, DHP]`` then ``z [FP]``, so that one sum over the chunks reduces both."""
+        return self.fp * self.dhp + self.fp
+
+    def buffer(self, chunks: int) -> Tensor:
+        """Per-chunk states ``[BH, chunks, FP * DHP + FP]`` (``S`` and ``z`` of a chunk in one row)."""
+        return torch.empty(self.b * self.h, chunks, self.state_size, device=self.proj.device)
+
+    def stabilizer(self, chunks: int) -> Tensor:
+        """The key stabilizer: ``[BH, chunks]`` for FAVOR+ (one per chunk), ``[BH]`` for elu+1 (the kernel writes 0 there)."""
+        bh = self.b * self.h
+        return torch.empty((bh, chunks) if self.favor else (bh,), device=self.proj.device)
 
 
-def _state(setup: _Setup, k: Tensor, v: Tensor, w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``S [BH, FP, DHP]``, ``z [BH, FP]`` and the key stabilizer ``m [BH]`` (0 for elu)."""
+def _heads_last_empty(b: int, h: int, n: int, dh: int, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+    """An uninitialized ``[B, H, N, dh]`` tensor laid out as ``[B, N, H, dh]``: the kernels write out, dq, dk and dv so.
+
+    That is the layout the attention projections read and their gradients take: ``Attention.output``'s
+    ``transpose(1, 2).reshape`` and the backward of ``split_heads``' ``view`` are then views, not copies
+    (one copy per block forward and one per gradient of q, k, v in backward on a contiguous ``[B, H, N, dh]``).
+    """
+    return torch.empty(b, n, h, dh, device=like.device, dtype=like.dtype if dtype is None else dtype).transpose(1, 2)
+
+
+def _state(setup: _Setup, k: Tensor, v: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """The state ``[BH, FP * DHP + FP]`` (``S [FP, DHP]`` and ``z [FP]`` per row) and the key stabilizer ``m [BH]`` (0 for elu)."""
     bh = setup.b * setup.h
     per, chunks = _chunks(bh, setup.n)
-    s, z, m = setup.buffers(chunks, stabilizer=True)
+    state, m = setup.buffer(chunks), setup.stabilizer(chunks)
     _state_kernel[(bh, chunks)](
-        k, v, w, setup.proj, s, z, m, setup.h, setup.n, setup.dh, setup.f, per, chunks, *k.stride(), *v.stride(), **setup.consts
+        k, v, w, setup.proj, state, m, setup.h, setup.n, setup.dh, setup.f, per, chunks, *k.stride(), *v.stride(), **setup.consts
     )
     if not setup.favor:
-        return s.sum(1), z.sum(1), torch.zeros(bh, device=s.device)
+        return state.sum(1), m
     top = m.amax(1, keepdim=True)
     scale = torch.where(m == float("-inf"), 0.0, torch.exp(m - top))  # chunks without a real key hold zeros
-    return (s * scale[..., None, None]).sum(1), (z * scale[..., None]).sum(1), top.squeeze(1)
+    return (state * scale[..., None]).sum(1), top.squeeze(1)
 
 
 # Custom ops under torch.compile (not an autograd.Function), so that it traces through them without a
@@ -289,43 +322,44 @@ def _state(setup: _Setup, k: Tensor, v: Tensor, w: Tensor) -> tuple[Tensor, Tens
 # costs tens of microseconds of host time per call (see ``maelre.layers.triton_merge``).
 def _forward(
     q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | None, eps: float
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(out [B, H, N, dh], S [BH, FP, DHP], z [BH, FP], m [BH])``; the last three are saved for backward."""
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(out [B, H, N, dh] laid out as [B, N, H, dh], state [BH, FP * DHP + FP], m [BH])``; the last two are saved for backward."""
     setup = _Setup(q, projection, eps)
-    s, z, m = _state(setup, k, v, weights)
-    out = torch.empty(setup.b, setup.h, setup.n, setup.dh, device=q.device, dtype=q.dtype)
+    state, m = _state(setup, k, v, weights)
+    out = _heads_last_empty(setup.b, setup.h, setup.n, setup.dh, q)
     _output_kernel[(setup.b * setup.h, triton.cdiv(setup.n, BLOCK_N))](
-        q, setup.proj, s, z, out, setup.h, setup.n, setup.dh, setup.f, eps, *q.stride(), **setup.consts
+        q, setup.proj, state, out, setup.h, setup.n, setup.dh, setup.f, eps, *q.stride(), **setup.consts
     )
-    return out, s, z, m
+    return out, state, m
 
 
 _forward_op = torch.library.custom_op("maelre::fused_linear_attention", _forward, mutates_args=())
 
 
 @_forward_op.register_fake
-def _(q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _(q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | None, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     b, h, _, dh = q.shape
     fp, dhp = _pow2(dh if projection is None else projection.shape[0]), _pow2(dh)
     state = dict(dtype=torch.float32, device=q.device)
-    return torch.empty_like(q, memory_format=torch.contiguous_format), q.new_empty(b * h, fp, dhp, **state), q.new_empty(b * h, fp, **state), q.new_empty(b * h, **state)
+    out = _heads_last_empty(b, h, q.shape[2], dh, q)
+    return out, q.new_empty(b * h, fp * dhp + fp, **state), q.new_empty(b * h, **state)
 
 
 def _backward_kernels(
-    q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | None, s: Tensor, z: Tensor, m: Tensor, grad_out: Tensor, eps: float
+    q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | None, state: Tensor, m: Tensor, grad_out: Tensor, eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dq, dk, dv)``, each ``[B, H, N, dh]``: the features are recomputed from q and k."""
+    """``(dq, dk, dv)``, each ``[B, H, N, dh]`` laid out as ``[B, N, H, dh]``: the features are recomputed from q and k."""
     setup = _Setup(q, projection, eps)
     bh = setup.b * setup.h
     per, chunks = _chunks(bh, setup.n)
-    ds, dz = setup.buffers(chunks, stabilizer=False)
-    dq, dk, dv = (torch.empty(setup.b, setup.h, setup.n, setup.dh, device=q.device, dtype=x.dtype) for x in (q, k, v))
+    grad_state = setup.buffer(chunks)  # dS and dz per chunk, one row each
+    dq, dk, dv = (_heads_last_empty(setup.b, setup.h, setup.n, setup.dh, x) for x in (q, k, v))
     _query_grad_kernel[(bh, chunks)](
-        q, grad_out, setup.proj, s, z, dq, ds, dz, setup.h, setup.n, setup.dh, setup.f, setup.eps, per, chunks,
+        q, grad_out, setup.proj, state, dq, grad_state, setup.h, setup.n, setup.dh, setup.f, setup.eps, per, chunks,
         *q.stride(), *grad_out.stride(), **setup.consts,
     )  # fmt: skip
     _key_grad_kernel[(bh, triton.cdiv(setup.n, BLOCK_N))](
-        k, v, weights, setup.proj, m, ds.sum(1), dz.sum(1), dk, dv, setup.h, setup.n, setup.dh, setup.f,
+        k, v, weights, setup.proj, m, grad_state.sum(1), dk, dv, setup.h, setup.n, setup.dh, setup.f,
         *k.stride(), *v.stride(), **setup.consts,
     )  # fmt: skip
     return dq, dk, dv
@@ -335,14 +369,14 @@ _backward_op = torch.library.custom_op("maelre::fused_linear_attention_backward"
 
 
 @_backward_op.register_fake
-def _(q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | None, s: Tensor, z: Tensor, m: Tensor, grad_out: Tensor, eps: float):
-    return tuple(torch.empty_like(x, memory_format=torch.contiguous_format) for x in (q, k, v))
+def _(q: Tensor, k: Tensor, v: Tensor, weights: Tensor, projection: Tensor | None, state: Tensor, m: Tensor, grad_out: Tensor, eps: float):
+    return tuple(_heads_last_empty(*x.shape, x) for x in (q, k, v))
 
 
 def _setup_context(ctx, inputs: tuple, output: tuple) -> None:
     q, k, v, weights, projection, eps = inputs
-    _, s, z, m = output
-    ctx.save_for_backward(q, k, v, weights, projection, s, z, m)
+    _, state, m = output
+    ctx.save_for_backward(q, k, v, weights, projection, state, m)
     ctx.eps = eps
 
 
@@ -383,7 +417,10 @@ def fused_linear_attention(
     projection: Tensor | None = None,
     eps: float = 1e-6,
 ) -> Tensor:
-    """Fused linear attention ``[B, H, N, dh]`` (non-causal, self-attention: q, k, v share N).
+    """Fused linear attention ``[B, H, N, dh]`` (non-causal, self-attention: q, k, v share N), laid out as ``[B, N, H, dh]``.
+
+    The output and the gradients of q, k, v come in the layout of the projections around attention
+    (``_heads_last_empty``), so merging the heads back and splitting the gradients into heads copy nothing.
 
     Args:
         q, k, v: ``[B, H, N, dh]``, float32 or bf16/fp16 (any strides).
