@@ -77,7 +77,8 @@
 # LRA ("": TASK:VARIANT:SEED[:TAG[:BACKBONE,...]] groups of lra_learn.sh, the backbones of one group (default: BACKBONES,
 # else lra_learn.sh's four; TASK listops, listops_sky, pathfinder or pathfinder_sky, whose data each call makes
 # once before the groups start: pathfinder and pathfinder_sky read the same images); TAG noconv = MAELRE alone with
-# value_conv off, the merge ablation's row on that task); KERNEL_TESTS (0); RETURN_STATE (0);
+# value_conv off, the merge ablation's row on that task); KERNEL_TESTS (0: 1 runs the kernel tests beside training);
+# KERNEL_STEPS ("": gpu_kernels.sh steps run alone in order, e.g. "tests plan eager graph"); RETURN_STATE (0);
 # DRAIN (0); INBOX_PARTIAL_OK (0); INBOX_FORCE (0: 1 replaces the machine's folders even where
 # they are newer than the carried set); PART_MIB (15: the largest returned file, less tar
 # headers); RETURN_FILES (8), RETURN_MIB (62);
@@ -143,6 +144,14 @@ if [[ -n ${PAIRED:-} ]]; then
         echo "paired${graphs:+ (graphs)}: exit $? after $(( $(date +%s) - started )) s"; grep '^|' "runs/logs/$name.log" | tail -n 6
     done
 fi
+
+# issue 15's kernel steps, alone and in order (benchmarks/gpu_kernels.sh): KERNEL_STEPS="tests plan eager graph" runs the
+# CUDA kernel tests, then the merge-plan timing and the efficiency benchmark eager and as CUDA graphs; OUT gets their
+# JSON and tables (gpu_kernels.sh's names), runs/logs/kernel_STEP.log the output. A failing step does not stop the next.
+for step in ${KERNEL_STEPS:-}; do
+    OUT="$OUT" PYTHON="$PYTHON" timeout $(( $(left) - 90 )) bash benchmarks/gpu_kernels.sh "$step" >"runs/logs/kernel_$step.log" 2>&1
+    echo "kernels $step: exit $? after $(( $(date +%s) - started )) s"; grep -E '^(PASS|MISS|  +(PASS|MISS))|passed|failed|^\| ' "runs/logs/kernel_$step.log" | tail -n 12
+done
 
 # eager against compiled training of a recipe per backbone (benchmarks/compile_ab.py), alone on the GPU:
 # CAB="recipes/scifar10.yaml:ecp,perceiver_ar" trains each named backbone CAB_STEPS (1000) steps eager, then

@@ -365,6 +365,19 @@ def test_device_call_times_the_pairs_eagerly_then_graphed(tmp_path):
     assert "paired: exit 0" in done.stdout and "paired (graphs): exit 0" in done.stdout and "| 4096 | maelre / maelre.twin |" in done.stdout
 
 
+def test_device_call_runs_the_kernel_steps_alone_in_order_and_keeps_going_after_a_failure(tmp_path):
+    """KERNEL_STEPS="tests plan eager": gpu_kernels.sh once per step, in that order, writing into OUT; a failed step
+    (here the tests) is reported with its exit status and the next steps still run."""
+    out, done = _device_call_with_stub(tmp_path, "gpu_kernels.sh", (
+        'echo "$1" >> "$OUT/steps.txt"\n'
+        '[[ $1 == tests ]] && { echo "1 failed, 33 passed"; exit 1; }\n'
+        'echo "        PASS  train at N=64K"\n'
+    ), KERNEL_STEPS="tests plan eager")
+    assert (out / "steps.txt").read_text().split() == ["tests", "plan", "eager"]
+    assert "kernels tests: exit 1" in done.stdout and "1 failed, 33 passed" in done.stdout
+    assert "kernels eager: exit 0" in done.stdout and "PASS  train at N=64K" in done.stdout
+
+
 def test_device_call_replaces_a_machine_run_folder_that_cannot_resume(tmp_path):
     """Session 16: a cold machine held an LRA run folder without checkpoints, and every resume was
     refused. The tree's copy, which can resume, now replaces it; a machine copy that can resume stays."""
