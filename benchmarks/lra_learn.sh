@@ -8,12 +8,48 @@
 #   listops      LRA's budget: 5,000 steps at batch 32, the lra_listops recipe, LRA's sizes
 #                (96,000 / 2,000 / 2,000 examples, generated once per call into $LISTOPS_ROOT as
 #                LRA's TSV files, then read by all four runs)
-#   listops_sky  Skyformer's LRA config (pkuzengqi/Skyformer code/config.py): 50,000 steps at batch 32,
-#                dim 64, 2 layers, 2 heads, MLP 128, dropout 0.1 and attention dropout 0.1, lr 1e-4,
-#                1,000 warmup steps then linear decay, no weight decay, learned positions, mean pooling.
+#   listops_sky  Skyformer's LRA ListOps config (pkuzengqi/Skyformer src/config.py `listops`, trained by
+#                src/main.py, model in src/models/model_LRA.py, model_transformer.py, attention.py, data by
+#                src/preprocess/create_listops.py with lra_listops_input_pipeline.py) on the same generated
+#                data as `listops` ($LISTOPS_ROOT): 50,000 steps at batch 32, dim 64, 2 layers, 2 heads of
+#                32, MLP 128 (GELU), dropout 0.1 and attention dropout 0.1, learned positions, pre-LN with a
+#                final LayerNorm, mean pooling, head Linear(64, 128)-ReLU-Linear(128, 10)
+#                (model.head_hidden=128), AdamW lr 1e-4, no weight decay, 1,000 warmup steps then linear
+#                decay (OneCycleLR), validation every 500 steps, test of the best validation checkpoint.
+#                Tokens: Skyformer's input pipeline is LRA's of November 2020 (the tfds Tokenizer, which
+#                keeps runs of letters and digits only): `[MAX` reads MAX, and every bracket and
+#                parenthesis is dropped, closing `]` included, so the model sees operators and digits
+#                only (LRA's own pipeline renames `]` to X since March 2021, commit c209b2a; Skyformer's
+#                copy is the older file). Ours drops `]` too here (data.adapter.ignore_words=["(", ")",
+#                "]"]; `listops` keeps it): without it an expression's nesting is ambiguous, [MAX 2 [MIN 3
+#                4 ] 5 ] and [MAX 2 [MIN 3 4 5 ] ] read alike, and that is the input of Skyformer's 38.37%
+#                (softmax attention). Padding (id 0) is masked as keys in both; at most 2,000 tokens, padded
+#                to 2,048 position rows (ours: max_len 2,048; no generated example is longer).
 #                MAELRE's switch_threshold is 512 here (only maelre reads backbone_config.maelre): at
 #                depth 2 its one merging block halves 2,048 tokens twice at most, to 512, so the
-#                default threshold (dim = 64) is out of reach and the recipe would not validate
+#                default threshold (dim = 64) is out of reach and the recipe would not validate.
+#                `levers` adds operand shuffling (not Skyformer's); `plain` is Skyformer's setting.
+#                Not matched (no setting for it here):
+#                  - Skyformer's mean pools sum/2,048 over every position (padding outputs zeroed); ours
+#                    is the mean over the real tokens
+#                  - OneCycleLR starts at lr/25 (4e-6, not 0), ends at lr/250,000, and cycles AdamW's
+#                    beta1 0.95 -> 0.85 (at step 1,000) -> 0.95; ours: beta1 0.9 fixed, eps 1e-8 (1e-6)
+#                  - gradients clipped by value at 1 (ours: by norm at 1, the library's default)
+#                  - fp16 autocast with the attention in fp32 (ours: bf16-mixed throughout)
+#                  - dropout 0.1 on the embedded input (ours: none); best checkpoint kept only after
+#                    20% of training (ours: from the start); each validation reads the next 62 x 32 =
+#                    1,984 examples of an endlessly reshuffled dev stream, the test 1,984 of 2,000
+#                    (drop_last; ours: all 2,000 each time); batches drawn uniformly, every sequence
+#                    padded to 2,048 (ours: length-bucketed batches, data.bucket_by_length); data from
+#                    LRA's release (ours: generated with the published procedure, the same sizes)
+#                Settings changed on 2026-12-03 (model.head_hidden=128 and `]` dropped; before: a Linear
+#                head and `]` a token): they apply to new runs only. maelre refuses to resume a run whose
+#                data or model settings differ from the recipe it started with, so the group started
+#                before, listops_sky_levers_s0_compiled (7% in), keeps the old settings (by its name,
+#                below) and resumes as it was. Run the new settings under a new TAG, e.g. device_call.sh
+#                LRA="listops_sky:levers:0:sky2" (Skyformer's own setting, without operand shuffling:
+#                LRA="listops_sky:plain:0:sky2"); the untagged listops_sky_levers_s0, whose folders are
+#                lost, records old-setting curves in benchmarks/results/lra_learn/ and is not for reuse.
 #   pathfinder   50,000 steps at batch 128, the lra_pathfinder recipe, on LRA's 200,000 images of
 #                curv_contour_length_14 split 160,000 / 20,000 / 20,000 (generated once per call
 #                with every core into $PF_ROOT, then read by all four runs)
@@ -154,6 +190,10 @@ case $task in
                        --set optimizer.weight_decay=0.0 --set schedule.kind=linear --set schedule.warmup_steps=1000
                        --set trainer.val_every_n_steps=500
                        --set model.backbone_config.maelre.switch_threshold=512)  # 2,048 tokens reach 512 at depth 2 (header)
+            case $group in  # started before 2026-12-03: it resumes only with the settings it started with (header)
+                listops_sky_levers_s0_compiled) ;;
+                *) settings+=(--set model.head_hidden=128 --set 'data.adapter.ignore_words=["(", ")", "]"]') ;;
+            esac
         fi
         ;;
     pathfinder|pathfinder_sky)

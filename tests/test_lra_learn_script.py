@@ -101,40 +101,90 @@ def test_pack_fills_few_tars_under_the_limit_and_splits_an_oversized_folder(tmp_
     assert all(w.stat().st_size <= limit for w in written[1:])
 
 
-def test_listops_sky_settings_validate_for_every_backbone(tmp_path):
-    """lra_learn.sh CHECK=1 hands each run's settings to `maelre check`; a stub records them, load_recipe validates them.
-
-    Skyformer's depth 2 leaves MAELRE one merging block: 2,048 tokens reach 512 at best, so the
-    task sets switch_threshold=512 (the default, dim=64, made the recipe invalid for maelre).
-    """
+def _listops_sky_calls(tmp_path: Path, variant: str, tag: str | None = None) -> list[tuple[list[str], str]]:
+    """(overrides, recipe path) of each backbone's `maelre check` call, run by lra_learn.sh CHECK=1 with a stub PYTHON."""
     import subprocess
     import sys
-    import warnings
-
-    from maelre.recipe import RecipeError, RecipeWarning, load_recipe
 
     stub = tmp_path / "python"
     stub.write_text(f"#!{sys.executable}\nimport json, os, sys\nopen(os.environ['ARGS_FILE'], 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
     stub.chmod(0o755)
-    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(stub), "ARGS_FILE": str(tmp_path / "args"), "CHECK": "1"}
-    done = subprocess.run(["bash", str(_PATH.with_name("lra_learn.sh")), "listops_sky", "levers", "0"], env=env,
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(stub), "ARGS_FILE": str(tmp_path / "args"), "CHECK": "1", **({"TAG": tag} if tag else {})}
+    done = subprocess.run(["bash", str(_PATH.with_name("lra_learn.sh")), "listops_sky", variant, "0"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+    assert f"listops_sky_{variant}_s0{'_' + tag if tag else ''}'s settings validate" in done.stdout
     calls = [json.loads(line) for line in (tmp_path / "args").read_text().splitlines()]
     assert [c[:3] for c in calls] == [["-m", "maelre.cli", "check"]] * 4
-    for call in calls:
-        rest = call[4:]
-        overrides = [rest[i + 1] for i in range(len(rest)) if rest[i] == "--set"]
+    return [([c[4:][i + 1] for i in range(len(c) - 4) if c[4:][i] == "--set"], c[3]) for c in calls]
+
+
+@pytest.mark.parametrize("variant", ["plain", "levers"])
+def test_listops_sky_settings_validate_for_every_backbone(tmp_path, variant):
+    """lra_learn.sh CHECK=1 hands each run's settings to `maelre check`; a stub records them, load_recipe validates them.
+
+    They are Skyformer's ListOps config (src/config.py `listops`, src/main.py, src/models/model_LRA.py):
+    the Linear-ReLU-Linear head of width 128, and its tokens (LRA's tfds tokenizer of 2020 keeps
+    operators and digits, so the closing `]` is dropped like the parentheses). Skyformer's depth 2
+    leaves MAELRE one merging block: 2,048 tokens reach 512 at best, so the task sets
+    switch_threshold=512 (the default, dim=64, made the recipe invalid for maelre).
+    """
+    import warnings
+
+    from maelre.recipe import RecipeError, RecipeWarning, load_recipe
+
+    backbones = []
+    for overrides, recipe_path in _listops_sky_calls(tmp_path, variant, "sky2"):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RecipeWarning)  # bf16 on this CPU
-            recipe = load_recipe(_PATH.parents[1] / call[3], overrides)
-        assert (recipe.backbone_kwargs()["depth"], recipe.trainer.max_steps) == (2, 50_000)
+            recipe = load_recipe(_PATH.parents[1] / recipe_path, overrides)
+        backbones.append(recipe.model.backbone)
+        kw = recipe.backbone_kwargs()
+        assert (kw["dim"], kw["depth"], kw["heads"], kw["mlp_ratio"], kw["dropout"], kw["attn_dropout"]) == (64, 2, 2, 2.0, 0.1, 0.1)
+        assert kw.get("pool", "mean") == "mean" and recipe.data.adapter.get("pos_embed", "learned") == "learned"
+        assert recipe.model.head_hidden == 128  # Linear(64, 128)-ReLU-Linear(128, 10)
+        adapter = recipe.data.adapter
+        assert (adapter["tokenizer"], adapter["vocab_size"], adapter["max_len"]) == ("word", 32, 2048)
+        assert sorted(adapter["ignore_words"]) == ["(", ")", "]"]  # operators and digits only, as Skyformer's tokens
+        o, sch, t = recipe.optimizer, recipe.schedule, recipe.trainer
+        assert (o.name, o.lr, o.weight_decay, tuple(o.betas)) == ("adamw", 1e-4, 0.0, (0.9, 0.999))
+        assert (sch.kind, sch.warmup_steps, sch.warmup_fraction, sch.min_lr_ratio) == ("linear", 1000, 0.0, 0.0)
+        assert (recipe.data.batch_size, t.max_steps, t.val_every_n_steps, t.seed) == (32, 50_000, 500, 0)
+        assert recipe.data.dataset == {"name": "listops", "root": "/tmp/listops"}
+        assert recipe.data.augment_inputs == ([] if variant == "plain" else ["listops_shuffle"])
         if recipe.model.backbone == "maelre":
-            assert recipe.backbone_kwargs()["switch_threshold"] == 512
+            assert kw["switch_threshold"] == 512
             without = [o for o in overrides if "switch_threshold" not in o]
             with pytest.raises(RecipeError, match="switch_threshold >= 512"), warnings.catch_warnings():
                 warnings.simplefilter("ignore", RecipeWarning)
-                load_recipe(_PATH.parents[1] / call[3], without)
+                load_recipe(_PATH.parents[1] / recipe_path, without)
+    assert backbones == ["maelre", "transformer", "ecp", "perceiver_ar"]
+
+
+def test_listops_sky_compiled_group_keeps_the_settings_it_started_with(tmp_path):
+    """listops_sky_levers_s0_compiled started before the head and `]` changed: a resume needs its saved data and model settings.
+
+    maelre refuses to resume a run whose data or model sections differ from its recipe.yaml, so
+    lra_learn.sh keeps that group's old settings; they must still equal the committed run folders'.
+    """
+    import warnings
+
+    import yaml
+
+    from maelre.recipe import RecipeWarning, load_recipe
+
+    state = _PATH.parent / "results" / "lra_state_h200" / "listops_sky_levers_s0_compiled"
+    for overrides, recipe_path in _listops_sky_calls(tmp_path, "levers", "compiled"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RecipeWarning)
+            recipe = load_recipe(_PATH.parents[1] / recipe_path, overrides)
+        resolved = recipe.to_dict()
+        saved_file = state / recipe.model.backbone / "fit" / "recipe.yaml"
+        if not saved_file.is_file():
+            pytest.skip(f"{saved_file} is not in this checkout")
+        saved = yaml.safe_load(saved_file.read_text(encoding="utf-8"))
+        assert (resolved["data"], resolved["model"]) == (saved["data"], saved["model"]), recipe.model.backbone
+        assert recipe.model.head_hidden is None and "]" not in recipe.data.adapter["ignore_words"]
 
 
 def _recording_python(tmp_path: Path, reply: str = "") -> Path:
