@@ -20,10 +20,11 @@
 #                keeps runs of letters and digits only): `[MAX` reads MAX, and every bracket and
 #                parenthesis is dropped, closing `]` included, so the model sees operators and digits
 #                only (LRA's own pipeline renames `]` to X since March 2021, commit c209b2a; Skyformer's
-#                copy is the older file). Ours drops `]` too here (data.adapter.ignore_words=["(", ")",
-#                "]"]; `listops` keeps it): without it an expression's nesting is ambiguous, [MAX 2 [MIN 3
-#                4 ] 5 ] and [MAX 2 [MIN 3 4 5 ] ] read alike, and that is the input of Skyformer's 38.37%
-#                (softmax attention). Padding (id 0) is masked as keys in both; at most 2,000 tokens, padded
+#                copy is the older file). Without `]` an expression's nesting is ambiguous: [MAX 2 [MIN 3
+#                4 ] 5 ] and [MAX 2 [MIN 3 4 5 ] ] read alike. That is the input of Skyformer's 38.37%
+#                (softmax attention), but not the task: ours keeps `]` as a token, as LRA's fixed pipeline
+#                and our `listops` do (a harder-to-beat, fairer input for them, an easier one for us:
+#                say so beside any comparison). Padding (id 0) is masked as keys in both; at most 2,000 tokens, padded
 #                to 2,048 position rows (ours: max_len 2,048; no generated example is longer).
 #                MAELRE's switch_threshold is 512 here (only maelre reads backbone_config.maelre): at
 #                depth 2 its one merging block halves 2,048 tokens twice at most, to 512, so the
@@ -42,8 +43,8 @@
 #                    (drop_last; ours: all 2,000 each time); batches drawn uniformly, every sequence
 #                    padded to 2,048 (ours: length-bucketed batches, data.bucket_by_length); data from
 #                    LRA's release (ours: generated with the published procedure, the same sizes)
-#                Settings changed on 2026-12-03 (model.head_hidden=128 and `]` dropped; before: a Linear
-#                head and `]` a token): they apply to new runs only. maelre refuses to resume a run whose
+#                Settings changed on 2026-12-03 (model.head_hidden=128; before: a Linear head): they
+#                apply to new runs only. maelre refuses to resume a run whose
 #                data or model settings differ from the recipe it started with, so the group started
 #                before, listops_sky_levers_s0_compiled (7% in), keeps the old settings (by its name,
 #                below) and resumes as it was. Run the new settings under a new TAG, e.g. device_call.sh
@@ -192,7 +193,7 @@ case $task in
                        --set model.backbone_config.maelre.switch_threshold=512)  # 2,048 tokens reach 512 at depth 2 (header)
             case $group in  # started before 2026-12-03: it resumes only with the settings it started with (header)
                 listops_sky_levers_s0_compiled) ;;
-                *) settings+=(--set model.head_hidden=128 --set 'data.adapter.ignore_words=["(", ")", "]"]') ;;
+                *) settings+=(--set model.head_hidden=128) ;;
             esac
         fi
         ;;

@@ -145,7 +145,7 @@ def test_listops_sky_settings_validate_for_every_backbone(tmp_path, variant):
         assert recipe.model.head_hidden == 128  # Linear(64, 128)-ReLU-Linear(128, 10)
         adapter = recipe.data.adapter
         assert (adapter["tokenizer"], adapter["vocab_size"], adapter["max_len"]) == ("word", 32, 2048)
-        assert sorted(adapter["ignore_words"]) == ["(", ")", "]"]  # operators and digits only, as Skyformer's tokens
+        assert sorted(adapter["ignore_words"]) == ["(", ")"]  # `]` stays a token (LRA's fixed pipeline; Skyformer's drops it)
         o, sch, t = recipe.optimizer, recipe.schedule, recipe.trainer
         assert (o.name, o.lr, o.weight_decay, tuple(o.betas)) == ("adamw", 1e-4, 0.0, (0.9, 0.999))
         assert (sch.kind, sch.warmup_steps, sch.warmup_fraction, sch.min_lr_ratio) == ("linear", 1000, 0.0, 0.0)
