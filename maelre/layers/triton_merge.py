@@ -441,14 +441,14 @@ def _plan(
     src, best, dst, sizes32 = src.contiguous(), best.contiguous(), dst.contiguous(), sizes32.contiguous()
     r_ptr = src if r_rows is None else r_rows.contiguous()  # without per-row r the kernels never read it
     limit = n_out - int(real is None)  # unpadded rows have no cut-off column: extra tokens join the last one
-    flags = dict(HAS_REAL=real is not None, HAS_R=r_rows is not None)
+    specialize = dict(HAS_REAL=real is not None, HAS_R=r_rows is not None)  # the kernels' constexpr switches
     if one_program_plan(n):
         _plan_kernel[(batch,)](
             src, best, r_ptr, dst, real_u8, sizes32, slot, total, share, log_total, n, na, candidates, r_all, n_out, limit,
-            BLOCK=BLOCK_SLOTS, **flags,
+            BLOCK=BLOCK_SLOTS, **specialize,
         )  # fmt: skip
     else:
-        _plan_tiled(real_u8, sizes32, src, dst, best, r_ptr, r_all, slot, total, share, log_total, n, n_out, limit, **flags)
+        _plan_tiled(real_u8, sizes32, src, dst, best, r_ptr, r_all, slot, total, share, log_total, n, n_out, limit, **specialize)
     # the strides the fake kernel promises torch.compile: contiguous [B, n_out]
     return slot, total if sizes.dtype == torch.float32 else total.to(sizes.dtype), share, log_total
 
