@@ -27,8 +27,10 @@ PATHFINDER = {
 
 
 class _Identity:
-    def permutation(self, n: int) -> np.ndarray:
-        return np.arange(n)
+    """Increasing keys: every argument keeps its place."""
+
+    def random(self, n: int) -> np.ndarray:
+        return np.arange(n) / max(n, 1)
 
 
 def test_shuffled_operands_keep_the_evaluated_label():
@@ -41,8 +43,10 @@ def test_shuffled_operands_keep_the_evaluated_label():
         assert sorted(shuffled.split()) == sorted(text.split())
         changed += shuffled != text
     assert changed > 20
-    with pytest.raises(ValueError, match="never closed"):
-        shuffle_operands("[MAX 1 2", np.random.default_rng(0))
+    for malformed, error in [("[MAX 1 2", "never closed"), (") [MAX 1 2 ] (", "unbalanced"), ("[MAX ]", "no arguments"),
+                             ("[MAX 1 ] 2", "one top-level value"), ("[MAX 1 x ]", "unknown token"), ("1 ]", "without an open")]:
+        with pytest.raises(ValueError, match=error):
+            shuffle_operands(malformed, np.random.default_rng(0))
 
 
 def test_flips_keep_the_pathfinder_label():
