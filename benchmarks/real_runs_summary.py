@@ -61,14 +61,19 @@ ALONE_ROWS = {
 LEADERBOARD_RUNS = {
     "scifar10": {"maelre_learned_lr2x": "maelre", "transformer_lr2x": "transformer", "transformer_rope_learned_lr2x": "transformer_rope",
                  "ecp_learned_lr2x": "ecp", "perceiver_ar_lr2x": "perceiver_ar"},
+    "image": {"maelre_compiled": "maelre", "transformer_compiled": "transformer", "transformer_rope": "transformer_rope",
+              "ecp": "ecp", "perceiver_ar": "perceiver_ar"},
 }
 """Task -> run -> the leaderboard row (backbone) it is, for a task whose rows are not the runs named after their
-backbone: sCIFAR-10's recipe since session 18 (learned positions, lr 0.002). The task's other runs are diagnostics,
-its earlier rows among them (of the row of their backbone)."""
+backbone: sCIFAR-10's recipe since session 18 (learned positions, lr 0.002); LRA Image's MAELRE and transformer, trained
+again compiled as the recipe now trains (session 20), whose cost target is judged on that pair. The task's other runs are
+diagnostics, its earlier rows among them (of the row of their backbone)."""
 COST_TWINS = {"maelre_learned_lr2x": "maelre", "transformer_lr2x": "transformer", "transformer_rope_learned_lr2x": "transformer_rope",
-              "ecp_learned_lr2x": "ecp", "perceiver_ar_lr2x": "perceiver_ar"}
+              "ecp_learned_lr2x": "ecp", "perceiver_ar_lr2x": "perceiver_ar",
+              **{f"{n}_compiled": n for n in ("maelre", "transformer", "transformer_rope", "ecp", "perceiver_ar")}}
 """Run -> the run whose step timed alone stands for its own until one times it: the same model and data pipeline.
-The learning rate does not change a step; learned positions add one ``[N, D]`` parameter to the input (a single add)."""
+The learning rate does not change a step; learned positions add one ``[N, D]`` parameter to the input (a single add);
+``NAME_compiled`` is run NAME compiled, so NAME's compiled timing (``alone_cost.py --tag compiled``) is its step."""
 DIAGNOSTICS = {"transformer_cls": "transformer", "transformer_rope_cls": "transformer_rope", "transformer_mlphead": "transformer",
                "ecp_learned": "ecp", "ecp_learned_lr2x": "ecp", "transformer_rope_lr2x": "transformer_rope",
                "transformer_rope_learned_lr2x": "transformer_rope", "maelre_learned_lr2x": "maelre"}
@@ -317,8 +322,8 @@ def write_pareto(summary: dict, cost_rows: list[dict], folder: Path, page: Path 
                      for r, lb in zip(entries, rows) if lb[trained_step_field(lb)] is not None]
         twinned = [f"{name} by {twin}" for name, twin in stand_ins if twin != name]
         if twinned:
-            note += (f"Not timed themselves, so timed by the run with the same model (other learning rate; learned positions add one "
-                     f"[N, D] parameter): {', '.join(twinned)}.\n")
+            note += (f"Not timed themselves, so timed by the run with the same model and step (NAME_compiled: run NAME's compiled "
+                     f"timing; otherwise another learning rate, or learned positions, which add one [N, D] parameter): {', '.join(twinned)}.\n")
     else:
         note = ("\nGPU-s from \"alone step time\": steps x the median train step of the backbone with a linear head and AdamW, timed alone "
                 f"at this shape ({sources}, eager, the first file that has the row); it leaves out the pixel embedding, augmentation and the trainer (a lower bound).\n")

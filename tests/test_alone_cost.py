@@ -145,7 +145,10 @@ def test_scifar10_rows_are_the_recipe_runs_and_a_run_not_timed_takes_its_twins_t
     assert summary.row_of("scifar10", "maelre_learned_lr2x") == "maelre" and summary.row_of("scifar10", "maelre") is None
     assert summary.diagnostic_of("scifar10", "maelre") == "maelre" and summary.diagnostic_of("scifar10", "maelre_noconv") == "maelre"
     assert summary.diagnostic_of("scifar10", "transformer_lr2x") is None
-    assert summary.row_of("image", "maelre") == "maelre" and summary.row_of("image", "transformer_cls") is None
+    # LRA Image: the compiled pair are the MAELRE and transformer rows, the eager runs before them diagnostics of those rows
+    assert summary.row_of("image", "maelre_compiled") == "maelre" and summary.row_of("image", "maelre") is None
+    assert summary.diagnostic_of("image", "transformer") == "transformer" and summary.row_of("image", "ecp") == "ecp"
+    assert summary.row_of("image", "transformer_cls") is None and summary.row_of("text", "maelre") == "maelre"
     rows = [{"task": "scifar10", "name": "maelre", "status": "ok", "steady_step_ms": 30.0},
             {"task": "scifar10", "name": "maelre", "tag": "compiled", "status": "ok", "steady_step_ms": 10.0},
             {"task": "scifar10", "name": "transformer_lr2x", "tag": "compiled", "status": "ok", "steady_step_ms": 18.0},
@@ -154,6 +157,7 @@ def test_scifar10_rows_are_the_recipe_runs_and_a_run_not_timed_takes_its_twins_t
     assert summary.compiled_step_ms(rows, "maelre_learned_lr2x", "scifar10") == 10.0
     assert summary.compiled_step_ms(rows, "transformer_lr2x", "scifar10") == 18.0  # timed itself: its own, not the twin's
     assert summary.alone_step_ms(rows, "transformer_lr2x", "scifar10") is None  # neither it nor its twin timed eager
+    assert summary.compiled_step_ms(rows, "maelre_compiled", "scifar10") == 10.0  # NAME_compiled: NAME's compiled timing
 
 
 def test_real_runs_reports_a_call_cut_before_its_first_validation(tmp_path):

@@ -211,7 +211,7 @@ def test_diagnostic_runs_are_summarised_but_never_leaderboard_rows(tmp_path, scr
     """transformer_cls tests a hypothesis about the transformer row: it keeps its curve in the summary,
     is named as the row it tests, and neither becomes a leaderboard row nor moves the task's status."""
     recipe = (Path(__file__).resolve().parents[1] / "recipes" / "lra_image.yaml").read_text()
-    for name, epochs in (("transformer", 200), ("transformer_cls", 105)):
+    for name, epochs in (("transformer_compiled", 200), ("transformer_cls", 105)):  # LRA Image's transformer row is its compiled run
         run = tmp_path / "image" / name
         run.mkdir(parents=True)
         (run / "recipe.yaml").write_text(recipe)
@@ -222,9 +222,9 @@ def test_diagnostic_runs_are_summarised_but_never_leaderboard_rows(tmp_path, scr
     assert script.main(["--key", "image", "--root", str(tmp_path / "image"), "--out", str(out), "--concurrent", "7"]) == 0
     summary = json.loads(out.read_text())
     by_name = {r["name"]: r for r in summary["rows"]}
-    assert (by_name["transformer_cls"]["diagnostic_of"], by_name["transformer"]["diagnostic_of"]) == ("transformer", None)
+    assert (by_name["transformer_cls"]["diagnostic_of"], by_name["transformer_compiled"]["diagnostic_of"]) == ("transformer", None)
     assert by_name["transformer_cls"]["partial"] and summary["status"].startswith("complete")
-    assert [e["name"] for e in script.leaderboard_entries(summary, "image")] == ["transformer"]
+    assert [e["name"] for e in script.leaderboard_entries(summary, "image")] == ["transformer_compiled"]
 
 
 def test_calls_whose_results_never_came_back_leave_the_time_unknown_and_untested_calls_no_test_accuracy(tmp_path, script):
