@@ -95,6 +95,11 @@
 #                pixels (pixel_embed=linear) and random flips (pre-LN blocks and mean pooling are the
 #                library's defaults, warmup then decay is the recipe's schedule)
 #   plain        the recipe as it is, same budget (the ablation's baseline)
+#   nomask       pathfinder_sky only: plain with every pixel a token (data.adapter.mask_zero=false), the
+#                one Skyformer setting that `pathfinder` also lacks; with `masked`, the ablation of
+#                zero-pixel masking (session 20: the transformer left chance within 1,500 steps in
+#                pathfinder_sky plain, never in 38,264 steps of pathfinder levers)
+#   masked       pathfinder only: levers with the 0-valued pixels as padding (data.adapter.mask_zero=true)
 #   curriculum   levers + Pathfinder difficulties easy to hard: 2 epochs of curv_baseline, 2 of
 #                curv_contour_length_9, then curv_contour_length_14 (Pathfinder only)
 #   pretrain     levers, with the first PRETRAIN_FRACTION of the budget spent on `maelre pretrain`
@@ -150,7 +155,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-usage="usage: bash benchmarks/lra_learn.sh listops|listops_sky|pathfinder|pathfinder_sky levers|plain|curriculum|pretrain SEED"
+usage="usage: bash benchmarks/lra_learn.sh listops|listops_sky|pathfinder|pathfinder_sky levers|plain|nomask|masked|curriculum|pretrain SEED"
 task=${1:?$usage}
 variant=${2:?$usage}
 seed=${3:?$usage}
@@ -219,6 +224,15 @@ esac
 case $variant in
     levers|pretrain) settings+=("${levers[@]}") ;;
     plain) ;;
+    nomask|masked)
+        [[ $task == pathfinder_sky && $variant == nomask || $task == pathfinder && $variant == masked ]] || {
+            echo "lra_learn.sh: the nomask variant is for pathfinder_sky, masked for pathfinder" >&2; exit 2; }
+        if [[ $variant == nomask ]]; then
+            settings+=(--set data.adapter.mask_zero=false)
+        else
+            settings+=("${levers[@]}" --set data.adapter.mask_zero=true)
+        fi
+        ;;
     curriculum)
         [[ $task == pathfinder* ]] || { echo "lra_learn.sh: the curriculum variant is for pathfinder and pathfinder_sky" >&2; exit 2; }
         settings+=("${levers[@]}" --set "data.curriculum=[{epochs: 2, dataset: {difficulty: curv_baseline}}, {epochs: 2, dataset: {difficulty: curv_contour_length_9}}]")

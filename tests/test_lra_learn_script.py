@@ -198,7 +198,7 @@ def _recording_python(tmp_path: Path, reply: str = "") -> Path:
     return stub
 
 
-@pytest.mark.parametrize("variant", ["plain", "levers"])
+@pytest.mark.parametrize("variant", ["plain", "levers", "nomask"])
 def test_pathfinder_sky_settings_validate_for_every_backbone(tmp_path, variant):
     """pathfinder_sky is Skyformer's Pathfinder-32 config (src/config.py) on our generated images, for every backbone.
 
@@ -229,13 +229,14 @@ def test_pathfinder_sky_settings_validate_for_every_backbone(tmp_path, variant):
         kw = recipe.backbone_kwargs()
         assert (kw["dim"], kw["depth"], kw["heads"], kw["mlp_ratio"], kw["dropout"], kw["attn_dropout"]) == (64, 2, 2, 2.0, 0.1, 0.1)
         assert kw.get("pool", "mean") == "mean" and recipe.data.adapter.get("pos_embed", "learned") == "learned"
-        assert recipe.model.head_hidden == 128 and recipe.data.adapter["mask_zero"] is True  # background pixels are padding
+        assert recipe.model.head_hidden == 128  # background pixels are padding, but in the masking ablation
+        assert recipe.data.adapter["mask_zero"] is (variant != "nomask")
         o, sch, t = recipe.optimizer, recipe.schedule, recipe.trainer
         assert (o.name, o.lr, o.weight_decay, tuple(o.betas)) == ("adamw", 2e-4, 0.0, (0.9, 0.999))
         assert (sch.kind, sch.warmup_steps, sch.warmup_fraction, sch.min_lr_ratio) == ("linear", 312, 0.0, 0.0)
         assert (recipe.data.batch_size, t.max_steps, t.val_every_n_steps, t.seed) == (128, 50_000, 500, 1)
         assert recipe.data.dataset == {"name": "pathfinder", "root": "/data/pf"}  # the folder lra_learn.py data writes, as `pathfinder` reads it
-        if variant == "plain":  # Skyformer's pixels: the 8-bit value indexes a learned table
+        if variant in ("plain", "nomask"):  # Skyformer's pixels: the 8-bit value indexes a learned table
             assert recipe.data.adapter.get("pixel_embed", "table") == "table" and not recipe.data.augment_inputs
         else:
             assert recipe.data.adapter["pixel_embed"] == "linear" and recipe.data.augment_inputs == ["hflip", "vflip"]
@@ -301,3 +302,28 @@ def test_rows_marks_a_run_short_of_its_budget_partial_and_its_data_generated(tmp
     assert row["accuracy"] == pytest.approx(71.36)
     assert row["status"] == "time_limit" and "23000 of 50000 steps" in row["message"]
     assert row["train_seconds"] is None and row["concurrent_runs"] == 4
+
+
+def test_the_masking_ablation_variants_belong_to_their_task(tmp_path):
+    """`masked` is pathfinder's levers with zero pixels as padding; each ablation variant refuses the other task."""
+    import subprocess
+    import warnings
+
+    from maelre.recipe import RecipeWarning, load_recipe
+
+    stub = _recording_python(tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(stub), "ARGS_FILE": str(tmp_path / "args"), "CHECK": "1", "PF_ROOT": "/data/pf",
+           "BACKBONES": "transformer"}
+    script = str(_PATH.with_name("lra_learn.sh"))
+    done = subprocess.run(["bash", script, "pathfinder", "masked", "0"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    call = json.loads((tmp_path / "args").read_text().splitlines()[0])
+    overrides = [call[4:][i + 1] for i in range(len(call) - 4) if call[4:][i] == "--set"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RecipeWarning)
+        recipe = load_recipe(_PATH.parents[1] / call[3], overrides)
+    assert recipe.data.adapter["mask_zero"] is True and recipe.data.adapter["pixel_embed"] == "linear"
+    assert recipe.data.augment_inputs == ["hflip", "vflip"] and recipe.backbone_kwargs()["dim"] == 128  # levers, at pathfinder's size
+    for task, variant in (("pathfinder", "nomask"), ("pathfinder_sky", "masked"), ("listops", "masked")):
+        refused = subprocess.run(["bash", script, task, variant, "0"], env=env, capture_output=True, text=True, timeout=60)
+        assert refused.returncode == 2 and "nomask variant is for pathfinder_sky" in refused.stderr
