@@ -414,6 +414,19 @@ def test_device_call_gives_each_lra_group_its_own_backbones(tmp_path):
     assert sorted(seen.read_text().splitlines()) == ["fake 1 TAG=compiled BACKBONES=transformer", "fake2 0 TAG=compiled BACKBONES=all"]
 
 
+def test_a_tag_ending_in_noconv_trains_maelre_alone_without_its_value_convolution(tmp_path):
+    """TAG noconv, or one that ends in it (sky2noconv: a new ListOps group's settings), is the merge ablation's row."""
+    stub = 'echo "$1 TAG=$TAG BACKBONES=${BACKBONES:-all} SET=$SET" >> "$LRA_SEEN"\n'
+    seen = tmp_path / "seen.txt"
+    _device_call_with_stub(tmp_path, "lra_learn.sh", stub, DRAIN="0", LB="", LRA_SEEN=str(seen), SET="trainer.seed=3",
+                           LRA="fake:levers:0:sky2noconv fake2:levers:0:noconv:transformer fake3:levers:0:sky2")
+    lines = sorted(line.split() for line in seen.read_text().splitlines())
+    off = ["model.backbone_config.maelre.value_conv=null"]
+    assert lines == [["fake", "TAG=sky2noconv", "BACKBONES=maelre", "SET=trainer.seed=3", *off],
+                     ["fake2", "TAG=noconv", "BACKBONES=maelre", "SET=trainer.seed=3", *off],
+                     ["fake3", "TAG=sky2", "BACKBONES=all", "SET=trainer.seed=3"]]
+
+
 def test_device_call_makes_the_pathfinder_images_once_for_pathfinder_sky_groups(tmp_path):
     """pathfinder_sky reads the generated Pathfinder-32 folder of `pathfinder`: the call makes it once (lra_learn.py data)
     before the groups start, however many Pathfinder groups it runs, and never the ListOps files for them."""
