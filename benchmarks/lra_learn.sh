@@ -30,6 +30,8 @@
 #                depth 2 its one merging block halves 2,048 tokens twice at most, to 512, so the
 #                default threshold (dim = 64) is out of reach and the recipe would not validate.
 #                `levers` adds operand shuffling (not Skyformer's); `plain` is Skyformer's setting.
+#                Not matched by these groups: a LayerNorm on the pooled vector in our head (Skyformer's has
+#                none; model.head_norm=false removes it, e.g. SET="... model.head_norm=false" with a new TAG).
 #                Not matched (no setting for it here):
 #                  - Skyformer's mean pools sum/2,048 over every position (padding outputs zeroed); ours
 #                    is the mean over the real tokens
@@ -69,7 +71,9 @@
 #                ~89% of a Pathfinder-32 image is background 0, so attention reads only the ~110
 #                lit pixels as keys; `pathfinder` attends over all 1,024. MAELRE's switch_threshold
 #                is 256: at depth 2 its one merging block halves 1,024 pixels twice at most, so the
-#                default (dim = 64) is out of reach. Not matched (no setting for it here):
+#                default (dim = 64) is out of reach. Not matched by these groups: the
+#                head's LayerNorm on the pooled vector (as for listops_sky; model.head_norm=false).
+#                Not matched (no setting for it here):
 #                  - Skyformer's mean pools sum/1,024 over the lit pixels (masked outputs zeroed);
 #                    ours is the mean over the lit pixels (sum/their count, ~110)
 #                  - OneCycleLR starts at lr/25 (8e-6, not 0), ends at lr/250,000, and cycles AdamW's

@@ -11,12 +11,15 @@ class ClassifierHead(nn.Module):
     """``LayerNorm -> Dropout -> Linear``: ``[B, D] -> logits [B, C]``.
 
     ``hidden``: a hidden layer of that width first, ``Linear -> ReLU -> Linear`` (LRA's
-    ``classifier_head``, whose hidden width is the model's ``mlp_dim``). With
+    ``classifier_head``, whose hidden width is the model's ``mlp_dim``). ``norm=False``
+    drops the LayerNorm on the pooled vector (LRA's and Skyformer's heads have none: their
+    tokens are normalised once, before pooling, as every backbone here does too). With
     ``two_tower=True`` it takes two pooled vectors ``u, v`` and classifies
     ``[u, v, u * v, u - v]`` through a one-hidden-layer MLP (LRA Retrieval style).
     """
 
-    def __init__(self, dim: int, num_classes: int, dropout: float = 0.0, two_tower: bool = False, hidden: int | None = None) -> None:
+    def __init__(self, dim: int, num_classes: int, dropout: float = 0.0, two_tower: bool = False, hidden: int | None = None,
+                 norm: bool = True) -> None:
         super().__init__()
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}")
@@ -25,7 +28,7 @@ class ClassifierHead(nn.Module):
             raise ValueError(f"head_hidden must be a width >= 1 for a single-tower head ({why}); leave it unset for a linear head")
         self.two_tower = two_tower
         in_dim = 4 * dim if two_tower else dim
-        self.norm = nn.LayerNorm(in_dim)
+        self.norm = nn.LayerNorm(in_dim) if norm else nn.Identity()
         self.drop = nn.Dropout(dropout)
         if two_tower:
             self.fc = nn.Sequential(nn.Linear(in_dim, dim), nn.GELU(), nn.Linear(dim, num_classes))
@@ -51,14 +54,14 @@ class SequenceClassifier(nn.Module):
     """
 
     def __init__(self, adapter: nn.Module, backbone: Backbone, num_classes: int, head_dropout: float = 0.0, two_tower: bool = False,
-                 head_hidden: int | None = None) -> None:
+                 head_hidden: int | None = None, head_norm: bool = True) -> None:
         super().__init__()
         if getattr(adapter, "dim", backbone.dim) != backbone.dim:
             raise ValueError(f"adapter emits width {adapter.dim} but the backbone has dim={backbone.dim}; give both the same dim")
         self.adapter = adapter
         self.backbone = backbone
         self.two_tower = two_tower
-        self.head = ClassifierHead(backbone.dim, num_classes, head_dropout, two_tower, head_hidden)
+        self.head = ClassifierHead(backbone.dim, num_classes, head_dropout, two_tower, head_hidden, head_norm)
 
     def encode(self, batch: dict) -> Tensor:
         """Pooled ``[B, D]`` for one adapter batch."""

@@ -124,6 +124,8 @@ class ModelSection:
         head_dropout: dropout before the classifier.
         head_hidden: a hidden layer of this width in the classifier head, ``Linear -> ReLU ->
             Linear`` (LRA's head, whose width is the model's ``mlp_dim``); unset: one linear layer.
+        head_norm: a LayerNorm on the pooled vector before the head (``false``: none, as LRA's
+            and Skyformer's heads).
         two_tower: pair classification (LRA Retrieval); the data must be ``(x1, x2)`` pairs.
         init_from: a ``maelre pretrain`` run or checkpoint directory; a new run starts from
             its adapter and backbone weights (the head is new). Ignored on ``--resume``.
@@ -133,6 +135,7 @@ class ModelSection:
     backbone_config: dict = field(default_factory=dict)
     head_dropout: float = 0.0
     head_hidden: int | None = None
+    head_norm: bool = True
     two_tower: bool = False
     init_from: str | None = None
 
@@ -146,7 +149,7 @@ class ModelSection:
 
     def head_kwargs(self) -> dict:
         """The classifier head's keyword arguments of ``build_model``."""
-        return {"head_dropout": self.head_dropout, "two_tower": self.two_tower, "head_hidden": self.head_hidden}
+        return {"head_dropout": self.head_dropout, "two_tower": self.two_tower, "head_hidden": self.head_hidden, "head_norm": self.head_norm}
 
 
 @dataclass
@@ -264,8 +267,8 @@ class Recipe:
     def to_dict(self) -> dict:
         """The resolved recipe (all defaults filled in), as plain YAML-able data.
 
-        The optional keys ``data.augment_inputs``, ``data.curriculum``, ``model.head_hidden`` and
-        ``model.init_from`` appear only when set, so runs saved before they existed still ``--resume``.
+        The optional keys ``data.augment_inputs``, ``data.curriculum``, ``model.head_hidden``,
+        ``model.head_norm`` and ``model.init_from`` appear only when set (``head_norm``: when false), so runs saved before they existed still ``--resume``.
         ``trainer.stop_at`` never does: a deadline belongs to one call, and a saved recipe
         resumed later must not inherit a past one.
         """
@@ -273,6 +276,8 @@ class Recipe:
                  "head_dropout": self.model.head_dropout, "two_tower": self.model.two_tower}
         if self.model.head_hidden is not None:
             model["head_hidden"] = self.model.head_hidden
+        if not self.model.head_norm:
+            model["head_norm"] = False
         if self.model.init_from is not None:
             model["init_from"] = self.model.init_from
         data = {k: v for k, v in dataclasses.asdict(self.data).items() if v or k not in ("augment_inputs", "curriculum")}

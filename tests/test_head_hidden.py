@@ -56,3 +56,22 @@ def test_a_two_tower_recipe_refuses_it():
     raw = {**RECIPE, "model": {**RECIPE["model"], "head_hidden": 8, "two_tower": True}}
     with pytest.raises(RecipeError, match="two-tower head has its hidden layer already"):
         parse_recipe(raw)
+
+
+def test_head_norm_false_drops_the_pooled_layernorm_from_recipe_to_checkpoint():
+    """``model.head_norm: false`` is LRA's and Skyformer's head (no LayerNorm after pooling); the default keeps it."""
+    assert isinstance(ClassifierHead(16, 3, norm=False).norm, torch.nn.Identity)
+    assert isinstance(ClassifierHead(16, 3).norm, torch.nn.LayerNorm)
+    adapter = create_adapter("pixels", dim=16, max_len=64)
+    model = build_model(adapter, "transformer", {"depth": 1, "heads": 2}, num_classes=4, head_hidden=8, head_norm=False)
+    assert not any(k.startswith("head.norm") for k in model.state_dict())
+    again = model_from_spec(adapter, ModelSpec.from_dict(model.spec.to_dict()))
+    again.load_state_dict(model.state_dict(), strict=True)
+    old = {k: v for k, v in model.spec.to_dict().items() if k != "head_norm"}  # written before the key existed
+    assert isinstance(model_from_spec(adapter, ModelSpec.from_dict(old)).head.norm, torch.nn.LayerNorm)
+    recipe = parse_recipe({**RECIPE, "model": {**RECIPE["model"], "head_norm": False}})
+    assert recipe.model.head_kwargs()["head_norm"] is False
+    assert recipe.to_dict()["model"]["head_norm"] is False and parse_recipe(recipe.to_dict()).model.head_norm is False
+    assert "head_norm" not in parse_recipe(RECIPE).to_dict()["model"]  # the default: saved recipes stay as they were
+    with pytest.raises(RecipeError, match="head_norm"):
+        parse_recipe({**RECIPE, "model": {**RECIPE["model"], "head_norm": "no"}})

@@ -30,6 +30,7 @@ class ModelSpec:
         head_dropout: dropout before the classifier.
         two_tower: pair classification head.
         head_hidden: width of the head's hidden layer (``None``: a linear head).
+        head_norm: the head's LayerNorm on the pooled vector (``False``: none).
     """
 
     backbone: str
@@ -41,6 +42,7 @@ class ModelSpec:
     two_tower: bool = False
     extra: dict = field(default_factory=dict)
     head_hidden: int | None = None
+    head_norm: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,6 +96,7 @@ def build_model(
     head_dropout: float = 0.0,
     two_tower: bool = False,
     head_hidden: int | None = None,
+    head_norm: bool = True,
 ) -> SequenceClassifier:
     """adapter + registered backbone + head -> ``SequenceClassifier`` (``forward(batch) -> logits [B, C]``).
 
@@ -107,7 +110,7 @@ def build_model(
     if cfg.setdefault("dim", adapter.dim) != adapter.dim:
         raise ValueError(f"backbone dim={cfg['dim']} differs from the adapter's dim={adapter.dim}; model.dim sets both, so leave the adapter's dim unset")
     backbone = create_backbone(backbone_name, **cfg)
-    model = SequenceClassifier(adapter, backbone, num_classes, head_dropout, two_tower, head_hidden)
+    model = SequenceClassifier(adapter, backbone, num_classes, head_dropout, two_tower, head_hidden, head_norm)
     model.spec = ModelSpec(
         backbone=backbone_name,
         backbone_config=backbone.config.to_dict(),
@@ -117,13 +120,15 @@ def build_model(
         head_dropout=head_dropout,
         two_tower=two_tower,
         head_hidden=head_hidden,
+        head_norm=head_norm,
     )
     return model
 
 
 def model_from_spec(adapter: Any, spec: ModelSpec) -> SequenceClassifier:
     """The (untrained) model a checkpoint's ``spec`` describes, on ``adapter`` (its preprocessing already loaded)."""
-    return build_model(adapter, spec.backbone, spec.backbone_config, spec.num_classes, spec.head_dropout, spec.two_tower, spec.head_hidden)
+    return build_model(adapter, spec.backbone, spec.backbone_config, spec.num_classes, spec.head_dropout, spec.two_tower, spec.head_hidden,
+                       spec.head_norm)
 
 
 def num_classes_of(model: SequenceClassifier) -> int:
