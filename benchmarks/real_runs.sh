@@ -39,7 +39,9 @@
 #                     token (LRA's pooling) instead of the mean, to test whether pooling explains
 #                     a miss (run them by name: they are not in the default NAMES)
 #   transformer_mlphead diagnostic: the transformer with LRA's classifier head, a hidden ReLU layer of
-#                     the model's MLP width (model.head_hidden), to test whether the head explains a miss
+#                     the model's MLP width (model.head_hidden) and no LayerNorm on the pooled vector
+#                     (model.head_norm=false: LRA normalises the tokens once, before pooling, as we do),
+#                     to test whether the head explains a miss
 #   ecp_learned_lr2x, transformer_rope_lr2x
 #                     levers, not leaderboard rows, at the whole budget: ecp with the adapter's learned
 #                     positions as well as its own RoPE (the leaderboard's ecp has RoPE alone), and
@@ -97,7 +99,7 @@ declare -A setup=(
     [perceiver_ar]="--set model.backbone=perceiver_ar"
     [transformer_cls]="--set model.backbone=transformer --set model.pool=cls"
     [transformer_rope_cls]="--set model.backbone=transformer ${rope[*]} --set model.pool=cls"
-    [transformer_mlphead]="--set model.backbone=transformer --set model.head_hidden=$head"
+    [transformer_mlphead]="--set model.backbone=transformer --set model.head_hidden=$head --set model.head_norm=false"
 )
 # sCIFAR-10's ecp run was made with RoPE alone (the ECP paper's positions); LRA Image's and Text's with their
 # recipe's sinusoidal positions as well
