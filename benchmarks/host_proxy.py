@@ -8,7 +8,7 @@ arithmetic is negligible and the step time is mostly host work, and reports for 
 its twin the median step time (wall, and CPU time of the one thread, which a shared machine's
 load disturbs less), their ratio and the aten operators per step (all that reach the dispatcher
 below autograd, and those of them that would launch a kernel on a GPU: no views, allocations or
-``detach``, as ``maelre.bench.profile.count_kernel_ops`` counts them; the stubbed Triton launches
+``detach``: ``maelre.bench.profile.launches_kernel``, the rule of its ``count_kernel_ops``; the stubbed Triton launches
 are in neither).
 
 ``--fused`` runs the merge through the Triton path of ``maelre.layers.triton_merge`` (what
@@ -39,7 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from maelre.bench.efficiency_case import make_step
 from maelre.bench.efficiency_config import BenchConfig
-from maelre.bench.profile import _NO_KERNEL
+from maelre.bench.profile import launches_kernel
 
 
 class _OpCount(TorchDispatchMode):
@@ -53,7 +53,7 @@ class _OpCount(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if not _STUB.active:
             self.calls[str(func.overloadpacket)] += 1
-            self.kernels += not func.is_view and func.overloadpacket.__name__ not in _NO_KERNEL
+            self.kernels += launches_kernel(func)
         return func(*args, **(kwargs or {}))
 
 

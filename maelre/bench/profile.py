@@ -98,6 +98,12 @@ def _is_cpu_scalar_cast(event: Any) -> bool:
 _NO_KERNEL = {"detach", "alias", "empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided", "_unsafe_view", "lift_fresh", "resolve_conj", "resolve_neg"}
 
 
+def launches_kernel(func: torch._ops.OpOverload) -> bool:
+    """Whether an operator seen below autograd (``__torch_dispatch__``) would launch a kernel on a GPU: not a view,
+    an allocation or ``detach``."""
+    return not func.is_view and func.overloadpacket.__name__ not in _NO_KERNEL
+
+
 class _KernelCount(TorchDispatchMode):
     """Operators below autograd that would launch a kernel, by the dtype of their (first) output."""
 
@@ -107,7 +113,7 @@ class _KernelCount(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if not func.is_view and func.overloadpacket.__name__ not in _NO_KERNEL:
+        if launches_kernel(func):
             first = out[0] if isinstance(out, (tuple, list)) and out else out
             self.by_dtype[str(first.dtype).removeprefix("torch.") if isinstance(first, torch.Tensor) else "none"] += 1
         return out
