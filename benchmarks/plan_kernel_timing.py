@@ -43,7 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from maelre import create_backbone  # noqa: E402
-from maelre.bench.efficiency_case import time_step  # noqa: E402
+from maelre.bench.efficiency_case import capture_step, time_step  # noqa: E402
 from maelre.bench.report import markdown_table  # noqa: E402
 from maelre.fileio import write_json_atomic, write_text_atomic  # noqa: E402
 from maelre.layers import _triton, merge, triton_merge  # noqa: E402
@@ -170,21 +170,8 @@ def workloads(merges: list[Merge], window: int | None, protect_first: bool) -> d
 def timed(fn: Callable[[], None], args: argparse.Namespace) -> list[float]:
     """Milliseconds per call of ``fn``: CUDA events around each replay of its CUDA graph (``--mode eager``: each call)."""
     device = torch.device("cuda")
-    if args.mode == "eager":
-        return time_step(fn, warmup=args.warmup, repeats=args.repeats, device=device)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # compile the kernels and fill the allocator's pools before the capture
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    try:
-        return time_step(graph.replay, warmup=args.warmup, repeats=args.repeats, device=device)
-    finally:
-        del graph
+    step = fn if args.mode == "eager" else capture_step(fn, device)  # its warm-up compiles the kernels before the capture
+    return time_step(step, warmup=args.warmup, repeats=args.repeats, device=device)
 
 
 def measure(args: argparse.Namespace, log=print) -> list[dict[str, Any]]:
