@@ -232,7 +232,15 @@ for pid in "${pids[@]}"; do wait "$pid"; done
 # (at most 8 files, 16 MiB each, 64 MiB in all come back; the cost JSON already there counts)
 state_base=$(dirname "$STATE")
 part=(--stamp "$stamp" --limit-mib "${PART_MIB:-15}")
-(( train )) && xfer outbox add runs/outbox evidence runs/logs runs/lra_out/*.json --base runs --evidence "${part[@]}"
+# what git keeps of each leaderboard run (all but its checkpoints) rides with the evidence: a run that
+# finished in this call needs no DRAIN call for its checkpoints (LRA Text's are ~50 MB) to be recorded
+rm -rf runs/lb_evidence
+for dir in runs/lb/*/*/; do
+    rel=${dir#runs/lb/}
+    mkdir -p "runs/lb_evidence/$rel"
+    for f in "$dir"*; do [[ $(basename "$f") == checkpoints ]] || cp -r "$f" "runs/lb_evidence/$rel"; done
+done
+(( train )) && xfer outbox add runs/outbox evidence runs/logs runs/lra_out/*.json runs/lb_evidence --base runs --evidence "${part[@]}"
 xfer outbox add runs/outbox lb runs/lb/*/*/ --base runs "${part[@]}"
 refresh=(--refresh)
 [[ ${RETURN_STATE:-0} == 1 ]] && refresh=()
