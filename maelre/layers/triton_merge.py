@@ -66,7 +66,7 @@ __all__ = ["available", "match_window", "merge_states", "plan"]
 
 BLOCK_A = 32  # A tokens per program
 BLOCK_SLOTS = 1024  # columns per tile of the plan kernels
-ONE_PROGRAM_MAX_N = 4 * BLOCK_SLOTS  # rows up to this long: the one-program plan; longer rows: the tiled plan (``plan``)
+ONE_PROGRAM_MAX_N = 3 * BLOCK_SLOTS  # rows up to this long: the one-program plan; longer rows: the tiled plan (``plan``)
 BLOCK_TOKENS, BLOCK_CHANNELS = 32, 64  # tile of the state merge kernels
 MERGE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # float64 stays on the PyTorch path (the kernels sum in float32)
 
@@ -413,9 +413,10 @@ def one_program_plan(n: int) -> bool:
     The one-program kernel walks its row serially, about 5 passes of ``cdiv(n, BLOCK_SLOTS)`` dependent tiles,
     so its time grows with ``n`` however many rows run beside it; the tiled plan's depth is one tile per launch,
     for 5 launches and 2 memsets. A batch only fills more SMs: it never shortens a row's walk, hence the rule
-    reads ``n`` alone. Up to 4 tiles a row (4K tokens, where MAELRE's step was within 1% of its twin at batch
-    16 on the H200) the one launch stays; the crossover is a guess until ``benchmarks/plan_kernel_timing.py``
-    has timed both on a GPU.
+    reads ``n`` alone. Timed on the H200 (``benchmarks/results/plan_kernel_timing_h200.md``, CUDA graphs): at
+    4,096 tokens the tiled plan takes 0.022 ms against 0.033 (0.48 ms against 0.022 at 65,536), while the
+    shorter rows of the later merges of a 4K forward take 0.188 ms one program per row against 0.210 tiled.
+    So up to 3 tiles a row (3,072 tokens) the one launch stays; from 4 tiles the plan is tiled.
     """
     return n <= ONE_PROGRAM_MAX_N
 
