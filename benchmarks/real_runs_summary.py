@@ -63,10 +63,12 @@ LEADERBOARD_RUNS = {
                  "ecp_learned_lr2x": "ecp", "perceiver_ar_lr2x": "perceiver_ar"},
     "image": {"maelre_compiled": "maelre", "transformer_compiled": "transformer", "transformer_rope": "transformer_rope",
               "ecp": "ecp", "perceiver_ar": "perceiver_ar"},
+    "text": {"maelre_compiled": "maelre", "transformer_compiled": "transformer", "transformer_rope": "transformer_rope",
+             "ecp": "ecp", "perceiver_ar": "perceiver_ar"},
 }
 """Task -> run -> the leaderboard row (backbone) it is, for a task whose rows are not the runs named after their
-backbone: sCIFAR-10's recipe since session 18 (learned positions, lr 0.002); LRA Image's MAELRE and transformer, trained
-again compiled as the recipe now trains (session 20), whose cost target is judged on that pair. The task's other runs are
+backbone: sCIFAR-10's recipe since session 18 (learned positions, lr 0.002); LRA Image's and LRA Text's MAELRE and
+transformer, trained again compiled as the recipes now train (sessions 20-21), whose cost target is judged on that pair. The task's other runs are
 diagnostics, its earlier rows among them (of the row of their backbone)."""
 COST_TWINS = {"maelre_learned_lr2x": "maelre", "transformer_lr2x": "transformer", "transformer_rope_learned_lr2x": "transformer_rope",
               "ecp_learned_lr2x": "ecp", "perceiver_ar_lr2x": "perceiver_ar",

@@ -148,7 +148,10 @@ def test_scifar10_rows_are_the_recipe_runs_and_a_run_not_timed_takes_its_twins_t
     # LRA Image: the compiled pair are the MAELRE and transformer rows, the eager runs before them diagnostics of those rows
     assert summary.row_of("image", "maelre_compiled") == "maelre" and summary.row_of("image", "maelre") is None
     assert summary.diagnostic_of("image", "transformer") == "transformer" and summary.row_of("image", "ecp") == "ecp"
-    assert summary.row_of("image", "transformer_cls") is None and summary.row_of("text", "maelre") == "maelre"
+    assert summary.row_of("image", "transformer_cls") is None
+    # LRA Text likewise (session 21): the compiled pair are the rows, the eager MAELRE and transformer diagnostics
+    assert summary.row_of("text", "transformer_compiled") == "transformer" and summary.row_of("text", "maelre") is None
+    assert summary.diagnostic_of("text", "maelre") == "maelre" and summary.row_of("text", "perceiver_ar") == "perceiver_ar"
     rows = [{"task": "scifar10", "name": "maelre", "status": "ok", "steady_step_ms": 30.0},
             {"task": "scifar10", "name": "maelre", "tag": "compiled", "status": "ok", "steady_step_ms": 10.0},
             {"task": "scifar10", "name": "transformer_lr2x", "tag": "compiled", "status": "ok", "steady_step_ms": 18.0},

@@ -261,8 +261,8 @@ def test_the_view_is_partial_while_a_run_is_untested_even_when_every_drawn_point
         return {"name": name, "epochs_done": 29, "steps": 20000, "steps_budget": 20000, "test_accuracy": acc, "partial": partial,
                 "train_seconds_shared": None, "peak_memory_mib": 3000, "calls": []}  # fmt: skip
 
-    done = [summary_row("maelre", 85.7, False), summary_row("ecp", 65.2, False)]
-    script.write_pareto({"rows": [*done, summary_row("transformer", None, True)]}, [], tmp_path, None, key="text")
+    done = [summary_row("maelre_compiled", 85.7, False), summary_row("ecp", 65.2, False)]  # LRA Text's rows (LEADERBOARD_RUNS)
+    script.write_pareto({"rows": [*done, summary_row("transformer_compiled", None, True)]}, [], tmp_path, None, key="text")
     script.write_pareto({"rows": done}, [], tmp_path, None, key="text")
     assert "PARTIAL (2 of 3 runs tested, 20000-20000 of 20000 steps)" in titles[0] and "complete (20000-20000" in titles[1]
 
