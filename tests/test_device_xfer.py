@@ -161,6 +161,19 @@ def test_outbox_drains_evidence_first_within_the_limits(runs, tmp_path, monkeypa
     assert len(first) == 2 and xfer.outbox_drain(outbox, tmp_path / "X2", files=2, budget=20 * kib, again=True) == first
 
 
+def test_outbox_drains_a_small_whole_set_before_a_big_split_one(runs, tmp_path):
+    """Session 21: two Pathfinder runs' state (one small tar) waited behind a Text folder's parts and was lost."""
+    outbox, ledger, kib = tmp_path / "outbox", tmp_path / "ledger.json", 1024
+    (big,) = xfer.outbox_add(outbox, "lb", [runs / "lb/text/maelre"], base=runs, limit=8 * kib, ledger_path=ledger, stamp="20261203T100000")
+    (small,) = xfer.outbox_add(outbox, "lra_state", [runs / "lra_state/listops_sky_levers_s0/maelre"], base=runs, limit=64 * kib,
+                               ledger_path=ledger, stamp="20261203T100000")  # fmt: skip
+    sets = {s["name"]: s for s in xfer._index(outbox)["sets"]}
+    assert len(sets[big]["files"]) > 2 and len(sets[small]["files"]) == 1
+    assert xfer.outbox_drain(outbox, tmp_path / "OUT", files=2, budget=1024 * kib) == sets[small]["files"] + sets[big]["files"][:1]
+    # a set partly sent goes on first, so that it completes
+    assert xfer.outbox_drain(outbox, tmp_path / "OUT2", files=1, budget=1024 * kib) == sets[big]["files"][1:2]
+
+
 def test_carry_lays_sets_into_inboxes_under_the_budget(runs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     local = tmp_path / "benchmarks" / "results" / "text_partial_h200"
