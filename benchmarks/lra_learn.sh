@@ -46,10 +46,9 @@
 #                    padded to 2,048 (ours: length-bucketed batches, data.bucket_by_length); data from
 #                    LRA's release (ours: generated with the published procedure, the same sizes)
 #                Settings changed on 2026-12-03 (model.head_hidden=128; before: a Linear head): they
-#                apply to new runs only. maelre refuses to resume a run whose
-#                data or model settings differ from the recipe it started with, so the group started
-#                before, listops_sky_levers_s0_compiled (7% in), keeps the old settings (by its name,
-#                below) and resumes as it was. Run the new settings under a new TAG, e.g. device_call.sh
+#                apply to new runs only. A run that resumes trains from its own saved recipe.yaml (and
+#                the call's SET), so a group started before, listops_sky_levers_s0_compiled (7% in),
+#                resumes as it was. Run the new settings under a new TAG, e.g. device_call.sh
 #                LRA="listops_sky:levers:0:sky2" (Skyformer's own setting, without operand shuffling:
 #                LRA="listops_sky:plain:0:sky2"); the untagged listops_sky_levers_s0, whose folders are
 #                lost, records old-setting curves in benchmarks/results/lra_learn/ and is not for reuse.
@@ -200,10 +199,7 @@ case $task in
                        --set optimizer.weight_decay=0.0 --set schedule.kind=linear --set schedule.warmup_steps=1000
                        --set trainer.val_every_n_steps=500
                        --set model.backbone_config.maelre.switch_threshold=512)  # 2,048 tokens reach 512 at depth 2 (header)
-            case $group in  # started before 2026-12-03: it resumes only with the settings it started with (header)
-                listops_sky_levers_s0_compiled) ;;
-                *) settings+=(--set model.head_hidden=128) ;;
-            esac
+            settings+=(--set model.head_hidden=128)
         fi
         ;;
     pathfinder|pathfinder_sky)
@@ -243,7 +239,9 @@ case $variant in
         ;;
     *) echo "lra_learn.sh: unknown variant '$variant'; $usage" >&2; exit 2 ;;
 esac
-for item in ${SET:-}; do settings+=(--set "$item"); done
+call_sets=()  # this call's own overrides: they apply to resumed runs too (phase)
+for item in ${SET:-}; do call_sets+=(--set "$item"); done
+settings+=("${call_sets[@]}")
 pretrain_steps=0
 if [[ $variant == pretrain ]]; then
     pretrain_steps=$("$PYTHON" -c "print(round($PRETRAIN_FRACTION * $total))")
@@ -295,6 +293,11 @@ phase() {  # phase COMMAND RUN_DIR STEPS ARGS...: train (or resume) one run unti
         return 1
     fi
     [[ $status == resume ]] && resume=(--resume)
+    if [[ $status == resume && -f $run/recipe.yaml ]]; then
+        # a resumed run trains on as it started, from its own saved recipe, whatever this script's settings
+        # are today (maelre refuses to resume a run whose data or model settings changed), plus this call's SET
+        set -- "$run/recipe.yaml" --no-progress "${call_sets[@]}"
+    fi
     guarded "$PYTHON" -m maelre.cli "$command" "$@" --run-dir "$run" "${resume[@]}" \
         --set "trainer.max_steps=$steps" --set "trainer.stop_at=$train_deadline" || rc=$?
     (( rc == 0 || rc == 143 )) || return 2  # 143: the watchdog's SIGTERM stopped it; the next call resumes

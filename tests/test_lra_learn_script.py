@@ -161,30 +161,31 @@ def test_listops_sky_settings_validate_for_every_backbone(tmp_path, variant):
     assert backbones == ["maelre", "transformer", "ecp", "perceiver_ar"]
 
 
-def test_listops_sky_compiled_group_keeps_the_settings_it_started_with(tmp_path):
-    """listops_sky_levers_s0_compiled started before the head and `]` changed: a resume needs its saved data and model settings.
+def test_a_resumed_run_trains_from_its_own_saved_recipe_and_the_calls_set(tmp_path):
+    """listops_sky_levers_s0_compiled started before the hidden-layer head: a resume must keep its saved settings.
 
-    maelre refuses to resume a run whose data or model sections differ from its recipe.yaml, so
-    lra_learn.sh keeps that group's old settings; they must still equal the committed run folders'.
+    maelre refuses to resume a run whose data or model sections differ from its recipe.yaml, so a
+    resumed run trains from that file (plus the call's SET), while a new run gets today's settings.
     """
-    import warnings
+    import subprocess
 
-    import yaml
-
-    from maelre.recipe import RecipeWarning, load_recipe
-
-    state = _PATH.parent / "results" / "lra_state_h200" / "listops_sky_levers_s0_compiled"
-    for overrides, recipe_path in _listops_sky_calls(tmp_path, "levers", "compiled"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RecipeWarning)
-            recipe = load_recipe(_PATH.parents[1] / recipe_path, overrides)
-        resolved = recipe.to_dict()
-        saved_file = state / recipe.model.backbone / "fit" / "recipe.yaml"
-        if not saved_file.is_file():
-            pytest.skip(f"{saved_file} is not in this checkout")
-        saved = yaml.safe_load(saved_file.read_text(encoding="utf-8"))
-        assert (resolved["data"], resolved["model"]) == (saved["data"], saved["model"]), recipe.model.backbone
-        assert recipe.model.head_hidden is None and "]" not in recipe.data.adapter["ignore_words"]
+    stub = _recording_python(tmp_path, reply="resume")
+    state, out = tmp_path / "state", tmp_path / "out"
+    saved = state / "listops_sky_levers_s0_compiled" / "maelre" / "fit" / "recipe.yaml"
+    saved.parent.mkdir(parents=True)
+    saved.write_text("name: saved\n")
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(stub), "ARGS_FILE": str(tmp_path / "args"), "STATE": str(state), "OUT": str(out),
+           "PACK": "0", "TAG": "compiled", "BACKBONES": "maelre,transformer", "SET": "trainer.compile=reduce-overhead", "MINUTES": "5"}
+    done = subprocess.run(["bash", str(_PATH.with_name("lra_learn.sh")), "listops_sky", "levers", "0"], env=env,
+                          capture_output=True, text=True, timeout=60, cwd=_PATH.parents[1])
+    assert done.returncode == 0, done.stdout + done.stderr
+    fits = {c[c.index("--run-dir") + 1]: c for c in (json.loads(line) for line in (tmp_path / "args").read_text().splitlines())
+            if c[:3] == ["-m", "maelre.cli", "fit"]}  # fmt: skip
+    resumed = fits[str(saved.parent)]  # had a recipe.yaml: from it, with the call's SET and the call's budget and deadline
+    assert resumed[3] == str(saved) and "--resume" in resumed and "model.head_hidden=128" not in resumed
+    assert "trainer.compile=reduce-overhead" in resumed and "trainer.max_steps=50000" in resumed
+    fresh = fits[str(state / "listops_sky_levers_s0_compiled" / "transformer" / "fit")]  # no saved recipe: the script's settings
+    assert fresh[3] == "recipes/lra_listops.yaml" and "model.head_hidden=128" in fresh and "trainer.compile=reduce-overhead" in fresh
 
 
 def _recording_python(tmp_path: Path, reply: str = "") -> Path:
