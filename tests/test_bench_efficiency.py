@@ -5,6 +5,7 @@ import gc
 import json
 import math
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -562,12 +563,35 @@ def test_peak_memory_counts_the_case_alone_not_what_earlier_cases_left(monkeypat
     monkeypatch.setattr(case.torch.cuda, "max_memory_allocated", lambda device=None: mem["peak"])
     monkeypatch.setattr(case, "release_memory", lambda device: None)
     monkeypatch.setattr(case.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(case.torch.cuda, "synchronize", lambda device=None: None)
+    sync_mode = {"mode": "default"}
+    monkeypatch.setattr(case.torch.cuda, "set_sync_debug_mode", lambda mode: sync_mode.update(mode=mode))
 
     def make_step(*args):
-        return lambda: mem.update(peak=max(mem["peak"], mem["now"] + gib))
+        def step():  # one synchronizing call a step, which the sync debug mode reports as PyTorch words it
+            mem.update(peak=max(mem["peak"], mem["now"] + gib))
+            if sync_mode["mode"] == "warn":
+                warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+
+        return step
 
     monkeypatch.setattr(case, "make_step", make_step)
     monkeypatch.setattr(case, "time_step", lambda step, **kwargs: [step(), 1.0][1:])
     row = case.measure_case("maelre", 64, 2, "train", BenchConfig(device="cuda"))
     assert row["peak_mem_gib"] == pytest.approx(1.0)
     assert row["resident_before_gib"] == pytest.approx(3.0)
+    # eager on CUDA: the host's issue time and the step's synchronizing calls, the debug mode restored after
+    assert row["syncs_per_step"] == 1 and row["host_ms"] >= 0 and sync_mode["mode"] == "default"
+    monkeypatch.setattr(case, "ready_step", lambda step, config: step)  # no capture without a GPU
+    graphed = case.measure_case("maelre", 64, 2, "train", BenchConfig(device="cuda", cuda_graph=True, warmup=0))
+    assert (graphed["host_ms"], graphed["syncs_per_step"]) == (None, None)  # a replay has no host work to speak of
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="counts real synchronizing calls: needs a CUDA GPU")
+def test_host_side_counts_the_synchronizing_calls_of_a_cuda_step():
+    x = torch.ones(1024, device="cuda")
+    device = torch.device("cuda")
+    synced = efficiency_case.host_side(lambda: (x * 2).sum().item(), device, repeats=2)
+    free = efficiency_case.host_side(lambda: (x * 2).sum(), device, repeats=2)
+    assert synced["syncs_per_step"] >= 1 and free["syncs_per_step"] == 0
+    assert free["host_ms"] > 0

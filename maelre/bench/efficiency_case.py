@@ -7,6 +7,7 @@ import signal
 import statistics
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -185,7 +186,9 @@ def measure_case(name: str, seq_len: int, batch: int, mode: str, config: BenchCo
         compile_s = time.perf_counter() - t0
     times = time_step(step, warmup=config.warmup, repeats=config.repeats, device=device)
     median = statistics.median(times)
+    host = host_side(step, device) if cuda and not config.cuda_graph else {"host_ms": None, "syncs_per_step": None}
     return {
+        **host,
         "tokens_per_s": batch * seq_len / (median / 1e3),
         "peak_mem_gib": (torch.cuda.max_memory_allocated(device) - resident) / 2**30 if cuda else None,
         "resident_before_gib": resident / 2**30 if cuda else None,
@@ -194,6 +197,34 @@ def measure_case(name: str, seq_len: int, batch: int, mode: str, config: BenchCo
         "max_ms": max(times),
         "compile_s": compile_s,
     }
+
+
+def host_side(step: Step, device: torch.device, repeats: int = 5) -> dict[str, Any]:
+    """What the host does in an eager CUDA step: ``host_ms`` and ``syncs_per_step``.
+
+    ``host_ms`` is the median wall time of ``step()`` on the host without a synchronize, the time to
+    issue its work: near the step's GPU-timed ``median_ms``, the step is host-bound. ``syncs_per_step``
+    counts the synchronizing CUDA calls of one step (``torch.cuda.set_sync_debug_mode("warn")``; it
+    covers most, not all, such calls). One sync makes the host wait for the GPU, so a host-bound
+    step then costs host time plus GPU time instead of the larger of the two.
+    """
+    torch.cuda.synchronize(device)
+    issue = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        issue.append((time.perf_counter() - t0) * 1e3)
+    torch.cuda.synchronize(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize(device)
+    syncs = sum("synchroniz" in str(w.message).lower() for w in caught)
+    return {"host_ms": statistics.median(issue), "syncs_per_step": syncs}
 
 
 def is_oom(err: BaseException) -> bool:

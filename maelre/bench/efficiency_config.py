@@ -30,7 +30,7 @@ DEFAULT_BACKBONE_CONFIGS: dict[str, dict[str, Any]] = {
 RESUME_KEYS = ("device", "gpu_name", "dtype", "dim", "depth", "heads", "mlp_ratio", "tokens_per_batch", "batch", "compile", "cuda_graph", "num_classes")
 RESULT_KEYS = (
     "backbone", "seq_len", "batch", "mode", "status", "message", "tokens_per_s", "peak_mem_gib", "resident_before_gib",
-    "attn_flops", "attn_flops_ratio_vs_full", "median_ms", "min_ms", "max_ms", "compile_s", "wall_s",
+    "attn_flops", "attn_flops_ratio_vs_full", "median_ms", "min_ms", "max_ms", "host_ms", "syncs_per_step", "compile_s", "wall_s",
 )  # fmt: skip
 FULL_ATTENTION = "transformer"
 

@@ -49,7 +49,9 @@ def render_markdown(document: Mapping[str, Any], targets: Sequence[TargetCheck],
             f"CUDA graph {'on (whole step captured, replays timed)' if meta.get('cuda_graph') else 'off'}"
         ),
         f"- Batch: {meta['batch_policy']}",
-        f"- Timing: {meta['warmup']} warm-up then {meta['repeats']} timed steps ({meta['timer']}); median shown, min–max beside it",
+        f"- Timing: {meta['warmup']} warm-up then {meta['repeats']} timed steps ({meta['timer']}); median shown, min–max beside it; "
+        "eager CUDA rows add `host ms` (the host's time to issue a step, unsynchronized: near the median, the step is host-bound) "
+        "and `syncs` (synchronizing CUDA calls in one step, `torch.cuda.set_sync_debug_mode`)",
         f"- Backbone settings beyond the shared shape: {configs or 'none'}",
         (
             "- `<name>.twin`: the zero-cost-merge twin (same blocks, attention kinds and per-block token counts, "
@@ -65,7 +67,7 @@ def render_markdown(document: Mapping[str, Any], targets: Sequence[TargetCheck],
         ("backbone", "backbone"), ("n", "N"), ("batch", "batch"), ("tokens_per_s", "tokens/s"),
         ("peak_mem_gib", "peak GiB"), ("median_ms", "median ms"), ("range_ms", "min–max ms"),
         ("attn_gflops", "attn GFLOPs/seq"), ("attn_flops_ratio_vs_full", "attn vs full"), ("vs_twin", "time vs twin"),
-        ("compile_s", "compile s"), ("wall_s", "case s"), ("status", "status"),
+        ("host_ms", "host ms"), ("syncs_per_step", "syncs"), ("compile_s", "compile s"), ("wall_s", "case s"), ("status", "status"),
     ]  # fmt: skip
     for mode in meta["modes"]:
         mode_rows = [
