@@ -233,12 +233,14 @@ for pid in "${pids[@]}"; do wait "$pid"; done
 state_base=$(dirname "$STATE")
 part=(--stamp "$stamp" --limit-mib "${PART_MIB:-15}")
 # what git keeps of each leaderboard run (all but its checkpoints) rides with the evidence: a run that
-# finished in this call needs no DRAIN call for its checkpoints (LRA Text's are ~50 MB) to be recorded
-rm -rf runs/lb_evidence
+# finished in this call needs no DRAIN call for its checkpoints (LRA Text's are ~50 MB) to be recorded.
+# `unpack` here puts it in runs/returned/SET/lb_evidence/TASK/NAME; copy a finished run's files from there
+# into benchmarks/results/TASK_partial_h200/NAME when its whole folder does not come back. cp -a keeps
+# times, so an unchanged run packs to the same bytes and is not sent again
 for dir in runs/lb/*/*/; do
     rel=${dir#runs/lb/}
     mkdir -p "runs/lb_evidence/$rel"
-    for f in "$dir"*; do [[ $(basename "$f") == checkpoints ]] || cp -r "$f" "runs/lb_evidence/$rel"; done
+    for f in "$dir"*; do [[ $(basename "$f") == checkpoints ]] || cp -a "$f" "runs/lb_evidence/$rel"; done
 done
 (( train )) && xfer outbox add runs/outbox evidence runs/logs runs/lra_out/*.json runs/lb_evidence --base runs --evidence "${part[@]}"
 xfer outbox add runs/outbox lb runs/lb/*/*/ --base runs "${part[@]}"

@@ -746,7 +746,7 @@ def outbox_drain(outbox: Path, out: Path, files: int = CALL_FILES, budget: int =
     n_left, bytes_left = files - len(held), budget - sum(f.stat().st_size for f in held)
 
     def order(s: dict) -> tuple:  # a set is of use only whole: the ones nearest to whole go first
-        left = sum((outbox / "pending" / f).stat().st_size for f in _pending(s))
+        left = sum(p.stat().st_size for p in (outbox / "pending" / f for f in _pending(s)) if p.exists())
         return (s["kind"] != "evidence", not s["sent"], left, s["name"])
 
     batch = []

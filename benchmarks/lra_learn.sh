@@ -144,7 +144,9 @@
 # PRETRAIN_FRACTION (0.25), PF_ROOT (/tmp/pathfinder32), PF_IMAGES (200000 per difficulty),
 # LISTOPS_ROOT (/tmp/listops), LISTOPS_EXAMPLES (100000; fewer PF_IMAGES or LISTOPS_EXAMPLES
 # only for a smoke test, in another root: data once written is reused), SET (space-separated extra KEY=VALUE
-# overrides for every run; then also set TAG, which names the group), PYTHON (python3),
+# overrides for every run; then also set TAG, which names the group. A resumed run trains from its saved
+# recipe.yaml plus SET, and maelre saves the recipe again at every fit, so a SET stays in a run's later calls;
+# a backbone that starts afresh in an older group gets today's settings, not the group's), PYTHON (python3),
 # PACK (1: tar each run folder into $OUT; 0: leave them in $STATE for the caller to pack),
 # PROBE (1: after a Pathfinder call, benchmarks/pathfinder_probe.py scores each run's best checkpoint where the
 # marker-distance shortcut is right and where it is wrong, into OUT/GROUP_probe_BACKBONE.json),

@@ -564,14 +564,16 @@ def test_peak_memory_counts_the_case_alone_not_what_earlier_cases_left(monkeypat
     monkeypatch.setattr(case, "release_memory", lambda device: None)
     monkeypatch.setattr(case.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(case.torch.cuda, "synchronize", lambda device=None: None)
-    sync_mode = {"mode": "default"}
+    sync_mode = {"mode": 0}  # what the mode was before: restored after
+    monkeypatch.setattr(case.torch.cuda, "get_sync_debug_mode", lambda: sync_mode["mode"])
     monkeypatch.setattr(case.torch.cuda, "set_sync_debug_mode", lambda mode: sync_mode.update(mode=mode))
 
     def make_step(*args):
         def step():  # one synchronizing call a step, which the sync debug mode reports as PyTorch words it
             mem.update(peak=max(mem["peak"], mem["now"] + gib))
             if sync_mode["mode"] == "warn":
-                warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=1)
+                warnings.warn(case.SYNC_WARNING, UserWarning, stacklevel=1)
+                warnings.warn("remember to synchronize before timing", UserWarning, stacklevel=1)  # not a sync
 
         return step
 
@@ -581,7 +583,7 @@ def test_peak_memory_counts_the_case_alone_not_what_earlier_cases_left(monkeypat
     assert row["peak_mem_gib"] == pytest.approx(1.0)
     assert row["resident_before_gib"] == pytest.approx(3.0)
     # eager on CUDA: the host's issue time and the step's synchronizing calls, the debug mode restored after
-    assert row["syncs_per_step"] == 1 and row["host_ms"] >= 0 and sync_mode["mode"] == "default"
+    assert row["syncs_per_step"] == 1 and row["host_ms"] >= 0 and sync_mode["mode"] == 0
     monkeypatch.setattr(case, "ready_step", lambda step, config: step)  # no capture without a GPU
     graphed = case.measure_case("maelre", 64, 2, "train", BenchConfig(device="cuda", cuda_graph=True, warmup=0))
     assert (graphed["host_ms"], graphed["syncs_per_step"]) == (None, None)  # a replay has no host work to speak of

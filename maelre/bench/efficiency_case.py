@@ -199,31 +199,37 @@ def measure_case(name: str, seq_len: int, batch: int, mode: str, config: BenchCo
     }
 
 
-def host_side(step: Step, device: torch.device, repeats: int = 5) -> dict[str, Any]:
-    """What the host does in an eager CUDA step: ``host_ms`` and ``syncs_per_step``.
+SYNC_WARNING = "called a synchronizing CUDA operation"
+"""What ``torch.cuda.set_sync_debug_mode("warn")`` warns (c10's ``warn_or_error_on_sync``) at each synchronizing call."""
 
-    ``host_ms`` is the median wall time of ``step()`` on the host without a synchronize, the time to
-    issue its work: near the step's GPU-timed ``median_ms``, the step is host-bound. ``syncs_per_step``
-    counts the synchronizing CUDA calls of one step (``torch.cuda.set_sync_debug_mode("warn")``; it
-    covers most, not all, such calls). One sync makes the host wait for the GPU, so a host-bound
-    step then costs host time plus GPU time instead of the larger of the two.
+
+def host_side(step: Step, device: torch.device, repeats: int = 5) -> dict[str, Any]:
+    """What the host does in a CUDA step that is not a graph replay: ``host_ms`` and ``syncs_per_step``.
+
+    ``host_ms`` is the median wall time of ``step()`` on the host, each started on an idle GPU and
+    not synchronized at its end: the time to issue the step's work. Near the step's GPU-timed
+    ``median_ms``, the step is host-bound, unless ``syncs_per_step`` is above 0: that counts the
+    synchronizing CUDA calls of one step (``torch.cuda.set_sync_debug_mode("warn")``; it covers most,
+    not all, such calls), and each makes the host wait for the GPU, so issue time then includes GPU
+    time, and a host-bound step costs host time plus GPU time instead of the larger of the two.
     """
-    torch.cuda.synchronize(device)
     issue = []
     for _ in range(repeats):
+        torch.cuda.synchronize(device)
         t0 = time.perf_counter()
         step()
         issue.append((time.perf_counter() - t0) * 1e3)
     torch.cuda.synchronize(device)
+    mode = torch.cuda.get_sync_debug_mode()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
             step()
         finally:
-            torch.cuda.set_sync_debug_mode("default")
+            torch.cuda.set_sync_debug_mode(mode)
     torch.cuda.synchronize(device)
-    syncs = sum("synchroniz" in str(w.message).lower() for w in caught)
+    syncs = sum(SYNC_WARNING in str(w.message) for w in caught)
     return {"host_ms": statistics.median(issue), "syncs_per_step": syncs}
 
 

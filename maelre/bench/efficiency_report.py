@@ -50,8 +50,8 @@ def render_markdown(document: Mapping[str, Any], targets: Sequence[TargetCheck],
         ),
         f"- Batch: {meta['batch_policy']}",
         f"- Timing: {meta['warmup']} warm-up then {meta['repeats']} timed steps ({meta['timer']}); median shown, min–max beside it; "
-        "eager CUDA rows add `host ms` (the host's time to issue a step, unsynchronized: near the median, the step is host-bound) "
-        "and `syncs` (synchronizing CUDA calls in one step, `torch.cuda.set_sync_debug_mode`)",
+        "CUDA rows that are not graph replays add `host ms` (the host's time to issue a step from an idle GPU: near the median, "
+        "the step is host-bound) and `syncs` (synchronizing CUDA calls in one step, `torch.cuda.set_sync_debug_mode`)",
         f"- Backbone settings beyond the shared shape: {configs or 'none'}",
         (
             "- `<name>.twin`: the zero-cost-merge twin (same blocks, attention kinds and per-block token counts, "

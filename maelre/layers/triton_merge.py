@@ -414,7 +414,7 @@ def one_program_plan(n: int) -> bool:
     so its time grows with ``n`` however many rows run beside it; the tiled plan's depth is one tile per launch,
     for 5 launches and 2 memsets. A batch only fills more SMs: it never shortens a row's walk, hence the rule
     reads ``n`` alone. Timed on the H200 (``benchmarks/results/plan_kernel_timing_h200.md``, CUDA graphs): at
-    4,096 tokens the tiled plan takes 0.022 ms against 0.033 (0.48 ms against 0.022 at 65,536), while the
+    4,096 tokens the tiled plan takes 0.022 ms against the one program's 0.033 (at 65,536: 0.022 against 0.48), while the
     shorter rows of the later merges of a 4K forward take 0.188 ms one program per row against 0.210 tiled.
     So up to 3 tiles a row (3,072 tokens) the one launch stays; from 4 tiles the plan is tiled.
     """
