@@ -291,14 +291,14 @@ class _Setup:
         return torch.empty((bh, chunks) if self.favor else (bh,), device=self.proj.device)
 
 
-def _heads_last_empty(b: int, h: int, n: int, dh: int, like: Tensor, dtype: torch.dtype | None = None) -> Tensor:
+def _heads_last_empty(b: int, h: int, n: int, dh: int, like: Tensor) -> Tensor:
     """An uninitialized ``[B, H, N, dh]`` tensor laid out as ``[B, N, H, dh]``: the kernels write out, dq, dk and dv so.
 
     That is the layout the attention projections read and their gradients take: ``Attention.output``'s
     ``transpose(1, 2).reshape`` and the backward of ``split_heads``' ``view`` are then views, not copies
     (one copy per block forward and one per gradient of q, k, v in backward on a contiguous ``[B, H, N, dh]``).
     """
-    return torch.empty(b, n, h, dh, device=like.device, dtype=like.dtype if dtype is None else dtype).transpose(1, 2)
+    return torch.empty(b, n, h, dh, device=like.device, dtype=like.dtype).transpose(1, 2)
 
 
 def _state(setup: _Setup, k: Tensor, v: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
