@@ -121,14 +121,6 @@ if [[ $task == scifar10 ]]; then
         setup[$n]+=" --set optimizer.lr=0.001"
     done
 fi
-if [[ $task == image ]]; then
-    # LRA Image's rows trained eager (its recipe compiles since session 15): they keep that, and the *_compiled runs
-    # are the same rows compiled, for a cost target judged on the step as the runs trained it
-    for n in maelre transformer transformer_rope ecp perceiver_ar; do
-        setup[${n}_compiled]="${setup[$n]}"
-        setup[$n]+=" --set trainer.compile=false"
-    done
-fi
 # Text's batches have their own lengths (bucketed, padded to the batch's longest review), and
 # exact attention on CUDA goes to cuDNN, which builds a plan per new sequence length (tens to
 # hundreds of milliseconds): session 12's transformer spent ~150 ms a step, most of it there.
@@ -139,12 +131,16 @@ if [[ $task == text ]]; then
     for n in transformer transformer_rope transformer_cls transformer_rope_cls transformer_mlphead; do
         setup[$n]+=" --set data.adapter.pad_to_multiple=128"
     done
-    # the recipe compiles since session 21 (CUDA graphs over 4 length buckets), as its *_compiled rows trained;
-    # the eager runs before them, the five first rows and the CLS diagnostics, keep how they trained
+    for n in maelre_noconv transformer_cls transformer_rope_cls ecp_learned; do  # eager runs, as they trained
+        setup[$n]+=" --set trainer.compile=false"
+    done
+fi
+if [[ $task == image || $task == text ]]; then
+    # The recipes compile (LRA Image since session 15, Text since session 21; Text with CUDA graphs over 4 length
+    # buckets) but their five first rows trained eager: they keep that, and the *_compiled runs are the same rows
+    # as the recipes train now, for a cost target judged on the step as the runs trained it
     for n in maelre transformer transformer_rope ecp perceiver_ar; do
         setup[${n}_compiled]="${setup[$n]}"
-    done
-    for n in maelre maelre_noconv transformer transformer_rope ecp perceiver_ar transformer_cls transformer_rope_cls ecp_learned; do
         setup[$n]+=" --set trainer.compile=false"
     done
 fi
