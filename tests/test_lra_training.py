@@ -141,7 +141,31 @@ def test_pathfinder_run_with_curriculum_flips_and_standardised_pixels(tmp_path):
     results = run_recipe(parse_recipe(raw), run_dir=tmp_path / "run", progress=False)
     assert results["global_step"] == 6 and results["samples"]["train"] == 8
     metrics = pd.read_csv(next((tmp_path / "run" / "logs").glob("version_*/metrics.csv")))
-    assert metrics.dropna(subset=["val/acc"])["step"].tolist() == [2, 5]  # every 3 batches, across the 2-batch epochs
+    validations = metrics.dropna(subset=["val/acc"])
+    assert validations["step"].tolist() == [2, 5]  # every 3 batches, across the 2-batch epochs
+    # the best of every validation, also one the per-epoch history does not keep (step 2 is mid-epoch)
+    assert results["metrics"]["val/best_acc"] == pytest.approx(validations["val/acc"].max())
+
+
+def test_best_validation_is_the_best_checkpoints_score_not_the_epoch_history(tmp_path, monkeypatch):
+    """The history keeps one validation per epoch (the last); with validations every few steps the
+    best one can fall between, so ``val/best_acc`` comes from the best checkpoint's score."""
+    import maelre.engine.runner as runner
+
+    real_fit = runner.fit_classifier
+    seen = {}
+
+    def fit_with_an_epoch_history_that_missed_the_best(*args, **kwargs):
+        result = real_fit(*args, **kwargs)
+        seen["best"] = result.best_score
+        result.history = [{**row, "val/acc": -1.0} if "val/acc" in row else row for row in result.history]
+        return result
+
+    monkeypatch.setattr(runner, "fit_classifier", fit_with_an_epoch_history_that_missed_the_best)
+    raw = copy.deepcopy(PATHFINDER)
+    raw["trainer"] |= {"max_epochs": 2, "val_every_n_steps": 1}
+    results = run_recipe(parse_recipe(raw), run_dir=tmp_path / "run", progress=False)
+    assert seen["best"] is not None and results["metrics"]["val/best_acc"] == seen["best"]
 
 
 def test_stop_after_minutes_ends_a_call_that_resume_continues_exactly(tmp_path):

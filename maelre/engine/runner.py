@@ -127,7 +127,8 @@ def run_recipe(
         test = {"acc": None, "f1": None, "loss": None, "confusion": None}
     if result.history:
         plot_learning_curve(result.history, path / "learning_curve.png")
-    best_val = max((row["val/acc"] for row in result.history if "val/acc" in row), default=None)
+    # the best of every validation (the best checkpoint's score), not only those at epoch ends that the history keeps
+    best_val = result.best_score if result.best_score is not None else max((row["val/acc"] for row in result.history if "val/acc" in row), default=None)
     results = {
         "recipe": recipe.name,
         "run_dir": str(path),
