@@ -303,6 +303,14 @@ def test_rows_marks_a_run_short_of_its_budget_partial_and_its_data_generated(tmp
     assert row["accuracy"] == pytest.approx(71.36)
     assert row["status"] == "time_limit" and "23000 of 50000 steps" in row["message"]
     assert row["train_seconds"] is None and row["concurrent_runs"] == 4
+    assert row["val_accuracy"] == pytest.approx(100 * results["metrics"]["val/best_acc"])  # no best checkpoint here
+
+    best = run / "checkpoints" / "best"
+    best.mkdir(parents=True)
+    (best / "meta.json").write_text(json.dumps({"global_step": 22_000, "metrics": {"val/acc": 0.7201}}))
+    lra_learn.cmd_rows(tmp_path / "group", "pathfinder", out, concurrent=4, names={"maelre": "maelre_noconv"})
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["backbone"] == "maelre_noconv" and row["val_accuracy"] == pytest.approx(72.01)  # the best checkpoint's validation
 
 
 def test_the_masking_ablation_variants_belong_to_their_task(tmp_path):
