@@ -8,10 +8,12 @@
 #   bash benchmarks/gpu_kernels.sh pytorch   # eager with MAELRE_TRITON=0: the PyTorch paths, for the kernels' share
 #   bash benchmarks/gpu_kernels.sh profile   # torch.profiler of the fused eager step, maelre and its twin at 16K
 #   bash benchmarks/gpu_kernels.sh plan      # merge plan (one program per row vs tiled), top-k, whole merge: CUDA graphs, ~1 min
+#   bash benchmarks/gpu_kernels.sh host      # the eager step's host time by region (Triton launches, merge path, attention),
+#                                            # maelre against its twin (benchmarks/host_time.py), ~1 min, 3 min at most
 #
 # Each benchmark step times maelre, maelre.twin, maelre.floor and transformer (train step)
 # at 4K, 16K and 64K; the table's "time vs twin" column is the issue's ratio. Results go
-# to $OUT (default benchmarks/results/gpu_out): efficiency_h200*.json, .png and .md.
+# to $OUT (default benchmarks/results/gpu_out): efficiency_h200*.json, .png and .md (host: host_time_h200.json and .md).
 #
 # Environment: OUT, PYTHON (default python3), SEQ_LENS (default 4K,16K,64K),
 # BACKBONES (default maelre,transformer), EXTRA (more efficiency.py options, e.g.
@@ -19,7 +21,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step=${1:?usage: bash benchmarks/gpu_kernels.sh tests|eager|graph|pytorch|profile|plan}
+step=${1:?usage: bash benchmarks/gpu_kernels.sh tests|eager|graph|pytorch|profile|plan|host}
 OUT=${OUT:-benchmarks/results/gpu_out}
 PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
@@ -49,5 +51,9 @@ case $step in
             --out "$OUT/profile_h200_fused.json" --table "$OUT/profile_h200_fused.md" ;;
     plan)  # the merge machinery alone at 1x64K, 4x16K, 16x4K (benchmarks/plan_kernel_timing.py)
         "$PYTHON" benchmarks/plan_kernel_timing.py --out "$OUT/plan_kernel_timing_h200.json" --table "$OUT/plan_kernel_timing_h200.md" ;;
-    *) echo "gpu_kernels.sh: unknown step '$step'; use tests, eager, graph, pytorch, profile or plan" >&2; exit 2 ;;
+    host)  # per N: 5 warm-up + 20 timed steps, then 3 rounds of 20 bare + 20 instrumented steps, maelre and its twin:
+        # ~290 steps of ~40 ms (each after a synchronize) + building = ~20 s per N; the JSON and table are rewritten after each N
+        timeout 180 "$PYTHON" benchmarks/host_time.py --seq-lens "${SEQ_LENS:-4K,16K,64K}" \
+            --out "$OUT/host_time_h200.json" --table "$OUT/host_time_h200.md" ;;
+    *) echo "gpu_kernels.sh: unknown step '$step'; use tests, eager, graph, pytorch, profile, plan or host" >&2; exit 2 ;;
 esac

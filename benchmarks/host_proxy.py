@@ -12,8 +12,8 @@ below autograd, and those of them that would launch a kernel on a GPU: no views,
 are in neither).
 
 ``--fused`` runs the merge through the Triton path of ``maelre.layers.triton_merge`` (what
-the GPU runs) with its kernel launches replaced by stubs: the wrappers, their checks and
-allocations run, the kernels do not. The stubs zero the kernels' outputs (garbage memory
+the GPU runs) with its kernel launches replaced by stubs (``maelre.bench.triton_stubs``): the
+wrappers, their checks and allocations run, the kernels do not. The stubs zero the kernels' outputs (garbage memory
 could hold denormals, slow on a CPU); those ``zero_`` calls are left out of the op counts
 but not out of the times. The step's values are then meaningless; only its host time is.
 Without ``--fused`` the merge takes the PyTorch path (the CPU's). ``--fused-attention`` does
@@ -40,6 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from maelre.bench.efficiency_case import make_step
 from maelre.bench.efficiency_config import BenchConfig
 from maelre.bench.profile import launches_kernel
+from maelre.bench.triton_stubs import STUB, stubbed_triton
 
 
 class _OpCount(TorchDispatchMode):
@@ -51,7 +52,7 @@ class _OpCount(TorchDispatchMode):
         self.kernels = 0  # those that would launch a kernel on a GPU (``maelre.bench.profile``'s rule)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not _STUB.active:
+        if not STUB.active:
             self.calls[str(func.overloadpacket)] += 1
             self.kernels += launches_kernel(func)
         return func(*args, **(kwargs or {}))
@@ -59,70 +60,10 @@ class _OpCount(TorchDispatchMode):
 
 def _profiler_ops(step) -> int:
     """aten operator calls of one step as ``torch.profiler`` counts them (the GPU table's ``aten ops/step``), stubs' left out."""
-    zeroed = _STUB.zeroed
+    zeroed = STUB.zeroed
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         step()
-    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::")) - (_STUB.zeroed - zeroed)
-
-
-class _STUB:
-    active = False  # inside a stubbed launch
-    zeroed = 0  # zero_ calls the stubs made
-
-
-class _Launch:
-    """A stubbed ``kernel[grid](*args)``: zeroes the arguments at ``outputs``, launches nothing."""
-
-    def __init__(self, outputs: tuple[int, ...]) -> None:
-        self.outputs = outputs
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs) -> None:
-            _STUB.active = True
-            for i in self.outputs:
-                args[i].zero_()
-            _STUB.active = False
-            _STUB.zeroed += len(self.outputs)
-
-        return launch
-
-
-class _Triton:  # triton.cdiv / next_power_of_2 for the wrappers
-    @staticmethod
-    def cdiv(a: int, b: int) -> int:
-        return -(-a // b)
-
-    @staticmethod
-    def next_power_of_2(n: int) -> int:
-        return 1 << max(n - 1, 0).bit_length()
-
-
-def stub_triton_merge() -> None:
-    """Route merging through ``triton_merge``'s custom ops on the CPU, with no-op kernel launches."""
-    import maelre.layers.triton_merge as tm
-
-    tm.triton = _Triton
-    tm.available = lambda x: True
-    tm._match_window_kernel = _Launch((2, 3))  # score, index
-    tm._plan_kernel = _Launch((6, 7, 8, 9))  # slot, total, share, log
-    # the tiled plan (rows over tm.ONE_PROGRAM_MAX_N tokens); its wrapper zeroes the flags and the sizes itself
-    tm._plan_flags_kernel = tm._plan_count_kernel = tm._plan_sizes_kernel = _Launch(())
-    tm._plan_rank_kernel = _Launch((3,))  # slot
-    tm._plan_shares_kernel = _Launch((4, 5))  # share, log
-    tm._merge_states_kernel = _Launch(())  # adds into a zeroed buffer
-    tm._merge_states_grad_kernel = _Launch((3,))  # grad_x
-
-
-def stub_triton_linear_attention() -> None:
-    """Route linear attention through ``triton_linear_attention``'s fused path on the CPU, with no-op kernel launches."""
-    import maelre.layers.triton_linear_attention as tla
-
-    tla.triton = _Triton
-    tla.available = lambda x: True
-    tla._state_kernel = _Launch((4, 5))  # state (S and z), m
-    tla._output_kernel = _Launch((3,))  # out
-    tla._query_grad_kernel = _Launch((4, 5))  # dq, grad state (dS and dz)
-    tla._key_grad_kernel = _Launch((6, 7))  # dk, dv
+    return sum(e.count for e in prof.key_averages() if e.key.startswith("aten::")) - (STUB.zeroed - zeroed)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -140,10 +81,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cprofile", type=int, default=0, metavar="N", help="print the N functions with the most own time (MAELRE)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    if args.fused:
-        stub_triton_merge()
-    if args.fused_attention:
-        stub_triton_linear_attention()
+    with stubbed_triton(merge=args.fused, attention=args.fused_attention):
+        _compare(args)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    """Time and count MAELRE and its twin as ``args`` say; print the comparison."""
     config = BenchConfig(
         backbones=["maelre"], seq_lens=[args.seq_len], modes=["train"], dim=args.dim, depth=args.depth, heads=args.heads,
         batch=args.batch, dtype=args.dtype, device="cpu", ideal=True,
