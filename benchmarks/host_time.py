@@ -67,8 +67,9 @@ import maelre.layers.triton_merge as triton_merge
 from maelre.backbones.maelre import MAELREBlock
 from maelre.bench.efficiency import parse_name_list, parse_seq_lens
 from maelre.bench.efficiency_case import make_step, release_memory, time_step
-from maelre.bench.efficiency_config import DTYPES, BenchConfig, Step
+from maelre.bench.efficiency_config import BenchConfig, Step
 from maelre.bench.ideal import TWIN, split_variant
+from maelre.bench.profile import add_step_shape_arguments
 from maelre.bench.report import markdown_table, write_json_atomic, write_text_atomic
 from maelre.bench.triton_stubs import StubKernel, stubbed_triton
 from maelre.layers import _triton, merge
@@ -462,14 +463,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backbones", default=f"maelre,maelre.{TWIN}", help="comma-separated, twins as NAME.twin (default: %(default)s)")
     parser.add_argument("--seq-lens", default="4K,16K,64K", help="sequence lengths, K = 1024 (default: %(default)s)")
-    parser.add_argument("--tokens-per-batch", type=int, default=65536, help="batch = tokens_per_batch // N (default: %(default)s)")
-    parser.add_argument("--batch", type=int, default=None, help="a fixed batch at every N instead")
-    parser.add_argument("--dim", type=int, default=256)
-    parser.add_argument("--depth", type=int, default=8)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--mlp-ratio", type=float, default=4.0)
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
-    parser.add_argument("--device", default=None, help="default: cuda if available")
+    add_step_shape_arguments(parser)
+    parser.add_argument("--batch", type=int, default=None, help="a fixed batch at every N instead of tokens_per_batch // N")
     parser.add_argument("--warmup", type=int, default=5, help="untimed steps per backbone and N (default: %(default)s)")
     parser.add_argument("--steps", type=int, default=20, help="steps per backbone, per kind, per round (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds over the backbones (default: %(default)s)")

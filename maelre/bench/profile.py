@@ -283,11 +283,8 @@ def render_markdown(document: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="maelre bench profile", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbones", default="maelre,transformer", help="comma-separated registry names (default: %(default)s)")
-    parser.add_argument("--seq-lens", default="16K", help="sequence lengths, K = 1024 (default: %(default)s)")
-    parser.add_argument("--modes", default="train", help="train and/or infer (default: %(default)s)")
+def add_step_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """The efficiency benchmark's step shape as options: tokens per batch, width, depth, heads, MLP ratio, dtype, device."""
     parser.add_argument("--tokens-per-batch", type=int, default=65536, help="batch = tokens_per_batch // N (default: %(default)s)")
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--depth", type=int, default=8)
@@ -295,6 +292,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mlp-ratio", type=float, default=4.0)
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--device", default=None, help="default: cuda if available")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="maelre bench profile", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbones", default="maelre,transformer", help="comma-separated registry names (default: %(default)s)")
+    parser.add_argument("--seq-lens", default="16K", help="sequence lengths, K = 1024 (default: %(default)s)")
+    parser.add_argument("--modes", default="train", help="train and/or infer (default: %(default)s)")
+    add_step_shape_arguments(parser)
     parser.add_argument("--compile", action="store_true", help="profile torch.compile(backbone)")
     parser.add_argument("--steps", type=int, default=2, help="profiled steps per case (default: %(default)s)")
     parser.add_argument("--by-source", action="store_true", help="also count operator calls by source function / backward node / optimizer")
