@@ -7,13 +7,17 @@ come from a whitespace vocabulary learned in ``fit`` (unseen words map to UNK) -
 right choice for symbol sequences such as LRA ListOps, whose 16-symbol vocabulary would
 be ~6x longer as bytes.
 
+Inputs are ``str``, or a ``SplitText`` (words already split, e.g. ListOps' shuffled training
+examples), which the word tokenizer maps without writing the text and everything else reads as
+its text.
+
 Length rule: ``max_len`` counts every emitted token, CLS/EOS included. With
 ``truncation=True`` the head of the text is kept; with False, longer text is an error.
 """
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -87,7 +91,31 @@ def _new_bpe(vocab_size: int, min_frequency: int):
     return tokenizer, trainer
 
 
+@dataclass(frozen=True, eq=False)
+class SplitText:
+    """A text handed over already split into words, so that the word tokenizer need not write and re-split it.
+
+    Its words, once those in ``dropped`` are removed, are ``vocabulary[codes[i]]``; ``str()``
+    writes the whole text (``write()``). An augmentation that builds its words itself returns one
+    (ListOps' ``listops_shuffle``). The ``"word"`` tokenizer maps ``codes`` through a table when it
+    ignores every ``dropped`` word (the ids are then those of ``str(x)``: the words the generic path
+    keeps are the same); every other use (byte and BPE tokenizers, ``fit``) reads ``str(x)``.
+
+    Contract: ``[w for w in str(x).split() if w not in x.dropped] == [x.vocabulary[c] for c in x.codes]``.
+    """
+
+    vocabulary: tuple[str, ...]
+    codes: np.ndarray
+    dropped: frozenset[str]
+    write: Callable[[], str]
+
+    def __str__(self) -> str:
+        return self.write()
+
+
 def _check_text(x: object) -> str:
+    if isinstance(x, SplitText):
+        return str(x)
     if not isinstance(x, str):
         raise ValueError(f"text: expected a str, got {type(x).__name__}; decode bytes first (x.decode('utf-8'))")
     return x
@@ -110,6 +138,7 @@ class TextAdapter(SequenceAdapter):
         super().__init__(config)
         self.bpe = None  # tokenizers.Tokenizer once fitted / loaded
         self.words: dict[str, int] | None = None  # word -> id once fitted / loaded
+        self._code_tables: dict[tuple[str, ...], np.ndarray] = {}  # SplitText vocabulary -> id per code (-1: ignored)
         vocab = BYTE_VOCAB_SIZE if config.tokenizer == "byte" else config.vocab_size
         self.embedding = token_embedding(vocab, config.dim, padding_idx=PAD_ID)
         self.build_positions()
@@ -152,6 +181,7 @@ class TextAdapter(SequenceAdapter):
         if len(words) > self.vocab_size - BYTE_OFFSET:
             raise ValueError(f"text: word vocabulary has {len(words)} words but the embedding holds {self.vocab_size - BYTE_OFFSET}; raise vocab_size")
         self.words = {w: i + BYTE_OFFSET for i, w in enumerate(words)}
+        self._code_tables = {}
 
     def _words_of(self, text: str) -> list[str]:
         ignore = set(self.config.ignore_words)
@@ -160,8 +190,26 @@ class TextAdapter(SequenceAdapter):
     def _untrained(self) -> ValueError:
         return ValueError(f"text: the {self.config.tokenizer} tokenizer is not trained; call fit(train_texts) or load_preprocessing_state(state) first")
 
-    def tokenize(self, text: str) -> np.ndarray:
+    def _split_ids(self, text: SplitText) -> np.ndarray | None:
+        """Word ids of ``text`` from its codes, or ``None`` where only its written text gives them.
+
+        The same as the generic path's: the words it drops all lie in ``ignore_words``, and a code's
+        id is the one its word maps to (-1 for an ignored word, removed).
+        """
+        ignore = set(self.config.ignore_words)
+        if self.config.tokenizer != "word" or self.words is None or not text.dropped <= ignore:
+            return None
+        table = self._code_tables.get(text.vocabulary)
+        if table is None:
+            table = np.array([-1 if w in ignore else self.words.get(w, UNK_ID) for w in text.vocabulary], dtype=np.int64)
+            self._code_tables[text.vocabulary] = table
+        ids = table[text.codes]
+        return ids if (table >= 0).all() else ids[ids >= 0]
+
+    def tokenize(self, text: str | SplitText) -> np.ndarray:
         """Ids of ``text`` without specials or truncation (int64 array)."""
+        if isinstance(text, SplitText) and (ids := self._split_ids(text)) is not None:
+            return ids
         text = _check_text(text)
         if self.config.tokenizer == "byte":
             return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int64) + BYTE_OFFSET
@@ -173,8 +221,10 @@ class TextAdapter(SequenceAdapter):
             raise self._untrained()
         return np.asarray(self.bpe.encode(text, add_special_tokens=False).ids, dtype=np.int64)
 
-    def _body_length(self, text: str) -> int:
+    def _body_length(self, text: str | SplitText) -> int:
         """``len(self.tokenize(text))`` without building the ids (bucketing measures every training text)."""
+        if isinstance(text, SplitText) and (ids := self._split_ids(text)) is not None:
+            return len(ids)
         text = _check_text(text)
         if self.config.tokenizer == "byte":
             return len(text.encode("utf-8"))
@@ -199,7 +249,7 @@ class TextAdapter(SequenceAdapter):
             raise self._untrained()
         return self.bpe.decode(ids)
 
-    def encode(self, x: str) -> dict[str, Tensor]:
+    def encode(self, x: str | SplitText) -> dict[str, Tensor]:
         body = self.tokenize(x)
         n_special = int(self.config.add_cls) + int(self.config.add_eos)
         keep = kept_length(len(body) + n_special, self.config.max_len, self.config.truncation, owner="text")
@@ -241,6 +291,6 @@ class TextAdapter(SequenceAdapter):
                 raise ValueError("text: BPE state has no 'bpe' entry (the tokenizer JSON); save it with preprocessing_state()")
             self._set_bpe(Tokenizer.from_str(state["bpe"]))
 
-    def num_tokens(self, x: str) -> int:
+    def num_tokens(self, x: str | SplitText) -> int:
         n = self._body_length(x) + int(self.config.add_cls) + int(self.config.add_eos)
         return kept_length(n, self.config.max_len, self.config.truncation, owner="text")

@@ -4,7 +4,8 @@ Both wrap raw ``(x, y)`` sample sequences, so they work with every adapter and l
 
 * ``AugmentedSamples`` applies random, label- and length-preserving transforms to the raw input each
   time a training sample is read (``"listops_shuffle"``: operands of every ListOps
-  operator in a random order; ``"hflip"``/``"vflip"``: mirror an image, which keeps
+  operator in a random order, handed on as a ``modalities.text.SplitText`` of its tokens,
+  whose text is ``shuffle_operands``'s for the same draws; ``"hflip"``/``"vflip"``: mirror an image, which keeps
   Pathfinder's connectivity label). Randomness comes from torch's global generator, which
   the data loader seeds per worker and ``--resume`` restores, so runs stay reproducible.
 * ``CurriculumSamples`` holds one training set per stage (e.g. Pathfinder at contour
@@ -32,11 +33,12 @@ def _generator() -> np.random.Generator:
 
 
 def _listops_shuffle(x: Any) -> Any:
-    from modalities.datasets.listops import shuffle_operands
+    """``shuffle_operands(x)`` as a ``SplitText`` of its tokens: the text adapter's word tokenizer maps them without re-splitting."""
+    from modalities.datasets.listops_shuffle import shuffle_operand_words
 
     if not isinstance(x, str):
         raise ValueError(f"augmentation 'listops_shuffle' needs ListOps expression strings, got {type(x).__name__}")
-    return shuffle_operands(x, _generator())
+    return shuffle_operand_words(x, _generator())
 
 
 def _flip(axis: int, name: str) -> Callable[[Any], Any]:

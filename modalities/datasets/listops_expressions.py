@@ -103,6 +103,11 @@ def evaluate_listops(expr: str) -> int:
     return results[0]
 
 
+def written_node(operator: str, args: Sequence[str]) -> str:
+    """LRA's serialisation of ``operator`` applied to already written ``args``: ``[OP a b ]`` is ``( ( ( [OP a ) b ) ] )``."""
+    return " ".join(["( " * len(args) + "(", operator, *(f"{arg} )" for arg in args), "] )"])
+
+
 def shuffle_operands(expr: str, rng: np.random.Generator) -> str:
     """``expr`` with the arguments of every operator put in a random order, in LRA's serialisation.
 
@@ -111,16 +116,24 @@ def shuffle_operands(expr: str, rng: np.random.Generator) -> str:
     parenthesised and the bare form; always writes the parenthesised form the generator
     writes, so the text adapter sees the same token stream either way.
 
-    It runs in the loader workers for every training example, so it makes one pass and one
-    ``rng.random`` call: every argument sorts by the key drawn for its first token (a
-    ``rng.permutation`` per operator and a separate validating parse made it the ListOps
-    training loop's bottleneck, ~1.2 ms an example).
+    It makes one pass and one ``rng.random`` call: every argument sorts by the key drawn for
+    its first token (a ``rng.permutation`` per operator and a separate validating parse made it
+    the ListOps training loop's bottleneck, ~1.2 ms an example). The training loader uses
+    :func:`~modalities.datasets.listops_shuffle.shuffle_operand_ids`, the same order from the
+    same draws as token ids, without writing the text; this function is its reference.
 
     Raises:
         ValueError: a malformed expression (as :func:`evaluate_listops`).
     """
     tokens = expr.split()
-    keys = rng.random(len(tokens)).tolist()
+    return shuffle_by_keys(expr, tokens, rng.random(len(tokens)).tolist())
+
+
+def shuffle_by_keys(expr: str, tokens: Sequence[str], keys: Sequence[float]) -> str:
+    """:func:`shuffle_operands` of ``expr`` (whose ``split()`` is ``tokens``) with ``keys[i]`` drawn for ``tokens[i]``.
+
+    Every operator's arguments are sorted by ``(key of their first token, written text)``.
+    """
     frames: list[tuple[float, str, list[tuple[float, str]]]] = []  # open operators: key, token, written arguments
     done: list[tuple[float, str]] = []  # finished top-level nodes
     parens = 0
@@ -138,8 +151,7 @@ def shuffle_operands(expr: str, rng: np.random.Generator) -> str:
         elif token == CLOSE and frames and frames[-1][2]:
             node_key, operator, args = frames.pop()
             args.sort()
-            # LRA's form of [OP a b ]: ( ( ( [OP a ) b ) ] )
-            text = " ".join(["( " * len(args) + "(", operator, *(f"{arg} )" for _, arg in args), "] )"])
+            text = written_node(operator, [arg for _, arg in args])
             (frames[-1][2] if frames else done).append((node_key, text))
         else:
             break  # malformed: evaluate_listops below says how
