@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from modalities.datasets.listops_expressions import (
     shuffle_operands,
     written_node,
 )
+
+if TYPE_CHECKING:
+    from modalities.text import SplitText
 
 _CLOSE_ID = _TOKEN_ID[CLOSE]
 _LAST_OPERATOR_ID = max(_TOKEN_ID[op] for op in OPERATORS)  # operators are ids 1..4, then `]`, then the digits
@@ -209,13 +213,13 @@ def listops_text(ids: np.ndarray) -> str:
     return done[0]
 
 
-def shuffle_operand_words(expr: str, rng: np.random.Generator):
+def shuffle_operand_words(expr: str, rng: np.random.Generator) -> SplitText:
     """The shuffled expression for the text adapter: a :class:`~modalities.text.SplitText` of its bare tokens.
 
     Its words are ``LISTOPS_VOCAB[ids]`` (parentheses dropped) and its text, written only when asked
     for, is :func:`shuffle_operands`'s for the same draws of ``rng``.
     """
-    from modalities.text import SplitText
+    from modalities.text import SplitText  # noqa: F811 (here: importing modalities loads every adapter, torch and timm included)
 
     ids = shuffle_operand_ids(expr, rng)
     return SplitText(LISTOPS_VOCAB, ids, frozenset("()"), functools.partial(listops_text, ids))
