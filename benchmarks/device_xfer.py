@@ -29,7 +29,9 @@ device) keeps the stamp of each destination, so an older set never replaces a ne
 machine's own runs, packed by an earlier call, count as newer than a set carried from an earlier
 session; ``--force`` replaces anyway). Nor does a set replace a folder that has trained further:
 a run at an older step, or at the same step without the checkpoints this copy holds (what a bare
-machine packs when a run folder was not carried in; ``--force`` again replaces anyway).
+machine packs when a run folder was not carried in; ``--force`` again replaces anyway). Nor is a
+folder placed where git tracks one that is absent from the work tree (moved out for a call:
+``moved_out``); put it back first.
 
 Where ``unpack`` puts members (``--into DIR``: every member at ``DIR/MEMBER`` instead):
     lb/TASK/NAME              benchmarks/results/TASK_partial_h200/NAME (a folder over 15 MiB gets a
@@ -452,6 +454,25 @@ def trained(folder: Path) -> dict[str, tuple[int, bool]]:
     return runs
 
 
+def moved_out(dest: Path) -> bool:
+    """Whether ``dest`` is absent here but tracked by git: a committed run folder moved out of the work tree for a call.
+
+    A call's tree travels without such a folder, the device can pack back a copy of it without its
+    checkpoints (session 22), and placing that copy here would shadow the real one when it is moved back.
+    False outside a git work tree.
+    """
+    if dest.exists():
+        return False
+    here = dest.absolute()
+    anchor = next(parent for parent in here.parents if parent.is_dir())  # the whole group folder may be out too
+    try:
+        listed = subprocess.run(["git", "-C", str(anchor), "ls-files", "--", str(here.relative_to(anchor))],
+                                capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return listed.returncode == 0 and bool(listed.stdout.strip())
+
+
 def regression(dest: Path, incoming: Path) -> str | None:
     """Why ``incoming`` would lose training that ``dest`` holds (a run at an older step, or its checkpoints gone), or None.
 
@@ -544,6 +565,11 @@ def receive(store: Path, dest_of: Callable[[str, str], Path], ledger_path: Path 
             if stamp and dest.exists() and have >= stamp:  # an unstamped set replaces
                 why = "the same" if have == stamp else f"newer ({have})"
                 print(f"{name}: {unit}: {dest} is {why}; kept (--force replaces it)")
+                result.skipped.append(unit)
+                return True
+            if moved_out(dest):
+                print(f"{name}: {unit}: not placed: {dest} is tracked by git but absent here (moved out for a call?); "
+                      f"put it back, or --force places the set's copy")
                 result.skipped.append(unit)
                 return True
             if (why := regression(dest, incoming)) is not None:

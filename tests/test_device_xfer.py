@@ -333,6 +333,29 @@ def test_a_set_that_trained_further_replaces_the_folder(runs, tmp_path):
     assert xfer.regression(here, newer) is None
 
 
+def test_unpack_does_not_place_a_committed_folder_that_was_moved_out(runs, tmp_path):
+    """A run folder tracked by git but moved out of the work tree for a call is not replaced by the set's copy
+    (session 22: the device packed back such groups without their checkpoints)."""
+    repo = tmp_path / "repo"
+    make_run(repo / "state" / "group" / "maelre", 100)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    subprocess.run(["git", "-C", str(repo), "add", "state"], check=True)
+    shutil.move(str(repo / "state" / "group"), str(tmp_path / "kept_aside"))  # the whole group moved out
+    assert xfer.moved_out(repo / "state" / "group" / "maelre")
+    assert not xfer.moved_out(repo / "state" / "group" / "ecp")  # never committed: a new run's folder is placed
+    assert not xfer.moved_out(tmp_path / "elsewhere" / "maelre")  # outside a git work tree
+    packed = xfer.pack(tmp_path / "out" / "20261203T150000_lra_state", [runs / "lra_state" / "listops_sky_levers_s0" / "maelre"],
+                       base=runs, limit=1 << 20)
+    store = tmp_path / "store"
+    for p in packed:
+        for f in p.files:
+            store.mkdir(exist_ok=True)
+            shutil.copy(f, store / f.name)
+    got = xfer.receive(store, lambda unit, name: repo / "state" / "group" / "maelre", ledger_path=tmp_path / "ledger.json")
+    assert got.placed == [] and got.skipped == ["lra_state/listops_sky_levers_s0/maelre"]
+    assert not (repo / "state" / "group" / "maelre").exists()
+
+
 def _device_call_with_stub(tmp_path: Path, script: str, stub: str, more_stubs: dict[str, str] | None = None,
                            **settings: str) -> tuple[Path, subprocess.CompletedProcess]:
     """A DRAIN=1 device_call.sh in a copy of the scripts, with ``benchmarks/SCRIPT`` replaced by ``stub`` (the real one needs a GPU)
