@@ -466,7 +466,7 @@ def moved_out(dest: Path) -> bool:
     here = dest.absolute()
     anchor = next(parent for parent in here.parents if parent.is_dir())  # the whole group folder may be out too
     try:
-        listed = subprocess.run(["git", "-C", str(anchor), "ls-files", "--", str(here.relative_to(anchor))],
+        listed = subprocess.run(["git", "-C", str(anchor), "--literal-pathspecs", "ls-files", "--", str(here.relative_to(anchor))],
                                 capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
         return False

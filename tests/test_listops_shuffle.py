@@ -107,7 +107,7 @@ def test_equal_sibling_keys_are_ordered_by_text_as_in_the_reference(expressions)
 @pytest.mark.parametrize("text", [
     "[MAX 1 2", ") [MAX 1 2 ] (", "[MAX ]", "[MAX 1 ] 2", "[MAX 1 x ]", "1 ]", "", "( )", "7", "( 7 )", "[MAX ( 1 2 ) ]",
     "[MAX  1\t2 ]", "[MAX 1 [MIN 2 ] ]", "[MAXX 1 ]", "[MAX 1 ]]", "[SM 1 ( ] )", "[MED 1 2 ] ]", "( ( [MIN 1 ) 2 ] ) )",
-    "[MIN 1 2 ] \u00a0", "[MAX 1 2 ]\n", "[MAX 1 \ud800 ]",
+    "[MIN 1 2 ] \u00a0", "[MAX 1 2 ]\n", "[MAX 1 \ud800 ]", "[MAX 1\x00 2 ]", "(\x00 [MIN 1 ] )",
 ])
 def test_unusual_and_malformed_expressions_behave_as_in_the_reference(text):
     try:

@@ -94,6 +94,8 @@ def _raw_token_codes(expr: str) -> tuple[np.ndarray, np.ndarray] | None:
     reference splits and rejects those itself).
     """
     data = np.frombuffer(b" " + expr.encode("utf-8", "surrogatepass") + b" " * _WIDEST, dtype=np.uint8)
+    if not data.all():  # a NUL byte would vanish from its token's packed value ("1\x00" read as "1")
+        return None
     word = data != _SPACE
     edges = np.flatnonzero(word[1:] != word[:-1]) + 1  # the padding makes them start, end, start, end, ...
     starts, lengths = edges[::2], edges[1::2] - edges[::2]
