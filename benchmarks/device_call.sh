@@ -77,7 +77,9 @@
 # LRA ("": TASK:VARIANT:SEED[:TAG[:BACKBONE,...]] groups of lra_learn.sh, the backbones of one group (default: BACKBONES,
 # else lra_learn.sh's four; TASK listops, listops_sky, pathfinder or pathfinder_sky, whose data each call makes
 # once before the groups start: pathfinder and pathfinder_sky read the same images); a TAG ending in noconv (noconv,
-# sky2noconv) = MAELRE alone with value_conv off, the merge ablation's row on that task); KERNEL_TESTS (0: 1 runs the kernel tests beside training);
+# sky2noconv) = MAELRE alone with value_conv off, the merge ablation's row on that task; SET_TAG (e.g. SET_skynohn="model.head_norm=false"):
+# settings for the groups of that TAG only, after SET, so one call can run a variant beside resumed runs whose settings
+# must not change); KERNEL_TESTS (0: 1 runs the kernel tests beside training);
 # KERNEL_STEPS ("": gpu_kernels.sh steps run alone in order, e.g. "tests plan eager graph"); RETURN_STATE (0);
 # DRAIN (0); INBOX_PARTIAL_OK (0); INBOX_FORCE (0: 1 replaces the machine's folders even where
 # they are newer than the carried set); PART_MIB (15: the largest returned file, less tar
@@ -219,9 +221,12 @@ for task in $(printf '%s\n' ${LRA:-} | cut -d: -f1 | sort -u); do
 done
 for group in ${LRA:-}; do
     IFS=: read -r task variant seed tag names <<<"$group"
-    extra=()
-    [[ -n $names ]] && extra=(BACKBONES="$names")
-    [[ $tag == *noconv ]] && extra=(BACKBONES=maelre "SET=${SET:-} model.backbone_config.maelre.value_conv=null")
+    own=SET_$tag  # the group's own settings beside the call's SET: SET_skynohn="model.head_norm=false"
+    [[ $tag =~ ^[A-Za-z0-9_]+$ ]] || own=SET_
+    sets="${SET:-}${!own:+ ${!own}}"
+    extra=("SET=$sets")
+    [[ -n $names ]] && extra+=(BACKBONES="$names")
+    [[ $tag == *noconv ]] && extra=(BACKBONES=maelre "SET=$sets model.backbone_config.maelre.value_conv=null")
     env "${extra[@]}" TAG="$tag" PACK=0 STATE="$STATE" OUT=runs/lra_out CALL_SECONDS=$(( $(left) - 30 )) MINUTES=10 \
         bash benchmarks/lra_learn.sh "$task" "$variant" "$seed" >"runs/logs/${task}_${variant}_s${seed}${tag:+_$tag}.log" 2>&1 &
     pids+=($!)

@@ -463,6 +463,19 @@ def test_a_tag_ending_in_noconv_trains_maelre_alone_without_its_value_convolutio
                      ["fake3", "TAG=sky2", "BACKBONES=all", "SET=trainer.seed=3"]]
 
 
+def test_a_tags_own_settings_reach_only_its_groups(tmp_path):
+    """SET_TAG adds settings to that TAG's groups only: a variant trains beside resumed runs whose settings stay."""
+    stub = 'echo "$1 TAG=$TAG SET=$SET" >> "$LRA_SEEN"\n'
+    seen = tmp_path / "seen.txt"
+    _device_call_with_stub(tmp_path, "lra_learn.sh", stub, DRAIN="0", LB="", LRA_SEEN=str(seen), SET="trainer.seed=3",
+                           SET_skynohn="model.head_norm=false", SET_nohnnoconv="model.dim=32",
+                           LRA="fake:plain:0:skynohn:transformer fake2:levers:0:sky2 fake3:levers:0:nohnnoconv")
+    lines = sorted(line.split() for line in seen.read_text().splitlines())
+    assert lines == [["fake", "TAG=skynohn", "SET=trainer.seed=3", "model.head_norm=false"],
+                     ["fake2", "TAG=sky2", "SET=trainer.seed=3"],
+                     ["fake3", "TAG=nohnnoconv", "SET=trainer.seed=3", "model.dim=32", "model.backbone_config.maelre.value_conv=null"]]
+
+
 def test_device_call_makes_the_pathfinder_images_once_for_pathfinder_sky_groups(tmp_path):
     """pathfinder_sky reads the generated Pathfinder-32 folder of `pathfinder`: the call makes it once (lra_learn.py data)
     before the groups start, however many Pathfinder groups it runs, and never the ListOps files for them."""
