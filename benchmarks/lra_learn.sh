@@ -30,11 +30,12 @@
 #                depth 2 its one merging block halves 2,048 tokens twice at most, to 512, so the
 #                default threshold (dim = 64) is out of reach and the recipe would not validate.
 #                `levers` adds operand shuffling (not Skyformer's); `plain` is Skyformer's setting.
-#                Not matched by these groups: a LayerNorm on the pooled vector in our head (Skyformer's has
-#                none; model.head_norm=false removes it, e.g. SET="... model.head_norm=false" with a new TAG).
-#                Not matched (no setting for it here):
+#                Not matched by these groups, each with a setting for a new TAG (device_call.sh SET_TAG, e.g.
+#                LRA="listops_sky:levers:0:skypool" SET_skypool="model.head_norm=false model.pool_divisor=length"):
+#                  - a LayerNorm on the pooled vector in our head (Skyformer's has none; model.head_norm=false)
 #                  - Skyformer's mean pools sum/2,048 over every position (padding outputs zeroed); ours
-#                    is the mean over the real tokens
+#                    is the mean over the real tokens (model.pool_divisor=length: their sum over the padded length)
+#                Not matched (no setting for it here):
 #                  - OneCycleLR starts at lr/25 (4e-6, not 0), ends at lr/250,000, and cycles AdamW's
 #                    beta1 0.95 -> 0.85 (at step 1,000) -> 0.95; ours: beta1 0.9 fixed, eps 1e-8 (1e-6)
 #                  - gradients clipped by value at 1 (ours: by norm at 1, the library's default)
@@ -70,11 +71,12 @@
 #                ~89% of a Pathfinder-32 image is background 0, so attention reads only the ~110
 #                lit pixels as keys; `pathfinder` attends over all 1,024. MAELRE's switch_threshold
 #                is 256: at depth 2 its one merging block halves 1,024 pixels twice at most, so the
-#                default (dim = 64) is out of reach. Not matched by these groups: the
-#                head's LayerNorm on the pooled vector (as for listops_sky; model.head_norm=false).
-#                Not matched (no setting for it here):
+#                default (dim = 64) is out of reach. Not matched by these groups, each with a setting for a
+#                new TAG (as for listops_sky):
+#                  - the head's LayerNorm on the pooled vector (model.head_norm=false)
 #                  - Skyformer's mean pools sum/1,024 over the lit pixels (masked outputs zeroed);
-#                    ours is the mean over the lit pixels (sum/their count, ~110)
+#                    ours is the mean over the lit pixels (sum/their count, ~110; model.pool_divisor=length)
+#                Not matched (no setting for it here):
 #                  - OneCycleLR starts at lr/25 (8e-6, not 0), ends at lr/250,000, and cycles AdamW's
 #                    beta1 0.95 -> 0.85 (at the peak) -> 0.95; ours: beta1 0.9 fixed, eps 1e-8 (1e-6)
 #                  - gradients clipped by value at 1 (ours: by norm at 1, the library's default)

@@ -45,8 +45,24 @@ class ClassifierHead(nn.Module):
         return self.fc(self.drop(self.norm(pooled)))
 
 
+POOL_DIVISORS = ("real", "length")
+
+
+def check_pool_divisor(pool_divisor: str, pool: str) -> None:
+    """``ValueError`` unless ``pool_divisor`` is known and, if ``"length"``, the backbone mean-pools."""
+    if pool_divisor not in POOL_DIVISORS:
+        raise ValueError(f"pool_divisor must be one of {', '.join(POOL_DIVISORS)}, got {pool_divisor!r}")
+    if pool_divisor == "length" and pool != "mean":
+        raise ValueError(f"pool_divisor 'length' scales a mean over tokens; the backbone pools by {pool!r}: set pool: mean or pool_divisor: real")
+
+
 class SequenceClassifier(nn.Module):
     """adapter (raw batch -> tokens, mask) + backbone (-> pooled) + head (-> logits).
+
+    ``pool_divisor``: ``"real"`` keeps the backbone's mean over real tokens; ``"length"`` divides
+    their sum by the padded length instead (Skyformer's LRA models: ``sum / max_len`` with padding
+    outputs zeroed), so the pooled vector also carries the share of real tokens (on Pathfinder
+    with ``mask_zero``: of lit pixels). Same as ``"real"`` for unpadded batches.
 
     ``forward(batch)`` takes the dict an adapter's ``collate`` made. For two-tower
     tasks (``two_tower=True``) the batch is ``{"left": {...}, "right": {...}}`` and both
@@ -54,20 +70,25 @@ class SequenceClassifier(nn.Module):
     """
 
     def __init__(self, adapter: nn.Module, backbone: Backbone, num_classes: int, head_dropout: float = 0.0, two_tower: bool = False,
-                 head_hidden: int | None = None, head_norm: bool = True) -> None:
+                 head_hidden: int | None = None, head_norm: bool = True, pool_divisor: str = "real") -> None:
         super().__init__()
         if getattr(adapter, "dim", backbone.dim) != backbone.dim:
             raise ValueError(f"adapter emits width {adapter.dim} but the backbone has dim={backbone.dim}; give both the same dim")
+        check_pool_divisor(pool_divisor, backbone.config.pool)
         self.adapter = adapter
         self.backbone = backbone
         self.two_tower = two_tower
+        self.pool_divisor = pool_divisor
         self.head = ClassifierHead(backbone.dim, num_classes, head_dropout, two_tower, head_hidden, head_norm)
 
     def encode(self, batch: dict) -> Tensor:
         """Pooled ``[B, D]`` for one adapter batch."""
         tokens, mask = self.adapter(batch)
         grid = getattr(self.adapter, "token_grid", None)
-        return self.backbone(tokens, mask, layout=grid(tokens.shape[1]) if grid is not None else None)
+        pooled = self.backbone(tokens, mask, layout=grid(tokens.shape[1]) if grid is not None else None)
+        if self.pool_divisor == "length" and mask is not None:  # the mean over real tokens, times real tokens / padded length
+            pooled = pooled * (mask.sum(dim=1, keepdim=True).to(pooled.dtype) / mask.shape[1])
+        return pooled
 
     def forward(self, batch: dict) -> Tensor:
         """Logits ``[B, num_classes]``."""

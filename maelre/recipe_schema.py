@@ -14,6 +14,7 @@ from typing import Any
 from maelre.engine.fit_types import TrainerConfig
 from maelre.engine.task import OptimConfig, check_optimizer, check_schedule
 from maelre.fileio import plain_data
+from maelre.model import POOL_DIVISORS
 from maelre.suggest import did_you_mean
 
 SECTIONS = ("name", "description", "data", "model", "optimizer", "schedule", "loss", "trainer", "output", "pretrain")
@@ -126,6 +127,8 @@ class ModelSection:
             Linear`` (LRA's head, whose width is the model's ``mlp_dim``); unset: one linear layer.
         head_norm: a LayerNorm on the pooled vector before the head (``false``: none, as LRA's
             and Skyformer's heads).
+        pool_divisor: ``real`` (default): mean pooling over the real tokens; ``length``: their
+            sum over the padded length, as Skyformer's LRA models pool (see ``SequenceClassifier``).
         two_tower: pair classification (LRA Retrieval); the data must be ``(x1, x2)`` pairs.
         init_from: a ``maelre pretrain`` run or checkpoint directory; a new run starts from
             its adapter and backbone weights (the head is new). Ignored on ``--resume``.
@@ -136,6 +139,7 @@ class ModelSection:
     head_dropout: float = 0.0
     head_hidden: int | None = None
     head_norm: bool = True
+    pool_divisor: str = "real"
     two_tower: bool = False
     init_from: str | None = None
 
@@ -144,12 +148,15 @@ class ModelSection:
             raise ValueError(f"head_dropout must be in [0, 1), got {self.head_dropout}")
         if self.head_hidden is not None and (isinstance(self.head_hidden, bool) or not isinstance(self.head_hidden, int) or self.head_hidden < 1):
             raise ValueError(f"head_hidden must be a width >= 1 (or unset for a linear head), got {self.head_hidden!r}")
+        if self.pool_divisor not in POOL_DIVISORS:
+            raise ValueError(f"pool_divisor must be one of {', '.join(POOL_DIVISORS)}, got {self.pool_divisor!r}")
         if self.head_hidden is not None and self.two_tower:
             raise ValueError("head_hidden is for single-tower heads: the two-tower head has its hidden layer already; unset one of them")
 
     def head_kwargs(self) -> dict:
         """The classifier head's keyword arguments of ``build_model``."""
-        return {"head_dropout": self.head_dropout, "two_tower": self.two_tower, "head_hidden": self.head_hidden, "head_norm": self.head_norm}
+        return {"head_dropout": self.head_dropout, "two_tower": self.two_tower, "head_hidden": self.head_hidden, "head_norm": self.head_norm,
+                "pool_divisor": self.pool_divisor}
 
 
 @dataclass
@@ -268,7 +275,8 @@ class Recipe:
         """The resolved recipe (all defaults filled in), as plain YAML-able data.
 
         The optional keys ``data.augment_inputs``, ``data.curriculum``, ``model.head_hidden``,
-        ``model.head_norm`` and ``model.init_from`` appear only when set (``head_norm``: when false), so runs saved before they existed still ``--resume``.
+        ``model.head_norm``, ``model.pool_divisor`` and ``model.init_from`` appear only when set (``head_norm``: when false,
+        ``pool_divisor``: when not ``real``), so runs saved before they existed still ``--resume``.
         ``trainer.stop_at`` never does: a deadline belongs to one call, and a saved recipe
         resumed later must not inherit a past one.
         """
@@ -278,6 +286,8 @@ class Recipe:
             model["head_hidden"] = self.model.head_hidden
         if not self.model.head_norm:
             model["head_norm"] = False
+        if self.model.pool_divisor != "real":
+            model["pool_divisor"] = self.model.pool_divisor
         if self.model.init_from is not None:
             model["init_from"] = self.model.init_from
         data = {k: v for k, v in dataclasses.asdict(self.data).items() if v or k not in ("augment_inputs", "curriculum")}

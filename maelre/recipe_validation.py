@@ -12,6 +12,7 @@ import warnings
 from typing import Any
 
 from maelre.engine.fit_types import TrainerConfig
+from maelre.model import check_pool_divisor
 from maelre.recipe_schema import DataSection, ModelSection, RecipeError, RecipeWarning, ScheduleSection, _hint, _length_multiple
 
 def _join(path: str, key: str | int) -> str:
@@ -197,12 +198,16 @@ def _validate_model(raw: dict) -> tuple[ModelSection, dict]:
     # an inactive entry may legitimately not fit the shared keys (full_layers beyond a reduced depth).
     entry = specific_cfg.get(section.backbone, {})
     try:
-        make_config(section.backbone, **shared, **entry)
+        config = make_config(section.backbone, **shared, **entry)
     except (ValueError, TypeError, OverflowError) as err:
         where = _offending("model", err, shared)
         if where == "model" and entry:
             where = _offending(f"model.backbone_config.{section.backbone}", err, entry)
         raise RecipeError(where, f"backbone {section.backbone!r}: {err}") from err
+    try:
+        check_pool_divisor(section.pool_divisor, config.pool)
+    except ValueError as err:
+        raise RecipeError("model.pool_divisor", str(err)) from err
     return section, shared
 
 

@@ -75,3 +75,50 @@ def test_head_norm_false_drops_the_pooled_layernorm_from_recipe_to_checkpoint():
     assert "head_norm" not in parse_recipe(RECIPE).to_dict()["model"]  # the default: saved recipes stay as they were
     with pytest.raises(RecipeError, match="head_norm"):
         parse_recipe({**RECIPE, "model": {**RECIPE["model"], "head_norm": "no"}})
+
+
+class _GivenTokens(torch.nn.Module):
+    """An adapter stand-in: the batch holds the tokens and mask themselves."""
+
+    dim = 16
+
+    def forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return batch["tokens"], batch["mask"]
+
+
+def test_pool_divisor_length_divides_the_real_tokens_sum_by_the_padded_length():
+    """``model.pool_divisor: length`` is Skyformer's pooling (sum over real tokens / padded length); ``real`` the mean."""
+    from maelre import create_backbone
+    from maelre.model import SequenceClassifier
+
+    torch.manual_seed(0)
+    backbone = create_backbone("transformer", dim=16, depth=1, heads=2).eval()
+    by_real, by_length = (SequenceClassifier(_GivenTokens(), backbone, 3, pool_divisor=d) for d in ("real", "length"))
+    tokens, mask = torch.randn(2, 10, 16), torch.ones(2, 10, dtype=torch.bool)
+    mask[0, 4:] = False  # 4 of 10 real
+    batch = {"tokens": tokens, "mask": mask}
+    mean = by_real.encode(batch)
+    torch.testing.assert_close(by_length.encode(batch), mean * torch.tensor([[0.4], [1.0]]))
+    unpadded = {"tokens": tokens, "mask": None}
+    torch.testing.assert_close(by_length.encode(unpadded), by_real.encode(unpadded))  # no padding: the same
+    with pytest.raises(ValueError, match="pool_divisor must be one of real, length"):
+        SequenceClassifier(_GivenTokens(), backbone, 3, pool_divisor="max")
+    cls_backbone = create_backbone("transformer", dim=16, depth=1, heads=2, pool="cls")
+    with pytest.raises(ValueError, match="the backbone pools by 'cls'"):
+        SequenceClassifier(_GivenTokens(), cls_backbone, 3, pool_divisor="length")
+
+
+def test_pool_divisor_from_recipe_to_checkpoint():
+    adapter = create_adapter("pixels", dim=16, max_len=64)
+    model = build_model(adapter, "transformer", {"depth": 1, "heads": 2}, num_classes=4, pool_divisor="length")
+    assert model_from_spec(adapter, ModelSpec.from_dict(model.spec.to_dict())).pool_divisor == "length"
+    old = {k: v for k, v in model.spec.to_dict().items() if k != "pool_divisor"}  # written before the key existed
+    assert model_from_spec(adapter, ModelSpec.from_dict(old)).pool_divisor == "real"
+    recipe = parse_recipe({**RECIPE, "model": {**RECIPE["model"], "pool_divisor": "length"}})
+    assert recipe.model.head_kwargs()["pool_divisor"] == "length"
+    assert parse_recipe(recipe.to_dict()).model.pool_divisor == "length"
+    assert "pool_divisor" not in parse_recipe(RECIPE).to_dict()["model"]  # the default: saved recipes stay as they were
+    with pytest.raises(RecipeError, match="pool_divisor must be one of real, length"):
+        parse_recipe({**RECIPE, "model": {**RECIPE["model"], "pool_divisor": "padded"}})
+    with pytest.raises(RecipeError, match="model.pool_divisor.*the backbone pools by 'cls'"):
+        parse_recipe({**RECIPE, "model": {**RECIPE["model"], "pool_divisor": "length", "pool": "cls"}})

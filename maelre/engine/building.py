@@ -31,6 +31,7 @@ class ModelSpec:
         two_tower: pair classification head.
         head_hidden: width of the head's hidden layer (``None``: a linear head).
         head_norm: the head's LayerNorm on the pooled vector (``False``: none).
+        pool_divisor: ``"real"`` (mean over real tokens) or ``"length"`` (their sum over the padded length).
     """
 
     backbone: str
@@ -43,6 +44,7 @@ class ModelSpec:
     extra: dict = field(default_factory=dict)
     head_hidden: int | None = None
     head_norm: bool = True
+    pool_divisor: str = "real"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,6 +99,7 @@ def build_model(
     two_tower: bool = False,
     head_hidden: int | None = None,
     head_norm: bool = True,
+    pool_divisor: str = "real",
 ) -> SequenceClassifier:
     """adapter + registered backbone + head -> ``SequenceClassifier`` (``forward(batch) -> logits [B, C]``).
 
@@ -110,7 +113,7 @@ def build_model(
     if cfg.setdefault("dim", adapter.dim) != adapter.dim:
         raise ValueError(f"backbone dim={cfg['dim']} differs from the adapter's dim={adapter.dim}; model.dim sets both, so leave the adapter's dim unset")
     backbone = create_backbone(backbone_name, **cfg)
-    model = SequenceClassifier(adapter, backbone, num_classes, head_dropout, two_tower, head_hidden, head_norm)
+    model = SequenceClassifier(adapter, backbone, num_classes, head_dropout, two_tower, head_hidden, head_norm, pool_divisor)
     model.spec = ModelSpec(
         backbone=backbone_name,
         backbone_config=backbone.config.to_dict(),
@@ -121,6 +124,7 @@ def build_model(
         two_tower=two_tower,
         head_hidden=head_hidden,
         head_norm=head_norm,
+        pool_divisor=pool_divisor,
     )
     return model
 
@@ -128,7 +132,7 @@ def build_model(
 def model_from_spec(adapter: Any, spec: ModelSpec) -> SequenceClassifier:
     """The (untrained) model a checkpoint's ``spec`` describes, on ``adapter`` (its preprocessing already loaded)."""
     return build_model(adapter, spec.backbone, spec.backbone_config, spec.num_classes, spec.head_dropout, spec.two_tower, spec.head_hidden,
-                       spec.head_norm)
+                       spec.head_norm, spec.pool_divisor)
 
 
 def num_classes_of(model: SequenceClassifier) -> int:
