@@ -66,7 +66,7 @@ import maelre.layers.triton_linear_attention as triton_linear_attention
 import maelre.layers.triton_merge as triton_merge
 from maelre.backbones.maelre import MAELREBlock
 from maelre.bench.efficiency import parse_name_list, parse_seq_lens
-from maelre.bench.efficiency_case import make_step, release_memory, time_step
+from maelre.bench.efficiency_case import gc_paused, make_step, release_memory, time_step
 from maelre.bench.efficiency_config import BenchConfig, Step
 from maelre.bench.ideal import TWIN, split_variant
 from maelre.bench.profile import add_step_shape_arguments
@@ -243,19 +243,6 @@ class Samples:
     round_ms: list[tuple[float, float]] = field(default_factory=list)  # per round: median bare, instrumented
 
 
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """The garbage collector off (as ``time_step``): a collection would land in whichever step it likes."""
-    was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -297,7 +284,8 @@ def measure_length(names: Sequence[str], seq_len: int, config: BenchConfig, step
     samples = {name: Samples() for name in names}
     for name, step in built.items():
         samples[name].device_ms = statistics.median(time_step(step, warmup=warmup, repeats=steps, device=device))
-    with _gc_paused():
+    gc.collect()  # what the rounds leave behind is theirs alone
+    with gc_paused():  # as time_step: a collection would land in whichever step it likes
         for _ in range(rounds):
             for name, step in built.items():
                 run_round(step, device, steps, samples[name])

@@ -14,7 +14,6 @@ from typing import Any
 from maelre.engine.fit_types import TrainerConfig
 from maelre.engine.task import OptimConfig, check_optimizer, check_schedule
 from maelre.fileio import plain_data
-from maelre.model import POOL_DIVISORS
 from maelre.suggest import did_you_mean
 
 SECTIONS = ("name", "description", "data", "model", "optimizer", "schedule", "loss", "trainer", "output", "pretrain")
@@ -148,8 +147,6 @@ class ModelSection:
             raise ValueError(f"head_dropout must be in [0, 1), got {self.head_dropout}")
         if self.head_hidden is not None and (isinstance(self.head_hidden, bool) or not isinstance(self.head_hidden, int) or self.head_hidden < 1):
             raise ValueError(f"head_hidden must be a width >= 1 (or unset for a linear head), got {self.head_hidden!r}")
-        if self.pool_divisor not in POOL_DIVISORS:
-            raise ValueError(f"pool_divisor must be one of {', '.join(POOL_DIVISORS)}, got {self.pool_divisor!r}")
         if self.head_hidden is not None and self.two_tower:
             raise ValueError("head_hidden is for single-tower heads: the two-tower head has its hidden layer already; unset one of them")
 
