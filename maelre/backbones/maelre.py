@@ -36,6 +36,8 @@ from maelre.layers.rope import rotary_kernel
 from maelre.layers.linear_attention import FavorFeatureMap, LinearAttention
 from maelre.layers.merge import bipartite_soft_matching, compaction_order, take_tokens
 from maelre.layers.layout import hilbert_order
+import maelre.layers.plan_graphs as plan_graphs
+from maelre.layers.plan_graphs import PlanGraphs
 from maelre.layers.merge_plan import MergePlanError  # noqa: F401  (re-exported)
 from maelre.layers.nystrom import NystromAttention
 from maelre.layers.value_conv import ValueConv
@@ -101,6 +103,8 @@ class MAELREBlock(Block):
         else:
             self.approx = NystromAttention(c.heads, c.num_landmarks, c.pinv_iterations, c.nystrom_conv_kernel)
         self.value_conv = None if c.value_conv is None else ValueConv(c.dim, c.value_conv)
+        # MAELRE_PLAN_GRAPHS=1: each merge site replays its plan from CUDA graphs in eager CUDA steps
+        self.plan_graphs = {site: PlanGraphs() for site in self.sites} if plan_graphs.ENABLED else {}
 
     def attention_kind(self, n: int) -> str:
         return "exact" if n <= self.config.threshold else self.config.approx
@@ -166,7 +170,7 @@ class MAELREBlock(Block):
         metric = t.x if keys is None else keys
         plan, log_sizes = bipartite_soft_matching(
             metric, t.sizes, r, n - removed, protect_first=self.config.pool == "cls", window=self.config.match_window, padded=t.padded,
-            real=t.real_mask() if t.padded else None, return_log_sizes=True,
+            real=t.real_mask() if t.padded else None, return_log_sizes=True, graphs=self.plan_graphs.get(site),
         )
         positions = None if t.positions is None else plan.merge(t.positions)
         merged = replace(t, x=plan.merge(t.x), sizes=plan.sizes, log_sizes=log_sizes, positions=positions, merged=True, real=None)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
+import maelre.layers.plan_graphs as plan_graphs
 from maelre.bench.efficiency_case import deadline, is_oom, measure_case, release_memory
 from maelre.bench.efficiency_config import FULL_ATTENTION, RESULT_KEYS, RESUME_KEYS, BenchConfig, Log
 from maelre.bench.ideal import FLOOR, split_variant
@@ -82,6 +83,7 @@ def collect_meta(config: BenchConfig, command: str) -> dict[str, Any]:
         "repeats": config.repeats,
         "compile": config.compile,
         "cuda_graph": config.cuda_graph,
+        "plan_graphs": plan_graphs.ENABLED,  # MAELRE_PLAN_GRAPHS=1: eager merge plans replayed from CUDA graphs
         "time_budget_s": config.time_budget_s,
         "case_timeout_s": config.case_timeout_s,
         "timer": "cuda events" if cuda else "time.perf_counter",

@@ -30,6 +30,7 @@ from torch import Tensor
 
 import maelre.layers.shape_cache as shape_cache
 import maelre.layers.triton_merge as triton_merge
+from maelre.layers.plan_graphs import PlanGraphs
 
 MergeFn = Callable[..., Tensor]
 UnmergeFn = Callable[[Tensor], Tensor]
@@ -189,6 +190,7 @@ def bipartite_soft_matching(
     padded: bool = True,
     real: Tensor | None = None,
     return_log_sizes: bool = False,
+    graphs: PlanGraphs | None = None,
 ) -> TokenMerge | tuple[TokenMerge, Tensor | None]:
     """Plan one ToMe merge of a padded batch.
 
@@ -218,6 +220,8 @@ def bipartite_soft_matching(
             here when ``padded``).
         return_log_sizes: also return the merged sizes' log ``[B, n_out]`` (float32, for
             proportional attention) where the plan kernel computed it along, else ``None``.
+        graphs: the caller's ``PlanGraphs`` (one per merge site): on CUDA the plan is then
+            replayed from a CUDA graph per input shape (``maelre.layers.plan_graphs``).
 
     Returns:
         ``TokenMerge(merge, unmerge, sizes)``: closures applying the merge to any
@@ -230,12 +234,16 @@ def bipartite_soft_matching(
     if n < 2 or not 1 <= n_out <= n:
         raise ValueError(f"need N >= 2 tokens and 1 <= n_out <= N to merge, got N={n}, n_out={n_out}")
     real = (sizes > 0 if real is None else real) if padded else None
+    candidates = min(n - n_out, (n + 1) // 2)
+    # every candidate merges (if it has a real match) when r covers them all: their order is then unused
+    ordered = isinstance(r, Tensor) or r < candidates
+    r_rows, r_all = (r, 0) if isinstance(r, Tensor) else (None, r)
+    tensors, static = (metric, real, sizes, r_rows), (r_all, candidates, protect_first, window, ordered, n, n_out)
     with torch.no_grad():
-        candidates = min(n - n_out, (n + 1) // 2)
-        # every candidate merges (if it has a real match) when r covers them all: their order is then unused
-        ordered = isinstance(r, Tensor) or r < candidates
-        src, dst, best = _choose(metric, real, candidates, protect_first, window, ordered)
-        slot, merged_sizes, share, log_sizes = _plan(real, sizes, src, dst, best, r, n, n_out)
+        if graphs is None or torch.compiler.is_compiling():
+            slot, merged_sizes, share, log_sizes = _make_plan(*tensors, *static)
+        else:
+            slot, merged_sizes, share, log_sizes = graphs(_make_plan, tensors, static)
 
     def per_token(t: Tensor, like: Tensor) -> Tensor:
         """``[B, k]`` viewed to broadcast against ``like [B, k, ...]``."""
@@ -264,6 +272,16 @@ def bipartite_soft_matching(
 
     plan = TokenMerge(merge, unmerge, merged_sizes)
     return (plan, log_sizes) if return_log_sizes else plan
+
+
+def _make_plan(
+    metric: Tensor, real: Tensor | None, sizes: Tensor, r_rows: Tensor | None, r_all: int,
+    candidates: int, protect_first: bool, window: int | None, ordered: bool, n: int, n_out: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """The whole plan, ``_choose`` then ``_plan``, as one function of tensors and static arguments (what
+    ``PlanGraphs`` captures): ``r`` is ``r_rows [B]`` where given, else the int ``r_all``."""
+    src, dst, best = _choose(metric, real, candidates, protect_first, window, ordered)
+    return _plan(real, sizes, src, dst, best, r_all if r_rows is None else r_rows, n, n_out)
 
 
 def _choose(

@@ -1,0 +1,124 @@
+"""Replay a merge site's plan (matching, top-k, plan kernels) as a CUDA graph in eager training.
+
+On the H200 the eager train step is bound by host time (``benchmarks/results/host_time_h200.md``,
+session 23): a merge site costs ~0.6 ms of host time per call, and its plan, which has no
+gradient, is about two thirds of that (the matching kernel, a top-k, one to five plan kernels,
+each Triton launch ~50-75 us of Python, and their allocations). Captured once as a CUDA graph,
+the plan becomes a copy of its inputs into the graph's buffers, one replay and a clone of each
+output, whatever the number of kernels inside.
+
+``PlanGraphs`` does that for any no-gradient function of tensors. A call names its tensors
+(``None`` allowed) and its static arguments (ints, bools: part of the key, like the shapes and
+dtypes). The first call with a key runs the function eagerly (Triton compiles its kernels
+then; nothing is captured for a shape seen once, e.g. an odd last batch); the second captures
+it, and every later call replays it (the autocast state is part of the key too). Inputs are copied into the graph's own buffers and the
+outputs are cloned, so a result never changes under its holder: a second forward before a
+backward, or sizes kept from an earlier batch, stay right (a replay would otherwise overwrite
+them in place, and autograd's version counters would not notice). At most ``max_graphs`` keys
+keep a graph (least recently used first out), each with its own memory pool.
+
+It stays out of the way where a graph cannot or need not be captured: off CUDA, under
+``torch.compile`` (the compiled graph has the plan as custom ops, and ``reduce-overhead``
+graphs the whole step), and while the current stream is being captured (the efficiency
+benchmark's ``--cuda-graph``); the function then runs directly.
+
+Off by default until the H200 measures it: ``MAELRE_PLAN_GRAPHS=1`` turns it on for the MAELRE
+blocks (``maelre.backbones.maelre``).
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+ENABLED = os.environ.get("MAELRE_PLAN_GRAPHS", "0") == "1"
+
+PlanFn = Callable[..., tuple[Tensor | None, ...]]
+
+
+@dataclass
+class _Entry:
+    """One key's state: ``seen`` once (ran eagerly), or captured (``graph`` with its input and output buffers)."""
+
+    graph: object | None = None
+    inputs: tuple[Tensor | None, ...] = ()
+    outputs: tuple[Tensor | None, ...] = ()
+
+
+class PlanGraphs:
+    """``graphs(fn, tensors, static) -> fn(*tensors, *static)``, replayed from a CUDA graph per key (module docstring).
+
+    Args:
+        max_graphs: keys (input shapes, dtypes, devices and ``static``) that keep a captured graph.
+    """
+
+    def __init__(self, max_graphs: int = 16) -> None:
+        if max_graphs < 1:
+            raise ValueError(f"max_graphs must be >= 1, got {max_graphs}")
+        self.max_graphs = max_graphs
+        self._entries: OrderedDict[Hashable, _Entry] = OrderedDict()
+
+    def __len__(self) -> int:
+        """How many keys hold a captured graph."""
+        return sum(e.graph is not None for e in self._entries.values())
+
+    @staticmethod
+    def applies(x: Tensor) -> bool:
+        """Whether a call on ``x``'s device would be graphed: CUDA, eager, and not inside another capture."""
+        return x.is_cuda and not torch.compiler.is_compiling() and not torch.cuda.is_current_stream_capturing()
+
+    def __call__(self, fn: PlanFn, tensors: Sequence[Tensor | None], static: tuple = ()) -> tuple[Tensor | None, ...]:
+        live = [t for t in tensors if t is not None]
+        if not live or not self.applies(live[0]):
+            return fn(*tensors, *static)
+        autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))  # a capture keeps the casts it saw
+        key = (fn, static, autocast, tuple(None if t is None else (t.shape, t.dtype, t.device) for t in tensors))
+        entry = self._entries.get(key)
+        if entry is None:  # first sighting: eagerly (compiles the Triton kernels the capture will record)
+            self._entries[key] = _Entry()
+            self._evict()
+            return fn(*tensors, *static)
+        self._entries.move_to_end(key)
+        with torch.no_grad():
+            if entry.graph is None:
+                entry.graph, entry.inputs, entry.outputs = self._capture(fn, tensors, static)
+                self._evict()
+            else:
+                for buffer, t in zip(entry.inputs, tensors):
+                    if t is not None:
+                        buffer.copy_(t)
+            self._replay(entry.graph)
+            return tuple(None if out is None else out.clone() for out in entry.outputs)
+
+    def _evict(self) -> None:
+        while len(self._entries) > 2 * self.max_graphs or len(self) > self.max_graphs:
+            self._entries.popitem(last=False)
+
+    def _capture(self, fn: PlanFn, tensors: Sequence[Tensor | None], static: tuple) -> tuple[object, tuple, tuple]:
+        """Record ``fn`` on copies of ``tensors``: ``(graph, input buffers, output buffers)``."""
+        inputs = tuple(None if t is None else t.clone() for t in tensors)
+        graph = torch.cuda.CUDAGraph()
+        # autocast as the caller has it, less its cache of casts (cached copies would outlive the capture);
+        # thread_local: another thread's CUDA calls (a loader's pinning) stay legal meanwhile
+        autocast = torch.autocast("cuda", torch.get_autocast_dtype("cuda"), torch.is_autocast_enabled("cuda"), cache_enabled=False)
+        with autocast, torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            outputs = tuple(fn(*inputs, *static))
+        return graph, inputs, outputs
+
+    @staticmethod
+    def _replay(graph: object) -> None:
+        graph.replay()
+
+    # a model copy (deepcopy, pickling) starts with no graphs: they hold device memory and addresses
+    def __deepcopy__(self, memo: dict) -> PlanGraphs:
+        return PlanGraphs(self.max_graphs)
+
+    def __getstate__(self) -> dict:
+        return {"max_graphs": self.max_graphs}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["max_graphs"])

@@ -1,0 +1,202 @@
+"""``PlanGraphs``: the merge plan replayed from CUDA graphs gives the plan that runs without them.
+
+The bookkeeping (first sighting eager, capture on the second, copy-in, cloned outputs, keys,
+eviction, copies of a model) is tested on the CPU with a stand-in graph that records the function
+and re-runs it on its own buffers at each replay, writing into the same output tensors, as a CUDA
+graph does. The real capture runs in the CUDA tests (skipped without a GPU; ``gpu_kernels.sh tests``).
+"""
+from __future__ import annotations
+
+import copy
+import pickle
+
+import pytest
+import torch
+
+import maelre.layers.plan_graphs as plan_graphs
+from maelre.backbones.maelre import MAELRE, MAELREConfig
+from maelre.layers.merge import bipartite_soft_matching
+from maelre.layers.plan_graphs import PlanGraphs
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+
+
+class _StandInGraph:
+    def __init__(self, fn, inputs, static, outputs) -> None:
+        self.fn, self.inputs, self.static, self.outputs = fn, inputs, static, outputs
+
+    def replay(self) -> None:
+        for out, fresh in zip(self.outputs, self.fn(*self.inputs, *self.static)):
+            if out is not None:
+                out.copy_(fresh)
+
+
+class _CPUGraphs(PlanGraphs):
+    """``PlanGraphs`` on the CPU, with the stand-in graph; counts captures and replays."""
+
+    captures = replays = 0
+
+    @staticmethod
+    def applies(x: torch.Tensor) -> bool:
+        return True
+
+    def _capture(self, fn, tensors, static):
+        self.captures += 1
+        inputs = tuple(None if t is None else t.clone() for t in tensors)
+        outputs = tuple(fn(*inputs, *static))  # filled anew by each replay, as a CUDA graph's are
+        return _StandInGraph(fn, inputs, static, outputs), inputs, outputs
+
+    def _replay(self, graph) -> None:
+        self.replays += 1
+        super()._replay(graph)
+
+
+def _affine(x, bias, scale):
+    return x * scale + (0 if bias is None else bias), x.sum(dim=-1)
+
+
+def test_first_call_eager_then_capture_then_replay_with_fresh_inputs():
+    graphs = _CPUGraphs()
+    xs = [torch.randn(3, 5) for _ in range(4)]
+    bias = torch.randn(3, 5)
+    results = [graphs(_affine, (x, bias), (2.0,)) for x in xs]
+    assert (graphs.captures, graphs.replays, len(graphs)) == (1, 3, 1)
+    for x, (y, s) in zip(xs, results):  # every call saw its own input, also the replays
+        torch.testing.assert_close(y, x * 2.0 + bias)
+        torch.testing.assert_close(s, x.sum(dim=-1))
+
+
+def test_outputs_are_not_overwritten_by_a_later_replay():
+    graphs = _CPUGraphs()
+    a, b, c = torch.ones(2, 4), torch.full((2, 4), 3.0), torch.full((2, 4), 5.0)
+    graphs(_affine, (a, None), (1.0,))
+    kept, _ = graphs(_affine, (b, None), (1.0,))  # a replay's output
+    graphs(_affine, (c, None), (1.0,))  # replays again into the same buffers
+    torch.testing.assert_close(kept, b)
+
+
+def test_keys_cover_shapes_dtypes_static_arguments_and_missing_tensors():
+    graphs = _CPUGraphs()
+    x = torch.randn(2, 3)
+    for _ in range(2):
+        graphs(_affine, (x, None), (1.0,))
+        graphs(_affine, (x, None), (2.0,))
+        graphs(_affine, (x.double(), None), (1.0,))
+        graphs(_affine, (torch.randn(4, 3), None), (1.0,))
+        graphs(_affine, (x, torch.zeros(2, 3)), (1.0,))
+    assert graphs.captures == 5 and len(graphs) == 5
+
+
+def test_least_recently_used_graphs_go_first():
+    graphs = _CPUGraphs(max_graphs=2)
+    shapes = [(1, 3), (2, 3), (3, 3)]
+    for shape in shapes:
+        for _ in range(2):
+            graphs(_affine, (torch.randn(shape), None), (1.0,))
+    assert len(graphs) == 2
+    graphs(_affine, (torch.randn(1, 3), None), (1.0,))  # evicted: seen afresh, runs eagerly
+    assert graphs.captures == 3
+    with pytest.raises(ValueError, match="max_graphs"):
+        PlanGraphs(max_graphs=0)
+
+
+def test_off_cuda_the_function_runs_directly():
+    graphs = PlanGraphs()
+    x = torch.randn(2, 3)
+    for _ in range(3):
+        y, _ = graphs(_affine, (x, None), (3.0,))
+        torch.testing.assert_close(y, 3.0 * x)
+    assert len(graphs) == 0 and not graphs._entries
+
+
+def test_copies_of_a_model_start_without_graphs():
+    graphs = _CPUGraphs()
+    for _ in range(2):
+        graphs(_affine, (torch.randn(2, 2), None), (1.0,))
+    for fresh in (copy.deepcopy(graphs), pickle.loads(pickle.dumps(PlanGraphs(max_graphs=3)))):
+        assert len(fresh) == 0 and not fresh._entries
+    assert pickle.loads(pickle.dumps(PlanGraphs(max_graphs=3))).max_graphs == 3
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("window", [None, 4])
+def test_replayed_plan_merges_as_the_plan_without_graphs(padded, window):
+    torch.manual_seed(0)
+    graphs = _CPUGraphs()
+    b, n, c, n_out = 3, 12, 8, 8
+    sizes = torch.ones(b, n)
+    if padded:
+        sizes[1, 9:] = 0
+        sizes[2, 5:] = 0
+    lengths = (sizes > 0).sum(dim=1)
+    r = torch.minimum(lengths // 2, torch.full_like(lengths, n - n_out)) if padded else n - n_out
+    for _ in range(4):  # eager, capture, replay, replay: each with new metric and states
+        metric, x = torch.randn(b, n, c), torch.randn(b, n, c)
+        kwargs = dict(window=window, padded=padded, return_log_sizes=True)
+        (want, _), (got, _) = (bipartite_soft_matching(metric, sizes, r, n_out, **kwargs, graphs=g) for g in (None, graphs))
+        torch.testing.assert_close(got.sizes, want.sizes)
+        torch.testing.assert_close(got.merge(x), want.merge(x))
+        torch.testing.assert_close(got.unmerge(got.merge(x)), want.unmerge(want.merge(x)))
+    assert graphs.captures == 1 and graphs.replays == 3
+
+
+def test_maelre_blocks_hold_plan_graphs_only_when_enabled(monkeypatch):
+    config = MAELREConfig(dim=16, depth=2, heads=2, switch_threshold=8, match_window=4)
+    assert all(not blk.plan_graphs for blk in MAELRE(config).blocks)
+    monkeypatch.setattr(plan_graphs, "ENABLED", True)
+    torch.manual_seed(0)
+    model = MAELRE(config)
+    assert all(set(blk.plan_graphs) == set(blk.sites) for blk in model.blocks)
+    tokens = torch.randn(2, 32, 16)
+    with torch.no_grad():  # on the CPU the graphs stand aside: the same output as without them, and no graph kept
+        out = model(tokens)
+        copy.deepcopy(model)
+    monkeypatch.setattr(plan_graphs, "ENABLED", False)
+    torch.manual_seed(0)
+    plain = MAELRE(config)
+    with torch.no_grad():
+        torch.testing.assert_close(out, plain(tokens))
+    assert all(len(g) == 0 for blk in model.blocks for g in blk.plan_graphs.values())
+
+
+@cuda
+@pytest.mark.parametrize("padded", [False, True])
+def test_cuda_graph_plan_equals_eager_plan(padded):
+    torch.manual_seed(0)
+    graphs = PlanGraphs()
+    b, n, c, n_out = 4, 4096, 64, 3072
+    sizes = torch.ones(b, n, device="cuda")
+    if padded:
+        sizes[1, 3000:] = 0
+    lengths = (sizes > 0).sum(dim=1)
+    r = torch.minimum(lengths // 2, torch.full_like(lengths, n - n_out)) if padded else n - n_out
+    for _ in range(4):
+        metric, x = torch.randn(b, n, c, device="cuda"), torch.randn(b, n, c, device="cuda", requires_grad=True)
+        kwargs = dict(window=16, padded=padded, return_log_sizes=True)
+        (want, want_log), (got, got_log) = (bipartite_soft_matching(metric, sizes, r, n_out, **kwargs, graphs=g) for g in (None, graphs))
+        torch.testing.assert_close(got.sizes, want.sizes)
+        torch.testing.assert_close(got_log, want_log)
+        merged_want, merged_got = want.merge(x), got.merge(x)
+        torch.testing.assert_close(merged_got, merged_want)
+        g_want, = torch.autograd.grad(merged_want.square().sum(), x)
+        g_got, = torch.autograd.grad(merged_got.square().sum(), x)
+        torch.testing.assert_close(g_got, g_want)
+    assert len(graphs) == 1
+
+
+@cuda
+def test_cuda_maelre_train_step_with_plan_graphs_equals_without(monkeypatch):
+    config = MAELREConfig(dim=64, depth=4, heads=4, switch_threshold=256, match_window=16)
+    tokens = torch.randn(2, 2048, 64, device="cuda")
+    grads = []
+    for enabled in (False, True):
+        monkeypatch.setattr(plan_graphs, "ENABLED", enabled)
+        torch.manual_seed(0)
+        model = MAELRE(config).cuda()
+        for _ in range(3):  # eager, capture, replay
+            model.zero_grad()
+            model(tokens).square().sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    for want, got in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)  # atomic adds: order-dependent rounding
+    assert sum(len(g) for blk in model.blocks for g in blk.plan_graphs.values()) > 0
