@@ -6,7 +6,7 @@
     python benchmarks/lra_learn.py prune RUN_DIR [--drop-checkpoints]    # keep what a later call needs, nothing more
     python benchmarks/lra_learn.py curves GROUP_DIR OUT_JSON             # one JSON of every run's curves and results
     python benchmarks/lra_learn.py pack OUT_PREFIX PATH [PATH ...] [--base DIR]  # tars under 15 MiB; a bigger folder in parts
-    python benchmarks/lra_learn.py rows GROUP_DIR TASK OUT_JSON [--concurrent N] [--gpu NAME] [--name RUN=ROW]  # the group's fits as leaderboard rows
+    python benchmarks/lra_learn.py rows GROUP_DIR TASK OUT_JSON [--concurrent N] [--gpu NAME] [--name RUN=ROW] [--curves JSON]  # the group's fits as leaderboard rows
 
 A run directory is what ``maelre fit/pretrain --run-dir`` writes. Curves come from the CSV
 logs of every call (one ``logs/version_N`` per call), merged by step.
@@ -163,7 +163,7 @@ def _best_validation(run: Path) -> float | None:
 
 
 def cmd_rows(group: Path, task: str, out: Path, concurrent: int, gpu: str = "NVIDIA H200", data_seed: int = 0,
-             names: dict[str, str] | None = None) -> None:
+             names: dict[str, str] | None = None, curves: Path | None = None) -> None:
     """Write the ``fit`` runs of ``group`` as leaderboard rows (``maelre lra --merge`` takes them).
 
     A run short of its step budget is a ``time_limit`` row that says how far it got; its
@@ -173,6 +173,10 @@ def cmd_rows(group: Path, task: str, out: Path, concurrent: int, gpu: str = "NVI
     ``names`` maps a run's folder name to its row's backbone name: a variant (``maelre`` with its
     value convolution off: ``{"maelre": "maelre_noconv"}``) gets its own row instead of replacing
     the backbone's. The validation accuracy is the best checkpoint's where there is one.
+
+    ``curves`` (the group's ``lra_learn/GROUP_h200.json``, made on the device at the end of each call):
+    where it records a run further on than the run folder (a call whose folders did not come back,
+    but whose curves did), the row takes that call's step count, status and test metrics, and says so.
     """
     import sys
 
@@ -186,6 +190,9 @@ def cmd_rows(group: Path, task: str, out: Path, concurrent: int, gpu: str = "NVI
     for results_file in sorted(group.glob("*/fit/results.json")):
         run = results_file.parent
         recipe, results = load_recipe(run / "recipe.yaml"), json.loads(results_file.read_text())
+        later = _later_in_curves(curves, run, results)
+        if later is not None:
+            results = {**results, "global_step": later["global_step"], "metrics": later["metrics"], "call_ended_early": False}
         backbone = (names or {}).get(run.parent.name, run.parent.name)
         row = empty_row(task, backbone, recipe=str(run / "recipe.yaml"),
                         command=f"bash benchmarks/lra_learn.sh (group {group.name}, run {run.parent.name}, resumed over device calls)")
@@ -201,13 +208,29 @@ def cmd_rows(group: Path, task: str, out: Path, concurrent: int, gpu: str = "NVI
             row.update(status="time_limit", message=f"partial: {row['steps']} of {planned} steps so far; resumes with lra_learn.sh")
         row.update(train_seconds=None, concurrent_runs=concurrent, run_dir=str(run),
                    date=dt.datetime.fromtimestamp(results_file.stat().st_mtime, dt.timezone.utc).date().isoformat())
+        if later is not None:
+            row["message"] = (f"{row['message']} " if row["message"] else "") + (
+                f"steps and test from the device's curves ({curves}): the run folder here stops at step "
+                f"{later['folder_step']}, the last call's state did not come back")
         rows.append(row)
     if not rows:
         raise SystemExit(f"no */fit/results.json under {group}")
-    write_json_atomic(out, {"meta": {"description": DESCRIPTION, "commands": [f"python benchmarks/lra_learn.py rows {group} {task} OUT" + "".join(f" --name {k}={v}" for k, v in (names or {}).items())]},
+    command = f"python benchmarks/lra_learn.py rows {group} {task} OUT" + "".join(f" --name {k}={v}" for k, v in (names or {}).items())
+    command += f" --curves {curves}" if curves is not None else ""
+    write_json_atomic(out, {"meta": {"description": DESCRIPTION, "commands": [command]},
                             "results": rows})
     for row in rows:
         print(f"{row['backbone']}: {row['accuracy']:.2f} % test, {row['steps']} steps, {row['status']}")
+
+
+def _later_in_curves(curves: Path | None, run: Path, results: dict) -> dict | None:
+    """The curves' record of ``run`` (``BACKBONE/fit``) where it is further on than ``results`` and tested, else ``None``."""
+    if curves is None:
+        return None
+    record = json.loads(curves.read_text()).get("runs", {}).get(f"{run.parent.name}/{run.name}")
+    if record is None or record.get("global_step", 0) <= results["global_step"] or "test/acc" not in record.get("metrics", {}):
+        return None
+    return {**record, "folder_step": results["global_step"]}
 
 
 def _device_xfer():
@@ -270,6 +293,8 @@ def main() -> None:
     p.add_argument("--data-seed", type=int, default=0, help="the seed of the generated data folder (default: %(default)s, as `data`)")
     p.add_argument("--name", action="append", default=[], metavar="RUN=ROW",
                    help="the row name of a run folder, for a variant (e.g. maelre=maelre_noconv); repeatable")
+    p.add_argument("--curves", type=Path, default=None,
+                   help="the group's curves JSON (lra_learn/GROUP_h200.json): runs it records further on than their folder take its steps and test")
     args = parser.parse_args()
     if args.command == "data":
         cmd_data(args.root, args.difficulties, args.n, args.seed)
@@ -285,7 +310,7 @@ def main() -> None:
         names = dict(item.split("=", 1) for item in args.name if "=" in item)
         if len(names) != len(args.name):
             parser.error(f"--name takes RUN=ROW, got {args.name}")
-        cmd_rows(args.group, args.task, args.out, args.concurrent, args.gpu, args.data_seed, names)
+        cmd_rows(args.group, args.task, args.out, args.concurrent, args.gpu, args.data_seed, names, args.curves)
     else:
         cmd_pack(args.prefix, args.paths, args.base)
 

@@ -312,6 +312,18 @@ def test_rows_marks_a_run_short_of_its_budget_partial_and_its_data_generated(tmp
     (row,) = json.loads(out.read_text())["results"]
     assert row["backbone"] == "maelre_noconv" and row["val_accuracy"] == pytest.approx(72.01)  # the best checkpoint's validation
 
+    # a call that finished the run but whose folders did not come back: its curves say how far it got
+    curves = tmp_path / "curves.json"
+    curves.write_text(json.dumps({"runs": {"maelre/fit": {"global_step": 50_000, "metrics": {"test/acc": 0.7657}}}}))
+    lra_learn.cmd_rows(tmp_path / "group", "pathfinder", out, concurrent=4, curves=curves)
+    (row,) = json.loads(out.read_text())["results"]
+    assert (row["status"], row["steps"]) == ("ok", 50_000) and row["accuracy"] == pytest.approx(76.57)
+    assert "stops at step 23000" in row["message"]
+    curves.write_text(json.dumps({"runs": {"maelre/fit": {"global_step": 20_000, "metrics": {"test/acc": 0.5}}}}))
+    lra_learn.cmd_rows(tmp_path / "group", "pathfinder", out, concurrent=4, curves=curves)  # behind the folder: not used
+    (row,) = json.loads(out.read_text())["results"]
+    assert (row["status"], row["steps"], round(row["accuracy"], 2)) == ("time_limit", 23_000, 71.36)
+
 
 def test_the_masking_ablation_variants_belong_to_their_task(tmp_path):
     """`masked` is pathfinder's levers with zero pixels as padding; each ablation variant refuses the other task."""

@@ -44,6 +44,10 @@ TARGETS: tuple[AccuracyTarget | PairTarget, ...] = (
     AccuracyTarget("listops", "maelre", 40.0, "ListOps (generated), maelre test accuracy"),
     AccuracyTarget("pathfinder", "maelre", 75.0, "Pathfinder-32 (generated), maelre test accuracy"),
     AccuracyTarget("fsdd", "maelre", 97.0, "FSDD, maelre on the official test split", official_test=True),
+    # issue 14, at Skyformer's configurations (50,000 steps); its MAELRE Pathfinder goal (70%) is inside the 75% above
+    AccuracyTarget("listops", "maelre_sky", 38.0, "ListOps at Skyformer's configuration, maelre test accuracy"),
+    AccuracyTarget("listops", "maelre_noconv", 38.0, "ListOps at Skyformer's configuration, maelre with value convolution off"),
+    AccuracyTarget("pathfinder", "transformer_sky", 65.0, "Pathfinder-32 at Skyformer's configuration, transformer test accuracy"),
     # issue 13, real sCIFAR-10 in the ECP setting: within 2 points of the ECP paper's Table 5
     AccuracyTarget("scifar10", "maelre", 55.0, "sCIFAR-10 (real), maelre test accuracy", official_test=True),
     AccuracyTarget("scifar10", "ecp", 57.3, "sCIFAR-10 (real), ECP test accuracy (paper: 59.32)", official_test=True),
@@ -89,7 +93,12 @@ def _check_accuracy(target: AccuracyTarget, by_key: Mapping[tuple[str, str], Map
         verdict, detail = "not run", why_not
     else:
         verdict = "PASS" if row["accuracy"] >= target.minimum else "MISS"
-        detail = f"{row['accuracy']:.2f}% on {row['data']} data ({row['samples']['test']} test samples, {row['steps']} steps, {row['gpu']})"
+        planned = (row.get("budget") or {}).get("planned_steps")
+        short = row["status"] == "time_limit" and planned is not None and row["steps"] < planned
+        if short:  # a resumable run part-way through its budget: the verdict so far
+            verdict += " so far"
+        steps = f"{row['steps']} of {planned} steps, partial" if short else f"{row['steps']} steps"
+        detail = f"{row['accuracy']:.2f}% on {row['data']} data ({row['samples']['test']} test samples, {steps}, {row['gpu']})"
     return TargetCheck(target.name, f">= {target.minimum:g}%", verdict, detail)
 
 
