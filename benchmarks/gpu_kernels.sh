@@ -10,7 +10,7 @@
 #   bash benchmarks/gpu_kernels.sh plan      # merge plan (one program per row vs tiled), top-k, whole merge: CUDA graphs, ~1 min
 #   bash benchmarks/gpu_kernels.sh host      # the eager step's host time by region (Triton launches, merge path, attention),
 #                                            # maelre against its twin (benchmarks/host_time.py), ~1 min, 3 min at most
-#   bash benchmarks/gpu_kernels.sh pgeager   # any step prefixed pg: the same with MAELRE_PLAN_GRAPHS=1 (merge plans replayed
+#   bash benchmarks/gpu_kernels.sh pgeager   # a step but plan prefixed pg: the same with MAELRE_PLAN_GRAPHS=1 (merge plans replayed
 #                                            # from CUDA graphs, maelre.layers.plan_graphs), its files named *_plangraphs
 #
 # Each benchmark step times maelre, maelre.twin, maelre.floor and transformer (train step)
@@ -24,9 +24,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step=${1:?usage: bash benchmarks/gpu_kernels.sh [pg]tests|eager|graph|pytorch|profile|plan|host}
+asked=$step
 sfx=""
 if [[ $step == pg* ]]; then  # the step with the eager merge plans replayed from CUDA graphs
     step=${step#pg}
+    if [[ $step == plan ]]; then
+        echo "gpu_kernels.sh: 'pgplan' means nothing: the plan timing runs no MAELRE block" >&2
+        exit 2
+    fi
     sfx=_plangraphs
     export MAELRE_PLAN_GRAPHS=1
 fi
@@ -53,10 +58,10 @@ case $step in
     tests) "$PYTHON" -m pytest tests/test_triton_kernels.py tests/test_bench_efficiency.py tests/test_plan_graphs.py -q -p no:cacheprovider -rs -k "cuda or gpu or twin or interpreter" ;;
     eager) bench efficiency_h200$sfx ;;
     graph) bench efficiency_h200${sfx}_cudagraph --cuda-graph ;;
-    pytorch) MAELRE_TRITON=0 bench efficiency_h200_pytorch ;;
+    pytorch) MAELRE_TRITON=0 bench efficiency_h200_pytorch$sfx ;;
     profile)  # where the fused eager step's time goes (kernels on, as in `eager`), MAELRE and its twin
         "$PYTHON" -m maelre.bench.profile --backbones maelre,maelre.twin --seq-lens "${SEQ_LENS:-16K}" --modes train --steps 3 \
-            --out "$OUT/profile_h200_fused.json" --table "$OUT/profile_h200_fused.md" ;;
+            --out "$OUT/profile_h200_fused$sfx.json" --table "$OUT/profile_h200_fused$sfx.md" ;;
     plan)  # the merge machinery alone at 1x64K, 4x16K, 16x4K (benchmarks/plan_kernel_timing.py)
         "$PYTHON" benchmarks/plan_kernel_timing.py --out "$OUT/plan_kernel_timing_h200.json" --table "$OUT/plan_kernel_timing_h200.md" ;;
     host)  # per N: 5 warm-up + 20 timed steps, then 3 rounds of 20 bare + 20 instrumented steps, maelre and its twin:
@@ -64,5 +69,5 @@ case $step in
         timeout 180 "$PYTHON" benchmarks/host_time.py --seq-lens "${SEQ_LENS:-4K,16K,64K}" \
             --out "$OUT/host_time_h200$sfx.json" --table "$OUT/host_time_h200$sfx.md" \
             || { rc=$?; (( rc == 124 )) || exit $rc; echo "gpu_kernels.sh: host_time.py ran past 180 s; the lengths it finished are in $OUT/host_time_h200$sfx.md" >&2; } ;;
-    *) echo "gpu_kernels.sh: unknown step '$step'; use tests, eager, graph, pytorch, profile, plan or host" >&2; exit 2 ;;
+    *) echo "gpu_kernels.sh: unknown step '$asked'; use tests, eager, graph, pytorch, profile, plan or host" >&2; exit 2 ;;
 esac

@@ -376,9 +376,13 @@ def test_targets_pass_miss_and_not_run():
     assert "boom" in checks[0].detail and "stand-in" in checks[1].detail and "official test split" in checks[2].detail
     assert all(c.verdict == "not run" for c in lb.evaluate_targets([]))
     assert lb.evaluate_targets([make_row("listops", "maelre", 40.0)])[0].verdict == "PASS"  # the bound is inclusive
-    partial = make_row("listops", "maelre", 37.0, status="time_limit", steps=29_119, budget={"planned_steps": 50_000})
+    partial = make_row("listops", "maelre", 37.0, status="time_limit", steps=29_119, budget={"planned_steps": 50_000},
+                       message="partial: 29119 of 50000 steps so far; resumes with lra_learn.sh")
     (check,) = [c for c in lb.evaluate_targets([partial]) if c.name.startswith("ListOps (generated)")]
     assert check.verdict == "MISS so far" and "29119 of 50000 steps, partial" in check.detail  # a resumable run part-way
+    stopped = {**partial, "message": "stopped by the 7.5-minute limit after 29119 of 50000 steps"}  # will not resume
+    (check,) = [c for c in lb.evaluate_targets([stopped]) if c.name.startswith("ListOps (generated)")]
+    assert check.verdict == "MISS" and "29119 steps" in check.detail
 
     scifar = {t.name.split(",")[1].strip(): t for t in lb.evaluate_targets(
         [make_row("scifar10", "ecp", 57.2, data="real"), make_row("scifar10", "transformer_rope", 49.3, data="real")]) if t.name.startswith("sCIFAR")}

@@ -314,11 +314,17 @@ def test_rows_marks_a_run_short_of_its_budget_partial_and_its_data_generated(tmp
 
     # a call that finished the run but whose folders did not come back: its curves say how far it got
     curves = tmp_path / "curves.json"
-    curves.write_text(json.dumps({"runs": {"maelre/fit": {"global_step": 50_000, "metrics": {"test/acc": 0.7657}}}}))
+    curves.write_text(json.dumps({"group": "group", "runs": {"maelre/fit": {"global_step": 50_000, "metrics": {"test/acc": 0.7657, "val/best_acc": 0.73}}}}))
     lra_learn.cmd_rows(tmp_path / "group", "pathfinder", out, concurrent=4, curves=curves)
     (row,) = json.loads(out.read_text())["results"]
     assert (row["status"], row["steps"]) == ("ok", 50_000) and row["accuracy"] == pytest.approx(76.57)
-    assert "stops at step 23000" in row["message"]
+    assert "stops at step 23000" in row["message"] and row["val_accuracy"] == pytest.approx(73.0)  # the better of the two
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"group": "another", "runs": {}}))
+    with pytest.raises(SystemExit, match="another"):
+        lra_learn.cmd_rows(tmp_path / "group", "pathfinder", out, concurrent=4, curves=other)
+    other.write_text(json.dumps({"group": "group", "runs": {"maelre/fit": {"global_step": None, "metrics": None}}}))
+    lra_learn.cmd_rows(tmp_path / "group", "pathfinder", out, concurrent=4, curves=other)  # nulls: not used
     curves.write_text(json.dumps({"runs": {"maelre/fit": {"global_step": 20_000, "metrics": {"test/acc": 0.5}}}}))
     lra_learn.cmd_rows(tmp_path / "group", "pathfinder", out, concurrent=4, curves=curves)  # behind the folder: not used
     (row,) = json.loads(out.read_text())["results"]

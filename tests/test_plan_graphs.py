@@ -13,6 +13,7 @@ import pickle
 import pytest
 import torch
 
+import maelre.backbones.maelre as maelre_module
 import maelre.layers.plan_graphs as plan_graphs
 from maelre.backbones.maelre import MAELRE, MAELREConfig
 from maelre.layers.merge import bipartite_soft_matching
@@ -35,15 +36,19 @@ class _CPUGraphs(PlanGraphs):
     """``PlanGraphs`` on the CPU, with the stand-in graph; counts captures and replays."""
 
     captures = replays = 0
+    fail = False
 
     @staticmethod
     def applies(x: torch.Tensor) -> bool:
         return True
 
-    def _capture(self, fn, tensors, static):
+    def _capture(self, fn, tensors, static, device):
         self.captures += 1
-        inputs = tuple(None if t is None else t.clone() for t in tensors)
-        outputs = tuple(fn(*inputs, *static))  # filled anew by each replay, as a CUDA graph's are
+        if self.fail:
+            raise RuntimeError("capture refused")
+        with torch.inference_mode(False):  # as PlanGraphs._capture
+            inputs = tuple(None if t is None else t.clone() for t in tensors)
+            outputs = tuple(fn(*inputs, *static))  # filled anew by each replay, as a CUDA graph's are
         return _StandInGraph(fn, inputs, static, outputs), inputs, outputs
 
     def _replay(self, graph) -> None:
@@ -89,15 +94,55 @@ def test_keys_cover_shapes_dtypes_static_arguments_and_missing_tensors():
 
 def test_least_recently_used_graphs_go_first():
     graphs = _CPUGraphs(max_graphs=2)
-    shapes = [(1, 3), (2, 3), (3, 3)]
-    for shape in shapes:
+    for shape in [(1, 3), (2, 3)]:
         for _ in range(2):
             graphs(_affine, (torch.randn(shape), None), (1.0,))
-    assert len(graphs) == 2
-    graphs(_affine, (torch.randn(1, 3), None), (1.0,))  # evicted: seen afresh, runs eagerly
-    assert graphs.captures == 3
+    graphs(_affine, (torch.randn(1, 3), None), (1.0,))  # (1, 3) used last: (2, 3) is the least recent
+    for _ in range(2):
+        graphs(_affine, (torch.randn(3, 3), None), (1.0,))
+    assert len(graphs) == 2 and graphs.captures == 3
+    replays = graphs.replays
+    graphs(_affine, (torch.randn(1, 3), None), (1.0,))  # kept: replays
+    assert graphs.replays == replays + 1
+    graphs(_affine, (torch.randn(2, 3), None), (1.0,))  # evicted: seen afresh, runs eagerly
+    assert graphs.replays == replays + 1 and graphs.captures == 3
+    graphs.clear()
+    assert len(graphs) == 0 and not graphs._entries
     with pytest.raises(ValueError, match="max_graphs"):
         PlanGraphs(max_graphs=0)
+
+
+def test_the_autocast_state_is_part_of_the_key(monkeypatch):
+    graphs = _CPUGraphs()
+    x = torch.randn(2, 3)
+    for state in [(False, torch.float16), (False, torch.float16), (True, torch.bfloat16), (True, torch.bfloat16)]:
+        monkeypatch.setattr(plan_graphs, "autocast_state", lambda state=state: state)
+        graphs(_affine, (x, None), (1.0,))
+    assert graphs.captures == 2
+
+
+def test_a_capture_made_in_inference_mode_replays_in_training():
+    graphs = _CPUGraphs()
+    with torch.inference_mode():
+        for _ in range(2):
+            graphs(_affine, (torch.randn(2, 3), None), (1.0,))
+    x = torch.randn(2, 3)
+    y, _ = graphs(_affine, (x, None), (1.0,))  # the copy into the buffers must not meet an inference tensor
+    torch.testing.assert_close(y, x)
+
+
+def test_a_failed_capture_runs_eagerly_from_then_on():
+    graphs = _CPUGraphs()
+    graphs.fail = True
+    x = torch.randn(2, 3)
+    graphs(_affine, (x, None), (2.0,))
+    with pytest.warns(RuntimeWarning, match="capture refused"):
+        y, _ = graphs(_affine, (x, None), (2.0,))
+    graphs.fail = False
+    z, _ = graphs(_affine, (x, None), (2.0,))  # not retried
+    torch.testing.assert_close(y, 2.0 * x)
+    torch.testing.assert_close(z, 2.0 * x)
+    assert graphs.captures == 1 and graphs.replays == 0 and len(graphs) == 0
 
 
 def test_off_cuda_the_function_runs_directly():
@@ -110,12 +155,13 @@ def test_off_cuda_the_function_runs_directly():
 
 
 def test_copies_of_a_model_start_without_graphs():
-    graphs = _CPUGraphs()
+    graphs = _CPUGraphs(max_graphs=3)
     for _ in range(2):
         graphs(_affine, (torch.randn(2, 2), None), (1.0,))
-    for fresh in (copy.deepcopy(graphs), pickle.loads(pickle.dumps(PlanGraphs(max_graphs=3)))):
-        assert len(fresh) == 0 and not fresh._entries
-    assert pickle.loads(pickle.dumps(PlanGraphs(max_graphs=3))).max_graphs == 3
+    assert len(graphs) == 1
+    copied, pickled = copy.deepcopy(graphs), pickle.loads(pickle.dumps(graphs))
+    for fresh in (copied, pickled):
+        assert type(fresh) is _CPUGraphs and fresh.max_graphs == 3 and len(fresh) == 0 and not fresh._entries
 
 
 @pytest.mark.parametrize("padded", [False, True])
@@ -124,13 +170,13 @@ def test_replayed_plan_merges_as_the_plan_without_graphs(padded, window):
     torch.manual_seed(0)
     graphs = _CPUGraphs()
     b, n, c, n_out = 3, 12, 8, 8
-    sizes = torch.ones(b, n)
-    if padded:
-        sizes[1, 9:] = 0
-        sizes[2, 5:] = 0
-    lengths = (sizes > 0).sum(dim=1)
-    r = torch.minimum(lengths // 2, torch.full_like(lengths, n - n_out)) if padded else n - n_out
-    for _ in range(4):  # eager, capture, replay, replay: each with new metric and states
+    for step in range(4):  # eager, capture, replay, replay: each with new metric, states, sizes and, padded, r
+        sizes = torch.randint(1, 4, (b, n)).float()  # merged tokens' sizes differ from call to call
+        if padded:
+            sizes[1, 9 - step:] = 0
+            sizes[2, 5 + step:] = 0
+        lengths = (sizes > 0).sum(dim=1)
+        r = torch.minimum(lengths // 2 - step % 2, torch.full_like(lengths, n - n_out)) if padded else n - n_out
         metric, x = torch.randn(b, n, c), torch.randn(b, n, c)
         kwargs = dict(window=window, padded=padded, return_log_sizes=True)
         (want, _), (got, _) = (bipartite_soft_matching(metric, sizes, r, n_out, **kwargs, graphs=g) for g in (None, graphs))
@@ -138,6 +184,27 @@ def test_replayed_plan_merges_as_the_plan_without_graphs(padded, window):
         torch.testing.assert_close(got.merge(x), want.merge(x))
         torch.testing.assert_close(got.unmerge(got.merge(x)), want.unmerge(want.merge(x)))
     assert graphs.captures == 1 and graphs.replays == 3
+
+
+def test_maelre_with_replayed_plans_equals_maelre_without(monkeypatch):
+    """The block path through PlanGraphs (stand-in graphs on the CPU): eager, capture, replays, and a padded batch."""
+    config = MAELREConfig(dim=16, depth=3, heads=2, switch_threshold=8, match_window=4)
+    monkeypatch.setattr(plan_graphs, "ENABLED", True)
+    monkeypatch.setattr(maelre_module, "PlanGraphs", _CPUGraphs)
+    torch.manual_seed(0)
+    graphed = MAELRE(config)
+    monkeypatch.setattr(plan_graphs, "ENABLED", False)
+    plain = MAELRE(config)
+    plain.load_state_dict(graphed.state_dict())
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, 29:] = False
+    with torch.no_grad():
+        for step in range(4):
+            tokens = torch.randn(2, 40, 16)
+            kwargs = {"mask": mask} if step % 2 else {}
+            torch.testing.assert_close(graphed(tokens, **kwargs), plain(tokens, **kwargs))
+    sites = [g for blk in graphed.blocks for g in blk.plan_graphs.values()]
+    assert sum(g.replays for g in sites) > 0
 
 
 def test_maelre_blocks_hold_plan_graphs_only_when_enabled(monkeypatch):
@@ -165,12 +232,12 @@ def test_cuda_graph_plan_equals_eager_plan(padded):
     torch.manual_seed(0)
     graphs = PlanGraphs()
     b, n, c, n_out = 4, 4096, 64, 3072
-    sizes = torch.ones(b, n, device="cuda")
-    if padded:
-        sizes[1, 3000:] = 0
-    lengths = (sizes > 0).sum(dim=1)
-    r = torch.minimum(lengths // 2, torch.full_like(lengths, n - n_out)) if padded else n - n_out
-    for _ in range(4):
+    for step in range(4):  # eager, capture, replay, replay: new metric, states, sizes and (padded) r each time
+        sizes = torch.randint(1, 4, (b, n), device="cuda").float()
+        if padded:
+            sizes[1, 3000 - 100 * step:] = 0
+        lengths = (sizes > 0).sum(dim=1)
+        r = torch.minimum(lengths // 2 - step, torch.full_like(lengths, n - n_out)) if padded else n - n_out
         metric, x = torch.randn(b, n, c, device="cuda"), torch.randn(b, n, c, device="cuda", requires_grad=True)
         kwargs = dict(window=16, padded=padded, return_log_sizes=True)
         (want, want_log), (got, got_log) = (bipartite_soft_matching(metric, sizes, r, n_out, **kwargs, graphs=g) for g in (None, graphs))

@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     counts = {s: sum(r["status"] == s for r in document["results"]) for s in STATUSES}
     print("runs: " + (", ".join(f"{n} {s}" for s, n in counts.items() if n) or "none"))
     for t in targets:
-        print(f"{t.verdict:>8}  {t.name} (goal {t.goal}): {t.detail}")
+        print(f"{t.verdict:>11}  {t.name} (goal {t.goal}): {t.detail}")  # "MISS so far" the longest
     print(f"results: {args.out}\ntable: {args.table}")
     return 0
 

@@ -94,8 +94,9 @@ def _check_accuracy(target: AccuracyTarget, by_key: Mapping[tuple[str, str], Map
     else:
         verdict = "PASS" if row["accuracy"] >= target.minimum else "MISS"
         planned = (row.get("budget") or {}).get("planned_steps")
-        short = row["status"] == "time_limit" and planned is not None and row["steps"] < planned
-        if short:  # a resumable run part-way through its budget: the verdict so far
+        # a run part-way through its budget that resumes (lra_learn.py rows writes "partial: ..."): the verdict so far
+        short = row["status"] == "time_limit" and planned is not None and row["steps"] < planned and row["message"].startswith("partial:")
+        if short:
             verdict += " so far"
         steps = f"{row['steps']} of {planned} steps, partial" if short else f"{row['steps']} steps"
         detail = f"{row['accuracy']:.2f}% on {row['data']} data ({row['samples']['test']} test samples, {steps}, {row['gpu']})"

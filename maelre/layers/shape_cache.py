@@ -10,7 +10,10 @@ rather than rebuilt in every block. It stays safe because:
 - building one reads no tensor values, so there is no host sync; the warm-up steps
   fill the cache before a CUDA graph is captured;
 - under ``torch.compile`` the tensor is built inline and the compiler folds it, so no
-  Python-side cache becomes a guarded constant.
+  Python-side cache becomes a guarded constant;
+- while a CUDA stream is being captured (``maelre.layers.plan_graphs``) the tensor is built
+  inline too, inside the graph and its memory pool: a graph must not read a cached tensor
+  that the cache may drop (and its memory be reused) while the graph lives.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ def shape_cached(build: Callable[..., Tensor]) -> Callable[..., Tensor]:
 
     @wraps(build)
     def get(*key) -> Tensor:
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or _capturing(key[-1]):
             return build(*key)
         if torch.is_inference_mode_enabled():
             with torch.inference_mode(False):
@@ -37,6 +40,11 @@ def shape_cached(build: Callable[..., Tensor]) -> Callable[..., Tensor]:
     get.cache_clear = cached.cache_clear  # type: ignore[attr-defined]
     get.cache_info = cached.cache_info  # type: ignore[attr-defined]
     return get
+
+
+def _capturing(device: object) -> bool:
+    """Whether ``device``'s current CUDA stream is being captured into a graph (never asked off CUDA)."""
+    return isinstance(device, torch.device) and device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 @shape_cached
