@@ -5,6 +5,7 @@
     python benchmarks/lra_learn.py status RUN_DIR MAX_STEPS [--committed CURVES]  # prints new | resume | done | lost
     python benchmarks/lra_learn.py prune RUN_DIR [--drop-checkpoints]    # keep what a later call needs, nothing more
     python benchmarks/lra_learn.py curves GROUP_DIR OUT_JSON             # one JSON of every run's curves and results
+    python benchmarks/lra_learn.py plot OUT_PNG FILE:RUN=LABEL [...] [--title T] [--from-step N]  # validation accuracy against step
     python benchmarks/lra_learn.py pack OUT_PREFIX PATH [PATH ...] [--base DIR]  # tars under 15 MiB; a bigger folder in parts
     python benchmarks/lra_learn.py rows GROUP_DIR TASK OUT_JSON [--concurrent N] [--gpu NAME] [--name RUN=ROW] [--curves JSON]  # the group's fits as leaderboard rows
 
@@ -149,6 +150,34 @@ def cmd_curves(group: Path, out: Path) -> None:
         print(f"{name}: step {run['global_step']}, {key} {value if value is None else round(value, 4)}{behind}")
 
 
+def cmd_plot(out: Path, specs: list[str], title: str | None = None, metric: str = "val/acc", from_step: int = 0) -> None:
+    """Draw ``metric`` (in percent) against the step for runs of curves files: one line per ``FILE:RUN=LABEL``.
+
+    ``FILE`` is a curves JSON (``cmd_curves``), ``RUN`` a run in it (``transformer/fit``), ``LABEL`` the line's name;
+    points before ``from_step`` are left out (the first validations, at chance, squeeze the scale).
+    """
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from maelre.bench.report import plot_series_grid
+
+    points = []
+    for spec in specs:
+        where, sep, label = spec.rpartition("=")
+        file, colon, run = where.rpartition(":")
+        if not (sep and colon and file and run and label):
+            raise SystemExit(f"plot: {spec!r} is not FILE:RUN=LABEL (e.g. curves.json:transformer/fit=transformer)")
+        runs = json.loads(Path(file).read_text()).get("runs") or {}
+        if run not in runs:
+            raise SystemExit(f"plot: {file} has no run {run!r}; it has {', '.join(sorted(runs)) or 'none'}")
+        curve = [p for p in runs[run].get("curve") or [] if p.get(metric) is not None and p["step"] >= from_step]
+        if not curve:
+            raise SystemExit(f"plot: run {run!r} of {file} logged no {metric} from step {from_step}")
+        points += [{"step": p["step"], "value": 100 * p[metric], "run": label} for p in curve]
+    plot_series_grid(points, out, x="step", metrics=[("value", f"{metric} (%)")], series="run", logx=False, logy=False, title=title)
+    print(f"plot: {out} ({len(specs)} runs, {len(points)} points)")
+
+
 def _best_validation(run: Path) -> float | None:
     """``val/acc`` of the run's best checkpoint, in percent (``None`` without one).
 
@@ -284,6 +313,12 @@ def main() -> None:
     p = sub.add_parser("prune")
     p.add_argument("run", type=Path)
     p.add_argument("--drop-checkpoints", action="store_true")
+    p = sub.add_parser("plot")
+    p.add_argument("out", type=Path, help="the PNG")
+    p.add_argument("specs", nargs="+", metavar="FILE:RUN=LABEL", help="a run of a curves JSON and its line's name")
+    p.add_argument("--title", default=None)
+    p.add_argument("--metric", default="val/acc", help="a metric the curves logged (default: %(default)s)")
+    p.add_argument("--from-step", type=int, default=0, help="leave out the points before this step (default: %(default)s)")
     p = sub.add_parser("curves")
     p.add_argument("group", type=Path)
     p.add_argument("out", type=Path)
@@ -313,6 +348,8 @@ def main() -> None:
         cmd_prune(args.run, args.drop_checkpoints)
     elif args.command == "curves":
         cmd_curves(args.group, args.out)
+    elif args.command == "plot":
+        cmd_plot(args.out, args.specs, args.title, args.metric, args.from_step)
     elif args.command == "rows":
         names = dict(item.split("=", 1) for item in args.name if "=" in item)
         if len(names) != len(args.name):

@@ -354,3 +354,18 @@ def test_the_masking_ablation_variants_belong_to_their_task(tmp_path):
     for task, variant in (("pathfinder", "nomask"), ("pathfinder_sky", "masked"), ("listops", "masked")):
         refused = subprocess.run(["bash", script, task, variant, "0"], env=env, capture_output=True, text=True, timeout=60)
         assert refused.returncode == 2 and "nomask variant is for pathfinder_sky" in refused.stderr
+
+
+def test_plot_draws_the_named_runs_of_curves_files(tmp_path):
+    curves = tmp_path / "g_h200.json"
+    curve = [{"step": 500, "val/acc": 0.5}, {"step": 1000, "train/loss": 0.6}, {"step": 1500, "val/acc": 0.61}]
+    curves.write_text(json.dumps({"group": "g", "runs": {"maelre/fit": {"curve": curve}, "ecp/fit": {"curve": []}}}))
+    out = tmp_path / "curves.png"
+    lra_learn.cmd_plot(out, [f"{curves}:maelre/fit=MAELRE"], title="t")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for spec, message in [("no-label", "FILE:RUN=LABEL"), (f"{curves}:transformer/fit=x", "no run 'transformer/fit'"),
+                          (f"{curves}:ecp/fit=ECP", "logged no val/acc")]:
+        with pytest.raises(SystemExit, match=message):
+            lra_learn.cmd_plot(tmp_path / "other.png", [spec])
+    with pytest.raises(SystemExit, match="from step 2000"):
+        lra_learn.cmd_plot(tmp_path / "late.png", [f"{curves}:maelre/fit=m"], from_step=2000)
