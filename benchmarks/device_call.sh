@@ -71,7 +71,7 @@
 # limit; compiled Text MAELRE compiles four length buckets, give it 480), ALONE_TAG and ALONE_SET (alone_cost.py's --tag and --set: a variant); SDPA (0: 1 times benchmarks/sdpa_backends.py alone, DRAIN=1
 # calls included, needs .carry/data/imdb_bytes.npz; OUT gets sdpa_backends_text_h200.json); PAIRED ("": N,N,... for
 # benchmarks/paired_timing.py, eager then CUDA graphs, alone; OUT gets paired_h200[_cudagraph].json and .md, with MAELRE_PLAN_GRAPHS
-# set paired_h200_plangraphs*); CAB ("": RECIPE:BACKBONE,...
+# =1 paired_h200_plangraphs*, =merge paired_h200_mergegraphs*); CAB ("": RECIPE:BACKBONE,...
 # items of benchmarks/compile_ab.py, eager against reduce-overhead, alone), CAB_STEPS (1000); COST (0), COST_ROWS
 # (vconv,t128v,transformer,auto1,ecp,perceiver_ar), COST_SECONDS (250: a cap; cases done are kept);
 # LB ("scifar10": TASK[:NAME,NAME...] items for real_runs.sh, no names = all of its runs; empty: none);
@@ -141,8 +141,9 @@ fi
 # MAELRE against its twin and full attention eagerly, then with CUDA graphs; OUT gets paired_h200*.json/.md
 if [[ -n ${PAIRED:-} ]]; then
     for graphs in "" --cuda-graph; do
-        pg=""
-        [[ ${MAELRE_PLAN_GRAPHS:-0} == 1 ]] && pg=_plangraphs  # merge plans from CUDA graphs (maelre.layers.plan_graphs)
+        pg=""  # merge plans (=1) or whole merges (=merge) from CUDA graphs (maelre.layers.plan_graphs)
+        [[ ${MAELRE_PLAN_GRAPHS:-0} == 1 ]] && pg=_plangraphs
+        [[ ${MAELRE_PLAN_GRAPHS:-0} == merge ]] && pg=_mergegraphs
         name=paired_h200$pg${graphs:+_cudagraph}
         timeout $(( $(left) - 90 )) "$PYTHON" benchmarks/paired_timing.py --seq-lens "$PAIRED" $graphs --out "$OUT/$name.json" \
             >"runs/logs/$name.log" 2>&1

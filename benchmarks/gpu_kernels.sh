@@ -11,7 +11,8 @@
 #   bash benchmarks/gpu_kernels.sh host      # the eager step's host time by region (Triton launches, merge path, attention),
 #                                            # maelre against its twin (benchmarks/host_time.py), ~1 min, 3 min at most
 #   bash benchmarks/gpu_kernels.sh pgeager   # a step but plan prefixed pg: the same with MAELRE_PLAN_GRAPHS=1 (merge plans replayed
-#                                            # from CUDA graphs, maelre.layers.plan_graphs), its files named *_plangraphs
+#                                            # from CUDA graphs, maelre.layers.plan_graphs), its files named *_plangraphs;
+#                                            # prefixed mg: MAELRE_PLAN_GRAPHS=merge (the merges too), files *_mergegraphs
 #
 # Each benchmark step times maelre, maelre.twin, maelre.floor and transformer (train step)
 # at 4K, 16K and 64K; the table's "time vs twin" column is the issue's ratio. Results go
@@ -23,17 +24,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step=${1:?usage: bash benchmarks/gpu_kernels.sh [pg]tests|eager|graph|pytorch|profile|plan|host}
+step=${1:?usage: bash benchmarks/gpu_kernels.sh [pg|mg]tests|eager|graph|pytorch|profile|host, or plan}
 asked=$step
 sfx=""
-if [[ $step == pg* ]]; then  # the step with the eager merge plans replayed from CUDA graphs
-    step=${step#pg}
+if [[ $step == pg* || $step == mg* ]]; then  # the step with the eager merge plans (pg) or whole merges (mg) from CUDA graphs
+    if [[ $step == pg* ]]; then
+        sfx=_plangraphs
+        export MAELRE_PLAN_GRAPHS=1
+    else
+        sfx=_mergegraphs
+        export MAELRE_PLAN_GRAPHS=merge
+    fi
+    step=${step:2}
     if [[ $step == plan ]]; then
-        echo "gpu_kernels.sh: 'pgplan' means nothing: the plan timing runs no MAELRE block" >&2
+        echo "gpu_kernels.sh: '$asked' means nothing: the plan timing runs no MAELRE block" >&2
         exit 2
     fi
-    sfx=_plangraphs
-    export MAELRE_PLAN_GRAPHS=1
+else
+    unset MAELRE_PLAN_GRAPHS  # an unprefixed step times the library's default, whatever the caller exported
 fi
 OUT=${OUT:-benchmarks/results/gpu_out}
 PYTHON=${PYTHON:-python3}
@@ -69,5 +77,5 @@ case $step in
         timeout 180 "$PYTHON" benchmarks/host_time.py --seq-lens "${SEQ_LENS:-4K,16K,64K}" \
             --out "$OUT/host_time_h200$sfx.json" --table "$OUT/host_time_h200$sfx.md" \
             || { rc=$?; (( rc == 124 )) || exit $rc; echo "gpu_kernels.sh: host_time.py ran past 180 s; the lengths it finished are in $OUT/host_time_h200$sfx.md" >&2; } ;;
-    *) echo "gpu_kernels.sh: unknown step '$asked'; use tests, eager, graph, pytorch, profile, plan or host" >&2; exit 2 ;;
+    *) echo "gpu_kernels.sh: unknown step '$asked'; use tests, eager, graph, pytorch, profile, plan or host, all but plan also prefixed pg or mg" >&2; exit 2 ;;
 esac

@@ -88,13 +88,14 @@ ALL_LAUNCHES = LAUNCH + "all kernels"
 MERGE_SITE = "merge site: MAELREBlock._merge"
 MERGE_PLAN = "merge plan: merge.bipartite_soft_matching"
 MERGE_APPLY = "merge: TokenMerge.merge"
+MERGE_REPLAYED = "merge plan and merges, replayed: merge.replayed_merge"  # MAELRE_PLAN_GRAPHS=merge
 LINEAR = "attention: LinearAttention.forward"
 FUSED_LINEAR = "attention: triton_linear_attention.fused_linear_attention"
 EXACT = "attention: exact_attention"
 #: ``triton_merge``'s functions that the merge path calls (``merge.py`` calls them as ``triton_merge.NAME``).
 TRITON_MERGE_ENTRIES = ("match_window", "plan", "merge_states")
 #: Modules whose ``torch.autograd.Function`` classes get their ``backward`` timed.
-BACKWARD_MODULES = (triton_merge, triton_linear_attention)
+BACKWARD_MODULES = (merge, triton_merge, triton_linear_attention)
 
 
 def _autograd_functions(module: Any) -> list[type]:
@@ -108,7 +109,7 @@ def _backward_region(module: Any, cls: type) -> str:
 
 #: The fixed regions, in the tables' order (each after the region that holds it); launches follow, per kernel.
 REGIONS = (
-    MERGE_SITE, MERGE_PLAN, "triton_merge.match_window", "triton_merge.plan", MERGE_APPLY, "triton_merge.merge_states",
+    MERGE_SITE, MERGE_PLAN, "triton_merge.match_window", "triton_merge.plan", MERGE_APPLY, "triton_merge.merge_states", MERGE_REPLAYED,
     LINEAR, FUSED_LINEAR, EXACT, *(_backward_region(m, cls) for m in BACKWARD_MODULES for cls in _autograd_functions(m)), ALL_LAUNCHES,
 )  # fmt: skip
 STEP_BARE = "step (bare)"
@@ -198,6 +199,7 @@ def _instrument_launches(stack: ExitStack, tally: Tally) -> None:
 def _instrument_merge(stack: ExitStack, tally: Tally) -> None:
     stack.enter_context(mock.patch.object(MAELREBlock, "_merge", timed(MAELREBlock._merge, MERGE_SITE, tally)))
     _patch_everywhere(stack, merge.bipartite_soft_matching, _timed_merges(merge.bipartite_soft_matching, tally))
+    _patch_everywhere(stack, merge.replayed_merge, timed(merge.replayed_merge, MERGE_REPLAYED, tally))
     for name in TRITON_MERGE_ENTRIES:
         if hasattr(triton_merge, name):
             stack.enter_context(mock.patch.object(triton_merge, name, timed(getattr(triton_merge, name), f"triton_merge.{name}", tally)))
@@ -402,7 +404,7 @@ def render_markdown(document: Mapping[str, Any]) -> str:
         "",
         (
             f"{meta['device_name']}, torch {meta['torch']}, triton {meta['triton']}, Triton kernels {meta['triton_kernels']}"
-            f"{', merge plans from CUDA graphs (MAELRE_PLAN_GRAPHS=1)' if meta.get('plan_graphs') else ''}; "
+            f"{', merge ' + str(meta['plan_graphs']) + ' from CUDA graphs (MAELRE_PLAN_GRAPHS)' if meta.get('plan_graphs') else ''}; "
             f"{meta['dtype']}, dim {meta['dim']}, depth {meta['depth']}, heads {meta['heads']}, MLP ratio {meta['mlp_ratio']}; "
             f"{meta['batch_policy']}; {meta['warmup']} warm-up steps, then per backbone {meta['steps']} steps back to back (device ms), "
             f"then {meta['rounds']} alternating rounds of {meta['steps']} bare and {meta['steps']} instrumented steps, each from an idle "
@@ -439,7 +441,7 @@ def collect_meta(config: BenchConfig, args: argparse.Namespace, argv: Sequence[s
         "torch": torch.__version__,
         "triton": None if triton is None else triton.__version__,
         "triton_kernels": kernels,
-        "plan_graphs": plan_graphs.ENABLED,
+        "plan_graphs": plan_graphs.MODE,
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "dtype": config.dtype, "dim": config.dim, "depth": config.depth, "heads": config.heads, "mlp_ratio": config.mlp_ratio,
         "batch_policy": config.batch_policy(), "steps": args.steps, "rounds": args.rounds, "warmup": args.warmup,

@@ -16,7 +16,7 @@ import torch
 import maelre.backbones.maelre as maelre_module
 import maelre.layers.plan_graphs as plan_graphs
 from maelre.backbones.maelre import MAELRE, MAELREConfig
-from maelre.layers.merge import bipartite_soft_matching
+from maelre.layers.merge import bipartite_soft_matching, replayed_merge
 from maelre.layers.plan_graphs import PlanGraphs
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
@@ -186,9 +186,10 @@ def test_replayed_plan_merges_as_the_plan_without_graphs(padded, window):
     assert graphs.captures == 1 and graphs.replays == 3
 
 
-def test_maelre_with_replayed_plans_equals_maelre_without(monkeypatch):
-    """The block path through PlanGraphs (stand-in graphs on the CPU): eager, capture, replays, and a padded batch."""
-    config = MAELREConfig(dim=16, depth=3, heads=2, switch_threshold=8, match_window=4)
+def _graphed_and_plain(monkeypatch, config: MAELREConfig, merges: bool = False) -> tuple[MAELRE, MAELRE, torch.Tensor]:
+    """The same MAELRE with its merge sites through stand-in graphs (``merges``: plans and merges, else plans) and
+    without, and a padding mask ``[2, 40]``."""
+    monkeypatch.setattr(plan_graphs, "MERGES", merges)
     monkeypatch.setattr(plan_graphs, "ENABLED", True)
     monkeypatch.setattr(maelre_module, "PlanGraphs", _CPUGraphs)
     torch.manual_seed(0)
@@ -198,6 +199,12 @@ def test_maelre_with_replayed_plans_equals_maelre_without(monkeypatch):
     plain.load_state_dict(graphed.state_dict())
     mask = torch.ones(2, 40, dtype=torch.bool)
     mask[1, 29:] = False
+    return graphed, plain, mask
+
+
+def test_maelre_with_replayed_plans_equals_maelre_without(monkeypatch):
+    """The block path through PlanGraphs (stand-in graphs on the CPU): eager, capture, replays, and a padded batch."""
+    graphed, plain, mask = _graphed_and_plain(monkeypatch, MAELREConfig(dim=16, depth=3, heads=2, switch_threshold=8, match_window=4))
     with torch.no_grad():
         for step in range(4):
             tokens = torch.randn(2, 40, 16)
@@ -252,18 +259,89 @@ def test_cuda_graph_plan_equals_eager_plan(padded):
 
 
 @cuda
-def test_cuda_maelre_train_step_with_plan_graphs_equals_without(monkeypatch):
-    config = MAELREConfig(dim=64, depth=4, heads=4, switch_threshold=256, match_window=16)
-    tokens = torch.randn(2, 2048, 64, device="cuda")
-    grads = []
+@pytest.mark.parametrize("merges", [False, True])
+def test_cuda_maelre_train_step_with_plan_graphs_equals_without(monkeypatch, merges):
+    """Eager, capture, replays: each step new tokens, the same parameter gradients with the graphs as without."""
+    config = MAELREConfig(dim=64, depth=4, heads=4, switch_threshold=256, match_window=16, rope=merges)
+    monkeypatch.setattr(plan_graphs, "MERGES", merges)  # MAELRE_PLAN_GRAPHS=merge: the merges in the graph too
+    models = []
     for enabled in (False, True):
         monkeypatch.setattr(plan_graphs, "ENABLED", enabled)
         torch.manual_seed(0)
-        model = MAELRE(config).cuda()
-        for _ in range(3):  # eager, capture, replay
+        models.append(MAELRE(config).cuda())
+    plain, graphed = models
+    mask = torch.ones(2, 2048, dtype=torch.bool, device="cuda")
+    mask[1, 1500:] = False
+    for step in range(4):
+        tokens = torch.randn(2, 2048, 64, device="cuda", generator=torch.Generator("cuda").manual_seed(step))
+        kwargs = {"mask": mask} if step == 3 else {}  # a new key at the last step: eager again
+        for model in models:
             model.zero_grad()
-            model(tokens).square().sum().backward()
-        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
-    for want, got in zip(*grads):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)  # atomic adds: order-dependent rounding
-    assert sum(len(g) for blk in model.blocks for g in blk.plan_graphs.values()) > 0
+            model(tokens, **kwargs).square().sum().backward()
+        for (name, p), q in zip(graphed.named_parameters(), plain.parameters(), strict=True):
+            assert (p.grad is None) == (q.grad is None), name
+            if q.grad is not None:  # atomic adds: order-dependent rounding
+                torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=f"step {step}: {name}")
+    assert sum(len(g) for blk in graphed.blocks for g in blk.plan_graphs.values()) > 0
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+def test_replayed_merge_equals_the_plan_and_merges_without_graphs(padded, device):
+    """``replayed_merge`` (plan and every merge in one graph; on the CPU a stand-in): the merged states, sizes, log
+    sizes, positions and keys, and the states' gradient, as ``bipartite_soft_matching`` and its merges give them.
+    Some padded rows keep more real tokens than ``n_out``: the tokens cut off get no gradient."""
+    torch.manual_seed(0)
+    graphs = _CPUGraphs() if device == "cpu" else PlanGraphs()
+    b, n, c, n_out = 3, 12, 8, 8
+    for step in range(4):  # eager, capture, replays: new inputs, sizes and r each time
+        sizes = torch.randint(1, 4, (b, n), device=device).float()
+        if padded:
+            sizes[1, 9 - step:] = 0
+        lengths = (sizes > 0).sum(dim=1)
+        r = (torch.minimum(lengths // 2, torch.full_like(lengths, n - n_out)) - 1 - step % 2).clamp_min(0) if padded else n - n_out
+        if padded:  # row 0 (12 real tokens) removes too few to fit n_out: its last kept tokens are cut off
+            assert (lengths - r > n_out).any()
+        metric, positions = torch.randn(b, n, c, device=device), torch.rand(b, n, device=device) * n
+        keys = torch.randn(b, n, 4, device=device, dtype=torch.float64)
+        x = torch.randn(b, n, c, device=device, requires_grad=True)
+        plan, log_sizes = bipartite_soft_matching(metric, sizes, r, n_out, window=4, padded=padded, return_log_sizes=True)
+        want = plan.merge(x)
+        got, got_sizes, got_log, (got_positions, got_keys) = replayed_merge(
+            graphs, x, [(positions, None), (keys, torch.float32)], metric, sizes, r, n_out, window=4, padded=padded
+        )
+        torch.testing.assert_close(got, want)
+        torch.testing.assert_close(got_sizes, plan.sizes)
+        if device == "cpu":
+            assert got_log is None and log_sizes is None  # the PyTorch plan computes no log
+        else:
+            torch.testing.assert_close(got_log, log_sizes)
+        torch.testing.assert_close(got_positions, plan.merge(positions))
+        assert got_keys.dtype == torch.float32
+        torch.testing.assert_close(got_keys, plan.merge(keys, dtype=torch.float32))
+        weights = torch.randn_like(want)
+        (g_want,) = torch.autograd.grad((want * weights).sum(), x)
+        (g_got,) = torch.autograd.grad((got * weights).sum(), x)
+        torch.testing.assert_close(g_got, g_want)
+        assert not got_sizes.requires_grad and not got_keys.requires_grad
+    assert len(graphs) == 1
+    with pytest.raises(ValueError, match=r"x \[B, N, C\]"):
+        replayed_merge(graphs, x[..., 0], [], metric, sizes, r, n_out, window=4, padded=padded)
+
+
+def test_maelre_with_replayed_merges_trains_as_maelre_without(monkeypatch):
+    """MAELRE_PLAN_GRAPHS=merge through stand-in graphs: the same outputs and parameter gradients, RoPE positions
+    and the keys merged along too, unpadded and padded batches."""
+    config = MAELREConfig(dim=16, depth=3, heads=2, switch_threshold=8, match_window=4, rope=True)
+    graphed, plain, mask = _graphed_and_plain(monkeypatch, config, merges=True)
+    for step in range(4):
+        tokens = torch.randn(2, 40, 16)
+        kwargs = {"mask": mask} if step % 2 else {}
+        for model in (graphed, plain):
+            model.zero_grad()
+            model(tokens, **kwargs).square().sum().backward()
+        for (name, p), q in zip(graphed.named_parameters(), plain.parameters(), strict=True):
+            assert (p.grad is None) == (q.grad is None), name
+            if q.grad is not None:
+                torch.testing.assert_close(p.grad, q.grad, msg=name)
+    assert sum(g.replays for blk in graphed.blocks for g in blk.plan_graphs.values()) > 0

@@ -34,7 +34,7 @@ from maelre.backbones.maelre_plan import MergeStep, merge_steps, reachable_thres
 from maelre.layers import Block, drop_path_rates, exact_attention, weighted_mean
 from maelre.layers.rope import rotary_kernel
 from maelre.layers.linear_attention import FavorFeatureMap, LinearAttention
-from maelre.layers.merge import bipartite_soft_matching, compaction_order, take_tokens
+from maelre.layers.merge import bipartite_soft_matching, compaction_order, replayed_merge, take_tokens
 from maelre.layers.layout import hilbert_order
 import maelre.layers.plan_graphs as plan_graphs
 from maelre.layers.plan_graphs import PlanGraphs
@@ -168,9 +168,12 @@ class MAELREBlock(Block):
         else:
             r = removed  # unpadded rows all remove r(N)
         metric = t.x if keys is None else keys
+        graphs = self.plan_graphs.get(site)
+        if graphs is not None and plan_graphs.MERGES and t.x.dim() == 3 and graphs.applies(t.x):
+            return self._replayed_merge(t, graphs, metric, r, n - removed, keys if keys_needed else None)
         plan, log_sizes = bipartite_soft_matching(
             metric, t.sizes, r, n - removed, protect_first=self.config.pool == "cls", window=self.config.match_window, padded=t.padded,
-            real=t.real_mask() if t.padded else None, return_log_sizes=True, graphs=self.plan_graphs.get(site),
+            real=t.real_mask() if t.padded else None, return_log_sizes=True, graphs=graphs,
         )
         positions = None if t.positions is None else plan.merge(t.positions)
         merged = replace(t, x=plan.merge(t.x), sizes=plan.sizes, log_sizes=log_sizes, positions=positions, merged=True, real=None)
@@ -179,6 +182,17 @@ class MAELREBlock(Block):
         # the keys' size-weighted mean, through the states' merge (one kernel on the GPU path); in float32, as
         # the size-weighted sum that it replaces (matching needs only their direction, the same for both)
         return merged, plan.merge(keys, dtype=torch.float32)
+
+    def _replayed_merge(self, t: TokenState, graphs: PlanGraphs, metric: Tensor, r: Tensor | int, n_out: int, keys: Tensor | None):
+        """``_merge`` with its plan and merges replayed from one CUDA graph (``MAELRE_PLAN_GRAPHS=merge``)."""
+        others = [(o, d) for o, d in ((t.positions, None), (keys, torch.float32)) if o is not None]
+        x, sizes, log_sizes, merged = replayed_merge(
+            graphs, t.x, others, metric, t.sizes, r, n_out, protect_first=self.config.pool == "cls", window=self.config.match_window,
+            padded=t.padded, real=t.real_mask() if t.padded else None,
+        )
+        positions = merged.pop(0) if t.positions is not None else None
+        merged_keys = merged.pop(0) if keys is not None else None
+        return replace(t, x=x, sizes=sizes, log_sizes=log_sizes, positions=positions, merged=True, real=None), merged_keys
 
 
 @register_backbone("maelre")

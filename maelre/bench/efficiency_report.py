@@ -47,7 +47,7 @@ def render_markdown(document: Mapping[str, Any], targets: Sequence[TargetCheck],
             f"- Shape: dim {meta['dim']}, depth {meta['depth']}, heads {meta['heads']}, MLP ratio {meta['mlp_ratio']}; "
             f"precision {meta['dtype']}{' autocast' if meta['dtype'] != 'fp32' else ''}; torch.compile {'on' if meta['compile'] else 'off'}; "
             f"CUDA graph {'on (whole step captured, replays timed)' if meta.get('cuda_graph') else 'off'}"
-            + ("; merge plans replayed from CUDA graphs (`MAELRE_PLAN_GRAPHS=1`)" if meta.get("plan_graphs") else "")
+            + (f"; merge {meta['plan_graphs']} replayed from CUDA graphs (`MAELRE_PLAN_GRAPHS`)" if meta.get("plan_graphs") else "")
         ),
         f"- Batch: {meta['batch_policy']}",
         f"- Timing: {meta['warmup']} warm-up then {meta['repeats']} timed steps ({meta['timer']}); median shown, min–max beside it; "

@@ -83,7 +83,7 @@ def collect_meta(config: BenchConfig, command: str) -> dict[str, Any]:
         "repeats": config.repeats,
         "compile": config.compile,
         "cuda_graph": config.cuda_graph,
-        "plan_graphs": plan_graphs.ENABLED,  # MAELRE_PLAN_GRAPHS=1: eager merge plans replayed from CUDA graphs
+        "plan_graphs": plan_graphs.MODE,  # MAELRE_PLAN_GRAPHS: what of the eager merges replays from CUDA graphs (None: nothing)
         "time_budget_s": config.time_budget_s,
         "case_timeout_s": config.case_timeout_s,
         "timer": "cuda events" if cuda else "time.perf_counter",

@@ -27,6 +27,7 @@ from typing import Callable, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 import maelre.layers.shape_cache as shape_cache
 import maelre.layers.triton_merge as triton_merge
@@ -228,17 +229,8 @@ def bipartite_soft_matching(
         per-token tensor, and the merged sizes; with ``return_log_sizes``, ``(TokenMerge, log_sizes)``.
     """
     b, n, _ = metric.shape
-    if sizes.shape != (b, n) or (isinstance(r, Tensor) and r.shape != (b,)):
-        shape_r = tuple(r.shape) if isinstance(r, Tensor) else "an int"
-        raise ValueError(f"sizes must be [B, N]={b, n} and r [B]={b,} or an int, got {tuple(sizes.shape)} and {shape_r}")
-    if n < 2 or not 1 <= n_out <= n:
-        raise ValueError(f"need N >= 2 tokens and 1 <= n_out <= N to merge, got N={n}, n_out={n_out}")
-    real = (sizes > 0 if real is None else real) if padded else None
-    candidates = min(n - n_out, (n + 1) // 2)
-    # every candidate merges (if it has a real match) when r covers them all: their order is then unused
-    ordered = isinstance(r, Tensor) or r < candidates
-    r_rows, r_all = (r, 0) if isinstance(r, Tensor) else (None, r)
-    tensors, static = (metric, real, sizes, r_rows), (r_all, candidates, protect_first, window, ordered, n, n_out)
+    tensors, static = _plan_arguments(metric, sizes, r, n_out, protect_first, window, padded, real)
+    real = tensors[1]
     with torch.no_grad():
         if graphs is None or torch.compiler.is_compiling():
             slot, merged_sizes, share, log_sizes = _make_plan(*tensors, *static)
@@ -256,13 +248,7 @@ def bipartite_soft_matching(
             raise ValueError(f"merge mode must be 'mean' (size-weighted) or 'sum', got {mode!r}")
         if mode == "sum":
             return _scatter_to_slots(x, slot, n_out, padded)
-        # the kernel: a zeroed buffer + 1 kernel, 1 kernel backward (5 ops here); its atomic adds land in no fixed
-        # order, so deterministic mode keeps the scatter
-        if triton_merge.available(x) and x.dtype in triton_merge.MERGE_DTYPES and not torch.are_deterministic_algorithms_enabled():
-            return triton_merge.merge_states(x, share, slot, n_out, dtype)
-        out = _scatter_to_slots(x * per_token(share, x), slot, n_out, padded)
-        dtype = x.dtype if dtype is None else dtype
-        return out if out.dtype == dtype else out.to(dtype)  # no no-op cast (one dispatch less)
+        return _weighted_merge(x, share, slot, n_out, padded, dtype)
 
     def unmerge(y: Tensor) -> Tensor:
         if y.shape[:2] != (b, n_out):
@@ -272,6 +258,104 @@ def bipartite_soft_matching(
 
     plan = TokenMerge(merge, unmerge, merged_sizes)
     return (plan, log_sizes) if return_log_sizes else plan
+
+
+def _plan_arguments(
+    metric: Tensor, sizes: Tensor, r: Tensor | int, n_out: int, protect_first: bool, window: int | None, padded: bool, real: Tensor | None
+) -> tuple[tuple[Tensor | None, ...], tuple]:
+    """Checked arguments of ``_make_plan``: ``(tensors, static)``, ``tensors = (metric, real, sizes, r_rows)``."""
+    b, n, _ = metric.shape
+    if sizes.shape != (b, n) or (isinstance(r, Tensor) and r.shape != (b,)):
+        shape_r = tuple(r.shape) if isinstance(r, Tensor) else "an int"
+        raise ValueError(f"sizes must be [B, N]={b, n} and r [B]={b,} or an int, got {tuple(sizes.shape)} and {shape_r}")
+    if n < 2 or not 1 <= n_out <= n:
+        raise ValueError(f"need N >= 2 tokens and 1 <= n_out <= N to merge, got N={n}, n_out={n_out}")
+    real = (sizes > 0 if real is None else real) if padded else None
+    candidates = min(n - n_out, (n + 1) // 2)
+    # every candidate merges (if it has a real match) when r covers them all: their order is then unused
+    ordered = isinstance(r, Tensor) or r < candidates
+    r_rows, r_all = (r, 0) if isinstance(r, Tensor) else (None, r)
+    return (metric, real, sizes, r_rows), (r_all, candidates, protect_first, window, ordered, n, n_out)
+
+
+def _weighted_merge(x: Tensor, share: Tensor, slot: Tensor, n_out: int, padded: bool, dtype: torch.dtype | None) -> Tensor:
+    """``TokenMerge.merge(x)``: the size-weighted mean of the tokens of ``x [B, N, ...]`` in each slot, in ``dtype``."""
+    # the kernel: a zeroed buffer + 1 kernel, 1 kernel backward (5 ops here); its atomic adds land in no fixed
+    # order, so deterministic mode keeps the scatter
+    if _fused_merge(x):
+        return triton_merge.merge_states(x, share, slot, n_out, dtype)
+    out = _scatter_to_slots(x * share.view(*share.shape, *[1] * (x.dim() - 2)), slot, n_out, padded)
+    dtype = x.dtype if dtype is None else dtype
+    return out if out.dtype == dtype else out.to(dtype)  # no no-op cast (one dispatch less)
+
+
+def _fused_merge(x: Tensor) -> bool:
+    """Whether ``_weighted_merge`` of ``x`` (and its gradient) runs the Triton kernels."""
+    return triton_merge.available(x) and x.dtype in triton_merge.MERGE_DTYPES and not torch.are_deterministic_algorithms_enabled()
+
+
+def replayed_merge(
+    graphs: PlanGraphs,
+    x: Tensor,
+    others: list[tuple[Tensor, torch.dtype | None]],
+    metric: Tensor,
+    sizes: Tensor,
+    r: Tensor | int,
+    n_out: int,
+    *,
+    protect_first: bool = False,
+    window: int | None = None,
+    padded: bool = True,
+    real: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor | None, list[Tensor]]:
+    """The plan of ``bipartite_soft_matching`` and the merges of ``x [B, N, C]`` and ``others``, replayed as one CUDA graph.
+
+    ``others`` are ``(tensor [B, N, ...], dtype)`` pairs merged without gradient (positions, matching keys), each in
+    its ``dtype`` (``None``: its own). Returns ``(merged x [B, n_out, C], merged sizes, log of the merged sizes or
+    None, merged others)``; the merged ``x`` is differentiable in ``x`` (its gradient, ``share * grad[slot]``, runs
+    outside the graph). Arguments as ``bipartite_soft_matching``; ``graphs`` replays (``maelre.layers.plan_graphs``).
+    """
+    tensors, static = _plan_arguments(metric, sizes, r, n_out, protect_first, window, padded, real)
+    b, n = sizes.shape
+    if x.dim() != 3 or x.shape[:2] != (b, n) or any(t.shape[:2] != (b, n) for t, _ in others):
+        shapes = ", ".join(str(tuple(t.shape)) for t in (x, *(o for o, _ in others)))
+        raise ValueError(f"replayed_merge takes x [B, N, C] and others [B, N, ...] with [B, N]={b, n}, got {shapes}")
+    tensors = (*tensors, *(t for t, _ in others))
+    # the kernels or the scatter are chosen at capture (deterministic mode keeps the scatter): part of the key
+    static = (static, tuple(d for _, d in others), padded, n_out, torch.are_deterministic_algorithms_enabled())
+    merged_x, merged_sizes, log_sizes, *merged = _ReplayedMerge.apply(x, graphs, tensors, static)
+    return merged_x, merged_sizes, log_sizes, merged
+
+
+def _plan_and_merge(x: Tensor, metric: Tensor, real: Tensor | None, sizes: Tensor, r_rows: Tensor | None, *rest) -> tuple:
+    """What ``replayed_merge`` records: ``_make_plan``, then every merge. ``rest``: the other tensors, then the plan's
+    static arguments, their dtypes, ``padded``, ``n_out`` and whether deterministic mode was on (in the key only)."""
+    *others, plan_static, dtypes, padded, n_out, _ = rest
+    slot, merged_sizes, share, log_sizes = _make_plan(metric, real, sizes, r_rows, *plan_static)
+    merged = [_weighted_merge(t, share, slot, n_out, padded, d) for t, d in zip((x, *others), (None, *dtypes))]
+    return (merged[0], slot, merged_sizes, share, log_sizes, *merged[1:])
+
+
+class _ReplayedMerge(torch.autograd.Function):
+    """``replayed_merge``'s forward from the graph; backward ``share * grad[slot]`` (0 where the slot is cut off)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, graphs: PlanGraphs, tensors: tuple, static: tuple) -> tuple:
+        merged_x, slot, merged_sizes, share, log_sizes, *merged = graphs(_plan_and_merge, (x.detach(), *tensors), static)
+        ctx.save_for_backward(share, slot)
+        ctx.dtype = x.dtype
+        ctx.mark_non_differentiable(*(t for t in (merged_sizes, log_sizes, *merged) if t is not None))
+        return (merged_x, merged_sizes, log_sizes, *merged)
+
+    @staticmethod
+    @once_differentiable  # the kernel's gradient has no graph of its own: a second derivative is an error, not a zero
+    def backward(ctx, grad: Tensor, *unused: Tensor | None) -> tuple:
+        share, slot = ctx.saved_tensors
+        if _fused_merge(grad):
+            return triton_merge._merge_states_backward(grad, share, slot, ctx.dtype), None, None, None
+        n_out = grad.shape[1]
+        out = take_tokens(grad, slot.clamp_max(n_out - 1)) * share.view(*share.shape, *[1] * (grad.dim() - 2))
+        return torch.where((slot < n_out).view(*slot.shape, *[1] * (grad.dim() - 2)), out, 0).to(ctx.dtype), None, None, None
 
 
 def _make_plan(

@@ -28,7 +28,9 @@ graphs the whole step), and while the current stream is being captured (the effi
 benchmark's ``--cuda-graph``); the function then runs directly.
 
 Off by default until the H200 measures it: ``MAELRE_PLAN_GRAPHS=1`` turns it on for the MAELRE
-blocks (``maelre.backbones.maelre``).
+blocks (``maelre.backbones.maelre``). ``MAELRE_PLAN_GRAPHS=merge`` records a site's merges in the same
+graph (``merge.replayed_merge``: the states, positions and matching keys; the states' gradient runs
+outside it, as one kernel).
 """
 from __future__ import annotations
 
@@ -43,7 +45,12 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-ENABLED = os.environ.get("MAELRE_PLAN_GRAPHS", "0") == "1"
+_MODES = {"0": None, "1": "plans", "merge": "plans and merges"}
+if os.environ.get("MAELRE_PLAN_GRAPHS", "0") not in _MODES:
+    warnings.warn(f"MAELRE_PLAN_GRAPHS={os.environ['MAELRE_PLAN_GRAPHS']!r} is not 0, 1 or merge: merge graphs stay off", RuntimeWarning, stacklevel=1)
+MODE = _MODES.get(os.environ.get("MAELRE_PLAN_GRAPHS", "0"))  # None: off
+ENABLED = MODE is not None
+MERGES = MODE == "plans and merges"  # the merges of a site too (``merge.replayed_merge``)
 
 PlanFn = Callable[..., tuple[Tensor | None, ...]]
 
