@@ -38,6 +38,9 @@ def _originals() -> dict[str, object]:
         "JITFunction.run": None if host_time.JITFunction is None else host_time.JITFunction.__dict__["run"],  # None: no triton
         "StubKernel.run": StubKernel.__dict__["run"],
         "_MergeStates.backward": tm._MergeStates.__dict__["backward"],
+        "replayed_merge": merge.replayed_merge,
+        "maelre's replayed_merge": maelre_backbone.replayed_merge,
+        "_ReplayedMerge.backward": merge._ReplayedMerge.__dict__["backward"],
         "_FusedLinearAttention.backward": tla._FusedLinearAttention.__dict__["backward"],
         **{f"triton_merge.{name}": getattr(tm, name) for name in ("match_window", "plan", "merge_states", "available", "triton", "_plan_kernel")},
         **{f"triton_linear_attention.{name}": getattr(tla, name) for name in ("fused_linear_attention", "available", "triton", "_state_kernel")},
