@@ -210,7 +210,7 @@ def cmd_rows(group: Path, task: str, out: Path, concurrent: int, gpu: str = "NVI
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from maelre.bench.lra_results import DESCRIPTION, empty_row, fill_from_recipe, fill_from_results
+    from maelre.bench.lra_results import DESCRIPTION, PARTIAL, empty_row, fill_from_recipe, fill_from_results
     from maelre.bench.lra_tasks import GENERATED_DATASETS, TASKS
     from maelre.fileio import write_json_atomic
     from maelre.recipe import load_recipe
@@ -236,7 +236,7 @@ def cmd_rows(group: Path, task: str, out: Path, concurrent: int, gpu: str = "NVI
             row["val_accuracy"] = best
         planned = row["budget"]["planned_steps"]
         if planned is not None and row["steps"] < planned:
-            row.update(status="time_limit", message=f"partial: {row['steps']} of {planned} steps so far; resumes with lra_learn.sh")
+            row.update(status="time_limit", message=f"{PARTIAL} {row['steps']} of {planned} steps so far; resumes with lra_learn.sh")
         row.update(train_seconds=None, concurrent_runs=concurrent, run_dir=str(run),
                    date=dt.datetime.fromtimestamp(results_file.stat().st_mtime, dt.timezone.utc).date().isoformat())
         if later is not None:

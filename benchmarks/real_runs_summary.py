@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from maelre.bench.lra_pareto import MIB, pareto_table, plot_pareto, task_points, trained_step_field  # noqa: E402
 from maelre.bench.lra_report import splice_generated  # noqa: E402
-from maelre.bench.lra_results import DESCRIPTION, empty_row, fill_from_recipe, fill_from_results  # noqa: E402
+from maelre.bench.lra_results import DESCRIPTION, PARTIAL, empty_row, fill_from_recipe, fill_from_results  # noqa: E402
 from maelre.bench.lra_tasks import TASKS  # noqa: E402
 from maelre.engine.fit_types import TrainerConfig  # noqa: E402
 from maelre.fileio import read_json, write_json_atomic, write_text_atomic  # noqa: E402
@@ -277,7 +277,7 @@ def results_rows(summary: dict, cost_rows: list[dict], key: str = "scifar10") ->
             done = entry["epochs_done"] if unit == "epochs" else entry["steps"]
             so_far = f"{done} of {budget} {unit}" if done < budget else (
                 f"{entry['steps']} of {row['budget']['planned_steps']} steps (a call's deadline cut its last epoch short)")
-            row.update(status="time_limit", message=f"partial: {so_far} so far; resumes with real_runs.sh")
+            row.update(status="time_limit", message=f"{PARTIAL} {so_far} so far; resumes with real_runs.sh")
         row.update(train_seconds=entry["train_seconds_shared"], concurrent_runs=concurrent_of(entry),
                    alone_step_ms=alone_step_ms(cost_rows, entry["name"], key),
                    alone_step_ms_compiled=compiled_step_ms(cost_rows, entry["name"], key), compile=recipe.trainer.compile,

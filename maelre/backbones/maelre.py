@@ -169,12 +169,11 @@ class MAELREBlock(Block):
             r = removed  # unpadded rows all remove r(N)
         metric = t.x if keys is None else keys
         graphs = self.plan_graphs.get(site)
+        options = dict(protect_first=self.config.pool == "cls", window=self.config.match_window, padded=t.padded,
+                       real=t.real_mask() if t.padded else None)  # fmt: skip
         if graphs is not None and plan_graphs.MERGES and t.x.dim() == 3 and graphs.applies(t.x):
-            return self._replayed_merge(t, graphs, metric, r, n - removed, keys if keys_needed else None)
-        plan, log_sizes = bipartite_soft_matching(
-            metric, t.sizes, r, n - removed, protect_first=self.config.pool == "cls", window=self.config.match_window, padded=t.padded,
-            real=t.real_mask() if t.padded else None, return_log_sizes=True, graphs=graphs,
-        )
+            return self._replayed_merge(t, graphs, metric, r, n - removed, keys if keys_needed else None, options)
+        plan, log_sizes = bipartite_soft_matching(metric, t.sizes, r, n - removed, **options, return_log_sizes=True, graphs=graphs)
         positions = None if t.positions is None else plan.merge(t.positions)
         merged = replace(t, x=plan.merge(t.x), sizes=plan.sizes, log_sizes=log_sizes, positions=positions, merged=True, real=None)
         if keys is None or not keys_needed:
@@ -183,13 +182,13 @@ class MAELREBlock(Block):
         # the size-weighted sum that it replaces (matching needs only their direction, the same for both)
         return merged, plan.merge(keys, dtype=torch.float32)
 
-    def _replayed_merge(self, t: TokenState, graphs: PlanGraphs, metric: Tensor, r: Tensor | int, n_out: int, keys: Tensor | None):
-        """``_merge`` with its plan and merges replayed from one CUDA graph (``MAELRE_PLAN_GRAPHS=merge``)."""
+    def _replayed_merge(
+        self, t: TokenState, graphs: PlanGraphs, metric: Tensor, r: Tensor | int, n_out: int, keys: Tensor | None, options: dict
+    ) -> tuple[TokenState, Tensor | None]:
+        """``_merge`` with its plan and merges replayed from one CUDA graph (``MAELRE_PLAN_GRAPHS=merge``); ``options``:
+        the plan's keyword arguments, as ``_merge`` gives them to ``bipartite_soft_matching``."""
         others = [(o, d) for o, d in ((t.positions, None), (keys, torch.float32)) if o is not None]
-        x, sizes, log_sizes, merged = replayed_merge(
-            graphs, t.x, others, metric, t.sizes, r, n_out, protect_first=self.config.pool == "cls", window=self.config.match_window,
-            padded=t.padded, real=t.real_mask() if t.padded else None,
-        )
+        x, sizes, log_sizes, merged = replayed_merge(graphs, t.x, others, metric, t.sizes, r, n_out, **options)
         positions = merged.pop(0) if t.positions is not None else None
         merged_keys = merged.pop(0) if keys is not None else None
         return replace(t, x=x, sizes=sizes, log_sizes=log_sizes, positions=positions, merged=True, real=None), merged_keys

@@ -15,6 +15,8 @@ from maelre.recipe import Recipe
 
 DONE_STATUSES = ("ok", "time_limit")
 """Rows ``--resume`` keeps; ``time_limit``: trained until ``--max-minutes`` ran out, then tested."""
+PARTIAL = "partial:"
+"""How the message of a ``time_limit`` row starts when the run resumes in a later call (``lra_learn.py``, ``real_runs_summary.py``)."""
 STATUSES = (*DONE_STATUSES, "error", "not_run")
 ROW_KEYS = (
     "task", "backbone", "accuracy", "split", "steps", "train_seconds", "gpu", "params", "data", "dataset",

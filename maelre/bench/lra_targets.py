@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from maelre.bench.lra_pareto import alone_seconds, cost_point, trained_step_field
-from maelre.bench.lra_results import DONE_STATUSES, row_key
+from maelre.bench.lra_results import DONE_STATUSES, PARTIAL, row_key
 from maelre.bench.targets import TargetCheck
 
 
@@ -94,8 +94,8 @@ def _check_accuracy(target: AccuracyTarget, by_key: Mapping[tuple[str, str], Map
     else:
         verdict = "PASS" if row["accuracy"] >= target.minimum else "MISS"
         planned = (row.get("budget") or {}).get("planned_steps")
-        # a run part-way through its budget that resumes (lra_learn.py rows writes "partial: ..."): the verdict so far
-        short = row["status"] == "time_limit" and planned is not None and row["steps"] < planned and row["message"].startswith("partial:")
+        # a run part-way through its budget that resumes: the verdict so far
+        short = row["status"] == "time_limit" and planned is not None and row["steps"] < planned and row["message"].startswith(PARTIAL)
         if short:
             verdict += " so far"
         steps = f"{row['steps']} of {planned} steps, partial" if short else f"{row['steps']} steps"

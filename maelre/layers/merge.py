@@ -237,10 +237,6 @@ def bipartite_soft_matching(
         else:
             slot, merged_sizes, share, log_sizes = graphs(_make_plan, tensors, static)
 
-    def per_token(t: Tensor, like: Tensor) -> Tensor:
-        """``[B, k]`` viewed to broadcast against ``like [B, k, ...]``."""
-        return t.view(*t.shape, *[1] * (like.dim() - 2))
-
     def merge(x: Tensor, mode: str = "mean", dtype: torch.dtype | None = None) -> Tensor:
         if x.shape[:2] != (b, n):
             raise ValueError(f"merge expects a per-token tensor [B, N, ...]=[{b}, {n}, ...], got {tuple(x.shape)}")
@@ -254,10 +250,15 @@ def bipartite_soft_matching(
         if y.shape[:2] != (b, n_out):
             raise ValueError(f"unmerge expects a merged tensor [B, n_out, ...]=[{b}, {n_out}, ...], got {tuple(y.shape)}")
         out = take_tokens(y, slot.clamp_max(n_out - 1))  # padding points past the end
-        return out if real is None else torch.where(per_token(real, out), out, 0)
+        return out if real is None else torch.where(_per_token(real, out), out, 0)
 
     plan = TokenMerge(merge, unmerge, merged_sizes)
     return (plan, log_sizes) if return_log_sizes else plan
+
+
+def _per_token(t: Tensor, like: Tensor) -> Tensor:
+    """``[B, k]`` viewed to broadcast against ``like [B, k, ...]``."""
+    return t.view(*t.shape, *[1] * (like.dim() - 2))
 
 
 def _plan_arguments(
@@ -284,7 +285,7 @@ def _weighted_merge(x: Tensor, share: Tensor, slot: Tensor, n_out: int, padded: 
     # order, so deterministic mode keeps the scatter
     if _fused_merge(x):
         return triton_merge.merge_states(x, share, slot, n_out, dtype)
-    out = _scatter_to_slots(x * share.view(*share.shape, *[1] * (x.dim() - 2)), slot, n_out, padded)
+    out = _scatter_to_slots(x * _per_token(share, x), slot, n_out, padded)
     dtype = x.dtype if dtype is None else dtype
     return out if out.dtype == dtype else out.to(dtype)  # no no-op cast (one dispatch less)
 
@@ -354,8 +355,8 @@ class _ReplayedMerge(torch.autograd.Function):
         if _fused_merge(grad):
             return triton_merge._merge_states_backward(grad, share, slot, ctx.dtype), None, None, None
         n_out = grad.shape[1]
-        out = take_tokens(grad, slot.clamp_max(n_out - 1)) * share.view(*share.shape, *[1] * (grad.dim() - 2))
-        return torch.where((slot < n_out).view(*slot.shape, *[1] * (grad.dim() - 2)), out, 0).to(ctx.dtype), None, None, None
+        out = take_tokens(grad, slot.clamp_max(n_out - 1)) * _per_token(share, grad)
+        return torch.where(_per_token(slot < n_out, grad), out, 0).to(ctx.dtype), None, None, None
 
 
 def _make_plan(

@@ -46,9 +46,10 @@ import torch
 from torch import Tensor
 
 _MODES = {"0": None, "1": "plans", "merge": "plans and merges"}
-if os.environ.get("MAELRE_PLAN_GRAPHS", "0") not in _MODES:
-    warnings.warn(f"MAELRE_PLAN_GRAPHS={os.environ['MAELRE_PLAN_GRAPHS']!r} is not 0, 1 or merge: merge graphs stay off", RuntimeWarning, stacklevel=1)
-MODE = _MODES.get(os.environ.get("MAELRE_PLAN_GRAPHS", "0"))  # None: off
+_ASKED = os.environ.get("MAELRE_PLAN_GRAPHS", "0")
+if _ASKED not in _MODES:
+    warnings.warn(f"MAELRE_PLAN_GRAPHS={_ASKED!r} is not 0, 1 or merge: merge graphs stay off", RuntimeWarning, stacklevel=1)
+MODE = _MODES.get(_ASKED)  # None: off
 ENABLED = MODE is not None
 MERGES = MODE == "plans and merges"  # the merges of a site too (``merge.replayed_merge``)
 
