@@ -7,10 +7,12 @@
 #   bash benchmarks/gpu_kernels.sh graph     # the same, whole step captured in a CUDA graph
 #   bash benchmarks/gpu_kernels.sh pytorch   # eager with MAELRE_TRITON=0: the PyTorch paths, for the kernels' share
 #   bash benchmarks/gpu_kernels.sh profile   # torch.profiler of the fused eager step, maelre and its twin at 16K
+#   bash benchmarks/gpu_kernels.sh paired    # eager maelre / twin in alternating rounds (benchmarks/paired_timing.py), ~75 s
+#   bash benchmarks/gpu_kernels.sh replay    # eager maelre with merge graphs (=1, =merge) / without, in one process, ~60 s
 #   bash benchmarks/gpu_kernels.sh plan      # merge plan (one program per row vs tiled), top-k, whole merge: CUDA graphs, ~1 min
 #   bash benchmarks/gpu_kernels.sh host      # the eager step's host time by region (Triton launches, merge path, attention),
 #                                            # maelre against its twin (benchmarks/host_time.py), ~1 min, 3 min at most
-#   bash benchmarks/gpu_kernels.sh pgeager   # a step but plan prefixed pg: the same with MAELRE_PLAN_GRAPHS=1 (merge plans replayed
+#   bash benchmarks/gpu_kernels.sh pgeager   # a step but plan or replay prefixed pg: the same with MAELRE_PLAN_GRAPHS=1 (merge plans replayed
 #                                            # from CUDA graphs, maelre.layers.plan_graphs), its files named *_plangraphs;
 #                                            # prefixed mg: MAELRE_PLAN_GRAPHS=merge (the merges too), files *_mergegraphs
 #
@@ -24,7 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step=${1:?usage: bash benchmarks/gpu_kernels.sh [pg|mg]tests|eager|graph|pytorch|profile|host, or plan}
+step=${1:?usage: bash benchmarks/gpu_kernels.sh [pg|mg]tests|eager|graph|pytorch|profile|paired|host, or plan, replay}
 asked=$step
 sfx=""
 if [[ $step == pg* || $step == mg* ]]; then  # the step with the eager merge plans (pg) or whole merges (mg) from CUDA graphs
@@ -36,8 +38,8 @@ if [[ $step == pg* || $step == mg* ]]; then  # the step with the eager merge pla
         export MAELRE_PLAN_GRAPHS=merge
     fi
     step=${step:2}
-    if [[ $step == plan ]]; then
-        echo "gpu_kernels.sh: '$asked' means nothing: the plan timing runs no MAELRE block" >&2
+    if [[ $step == plan || $step == replay ]]; then
+        echo "gpu_kernels.sh: '$asked' means nothing: the plan timing runs no MAELRE block, and replay sets the modes itself" >&2
         exit 2
     fi
 else
@@ -70,6 +72,12 @@ case $step in
     profile)  # where the fused eager step's time goes (kernels on, as in `eager`), MAELRE and its twin
         "$PYTHON" -m maelre.bench.profile --backbones maelre,maelre.twin --seq-lens "${SEQ_LENS:-16K}" --modes train --steps 3 \
             --out "$OUT/profile_h200_fused$sfx.json" --table "$OUT/profile_h200_fused$sfx.md" ;;
+    paired)  # eager MAELRE against its twin (and full attention) in alternating rounds (benchmarks/paired_timing.py),
+        # ~75 s: the ratio that drifting host speed does not skew, e.g. "paired mgpaired" for a mode against the default
+        "$PYTHON" benchmarks/paired_timing.py --seq-lens "${SEQ_LENS:-4K,16K,64K}" --out "$OUT/paired_h200$sfx.json" ;;
+    replay)  # eager MAELRE with merge graphs (MAELRE_PLAN_GRAPHS=1 and =merge) against MAELRE without, in one process and
+        # alternating rounds (paired_timing.py --replay), ~60 s: whether the graphs make the step faster
+        "$PYTHON" benchmarks/paired_timing.py --replay 1,merge --seq-lens "${SEQ_LENS:-4K,16K,64K}" --out "$OUT/paired_h200_replay.json" ;;
     plan)  # the merge machinery alone at 1x64K, 4x16K, 16x4K (benchmarks/plan_kernel_timing.py)
         "$PYTHON" benchmarks/plan_kernel_timing.py --out "$OUT/plan_kernel_timing_h200.json" --table "$OUT/plan_kernel_timing_h200.md" ;;
     host)  # per N: 5 warm-up + 20 timed steps, then 3 rounds of 20 bare + 20 instrumented steps, maelre and its twin:
@@ -77,5 +85,5 @@ case $step in
         timeout 180 "$PYTHON" benchmarks/host_time.py --seq-lens "${SEQ_LENS:-4K,16K,64K}" \
             --out "$OUT/host_time_h200$sfx.json" --table "$OUT/host_time_h200$sfx.md" \
             || { rc=$?; (( rc == 124 )) || exit $rc; echo "gpu_kernels.sh: host_time.py ran past 180 s; the lengths it finished are in $OUT/host_time_h200$sfx.md" >&2; } ;;
-    *) echo "gpu_kernels.sh: unknown step '$asked'; use tests, eager, graph, pytorch, profile, plan or host, all but plan also prefixed pg or mg" >&2; exit 2 ;;
+    *) echo "gpu_kernels.sh: unknown step '$asked'; use tests, eager, graph, pytorch, profile, paired, replay, plan or host, all but plan and replay also prefixed pg or mg" >&2; exit 2 ;;
 esac

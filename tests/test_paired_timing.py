@@ -49,3 +49,59 @@ def test_options_it_does_not_use_are_refused(tmp_path):
         paired.main(["--device", "cpu", "--resume", "--out", str(tmp_path / "p.json")])
     with pytest.raises(SystemExit):
         paired.main(["--device", "cpu", "--rounds", "1", "--out", str(tmp_path / "p.json")])
+
+
+@pytest.mark.parametrize("mode", [None, "plans and merges"])
+def test_the_table_says_what_replayed_from_cuda_graphs(mode):
+    """A run with MAELRE_PLAN_GRAPHS set reads differently from the default; its table must say which it is."""
+    meta = {"gpu_name": "GPU", "dtype": "bf16", "cuda_graph": False, "batch_policy": "batch 1", "rounds": 2, "per_round": 1,
+            "command": "cmd", "plan_graphs": mode}
+    head = paired.table({"meta": meta, "results": []}).splitlines()[0]
+    assert ("merge plans and merges replayed from CUDA graphs" in head) == (mode is not None), head
+
+
+def test_replay_pairs_build_each_mode_in_one_process(monkeypatch):
+    """``--replay``: MAELRE with merge graphs against MAELRE without, whatever MAELRE_PLAN_GRAPHS the process has."""
+    from maelre.bench.efficiency_config import BenchConfig
+    from maelre.layers import plan_graphs
+
+    config = BenchConfig(device="cpu", dtype="fp32", dim=32, depth=2, heads=2, seq_lens=(128,), backbones=("maelre",), batch=2)
+    assert paired.pairs_of(config, ["1", "merge"]) == [("replay", "maelre+plangraphs", "maelre+nographs"),
+                                                       ("replay", "maelre+mergegraphs", "maelre+nographs")]
+    built = []
+    monkeypatch.setattr(paired, "ready_step", lambda step, config: step)
+    monkeypatch.setattr(paired, "make_step", lambda name, *a: built.append((name, plan_graphs.ENABLED, plan_graphs.MERGES)))
+    monkeypatch.setattr(plan_graphs, "ENABLED", True)  # as if the process had MAELRE_PLAN_GRAPHS=merge
+    monkeypatch.setattr(plan_graphs, "MERGES", True)
+    for name in ("maelre+nographs", "maelre+plangraphs", "maelre+mergegraphs", "maelre"):
+        paired.build_step(name, 128, 2, config)
+    assert built == [("maelre", False, False), ("maelre", True, False), ("maelre", True, True), ("maelre", True, True)]
+    assert plan_graphs.ENABLED and plan_graphs.MERGES  # restored after each build
+
+
+def test_a_block_keeps_the_mode_it_was_built_with():
+    from maelre.backbones.maelre import MAELRE, MAELREConfig
+    from maelre.layers import plan_graphs
+
+    config = MAELREConfig(dim=16, depth=2, heads=2, switch_threshold=8, match_window=4)
+    with plan_graphs.building("merge"):
+        graphed = MAELRE(config)
+    plain = MAELRE(config)
+    assert all(blk.plan_graphs and blk.replay_merges for blk in graphed.blocks)
+    assert not any(blk.plan_graphs or blk.replay_merges for blk in plain.blocks)
+    with pytest.raises(ValueError, match="use one of"):
+        with plan_graphs.building("yes"):
+            pass
+
+
+def test_a_tiny_replay_run_on_cpu_and_its_refusals(tmp_path):
+    out = tmp_path / "replay.json"
+    args = ["--device", "cpu", "--dtype", "fp32", "--dim", "32", "--depth", "2", "--heads", "2", "--seq-lens", "128",
+            "--batch", "2", "--warmup", "1", "--rounds", "2", "--per-round", "1", "--out", str(out)]
+    assert paired.main([*args, "--replay", "merge"]) == 0
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["kind"], r["a"], r["b"], r["status"], r["verdict"]) for r in rows] == [
+        ("replay", "maelre+mergegraphs", "maelre+nographs", "ok", "-")]
+    for bad in (["--replay", "2"], ["--replay", "merge", "--cuda-graph"]):
+        with pytest.raises(SystemExit):
+            paired.main([*args, *bad])

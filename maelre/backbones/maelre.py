@@ -105,6 +105,7 @@ class MAELREBlock(Block):
         self.value_conv = None if c.value_conv is None else ValueConv(c.dim, c.value_conv)
         # MAELRE_PLAN_GRAPHS=1: each merge site replays its plan from CUDA graphs in eager CUDA steps
         self.plan_graphs = {site: PlanGraphs() for site in self.sites} if plan_graphs.ENABLED else {}
+        self.replay_merges = plan_graphs.MERGES  # =merge: the merges in the same graph as the plan
 
     def attention_kind(self, n: int) -> str:
         return "exact" if n <= self.config.threshold else self.config.approx
@@ -171,7 +172,7 @@ class MAELREBlock(Block):
         graphs = self.plan_graphs.get(site)
         options = dict(protect_first=self.config.pool == "cls", window=self.config.match_window, padded=t.padded,
                        real=t.real_mask() if t.padded else None)  # fmt: skip
-        if graphs is not None and plan_graphs.MERGES and t.x.dim() == 3 and graphs.applies(t.x):
+        if graphs is not None and self.replay_merges and t.x.dim() == 3 and graphs.applies(t.x):
             return self._replayed_merge(t, graphs, metric, r, n - removed, keys if keys_needed else None, options)
         plan, log_sizes = bipartite_soft_matching(metric, t.sizes, r, n - removed, **options, return_log_sizes=True, graphs=graphs)
         positions = None if t.positions is None else plan.merge(t.positions)

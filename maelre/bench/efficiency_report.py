@@ -26,6 +26,11 @@ def vs_twin(rows: Sequence[Mapping[str, Any]], row: Mapping[str, Any]) -> float 
     return row["median_ms"] / twin["median_ms"]
 
 
+def plan_graphs_note(meta: Mapping[str, Any]) -> str:
+    """What of the eager merges a run replayed from CUDA graphs (``MAELRE_PLAN_GRAPHS``), for report headers; "" for none."""
+    return f"merge {meta['plan_graphs']} replayed from CUDA graphs (`MAELRE_PLAN_GRAPHS`)" if meta.get("plan_graphs") else ""
+
+
 def _fmt_ms_range(row: Mapping[str, Any]) -> str:
     return "—" if row.get("min_ms") is None else f"{row['min_ms']:.3g}–{row['max_ms']:.3g}"
 
@@ -47,7 +52,7 @@ def render_markdown(document: Mapping[str, Any], targets: Sequence[TargetCheck],
             f"- Shape: dim {meta['dim']}, depth {meta['depth']}, heads {meta['heads']}, MLP ratio {meta['mlp_ratio']}; "
             f"precision {meta['dtype']}{' autocast' if meta['dtype'] != 'fp32' else ''}; torch.compile {'on' if meta['compile'] else 'off'}; "
             f"CUDA graph {'on (whole step captured, replays timed)' if meta.get('cuda_graph') else 'off'}"
-            + (f"; merge {meta['plan_graphs']} replayed from CUDA graphs (`MAELRE_PLAN_GRAPHS`)" if meta.get("plan_graphs") else "")
+            + (f"; {plan_graphs_note(meta)}" if meta.get("plan_graphs") else "")
         ),
         f"- Batch: {meta['batch_policy']}",
         f"- Timing: {meta['warmup']} warm-up then {meta['repeats']} timed steps ({meta['timer']}); median shown, min–max beside it; "

@@ -15,6 +15,12 @@ It takes ``maelre bench efficiency``'s options of shape, dtype, batch policy, ba
 --backbone-config, --cuda-graph, --warmup and --case-timeout-s (a pair's limit), and times train
 steps; each MAELRE backbone gives two pairs: ``NAME / NAME.twin`` (goal <= 1.15) and
 ``transformer / NAME`` (speed-up; goal >= 5x eager and >= 8x with graphs at 16K, >= 20x at 64K).
+
+``--replay 1,merge`` asks another question, eager only: does replaying the merge sites from CUDA graphs
+(``maelre.layers.plan_graphs``) make MAELRE's step faster? Two processes, one per ``MAELRE_PLAN_GRAPHS``
+value, cannot tell (session 24: the twin's own step moved by a third between two such runs on one
+machine), so each mode's MAELRE (``maelre+mergegraphs``) is timed against MAELRE without merge graphs
+(``maelre+nographs``), the same weights' shapes, in one process; a ratio under 1 is a gain.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import statistics
 import sys
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +39,11 @@ import torch
 from maelre.bench.efficiency import add_arguments, config_from_args
 from maelre.bench.efficiency_case import deadline, is_oom, make_step, ready_step, release_memory, time_step
 from maelre.bench.efficiency_config import FULL_ATTENTION, MODES, BenchConfig, Step, is_maelre
+from maelre.bench.efficiency_report import plan_graphs_note
 from maelre.bench.efficiency_run import collect_meta
 from maelre.bench.ideal import TWIN
 from maelre.bench.report import write_json_atomic
+from maelre.layers import plan_graphs
 
 TWIN_GOAL = 1.15
 SPEEDUP_GOALS = {(16384, False): 5.0, (16384, True): 8.0, (65536, False): 20.0, (65536, True): 20.0}
@@ -63,18 +72,37 @@ def paired_ratio(a: Step, b: Step, *, rounds: int, per_round: int, warmup: int, 
     }  # fmt: skip
 
 
-def pairs_of(config: BenchConfig) -> list[tuple[str, str, str]]:
+REPLAY_TAGS = {"1": "plangraphs", "merge": "mergegraphs", "0": "nographs"}
+"""``MAELRE_PLAN_GRAPHS`` value -> the suffix of a model name built with it (``maelre+mergegraphs``)."""
+
+
+def pairs_of(config: BenchConfig, replay: Sequence[str] = ()) -> list[tuple[str, str, str]]:
     """``(kind, A, B)`` for every MAELRE backbone of ``config``: ``twin`` (A = MAELRE, B = its twin) and ``speedup``
-    (A = full attention, B = MAELRE)."""
+    (A = full attention, B = MAELRE); with ``replay`` modes instead, ``replay`` pairs only (A = MAELRE built with
+    that ``MAELRE_PLAN_GRAPHS`` mode, B = MAELRE built without merge graphs)."""
     pairs = []
     for name in config.backbones:
-        if is_maelre(name):
+        if not is_maelre(name):
+            continue
+        if replay:
+            pairs += [("replay", f"{name}+{REPLAY_TAGS[mode]}", f"{name}+{REPLAY_TAGS['0']}") for mode in replay]
+        else:
             pairs += [("twin", name, f"{name}.{TWIN}"), ("speedup", FULL_ATTENTION, name)]
     return pairs
 
 
+def build_step(name: str, seq_len: int, batch: int, config: BenchConfig) -> Step:
+    """The ready train step of a backbone name; ``NAME+TAG`` builds ``NAME`` with the merge graphs of ``TAG``."""
+    base, _, tag = name.partition("+")
+    mode = {v: k for k, v in REPLAY_TAGS.items()}[tag] if tag else None
+    with plan_graphs.building(mode) if mode is not None else nullcontext():
+        return ready_step(make_step(base, seq_len, batch, "train", config), config)
+
+
 def goal_of(kind: str, seq_len: int, cuda_graph: bool) -> float | None:
     """The bound ``kind``'s ratio must meet at this N: at most (``twin``) or at least (``speedup``); ``None``: no goal."""
+    if kind == "replay":
+        return None
     return TWIN_GOAL if kind == "twin" else SPEEDUP_GOALS.get((seq_len, cuda_graph))
 
 
@@ -92,19 +120,21 @@ def verdict(row: dict[str, Any]) -> str:
     return "PASS" if met else "MISS"
 
 
-def run_pairs(config: BenchConfig, out: Path, *, rounds: int, per_round: int, command: str = "", log=print) -> dict[str, Any]:
-    """Time every pair of ``config`` at every N (train steps), rewriting ``out`` atomically after each."""
+def run_pairs(config: BenchConfig, out: Path, *, rounds: int, per_round: int, command: str = "", log=print,
+              replay: Sequence[str] = ()) -> dict[str, Any]:
+    """Time every pair of ``config`` (``pairs_of``) at every N (train steps), rewriting ``out`` atomically after each."""
     device = torch.device(config.device)
-    document: dict[str, Any] = {"meta": {**collect_meta(config, command), "rounds": rounds, "per_round": per_round}, "results": []}
+    meta = {**collect_meta(config, command), "rounds": rounds, "per_round": per_round, "replay": list(replay)}
+    document: dict[str, Any] = {"meta": meta, "results": []}
     for seq_len in config.seq_lens:
         batch = config.batch_for(seq_len)
-        for kind, a_name, b_name in pairs_of(config):
+        for kind, a_name, b_name in pairs_of(config, replay):
             row: dict[str, Any] = {"kind": kind, "a": a_name, "b": b_name, "seq_len": seq_len, "batch": batch,
                                    "goal": goal_of(kind, seq_len, config.cuda_graph), "status": "ok"}
             t0 = time.perf_counter()
             try:
                 with deadline(config.case_timeout_s):
-                    a, b = (ready_step(make_step(name, seq_len, batch, "train", config), config) for name in (a_name, b_name))
+                    a, b = (build_step(name, seq_len, batch, config) for name in (a_name, b_name))
                     row.update(paired_ratio(a, b, rounds=rounds, per_round=per_round, warmup=config.warmup, device=device))
             except Exception as err:  # noqa: BLE001  (a failing pair must not end the run)
                 row.update(status="oom" if is_oom(err) else "error", message=f"{type(err).__name__}: {err}"[:800])
@@ -132,6 +162,7 @@ def table(document: dict[str, Any]) -> str:
     meta = document["meta"]
     lines = [
         f"Paired timing on {meta['gpu_name']} ({meta['dtype']}, {'CUDA graphs' if meta['cuda_graph'] else 'eager'}, "
+        + (f"{plan_graphs_note(meta)}, " if meta.get("plan_graphs") else "") +
         f"{meta['batch_policy']}), {meta['rounds']} alternating rounds of {meta['per_round']} steps: `{meta['command']}`",
         "",
         "| N | A / B | ratio (median of rounds) | rounds min-max | A ms | B ms | goal | verdict |",
@@ -152,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_arguments(parser)
     parser.add_argument("--rounds", type=int, default=8, help="alternating rounds per pair (default: %(default)s)")
     parser.add_argument("--per-round", type=int, default=5, help="timed steps of one model per round (default: %(default)s)")
+    parser.add_argument("--replay", default="", help="comma-separated MAELRE_PLAN_GRAPHS modes (1, merge): time MAELRE built with "
+                        "each against MAELRE built without merge graphs, in one process, instead of the twin and speedup pairs")
     parser.set_defaults(backbones="maelre", out="benchmarks/results/paired.json", seq_lens="4K,16K,64K")
     args = parser.parse_args(argv)
     command = shlex.join(["python", *sys.argv] if argv is None else ["maelre", "bench", "paired", *argv])
@@ -165,8 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_from_args(args)
     except ValueError as err:
         parser.error(str(err))
+    replay = [mode for mode in args.replay.split(",") if mode]
+    if any(mode not in ("1", "merge") for mode in replay) or (replay and args.cuda_graph):
+        parser.error(f"--replay takes 1 and/or merge, eager only (a whole-step CUDA graph leaves the merge graphs aside); got {args.replay!r}")
     out = Path(args.out)
-    document = run_pairs(config, out, rounds=args.rounds, per_round=args.per_round, command=command, log=lambda s: print(s, flush=True))
+    document = run_pairs(config, out, rounds=args.rounds, per_round=args.per_round, command=command, log=lambda s: print(s, flush=True),
+                         replay=replay)
     text = table(document)
     out.with_suffix(".md").write_text(text)
     print(text + f"results: {out}")

@@ -37,8 +37,8 @@ from __future__ import annotations
 import os
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -52,6 +52,23 @@ if _ASKED not in _MODES:
 MODE = _MODES.get(_ASKED)  # None: off
 ENABLED = MODE is not None
 MERGES = MODE == "plans and merges"  # the merges of a site too (``merge.replayed_merge``)
+
+
+@contextmanager
+def building(asked: str) -> Iterator[None]:
+    """MAELRE built inside this block takes ``MAELRE_PLAN_GRAPHS=asked`` (``"0"``, ``"1"`` or ``"merge"``), whatever the
+    environment says; a block keeps the mode it was built with. For timing one mode against another in one process
+    (``maelre bench paired --replay``), where host speed drifts too much between processes to compare them."""
+    global MODE, ENABLED, MERGES
+    if asked not in _MODES:
+        raise ValueError(f"plan graphs mode {asked!r}: use one of {', '.join(_MODES)}")
+    saved = MODE, ENABLED, MERGES
+    MODE = _MODES[asked]
+    ENABLED, MERGES = MODE is not None, MODE == "plans and merges"
+    try:
+        yield
+    finally:
+        MODE, ENABLED, MERGES = saved
 
 PlanFn = Callable[..., tuple[Tensor | None, ...]]
 
