@@ -391,6 +391,23 @@ def test_targets_pass_miss_and_not_run():
     assert scifar["maelre test accuracy"].verdict == "not run"
 
 
+def test_accuracy_interval_is_wilsons_and_shown_where_rows_are_compared():
+    from maelre.bench.lra_results import accuracy_interval
+
+    lo, hi = accuracy_interval(make_row("listops", "maelre", 50.0, samples={"test": 100}))
+    assert (round(lo, 2), round(hi, 2)) == (40.38, 59.62)  # Wilson, z = 1.96: not the normal 40.2-59.8
+    lo_big, hi_big = accuracy_interval(make_row("listops", "maelre", 50.0, samples={"test": 10_000}))
+    assert hi_big - lo_big < (hi - lo) / 9  # 100 times the samples: a tenth of the width
+    assert accuracy_interval(make_row("listops", "maelre", None)) is None
+    assert accuracy_interval(make_row("listops", "maelre", 50.0, samples={})) is None
+
+    (check,) = [t for t in lb.evaluate_targets([make_row("listops", "maelre", 38.45, samples={"test": 2000})])
+                if t.name.startswith("ListOps (generated)")]
+    assert "95% CI 36.3-40.6" in check.detail
+    page = lb.render_markdown({"meta": {}, "results": [make_row("listops", "maelre", 38.45, samples={"test": 2000})]}, [])
+    assert "| 95% CI |" in page and "| 38.45 | 36.3-40.6 |" in page
+
+
 def test_maelre_against_the_transformer_needs_the_accuracy_and_a_lower_cost_measured_alone():
     def pair(ours, theirs, **kw):
         rows = [make_row("image", "maelre", ours, data="real", **kw.get("maelre", {})),

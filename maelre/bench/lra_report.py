@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from maelre.bench.lra_pareto import pareto_table, plot_name, points_by_task, write_task_plots
-from maelre.bench.lra_results import DONE_STATUSES, concurrent_runs, row_key
+from maelre.bench.lra_results import DONE_STATUSES, accuracy_interval, concurrent_runs, row_key
 from maelre.bench.lra_targets import evaluate_targets
 from maelre.bench.lra_tasks import DEFAULT_BACKBONES, LRA_TASKS, PUBLISHED, TASKS, PublishedResult, TaskSpec
 from maelre.bench.report import markdown_table, write_text_atomic
@@ -60,6 +60,11 @@ def _setup_text(row: Mapping[str, Any]) -> str:
     return "; ".join(p for p in parts if p)
 
 
+def _interval_text(row: Mapping[str, Any]) -> str | None:
+    ci = accuracy_interval(row)
+    return None if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}"
+
+
 BUDGET_TEXT = {"max_steps": "max {} steps", "max_epochs": "max {} epochs", "max_time_minutes": "max {:g} min"}
 
 
@@ -85,6 +90,7 @@ def render_markdown(document: Mapping[str, Any], targets: Sequence[TargetCheck])
         {
             **r,
             "acc": None if r["accuracy"] is None else f"{r['accuracy']:.2f}",
+            "ci": _interval_text(r),
             "train_s": None if r["train_seconds"] is None else f"{r['train_seconds']:.0f}",
             "shared": concurrent_runs(r),
             "state": r["status"] if not r["message"] else f"{r['status']}: {r['message'][:160]}",
@@ -110,13 +116,15 @@ def render_markdown(document: Mapping[str, Any], targets: Sequence[TargetCheck])
         markdown_table([vars(t) for t in targets], [("name", "target"), ("goal", "goal"), ("verdict", "result"), ("detail", "numbers")]),
         "### Runs",
         "",
+        "95% CI: the Wilson interval of the test accuracy from the number of test samples (it says how far apart two rows must be "
+        "before the test set can tell them apart; seeds vary more than that). "
         "train s: training time without validation; runs at once: how many runs the sweep let share the GPU (`maelre lra --jobs`).",
         "Train seconds of rows with more than 1 run at once were measured under that contention and can be longer than the run alone would take.",
         "",
         markdown_table(
             run_rows,
             [
-                ("task", "task"), ("backbone", "backbone"), ("acc", "test acc %"), ("state", "status"), ("steps", "steps"),
+                ("task", "task"), ("backbone", "backbone"), ("acc", "test acc %"), ("ci", "95% CI"), ("state", "status"), ("steps", "steps"),
                 ("train_s", "train s"), ("shared", "runs at once"), ("params", "params"), ("data", "data"), ("dataset", "dataset"),
                 ("setup", "model and budget"), ("gpu", "hardware"), ("day", "date"),
             ],
