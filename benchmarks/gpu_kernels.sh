@@ -76,8 +76,8 @@ case $step in
         # ~75 s: the ratio that drifting host speed does not skew, e.g. "paired mgpaired" for a mode against the default
         "$PYTHON" benchmarks/paired_timing.py --seq-lens "${SEQ_LENS:-4K,16K,64K}" --out "$OUT/paired_h200$sfx.json" ;;
     replay)  # eager MAELRE with merge graphs (MAELRE_PLAN_GRAPHS=1 and =merge) against MAELRE without, in one process and
-        # alternating rounds (paired_timing.py --replay), ~60 s: whether the graphs make the step faster
-        "$PYTHON" benchmarks/paired_timing.py --replay 1,merge --seq-lens "${SEQ_LENS:-4K,16K,64K}" --out "$OUT/paired_h200_replay.json" ;;
+        # 16 alternating rounds (paired_timing.py --replay; the host drifts by a third between rounds), ~90 s: whether the graphs make the step faster
+        "$PYTHON" benchmarks/paired_timing.py --replay 1,merge --rounds 16 --seq-lens "${SEQ_LENS:-4K,16K,64K}" --out "$OUT/paired_h200_replay.json" ;;
     plan)  # the merge machinery alone at 1x64K, 4x16K, 16x4K (benchmarks/plan_kernel_timing.py)
         "$PYTHON" benchmarks/plan_kernel_timing.py --out "$OUT/plan_kernel_timing_h200.json" --table "$OUT/plan_kernel_timing_h200.md" ;;
     host)  # per N: 5 warm-up + 20 timed steps, then 3 rounds of 20 bare + 20 instrumented steps, maelre and its twin:
