@@ -8,7 +8,7 @@
 #   bash benchmarks/gpu_kernels.sh pytorch   # eager with MAELRE_TRITON=0: the PyTorch paths, for the kernels' share
 #   bash benchmarks/gpu_kernels.sh profile   # torch.profiler of the fused eager step, maelre and its twin at 16K
 #   bash benchmarks/gpu_kernels.sh paired    # eager maelre / twin in alternating rounds (benchmarks/paired_timing.py), ~75 s
-#   bash benchmarks/gpu_kernels.sh replay    # eager maelre with merge graphs (=1, =merge) / without, in one process, ~60 s
+#   bash benchmarks/gpu_kernels.sh replay    # eager maelre with merge graphs (=1, =merge) / without, in one process, ~90 s
 #   bash benchmarks/gpu_kernels.sh plan      # merge plan (one program per row vs tiled), top-k, whole merge: CUDA graphs, ~1 min
 #   bash benchmarks/gpu_kernels.sh host      # the eager step's host time by region (Triton launches, merge path, attention),
 #                                            # maelre against its twin (benchmarks/host_time.py), ~1 min, 3 min at most
@@ -21,8 +21,8 @@
 # to $OUT (default benchmarks/results/gpu_out): efficiency_h200*.json, .png and .md (host: host_time_h200.json and .md).
 #
 # Environment: OUT, PYTHON (default python3), SEQ_LENS (default 4K,16K,64K),
-# BACKBONES (default maelre,transformer), EXTRA (more efficiency.py options, e.g.
-# "--backbone-config maelre:merge_site=both").
+# BACKBONES (default maelre,transformer; not paired and replay, which time maelre and pair it themselves),
+# EXTRA (more efficiency.py options, e.g. "--backbone-config maelre:merge_site=both"; paired and replay take them too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,8 +38,12 @@ if [[ $step == pg* || $step == mg* ]]; then  # the step with the eager merge pla
         export MAELRE_PLAN_GRAPHS=merge
     fi
     step=${step:2}
-    if [[ $step == plan || $step == replay ]]; then
-        echo "gpu_kernels.sh: '$asked' means nothing: the plan timing runs no MAELRE block, and replay sets the modes itself" >&2
+    if [[ $step == plan ]]; then
+        echo "gpu_kernels.sh: '$asked' means nothing: the plan timing runs no MAELRE block" >&2
+        exit 2
+    fi
+    if [[ $step == replay ]]; then
+        echo "gpu_kernels.sh: '$asked' means nothing: replay builds MAELRE in each mode itself; run 'replay'" >&2
         exit 2
     fi
 else
@@ -74,10 +78,13 @@ case $step in
             --out "$OUT/profile_h200_fused$sfx.json" --table "$OUT/profile_h200_fused$sfx.md" ;;
     paired)  # eager MAELRE against its twin (and full attention) in alternating rounds (benchmarks/paired_timing.py),
         # ~75 s: the ratio that drifting host speed does not skew, e.g. "paired mgpaired" for a mode against the default
-        "$PYTHON" benchmarks/paired_timing.py --seq-lens "${SEQ_LENS:-4K,16K,64K}" --out "$OUT/paired_h200$sfx.json" ;;
+        # shellcheck disable=SC2086  # EXTRA is a list of options
+        "$PYTHON" benchmarks/paired_timing.py --seq-lens "${SEQ_LENS:-4K,16K,64K}" --out "$OUT/paired_h200$sfx.json" ${EXTRA:-} ;;
     replay)  # eager MAELRE with merge graphs (MAELRE_PLAN_GRAPHS=1 and =merge) against MAELRE without, in one process and
         # 16 alternating rounds (paired_timing.py --replay; the host drifts by a third between rounds), ~90 s: whether the graphs make the step faster
-        "$PYTHON" benchmarks/paired_timing.py --replay 1,merge --rounds 16 --seq-lens "${SEQ_LENS:-4K,16K,64K}" --out "$OUT/paired_h200_replay.json" ;;
+        # shellcheck disable=SC2086  # EXTRA is a list of options
+        "$PYTHON" benchmarks/paired_timing.py --replay 1,merge --rounds 16 --seq-lens "${SEQ_LENS:-4K,16K,64K}" \
+            --out "$OUT/paired_h200_replay.json" ${EXTRA:-} ;;
     plan)  # the merge machinery alone at 1x64K, 4x16K, 16x4K (benchmarks/plan_kernel_timing.py)
         "$PYTHON" benchmarks/plan_kernel_timing.py --out "$OUT/plan_kernel_timing_h200.json" --table "$OUT/plan_kernel_timing_h200.md" ;;
     host)  # per N: 5 warm-up + 20 timed steps, then 3 rounds of 20 bare + 20 instrumented steps, maelre and its twin:

@@ -27,16 +27,17 @@ def _run(tmp_path: Path, step: str) -> tuple[subprocess.CompletedProcess, str]:
     return done, "".join(line for line in lines if line not in probe)
 
 
-@pytest.mark.parametrize("step, mode, name", [
-    ("paired", "unset", "paired_h200.json"),
-    ("pgpaired", "1", "paired_h200_plangraphs.json"),
-    ("mgpaired", "merge", "paired_h200_mergegraphs.json"),
-    ("mgeager", "merge", "efficiency_h200_mergegraphs.json"),
-    ("graph", "unset", "efficiency_h200_cudagraph.json"),
-    ("replay", "unset", "paired_h200_replay.json"),
+@pytest.mark.parametrize("step, mode, name, options", [
+    ("paired", "unset", "paired_h200.json", "benchmarks/paired_timing.py --seq-lens"),
+    ("pgpaired", "1", "paired_h200_plangraphs.json", "benchmarks/paired_timing.py --seq-lens"),
+    ("mgpaired", "merge", "paired_h200_mergegraphs.json", "benchmarks/paired_timing.py --seq-lens"),
+    ("mgeager", "merge", "efficiency_h200_mergegraphs.json", "benchmarks/efficiency.py --backbones"),
+    ("graph", "unset", "efficiency_h200_cudagraph.json", "--cuda-graph"),
+    ("replay", "unset", "paired_h200_replay.json", "benchmarks/paired_timing.py --replay 1,merge --rounds 16"),
 ])
-def test_step_sets_the_mode_and_names_its_files(tmp_path, step, mode, name):
+def test_step_sets_the_mode_and_names_its_files(tmp_path, step, mode, name, options):
     done, calls = _run(tmp_path, step)
+    assert options in calls, calls
     assert done.returncode == 0, done.stderr
     assert calls.count("\n") == 1, calls
     assert calls.startswith(f"MAELRE_PLAN_GRAPHS={mode} "), calls
@@ -50,3 +51,11 @@ def test_meaningless_steps_are_refused(tmp_path, step):
     assert done.returncode != 0
     assert calls == ""
     assert step in done.stderr
+
+
+def test_extra_options_reach_paired_and_replay(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXTRA", "--backbone-config maelre:merge_site=both")
+    for step in ("paired", "replay"):
+        (tmp_path / step).mkdir()
+        done, calls = _run(tmp_path / step, step)
+        assert done.returncode == 0 and "--backbone-config maelre:merge_site=both" in calls, (step, calls)

@@ -400,6 +400,11 @@ def test_accuracy_interval_is_wilsons_and_shown_where_rows_are_compared():
     assert hi_big - lo_big < (hi - lo) / 9  # 100 times the samples: a tenth of the width
     assert accuracy_interval(make_row("listops", "maelre", None)) is None
     assert accuracy_interval(make_row("listops", "maelre", 50.0, samples={})) is None
+    assert accuracy_interval(make_row("listops", "maelre", 101.0)) is None  # a bad row gets no interval, not a broken page
+    lo, hi = accuracy_interval(make_row("listops", "maelre", 100.0, samples={"test": 2000.0}))  # a float count, as JSON may hold
+    assert hi == 100.0 and 99.8 < lo < 100.0
+    assert accuracy_interval(make_row("fsdd", "maelre", 99.00000095, samples={"test": 300})) == accuracy_interval(
+        make_row("fsdd", "maelre", 99.0, samples={"test": 300}))  # 297 of 300 either way
 
     (check,) = [t for t in lb.evaluate_targets([make_row("listops", "maelre", 38.45, samples={"test": 2000})])
                 if t.name.startswith("ListOps (generated)")]

@@ -79,29 +79,35 @@ def test_replay_pairs_build_each_mode_in_one_process(monkeypatch):
     assert plan_graphs.ENABLED and plan_graphs.MERGES  # restored after each build
 
 
-def test_a_block_keeps_the_mode_it_was_built_with():
-    from maelre.backbones.maelre import MAELRE, MAELREConfig
-    from maelre.layers import plan_graphs
+def test_a_tiny_replay_run_on_cpu_writes_its_pair(tmp_path):
+    """The harness end to end (on the CPU nothing is graphed: both sides are the same step, which is why the CLI refuses it)."""
+    from maelre.bench.efficiency_config import BenchConfig
 
-    config = MAELREConfig(dim=16, depth=2, heads=2, switch_threshold=8, match_window=4)
-    with plan_graphs.building("merge"):
-        graphed = MAELRE(config)
-    plain = MAELRE(config)
-    assert all(blk.plan_graphs and blk.replay_merges for blk in graphed.blocks)
-    assert not any(blk.plan_graphs or blk.replay_merges for blk in plain.blocks)
-    with pytest.raises(ValueError, match="use one of"):
-        with plan_graphs.building("yes"):
-            pass
-
-
-def test_a_tiny_replay_run_on_cpu_and_its_refusals(tmp_path):
     out = tmp_path / "replay.json"
-    args = ["--device", "cpu", "--dtype", "fp32", "--dim", "32", "--depth", "2", "--heads", "2", "--seq-lens", "128",
-            "--batch", "2", "--warmup", "1", "--rounds", "2", "--per-round", "1", "--out", str(out)]
-    assert paired.main([*args, "--replay", "merge"]) == 0
-    rows = json.loads(out.read_text())["results"]
-    assert [(r["kind"], r["a"], r["b"], r["status"], r["verdict"]) for r in rows] == [
+    config = BenchConfig(device="cpu", dtype="fp32", dim=32, depth=2, heads=2, seq_lens=(128,), backbones=("maelre",), batch=2, warmup=2)
+    document = paired.run_pairs(config, out, rounds=2, per_round=1, replay=["merge"], log=lambda s: None)
+    assert [(r["kind"], r["a"], r["b"], r["status"], r["verdict"]) for r in document["results"]] == [
         ("replay", "maelre+mergegraphs", "maelre+nographs", "ok", "-")]
-    for bad in (["--replay", "2"], ["--replay", "merge", "--cuda-graph"]):
-        with pytest.raises(SystemExit):
-            paired.main([*args, *bad])
+    assert document["meta"]["replay"] == ["merge"] and document["meta"]["plan_graphs"] is None  # the rows say their modes
+    assert json.loads(out.read_text())["results"][0]["ratio"] > 0
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--replay", "2"], "takes 1 and/or merge"),
+    (["--replay", "merge,merge"], "each once"),
+    (["--replay", "merge", "--cuda-graph"], "drop --cuda-graph"),
+    (["--replay", "merge", "--device", "cpu"], "needs a CUDA device"),
+    (["--replay", "merge", "--device", "cuda", "--warmup", "1"], "--warmup >= 2"),  # refused before any CUDA call
+    (["--replay", "merge", "--device", "cuda", "--backbones", "transformer"], "has none"),
+])
+def test_replay_refusals_say_what_to_change(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit):
+        paired.main(["--seq-lens", "128", "--out", str(tmp_path / "p.json"), *extra])
+    assert message in capsys.readouterr().err
+
+
+def test_an_unknown_merge_graphs_tag_is_named():
+    from maelre.bench.efficiency_config import BenchConfig
+
+    with pytest.raises(ValueError, match="unknown merge-graphs tag 'fast'; use one of"):
+        paired.build_step("maelre+fast", 128, 2, BenchConfig(device="cpu"))

@@ -233,6 +233,47 @@ def test_maelre_blocks_hold_plan_graphs_only_when_enabled(monkeypatch):
     assert all(len(g) == 0 for blk in model.blocks for g in blk.plan_graphs.values())
 
 
+def test_a_block_replays_with_the_mode_it_was_built_with(monkeypatch):
+    """``plan_graphs.building``: the mode at build time holds at forward time, whatever the mode is then."""
+    monkeypatch.setattr(maelre_module, "PlanGraphs", _CPUGraphs)
+    calls = []
+    monkeypatch.setattr(maelre_module, "replayed_merge", lambda *a, **k: calls.append(1) or replayed_merge(*a, **k))
+    config = MAELREConfig(dim=16, depth=3, heads=2, switch_threshold=8, match_window=4)
+    torch.manual_seed(0)
+    with plan_graphs.building("merge"):
+        graphed = MAELRE(config)
+    plain = MAELRE(config)
+    plain.load_state_dict(graphed.state_dict())
+    tokens = torch.randn(2, 40, 16)
+    with torch.no_grad():
+        for _ in range(3):  # eager, capture, replay: outside the block that built it
+            torch.testing.assert_close(graphed(tokens), plain(tokens))
+        assert calls and all(blk.replay_merges for blk in graphed.blocks)
+        calls.clear()
+        with plan_graphs.building("merge"):  # a mode at forward time does not change a block built without it
+            plain(tokens)
+            plain(tokens)
+        assert not calls and not any(blk.plan_graphs or blk.replay_merges for blk in plain.blocks)
+        with plan_graphs.building("1"):
+            plans_only = MAELRE(config)
+        plans_only(tokens)
+        plans_only(tokens)
+        assert not calls and all(blk.plan_graphs and not blk.replay_merges for blk in plans_only.blocks)
+
+
+def test_building_restores_the_mode_and_names_bad_ones():
+    before = plan_graphs.MODE, plan_graphs.ENABLED, plan_graphs.MERGES
+    with pytest.raises(RuntimeError, match="inside"):
+        with plan_graphs.building("merge"):
+            assert plan_graphs.ENABLED and plan_graphs.MERGES and plan_graphs.MODE == "plans and merges"
+            raise RuntimeError("inside")
+    assert (plan_graphs.MODE, plan_graphs.ENABLED, plan_graphs.MERGES) == before
+    with pytest.raises(ValueError, match="use one of 0, 1, merge"):
+        with plan_graphs.building("yes"):
+            pass
+    assert (plan_graphs.MODE, plan_graphs.ENABLED, plan_graphs.MERGES) == before
+
+
 @cuda
 @pytest.mark.parametrize("padded", [False, True])
 def test_cuda_graph_plan_equals_eager_plan(padded):

@@ -116,8 +116,8 @@ def render_markdown(document: Mapping[str, Any], targets: Sequence[TargetCheck])
         markdown_table([vars(t) for t in targets], [("name", "target"), ("goal", "goal"), ("verdict", "result"), ("detail", "numbers")]),
         "### Runs",
         "",
-        "95% CI: the Wilson interval of the test accuracy from the number of test samples (it says how far apart two rows must be "
-        "before the test set can tell them apart; seeds vary more than that). "
+        "95% CI: the Wilson interval of the row's test accuracy from its number of test samples: the sampling noise of one row "
+        "(not of the seed; two rows scored on the same test set compare by a paired test, which these rows cannot run). "
         "train s: training time without validation; runs at once: how many runs the sweep let share the GPU (`maelre lra --jobs`).",
         "Train seconds of rows with more than 1 run at once were measured under that contention and can be longer than the run alone would take.",
         "",

@@ -40,9 +40,11 @@ def accuracy_interval(row: Mapping[str, Any], confidence: float = 0.95) -> tuple
     third of a standard error on one and six on another, so a table that ranks rows shows this.
     """
     n = (row.get("samples") or {}).get("test")
-    if row.get("accuracy") is None or not n:
+    accuracy = row.get("accuracy")
+    if accuracy is None or not n or not 0 <= accuracy <= 100 + 1e-6:  # out of range: no interval rather than a broken page
         return None
-    ci = binomtest(round(row["accuracy"] * n / 100), n).proportion_ci(confidence_level=confidence, method="wilson")
+    n = int(n)
+    ci = binomtest(min(round(accuracy * n / 100), n), n).proportion_ci(confidence_level=confidence, method="wilson")
     return 100 * float(ci.low), 100 * float(ci.high)
 
 

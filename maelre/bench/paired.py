@@ -94,7 +94,10 @@ def pairs_of(config: BenchConfig, replay: Sequence[str] = ()) -> list[tuple[str,
 def build_step(name: str, seq_len: int, batch: int, config: BenchConfig) -> Step:
     """The ready train step of a backbone name; ``NAME+TAG`` builds ``NAME`` with the merge graphs of ``TAG``."""
     base, _, tag = name.partition("+")
-    mode = {v: k for k, v in REPLAY_TAGS.items()}[tag] if tag else None
+    modes = {v: k for k, v in REPLAY_TAGS.items()}
+    if tag and tag not in modes:
+        raise ValueError(f"{name}: unknown merge-graphs tag {tag!r}; use one of {', '.join(modes)}")
+    mode = modes.get(tag)
     with plan_graphs.building(mode) if mode is not None else nullcontext():
         return ready_step(make_step(base, seq_len, batch, "train", config), config)
 
@@ -125,6 +128,8 @@ def run_pairs(config: BenchConfig, out: Path, *, rounds: int, per_round: int, co
     """Time every pair of ``config`` (``pairs_of``) at every N (train steps), rewriting ``out`` atomically after each."""
     device = torch.device(config.device)
     meta = {**collect_meta(config, command), "rounds": rounds, "per_round": per_round, "replay": list(replay)}
+    if replay:  # each row's names say the modes it was built with; the process's own MAELRE_PLAN_GRAPHS plays no part
+        meta["plan_graphs"] = None
     document: dict[str, Any] = {"meta": meta, "results": []}
     for seq_len in config.seq_lens:
         batch = config.batch_for(seq_len)
@@ -178,6 +183,21 @@ def table(document: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _check_replay(parser: argparse.ArgumentParser, args: argparse.Namespace, replay: list[str]) -> None:
+    """``--replay``'s refusals: what would time nothing, or the same step twice, ends here with what to change."""
+    if any(mode not in ("1", "merge") for mode in replay) or len(set(replay)) != len(replay):
+        parser.error(f"--replay takes 1 and/or merge, each once; got {args.replay!r}")
+    if args.cuda_graph:
+        parser.error("--replay times eager steps: a whole-step CUDA graph leaves the merge graphs aside; drop --cuda-graph")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if not device.startswith("cuda"):
+        parser.error(f"--replay needs a CUDA device: on {device} nothing is graphed, so both sides of a pair would be the same step")
+    if args.warmup < 2:
+        parser.error(f"--replay needs --warmup >= 2 (a site captures its graph on its second call, outside the timed rounds); got {args.warmup}")
+    if not any(is_maelre(name) for name in args.backbones.split(",")):
+        parser.error(f"--replay times MAELRE backbones; --backbones {args.backbones!r} has none")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="maelre bench paired", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
@@ -194,13 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                                        ("--compile", args.compile), ("--no-ideal", args.no_ideal)) if given]
     if unused or args.modes not in (",".join(MODES), "train"):  # the default, or train alone
         parser.error(f"paired timing times train steps and writes --out and its .md only; drop {', '.join(unused) or '--modes'}")
+    replay = [mode for mode in args.replay.split(",") if mode]
+    if replay:
+        _check_replay(parser, args, replay)
     try:
         config = config_from_args(args)
     except ValueError as err:
         parser.error(str(err))
-    replay = [mode for mode in args.replay.split(",") if mode]
-    if any(mode not in ("1", "merge") for mode in replay) or (replay and args.cuda_graph):
-        parser.error(f"--replay takes 1 and/or merge, eager only (a whole-step CUDA graph leaves the merge graphs aside); got {args.replay!r}")
     out = Path(args.out)
     document = run_pairs(config, out, rounds=args.rounds, per_round=args.per_round, command=command, log=lambda s: print(s, flush=True),
                          replay=replay)
