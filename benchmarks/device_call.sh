@@ -24,7 +24,8 @@
 #      learns what each placed folder holds, so it goes back only once a call changes it. While runs/inbox
 #      still holds an incomplete or corrupt set, nothing trains (its run would start afresh):
 #      carry the rest with DRAIN=1 calls first (INBOX_PARTIAL_OK=1 trains anyway);
-#   2. after the runs it packs into runs/outbox what changed since it was last packed: the logs
+#   2. after the runs it packs into runs/outbox what changed since it was last packed (a folder copied from the
+#      committed tree, or carried in, counts as packed as it was placed: it comes back once a run changes it): the logs
 #      and LRA curves (evidence: runs/logs, runs/lra_out/GROUP.json; not in a DRAIN=1 call, which
 #      prints its inbox report instead), the leaderboard run folders
 #      (lb/TASK/NAME) and, with RETURN_STATE=1 or while older ones still wait in the outbox, the
@@ -181,16 +182,19 @@ if [[ ${COST:-0} == 1 ]]; then  # alone: nothing else has started yet
 fi
 
 pids=()
+copied=()  # folders copied from the committed tree: the outbox returns them only once a run changes them
 for item in ${LB-scifar10}; do
     IFS=: read -r task names <<<"$item"
     mkdir -p "runs/lb/$task"
     for dir in benchmarks/results/"${task}"_partial_h200/*/; do  # committed runs the machine lacks
         name=$(basename "$dir")
-        [[ -d runs/lb/$task/$name ]] || cp -r "$dir" "runs/lb/$task/$name"
+        [[ -d runs/lb/$task/$name ]] || { cp -r "$dir" "runs/lb/$task/$name" && copied+=("runs/lb/$task/$name"); }
         if [[ -f runs/lb/$task/$name/recipe.yaml && ! -d runs/lb/$task/$name/checkpoints ]]; then
             echo "device_call.sh: runs/lb/$task/$name has no checkpoints (kept out of git: too big); carry it (device_xfer.py carry)" >&2
         fi
     done
+    (( ${#copied[@]} )) && xfer outbox note runs/outbox "${copied[@]}" --base runs
+    copied=()
     vars=(CALL_SECONDS=$(( $(left) - 30 )) ROOT=runs/lb/$task MINUTES=10)
     [[ -n $names ]] && vars+=("NAMES=${names//,/ }")
     env "${vars[@]}" bash benchmarks/real_runs.sh "$task" >"runs/logs/lb_$task.log" 2>&1 &
@@ -213,9 +217,10 @@ for dir in benchmarks/results/lra_state_h200/*/*/; do
         echo "device_call.sh: $STATE/$rel has no checkpoint to resume from; replaced by the tree's copy" >&2
         rm -rf "${STATE:?}/$rel"
     fi
-    mkdir -p "$STATE/$(dirname "$rel")" && cp -r "$dir" "$STATE/$rel"
+    mkdir -p "$STATE/$(dirname "$rel")" && cp -r "$dir" "$STATE/$rel" && copied+=("$STATE/$rel")
     [[ -d $STATE/$rel/fit/checkpoints ]] || echo "device_call.sh: $STATE/$rel has no checkpoints (kept out of git: too big); carry it (device_xfer.py carry)" >&2
 done
+(( ${#copied[@]} )) && xfer outbox note runs/outbox "${copied[@]}" --base "$(dirname "$STATE")"
 # the data every group of a task reads, made once before the groups start (they would race)
 for task in $(printf '%s\n' ${LRA:-} | cut -d: -f1 | sort -u); do
     case $task in

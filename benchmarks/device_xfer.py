@@ -656,10 +656,13 @@ def cmd_unpack(sources: list[Path], store: Path, into: Path | None, force: bool)
 
 
 def outbox_note_placed(outbox: Path, placed: list[tuple[str, Path]]) -> None:
-    """Record folders just carried in as already packed: ``outbox add`` then returns them only once they change.
+    """Record folders just carried in, or copied from the committed tree, as already packed: ``outbox add`` then
+    returns them only once they change (``outbox note``).
 
     Without this, the first ``outbox add`` after a carry packs every carried folder again and
-    the next calls return what was just sent (five 50 MB folders in one session).
+    the next calls return what was just sent (five 50 MB folders in one session); and a bare
+    machine's first call with RETURN_STATE=1 sent back every committed run folder it had copied,
+    trained or not (session 24: 44 MiB, whose transfer outlasted the 30 s the machine stays warm).
     """
     if not placed:
         return
@@ -996,6 +999,10 @@ def main() -> None:
     a.add_argument("--refresh", action="store_true", help="only members that still wait in the outbox")
     a.add_argument("--stamp")
     a.add_argument("--limit-mib", type=float, default=PART_LIMIT / MiB)
+    a = osub.add_parser("note", help="folders copied from the committed tree: returned only once they change")
+    a.add_argument("outbox", type=Path)
+    a.add_argument("paths", type=Path, nargs="*")
+    a.add_argument("--base", type=Path, required=True)
     a = osub.add_parser("drain")
     a.add_argument("outbox", type=Path)
     a.add_argument("out", type=Path)
@@ -1032,6 +1039,8 @@ def main() -> None:
     elif args.command == "outbox":
         if args.action == "add":
             outbox_add(args.outbox, args.name, args.paths, args.base, args.evidence, args.refresh, args.stamp, int(args.limit_mib * MiB))
+        elif args.action == "note":
+            outbox_note_placed(args.outbox, [(str(p.relative_to(args.base)), p) for p in args.paths if p.exists()])
         elif args.action == "drain":
             outbox_drain(args.outbox, args.out, args.files, int(args.mib * MiB), args.whole_only, args.again)
         else:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -439,6 +440,36 @@ def test_device_call_replaces_a_machine_run_folder_that_cannot_resume(tmp_path):
     assert (repo / "runs/lra_state/group/stale/fit/checkpoints/step-0000010/training_state.pt").read_bytes() == b"tree"
     assert (repo / "runs/lra_state/group/newer/fit/checkpoints/step-0000020/training_state.pt").read_bytes() == b"machine"
     assert not (repo / "runs/lra_state/group/newer/fit/checkpoints/step-0000010").exists()
+
+
+def test_committed_folders_a_bare_machine_copies_come_back_only_once_changed(tmp_path):
+    """Session 24: a bare machine's RETURN_STATE=1 call sent back every committed run folder it had copied, trained or
+    not (44 MiB, whose transfer outlasted the 30 s the machine stays warm). Now only what a run changed comes back."""
+    repo = tmp_path / "repo"
+    (repo / "benchmarks").mkdir(parents=True)
+    for name in ("device_call.sh", "device_xfer.py", "lra_learn.py"):
+        shutil.copy(_ROOT / "benchmarks" / name, repo / "benchmarks" / name)
+    for run in ("idle", "trained"):
+        ckpt = repo / "benchmarks/results/lra_state_h200/group" / run / "fit/checkpoints/step-0000010"
+        ckpt.mkdir(parents=True)
+        (ckpt / "training_state.pt").write_bytes(run.encode() * 100)
+    env = {**os.environ, "PYTHON": sys.executable, "DRAIN": "1", "RETURN_STATE": "1"}
+
+    def call(n: int) -> list[str]:
+        out = tmp_path / f"OUT{n}"
+        out.mkdir()
+        done = subprocess.run(["bash", str(repo / "benchmarks/device_call.sh")], env={**env, "OUT": str(out)},
+                              capture_output=True, text=True, timeout=120, cwd=repo)
+        assert done.returncode == 0, done.stdout + done.stderr
+        members = []
+        for f in out.glob("*.tar"):
+            with tarfile.open(f) as tar:
+                members += sorted({m.name.split("/fit")[0] for m in tar.getmembers() if "/fit" in m.name})
+        return members
+
+    assert call(0) == []  # copied from the tree and untouched: nothing to send
+    (repo / "runs/lra_state/group/trained/fit/checkpoints/step-0000010/training_state.pt").write_bytes(b"a step later")
+    assert call(1) == ["lra_state/group/trained"]
 
 
 def test_device_call_gives_each_lra_group_its_own_backbones(tmp_path):
