@@ -662,7 +662,8 @@ def outbox_note_placed(outbox: Path, placed: list[tuple[str, Path]]) -> None:
     Without this, the first ``outbox add`` after a carry packs every carried folder again and
     the next calls return what was just sent (five 50 MB folders in one session); and a bare
     machine's first call with RETURN_STATE=1 sent back every committed run folder it had copied,
-    trained or not (session 24: 44 MiB, whose transfer outlasted the 30 s the machine stays warm).
+    trained or not (session 24: 44 MiB; the machine was gone when the next call came straight after, probably because
+    that transfer outlasted the 30 s a machine stays warm).
     """
     if not placed:
         return

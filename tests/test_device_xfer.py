@@ -444,7 +444,7 @@ def test_device_call_replaces_a_machine_run_folder_that_cannot_resume(tmp_path):
 
 def test_committed_folders_a_bare_machine_copies_come_back_only_once_changed(tmp_path):
     """Session 24: a bare machine's RETURN_STATE=1 call sent back every committed run folder it had copied, trained or
-    not (44 MiB, whose transfer outlasted the 30 s the machine stays warm). Now only what a run changed comes back."""
+    not (44 MiB; probably why the machine was gone when the next call came). Now only what a run changed comes back."""
     repo = tmp_path / "repo"
     (repo / "benchmarks").mkdir(parents=True)
     for name in ("device_call.sh", "device_xfer.py", "lra_learn.py"):
