@@ -76,12 +76,13 @@
 #                  - the head's LayerNorm on the pooled vector (model.head_norm=false)
 #                  - Skyformer's mean pools sum/1,024 over the lit pixels (masked outputs zeroed);
 #                    ours is the mean over the lit pixels (sum/their count, ~110; model.pool_divisor=length)
+#                  - dropout 0.1 on the embedded input (values and positions; model.input_dropout=0.1)
 #                Not matched (no setting for it here):
 #                  - OneCycleLR starts at lr/25 (8e-6, not 0), ends at lr/250,000, and cycles AdamW's
 #                    beta1 0.95 -> 0.85 (at the peak) -> 0.95; ours: beta1 0.9 fixed, eps 1e-8 (1e-6)
 #                  - gradients clipped by value at 1 (ours: by norm at 1, the library's default)
 #                  - fp16 autocast with the attention in fp32 (ours: bf16-mixed throughout)
-#                  - dropout 0.1 on the embedded input (ours: none); best checkpoint kept only after
+#                  - best checkpoint kept only after
 #                    20% of training (ours: from the start); validation on 156 x 128 = 19,968 of the
 #                    20,000 images, test on 19,968 (drop_last; ours: all); data from LRA's release
 #                    (ours: generated with the published procedure, the same 80/10/10 sizes)

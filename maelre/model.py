@@ -64,13 +64,16 @@ class SequenceClassifier(nn.Module):
     outputs zeroed), so the pooled vector also carries the share of real tokens (on Pathfinder
     with ``mask_zero``: of lit pixels). Same as ``"real"`` for unpadded batches.
 
+    ``input_dropout``: dropout on the adapter's tokens ``[B, N, D]`` (values and positions) before
+    the backbone, as Skyformer's LRA models drop their embedded input.
+
     ``forward(batch)`` takes the dict an adapter's ``collate`` made. For two-tower
     tasks (``two_tower=True``) the batch is ``{"left": {...}, "right": {...}}`` and both
     sides go through the same adapter and backbone.
     """
 
     def __init__(self, adapter: nn.Module, backbone: Backbone, num_classes: int, head_dropout: float = 0.0, two_tower: bool = False,
-                 head_hidden: int | None = None, head_norm: bool = True, pool_divisor: str = "real") -> None:
+                 head_hidden: int | None = None, head_norm: bool = True, pool_divisor: str = "real", input_dropout: float = 0.0) -> None:
         super().__init__()
         if getattr(adapter, "dim", backbone.dim) != backbone.dim:
             raise ValueError(f"adapter emits width {adapter.dim} but the backbone has dim={backbone.dim}; give both the same dim")
@@ -79,11 +82,15 @@ class SequenceClassifier(nn.Module):
         self.backbone = backbone
         self.two_tower = two_tower
         self.pool_divisor = pool_divisor
+        if not 0.0 <= input_dropout < 1.0:
+            raise ValueError(f"input_dropout must be in [0, 1), got {input_dropout}")
+        self.input_drop = nn.Dropout(input_dropout) if input_dropout > 0 else nn.Identity()
         self.head = ClassifierHead(backbone.dim, num_classes, head_dropout, two_tower, head_hidden, head_norm)
 
     def encode(self, batch: dict) -> Tensor:
         """Pooled ``[B, D]`` for one adapter batch."""
         tokens, mask = self.adapter(batch)
+        tokens = self.input_drop(tokens)
         grid = getattr(self.adapter, "token_grid", None)
         pooled = self.backbone(tokens, mask, layout=grid(tokens.shape[1]) if grid is not None else None)
         if self.pool_divisor == "length" and mask is not None:  # the mean over real tokens, times real tokens / padded length

@@ -8,7 +8,7 @@ Sections (every key is documented in ``docs/recipes.md``)::
               cache, max_train_samples, max_eval_samples, on_device, augment, augment_inputs, curriculum
     model:    backbone, <shared backbone keys: dim depth heads mlp_ratio dropout ...>,
               backbone_config: {<backbone name>: {<keys of that backbone only>}},
-              head_dropout, head_hidden, head_norm, pool_divisor, two_tower, init_from
+              input_dropout, head_dropout, head_hidden, head_norm, pool_divisor, two_tower, init_from
     optimizer: name, lr, weight_decay, betas, momentum
     schedule:  kind, warmup_steps, warmup_fraction, min_lr_ratio
     loss:      label_smoothing, class_weights

@@ -121,6 +121,8 @@ class ModelSection:
     Attributes:
         backbone: registry name (``maelre info``).
         backbone_config: per-backbone extra keys, ``{backbone_name: {key: value}}``.
+        input_dropout: dropout on the adapter's tokens (values and positions) before the
+            backbone, as Skyformer's LRA models drop their embedded input; 0: none.
         head_dropout: dropout before the classifier.
         head_hidden: a hidden layer of this width in the classifier head, ``Linear -> ReLU ->
             Linear`` (LRA's head, whose width is the model's ``mlp_dim``); unset: one linear layer.
@@ -135,6 +137,7 @@ class ModelSection:
 
     backbone: str = "maelre"
     backbone_config: dict = field(default_factory=dict)
+    input_dropout: float = 0.0
     head_dropout: float = 0.0
     head_hidden: int | None = None
     head_norm: bool = True
@@ -143,16 +146,17 @@ class ModelSection:
     init_from: str | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.head_dropout < 1.0:
-            raise ValueError(f"head_dropout must be in [0, 1), got {self.head_dropout}")
+        for name in ("input_dropout", "head_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.head_hidden is not None and (isinstance(self.head_hidden, bool) or not isinstance(self.head_hidden, int) or self.head_hidden < 1):
             raise ValueError(f"head_hidden must be a width >= 1 (or unset for a linear head), got {self.head_hidden!r}")
         if self.head_hidden is not None and self.two_tower:
             raise ValueError("head_hidden is for single-tower heads: the two-tower head has its hidden layer already; unset one of them")
 
     def head_kwargs(self) -> dict:
-        """The classifier head's keyword arguments of ``build_model``."""
-        return {"head_dropout": self.head_dropout, "two_tower": self.two_tower, "head_hidden": self.head_hidden, "head_norm": self.head_norm,
+        """``build_model``'s keyword arguments beyond the backbone's: the head, pooling and input dropout."""
+        return {"input_dropout": self.input_dropout, "head_dropout": self.head_dropout, "two_tower": self.two_tower, "head_hidden": self.head_hidden, "head_norm": self.head_norm,
                 "pool_divisor": self.pool_divisor}
 
 
@@ -271,14 +275,16 @@ class Recipe:
     def to_dict(self) -> dict:
         """The resolved recipe (all defaults filled in), as plain YAML-able data.
 
-        The optional keys ``data.augment_inputs``, ``data.curriculum``, ``model.head_hidden``,
-        ``model.head_norm``, ``model.pool_divisor`` and ``model.init_from`` appear only when set (``head_norm``: when false,
-        ``pool_divisor``: when not ``real``), so runs saved before they existed still ``--resume``.
+        The optional keys ``data.augment_inputs``, ``data.curriculum``, ``model.input_dropout``, ``model.head_hidden``,
+        ``model.head_norm``, ``model.pool_divisor`` and ``model.init_from`` appear only when set (``input_dropout``: when
+        not 0, ``head_norm``: when false, ``pool_divisor``: when not ``real``), so runs saved before they existed still ``--resume``.
         ``trainer.stop_at`` never does: a deadline belongs to one call, and a saved recipe
         resumed later must not inherit a past one.
         """
         model = {"backbone": self.model.backbone, **self.shared, "backbone_config": self.model.backbone_config,
                  "head_dropout": self.model.head_dropout, "two_tower": self.model.two_tower}
+        if self.model.input_dropout:
+            model["input_dropout"] = self.model.input_dropout
         if self.model.head_hidden is not None:
             model["head_hidden"] = self.model.head_hidden
         if not self.model.head_norm:

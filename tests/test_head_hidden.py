@@ -122,3 +122,38 @@ def test_pool_divisor_from_recipe_to_checkpoint():
         parse_recipe({**RECIPE, "model": {**RECIPE["model"], "pool_divisor": "padded"}})
     with pytest.raises(RecipeError, match="model.pool_divisor.*the backbone pools by 'cls'"):
         parse_recipe({**RECIPE, "model": {**RECIPE["model"], "pool_divisor": "length", "pool": "cls"}})
+
+
+def test_input_dropout_drops_the_adapters_tokens_in_training_only():
+    """``model.input_dropout``: Skyformer's dropout on the embedded input, before the backbone."""
+    from maelre import create_backbone
+    from maelre.model import SequenceClassifier
+
+    torch.manual_seed(0)
+    backbone = create_backbone("transformer", dim=16, depth=1, heads=2)
+    dropped, plain = (SequenceClassifier(_GivenTokens(), backbone, 3, input_dropout=p) for p in (0.5, 0.0))
+    assert isinstance(plain.input_drop, torch.nn.Identity) and dropped.input_drop.p == 0.5
+    plain.load_state_dict(dropped.state_dict())  # the same weights (dropout has none): the same parameter names
+    seen = []
+    backbone.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    batch = {"tokens": torch.randn(2, 10, 16), "mask": None}
+    dropped.train()(batch)
+    assert ((seen[-1] == 0) | torch.isclose(seen[-1], 2 * batch["tokens"])).all() and (seen[-1] == 0).any()  # dropped or scaled by 1/(1-p)
+    dropped.eval(), plain.eval()
+    torch.testing.assert_close(dropped(batch), plain(batch))  # evaluation: no dropout
+    with pytest.raises(ValueError, match=r"input_dropout must be in \[0, 1\)"):
+        SequenceClassifier(_GivenTokens(), backbone, 3, input_dropout=1.0)
+
+
+def test_input_dropout_from_recipe_to_checkpoint():
+    adapter = create_adapter("pixels", dim=16, max_len=64)
+    model = build_model(adapter, "transformer", {"depth": 1, "heads": 2}, num_classes=4, input_dropout=0.1)
+    assert model_from_spec(adapter, ModelSpec.from_dict(model.spec.to_dict())).input_drop.p == 0.1
+    old = {k: v for k, v in model.spec.to_dict().items() if k != "input_dropout"}  # written before the key existed
+    assert isinstance(model_from_spec(adapter, ModelSpec.from_dict(old)).input_drop, torch.nn.Identity)
+    recipe = parse_recipe({**RECIPE, "model": {**RECIPE["model"], "input_dropout": 0.1}})
+    assert recipe.model.head_kwargs()["input_dropout"] == 0.1
+    assert parse_recipe(recipe.to_dict()).model.input_dropout == 0.1
+    assert "input_dropout" not in parse_recipe(RECIPE).to_dict()["model"]  # the default: saved recipes stay as they were
+    with pytest.raises(RecipeError, match=r"input_dropout must be in \[0, 1\)"):
+        parse_recipe({**RECIPE, "model": {**RECIPE["model"], "input_dropout": 1.5}})

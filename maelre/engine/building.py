@@ -32,6 +32,7 @@ class ModelSpec:
         head_hidden: width of the head's hidden layer (``None``: a linear head).
         head_norm: the head's LayerNorm on the pooled vector (``False``: none).
         pool_divisor: ``"real"`` (mean over real tokens) or ``"length"`` (their sum over the padded length).
+        input_dropout: dropout on the adapter's tokens before the backbone.
     """
 
     backbone: str
@@ -45,6 +46,7 @@ class ModelSpec:
     head_hidden: int | None = None
     head_norm: bool = True
     pool_divisor: str = "real"
+    input_dropout: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,6 +102,7 @@ def build_model(
     head_hidden: int | None = None,
     head_norm: bool = True,
     pool_divisor: str = "real",
+    input_dropout: float = 0.0,
 ) -> SequenceClassifier:
     """adapter + registered backbone + head -> ``SequenceClassifier`` (``forward(batch) -> logits [B, C]``).
 
@@ -113,7 +116,7 @@ def build_model(
     if cfg.setdefault("dim", adapter.dim) != adapter.dim:
         raise ValueError(f"backbone dim={cfg['dim']} differs from the adapter's dim={adapter.dim}; model.dim sets both, so leave the adapter's dim unset")
     backbone = create_backbone(backbone_name, **cfg)
-    model = SequenceClassifier(adapter, backbone, num_classes, head_dropout, two_tower, head_hidden, head_norm, pool_divisor)
+    model = SequenceClassifier(adapter, backbone, num_classes, head_dropout, two_tower, head_hidden, head_norm, pool_divisor, input_dropout)
     model.spec = ModelSpec(
         backbone=backbone_name,
         backbone_config=backbone.config.to_dict(),
@@ -125,6 +128,7 @@ def build_model(
         head_hidden=head_hidden,
         head_norm=head_norm,
         pool_divisor=pool_divisor,
+        input_dropout=input_dropout,
     )
     return model
 
@@ -132,7 +136,7 @@ def build_model(
 def model_from_spec(adapter: Any, spec: ModelSpec) -> SequenceClassifier:
     """The (untrained) model a checkpoint's ``spec`` describes, on ``adapter`` (its preprocessing already loaded)."""
     return build_model(adapter, spec.backbone, spec.backbone_config, spec.num_classes, spec.head_dropout, spec.two_tower, spec.head_hidden,
-                       spec.head_norm, spec.pool_divisor)
+                       spec.head_norm, spec.pool_divisor, spec.input_dropout)
 
 
 def num_classes_of(model: SequenceClassifier) -> int:
