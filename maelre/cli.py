@@ -101,8 +101,24 @@ def _cmd_eval(args: argparse.Namespace, split: str) -> int:
     loaded, metrics = evaluate_saved(args.target, split, args.set, args.batch_size)
     _console().print(f"checkpoint: {loaded.path}")
     _print_metrics(f"{split} metrics", metrics)
+    if args.predictions:
+        from maelre.compare import write_predictions
+
+        path = write_predictions(args.predictions, metrics["labels"], metrics["predictions"], list(loaded.classes), split)
+        _console().print(f"predictions: {path} (maelre compare)")
     if args.json:
-        print(json.dumps({k: v for k, v in metrics.items() if k != "confusion"}))
+        print(json.dumps({k: v for k, v in metrics.items() if k not in ("confusion", "labels", "predictions")}))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from maelre.compare import compare, describe, load_predictions
+
+    result = compare(load_predictions(args.a), load_predictions(args.b))
+    for line in describe(result, args.alpha):
+        _console().print(line)
+    if args.json:
+        print(json.dumps(result))
     return 0
 
 
@@ -314,7 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
         add_set(p)
         p.add_argument("--batch-size", type=int, default=None)
         p.add_argument("--json", action="store_true", help="also print the metrics as one JSON line")
+        p.add_argument("--predictions", metavar="FILE", help="write the labels and predicted classes per sample to FILE (for maelre compare)")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("compare", help="two runs on the same test set, item by item: accuracies, 95%% intervals, McNemar's exact test")
+    p.add_argument("a", help="run directory or test_predictions.json of run A")
+    p.add_argument("b", help="run directory or test_predictions.json of run B")
+    p.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdict (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="also print the result as one JSON line")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("predict", help="classify audio/text/image files or a .npy array with a saved model")
     p.add_argument("checkpoint", help="checkpoint or run directory")

@@ -43,6 +43,23 @@ def test_test_command_reproduces_the_run_metrics(finished_run, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["n"] == 14
 
 
+def test_fit_and_test_write_the_predictions_maelre_compare_reads(finished_run, tmp_path, capsys):
+    """test_predictions.json: labels and predicted classes in the test set's order, agreeing with results.json."""
+    from maelre.compare import load_predictions
+
+    written = load_predictions(finished_run)
+    results = json.loads((finished_run / "results.json").read_text())
+    right = sum(p == y for p, y in zip(written["predictions"], written["labels"]))
+    assert len(written["labels"]) == 60 and right / 60 == pytest.approx(results["metrics"]["test/acc"])
+    assert written["classes"] == results["classes"]
+    assert main(["test", str(finished_run), "--predictions", str(tmp_path / "again.json")]) == 0
+    again = load_predictions(tmp_path / "again.json")
+    assert again["labels"] == written["labels"] and again["predictions"] == written["predictions"]  # the same weights, the same answers
+    capsys.readouterr()
+    assert main(["compare", str(finished_run), str(tmp_path / "again.json")]) == 0
+    assert "only A 0, only B 0" in capsys.readouterr().out
+
+
 def test_predict_on_npy_matches_the_python_api(finished_run, tmp_path, capsys):
     rng = np.random.default_rng(0)
     arrays = rng.standard_normal((5, 24)).astype(np.float32)

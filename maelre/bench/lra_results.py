@@ -8,9 +8,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from scipy.stats import binomtest
 
 from maelre.bench.lra_tasks import GENERATED_DATASETS, TaskSpec
+from maelre.stats import wilson_interval
 from maelre.recipe import Recipe
 
 
@@ -44,8 +44,8 @@ def accuracy_interval(row: Mapping[str, Any], confidence: float = 0.95) -> tuple
     if accuracy is None or not n or not 0 <= accuracy <= 100 + 1e-6:  # out of range: no interval rather than a broken page
         return None
     n = int(n)
-    ci = binomtest(min(round(accuracy * n / 100), n), n).proportion_ci(confidence_level=confidence, method="wilson")
-    return 100 * float(ci.low), 100 * float(ci.high)
+    low, high = wilson_interval(min(round(accuracy * n / 100), n), n, confidence)
+    return 100 * low, 100 * high
 
 
 DESCRIPTION = "maelre accuracy leaderboard; accuracy and val_accuracy are test/validation accuracy in percent"

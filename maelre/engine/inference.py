@@ -66,7 +66,11 @@ def evaluate(
     device: str | torch.device | None = None,
     precision: str = "32",
 ) -> dict[str, Any]:
-    """Accuracy, macro-F1, mean cross-entropy and the confusion matrix (rows = true class) on labelled samples."""
+    """Accuracy, macro-F1, mean cross-entropy and the confusion matrix (rows = true class) on labelled samples.
+
+    Also ``labels`` and ``predictions``: per sample, in the samples' order (``int64 [n]`` arrays), so that two
+    models scored on the same samples can be compared item by item (``maelre compare``).
+    """
     if len(samples) == 0:
         raise ValueError("evaluate got no samples")
     logits, labels = _logits(model, samples, batch_size, num_workers, _default_device(device), precision)
@@ -77,4 +81,6 @@ def evaluate(
         "loss": float(F.cross_entropy(logits, labels)),
         "n": int(labels.numel()),
         "confusion": multiclass_confusion_matrix(logits, labels, c).numpy(),
+        "labels": labels.numpy().astype("int64"),
+        "predictions": logits.argmax(dim=1).numpy().astype("int64"),
     }

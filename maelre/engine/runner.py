@@ -7,6 +7,7 @@ A run directory holds::
     logs/version_N/          CSV metrics and TensorBoard events
     results.json             test metrics, parameter count, throughput, time, memory, environment
     confusion_matrix.png     test confusion matrix
+    test_predictions.json    labels and predicted classes per test sample, in order (``maelre compare``)
     learning_curve.png       train/val loss and val accuracy per epoch
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import yaml
 from lightning.pytorch.utilities import rank_zero_only
 
+from maelre.compare import PREDICTIONS, write_predictions
 from maelre.engine.callbacks import environment, plot_confusion_matrix, plot_learning_curve, write_results
 from maelre.engine.checkpoint import (
     LoadedModel,
@@ -123,6 +125,7 @@ def run_recipe(
         eval_batch = recipe.data.eval_batch_size or 2 * recipe.data.batch_size
         test = evaluate(result.model, data.test, eval_batch, recipe.data.num_workers, precision=trainer_cfg.precision)
         plot_confusion_matrix(test["confusion"], data.classes, path / "confusion_matrix.png")
+        write_predictions(path / PREDICTIONS, test["labels"], test["predictions"], list(data.classes))  # for maelre compare
     else:  # trainer.test_partial off: a later call tests
         test = {"acc": None, "f1": None, "loss": None, "confusion": None}
     if result.history:
