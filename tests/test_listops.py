@@ -1,6 +1,8 @@
 """ListOps: LRA's generator procedure, an independent evaluator, the TSV format and the loader."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -257,3 +259,25 @@ def test_outermost_operator_baseline_reads_only_the_outer_operator():
         outermost_operator_baseline([], test)
     with pytest.raises(ValueError, match="test examples"):
         outermost_operator_baseline(train, [])
+
+
+
+def test_the_shortcut_writes_predictions_maelre_compare_pairs_with_a_run(tmp_path):
+    import importlib.util
+
+    from maelre.compare import load_predictions
+    from modalities.datasets.listops import outermost_operator_predictions, write_listops_tsv
+
+    train = [("[MAX 1 9 ]", 9), ("[MAX 3 4 ]", 9), ("[MIN 0 5 ]", 0)]
+    test = [("[MAX 3 4 ]", 4), ("[MIN [MAX 7 8 ] 9 ]", 0), ("[SM 9 ]", 9)]
+    assert outermost_operator_predictions(train, test) == [9, 0, 9]  # SM unseen: the most frequent label overall
+    write_listops_tsv(tmp_path / "basic_train.tsv", train)
+    write_listops_tsv(tmp_path / "basic_test.tsv", test)
+    spec = importlib.util.spec_from_file_location("listops_shortcut", Path(__file__).resolve().parents[1] / "benchmarks" / "listops_shortcut.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main([str(tmp_path), str(tmp_path / "shortcut.json")]) == 0
+    written = load_predictions(tmp_path / "shortcut.json")
+    assert written["labels"] == [4, 0, 9] and written["predictions"] == [9, 0, 9]
+    with pytest.raises(SystemExit):
+        tool.main([str(tmp_path / "nowhere"), str(tmp_path / "x.json")])

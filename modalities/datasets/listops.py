@@ -45,6 +45,7 @@ from modalities.datasets.listops_expressions import (  # noqa: F401  (re-exporte
     max_arguments,
     operator_nesting,
     outermost_operator_baseline,
+    outermost_operator_predictions,
     shuffle_operands,
 )
 from modalities.datasets.listops_files import TSV_HEADER, read_listops_tsv, write_listops_tsv  # noqa: F401  (re-exported)

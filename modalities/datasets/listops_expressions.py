@@ -221,13 +221,8 @@ def describe_listops(samples: Iterable[tuple[str, int]]) -> dict:
     }
 
 
-def outermost_operator_baseline(train: Iterable[tuple[str, int]], test: Iterable[tuple[str, int]]) -> float:
-    """Test accuracy of a shortcut that reads only the outermost operator.
-
-    It predicts, for each outermost operator, its most frequent label in ``train`` (MAX
-    leans to 9, MIN to 0). A model at this accuracy has learned no nesting; the level of
-    LRA's Transformer (36.37%) is this shortcut's.
-    """
+def outermost_operator_predictions(train: Iterable[tuple[str, int]], test: Iterable[tuple[str, int]]) -> list[int]:
+    """The outermost-operator shortcut's answer for each ``test`` expression (``outermost_operator_baseline``'s rule)."""
     by_operator: dict[str, Counter] = {}
     for expr, label in train:
         by_operator.setdefault(listops_tokens(expr)[0], Counter())[label] += 1
@@ -235,7 +230,19 @@ def outermost_operator_baseline(train: Iterable[tuple[str, int]], test: Iterable
         raise ValueError("outermost_operator_baseline needs training examples")
     fallback = sum(by_operator.values(), Counter()).most_common(1)[0][0]
     rule = {operator: counts.most_common(1)[0][0] for operator, counts in by_operator.items()}
-    hits = [rule.get(listops_tokens(expr)[0], fallback) == label for expr, label in test]
+    return [rule.get(listops_tokens(expr)[0], fallback) for expr, _ in test]
+
+
+def outermost_operator_baseline(train: Iterable[tuple[str, int]], test: Iterable[tuple[str, int]]) -> float:
+    """Test accuracy of a shortcut that reads only the outermost operator.
+
+    It predicts, for each outermost operator, its most frequent label in ``train`` (MAX
+    leans to 9, MIN to 0). A model at this accuracy has learned no nesting; the level of
+    LRA's Transformer (36.37%) is this shortcut's. ``maelre compare`` pairs a run with it item
+    by item (``benchmarks/listops_shortcut.py`` writes its predictions).
+    """
+    test = list(test)
+    hits = [p == label for p, (_, label) in zip(outermost_operator_predictions(train, test), test)]
     if not hits:
         raise ValueError("outermost_operator_baseline needs test examples")
     return float(np.mean(hits))
