@@ -65,11 +65,12 @@ def evaluate(
     num_workers: int = 0,
     device: str | torch.device | None = None,
     precision: str = "32",
+    per_sample: bool = False,
 ) -> dict[str, Any]:
     """Accuracy, macro-F1, mean cross-entropy and the confusion matrix (rows = true class) on labelled samples.
 
-    Also ``labels`` and ``predictions``: per sample, in the samples' order (``int64 [n]`` arrays), so that two
-    models scored on the same samples can be compared item by item (``maelre compare``).
+    ``per_sample``: also ``labels`` and ``predictions``, per sample in the samples' order (``int64 [n]`` arrays),
+    so that two models scored on the same samples can be compared item by item (``maelre compare``).
     """
     if len(samples) == 0:
         raise ValueError("evaluate got no samples")
@@ -81,6 +82,4 @@ def evaluate(
         "loss": float(F.cross_entropy(logits, labels)),
         "n": int(labels.numel()),
         "confusion": multiclass_confusion_matrix(logits, labels, c).numpy(),
-        "labels": labels.numpy().astype("int64"),
-        "predictions": logits.argmax(dim=1).numpy().astype("int64"),
-    }
+    } | ({"labels": labels.numpy().astype("int64"), "predictions": logits.argmax(dim=1).numpy().astype("int64")} if per_sample else {})

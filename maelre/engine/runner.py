@@ -123,7 +123,7 @@ def run_recipe(
     tested = trainer_cfg.test_partial or not cut
     if tested:
         eval_batch = recipe.data.eval_batch_size or 2 * recipe.data.batch_size
-        test = evaluate(result.model, data.test, eval_batch, recipe.data.num_workers, precision=trainer_cfg.precision)
+        test = evaluate(result.model, data.test, eval_batch, recipe.data.num_workers, precision=trainer_cfg.precision, per_sample=True)
         plot_confusion_matrix(test["confusion"], data.classes, path / "confusion_matrix.png")
         write_predictions(path / PREDICTIONS, test["labels"], test["predictions"], list(data.classes))  # for maelre compare
     else:  # trainer.test_partial off: a later call tests
@@ -179,7 +179,8 @@ def checkpoint_for(target: str | Path, overrides: Sequence[str] = ()) -> Path:
 def evaluate_saved(target: str | Path, split: str = "test", overrides: Sequence[str] = (), batch_size: int | None = None) -> tuple[LoadedModel, dict[str, Any]]:
     """Load a saved model and evaluate it on ``split`` (``"val"`` or ``"test"``) of its recipe's data.
 
-    ``overrides`` adjust the stored recipe's ``data`` settings (e.g. a different ``root``).
+    ``overrides`` adjust the stored recipe's ``data`` settings (e.g. a different ``root``). The metrics are
+    ``evaluate``'s with ``per_sample=True`` (``labels`` and ``predictions`` for ``maelre compare``).
     """
     loaded = load_model(checkpoint_for(target, overrides))
     if loaded.recipe is None:
@@ -189,5 +190,6 @@ def evaluate_saved(target: str | Path, split: str = "test", overrides: Sequence[
     samples = data.val if split == "val" else data.test
     if not samples:
         raise ValueError(f"the recipe's data has no {split} split (data.val_fraction=0?)")
-    metrics = evaluate(loaded.model, samples, batch_size or recipe.data.eval_batch_size or 2 * recipe.data.batch_size, recipe.data.num_workers)
+    metrics = evaluate(loaded.model, samples, batch_size or recipe.data.eval_batch_size or 2 * recipe.data.batch_size, recipe.data.num_workers,
+                       per_sample=True)
     return loaded, metrics
