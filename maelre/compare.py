@@ -42,6 +42,8 @@ def load_predictions(target: str | Path) -> dict[str, Any]:
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Accuracies with 95% intervals, the agreement table and McNemar's exact p-value of two predictions files."""
+    if a.get("split") != b.get("split"):
+        raise ValueError(f"one file scores the {a.get('split')} split and the other the {b.get('split')} split: compare runs on the same split")
     if a["labels"] != b["labels"]:
         n_a, n_b = len(a["labels"]), len(b["labels"])
         why = f"{n_a} and {n_b} samples" if n_a != n_b else f"the labels differ at {sum(x != y for x, y in zip(a['labels'], b['labels']))} positions"
@@ -65,7 +67,9 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
 
 
 def describe(result: dict[str, Any], alpha: float = 0.05) -> list[str]:
-    """Lines for the console: the two accuracies, the table, the test's verdict."""
+    """Lines for the console: the two accuracies, the table, the test's verdict at level ``alpha``."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"--alpha must be in (0, 1), got {alpha}")
     a, b = result["a"], result["b"]
     separated = result["p_value"] < alpha
     return [

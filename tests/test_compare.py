@@ -7,7 +7,7 @@ import pytest
 from scipy.stats import binomtest
 
 from maelre.cli import main
-from maelre.compare import PREDICTIONS, compare, load_predictions, write_predictions
+from maelre.compare import PREDICTIONS, compare, describe, load_predictions, write_predictions
 from maelre.stats import mcnemar_exact, wilson_interval
 
 
@@ -50,6 +50,11 @@ def test_another_test_set_or_a_bad_file_is_refused_with_the_reason(tmp_path):
         compare(a, _write(tmp_path / "b.json", [0, 1], [0, 1]))
     with pytest.raises(ValueError, match="labels differ at 1 positions"):
         compare(a, _write(tmp_path / "c.json", [0, 1, 0], [0, 1, 0]))
+    write_predictions(tmp_path / "val.json", [0, 1, 2], [0, 1, 2], split="val")
+    with pytest.raises(ValueError, match="the test split and the other the val split"):
+        compare(a, load_predictions(tmp_path / "val.json"))
+    with pytest.raises(ValueError, match="alpha must be in"):
+        describe(compare(a, a), alpha=1.5)
     with pytest.raises(FileNotFoundError, match="maelre test RUN --predictions FILE"):
         load_predictions(tmp_path / "no_run")
     (tmp_path / "bad.json").write_text(json.dumps({"labels": [1, 2]}))
