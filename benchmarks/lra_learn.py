@@ -216,10 +216,11 @@ def cmd_rows(group: Path, task: str, out: Path, concurrent: int, gpu: str = "NVI
     from maelre.recipe import load_recipe
 
     rows = []
+    recorded = _curves_of(curves, group.name)
     for results_file in sorted(group.glob("*/fit/results.json")):
         run = results_file.parent
         recipe, results = load_recipe(run / "recipe.yaml"), json.loads(results_file.read_text())
-        later = _later_in_curves(curves, run, results)
+        later = _later_in_curves(recorded, run, results)
         if later is not None:
             results = {**results, "global_step": later["global_step"], "metrics": later["metrics"], "call_ended_early": False}
         backbone = (names or {}).get(run.parent.name, run.parent.name)
@@ -254,15 +255,19 @@ def cmd_rows(group: Path, task: str, out: Path, concurrent: int, gpu: str = "NVI
         print(f"{row['backbone']}: {row['accuracy']:.2f} % test, {row['steps']} steps, {row['status']}")
 
 
-def _later_in_curves(curves: Path | None, run: Path, results: dict) -> dict | None:
-    """The curves' record of ``run`` (``BACKBONE/fit``) where it is further on than ``results`` and tested, else ``None``."""
+def _curves_of(curves: Path | None, group: str) -> dict:
+    """The runs that the curves JSON of ``group`` records (``{}`` without one); another group's curves are refused."""
     if curves is None:
-        return None
+        return {}
     document = json.loads(curves.read_text())
-    group = run.parent.parent.name
     if document.get("group") not in (None, group):
         raise SystemExit(f"{curves} holds the curves of group {document['group']!r}, not {group!r}: pass that group's curves")
-    record = (document.get("runs") or {}).get(f"{run.parent.name}/{run.name}") or {}
+    return document.get("runs") or {}
+
+
+def _later_in_curves(recorded: dict, run: Path, results: dict) -> dict | None:
+    """The curves' record of ``run`` (``BACKBONE/fit``) where it is further on than ``results`` and tested, else ``None``."""
+    record = recorded.get(f"{run.parent.name}/{run.name}") or {}
     metrics = record.get("metrics") or {}
     if (record.get("global_step") or 0) <= (results.get("global_step") or 0) or metrics.get("test/acc") is None:
         return None
