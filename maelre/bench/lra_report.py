@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from maelre.bench.lra_pareto import pareto_table, plot_name, points_by_task, write_task_plots
-from maelre.bench.lra_results import DONE_STATUSES, accuracy_interval, concurrent_runs, row_key
+from maelre.bench.lra_results import DONE_STATUSES, concurrent_runs, interval_text, row_key
 from maelre.bench.lra_targets import evaluate_targets
 from maelre.bench.lra_tasks import DEFAULT_BACKBONES, LRA_TASKS, PUBLISHED, TASKS, PublishedResult, TaskSpec
 from maelre.bench.report import markdown_table, write_text_atomic
@@ -60,11 +60,6 @@ def _setup_text(row: Mapping[str, Any]) -> str:
     return "; ".join(p for p in parts if p)
 
 
-def _interval_text(row: Mapping[str, Any]) -> str | None:
-    ci = accuracy_interval(row)
-    return None if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}"
-
-
 BUDGET_TEXT = {"max_steps": "max {} steps", "max_epochs": "max {} epochs", "max_time_minutes": "max {:g} min"}
 
 
@@ -90,7 +85,7 @@ def render_markdown(document: Mapping[str, Any], targets: Sequence[TargetCheck])
         {
             **r,
             "acc": None if r["accuracy"] is None else f"{r['accuracy']:.2f}",
-            "ci": _interval_text(r),
+            "ci": interval_text(r),
             "train_s": None if r["train_seconds"] is None else f"{r['train_seconds']:.0f}",
             "shared": concurrent_runs(r),
             "state": r["status"] if not r["message"] else f"{r['status']}: {r['message'][:160]}",

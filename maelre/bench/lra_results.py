@@ -10,8 +10,8 @@ from typing import Any
 import torch
 
 from maelre.bench.lra_tasks import GENERATED_DATASETS, TaskSpec
-from maelre.stats import wilson_interval
 from maelre.recipe import Recipe
+from maelre.stats import wilson_interval
 
 
 DONE_STATUSES = ("ok", "time_limit")
@@ -46,6 +46,12 @@ def accuracy_interval(row: Mapping[str, Any], confidence: float = 0.95) -> tuple
     n = int(n)
     low, high = wilson_interval(min(round(accuracy * n / 100), n), n, confidence)
     return 100 * low, 100 * high
+
+
+def interval_text(row: Mapping[str, Any]) -> str | None:
+    """``accuracy_interval(row)`` as the tables print it (``"36.3-40.6"``), ``None`` without one."""
+    ci = accuracy_interval(row)
+    return None if ci is None else f"{ci[0]:.1f}-{ci[1]:.1f}"
 
 
 DESCRIPTION = "maelre accuracy leaderboard; accuracy and val_accuracy are test/validation accuracy in percent"

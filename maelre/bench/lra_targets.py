@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from maelre.bench.lra_pareto import alone_seconds, cost_point, trained_step_field
-from maelre.bench.lra_results import DONE_STATUSES, PARTIAL, accuracy_interval, row_key
+from maelre.bench.lra_results import DONE_STATUSES, PARTIAL, interval_text, row_key
 from maelre.bench.targets import TargetCheck
 
 
@@ -99,8 +99,8 @@ def _check_accuracy(target: AccuracyTarget, by_key: Mapping[tuple[str, str], Map
         if short:
             verdict += " so far"
         steps = f"{row['steps']} of {planned} steps, partial" if short else f"{row['steps']} steps"
-        ci = accuracy_interval(row)
-        interval = "" if ci is None else f", 95% CI {ci[0]:.1f}-{ci[1]:.1f}"
+        ci = interval_text(row)
+        interval = "" if ci is None else f", 95% CI {ci}"
         detail = f"{row['accuracy']:.2f}% on {row['data']} data ({row['samples']['test']} test samples{interval}, {steps}, {row['gpu']})"
     return TargetCheck(target.name, f">= {target.minimum:g}%", verdict, detail)
 
@@ -115,9 +115,9 @@ def _check_pair(target: PairTarget, by_key: Mapping[tuple[str, str], Mapping[str
         return TargetCheck(target.name, goal, "not run", why_not)
     ours, theirs = (cost_point(r) for r in rows)
     accuracy = f"{ours.accuracy:.2f}% against {theirs.accuracy:.2f}%"
-    intervals = [accuracy_interval(r) for r in rows]
+    intervals = [interval_text(r) for r in rows]
     if None not in intervals:
-        accuracy += " (95% CI " + " against ".join(f"{lo:.1f}-{hi:.1f}" for lo, hi in intervals) + ")"
+        accuracy += f" (95% CI {' against '.join(intervals)})"
     if ours.accuracy < theirs.accuracy:
         return TargetCheck(target.name, goal, "MISS", f"less accurate: {accuracy}")
     untimed = [p.backbone for p in (ours, theirs) if p.cost_source not in ALONE_SOURCES or p.gpu_seconds is None]
