@@ -69,6 +69,7 @@ from maelre.backbones.maelre import MAELREBlock
 from maelre.bench.efficiency import parse_name_list, parse_seq_lens
 from maelre.bench.efficiency_case import gc_paused, make_step, release_memory, time_step
 from maelre.bench.efficiency_config import BenchConfig, Step
+from maelre.bench.efficiency_report import plan_graphs_note
 from maelre.bench.ideal import TWIN, split_variant
 from maelre.bench.profile import add_step_shape_arguments
 from maelre.bench.report import markdown_table, write_json_atomic, write_text_atomic
@@ -397,6 +398,7 @@ def _length_table(cases: Sequence[Mapping[str, Any]], diffs: Sequence[Mapping[st
 
 def render_markdown(document: Mapping[str, Any]) -> str:
     meta = document["meta"]
+    graphs = plan_graphs_note(meta)
     lines = [
         "# Host time of the eager train step, by region",
         "",
@@ -404,7 +406,7 @@ def render_markdown(document: Mapping[str, Any]) -> str:
         "",
         (
             f"{meta['device_name']}, torch {meta['torch']}, triton {meta['triton']}, Triton kernels {meta['triton_kernels']}"
-            f"{', merge ' + str(meta['plan_graphs']) + ' from CUDA graphs (MAELRE_PLAN_GRAPHS)' if meta.get('plan_graphs') else ''}; "
+            f"{', ' + graphs if graphs else ''}; "
             f"{meta['dtype']}, dim {meta['dim']}, depth {meta['depth']}, heads {meta['heads']}, MLP ratio {meta['mlp_ratio']}; "
             f"{meta['batch_policy']}; {meta['warmup']} warm-up steps, then per backbone {meta['steps']} steps back to back (device ms), "
             f"then {meta['rounds']} alternating rounds of {meta['steps']} bare and {meta['steps']} instrumented steps, each from an idle "

@@ -52,7 +52,7 @@ def render_markdown(document: Mapping[str, Any], targets: Sequence[TargetCheck],
             f"- Shape: dim {meta['dim']}, depth {meta['depth']}, heads {meta['heads']}, MLP ratio {meta['mlp_ratio']}; "
             f"precision {meta['dtype']}{' autocast' if meta['dtype'] != 'fp32' else ''}; torch.compile {'on' if meta['compile'] else 'off'}; "
             f"CUDA graph {'on (whole step captured, replays timed)' if meta.get('cuda_graph') else 'off'}"
-            + (f"; {plan_graphs_note(meta)}" if meta.get("plan_graphs") else "")
+            + (f"; {note}" if (note := plan_graphs_note(meta)) else "")
         ),
         f"- Batch: {meta['batch_policy']}",
         f"- Timing: {meta['warmup']} warm-up then {meta['repeats']} timed steps ({meta['timer']}); median shown, min–max beside it; "

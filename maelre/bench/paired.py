@@ -167,7 +167,7 @@ def table(document: dict[str, Any]) -> str:
     meta = document["meta"]
     lines = [
         f"Paired timing on {meta['gpu_name']} ({meta['dtype']}, {'CUDA graphs' if meta['cuda_graph'] else 'eager'}, "
-        + (f"{plan_graphs_note(meta)}, " if meta.get("plan_graphs") else "") +
+        + (f"{note}, " if (note := plan_graphs_note(meta)) else "") +
         f"{meta['batch_policy']}), {meta['rounds']} alternating rounds of {meta['per_round']} steps: `{meta['command']}`",
         "",
         "| N | A / B | ratio (median of rounds) | rounds min-max | A ms | B ms | goal | verdict |",
