@@ -70,6 +70,7 @@ def building(asked: str) -> Iterator[None]:
     finally:
         MODE, ENABLED, MERGES = saved
 
+
 PlanFn = Callable[..., tuple[Tensor | None, ...]]
 
 
