@@ -8,7 +8,7 @@ from scipy.stats import binomtest
 
 from maelre.cli import main
 from maelre.compare import PREDICTIONS, compare, describe, load_predictions, write_predictions
-from maelre.stats import mcnemar_exact, wilson_interval
+from maelre.stats import mcnemar_exact, paired_rounds, wilson_interval
 
 
 def _write(path, labels, predictions):
@@ -75,3 +75,13 @@ def test_a_run_directory_is_found_and_the_cli_prints_the_verdict(tmp_path, capsy
     assert json.loads(out.strip().splitlines()[-1])["only_a_right"] == 50
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "nothing")]) == 2  # a clear error, not a traceback
     assert "no test_predictions.json" in capsys.readouterr().err
+
+
+def test_paired_rounds_counts_the_faster_rounds_and_tests_them():
+    faster, rounds, p = paired_rounds([1.0] * 8, [2.0] * 8)
+    assert (faster, rounds) == (8, 8) and p < 0.01  # every round one way: as strong as 8 rounds can be
+    faster, rounds, p = paired_rounds([1.0, 2.0, 1.0, 2.0], [2.0, 1.0, 2.0, 1.0])
+    assert (faster, rounds) == (2, 4) and p == 1.0  # a tie in every sense
+    assert paired_rounds([1.0, 1.0], [1.0, 1.0])[2] == 1.0
+    with pytest.raises(ValueError, match="equally long"):
+        paired_rounds([1.0, 2.0], [1.0])

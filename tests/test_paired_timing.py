@@ -111,3 +111,24 @@ def test_an_unknown_merge_graphs_tag_is_named():
 
     with pytest.raises(ValueError, match="unknown merge-graphs tag 'fast'; use one of"):
         paired.build_step("maelre+fast", 128, 2, BenchConfig(device="cpu"))
+
+
+def test_the_table_counts_rounds_and_tests_them_and_report_only_rerenders_it(tmp_path, capsys):
+    """A run's JSON keeps the per-round times; the table turns them into rounds won and a Wilcoxon p, also for old JSONs."""
+    meta = {"gpu_name": "GPU", "dtype": "bf16", "cuda_graph": False, "batch_policy": "batch 1", "rounds": 8, "per_round": 5,
+            "command": "cmd", "plan_graphs": None}
+    a = [10.0, 11.0, 9.5, 10.2, 10.1, 9.8, 10.4, 12.0]
+    row = {"kind": "replay", "a": "maelre+mergegraphs", "b": "maelre+nographs", "seq_len": 4096, "batch": 16, "goal": None,
+           "status": "ok", "ratio": 0.9, "ratio_min": 0.8, "ratio_max": 1.1, "a_ms": 10.1, "b_ms": 11.2,
+           "a_round_ms": a, "b_round_ms": [x + 1.0 for x in a[:7]] + [11.0], "verdict": "-"}
+    out = tmp_path / "paired.json"
+    out.write_text(json.dumps({"meta": meta, "results": [row]}))
+    assert paired.main(["--report-only", "--out", str(out)]) == 0
+    line = next(l for l in out.with_suffix(".md").read_text().splitlines() if l.startswith("| 4096"))
+    assert "| 7 of 8 rounds |" in line, line
+    p = float(line.split("|")[6])
+    assert 0.01 < p < 0.1, line  # 7 of 8 one way, the eighth the other way but largest: not as strong as 8 of 8
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        paired.main(["--report-only", "--out", str(tmp_path / "bad.json")])
+    assert "re-renders the table from a paired timing JSON" in capsys.readouterr().err

@@ -25,6 +25,7 @@ machine), so each mode's MAELRE (``maelre+mergegraphs``) is timed against MAELRE
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import statistics
 import sys
@@ -44,6 +45,7 @@ from maelre.bench.efficiency_run import collect_meta
 from maelre.bench.ideal import TWIN
 from maelre.bench.report import write_json_atomic
 from maelre.layers import plan_graphs
+from maelre.stats import paired_rounds
 
 TWIN_GOAL = 1.15
 SPEEDUP_GOALS = {(16384, False): 5.0, (16384, True): 8.0, (65536, False): 20.0, (65536, True): 20.0}
@@ -170,17 +172,20 @@ def table(document: dict[str, Any]) -> str:
         + (f"{note}, " if (note := plan_graphs_note(meta)) else "") +
         f"{meta['batch_policy']}), {meta['rounds']} alternating rounds of {meta['per_round']} steps: `{meta['command']}`",
         "",
-        "| N | A / B | ratio (median of rounds) | rounds min-max | A ms | B ms | goal | verdict |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| N | A / B | ratio (median of rounds) | rounds min-max | A faster in | Wilcoxon p | A ms | B ms | goal | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in document["results"]:
         goal = goal_text(r["kind"], r["goal"])
         if r["status"] != "ok":
-            lines.append(f"| {r['seq_len']} | {r['a']} / {r['b']} | {r['status']} | | | | {goal} | {r['verdict']} |")
+            lines.append(f"| {r['seq_len']} | {r['a']} / {r['b']} | {r['status']} | | | | | | {goal} | {r['verdict']} |")
             continue
+        faster, rounds, p = paired_rounds(r["a_round_ms"], r["b_round_ms"])
         lines.append(f"| {r['seq_len']} | {r['a']} / {r['b']} | {r['ratio']:.3f} | {r['ratio_min']:.3f}-{r['ratio_max']:.3f} | "
-                     f"{r['a_ms']:.1f} | {r['b_ms']:.1f} | {goal} | {r['verdict']} |")
-    return "\n".join(lines) + "\n"
+                     f"{faster} of {rounds} rounds | {p:.2g} | {r['a_ms']:.1f} | {r['b_ms']:.1f} | {goal} | {r['verdict']} |")
+    notes = ("A faster in: rounds where A's median step was under B's. Wilcoxon p: signed-rank test of the two "
+             "steps' per-round times (two-sided); the median ratio says how much, p whether the rounds agree.")
+    return "\n".join(lines) + "\n\n" + notes + "\n"
 
 
 def _check_replay(parser: argparse.ArgumentParser, args: argparse.Namespace, replay: list[str]) -> None:
@@ -198,6 +203,18 @@ def _check_replay(parser: argparse.ArgumentParser, args: argparse.Namespace, rep
         parser.error(f"--replay times MAELRE backbones; --backbones {args.backbones!r} has none")
 
 
+def _report_only(parser: argparse.ArgumentParser, out: Path) -> int:
+    try:
+        document = json.loads(out.read_text())
+        text = table(document)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        parser.error(f"--report-only re-renders the table from a paired timing JSON; {out} could not be read as one "
+                     f"({type(err).__name__}: {err}); pass its path as --out")
+    out.with_suffix(".md").write_text(text)
+    print(text + f"table: {out.with_suffix('.md')}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="maelre bench paired", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
@@ -210,7 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = shlex.join(["python", *sys.argv] if argv is None else ["maelre", "bench", "paired", *argv])
     if args.rounds < 2 or args.per_round < 1:
         parser.error(f"need --rounds >= 2 (alternation) and --per-round >= 1, got {args.rounds} and {args.per_round}")
-    unused = [flag for flag, given in (("--resume", args.resume), ("--report-only", args.report_only), ("--plot", args.plot),
+    if args.report_only:  # re-render the table (e.g. with columns added since the run) from --out's results
+        return _report_only(parser, Path(args.out))
+    unused = [flag for flag, given in (("--resume", args.resume), ("--plot", args.plot),
                                        ("--compile", args.compile), ("--no-ideal", args.no_ideal)) if given]
     if unused or args.modes not in (",".join(MODES), "train"):  # the default, or train alone
         parser.error(f"paired timing times train steps and writes --out and its .md only; drop {', '.join(unused) or '--modes'}")
