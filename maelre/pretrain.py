@@ -21,6 +21,8 @@ entry, ``[B, N]``, or ``[B, N, K]`` with ``token_channels = K`` ids per token) a
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 
@@ -59,12 +61,24 @@ def state_index(backbone: Backbone, real: Tensor) -> Tensor:
     return torch.arange(real.shape[1], device=real.device).expand(real.shape[0], -1)
 
 
+IGNORE = -100
+"""Target of an empty mask slot (``F.cross_entropy``'s default ``ignore_index``): loss and metrics skip it."""
+
+
+@torch.compiler.disable  # builds a generator: dynamo cannot trace that; evaluation alone breaks the graph here
+def _fixed_scores(real: Tensor) -> Tensor:
+    return torch.rand(real.shape, device=real.device, generator=torch.Generator(real.device).manual_seed(0))
+
+
 class MaskedTokenModel(nn.Module):
     """adapter + backbone + token head for masked-token denoising.
 
-    ``forward(batch) -> (logits [M, V], targets [M])``: the predictions and true ids of
-    the ``M`` masked tokens of the batch (``M * K`` for ``K`` ids per token). In eval
-    mode the masks come from a fixed seed, so validation scores are comparable.
+    ``forward(batch) -> (logits [B, S, V], targets [B, S])``: predictions and true ids for
+    ``S`` mask slots per sequence, ``S = ceil(mask_ratio * N)`` (times ``K`` ids per token).
+    A row masks ``round(mask_ratio * its real tokens)`` of them (at least one); its other
+    slots have target ``IGNORE``. Fixed shapes for a fixed ``N`` let a compiled step keep
+    one graph (boolean indexing would give every batch its own shape). In eval mode the masks
+    come from a fixed seed, so validation scores are comparable.
 
     Args:
         adapter: a fitted sequence adapter with token ids (``token_ids_of``), whose
@@ -93,20 +107,33 @@ class MaskedTokenModel(nn.Module):
         self.channel_embed = nn.Parameter(torch.zeros(channels, backbone.dim)) if channels > 1 else None
         self.head = ClassifierHead(backbone.dim, vocab)
 
-    def choose_masked(self, real: Tensor, index: Tensor) -> Tensor:
-        """``[B, N]`` bool: about ``mask_ratio`` of the real tokens, and at least one with a final state in each row."""
-        generator = None if self.training else torch.Generator(real.device).manual_seed(0)
-        scores = torch.rand(real.shape, device=real.device, generator=generator)
-        masked = (scores < self.mask_ratio) & real
+    def mask_slots(self, real: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+        """``(positions [B, S], used [B, S])``: the input positions of each row's mask slots, and which slots mask.
+
+        A row's used slots are its ``round(mask_ratio * real tokens)`` lowest-scoring real tokens (at least one), the
+        first always a token with a final state (``index [B, N']``), so that every row has something to predict.
+        """
+        slots = max(1, math.ceil(self.mask_ratio * real.shape[1]))
+        scores = torch.rand(real.shape, device=real.device) if self.training else _fixed_scores(real)
         covered = torch.zeros_like(real).scatter(1, index, real.gather(1, index))
-        lowest = scores.masked_fill(~covered, 2.0).argmin(dim=1, keepdim=True)
-        return masked.scatter(1, lowest, covered.gather(1, lowest) | masked.gather(1, lowest))
+        first = scores.masked_fill(~covered, 2.0).argmin(dim=1, keepdim=True)
+        scores = scores.scatter(1, first, -1.0).masked_fill(~real, 3.0)
+        positions = scores.topk(slots, dim=1, largest=False).indices  # ascending: the forced token first
+        count = (real.sum(dim=1, keepdim=True) * self.mask_ratio).round().clamp(min=1)
+        used = (torch.arange(slots, device=real.device) < count) & real.gather(1, positions)
+        return positions, used
+
+    def choose_masked(self, real: Tensor, index: Tensor) -> Tensor:
+        """``[B, N]`` bool: the tokens ``mask_slots`` masks."""
+        positions, used = self.mask_slots(real, index)
+        return torch.zeros_like(real).scatter(1, positions, used)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
         ids = batch[self.token_key]
         content, real = self.adapter.embed(batch)
         index = state_index(self.backbone, real)
-        masked = self.choose_masked(real, index)
+        positions, used = self.mask_slots(real, index)
+        masked = torch.zeros_like(real).scatter(1, positions, used)
         tokens = torch.where(masked[..., None], self.mask_token.to(content.dtype), content)
         pos = self.adapter.positions(tokens.shape[1])
         if pos is not None:
@@ -119,12 +146,17 @@ class MaskedTokenModel(nn.Module):
                 f"backbone {self.backbone.name!r} returned {states.shape[1]} final states for {index.shape[1]} tokens and no map back to "
                 f"its inputs; masked-token pretraining needs one state per token (see maelre.pretrain.KEEP_ALL_TOKENS)"
             )
-        chosen = masked.gather(1, index) & state_mask
-        targets = ids.gather(1, index.view(*index.shape, *[1] * (ids.dim() - 2)).expand(-1, -1, *ids.shape[2:]))[chosen]
-        hidden = states[chosen]  # [M, D]
+        # each slot's final state: input position -> state row (-1: the backbone keeps no state for it)
+        state_of = torch.full_like(real, -1, dtype=torch.long).scatter(1, index, torch.arange(index.shape[1], device=real.device).expand_as(index))
+        state = state_of.gather(1, positions)
+        predicted = used & (state >= 0) & state_mask.gather(1, state.clamp(min=0))
+        hidden = states.gather(1, state.clamp(min=0)[..., None].expand(-1, -1, states.shape[-1]))  # [B, S, D]
+        targets = ids.gather(1, positions.view(*positions.shape, *[1] * (ids.dim() - 2)).expand(-1, -1, *ids.shape[2:]))
+        targets = targets.masked_fill(~predicted.view(*predicted.shape, *[1] * (ids.dim() - 2)), IGNORE)
         if self.channel_embed is not None:
-            hidden = (hidden[:, None] + self.channel_embed).flatten(0, 1)  # [M * K, D]
-        return self.head(hidden), targets.reshape(-1)
+            hidden = (hidden[:, :, None] + self.channel_embed).flatten(1, 2)  # [B, S * K, D]
+            targets = targets.flatten(1, 2)
+        return self.head(hidden), targets
 
 
-__all__ = ["DEFAULT_MASK_RATIOS", "KEEP_ALL_TOKENS", "MaskedTokenModel", "pretraining_config", "state_index", "token_ids_of"]
+__all__ = ["DEFAULT_MASK_RATIOS", "IGNORE", "KEEP_ALL_TOKENS", "MaskedTokenModel", "pretraining_config", "state_index", "token_ids_of"]

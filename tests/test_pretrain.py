@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from maelre.cli import main
 from maelre.engine.checkpoint import load_weights, resolve_checkpoint
 from maelre.engine.fit import build_model
 from maelre.engine.pretrain import load_pretrained
-from maelre.pretrain import MaskedTokenModel, pretraining_config, state_index
+from maelre.pretrain import IGNORE, MaskedTokenModel, pretraining_config, state_index
 from modalities import create_adapter
 from modalities.datasets.listops import generate_listops
 
@@ -49,14 +50,24 @@ def test_every_backbone_predicts_the_masked_ids(name):
     backbone = create_backbone(name, **pretraining_config(name, {**TINY, **OWN.get(name, {})}))
     model = MaskedTokenModel(adapter, backbone, mask_ratio=0.3)
     logits, targets = model(batch)
-    assert logits.shape == (targets.shape[0], adapter.num_token_ids) and targets.shape[0] >= batch["ids"].shape[0]
+    slots = math.ceil(0.3 * batch["ids"].shape[1])
+    assert targets.shape == (batch["ids"].shape[0], slots) and logits.shape == (*targets.shape, adapter.num_token_ids)
+    assert ((targets != IGNORE).sum(dim=1) >= 1).all()  # every row predicts something
     logits.float().logsumexp(-1).mean().backward()
     assert model.mask_token.grad is not None and torch.isfinite(model.mask_token.grad).all()
     model.eval()
     _, targets = model(batch)
-    index = state_index(backbone, batch["mask"])
-    masked = model.choose_masked(batch["mask"], index).gather(1, index)
-    assert torch.equal(targets, batch["ids"].gather(1, index)[masked])  # the true ids of exactly the masked tokens
+    real = batch["mask"]
+    index = state_index(backbone, real)
+    positions, used = model.mask_slots(real, index)
+    has_state = torch.zeros_like(real).scatter(1, index, True)
+    predicted = used & has_state.gather(1, positions)
+    assert torch.equal(targets != IGNORE, predicted)  # exactly the masked tokens that keep a final state
+    assert torch.equal(targets[predicted], batch["ids"].gather(1, positions)[predicted])  # with their true ids
+    masked = model.choose_masked(real, index)
+    assert not (masked & ~real).any()  # never padding
+    expected = (real.sum(dim=1) * 0.3).round().clamp(min=1)
+    assert torch.equal(masked.sum(dim=1), expected.long())  # round(ratio * real tokens) per row
 
 
 def test_rgb_pixels_predict_every_channel():
@@ -65,8 +76,35 @@ def test_rgb_pixels_predict_every_channel():
     batch = adapter.collate([adapter.encode(x) for x in images])
     model = MaskedTokenModel(adapter, create_backbone("transformer", **TINY), mask_ratio=0.5).eval()
     logits, targets = model(batch)
-    masked = model.choose_masked(batch["mask"], state_index(model.backbone, batch["mask"]))
-    assert logits.shape == (3 * int(masked.sum()), 256) and torch.equal(targets, batch["pixels"][masked].reshape(-1))
+    positions, used = model.mask_slots(batch["mask"], state_index(model.backbone, batch["mask"]))
+    assert logits.shape == (2, 3 * 8, 256) and targets.shape == (2, 3 * 8)
+    assert torch.equal(targets.view(2, 8, 3)[used], batch["pixels"].gather(1, positions[..., None].expand(-1, -1, 3))[used])
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_masked_token_model_compiles_without_graph_breaks(name):
+    """Fixed slot shapes: one graph per input shape. Boolean indexing broke it, and a CUDA graph was recorded per mask count."""
+    adapter, batch = _text_batch(name)
+    model = MaskedTokenModel(adapter, create_backbone(name, **pretraining_config(name, {**TINY, **OWN.get(name, {})})), mask_ratio=0.3)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(model)(batch)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    assert explained.graph_count == 1
+
+
+def test_pretrain_loss_averages_over_the_used_slots_only():
+    from maelre.engine.pretrain import PretrainTask
+    from maelre.engine.task import OptimConfig
+
+    adapter, _ = _text_batch("transformer")
+    task = PretrainTask(MaskedTokenModel(adapter, create_backbone("transformer", **TINY), 0.3), OptimConfig(), num_classes=5)
+    logits = torch.randn(4, 5)
+    labels = torch.tensor([1, IGNORE, 3, IGNORE])
+    total, norm = task._loss_terms(logits, labels)
+    assert norm.item() == 2 and torch.allclose(total / norm, torch.nn.functional.cross_entropy(logits[[0, 2]], labels[[0, 2]]))
+    task.val_metrics.update(logits, labels)
+    expected = (logits[[0, 2]].argmax(-1) == labels[[0, 2]]).float().mean()
+    assert torch.allclose(task.val_metrics["val/acc"].compute(), expected)  # the ignored slots do not count
 
 
 @pytest.fixture(scope="module")

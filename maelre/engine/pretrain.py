@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
@@ -26,7 +27,7 @@ from maelre.engine.fit import build_model, fit_classifier
 from maelre.engine.run_setup import _check_same_run, _fitted_adapter, load_run_data, resolve_run_dir, run_backbone_kwargs, training_samples
 from maelre.engine.seed import seed_everything
 from maelre.engine.task import ClassificationTask
-from maelre.pretrain import DEFAULT_MASK_RATIOS, FALLBACK_MASK_RATIO, MaskedTokenModel, pretraining_config, token_ids_of
+from maelre.pretrain import DEFAULT_MASK_RATIOS, FALLBACK_MASK_RATIO, IGNORE, MaskedTokenModel, pretraining_config, token_ids_of
 from maelre.recipe import Recipe, RecipeError
 
 PRETRAINED_PREFIXES = ("adapter.", "backbone.")
@@ -34,11 +35,21 @@ PRETRAINED_PREFIXES = ("adapter.", "backbone.")
 
 
 class PretrainTask(ClassificationTask):
-    """``ClassificationTask`` whose outputs are the masked tokens' logits and true ids (``MaskedTokenModel``)."""
+    """``ClassificationTask`` whose outputs are the mask slots' logits and true ids (``MaskedTokenModel``).
+
+    Slots a row does not use have target ``IGNORE``: the loss averages over the used ones and the metrics skip the rest.
+    """
+
+    ignore_index = IGNORE
 
     def outputs(self, batch: tuple[dict, Tensor]) -> tuple[Tensor, Tensor]:
         inputs, _ = batch
-        return self(inputs)
+        logits, targets = self.run(inputs)
+        return logits.flatten(0, -2), targets.flatten()
+
+    def _loss_terms(self, logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE, reduction="sum")
+        return total, (labels != IGNORE).sum().to(total.dtype)  # on the device: no host sync
 
 
 def mask_ratio_of(recipe: Recipe) -> float:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -123,11 +124,11 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
 
 
-def _metrics(num_classes: int) -> MetricCollection:
+def _metrics(num_classes: int, ignore_index: int | None = None) -> MetricCollection:
     return MetricCollection(
         {
-            "acc": MulticlassAccuracy(num_classes, average="micro"),
-            "f1": MulticlassF1Score(num_classes, average="macro"),
+            "acc": MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore_index),
+            "f1": MulticlassF1Score(num_classes, average="macro", ignore_index=ignore_index),
         }
     )
 
@@ -186,6 +187,9 @@ class ClassificationTask(L.LightningModule):
             table grown later fails the guards of every graph traced before).
     """
 
+    ignore_index: ClassVar[int | None] = None
+    """A target value that loss and metrics skip (``PretrainTask``: empty mask slots); ``None``: every target counts."""
+
     def __init__(
         self,
         model: nn.Module,
@@ -216,9 +220,9 @@ class ClassificationTask(L.LightningModule):
         if weights is not None and weights.shape != (num_classes,):
             raise ValueError(f"class_weights needs {num_classes} entries (one per class), got shape {tuple(weights.shape)}")
         self.register_buffer("class_weights", weights, persistent=False)
-        self.val_metrics = _metrics(num_classes).clone(prefix="val/")
-        self.test_metrics = _metrics(num_classes).clone(prefix="test/")
-        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+        self.val_metrics = _metrics(num_classes, self.ignore_index).clone(prefix="val/")
+        self.test_metrics = _metrics(num_classes, self.ignore_index).clone(prefix="test/")
+        self.test_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=self.ignore_index)
         # A metric, not self.log(..., sync_dist=True): Lightning averages the per-process sample
         # counts as integers over gloo, truncating them (21 samples on 2 processes count as 20).
         self.val_loss = MeanMetric()
@@ -290,11 +294,16 @@ class ClassificationTask(L.LightningModule):
     def outputs(self, batch: tuple[dict, Tensor]) -> tuple[Tensor, Tensor]:
         """``(logits [M, C], targets [M])`` that the loss and metrics compare; here the batch's samples and labels."""
         inputs, labels = batch
+        return self.run(inputs), labels
+
+    def run(self, inputs: dict) -> Any:
+        """The model's output for ``inputs``; compiled evaluation pads the batch to its largest and cuts every output back."""
         if self.compile_mode is None or self.training:
-            return self(inputs), labels
+            return self(inputs)
         n = batch_size_of(inputs)
         self._eval_rows = max(self._eval_rows, n)
-        return self(repeat_last_rows(inputs, self._eval_rows))[:n], labels
+        out = self(repeat_last_rows(inputs, self._eval_rows))
+        return tuple(o[:n] for o in out) if isinstance(out, tuple) else out[:n]
 
     def training_step(self, batch: tuple[dict, Tensor], batch_idx: int) -> dict[str, Tensor]:
         logits, labels = self.outputs(batch)
