@@ -83,7 +83,7 @@
 # settings for the groups of that TAG only, after SET, so one call can run a variant beside resumed runs whose settings
 # must not change); KERNEL_TESTS (0: 1 runs the kernel tests beside training);
 # KERNEL_STEPS ("": gpu_kernels.sh steps run alone in order, e.g. "tests plan eager graph"); RETURN_STATE (0);
-# DRAIN (0); INBOX_PARTIAL_OK (0); INBOX_FORCE (0: 1 replaces the machine's folders even where
+# DRAIN (0); CHECK (0: 1 validates the LRA groups' settings here and exits, nothing else runs); INBOX_PARTIAL_OK (0); INBOX_FORCE (0: 1 replaces the machine's folders even where
 # they are newer than the carried set); PART_MIB (15: the largest returned file, less tar
 # headers); RETURN_FILES (8), RETURN_MIB (62);
 # CALL_SECONDS (570: everything packed by then); PYTHON (python3); LISTOPS_ROOT, LISTOPS_EXAMPLES,
@@ -93,8 +93,33 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
-: "${OUT:?set OUT to the folder that comes back}"
 PYTHON=${PYTHON:-python3}
+
+group_env() {  # group_env TASK:VARIANT:SEED[:TAG[:BACKBONE,...]]: sets task variant seed tag, and extra (lra_learn.sh's env)
+    local names own sets
+    IFS=: read -r task variant seed tag names <<<"$1"
+    own=SET_$tag  # the group's own settings beside the call's SET: SET_skynohn="model.head_norm=false"
+    [[ $tag =~ ^[A-Za-z0-9_]+$ ]] || own=SET_
+    sets="${SET:-}${!own:+ ${!own}}"
+    extra=("SET=$sets")
+    [[ -n $names ]] && extra+=(BACKBONES="$names")
+    [[ $tag == *noconv ]] && extra=(BACKBONES=maelre "SET=$sets model.backbone_config.maelre.value_conv=null")
+    return 0
+}
+
+# CHECK=1, here before a call: every LRA group's settings validated as the call would pass them (lra_learn.sh CHECK=1:
+# `maelre check`, no data, no training, nothing written). Session 25 lost a run slot to a setting maelre fit refused.
+if [[ ${CHECK:-0} == 1 ]]; then
+    export PYTHONPATH=.${PYTHONPATH:+:$PYTHONPATH}
+    rc=0
+    for group in ${LRA:-}; do
+        group_env "$group"
+        env "${extra[@]}" TAG="$tag" CHECK=1 PYTHON="$PYTHON" bash benchmarks/lra_learn.sh "$task" "$variant" "$seed" || rc=1
+    done
+    (( rc == 0 )) && echo "device_call.sh: the settings of every LRA group validate" || echo "device_call.sh: fix the groups above before the call" >&2
+    exit $rc
+fi
+: "${OUT:?set OUT to the folder that comes back}"
 CALL_SECONDS=${CALL_SECONDS:-570}
 STATE=${STATE:-runs/lra_state}
 stamp=$(date -u +%Y%m%dT%H%M%S)  # names this call's sets: the time their state was packed
@@ -229,13 +254,7 @@ for task in $(printf '%s\n' ${LRA:-} | cut -d: -f1 | sort -u); do
     esac
 done
 for group in ${LRA:-}; do
-    IFS=: read -r task variant seed tag names <<<"$group"
-    own=SET_$tag  # the group's own settings beside the call's SET: SET_skynohn="model.head_norm=false"
-    [[ $tag =~ ^[A-Za-z0-9_]+$ ]] || own=SET_
-    sets="${SET:-}${!own:+ ${!own}}"
-    extra=("SET=$sets")
-    [[ -n $names ]] && extra+=(BACKBONES="$names")
-    [[ $tag == *noconv ]] && extra=(BACKBONES=maelre "SET=$sets model.backbone_config.maelre.value_conv=null")
+    group_env "$group"
     env "${extra[@]}" TAG="$tag" PACK=0 STATE="$STATE" OUT=runs/lra_out CALL_SECONDS=$(( $(left) - 30 )) MINUTES=10 \
         bash benchmarks/lra_learn.sh "$task" "$variant" "$seed" >"runs/logs/${task}_${variant}_s${seed}${tag:+_$tag}.log" 2>&1 &
     pids+=($!)

@@ -519,3 +519,26 @@ def test_device_call_makes_the_pathfinder_images_once_for_pathfinder_sky_groups(
     assert data_seen.read_text().splitlines() == ["data /data/pf curv_contour_length_14 --n 300"]
     assert sorted(groups_seen.read_text().splitlines()) == ["pathfinder_sky levers 1 BACKBONES=all",
                                                            "pathfinder_sky plain 0 BACKBONES=transformer,maelre"]
+
+
+def test_device_call_check_validates_every_group_as_the_call_would_pass_it(tmp_path):
+    """CHECK=1: each LRA group's settings (SET, SET_TAG, the noconv tag's own) reach `maelre check`; a refusal fails the check."""
+    stub = tmp_path / "python"
+    stub.write_text(f"#!{sys.executable}\nimport json, os, sys\nopen(os.environ['ARGS_FILE'], 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n"
+                    "sys.exit(1 if 'model.value_conv=false' in sys.argv else 0)\n")
+    stub.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": str(stub), "ARGS_FILE": str(tmp_path / "args"), "CHECK": "1", "SET": "data.num_workers=3",
+           "SET_skydrop": "model.input_dropout=0.1",
+           "LRA": "pathfinder_sky:plain:0:skydrop:transformer listops_sky:levers:1:sky2noconv"}
+    script = _ROOT / "benchmarks/device_call.sh"
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "the settings of every LRA group validate" in done.stdout
+    calls = [json.loads(line) for line in (tmp_path / "args").read_text().splitlines()]
+    assert [c[2] for c in calls] == ["check", "check"]
+    assert {"model.backbone=transformer", "data.num_workers=3", "model.input_dropout=0.1"} <= set(calls[0])
+    assert {"model.backbone=maelre", "model.backbone_config.maelre.value_conv=null"} <= set(calls[1])
+    assert "model.input_dropout=0.1" not in calls[1]  # a tag's settings stay with its groups
+    done = subprocess.run(["bash", str(script)], env={**env, "SET_sky2noconv": "model.value_conv=false"}, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 1 and "fix the groups above before the call" in done.stderr
