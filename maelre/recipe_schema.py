@@ -199,6 +199,9 @@ class LossSection:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if isinstance(self.class_weights, str) and self.class_weights != "balanced":
             raise ValueError(f"class_weights must be null, 'balanced' or a list of numbers, got {self.class_weights!r}")
+        if isinstance(self.class_weights, list) and (min(self.class_weights, default=0.0) < 0 or not any(self.class_weights)):
+            # a negative weight makes training maximise that class's loss; all zeros give a 0/0 (NaN) loss
+            raise ValueError(f"class_weights must be >= 0 with at least one above 0 (one weight per class), got {self.class_weights}")
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import os
 import types
 import typing
 import warnings
@@ -231,6 +232,26 @@ def _validate_dataset(raw: dict) -> None:
         for key in raw:
             if key != "name" and key not in valid:
                 raise RecipeError(f"data.dataset.{key}", f"dataset {name!r} has no setting {key!r}{_hint(str(key), valid)} Valid: {', '.join(valid)}")
+    hints = _loader_hints(loader)
+    for key, value in raw.items():
+        if key != "name" and key in hints:
+            check_value(value, hints[key], f"data.dataset.{key}")
+
+
+def _loader_hints(loader: typing.Callable) -> dict[str, Any]:
+    """A dataset loader's parameter types as recipe types: a path (``str | os.PathLike``) is a YAML string."""
+    try:
+        hints = typing.get_type_hints(loader)
+    except (NameError, TypeError):  # an annotation that does not resolve: leave the values to the loader
+        return {}
+    out = {}
+    for key, hint in hints.items():
+        args = typing.get_args(hint)
+        if typing.get_origin(hint) in (typing.Union, types.UnionType) and os.PathLike in args:
+            hint = typing.Union[tuple(a for a in args if a is not os.PathLike)]
+        out[key] = hint
+    out.pop("return", None)
+    return out
 
 
 def _validate_curriculum(data: DataSection) -> None:

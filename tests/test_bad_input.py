@@ -97,6 +97,12 @@ def test_a_recipe_that_is_a_list_names_the_file(tmp_path, capsys):
     ("model.mlp_ratio=1e30", "model: backbone 'transformer' cannot be built with these settings (empty(): argument"),
     ("model.backbone=maelre model.depth=9223372036854775808", "model.depth: backbone 'maelre': depth must be at most 1024 blocks"),
     ("model.depth=100000", "model.depth: backbone 'transformer': depth must be at most 1024 blocks, got 100000"),  # built for hours before
+    # typed by the dataset loader's signature: a number as a path was a TypeError traceback at fit
+    ("data.dataset.root=5", "data.dataset.root: expected a string or null, got 5"),
+    ("data.dataset.seed=x", "data.dataset.seed: expected an integer, got 'x'"),
+    # a negative weight trained the model to get that class wrong; all zeros gave a NaN loss
+    ("loss.class_weights=[1,-2]", "loss.class_weights: class_weights must be >= 0 with at least one above 0 (one weight per class), got [1.0, -2.0]"),
+    ("loss.class_weights=[0,0]", "loss.class_weights: class_weights must be >= 0 with at least one above 0"),
 ])
 def test_out_of_range_values_name_the_key(recipe_file, capsys, override, message):
     assert main(["check", str(recipe_file), *(arg for item in override.split() for arg in ("--set", item))]) == 2
