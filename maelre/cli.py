@@ -48,6 +48,13 @@ def _fmt(x: float) -> str:
 
 
 # ---------------------------------------------------------------- commands
+def _check_at_least(minimum: int, **options: int | None) -> None:
+    """``ValueError`` unless every given option (``top_k=3`` is ``--top-k 3``) is >= ``minimum``; ``None`` (not given) passes."""
+    given = {f"--{name.replace('_', '-')}": value for name, value in options.items() if value is not None}
+    if any(value < minimum for value in given.values()):
+        raise ValueError(f"{' and '.join(given)} must be >= {minimum}, got {' '.join(f'{k} {v}' for k, v in given.items())}")
+
+
 def cmd_fit(args: argparse.Namespace) -> int:
     from maelre.engine.runner import run_recipe
     from maelre.recipe import load_recipe
@@ -98,6 +105,7 @@ def _print_metrics(title: str, metrics: dict[str, Any]) -> None:
 def _cmd_eval(args: argparse.Namespace, split: str) -> int:
     from maelre.engine.runner import evaluate_saved
 
+    _check_at_least(1, batch_size=args.batch_size)
     loaded, metrics = evaluate_saved(args.target, split, args.set, args.batch_size)
     _console().print(f"checkpoint: {loaded.path}")
     _print_metrics(f"{split} metrics", metrics)
@@ -141,7 +149,7 @@ def read_inputs(paths: Sequence[str], npy: str | None, modality: str, sample_rat
     if npy is not None:
         if not Path(npy).is_file():
             raise FileNotFoundError(f"--npy file {npy} not found")
-        array = np.load(npy, allow_pickle=False)
+        array = _load_npy(npy)
         if array.ndim < 2:
             raise ValueError(f"--npy array must have a sample axis first ([n, ...]), got shape {array.shape}")
         for i, row in enumerate(array):
@@ -162,7 +170,7 @@ def read_inputs(paths: Sequence[str], npy: str | None, modality: str, sample_rat
 
             inputs.append(np.asarray(Image.open(path)))
         elif suffix == ".npy":
-            inputs.append(np.load(path, allow_pickle=False))
+            inputs.append(_load_npy(path))
         else:
             accepted = {"audio": AUDIO_SUFFIXES, "text": TEXT_SUFFIXES, "image": IMAGE_SUFFIXES}.get(modality, ())
             raise ValueError(f"cannot read {path} for a {modality} model; accepted: {', '.join((*accepted, '.npy'))} files or --npy ARRAY")
@@ -172,12 +180,20 @@ def read_inputs(paths: Sequence[str], npy: str | None, modality: str, sample_rat
     return names, inputs
 
 
+def _load_npy(path: str | Path) -> np.ndarray:
+    """``np.load`` without pickle; a damaged file or an object array is a ``ValueError`` naming the file."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"cannot read {path} as a numeric .npy array ({' '.join(str(err).split())}); "
+                         "save it with numpy.save(path, array) from a numeric (not object) array") from err
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from maelre.engine.checkpoint import load_model, write_text_atomic
     from maelre.engine.inference import predict_proba
 
-    if args.top_k < 1 or args.batch_size < 1:
-        raise ValueError(f"--top-k and --batch-size must be >= 1, got --top-k {args.top_k} --batch-size {args.batch_size}")
+    _check_at_least(1, top_k=args.top_k, batch_size=args.batch_size)
     loaded = load_model(args.checkpoint)
     adapter = loaded.model.adapter
     rate = args.sample_rate or getattr(adapter.config, "sample_rate", None)
@@ -215,6 +231,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from maelre.recipe import load_recipe
     from modalities import create_adapter
 
+    _check_at_least(1, length=args.length)
+    _check_at_least(2, num_classes=args.num_classes)
     recipe = load_recipe(args.recipe, args.set)
     console = _console()
     console.print(Syntax(yaml.safe_dump(recipe.to_dict(), sort_keys=False), "yaml", theme="ansi_dark", background_color="default"))

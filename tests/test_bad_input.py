@@ -109,6 +109,18 @@ def test_out_of_range_values_name_the_key(recipe_file, capsys, override, message
     assert message in one_error_line(capsys)
 
 
+@pytest.mark.parametrize("args, message", [
+    (["test", "RUN", "--batch-size", "0"], "--batch-size must be >= 1, got --batch-size 0"),  # 0 was ignored silently
+    (["validate", "RUN", "--batch-size", "-2"], "--batch-size must be >= 1, got --batch-size -2"),
+    (["check", "RECIPE", "--length", "0"], "--length must be >= 1, got --length 0"),  # 0 was ignored, -5 planned nonsense
+    (["check", "RECIPE", "--num-classes", "1"], "--num-classes must be >= 2, got --num-classes 1"),
+])
+def test_out_of_range_command_options_name_the_option(recipe_file, tmp_path, capsys, args, message):
+    args = [str(recipe_file) if a == "RECIPE" else str(tmp_path) if a == "RUN" else a for a in args]
+    assert main(args) == 2
+    assert message in one_error_line(capsys)
+
+
 @pytest.mark.parametrize("text, message", [
     ("- just\n- a list\n", "holds a YAML list, not a recipe mapping"),
     ("name: [unclosed\n", "is not valid YAML"),
@@ -197,6 +209,27 @@ def test_dataset_loader_warns_about_a_cut_wav(fsdd_folder):
     assert 0 < len(wave) < 2000
 
 
+@pytest.mark.parametrize("content", [b"\x93NUMPY garbage", b""])
+def test_predict_names_an_unreadable_npy(audio_model, tmp_path, capsys, content):
+    path = tmp_path / "x.npy"
+    path.write_bytes(content)
+    for args in (["--npy", str(path)], [str(path)]):
+        assert main(["predict", str(audio_model), *args]) == 2
+        line = one_error_line(capsys)
+        assert f"cannot read {path} as a numeric .npy array" in line and "numpy.save" in line
+
+
+def test_fit_on_a_single_class_dataset_names_the_dataset(recipe_file, tmp_path, capsys):
+    header = "@problemName one\n@timeStamps false\n@univariate true\n@equalLength true\n@seriesLength 4\n@classLabel true a\n@data\n"
+    for split in ("TRAIN", "TEST"):
+        (tmp_path / f"one_{split}.ts").write_text(header + "".join(f"{i},1,2,3:a\n" for i in range(8)))
+    run_dir = tmp_path / "run"
+    args = ["fit", str(recipe_file), "--set", "data.dataset.name=ucr", "--set", f"data.dataset.path={tmp_path}", "--run-dir", str(run_dir)]
+    assert main(args) == 2
+    line = one_error_line(capsys)
+    assert f"dataset 'ucr' ({tmp_path}) has 1 class ['a']; a classifier needs at least 2" in line and not run_dir.exists()
+
+
 # ---------------------------------------------------------------- checkpoints
 def test_find_checkpoints_skips_a_folder_removed_while_it_was_listed(finished_run, tmp_path, monkeypatch):
     """Under DDP rank 0 prunes old step checkpoints while another rank may be listing them."""
@@ -277,3 +310,29 @@ def test_a_corrupt_best_checkpoint_points_to_the_newest_good_one(run_copy, tmp_p
 def test_recipe_error_is_the_only_error_type_of_load_recipe(tmp_path):
     with pytest.raises(RecipeError, match="not a text file"):
         load_recipe(write_recipe(tmp_path, b"\xff\xfe\x00binary"))
+
+
+@pytest.mark.parametrize("text", ["", "data: [unclosed\n", "- a list\n"])
+def test_resume_with_a_damaged_run_recipe_says_how_to_restore_it(recipe_file, run_copy, capsys, text):
+    (run_copy / "recipe.yaml").write_text(text)  # was an AttributeError / YAML traceback
+    assert main(["fit", str(recipe_file), "--run-dir", str(run_copy), "--resume"]) == 2
+    line = one_error_line(capsys)
+    assert f"cannot check the run being resumed: {run_copy / 'recipe.yaml'} is damaged" in line
+    assert "every checkpoint keeps a copy" in line
+
+
+def test_an_emptied_checkpoint_recipe_is_corrupt_not_missing(run_copy, capsys):
+    """It read as "not trained from a recipe", which sent the user to the Python API."""
+    (run_copy / "checkpoints" / "best" / "recipe.yaml").write_text("")
+    assert main(["test", str(run_copy)]) == 2
+    line = one_error_line(capsys)
+    assert "recipe.yaml cannot be read (ValueError: empty file)" in line and "the newest good checkpoint is" in line
+
+
+def test_test_takes_a_runs_own_recipe_file_and_names_a_recipe_without_runs(recipe_file, run_copy, tmp_path, capsys, monkeypatch):
+    assert main(["test", str(run_copy / "recipe.yaml")]) == 0  # that run, not runs/<name> under the working directory
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    assert main(["test", str(recipe_file)]) == 2
+    line = one_error_line(capsys)
+    assert f"recipe {recipe_file} has no run under runs/tiny_ts (its output.run_dir); pass the run directory" in line

@@ -150,8 +150,16 @@ def _read_extras(directory: Path) -> dict:
         if (directory / name).is_file():
             extras[key] = _checked(directory / name, read_json)
     if (directory / RECIPE).is_file():
-        extras["recipe"] = _checked(directory / RECIPE, lambda p: yaml.safe_load(p.read_text(encoding="utf-8")))
+        extras["recipe"] = _checked(directory / RECIPE, _read_recipe)
     return extras
+
+
+def _read_recipe(path: Path) -> dict:
+    """A checkpoint's ``recipe.yaml``; ``ValueError`` unless it holds a mapping (an emptied file is damage, not "no recipe")."""
+    recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(recipe, dict):
+        raise ValueError("empty file" if recipe is None else f"a YAML {type(recipe).__name__}, not a recipe mapping")
+    return recipe
 
 
 def _load_training_state(path: Path, map_location: Any = "cpu") -> dict[str, Any]:

@@ -91,7 +91,16 @@ def _check_same_run(path: Path, resolved: dict) -> None:
     saved_file = path / "recipe.yaml"
     if not saved_file.is_file():
         return
-    saved = yaml.safe_load(saved_file.read_text(encoding="utf-8"))
+    try:  # as written (yaml.safe_dump), so read back the same way
+        saved = yaml.safe_load(saved_file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        saved = ValueError(" ".join(str(err).split()))
+    if not isinstance(saved, dict):
+        why = saved if isinstance(saved, ValueError) else ("it is empty" if saved is None else f"it holds a YAML {type(saved).__name__}, not a recipe")
+        raise ValueError(
+            f"cannot check the run being resumed: {saved_file} is damaged ({why}); every checkpoint keeps a copy: "
+            f"copy {path / 'checkpoints' / '<newest step-N>' / 'recipe.yaml'} over it, then resume again"
+        )
     for section in ("data", "model"):
         if saved.get(section) != resolved.get(section):
             keys = sorted(k for k in {*saved.get(section, {}), *resolved.get(section, {})} if saved.get(section, {}).get(k) != resolved.get(section, {}).get(k))

@@ -99,8 +99,13 @@ def run_recipe(
     init_from = resolve_checkpoint(recipe.model.init_from) if recipe.model.init_from and not resume else None
     seed_everything(recipe.trainer.seed, recipe.trainer.deterministic)  # before the adapter and model are initialised
     data = load_run_data(recipe)
-    adapter = _fitted_adapter(recipe, data.train, data.modality, resume_from or init_from)
     num_classes = len(data.classes)
+    if num_classes < 2:
+        raise ValueError(
+            f"dataset {recipe.dataset_name()!r} ({data.meta.get('source', 'as loaded')}) has {num_classes} class {data.classes}; "
+            "a classifier needs at least 2: check that data.dataset points at the whole dataset"
+        )
+    adapter = _fitted_adapter(recipe, data.train, data.modality, resume_from or init_from)
     model = build_model(adapter, recipe.model.backbone, run_backbone_kwargs(recipe, resume_from), num_classes, **recipe.model.head_kwargs())
     if init_from is not None:
         from maelre.engine.pretrain import load_pretrained
@@ -165,14 +170,22 @@ def run_recipe(
 
 # ---------------------------------------------------------------- evaluation of saved runs
 def checkpoint_for(target: str | Path, overrides: Sequence[str] = ()) -> Path:
-    """A run/checkpoint directory from a path, or from a recipe file (its newest run)."""
+    """A run/checkpoint directory from a path, or from a recipe file: a run's own ``recipe.yaml`` (that run), else the recipe's newest run."""
     from maelre.recipe import load_recipe
 
     target = Path(target)
     if target.suffix in (".yaml", ".yml") and target.is_file():
+        if (target.parent / "checkpoints").is_dir():  # RUN/recipe.yaml, the copy a run keeps
+            return target.parent
         recipe = load_recipe(target, overrides)
         versions = run_versions(recipe.run_dir()) if recipe.output.versioned else []
-        return versions[-1] if versions else recipe.run_dir()
+        found = versions[-1] if versions else recipe.run_dir()
+        if not found.exists():
+            raise FileNotFoundError(
+                f"recipe {target} has no run under {recipe.run_dir()} (its output.run_dir); "
+                "pass the run directory instead (the --run-dir it was trained with)"
+            )
+        return found
     return target
 
 
