@@ -35,15 +35,27 @@ def load_predictions(target: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"no {PREDICTIONS} at {target} (looked for {', '.join(map(str, candidates))}); runs since 2026-12-03 write "
                                 f"it when they test, and 'maelre test RUN --predictions FILE' writes it for a saved model")
     data = read_json(found)
-    if not isinstance(data, dict) or not {"labels", "predictions"} <= set(data) or len(data["labels"]) != len(data["predictions"]):
-        raise ValueError(f"{found} is not a predictions file: it needs equally long 'labels' and 'predictions' lists")
+    if not isinstance(data, dict) or not all(_class_indices(data.get(key)) for key in ("labels", "predictions")) \
+            or len(data["labels"]) != len(data["predictions"]):
+        raise ValueError(f"{found} is not a predictions file: it needs equally long 'labels' and 'predictions' lists of class indices")
+    classes = data.get("classes")
+    if isinstance(classes, list) and any(not 0 <= v < len(classes) for v in (*data["labels"], *data["predictions"])):
+        raise ValueError(f"{found} is damaged: a label or prediction is not a class index below {len(classes)} ({len(classes)} classes listed)")
     return {**data, "path": str(found)}
+
+
+def _class_indices(values: Any) -> bool:
+    """Whether ``values`` is a list of class indices (ints, not bools)."""
+    return isinstance(values, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
 
 
 def compare(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Accuracies with 95% intervals, the agreement table and McNemar's exact p-value of two predictions files."""
     if a.get("split") != b.get("split"):
         raise ValueError(f"one file scores the {a.get('split')} split and the other the {b.get('split')} split: compare runs on the same split")
+    if a.get("classes") and b.get("classes") and a["classes"] != b["classes"]:
+        raise ValueError(f"the two runs name their classes differently ({a['classes'][:5]} against {b['classes'][:5]}): "
+                         "compare runs of the same dataset")
     if a["labels"] != b["labels"]:
         n_a, n_b = len(a["labels"]), len(b["labels"])
         why = f"{n_a} and {n_b} samples" if n_a != n_b else f"the labels differ at {sum(x != y for x, y in zip(a['labels'], b['labels']))} positions"

@@ -64,6 +64,25 @@ def test_another_test_set_or_a_bad_file_is_refused_with_the_reason(tmp_path):
         write_predictions(tmp_path / "d.json", [0, 1], [0])
 
 
+@pytest.mark.parametrize("content, message", [
+    ({"labels": 5, "predictions": 5}, "is not a predictions file: it needs equally long 'labels' and 'predictions' lists of class indices"),  # was a TypeError
+    ({"labels": ["x", "y"], "predictions": [0, 1]}, "lists of class indices"),
+    ({"classes": ["x", "y"], "labels": [0, 1], "predictions": [0, 7]}, "is damaged: a label or prediction is not a class index below 2"),
+])
+def test_a_malformed_predictions_file_names_what_is_wrong(tmp_path, content, message):
+    (tmp_path / "p.json").write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=message):
+        load_predictions(tmp_path / "p.json")
+
+
+def test_runs_of_different_class_lists_are_not_compared(tmp_path):
+    """Two datasets with as many classes and the same label order were compared item by item, silently."""
+    a = _write(tmp_path / "a.json", [0, 1, 2], [0, 1, 1])
+    write_predictions(tmp_path / "b.json", [0, 1, 2], [0, 1, 2], ["cat", "dog", "eel"])
+    with pytest.raises(ValueError, match=r"name their classes differently \(\['x', 'y', 'z'\] against \['cat', 'dog', 'eel'\]\)"):
+        compare(a, load_predictions(tmp_path / "b.json"))
+
+
 def test_a_run_directory_is_found_and_the_cli_prints_the_verdict(tmp_path, capsys):
     labels = [0, 1] * 50
     for name, predictions in (("a", labels), ("b", [0] * 100)):
