@@ -108,6 +108,8 @@ def test_ucr_errors(tmp_path: Path) -> None:
         load_dataset("ucr", name="adiac")  # in the archive, but offline use needs root= or download=True
     with pytest.raises(ValueError, match="exactly one of name= .* or path="):
         load_dataset("ucr")
+    with pytest.raises(FileNotFoundError, match=f"UCR/UEA root folder {tmp_path / 'typo'} does not exist"):
+        load_dataset("ucr", root=tmp_path / "typo", name="GunPoint")  # loaded sktime's bundled copy silently
     with pytest.raises(ValueError, match="exactly one of name="):
         load_dataset("ucr", name="GunPoint", path=tmp_path)
     with pytest.raises(FileNotFoundError, match="exactly one \\*_TRAIN.ts"):

@@ -78,8 +78,8 @@ def load_ucr(
 
     Args:
         root: folder holding ``<Name>/<Name>_TRAIN.ts`` and ``_TEST.ts`` (checked first);
-            sets bundled with sktime need none. With ``download=True`` a missing set is
-            downloaded here (``None``: sktime's cache).
+            sets bundled with sktime need none. It must exist (``FileNotFoundError``) unless
+            ``download=True``, which downloads a missing set here (``None``: sktime's cache).
         name: archive name, case-insensitive (``"GunPoint"``, ``"japanesevowels"``).
         path: instead of ``name``: a folder with one ``*_TRAIN.ts`` and its ``*_TEST.ts``,
             or the ``*_TRAIN.ts`` file itself; read with ``sktime.datasets.load_from_tsfile``.
@@ -102,6 +102,8 @@ def load_ucr(
         title, source = train_file.name[: -len("_TRAIN.ts")], str(train_file.parent)
     else:
         root = None if root is None else Path(root).expanduser()
+        if root is not None and not download and not root.is_dir():  # a typo would otherwise fall back to sktime's copy unnoticed
+            raise FileNotFoundError(f"UCR/UEA root folder {root} does not exist; fix the path, or leave root= out for a set bundled with sktime. {UCR_HINT}")
         title = _canonical_name(name, root)
         extract_path = _extract_path(title, root, download)
         (x_train, y_train), (x_test, y_test) = (_read_archive(title, split, extract_path) for split in ("train", "test"))
