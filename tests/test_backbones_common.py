@@ -97,6 +97,8 @@ BAD_INPUTS = {
     "nan": (lambda t, m: (t.index_put((torch.tensor(1), torch.tensor(2)), torch.tensor(float("nan"))), m), r"NaN or inf in batch rows \[1\].*nan_policy"),
     "mask_dtype": (lambda t, m: (t, m.float()), r"mask must be bool.*mask\.bool\(\)"),
     "mask_shape": (lambda t, m: (t, m[:, :-1]), r"mask must be a bool tensor of shape \[B, N\]"),
+    # escaped as torch's "mixed dtype (CPU): all inputs must share same datatype" from a layer norm
+    "dtype": (lambda t, m: (t.double(), m), r"tokens are torch.float64 but the backbone's weights are torch.float32; convert the tokens"),
 }
 
 

@@ -189,6 +189,12 @@ class Backbone(nn.Module):
         validation.check_token_shapes(
             tokens, mask, dim=self.config.dim, max_len=self.config.max_len, multiple_of=self.length_multiple(), owner=self.name
         )
+        weight = next(self.parameters(), None)
+        if weight is not None and tokens.dtype != weight.dtype and not torch.is_autocast_enabled(tokens.device.type):
+            raise ValueError(
+                f"{self.name}: tokens are {tokens.dtype} but the backbone's weights are {weight.dtype}; "
+                f"convert the tokens (tokens.to({weight.dtype})) or the backbone (.to(dtype)), or run under torch.autocast"
+            )
         if self.check_values:
             validation.check_token_values(tokens, mask, owner=self.name)
         if mask is not None:
