@@ -136,6 +136,10 @@ def _detect_auto(X: Any, sample_rate: int | None) -> DetectedInput:
             return DetectedInput("timeseries", "table", f"X is a list of {len(X)} equal-length numeric rows: one univariate series per row")
         ranks = _element_ranks(X)
         if 0 in ranks:
+            odd = next((i for i, x in enumerate(X) if np.ndim(x) == 0 and not isinstance(x, numbers.Number)), None)
+            if odd is not None:  # None, a dict, ...: not a number, so not a flat list of them either
+                raise ValueError(f"X[{odd}] is {type(X[odd]).__name__} {X[odd]!r}, not a sample; pass arrays (series, images), "
+                                 "strings (text) or (waveform, sample_rate) pairs, with no missing entries")
             raise ValueError("X is a flat list of numbers; pass one sample per row, e.g. a 2D (n, T) array, or [series] for a single series")
         if sample_rate is not None and ranks <= {1, 2}:
             return DetectedInput("audio", "sequence", f"sample_rate={sample_rate} was given, so the list elements are waveforms")

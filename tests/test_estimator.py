@@ -82,6 +82,12 @@ def test_detect_input_sktime_panels():
     np.testing.assert_allclose(items[3][2], X.iloc[3, 2].to_numpy())
 
 
+@pytest.mark.parametrize("X, index", [([None, None], 0), ([np.zeros(5), None, np.zeros(5)], 1)])
+def test_a_missing_sample_is_named_not_called_a_list_of_numbers(X, index):
+    with pytest.raises(ValueError, match=rf"X\[{index}\] is NoneType None, not a sample"):
+        detect_input(X)
+
+
 def test_3d_float_is_series_but_uint8_is_images_and_modality_overrides():
     floats = np.random.default_rng(0).random((3, 8, 8))
     assert detect_input(floats).modality == "timeseries"
