@@ -96,8 +96,10 @@ class DataSection:
             raise ValueError("augment_inputs draws new inputs at every read but cache=true would freeze the first draw; set data.cache=false")
         if self.on_device and (self.augment_inputs or self.curriculum):
             raise ValueError("on_device batches are cut on the device; augment_inputs and curriculum read samples on the host. Use data.augment for on-device flips and shifts, or set on_device: false")
-        if self.batch_size < 1 or (self.eval_batch_size is not None and self.eval_batch_size < 1):
-            raise ValueError("batch sizes must be >= 1")
+        for key in ("batch_size", "eval_batch_size"):
+            value = getattr(self, key)
+            if value is not None and value < 1:  # eval_batch_size may be null (twice batch_size)
+                raise ValueError(f"{key} must be >= 1, got {value}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if not 0.0 <= self.val_fraction < 1.0:

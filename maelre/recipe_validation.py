@@ -333,8 +333,8 @@ def _check_trainer(trainer: TrainerConfig, schedule: ScheduleSection, data: Data
         warnings.warn("trainer.precision=bf16-mixed on CPU runs under CPU autocast, usually slower than '32'", RecipeWarning, stacklevel=3)
     if trainer.accelerator not in ("auto", "cpu", "gpu", "cuda"):
         raise RecipeError("trainer.accelerator", f"expected 'auto', 'cpu', 'gpu' or 'cuda', got {trainer.accelerator!r}")
-    if isinstance(trainer.devices, str) and trainer.devices != "auto":
-        raise RecipeError("trainer.devices", f"expected a device count or 'auto', got {trainer.devices!r}")
+    if (trainer.devices != "auto") if isinstance(trainer.devices, str) else trainer.devices < 1:
+        raise RecipeError("trainer.devices", f"expected a device count (>= 1) or 'auto', got {trainer.devices!r}")
     if schedule.kind != "constant" and trainer.max_epochs is None and trainer.max_steps is None:
         raise RecipeError("schedule.kind", f"{schedule.kind!r} decays over a known number of steps, but only trainer.max_time bounds training; set trainer.max_steps/max_epochs or schedule.kind=constant")
     if trainer.early_stopping_patience is not None and data.val_fraction == 0:

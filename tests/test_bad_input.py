@@ -103,6 +103,10 @@ def test_a_recipe_that_is_a_list_names_the_file(tmp_path, capsys):
     # a negative weight trained the model to get that class wrong; all zeros gave a NaN loss
     ("loss.class_weights=[1,-2]", "loss.class_weights: class_weights must be >= 0 with at least one above 0 (one weight per class), got [1.0, -2.0]"),
     ("loss.class_weights=[0,0]", "loss.class_weights: class_weights must be >= 0 with at least one above 0"),
+    ("trainer.devices=0", "trainer.devices: expected a device count (>= 1) or 'auto', got 0"),  # Lightning's traceback at fit
+    # named the section only ("data: batch sizes must be >= 1"), not the key or the value
+    ("data.eval_batch_size=0", "data.eval_batch_size: eval_batch_size must be >= 1, got 0"),
+    ("trainer.log_every_n_steps=-1", "trainer.log_every_n_steps: log_every_n_steps must be >= 1, got -1"),
 ])
 def test_out_of_range_values_name_the_key(recipe_file, capsys, override, message):
     assert main(["check", str(recipe_file), *(arg for item in override.split() for arg in ("--set", item))]) == 2

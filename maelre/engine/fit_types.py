@@ -139,8 +139,9 @@ class TrainerConfig:
             self.precision = "32"
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if self.accumulate_grad_batches < 1 or self.val_every_n_epochs < 1 or self.log_every_n_steps < 1:
-            raise ValueError("accumulate_grad_batches, val_every_n_epochs and log_every_n_steps must be >= 1")
+        for key in ("accumulate_grad_batches", "val_every_n_epochs", "log_every_n_steps"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if self.gradient_clip is not None and self.gradient_clip <= 0:
             raise ValueError(f"gradient_clip must be positive or null, got {self.gradient_clip}")
         if self.strategy not in ("auto", "ddp"):
