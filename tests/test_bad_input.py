@@ -340,3 +340,13 @@ def test_test_takes_a_runs_own_recipe_file_and_names_a_recipe_without_runs(recip
     assert main(["test", str(recipe_file)]) == 2
     line = one_error_line(capsys)
     assert f"recipe {recipe_file} has no run under runs/tiny_ts (its output.run_dir); pass the run directory" in line
+
+
+def test_init_from_a_corrupt_checkpoint_points_to_the_newest_good_one(recipe_file, run_copy, tmp_path, capsys):
+    truncate(run_copy / "checkpoints" / "best" / "model.safetensors")  # was a SafetensorError traceback
+    run_dir = tmp_path / "fine_tuned"
+    assert main(["fit", str(recipe_file), "--init-from", str(run_copy), "--run-dir", str(run_dir)]) == 2
+    line = one_error_line(capsys)
+    assert f"checkpoint {run_copy / 'checkpoints' / 'best'} is corrupt" in line and "model.safetensors cannot be read" in line
+    assert f"the newest good checkpoint is {run_copy / 'checkpoints' / 'step-0000012'}: pass that path instead" in line
+    assert not run_dir.exists()

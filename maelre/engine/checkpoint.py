@@ -250,6 +250,22 @@ def save_model(
     return directory
 
 
+def _corrupt(directory: Path, err: CorruptCheckpointError) -> CorruptCheckpointError:
+    """``err`` of a damaged checkpoint ``directory``, pointing to the newest good checkpoint beside it."""
+    others = [p for p in reversed(find_checkpoints(directory.parent)) if p != directory]
+    good, _ = newest_good_checkpoint(others, training_state=False)
+    hint = f"the newest good checkpoint is {good}: pass that path instead" if good else "no other checkpoint beside it reads back: train again"
+    return CorruptCheckpointError(f"checkpoint {directory} is corrupt: {err}; {hint}")
+
+
+def checked_weights(directory: Path) -> dict[str, Tensor]:
+    """The weights of checkpoint ``directory``; a damaged file is a ``CorruptCheckpointError`` naming the newest good checkpoint."""
+    try:
+        return _checked(directory / WEIGHTS, load_weights)
+    except CorruptCheckpointError as err:
+        raise _corrupt(directory, err) from err
+
+
 @dataclass
 class LoadedModel:
     """A classifier restored from a checkpoint directory, in eval mode."""
@@ -280,10 +296,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         weights = _checked(directory / WEIGHTS, load_weights)
         meta = _checked(directory / META, read_json) if (directory / META).is_file() else {}
     except CorruptCheckpointError as err:
-        others = [p for p in reversed(find_checkpoints(directory.parent)) if p != directory]
-        good, _ = newest_good_checkpoint(others, training_state=False)
-        hint = f"the newest good checkpoint is {good}: pass that path instead" if good else "no other checkpoint beside it reads back: train again"
-        raise CorruptCheckpointError(f"checkpoint {directory} is corrupt: {err}; {hint}") from err
+        raise _corrupt(directory, err) from err
     spec = ModelSpec.from_dict(extras["spec"])
     if "pretrain" in spec.extra:
         raise ValueError(f"{directory} holds a masked-token pretraining model, not a classifier; fine-tune it with maelre fit RECIPE --init-from {path}")

@@ -22,7 +22,7 @@ import yaml
 from torch import Tensor, nn
 
 from maelre.engine.callbacks import environment, write_results
-from maelre.engine.checkpoint import WEIGHTS, latest_checkpoint, load_weights, resolve_checkpoint, write_text_atomic
+from maelre.engine.checkpoint import checked_weights, latest_checkpoint, resolve_checkpoint, write_text_atomic
 from maelre.engine.fit import build_model, fit_classifier
 from maelre.engine.run_setup import _check_same_run, _fitted_adapter, load_run_data, resolve_run_dir, run_backbone_kwargs, training_samples
 from maelre.engine.seed import seed_everything
@@ -136,7 +136,7 @@ def load_pretrained(model: nn.Module, path: str | Path) -> list[str]:
     mismatch when the two models' adapters or backbones differ in any weight's name or shape.
     """
     directory = resolve_checkpoint(path)
-    saved = {k: v for k, v in load_weights(directory / WEIGHTS).items() if k.startswith(PRETRAINED_PREFIXES)}
+    saved = {k: v for k, v in checked_weights(directory).items() if k.startswith(PRETRAINED_PREFIXES)}
     own = {k: v for k, v in model.state_dict().items() if k.startswith(PRETRAINED_PREFIXES)}
     hint = "pretrain and fine-tune with the same model.* and data.adapter settings"
     for names, where in ((own.keys() - saved.keys(), "the checkpoint lacks"), (saved.keys() - own.keys(), "this model lacks")):
