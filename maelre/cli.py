@@ -164,7 +164,9 @@ def read_inputs(paths: Sequence[str], npy: str | None, modality: str, sample_rat
 
             inputs.append(read_wav(path, mono=False))
         elif modality == "text" and suffix in TEXT_SUFFIXES:
-            inputs.append(path.read_text(encoding="utf-8"))
+            from modalities.datasets.io import read_text
+
+            inputs.append(read_text(path, "input file"))
         elif modality == "image" and suffix in IMAGE_SUFFIXES:
             from PIL import Image
 

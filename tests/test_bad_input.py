@@ -223,6 +223,16 @@ def test_predict_names_an_unreadable_npy(audio_model, tmp_path, capsys, content)
         assert f"cannot read {path} as a numeric .npy array" in line and "numpy.save" in line
 
 
+def test_predict_names_a_text_file_that_is_not_utf8(tmp_path, capsys):
+    adapter = prepare_adapter("text", {"dim": 16, "max_len": 32}, [("ab cd", 0), ("ef gh", 1)])
+    model = build_model(adapter, "transformer", {"depth": 1, "heads": 2}, num_classes=2)
+    checkpoint = save_model(tmp_path / "model", model, model.spec, ["a", "b"])
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("café".encode("latin-1"))  # was "'utf-8' codec can't decode byte 0xe9 ...", naming no file
+    assert main(["predict", str(checkpoint), str(path)]) == 2
+    assert f"input file {path} is not UTF-8 text (byte 3 is 0xe9); convert it to UTF-8" in one_error_line(capsys)
+
+
 def test_fit_on_a_single_class_dataset_names_the_dataset(recipe_file, tmp_path, capsys):
     header = "@problemName one\n@timeStamps false\n@univariate true\n@equalLength true\n@seriesLength 4\n@classLabel true a\n@data\n"
     for split in ("TRAIN", "TEST"):

@@ -50,6 +50,14 @@ def test_imdb_reads_acl_layout(tmp_path) -> None:
         assert data.meta["root"] == str(folder)
 
 
+def test_imdb_names_a_review_that_is_not_utf8(tmp_path) -> None:
+    folder = make_acl_imdb(tmp_path)
+    bad = folder / "train" / "neg" / "1_1.txt"
+    bad.write_bytes(b"I walked \xff out.")  # was a bare UnicodeDecodeError naming no file
+    with pytest.raises(ValueError, match=f"IMDB review {bad} is not UTF-8 text \\(byte 9 is 0xff\\)"):
+        load_dataset("imdb", root=tmp_path)
+
+
 def test_imdb_validation_carve_is_seeded_and_stratified(tmp_path) -> None:
     make_acl_imdb(tmp_path)
     a = load_dataset("imdb", root=tmp_path, val_fraction=0.4, seed=1)

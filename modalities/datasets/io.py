@@ -179,6 +179,15 @@ def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int) -> No
         _soundfile().write(tmp, pcm, sample_rate, subtype="PCM_16", format="WAV")
 
 
+def read_text(path: str | os.PathLike, what: str = "text file") -> str:
+    """``path`` read as UTF-8; a file that is not UTF-8 is a ``ValueError`` naming it (``what``: how to call it)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{what} {path} is not UTF-8 text (byte {err.start} is {err.object[err.start]:#04x}); "
+                         "convert it to UTF-8, or re-extract or delete it if it is damaged") from err
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically (temp file + ``os.replace``)."""
     write_text_atomic(path, text)

@@ -31,7 +31,7 @@ from maelre.suggest import did_you_mean
 from modalities.base import DatasetSplits
 from modalities.datasets import register_dataset
 from modalities.datasets.archives import extract_cached, find_archive
-from modalities.datasets.io import LazySplit, carve_validation, list_files, require_dir, resolve_root
+from modalities.datasets.io import LazySplit, carve_validation, list_files, read_text, require_dir, resolve_root
 from modalities.datasets.listops import LISTOPS_CLASSES, generate_listops, read_listops_tsv
 from modalities.datasets.pathfinder import (
     DEFAULT_DIFFICULTY,
@@ -260,7 +260,7 @@ def read_imdb_split(folder: str | os.PathLike) -> LazySplit:
     labels: list[int] = []
     for label, polarity in enumerate(IMDB_CLASSES):
         for path in list_files(folder / polarity, ".txt", f"IMDB {folder.name}/{polarity}", IMDB_HINT):
-            texts.append(path.read_text(encoding="utf-8"))
+            texts.append(read_text(path, "IMDB review"))
             labels.append(label)
     return LazySplit(texts, labels)
 
