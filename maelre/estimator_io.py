@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from sklearn.utils.validation import check_is_fitted
@@ -100,11 +101,15 @@ class _Persistence:
         if not path.is_file():
             raise FileNotFoundError(f"no saved MAELREClassifier at {path}")
         blob = path.read_bytes()
-        state = _read_state(blob)
+        try:
+            state, weights = _read_state(blob), load_safetensors(blob)
+        except (ValueError, SafetensorError) as err:  # a truncated copy, or another file
+            raise ValueError(f"cannot load a MAELREClassifier from {path} ({' '.join(str(err).split())}); "
+                             "the file is damaged or was not written by MAELREClassifier.save: save the fitted estimator again") from err
         if "params" not in state:
             raise ValueError(f"{path} holds fitted state without parameters; was it written by MAELREClassifier.save?")
         est = cls(**state["params"])
-        est._restore(state, load_safetensors(blob))
+        est._restore(state, weights)
         return est
 
     def __getstate__(self) -> dict:

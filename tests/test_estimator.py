@@ -354,6 +354,14 @@ def test_load_errors(tmp_path):
         MAELREClassifier.load(tmp_path / "junk.safetensors")
 
 
+def test_load_of_a_truncated_file_names_it(fitted, tmp_path):
+    path = fitted.save(tmp_path / "clf.safetensors")
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) // 2])  # a copy cut short: was a SafetensorError traceback
+    with pytest.raises(ValueError, match=f"cannot load a MAELREClassifier from {path} .*incomplete metadata.*save the fitted estimator again"):
+        MAELREClassifier.load(path)
+
+
 def test_pickle_stores_weights_not_modules(fitted, gunpoint):
     blob = pickle.dumps(fitted)
     assert b"SequenceClassifier" not in blob and b"maelre.model" not in blob
