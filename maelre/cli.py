@@ -168,9 +168,7 @@ def read_inputs(paths: Sequence[str], npy: str | None, modality: str, sample_rat
 
             inputs.append(read_text(path, "input file"))
         elif modality == "image" and suffix in IMAGE_SUFFIXES:
-            from PIL import Image
-
-            inputs.append(np.asarray(Image.open(path)))
+            inputs.append(_read_image(path))
         elif suffix == ".npy":
             inputs.append(_load_npy(path))
         else:
@@ -180,6 +178,18 @@ def read_inputs(paths: Sequence[str], npy: str | None, modality: str, sample_rat
     if not inputs:
         raise ValueError("nothing to predict: give input files or --npy ARRAY")
     return names, inputs
+
+
+def _read_image(path: Path) -> np.ndarray:
+    """An image file as an array; a damaged or unrecognised file is a ``ValueError`` naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image)
+    except (OSError, ValueError) as err:  # PIL: UnidentifiedImageError (an OSError), "Truncated File Read", ...
+        raise ValueError(f"cannot read image file {path} ({' '.join(str(err).split())}); the file is damaged or not an image: "
+                         "re-export or delete it") from err
 
 
 def _load_npy(path: str | Path) -> np.ndarray:

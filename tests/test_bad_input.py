@@ -233,6 +233,18 @@ def test_predict_names_a_text_file_that_is_not_utf8(tmp_path, capsys):
     assert f"input file {path} is not UTF-8 text (byte 3 is 0xe9); convert it to UTF-8" in one_error_line(capsys)
 
 
+@pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n garbage", b"not an image"])
+def test_predict_names_an_unreadable_image(tmp_path, capsys, content):
+    images = [(np.full((8, 8), 40 * i, dtype=np.uint8), i % 2) for i in range(4)]
+    model = build_model(prepare_adapter("pixels", {"dim": 16}, images), "transformer", {"depth": 1, "heads": 2}, num_classes=2)
+    checkpoint = save_model(tmp_path / "model", model, model.spec, ["a", "b"])
+    path = tmp_path / "x.png"
+    path.write_bytes(content)  # was a PIL OSError traceback ("Truncated File Read", "cannot identify image file")
+    assert main(["predict", str(checkpoint), str(path)]) == 2
+    line = one_error_line(capsys)
+    assert f"cannot read image file {path}" in line and "damaged or not an image" in line
+
+
 def test_fit_on_a_single_class_dataset_names_the_dataset(recipe_file, tmp_path, capsys):
     header = "@problemName one\n@timeStamps false\n@univariate true\n@equalLength true\n@seriesLength 4\n@classLabel true a\n@data\n"
     for split in ("TRAIN", "TEST"):
