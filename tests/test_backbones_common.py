@@ -132,6 +132,18 @@ def test_forward_reads_no_values_unless_debugging(case, monkeypatch):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("key, value, error, message", [
+    # failed inside a comparison or a layer: "'<=' not supported between instances of 'str' and 'int'"
+    ("dim", "64", TypeError, "dim must be an integer, got '64'"),
+    ("depth", 2.5, TypeError, "depth must be an integer, got 2.5"),
+    ("max_len", 0, ValueError, r"max_len must be >= 1 or None \(no limit\), got 0"),  # was accepted: every input then too long
+])
+def test_config_of_a_wrong_type_names_the_key(name, key, value, error, message):
+    with pytest.raises(error, match=message):
+        create_backbone(name, **{key: value})
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_too_long_input_names_max_len(name):
     model = build(name, max_len=8)
     with pytest.raises(ValueError, match="N=12 exceeds max_len=8; truncate in the adapter"):

@@ -7,6 +7,7 @@ trace of what it did (token count in and out, attention kind, attention FLOPs).
 """
 from __future__ import annotations
 
+import numbers
 from abc import abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import ClassVar
@@ -58,6 +59,13 @@ class BackboneConfig:
     rope_base: float = 10000.0
 
     def __post_init__(self) -> None:
+        for name in ("dim", "depth", "heads", "max_len"):
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Integral) and not isinstance(value, bool)) and not (name == "max_len" and value is None):
+                # a string or float failed later inside a comparison or a layer ("'<=' not supported ...")
+                raise TypeError(f"{name} must be an integer{' or None' if name == 'max_len' else ''}, got {value!r}")
+        if self.max_len is not None and self.max_len < 1:
+            raise ValueError(f"max_len must be >= 1 or None (no limit), got {self.max_len}")
         if self.dim <= 0 or self.depth <= 0 or self.heads <= 0:
             raise ValueError(f"dim, depth and heads must be positive, got dim={self.dim}, depth={self.depth}, heads={self.heads}")
         if self.depth > MAX_DEPTH:
