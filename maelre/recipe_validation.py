@@ -124,8 +124,10 @@ def check_keys(raw: dict, hints: dict[str, Any], path: str, what: str = "key") -
 
 
 def _offending(path: str, err: Exception, keys: typing.Iterable[str]) -> str:
-    """``path.<key>`` when ``err``'s message starts with one of ``keys`` (config checks lead with the key), else ``path``."""
-    key = str(err).split(" ", 1)[0]
+    """``path.<key>`` when ``err``'s message starts with one of ``keys`` (config checks lead with the key), after an
+    ``owner:`` prefix if any (adapter configs: ``"timeseries: nan_policy must be ..."``), else ``path``."""
+    words = str(err).split(" ", 2)
+    key = words[1] if len(words) > 1 and words[0].endswith(":") else words[0]
     return _join(path, key) if key in keys else path
 
 

@@ -107,6 +107,9 @@ def test_a_recipe_that_is_a_list_names_the_file(tmp_path, capsys):
     # named the section only ("data: batch sizes must be >= 1"), not the key or the value
     ("data.eval_batch_size=0", "data.eval_batch_size: eval_batch_size must be >= 1, got 0"),
     ("trainer.log_every_n_steps=-1", "trainer.log_every_n_steps: log_every_n_steps must be >= 1, got -1"),
+    # adapter config messages lead with the adapter ("timeseries: ..."): the path named the section only
+    ("data.adapter.nan_policy=foo", "data.adapter.nan_policy: timeseries: nan_policy must be one of"),
+    ("data.adapter.max_len=0", "data.adapter.max_len: TimeSeriesAdapterConfig: max_len must be a positive integer, got 0"),
 ])
 def test_out_of_range_values_name_the_key(recipe_file, capsys, override, message):
     assert main(["check", str(recipe_file), *(arg for item in override.split() for arg in ("--set", item))]) == 2
