@@ -44,6 +44,7 @@ from maelre.bench.efficiency_report import plan_graphs_note
 from maelre.bench.efficiency_run import collect_meta
 from maelre.bench.ideal import TWIN
 from maelre.bench.report import write_json_atomic
+from maelre.fileio import write_text_atomic
 from maelre.layers import plan_graphs
 from maelre.stats import paired_rounds
 
@@ -210,7 +211,7 @@ def _report_only(parser: argparse.ArgumentParser, out: Path) -> int:
     except (OSError, ValueError, KeyError, TypeError) as err:
         parser.error(f"--report-only re-renders the table from a paired timing JSON; {out} could not be read as one "
                      f"({type(err).__name__}: {err}); pass its path as --out")
-    out.with_suffix(".md").write_text(text)
+    write_text_atomic(out.with_suffix(".md"), text)
     print(text + f"table: {out.with_suffix('.md')}")
     return 0
 
@@ -244,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     document = run_pairs(config, out, rounds=args.rounds, per_round=args.per_round, command=command, log=lambda s: print(s, flush=True),
                          replay=replay)
     text = table(document)
-    out.with_suffix(".md").write_text(text)
+    write_text_atomic(out.with_suffix(".md"), text)
     print(text + f"results: {out}")
     return 0
 
